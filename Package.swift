@@ -1,0 +1,72 @@
+// swift-tools-version: 6.1
+// A distributed data-parallel trainer for Masked Autoencoders (He et al., 2021).
+// No Swift package dependencies: the toolchain and Debian's C libraries only.
+import PackageDescription
+
+// MARK: - Shared settings
+
+/// Release builds are whole-module optimised by SwiftPM. The numeric modules share raw
+/// pointers across worker threads by design, an ownership the Swift 6 checker cannot
+/// express, so the package compiles in the Swift 5 language mode.
+let sharedSwiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v5),
+    .define("MPI", .when(traits: ["MPI"])),
+]
+
+// MARK: - Package
+
+let package = Package(
+    name: "mae",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "mae", targets: ["mae"]),
+        .executable(name: "mae-worker", targets: ["mae-worker"]),
+    ],
+    traits: [
+        .trait(name: "MPI", description: "Build the Open MPI collective backend (needs libopenmpi-dev)."),
+    ],
+    targets: [
+        // MARK: C system libraries and shims
+        .systemLibrary(name: "CBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CJPEG", pkgConfig: "libjpeg",
+                       providers: [.apt(["libjpeg-dev"])]),
+        .systemLibrary(name: "CPNG", pkgConfig: "libpng",
+                       providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(name: "CMPI", pkgConfig: "ompi-c",
+                       providers: [.apt(["libopenmpi-dev"])]),
+        .target(name: "CSupport"),
+
+        // MARK: Modules, in their one direction of dependency
+        .target(name: "Kernels", dependencies: ["CBLAS", "CSupport"],
+                swiftSettings: sharedSwiftSettings),
+        .target(name: "Model", dependencies: ["Kernels"],
+                swiftSettings: sharedSwiftSettings),
+        .target(name: "Data", dependencies: ["Kernels", "CJPEG", "CPNG"],
+                swiftSettings: sharedSwiftSettings),
+        .target(name: "Collectives",
+                dependencies: ["Kernels", .target(name: "CMPI", condition: .when(traits: ["MPI"]))],
+                swiftSettings: sharedSwiftSettings),
+        .target(name: "Training", dependencies: ["Model", "Data", "Collectives"],
+                swiftSettings: sharedSwiftSettings),
+
+        // MARK: Executables: option parsing and a call into the modules
+        .executableTarget(name: "mae", dependencies: ["Training"],
+                          swiftSettings: sharedSwiftSettings),
+        .executableTarget(name: "mae-worker", dependencies: ["Training"],
+                          swiftSettings: sharedSwiftSettings),
+
+        // MARK: Tests, one target per module
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels"],
+                    swiftSettings: sharedSwiftSettings),
+        .testTarget(name: "ModelTests", dependencies: ["Model"],
+                    resources: [.copy("Fixtures")],
+                    swiftSettings: sharedSwiftSettings),
+        .testTarget(name: "DataTests", dependencies: ["Data"],
+                    swiftSettings: sharedSwiftSettings),
+        .testTarget(name: "CollectivesTests", dependencies: ["Collectives"],
+                    swiftSettings: sharedSwiftSettings),
+        .testTarget(name: "TrainingTests", dependencies: ["Training"],
+                    swiftSettings: sharedSwiftSettings),
+    ]
+)

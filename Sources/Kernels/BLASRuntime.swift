@@ -1,0 +1,89 @@
+import CBLAS
+import CSupport
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+/// Makes OpenBLAS run the kernels this CPU supports, and sets its thread count.
+///
+/// Debian's OpenBLAS 0.3.21 detects AVX-512 Xeons under a hypervisor as "Prescott"
+/// and runs sgemm about 5× below what the CPU can do. OpenBLAS reads
+/// `OPENBLAS_CORETYPE` only while it loads, so the fix is to re-execute the program
+/// with the variable set before any work starts. A user who sets the variable
+/// themselves is always obeyed.
+public enum BLASRuntime {
+    /// Environment variable that records that we already re-executed once (no loops).
+    static let reexecMarker = "MAE_BLAS_REEXEC"
+
+    /// The core type OpenBLAS is running (for example "Cooperlake").
+    public static var coreName: String {
+        guard let name = openblas_get_corename() else { return "unknown" }
+        return String(cString: name)
+    }
+
+    /// The strongest OpenBLAS core type this CPU supports, if we know one.
+    public static var bestCoreForThisCPU: String? {
+        guard let name = mae_cpu_best_openblas_core() else { return nil }
+        return String(cString: name)
+    }
+
+    /// Kernel families in increasing strength; a core not listed counts as weakest.
+    static let strength = ["prescott", "core2", "nehalem", "sandybridge", "haswell", "zen",
+                           "skylakex", "cooperlake", "sapphirerapids"]
+
+    static func rank(_ core: String) -> Int { strength.firstIndex(of: core.lowercased()) ?? -1 }
+
+    /// Call first thing in `main`. When `OPENBLAS_CORETYPE` is unset and the loaded
+    /// kernels are weaker than the CPU supports, re-executes this program with the
+    /// variable set to the right core; otherwise returns. Never returns on success of
+    /// the re-exec; if `execv` fails the program continues on the slow kernels with a warning.
+    public static func ensureFastKernels(arguments: [String] = CommandLine.arguments) {
+        guard getenv("OPENBLAS_CORETYPE") == nil, getenv(reexecMarker) == nil,
+              let best = bestCoreForThisCPU, rank(best) > rank(coreName) else { return }
+        setenv("OPENBLAS_CORETYPE", best, 1)
+        setenv(reexecMarker, "1", 1)
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) }
+        argv.append(nil)
+        execv("/proc/self/exe", argv)
+        let reason = String(cString: strerror(errno))
+        var standardError = FileHandleStream.standardError
+        print("warning: could not re-execute with OPENBLAS_CORETYPE=\(best) (\(reason)); "
+              + "matrix products run on the slower \(coreName) kernels. "
+              + "Set OPENBLAS_CORETYPE=\(best) yourself to fix this.", to: &standardError)
+    }
+
+    /// Sets the number of threads OpenBLAS uses for each matrix product.
+    public static func setThreads(_ count: Int) {
+        openblas_set_num_threads(Int32(max(1, count)))
+    }
+
+    /// The number of threads OpenBLAS uses.
+    public static var threads: Int { Int(openblas_get_num_threads()) }
+
+    /// One line for startup banners: "OpenBLAS 0.3.21 core=Cooperlake threads=2".
+    public static var banner: String {
+        let config = openblas_get_config().map { String(cString: $0) } ?? "OpenBLAS"
+        let version = config.split(separator: " ").prefix(2).joined(separator: " ")
+        return "\(version) core=\(coreName) threads=\(threads)"
+    }
+}
+
+/// Writes to a POSIX file descriptor; lets `print(_:to:)` reach standard error.
+public struct FileHandleStream: TextOutputStream {
+    let descriptor: Int32
+    /// Standard error.
+    public static var standardError: FileHandleStream { FileHandleStream(descriptor: 2) }
+    public mutating func write(_ string: String) {
+        var text = string
+        text.withUTF8 { bytes in
+            var offset = 0
+            while offset < bytes.count {
+                let written = Glibc.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
+                if written < 0 { if errno == EINTR { continue } else { return } }
+                offset += written
+            }
+        }
+    }
+}

@@ -1,0 +1,3 @@
+import Kernels
+BLASRuntime.ensureFastKernels()
+print(BLASRuntime.banner)
