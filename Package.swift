@@ -36,6 +36,7 @@ let package = Package(
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c",
                        providers: [.apt(["libopenmpi-dev"])]),
         .target(name: "CSupport"),
+        .target(name: "Options", swiftSettings: sharedSwiftSettings),
 
         // MARK: Modules, in their one direction of dependency
         .target(name: "Kernels", dependencies: ["CBLAS", "CSupport"],
@@ -51,12 +52,14 @@ let package = Package(
                 swiftSettings: sharedSwiftSettings),
 
         // MARK: Executables: option parsing and a call into the modules
-        .executableTarget(name: "mae", dependencies: ["Training"],
+        .executableTarget(name: "mae", dependencies: ["Training", "Options"],
                           swiftSettings: sharedSwiftSettings),
-        .executableTarget(name: "mae-worker", dependencies: ["Training"],
+        .executableTarget(name: "mae-worker", dependencies: ["Training", "Options"],
                           swiftSettings: sharedSwiftSettings),
 
         // MARK: Tests, one target per module
+        .testTarget(name: "OptionsTests", dependencies: ["Options"],
+                    swiftSettings: sharedSwiftSettings),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"],
                     swiftSettings: sharedSwiftSettings),
         .testTarget(name: "ModelTests", dependencies: ["Model"],

@@ -1,3 +1,9 @@
 import Kernels
+
 BLASRuntime.ensureFastKernels()
-print(BLASRuntime.banner)
+
+/// Every `mae` subcommand; each lives in its own `Command+Name.swift` file.
+let subcommands: [any Subcommand.Type] = [
+]
+
+dispatch(Array(CommandLine.arguments.dropFirst()), among: subcommands)
