@@ -42,7 +42,7 @@ def main():
     model = build_model(config, norm_pix_loss=args.norm_pix_loss)
     model.train()
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1.5e-4, betas=(0.9, 0.95))
-    side = config["imageSize"]
+    side = config["image_size"]
     images = torch.randn(args.batch, 3, side, side)
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"torch {torch.__version__} threads={torch.get_num_threads()} model={args.model} "

@@ -76,13 +76,13 @@ def main():
     torch.manual_seed(args.seed)
     config = load_config(args.config) if args.config else config_dict(args.model, args.input_size)
     if args.config and args.input_size:
-        config["imageSize"] = args.input_size
+        config["image_size"] = args.input_size
     model = build_model(config)
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.requires_grad:
                 parameter.add_(torch.randn_like(parameter) * args.perturb)
-    side, patch = config["imageSize"], config["patchSize"]
+    side, patch = config["image_size"], config["patch_size"]
     images = torch.randn(args.batch, 3, side, side)
     noise = torch.rand(args.batch, (side // patch) ** 2)
 

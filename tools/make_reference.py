@@ -29,9 +29,9 @@ from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pytorch_mae import build_model  # noqa: E402
 
-MICRO = {"name": "mae_micro_patch4", "imageSize": 16, "patchSize": 4, "channels": 3,
-         "encoderWidth": 32, "encoderDepth": 2, "encoderHeads": 2,
-         "decoderWidth": 16, "decoderDepth": 1, "decoderHeads": 2, "mlpRatio": 4}
+MICRO = {"name": "mae_micro_patch4", "image_size": 16, "patch_size": 4, "channels": 3,
+         "encoder_width": 32, "encoder_depth": 2, "encoder_heads": 2,
+         "decoder_width": 16, "decoder_depth": 1, "decoder_heads": 2, "mlp_ratio": 4}
 MASK_RATIO = 0.75
 SEED = 20211111
 
@@ -58,8 +58,8 @@ def main():
         for parameter in model.parameters():
             if parameter.requires_grad:
                 parameter.add_(torch.randn_like(parameter) * 0.05)
-    side = MICRO["imageSize"]
-    patches = (side // MICRO["patchSize"]) ** 2
+    side = MICRO["image_size"]
+    patches = (side // MICRO["patch_size"]) ** 2
     images = torch.randn(2, 3, side, side)
     noise = torch.rand(2, patches)
     assert all(len(set(row.tolist())) == patches for row in noise), "noise values must be distinct"

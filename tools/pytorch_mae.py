@@ -192,9 +192,9 @@ def config_dict(name, image_size=None):
     if name not in CONFIGS:
         raise SystemExit(f"unknown model '{name}'; known: {', '.join(CONFIGS)}")
     size, patch, width, depth, heads, dwidth, ddepth, dheads = CONFIGS[name]
-    return {"name": name, "imageSize": image_size or size, "patchSize": patch, "channels": 3,
-            "encoderWidth": width, "encoderDepth": depth, "encoderHeads": heads,
-            "decoderWidth": dwidth, "decoderDepth": ddepth, "decoderHeads": dheads, "mlpRatio": 4}
+    return {"name": name, "image_size": image_size or size, "patch_size": patch, "channels": 3,
+            "encoder_width": width, "encoder_depth": depth, "encoder_heads": heads,
+            "decoder_width": dwidth, "decoder_depth": ddepth, "decoder_heads": dheads, "mlp_ratio": 4}
 
 
 def load_config(path):
@@ -206,10 +206,10 @@ def load_config(path):
 def build_model(config, norm_pix_loss=False):
     """The official model for a config dict (see `config_dict`)."""
     return MaskedAutoencoderViT(
-        img_size=config["imageSize"], patch_size=config["patchSize"], in_chans=config.get("channels", 3),
-        embed_dim=config["encoderWidth"], depth=config["encoderDepth"], num_heads=config["encoderHeads"],
-        decoder_embed_dim=config["decoderWidth"], decoder_depth=config["decoderDepth"],
-        decoder_num_heads=config["decoderHeads"], mlp_ratio=config.get("mlpRatio", 4),
+        img_size=config["image_size"], patch_size=config["patch_size"], in_chans=config.get("channels", 3),
+        embed_dim=config["encoder_width"], depth=config["encoder_depth"], num_heads=config["encoder_heads"],
+        decoder_embed_dim=config["decoder_width"], decoder_depth=config["decoder_depth"],
+        decoder_num_heads=config["decoder_heads"], mlp_ratio=config.get("mlp_ratio", 4),
         norm_layer=partial(nn.LayerNorm, eps=1e-6), norm_pix_loss=norm_pix_loss)
 
 
