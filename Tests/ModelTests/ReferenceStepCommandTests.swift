@@ -20,8 +20,8 @@ private func runMae(_ arguments: [String], in directory: TemporaryDirectory,
                     timeout: Double = 120) throws -> (status: Int32, output: String, error: String) {
     let executable = try #require(maeExecutable(), "the mae executable is not built next to the tests; run `swift build --build-tests`")
     let outputPath = directory.file("stdout.txt"), errorPath = directory.file("stderr.txt")
-    FileManager.default.createFile(atPath: outputPath, contents: nil)
-    FileManager.default.createFile(atPath: errorPath, contents: nil)
+    try #require(FileManager.default.createFile(atPath: outputPath, contents: nil))
+    try #require(FileManager.default.createFile(atPath: errorPath, contents: nil))
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
