@@ -34,6 +34,8 @@ struct ReferenceStepCommand: Subcommand {
             OptionSpec("mask-ratio", value: "R", default: "0.75", help: "fraction of patches removed"),
             .flag("norm-pix-loss", help: "normalise each target patch by its mean and unbiased variance"),
             OptionSpec("threads", value: "T", default: "1", help: "threads for matrix products and kernels"),
+            OptionSpec("save-weights", value: "FILE",
+                       help: "also save the loaded weights again (to check that the official model loads our files strictly)"),
         ])
 
     static func run(_ options: ParsedOptions) throws {
@@ -66,6 +68,9 @@ struct ReferenceStepCommand: Subcommand {
         Parallel.setThreads(threads)
         let model = MAEModel(config: config, seed: 0)
         try model.loadWeights(path: weightsPath)
+        if let savePath = options.string("save-weights") {
+            try model.saveWeights(path: savePath, metadata: ["model": config.name, "source": "mae reference-step"])
+        }
         let imageBuffer = try images.floatBuffer(named: imagesTensor.name)
         let noiseBuffer = try noise.floatBuffer(named: noiseTensor.name)
         model.gradients.zero()
