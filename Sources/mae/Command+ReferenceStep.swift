@@ -123,16 +123,7 @@ struct ReferenceStepCommand: Subcommand {
             throw OptionError("mae reference-step: give --model or --config, not both")
         }
         // The model's own checks are preconditions; bad user input stops here with a message.
-        guard config.patchSize >= 1, config.imageSize >= config.patchSize, config.imageSize % config.patchSize == 0 else {
-            throw OptionError("mae reference-step: image size \(config.imageSize) is not a multiple of the patch size \(config.patchSize)")
-        }
-        guard config.channels == 3, config.mlpRatio >= 1, config.encoderDepth >= 0, config.decoderDepth >= 0,
-              config.encoderHeads >= 1, config.encoderWidth > 0, config.encoderWidth % 4 == 0,
-              config.encoderWidth % config.encoderHeads == 0,
-              config.decoderHeads >= 1, config.decoderWidth > 0, config.decoderWidth % 4 == 0,
-              config.decoderWidth % config.decoderHeads == 0 else {
-            throw OptionError("mae reference-step: config \(config.name) needs 3 channels and widths that are multiples of 4 and of their head counts")
-        }
+        try config.validate()
         return config
     }
 
