@@ -16,6 +16,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,15 @@ def main():
 
     work = args.work or tempfile.mkdtemp(prefix="mae-compare-")
     os.makedirs(work, exist_ok=True)
+    try:
+        compare(args, config, model, images, noise, work)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def compare(args, config, model, images, noise, work):
+    side = config["image_size"]
     paths = {name: os.path.join(work, name + ".safetensors") for name in ("weights", "images", "noise", "out", "saved")}
     save_file({n: t.contiguous() for n, t in model.state_dict().items()}, paths["weights"])
     save_file({"images": images}, paths["images"])
