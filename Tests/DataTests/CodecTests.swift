@@ -1,0 +1,87 @@
+import Testing
+@testable import Data
+
+@Suite struct CodecTests {
+    @Test func pngRoundTripIsExact() throws {
+        let pixels = testPattern(width: 13, height: 11)
+        let bytes = try encoded(pixels, width: 13, height: 11, format: .png)
+        let decoder = ImageDecoder()   // owns the pixels the view points at
+        let image = try bytes.withUnsafeBufferPointer { try decoder.decode(bytes: $0.baseAddress!, count: $0.count) }
+        #expect(image.width == 13 && image.height == 11)
+        #expect(Array(UnsafeBufferPointer(start: image.pixels, count: 13 * 11 * 3)) == pixels)
+        withExtendedLifetime(decoder) {}
+    }
+
+    @Test func jpegRoundTripIsCloseAndDeterministic() throws {
+        let pixels = smoothPattern(width: 40, height: 24)
+        let bytes = try encoded(pixels, width: 40, height: 24, format: .jpeg(quality: 95))
+        #expect(bytes == (try encoded(pixels, width: 40, height: 24, format: .jpeg(quality: 95))), "same bytes each time")
+        #expect(bytes.prefix(2) == [0xFF, 0xD8])
+        let decoder = ImageDecoder()
+        let image = try bytes.withUnsafeBufferPointer { try decoder.decode(bytes: $0.baseAddress!, count: $0.count) }
+        #expect(image.width == 40 && image.height == 24)
+        let decoded = Array(UnsafeBufferPointer(start: image.pixels, count: 40 * 24 * 3))
+        withExtendedLifetime(decoder) {}
+        let worst = worstDifference(decoded.map(Float.init), pixels.map(Float.init))
+        #expect(worst.difference <= 6, "worst byte \(worst.index): \(worst.actual) vs \(worst.expected)")
+    }
+
+    @Test func decoderReusesItsBufferAcrossSizes() throws {
+        let decoder = ImageDecoder()
+        for (width, height) in [(64, 48), (8, 8), (100, 30)] {
+            let pixels = testPattern(width: width, height: height)
+            let bytes = try encoded(pixels, width: width, height: height, format: .png)
+            let image = try bytes.withUnsafeBufferPointer { try decoder.decode(bytes: $0.baseAddress!, count: $0.count) }
+            #expect(image.width == width && image.height == height)
+            #expect(Array(UnsafeBufferPointer(start: image.pixels, count: width * height * 3)) == pixels)
+        }
+    }
+
+    @Test func grayImagesKeepEqualChannels() throws {
+        var gray: [UInt8] = []
+        for value in 0..<(16 * 16) { gray += [UInt8(value), UInt8(value), UInt8(value)] }
+        let bytes = try encoded(gray, width: 16, height: 16, format: .jpeg(quality: 90))
+        let decoder = ImageDecoder()
+        let image = try bytes.withUnsafeBufferPointer { try decoder.decode(bytes: $0.baseAddress!, count: $0.count) }
+        defer { withExtendedLifetime(decoder) {} }
+        for pixel in 0..<(16 * 16) {
+            let red = image.pixels[pixel * 3], green = image.pixels[pixel * 3 + 1], blue = image.pixels[pixel * 3 + 2]
+            #expect(abs(Int(red) - Int(green)) <= 1 && abs(Int(green) - Int(blue)) <= 1)
+        }
+    }
+
+    @Test(arguments: ["jpeg", "png"])
+    func corruptAndTruncatedFilesThrowWithoutCrashing(format: String) throws {
+        let pixels = testPattern(width: 32, height: 32)
+        let good = try encoded(pixels, width: 32, height: 32, format: format == "png" ? .png : .jpeg(quality: 90))
+        let decoder = ImageDecoder()
+        var damaged: [[UInt8]] = [
+            Array(good.prefix(good.count / 2)),          // truncated mid-data
+            Array(good.prefix(good.count - 20)),
+            Array(good.prefix(4)),                       // header only
+            [],                                          // empty
+            [UInt8](repeating: 0x42, count: 100),        // not an image
+        ]
+        var scrambled = good                              // body overwritten
+        for index in stride(from: 20, to: scrambled.count - 4, by: 3) { scrambled[index] = 0xFF }
+        damaged.append(scrambled)
+        for (number, bytes) in damaged.enumerated() {
+            #expect(throws: DataError.self, "\(format) damage case \(number)") {
+                _ = try bytes.withUnsafeBufferPointer { buffer in
+                    try decoder.decode(bytes: buffer.baseAddress ?? UnsafePointer(bitPattern: 1)!, count: buffer.count)
+                }
+            }
+        }
+        // The decoder still works after the failures.
+        let image = try good.withUnsafeBufferPointer { try decoder.decode(bytes: $0.baseAddress!, count: $0.count) }
+        #expect(image.width == 32)
+    }
+
+    @Test func unreadableFileNamesThePath() throws {
+        let folder = try TemporaryFolder()
+        defer { folder.remove() }
+        #expect { try ImageDecoder().decode(path: folder.path + "/missing.jpg") } throws: { error in
+            "\(error)".contains("missing.jpg") && "\(error)".contains("open")
+        }
+    }
+}
