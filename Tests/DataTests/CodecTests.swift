@@ -85,3 +85,17 @@ import Testing
         }
     }
 }
+
+@Suite struct PillowDecodeTests {
+    @Test(arguments: pillowDecodeCases.map(\.name))
+    func decodesLikePillow(name: String) throws {
+        let reference = pillowDecodeCases.first { $0.name == name }!
+        let decoder = ImageDecoder()
+        let image = try reference.file.withUnsafeBufferPointer { try decoder.decode(bytes: $0.baseAddress!, count: $0.count) }
+        #expect(image.width == 9 && image.height == 6)
+        let decoded = Array(UnsafeBufferPointer(start: image.pixels, count: 9 * 6 * 3))
+        let firstDifference = zip(decoded, reference.rgb).enumerated().first { $0.element.0 != $0.element.1 }
+        #expect(firstDifference == nil, "\(name): byte \(firstDifference?.offset ?? -1) is \(firstDifference?.element.0 ?? 0), Pillow has \(firstDifference?.element.1 ?? 0)")
+        withExtendedLifetime(decoder) {}
+    }
+}
