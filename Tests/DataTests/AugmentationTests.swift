@@ -140,8 +140,8 @@ import Testing
         var output = [Float](repeating: 0, count: 3 * 16)
         var flipped = [Float](repeating: 0, count: 3 * 16)
         resized.withUnsafeBufferPointer { source in
-            augmentation.normalise(output: &output, resized: source.baseAddress!, flip: false)
-            augmentation.normalise(output: &flipped, resized: source.baseAddress!, flip: true)
+            augmentation.normalise(output: &output, resized: source.baseAddress!, rowStride: 12, flip: false)
+            augmentation.normalise(output: &flipped, resized: source.baseAddress!, rowStride: 12, flip: true)
         }
         for pixel in 0..<16 {
             #expect(output[pixel] == (Float(pixel * 10) / 255 - 0.485) / 0.229)
@@ -150,5 +150,33 @@ import Testing
             let row = pixel / 4, column = pixel % 4
             #expect(flipped[pixel] == output[row * 4 + 3 - column])
         }
+    }
+}
+
+@Suite struct EvaluationTransformTests {
+    @Test func resizeAndCentralCropMatchTorchvisionOnPillow() throws {
+        let augmentation = Augmentation(imageSize: 8, transform: .evaluation)
+        #expect(augmentation.evaluationResize(width: 13, height: 11) == (10, 9))
+        #expect(augmentation.evaluationResize(width: 11, height: 13) == (9, 10))
+        #expect(augmentation.centerCrop(width: 10, height: 9) == CropBox(top: 0, left: 1, height: 8, width: 8))
+        #expect(Augmentation(imageSize: 224, transform: .evaluation).evaluationResize(width: 500, height: 375) == (341, 256))
+        #expect(Augmentation(imageSize: 256, transform: .evaluation).evaluationResize(width: 500, height: 375) == (341, 256))
+
+        let pattern = testPattern(width: 13, height: 11)
+        var output = [Float](repeating: 0, count: 3 * 64)
+        pattern.withUnsafeBufferPointer { pixels in
+            let image = RGBImageView(pixels: pixels.baseAddress!, width: 13, height: 11)
+            augmentation.apply(output: &output, image: image, seed: 0, epoch: 0, index: 0,
+                               resampler: Resampler(), scratch: AugmentationScratch())
+        }
+        var expected = [Float](repeating: 0, count: 3 * 64)
+        for pixel in 0..<64 {
+            for channel in 0..<3 {
+                let byte = Float(pillowEvaluationBytes[pixel * 3 + channel])
+                expected[channel * 64 + pixel] = (byte / 255 - Augmentation.mean[channel]) / Augmentation.standardDeviation[channel]
+            }
+        }
+        let worst = worstDifference(output, expected)
+        #expect(worst.difference == 0, "element \(worst.index): \(worst.actual) vs \(worst.expected)")
     }
 }

@@ -104,6 +104,29 @@ private func epochBatches(_ loader: DataLoader, epoch: Int, fromBatch: Int = 0) 
         #expect(loader.skippedFiles == 3)
     }
 
+    @Test func evaluationLoaderKeepsOrderAndTheLastPartialBatch() throws {
+        let folder = try TemporaryFolder()
+        defer { folder.remove() }
+        try synthesizeDataset(root: folder.path, classes: 2, perClass: 1, valPerClass: 4, size: 20, seed: 1)
+        let dataset = try ImageFolderDataset(root: folder.path, split: "val")
+        let sampler = DistributedSampler(datasetCount: dataset.count, worldSize: 1, rank: 0, seed: 0, shuffle: false)
+        let loader = DataLoader(dataset: dataset, sampler: sampler, batchSize: 3, imageSize: 12, seed: 0, threads: 2,
+                                transform: .evaluation, dropLast: false)
+        defer { loader.stop() }
+        #expect(loader.batchesPerEpoch == 3)   // 8 images: 3 + 3 + 2
+        let first = try epochBatches(loader, epoch: 0), second = try epochBatches(loader, epoch: 1)
+        #expect(first.map(\.indices) == [[0, 1, 2], [3, 4, 5], [6, 7]])
+        #expect(first[2].images.count == 2 * 3 * 12 * 12)
+        #expect(first.map(\.images) == second.map(\.images), "no randomness in evaluation")
+        let augmentation = Augmentation(imageSize: 12, transform: .evaluation)
+        let decoder = ImageDecoder()
+        let expected = FloatBuffer(count: 3 * 12 * 12)
+        let image = try decoder.decode(path: dataset.path(of: 7))
+        augmentation.apply(output: expected.pointer, image: image, seed: 9, epoch: 9, index: 9,
+                           resampler: Resampler(), scratch: AugmentationScratch())
+        #expect(Array(first[2].images[432...]) == expected.toArray())
+    }
+
     @Test func misuseAndHopelessShardsAreErrors() throws {
         let folder = try TemporaryFolder()
         defer { folder.remove() }

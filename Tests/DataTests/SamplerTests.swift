@@ -43,4 +43,9 @@ import Testing
         #expect(counts.count == 6)
         for (order, count) in counts { #expect(count > 850 && count < 1150, "\(order) appeared \(count) times") }
     }
+
+    @Test func withoutShuffleRanksInterleaveTheDatasetOrder() {
+        let samplers = (0..<3).map { DistributedSampler(datasetCount: 7, worldSize: 3, rank: $0, seed: 1, shuffle: false) }
+        #expect(samplers.map { $0.indices(epoch: 5) } == [[0, 3, 6], [1, 4, 0], [2, 5, 1]])
+    }
 }
