@@ -41,6 +41,9 @@ import Testing
         #expect(dataset.classNames == ["cat", "dog"])
         #expect(dataset.files == ["cat/1.jpg", "dog/2.jpg"])
         #expect(throws: DataError.self) { try ImageFolderDataset(root: folder.path, split: "val") }
+        // A root with val/ but no train/ is a dataset missing its training split, not classes.
+        try folder.write("val/dog/3.jpg", bytes: jpeg)
+        #expect { try ImageFolderDataset(root: folder.path) } throws: { "\($0)".contains("no 'train' folder") }
     }
 
     @Test func fingerprintFollowsTheListing() throws {
