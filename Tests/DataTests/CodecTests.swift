@@ -1,3 +1,4 @@
+import Kernels
 import Testing
 @testable import Data
 
@@ -97,5 +98,40 @@ import Testing
         let firstDifference = zip(decoded, reference.rgb).enumerated().first { $0.element.0 != $0.element.1 }
         #expect(firstDifference == nil, "\(name): byte \(firstDifference?.offset ?? -1) is \(firstDifference?.element.0 ?? 0), Pillow has \(firstDifference?.element.1 ?? 0)")
         withExtendedLifetime(decoder) {}
+    }
+}
+
+@Suite(.timeLimit(.minutes(1))) struct CorruptionFuzzTests {
+    /// Randomly damaged files (bytes overwritten, inserted or cut) decode or throw, never crash.
+    @Test(arguments: ["jpeg", "png", "progressive"])
+    func damagedFilesNeverCrash(kind: String) throws {
+        let file: [UInt8]
+        switch kind {
+        case "png": file = try encoded(testPattern(width: 24, height: 20), width: 24, height: 20, format: .png)
+        case "progressive": file = pillowDecodeCases.first { $0.name == "progressiveJPEG" }!.file
+        default: file = try encoded(smoothPattern(width: 24, height: 20), width: 24, height: 20, format: .jpeg(quality: 80))
+        }
+        let decoder = ImageDecoder()
+        var failures = 0
+        for trial in 0..<300 {
+            var random = CounterRandom(seed: 1, purpose: .test, epoch: 0, index: trial)
+            var damaged = file
+            for _ in 0..<(1 + random.nextInt(below: 8)) {
+                let position = random.nextInt(below: damaged.count)
+                switch random.nextInt(below: 3) {
+                case 0: damaged[position] = UInt8(truncatingIfNeeded: random.nextUInt32())
+                case 1: damaged.insert(UInt8(truncatingIfNeeded: random.nextUInt32()), at: position)
+                default: damaged.removeSubrange(position..<min(damaged.count, position + 1 + random.nextInt(below: 16)))
+                }
+                if damaged.count < 2 { break }
+            }
+            do {
+                let image = try damaged.withUnsafeBufferPointer { try decoder.decode(bytes: $0.baseAddress!, count: $0.count) }
+                #expect(image.width > 0 && image.height > 0)
+            } catch is DataError {
+                failures += 1
+            }
+        }
+        #expect(failures > 0, "some damage must be detected")
     }
 }
