@@ -5,6 +5,8 @@ BLASRuntime.ensureFastKernels()
 /// Every `mae` subcommand; each lives in its own `Command+Name.swift` file.
 let subcommands: [any Subcommand.Type] = [
     ReferenceStepCommand.self,
+    SynthDataCommand.self,
+    BenchDataCommand.self,
 ]
 
 dispatch(Array(CommandLine.arguments.dropFirst()), among: subcommands)
