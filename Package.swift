@@ -36,6 +36,8 @@ let package = Package(
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c",
                        providers: [.apt(["libopenmpi-dev"])]),
         .target(name: "CSupport"),
+        // JPEG/PNG codecs behind setjmp, apart from CSupport so Kernels links no image library.
+        .target(name: "CImageCodec", dependencies: ["CJPEG", "CPNG"]),
         .target(name: "Options", swiftSettings: sharedSwiftSettings),
 
         // MARK: Modules, in their one direction of dependency
@@ -43,7 +45,7 @@ let package = Package(
                 swiftSettings: sharedSwiftSettings),
         .target(name: "Model", dependencies: ["Kernels"],
                 swiftSettings: sharedSwiftSettings),
-        .target(name: "Data", dependencies: ["Kernels", "CJPEG", "CPNG"],
+        .target(name: "Data", dependencies: ["Kernels", "CImageCodec"],
                 swiftSettings: sharedSwiftSettings),
         .target(name: "Collectives",
                 dependencies: ["Kernels", .target(name: "CMPI", condition: .when(traits: ["MPI"]))],

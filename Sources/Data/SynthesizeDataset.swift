@@ -1,0 +1,144 @@
+import Kernels
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+/// Writes a deterministic ImageNet-style dataset of real JPEG files (quality 90):
+/// `root/train/class_KKK/class_KKK_NNNNN.JPEG` (`perClass` per class) and
+/// `root/val/...` (`valPerClass` per class), each `size × size` pixels.
+///
+/// Every class has its own structure a model can learn: a shape (disk, square, triangle,
+/// ring or cross, by class number), a hue, and a stripe texture whose frequency and
+/// direction depend on the class. Each image draws its position, size, rotation,
+/// background shade and pixel noise from `CounterRandom(seed, .synthesis, index: image)`,
+/// where train images are numbered first and val images after them. The same arguments
+/// give byte-identical files.
+///
+/// Refuses (throws) to write into a folder that has train/ or val/ content it did not
+/// make (no `SYNTHETIC.txt` marker), so a real dataset is never overwritten.
+public func synthesizeDataset(root: String, classes: Int, perClass: Int, valPerClass: Int, size: Int, seed: UInt64) throws {
+    guard classes > 0, perClass > 0, valPerClass >= 0, size >= 8 else {
+        throw DataError("synthesizeDataset needs classes ≥ 1, perClass ≥ 1, valPerClass ≥ 0 and size ≥ 8 "
+            + "(got \(classes), \(perClass), \(valPerClass), \(size))")
+    }
+    let marker = root + "/SYNTHETIC.txt"
+    for split in ["train", "val"] where FileSystem.kind(of: root + "/" + split) == .directory {
+        let hasContent = !(try FileSystem.entries(of: root + "/" + split)).isEmpty
+        if hasContent && FileSystem.kind(of: marker) != .regularFile {
+            throw DataError("\(root)/\(split) already holds files that 'mae synth-data' did not write; "
+                + "choose an empty or new folder")
+        }
+    }
+    try FileSystem.makeDirectories(root)
+    let description = "synthetic MAE dataset: classes=\(classes) per-class=\(perClass) val-per-class=\(valPerClass) "
+        + "size=\(size) seed=\(seed)\n"
+    try Array(description.utf8).withUnsafeBytes { try FileSystem.writeFile(marker, bytes: $0.baseAddress!, count: $0.count) }
+
+    let painter = SyntheticPainter(size: size, seed: seed)
+    for (split, count, firstIndex) in [("train", perClass, 0), ("val", valPerClass, classes * perClass)] where count > 0 {
+        for label in 0..<classes {
+            let className = "class_" + zeroPadded(label, width: 3)
+            let folder = root + "/" + split + "/" + className
+            try FileSystem.makeDirectories(folder)
+            for number in 0..<count {
+                let index = firstIndex + label * count + number
+                painter.paint(label: label, index: index)
+                try writeImage(path: folder + "/" + className + "_" + zeroPadded(number, width: 5) + ".JPEG",
+                               rgb: painter.pixels, width: size, height: size, format: .jpeg(quality: 90))
+            }
+        }
+    }
+}
+
+private func zeroPadded(_ value: Int, width: Int) -> String {
+    let digits = String(value)
+    return String(repeating: "0", count: max(0, width - digits.count)) + digits
+}
+
+/// Renders one synthetic image at a time into a reused RGB buffer.
+private final class SyntheticPainter {
+    let size: Int
+    let seed: UInt64
+    let pixels: UnsafeMutablePointer<UInt8>
+
+    init(size: Int, seed: UInt64) {
+        self.size = size
+        self.seed = seed
+        pixels = .allocate(capacity: size * size * 3)
+    }
+
+    deinit { pixels.deallocate() }
+
+    func paint(label: Int, index: Int) {
+        var random = CounterRandom(seed: seed, purpose: .synthesis, index: index)
+        let side = Double(size)
+        // Class structure.
+        let shape = label % 5
+        let hue = (Double(label) * 0.618_033_988_75).truncatingRemainder(dividingBy: 1)
+        let stripeFrequency = Double(2 + (label / 5) % 4)          // stripes across the shape
+        let stripeAngle = Double((label / 20) % 4) * Double.pi / 4
+        let foreground = rgb(hue: hue, saturation: 0.75, value: 0.9)
+        let backgroundHue = (hue + 0.5).truncatingRemainder(dividingBy: 1)
+        // Per-image variation.
+        let centerX = side * random.nextDouble(in: 0.3..<0.7)
+        let centerY = side * random.nextDouble(in: 0.3..<0.7)
+        let radius = side * random.nextDouble(in: 0.18..<0.38)
+        let rotation = random.nextDouble(in: 0..<(2 * Double.pi))
+        let shade = random.nextDouble(in: 0.15..<0.45)
+        let noiseAmplitude = random.nextDouble(in: 4..<20)
+        let background = rgb(hue: backgroundHue, saturation: 0.35, value: shade)
+        let (cosine, sine) = (cos(rotation), sin(rotation))
+        let (stripeX, stripeY) = (cos(stripeAngle + rotation), sin(stripeAngle + rotation))
+
+        for y in 0..<size {
+            for x in 0..<size {
+                let dx = Double(x) + 0.5 - centerX, dy = Double(y) + 0.5 - centerY
+                // Coordinates in the shape's frame, in units of its radius.
+                let u = (cosine * dx + sine * dy) / radius
+                let v = (-sine * dx + cosine * dy) / radius
+                let inside: Bool
+                switch shape {
+                case 0: inside = u * u + v * v <= 1
+                case 1: inside = abs(u) <= 0.8 && abs(v) <= 0.8
+                case 2: inside = v <= 0.6 && abs(u) <= (v + 1) * 0.6
+                case 3: let r2 = u * u + v * v; inside = r2 <= 1 && r2 >= 0.35
+                default: inside = (abs(u) <= 1 && abs(v) <= 0.3) || (abs(v) <= 1 && abs(u) <= 0.3)
+                }
+                var colour: (Double, Double, Double)
+                if inside {
+                    let phase = (stripeX * dx + stripeY * dy) / radius * stripeFrequency * Double.pi
+                    let texture = 0.75 + 0.25 * sin(phase)
+                    colour = (foreground.0 * texture, foreground.1 * texture, foreground.2 * texture)
+                } else {
+                    let gradient = 0.85 + 0.3 * Double(y) / side
+                    colour = (background.0 * gradient, background.1 * gradient, background.2 * gradient)
+                }
+                let noise = (Double(random.nextUInt32() >> 8) / 16_777_216.0 - 0.5) * 2 * noiseAmplitude
+                let pixel = pixels + (y * size + x) * 3
+                pixel[0] = byte(colour.0 * 255 + noise)
+                pixel[1] = byte(colour.1 * 255 + noise)
+                pixel[2] = byte(colour.2 * 255 + noise)
+            }
+        }
+    }
+
+    private func byte(_ value: Double) -> UInt8 { UInt8(max(0, min(255, value.rounded()))) }
+
+    /// HSV to RGB, components in 0...1.
+    private func rgb(hue: Double, saturation: Double, value: Double) -> (Double, Double, Double) {
+        let sector = hue * 6
+        let index = Int(sector) % 6
+        let fraction = sector - sector.rounded(.down)
+        let p = value * (1 - saturation), q = value * (1 - saturation * fraction), t = value * (1 - saturation * (1 - fraction))
+        switch index {
+        case 0: return (value, t, p)
+        case 1: return (q, value, p)
+        case 2: return (p, value, t)
+        case 3: return (p, q, value)
+        case 4: return (t, p, value)
+        default: return (value, p, q)
+        }
+    }
+}
