@@ -20,6 +20,7 @@ final class WarningLog: @unchecked Sendable {
                                                             epochs: 5, iterationsPerEpoch: 4, accumulationSteps: 1))
     }
 
+    @discardableResult
     /// A writer standing in for the model files: one file whose bytes name the step.
     func write(_ store: CheckpointStore, step: Int, epoch: Int = 0, isEpochEnd: Bool = false) throws -> String {
         try store.write(state: state(step: step, epoch: epoch, isEpochEnd: isEpochEnd)) { directory in

@@ -1,3 +1,4 @@
+import Foundation
 import Kernels
 import Model
 import Testing

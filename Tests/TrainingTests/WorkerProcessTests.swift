@@ -45,6 +45,7 @@ import Glibc
         return base + added
     }
 
+    @discardableResult
     func run(_ name: String, _ extra: [String], seconds: Double = 60) throws -> WorkerProcess {
         let worker = try WorkerProcess(arguments(runDirectory: name, ["--standalone"] + extra),
                                        logDirectory: temporary.path, name: name + "-\(UUID().uuidString.prefix(6))")
