@@ -74,6 +74,11 @@ public final class Trainer {
         let store = CheckpointStore(runDirectory: config.runDirectory, warn: { [log] in log.warn($0) })
         let storage = CheckpointFiles(model: model, optimizer: optimizer)
 
+        if rank == 0, config.resume == nil, let existing = try store.completeCheckpoints().last {
+            throw TrainingError.invalidConfiguration(
+                "\(config.runDirectory) already holds checkpoints (newest \(existing.path)); pass --resume auto to continue "
+                + "that run, or choose another --run-dir")
+        }
         // Rank 0 finds and loads the checkpoint; its state reaches the others by the collectives.
         var position = Position()
         var lastCheckpoint: String?
@@ -193,12 +198,14 @@ public final class Trainer {
 
                 let stopRequested = reduced[1] > 0
                 let epochEnds = position.stepInEpoch == stepsPerEpoch
+                var epochRecord: [(String, JSONValue)]?
                 if epochEnds {
-                    try log.appendEpochLog([
+                    // The reference's log.txt line: the epoch's mean rate and loss.
+                    epochRecord = [
                         ("train_lr", .number(position.epochLearningRateSum / Double(position.epochStepCount))),
                         ("train_loss", .number(position.epochLossSum / Double(position.epochStepCount))),
                         ("epoch", .integer(position.epoch)),
-                    ])
+                    ]
                     position.epoch += 1
                     position.stepInEpoch = 0
                     position.epochLossSum = 0
@@ -209,6 +216,8 @@ public final class Trainer {
                 if epochEnds || periodic || stopRequested || position.step == totalSteps {
                     try checkpoint(isEpochEnd: epochEnds)
                 }
+                // Logged once the epoch's checkpoint is durable, as the reference logs after saving.
+                if let epochRecord { try log.appendEpochLog(epochRecord) }
                 if stopRequested {
                     log.info("stop requested: stopped after step \(position.step) with a checkpoint")
                     stoppedBySignal = true
@@ -240,7 +249,7 @@ public final class Trainer {
     /// The progress line and its metrics record.
     func report(meter: ProgressMeter, position: Position, stepsPerEpoch: Int, loss: Double, learningRate: Double) throws {
         let interval = meter.takeInterval(step: position.step)
-        let epochShown = position.stepInEpoch == 0 ? position.epoch - 1 : position.epoch
+        let epochShown = position.epoch
         let line = String(format: "epoch %d/%d step %d/%d loss %.4f lr %.3e %.1f img/s data-wait %.1f%% eta %@",
                           epochShown + 1, config.epochs, position.step, meter.totalSteps, loss, learningRate,
                           interval.imagesPerSecond, 100 * interval.dataWaitShare, formatDuration(interval.etaSeconds))
