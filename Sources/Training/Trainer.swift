@@ -223,6 +223,7 @@ public final class Trainer {
                     stoppedBySignal = true
                     break training
                 }
+                if epochEnds { continue training }  // the next epoch starts the loader anew
             }
         }
         log.endProgress()

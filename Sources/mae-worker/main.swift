@@ -27,6 +27,11 @@ do {
 
 StopSignal.install()
 do {
+    if let address = distributed.rendezvous {
+        let line = "rank \(distributed.rank) of \(distributed.worldSize): joining the job at \(address) "
+            + "(generation \(distributed.generation), \(distributed.backend.rawValue))"
+        if distributed.rank == 0 { print(line); fflush(stdout) }
+    }
     let collective = try makeCollective(distributed)
     defer { collective.close() }
     _ = try Trainer(config: config, distributed: distributed, collective: collective).run()

@@ -118,13 +118,19 @@ import Glibc
         #expect(newest.state.step == logged, "checkpoint at step \(newest.state.step), \(logged) steps logged")
         #expect(newest.state.step < 800)
 
-        let twice = try WorkerProcess(arguments(runDirectory: "term2", ["--standalone", "--epochs", "200"]),
-                                      logDirectory: temporary.path, name: "term2")
-        #expect(twice.waitUntil(seconds: 60) { fileExists(temporary.path + "/term2/metrics.jsonl") })
-        twice.send(SIGTERM)
-        twice.send(SIGTERM)
-        let secondStatus = try twice.wait(seconds: 60)
-        #expect(secondStatus == 128 + SIGTERM, "a second SIGTERM should exit at once, got \(secondStatus)")
+        // A worker stuck waiting for a peer that never comes: the first signal cannot finish a
+        // step, the second ends the process at once.
+        let port = try freeLoopbackPort()
+        let stuck = try WorkerProcess(arguments(runDirectory: "stuck", ["--rank", "0", "--world-size", "2",
+                                                                        "--rendezvous", "127.0.0.1:\(port)", "--job-token", "t"]),
+                                      logDirectory: temporary.path, name: "stuck")
+        #expect(stuck.waitUntil(seconds: 30) { stuck.output.contains("joining the job") })
+        stuck.send(SIGTERM)
+        #expect(stuck.waitUntil(seconds: 30) { stuck.errors.contains("stop requested") })
+        stuck.send(SIGTERM)
+        let secondStatus = try stuck.wait(seconds: 30)
+        #expect(secondStatus == 128 + SIGTERM, "a second SIGTERM should exit at once, got \(secondStatus): \(stuck.errors)")
+        #expect(stuck.errors.contains("exiting now"))
     }
 
     /// An absurd learning rate makes the loss non-finite: the run stops with an error naming
