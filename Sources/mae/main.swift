@@ -4,6 +4,8 @@ BLASRuntime.ensureFastKernels()
 
 /// Every `mae` subcommand; each lives in its own `Command+Name.swift` file.
 let subcommands: [any Subcommand.Type] = [
+    BenchAllReduceCommand.self,
+    CollectiveWorkerCommand.self,
 ]
 
 dispatch(Array(CommandLine.arguments.dropFirst()), among: subcommands)
