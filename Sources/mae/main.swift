@@ -6,6 +6,8 @@ BLASRuntime.ensureFastKernels()
 let subcommands: [any Subcommand.Type] = [
     SynthDataCommand.self,
     BenchDataCommand.self,
+    BenchAllReduceCommand.self,
+    CollectiveWorkerCommand.self,
 ]
 
 dispatch(Array(CommandLine.arguments.dropFirst()), among: subcommands)
