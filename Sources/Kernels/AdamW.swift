@@ -1,0 +1,45 @@
+import Foundation
+
+/// PyTorch's AdamW (decoupled weight decay), element by element in exactly
+/// `torch.optim.AdamW`'s order, so that a run can be compared with the reference:
+///   p *= 1 − lr·wd;  m = β1·m + (1−β1)·g;  v = β2·v + (1−β2)·g²;
+///   bc1 = 1 − β1^t;  bc2 = 1 − β2^t;  p −= (lr / bc1) · m / (sqrt(v) / sqrt(bc2) + eps)
+/// with t the step number starting at 1.
+public func adamwUpdate(parameters: UnsafeMutablePointer<Float>, gradients: UnsafePointer<Float>,
+                        firstMoment: UnsafeMutablePointer<Float>, secondMoment: UnsafeMutablePointer<Float>,
+                        count: Int, learningRate: Float, beta1: Float, beta2: Float, epsilon: Float,
+                        weightDecay: Float, step: Int) {
+    precondition(step >= 1, "AdamW step numbers start at 1")
+    // `addcdiv(m, denominator, value: -stepSize)` order: the quotient first.
+    // The bias corrections in double precision, then rounded, as PyTorch computes
+    // them with Python floats.
+    let correction1 = 1 - pow(Double(beta1), Double(step))
+    let correction2 = 1 - pow(Double(beta2), Double(step))
+    let stepSize = Float(Double(learningRate) / correction1)
+    let correction2Root = Float(correction2.squareRoot())
+    let decay = 1 - learningRate * weightDecay
+    let oneMinusBeta1 = 1 - beta1, oneMinusBeta2 = 1 - beta2
+    parallelFor(count, minimumPerWorker: 32_768) { range in
+        var index = range.lowerBound
+        while index + 16 <= range.upperBound {
+            let g = load16(gradients + index)
+            let p = load16(parameters + index) * decay
+            let m = beta1 * load16(firstMoment + index) + oneMinusBeta1 * g
+            let v = beta2 * load16(secondMoment + index) + oneMinusBeta2 * g * g
+            store16(m, firstMoment + index)
+            store16(v, secondMoment + index)
+            store16(p - stepSize * (m / (v.squareRoot() / correction2Root + epsilon)), parameters + index)
+            index += 16
+        }
+        while index < range.upperBound {
+            let g = gradients[index]
+            let p = parameters[index] * decay
+            let m = beta1 * firstMoment[index] + oneMinusBeta1 * g
+            let v = beta2 * secondMoment[index] + oneMinusBeta2 * g * g
+            firstMoment[index] = m
+            secondMoment[index] = v
+            parameters[index] = p - stepSize * (m / (v.squareRoot() / correction2Root + epsilon))
+            index += 1
+        }
+    }
+}

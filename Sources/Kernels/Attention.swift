@@ -1,0 +1,132 @@
+/// Multi-head self-attention over a fused qkv projection, as timm's `Attention`:
+/// each token's qkv row is [q | k | v], each part head-major (head h owns columns
+/// h·hd ..< (h+1)·hd), scores are scaled by hd^-1/2 and softmaxed over keys.
+///
+/// The per-head products address the heads inside the qkv rows through leading
+/// dimensions, so no head is ever copied out. The batch × heads products are
+/// independent and small, so they are spread over our workers, each running
+/// single-threaded OpenBLAS calls.
+
+/// Runs `body` for every (sample, head) pair, in parallel, with OpenBLAS on one
+/// thread per call meanwhile (its own threads would compete with our workers).
+@inline(__always)
+func forEachSampleAndHead(batch: Int, heads: Int, _ body: (_ sample: Int, _ head: Int) -> Void) {
+    let multiThreaded = Parallel.threads > 1 && batch * heads > 1
+    if multiThreaded { BLASRuntime.setThreads(1) }
+    parallelFor(batch * heads) { range in
+        for pair in range { body(pair / heads, pair % heads) }
+    }
+    if multiThreaded { BLASRuntime.setThreads(Parallel.threads) }
+}
+
+/// output[batch, tokens, heads·headDimension] = softmax(q kᵀ · hd^-1/2) v per head;
+/// probabilities[batch, heads, tokens, tokens] are saved for the backward.
+/// qkv is [batch, tokens, 3 · heads · headDimension].
+public func attentionForward(output: UnsafeMutablePointer<Float>, probabilities: UnsafeMutablePointer<Float>,
+                             qkv: UnsafePointer<Float>,
+                             batch: Int, tokens: Int, heads: Int, headDimension: Int) {
+    let width = heads * headDimension
+    let qkvWidth = 3 * width
+    let scale = 1 / Float(headDimension).squareRoot()
+    forEachSampleAndHead(batch: batch, heads: heads) { sample, head in
+        let q = qkv + sample * tokens * qkvWidth + head * headDimension
+        let k = q + width
+        let v = q + 2 * width
+        let p = probabilities + (sample * heads + head) * tokens * tokens
+        // p[tokens, tokens] = scale · q kᵀ
+        matrixMultiply(p, ldc: tokens, q, lda: qkvWidth, k, ldb: qkvWidth, transposeB: true,
+                       m: tokens, n: tokens, k: headDimension, alpha: scale)
+        for row in 0..<tokens { softmaxInPlace(p + row * tokens, count: tokens) }
+        // output[tokens, hd] (inside the [tokens, width] rows) = p v
+        matrixMultiply(output + sample * tokens * width + head * headDimension, ldc: width,
+                       p, lda: tokens, v, ldb: qkvWidth,
+                       m: tokens, n: headDimension, k: tokens)
+    }
+}
+
+/// Backward of `attentionForward`: qkvGradient[batch, tokens, 3·width] is assigned.
+/// probabilityGradient[batch, heads, tokens, tokens] is scratch.
+public func attentionBackward(qkvGradient: UnsafeMutablePointer<Float>,
+                              probabilityGradient: UnsafeMutablePointer<Float>,
+                              outputGradient: UnsafePointer<Float>,
+                              qkv: UnsafePointer<Float>, probabilities: UnsafePointer<Float>,
+                              batch: Int, tokens: Int, heads: Int, headDimension: Int) {
+    let width = heads * headDimension
+    let qkvWidth = 3 * width
+    let scale = 1 / Float(headDimension).squareRoot()
+    forEachSampleAndHead(batch: batch, heads: heads) { sample, head in
+        let q = qkv + sample * tokens * qkvWidth + head * headDimension
+        let k = q + width
+        let v = q + 2 * width
+        let dq = qkvGradient + sample * tokens * qkvWidth + head * headDimension
+        let dk = dq + width
+        let dv = dq + 2 * width
+        let p = probabilities + (sample * heads + head) * tokens * tokens
+        let dp = probabilityGradient + (sample * heads + head) * tokens * tokens
+        let dOutput = outputGradient + sample * tokens * width + head * headDimension
+        // dp = dOutput vᵀ; dv = pᵀ dOutput
+        matrixMultiply(dp, ldc: tokens, dOutput, lda: width, v, ldb: qkvWidth, transposeB: true,
+                       m: tokens, n: tokens, k: headDimension)
+        matrixMultiply(dv, ldc: qkvWidth, p, lda: tokens, transposeA: true, dOutput, ldb: width,
+                       m: tokens, n: headDimension, k: tokens)
+        // Through the softmax and the scale: ds = scale · p ∘ (dp − Σ_keys dp ∘ p)
+        for row in 0..<tokens {
+            softmaxBackwardInPlace(dp + row * tokens, probabilities: p + row * tokens, count: tokens, scale: scale)
+        }
+        // dq = ds k; dk = dsᵀ q
+        matrixMultiply(dq, ldc: qkvWidth, dp, lda: tokens, k, ldb: qkvWidth,
+                       m: tokens, n: headDimension, k: tokens)
+        matrixMultiply(dk, ldc: qkvWidth, dp, lda: tokens, transposeA: true, q, ldb: qkvWidth,
+                       m: tokens, n: headDimension, k: tokens)
+    }
+}
+
+/// values[count] = softmax(values), numerically stable (the row maximum is subtracted).
+@inline(__always)
+public func softmaxInPlace(_ values: UnsafeMutablePointer<Float>, count: Int) {
+    var maximum16 = SIMD16<Float>(repeating: -.infinity)
+    var index = 0
+    while index + 16 <= count { maximum16 = pointwiseMax(maximum16, load16(values + index)); index += 16 }
+    var maximum = maximum16.max()
+    while index < count { maximum = max(maximum, values[index]); index += 1 }
+    var sum16 = SIMD16<Float>()
+    index = 0
+    while index + 16 <= count {
+        let e = exp16(load16(values + index) - maximum)
+        store16(e, values + index)
+        sum16 += e
+        index += 16
+    }
+    var sum = sum16.sum()
+    while index < count {
+        let e = expScalar(values[index] - maximum)
+        values[index] = e
+        sum += e
+        index += 1
+    }
+    let reciprocal = 1 / sum
+    index = 0
+    while index + 16 <= count { store16(load16(values + index) * reciprocal, values + index); index += 16 }
+    while index < count { values[index] *= reciprocal; index += 1 }
+}
+
+/// gradient[count] = scale · p ∘ (gradient − Σ gradient ∘ p): the softmax backward
+/// in place, from the gradient with respect to the probabilities p.
+@inline(__always)
+public func softmaxBackwardInPlace(_ gradient: UnsafeMutablePointer<Float>, probabilities: UnsafePointer<Float>,
+                                   count: Int, scale: Float) {
+    var dot16 = SIMD16<Float>()
+    var index = 0
+    while index + 16 <= count { dot16 += load16(gradient + index) * load16(probabilities + index); index += 16 }
+    var dot = dot16.sum()
+    while index < count { dot += gradient[index] * probabilities[index]; index += 1 }
+    index = 0
+    while index + 16 <= count {
+        store16(scale * load16(probabilities + index) * (load16(gradient + index) - dot), gradient + index)
+        index += 16
+    }
+    while index < count {
+        gradient[index] = scale * probabilities[index] * (gradient[index] - dot)
+        index += 1
+    }
+}

@@ -1,0 +1,73 @@
+/// Element-wise vector kernels (residual adds, sums), SIMD with scalar tails.
+
+/// output[count] = a[count] + b[count]. `output` may be `a` or `b`.
+@inline(__always)
+public func addVectors(_ output: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>,
+                       _ b: UnsafePointer<Float>, count: Int) {
+    var index = 0
+    while index + 16 <= count {
+        store16(load16(a + index) + load16(b + index), output + index)
+        index += 16
+    }
+    while index < count {
+        output[index] = a[index] + b[index]
+        index += 1
+    }
+}
+
+/// output[count] = a[count] + b[count] + c[count]. `output` may alias an input.
+@inline(__always)
+public func addVectors(_ output: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>,
+                       _ b: UnsafePointer<Float>, _ c: UnsafePointer<Float>, count: Int) {
+    var index = 0
+    while index + 16 <= count {
+        store16(load16(a + index) + load16(b + index) + load16(c + index), output + index)
+        index += 16
+    }
+    while index < count {
+        output[index] = a[index] + b[index] + c[index]
+        index += 1
+    }
+}
+
+/// accumulator[count] += value[count].
+@inline(__always)
+public func accumulate(_ accumulator: UnsafeMutablePointer<Float>, _ value: UnsafePointer<Float>, count: Int) {
+    addVectors(accumulator, accumulator, value, count: count)
+}
+
+/// The residual connection: stream[rows, width] += branch[rows, width], in parallel.
+public func residualAdd(_ stream: UnsafeMutablePointer<Float>, _ branch: UnsafePointer<Float>, rows: Int, width: Int) {
+    parallelFor(rows, minimumPerWorker: max(1, 16_384 / max(width, 1))) { range in
+        let offset = range.lowerBound * width
+        addVectors(stream + offset, stream + offset, branch + offset, count: range.count * width)
+    }
+}
+
+/// sums[columns] += Σ_rows matrix[rows, columns] (the bias gradient of a linear layer).
+///
+/// Workers own disjoint column blocks, so no partial sums need merging.
+public func addColumnSums(_ sums: UnsafeMutablePointer<Float>, _ matrix: UnsafePointer<Float>,
+                          rows: Int, columns: Int) {
+    let blocks = (columns + 15) / 16
+    parallelFor(blocks, minimumPerWorker: max(1, 8_192 / max(rows, 1))) { blockRange in
+        let end = min(columns, blockRange.upperBound * 16)
+        var column = blockRange.lowerBound * 16
+        while column + 16 <= end {
+            var total = SIMD16<Float>()
+            var row = 0
+            while row < rows {
+                total += load16(matrix + row * columns + column)
+                row += 1
+            }
+            store16(load16(sums + column) + total, sums + column)
+            column += 16
+        }
+        while column < end {
+            var total: Float = 0
+            for row in 0..<rows { total += matrix[row * columns + column] }
+            sums[column] += total
+            column += 1
+        }
+    }
+}

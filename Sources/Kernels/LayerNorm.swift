@@ -1,0 +1,131 @@
+/// Layer normalisation over the last dimension, PyTorch's `nn.LayerNorm` (biased
+/// variance; MAE uses eps 1e-6 everywhere).
+
+/// output[rows, width] = (input − mean) · reciprocalStd · weight + bias, per row;
+/// saves mean[rows] and reciprocalStd[rows] = 1 / sqrt(var + epsilon) for the backward.
+public func layerNormForward(output: UnsafeMutablePointer<Float>,
+                             mean: UnsafeMutablePointer<Float>, reciprocalStd: UnsafeMutablePointer<Float>,
+                             input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
+                             rows: Int, width: Int, epsilon: Float = 1e-6) {
+    parallelFor(rows, minimumPerWorker: max(1, 8_192 / max(width, 1))) { range in
+        for row in range {
+            let x = input + row * width
+            let y = output + row * width
+            // Two passes (mean, then squared deviations) keep the variance accurate
+            // for rows with a large mean.
+            var sum16 = SIMD16<Float>()
+            var column = 0
+            while column + 16 <= width { sum16 += load16(x + column); column += 16 }
+            var sum = sum16.sum()
+            while column < width { sum += x[column]; column += 1 }
+            let rowMean = sum / Float(width)
+            var squares16 = SIMD16<Float>()
+            column = 0
+            while column + 16 <= width {
+                let deviation = load16(x + column) - rowMean
+                squares16 += deviation * deviation
+                column += 16
+            }
+            var squares = squares16.sum()
+            while column < width { let deviation = x[column] - rowMean; squares += deviation * deviation; column += 1 }
+            let rowReciprocalStd = 1 / (squares / Float(width) + epsilon).squareRoot()
+            column = 0
+            while column + 16 <= width {
+                let normalised = (load16(x + column) - rowMean) * rowReciprocalStd
+                store16(normalised * load16(weight + column) + load16(bias + column), y + column)
+                column += 16
+            }
+            while column < width {
+                y[column] = (x[column] - rowMean) * rowReciprocalStd * weight[column] + bias[column]
+                column += 1
+            }
+            mean[row] = rowMean
+            reciprocalStd[row] = rowReciprocalStd
+        }
+    }
+}
+
+/// Backward of `layerNormForward`:
+/// inputGradient[rows, width] = residualGradient (when given) + ∂loss/∂input (assigned),
+/// weightGradient[width] += Σ_rows outputGradient · x̂, biasGradient[width] += Σ_rows outputGradient.
+///
+/// Every LayerNorm of the model reads the residual stream, so the stream's gradient
+/// arrives as `residualGradient` and is summed in the same pass; `inputGradient` may
+/// be `residualGradient` or `outputGradient` (the parameter sums are taken first).
+public func layerNormBackward(inputGradient: UnsafeMutablePointer<Float>,
+                              weightGradient: UnsafeMutablePointer<Float>, biasGradient: UnsafeMutablePointer<Float>,
+                              outputGradient: UnsafePointer<Float>, input: UnsafePointer<Float>,
+                              mean: UnsafePointer<Float>, reciprocalStd: UnsafePointer<Float>,
+                              weight: UnsafePointer<Float>, residualGradient: UnsafePointer<Float>?,
+                              rows: Int, width: Int) {
+    // Parameter gradients: workers own disjoint column blocks and walk every row.
+    let blocks = (width + 15) / 16
+    parallelFor(blocks, minimumPerWorker: max(1, 4_096 / max(rows, 1))) { blockRange in
+        let end = min(width, blockRange.upperBound * 16)
+        var column = blockRange.lowerBound * 16
+        while column + 16 <= end {
+            var weightSum = SIMD16<Float>(), biasSum = SIMD16<Float>()
+            for row in 0..<rows {
+                let dy = load16(outputGradient + row * width + column)
+                let normalised = (load16(input + row * width + column) - mean[row]) * reciprocalStd[row]
+                weightSum += dy * normalised
+                biasSum += dy
+            }
+            store16(load16(weightGradient + column) + weightSum, weightGradient + column)
+            store16(load16(biasGradient + column) + biasSum, biasGradient + column)
+            column += 16
+        }
+        while column < end {
+            var weightSum: Float = 0, biasSum: Float = 0
+            for row in 0..<rows {
+                let dy = outputGradient[row * width + column]
+                weightSum += dy * (input[row * width + column] - mean[row]) * reciprocalStd[row]
+                biasSum += dy
+            }
+            weightGradient[column] += weightSum
+            biasGradient[column] += biasSum
+            column += 1
+        }
+    }
+    // Input gradient, row by row: dx = rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)), dx̂ = dy · weight.
+    parallelFor(rows, minimumPerWorker: max(1, 8_192 / max(width, 1))) { range in
+        for row in range {
+            let x = input + row * width
+            let dy = outputGradient + row * width
+            let dx = inputGradient + row * width
+            let rowMean = mean[row], rowReciprocalStd = reciprocalStd[row]
+            var sum16 = SIMD16<Float>(), dot16 = SIMD16<Float>()
+            var column = 0
+            while column + 16 <= width {
+                let scaled = load16(dy + column) * load16(weight + column)
+                sum16 += scaled
+                dot16 += scaled * (load16(x + column) - rowMean) * rowReciprocalStd
+                column += 16
+            }
+            var sum = sum16.sum(), dot = dot16.sum()
+            while column < width {
+                let scaled = dy[column] * weight[column]
+                sum += scaled
+                dot += scaled * (x[column] - rowMean) * rowReciprocalStd
+                column += 1
+            }
+            let meanScaled = sum / Float(width), meanDot = dot / Float(width)
+            column = 0
+            while column + 16 <= width {
+                let normalised = (load16(x + column) - rowMean) * rowReciprocalStd
+                var gradient = (load16(dy + column) * load16(weight + column) - meanScaled - normalised * meanDot)
+                    * rowReciprocalStd
+                if let residualGradient { gradient += load16(residualGradient + row * width + column) }
+                store16(gradient, dx + column)
+                column += 16
+            }
+            while column < width {
+                let normalised = (x[column] - rowMean) * rowReciprocalStd
+                var gradient = (dy[column] * weight[column] - meanScaled - normalised * meanDot) * rowReciprocalStd
+                if let residualGradient { gradient += residualGradient[row * width + column] }
+                dx[column] = gradient
+                column += 1
+            }
+        }
+    }
+}

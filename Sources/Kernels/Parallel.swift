@@ -1,0 +1,44 @@
+import Dispatch
+
+/// The thread count shared by every kernel: OpenBLAS runs its matrix products on
+/// `threads` threads, and our own element-wise kernels split their work over the
+/// same number of workers with `parallelFor`.
+///
+/// The workers come from Dispatch's fixed global pool (`concurrentPerform`), so a
+/// call allocates no threads; with one thread the work runs inline on the caller.
+public enum Parallel {
+    /// Our pool's width; read by `parallelFor` on every call.
+    nonisolated(unsafe) private static var threadCount = 1
+
+    /// The number of workers `parallelFor` uses (and OpenBLAS, after `setThreads`).
+    public static var threads: Int { threadCount }
+
+    /// Sets both OpenBLAS's thread count and our pool's width to `count` (at least 1).
+    public static func setThreads(_ count: Int) {
+        threadCount = max(1, count)
+        BLASRuntime.setThreads(threadCount)
+    }
+}
+
+/// Runs `body` over `0..<count` split into at most `Parallel.threads` contiguous,
+/// non-empty ranges, one per worker, and returns when all are done.
+@inline(__always)
+public func parallelFor(_ count: Int, _ body: (Range<Int>) -> Void) {
+    parallelFor(count, minimumPerWorker: 1, body)
+}
+
+/// As `parallelFor(_:_:)`, but gives each worker at least `minimumPerWorker` items,
+/// so that small loops run inline instead of paying for a hand-off to the pool.
+public func parallelFor(_ count: Int, minimumPerWorker: Int, _ body: (Range<Int>) -> Void) {
+    guard count > 0 else { return }
+    let workers = min(Parallel.threads, max(1, count / max(1, minimumPerWorker)))
+    if workers == 1 {
+        body(0..<count)
+        return
+    }
+    DispatchQueue.concurrentPerform(iterations: workers) { worker in
+        let start = count * worker / workers
+        let end = count * (worker + 1) / workers
+        body(start..<end)
+    }
+}

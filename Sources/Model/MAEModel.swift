@@ -1,0 +1,294 @@
+import Kernels
+
+/// A Masked Autoencoder (He et al. 2021) with hand-written forward and backward
+/// passes, numerically the official PyTorch `MaskedAutoencoderViT` (models_mae.py).
+///
+/// All trainable tensors live in one flat `parameters` buffer laid out by `table`
+/// (official names, order and shapes); `gradients` has the same layout.
+/// Activations live in one arena sized for the last batch shape.
+public final class MAEModel {
+    public let config: ModelConfig
+    public let table: ParameterTable
+    /// table.count floats.
+    public let parameters: FloatBuffer
+    /// Same layout as `parameters`; `forwardBackward` adds into it.
+    public let gradients: FloatBuffer
+    /// Fixed sin-cos [(L + 1), D] ("pos_embed", officially [1, L + 1, D]); not trained.
+    public let encoderPositionEmbedding: FloatBuffer
+    /// Fixed sin-cos [(L + 1), Dd] ("decoder_pos_embed").
+    public let decoderPositionEmbedding: FloatBuffer
+
+    let encoderOffsets: [BlockOffsets]
+    let decoderOffsets: [BlockOffsets]
+    let clsToken, patchEmbedWeight, patchEmbedBias, normWeight, normBias: Int
+    let decoderEmbedWeight, decoderEmbedBias, maskToken, decoderNormWeight, decoderNormBias: Int
+    let decoderPredictionWeight, decoderPredictionBias: Int
+    private var activations: Activations?
+    private let empty = FloatBuffer(count: 0)
+
+    /// A model initialised as the reference, with random numbers from
+    /// CounterRandom(seed, .initialisation, index: tensor number).
+    /// The configuration must be valid (`ModelConfig.named` and `validate()` check it).
+    public init(config: ModelConfig, seed: UInt64) {
+        precondition(config.problem == nil, "invalid model configuration: \(config.problem ?? "")")
+        self.config = config
+        let table = ParameterTable(config: config)
+        self.table = table
+        parameters = FloatBuffer(count: table.count)
+        gradients = FloatBuffer(count: table.count)
+        encoderPositionEmbedding = FloatBuffer(sinCosPositionEmbedding(width: config.encoderWidth,
+                                                                       gridSize: config.gridSize))
+        decoderPositionEmbedding = FloatBuffer(sinCosPositionEmbedding(width: config.decoderWidth,
+                                                                       gridSize: config.gridSize))
+        encoderOffsets = (0..<config.encoderDepth).map { BlockOffsets(table: table, prefix: "blocks.\($0).") }
+        decoderOffsets = (0..<config.decoderDepth).map { BlockOffsets(table: table, prefix: "decoder_blocks.\($0).") }
+        func offset(_ name: String) -> Int { table.tensor(named: name)!.offset }
+        clsToken = offset("cls_token")
+        patchEmbedWeight = offset("patch_embed.proj.weight"); patchEmbedBias = offset("patch_embed.proj.bias")
+        normWeight = offset("norm.weight"); normBias = offset("norm.bias")
+        decoderEmbedWeight = offset("decoder_embed.weight"); decoderEmbedBias = offset("decoder_embed.bias")
+        maskToken = offset("mask_token")
+        decoderNormWeight = offset("decoder_norm.weight"); decoderNormBias = offset("decoder_norm.bias")
+        decoderPredictionWeight = offset("decoder_pred.weight"); decoderPredictionBias = offset("decoder_pred.bias")
+        initialiseParameters(parameters.pointer, table: table, seed: seed)
+    }
+
+    /// The prediction of the last call, [N, L, p·p·3] in patchify order.
+    public var prediction: UnsafePointer<Float> { UnsafePointer(activations?.prediction ?? empty.pointer) }
+    /// The mask of the last call, [N, L], 1 = removed.
+    public var mask: UnsafePointer<Float> { UnsafePointer(activations?.mask ?? empty.pointer) }
+
+    /// One forward and backward pass. Parameter gradients are ADDED into `gradients`,
+    /// scaled by `gradientScale` (callers zero them; accumulation passes 1/accumIter).
+    /// Returns the loss (unscaled). Allocations happen only when the batch shape changes.
+    /// - Parameters:
+    ///   - images: [N, 3, S, S], already normalised.
+    ///   - noise: [N, L]; its ascending argsort decides the mask (small noise = kept).
+    public func forwardBackward(images: UnsafePointer<Float>, noise: UnsafePointer<Float>, batchSize: Int,
+                                maskRatio: Double, normPixLoss: Bool, gradientScale: Float = 1) -> Float {
+        let a = prepare(batchSize: batchSize, maskRatio: maskRatio)
+        let loss = runForward(a, images: images, noise: noise, normPixLoss: normPixLoss)
+        runBackward(a, gradientScale: gradientScale)
+        return loss
+    }
+
+    /// Forward only (evaluation); returns the loss. `prediction` and `mask` are updated.
+    public func forward(images: UnsafePointer<Float>, noise: UnsafePointer<Float>, batchSize: Int,
+                        maskRatio: Double, normPixLoss: Bool) -> Float {
+        let a = prepare(batchSize: batchSize, maskRatio: maskRatio)
+        return runForward(a, images: images, noise: noise, normPixLoss: normPixLoss)
+    }
+
+    /// The arena for this batch shape, reallocated only when the shape changes.
+    private func prepare(batchSize: Int, maskRatio: Double) -> Activations {
+        precondition(batchSize >= 1, "batch size must be at least 1")
+        precondition(maskRatio >= 0 && maskRatio < 1, "mask ratio must be in [0, 1)")
+        let kept = config.keptCount(maskRatio: maskRatio)
+        precondition(kept >= 1, "mask ratio \(maskRatio) leaves no visible patch")
+        if let current = activations, current.batch == batchSize, current.keptCount == kept { return current }
+        activations = nil  // release the old arena before allocating the new one
+        let fresh = Activations(config: config, batch: batchSize, keptCount: kept)
+        activations = fresh
+        return fresh
+    }
+
+    private func encoderShape(_ a: Activations) -> BlockShape {
+        BlockShape(batch: a.batch, tokens: a.encoderTokens, width: config.encoderWidth,
+                   heads: config.encoderHeads, hidden: config.encoderWidth * config.mlpRatio)
+    }
+
+    private func decoderShape(_ a: Activations) -> BlockShape {
+        BlockShape(batch: a.batch, tokens: a.decoderTokens, width: config.decoderWidth,
+                   heads: config.decoderHeads, hidden: config.decoderWidth * config.mlpRatio)
+    }
+
+    // MARK: - Forward
+
+    private func runForward(_ a: Activations, images: UnsafePointer<Float>, noise: UnsafePointer<Float>,
+                            normPixLoss: Bool) -> Float {
+        let p = UnsafePointer(parameters.pointer)
+        let batch = a.batch, kept = a.keptCount, patchCount = config.patchCount
+        let width = config.encoderWidth, decoderWidth = config.decoderWidth
+        let patchDimension = config.patchDimension
+        let encoderTokens = a.encoderTokens, decoderTokens = a.decoderTokens
+
+        // Masking, per sample.
+        for sample in 0..<batch {
+            let row = sample * patchCount
+            randomMasking(shuffle: a.shuffle + row, restore: a.restore + row, mask: a.mask + row,
+                          noise: noise + row, patchCount: patchCount, keptCount: kept)
+            (a.keptPatches + sample * kept).update(from: a.shuffle + row, count: kept)
+        }
+
+        // Patch embedding of the visible patches only (the convolution acts on each
+        // patch alone, so embedding all of them and then gathering gives the same rows).
+        gatherPatches(output: a.patches, images: images, patchIndices: a.keptPatches, batch: batch, count: kept,
+                      channels: config.channels, imageSize: config.imageSize, patchSize: config.patchSize)
+        linearForward(output: a.patchTokens, input: a.patches, weight: p + patchEmbedWeight,
+                      bias: p + patchEmbedBias, rows: batch * kept, inFeatures: patchDimension, outFeatures: width)
+
+        // Encoder input: [cls + pos[0], visible tokens + their pos] per sample.
+        let stream = a.encoderBlocks.first?.input ?? a.encoderNormed
+        let position = UnsafePointer(encoderPositionEmbedding.pointer)
+        parallelFor(batch) { samples in
+            for sample in samples {
+                let destination = stream + sample * encoderTokens * width
+                addVectors(destination, p + self.clsToken, position, count: width)
+                for token in 0..<kept {
+                    let patch = Int(a.keptPatches[sample * kept + token])
+                    addVectors(destination + (1 + token) * width, a.patchTokens + (sample * kept + token) * width,
+                               position + (1 + patch) * width, count: width)
+                }
+            }
+        }
+
+        let encoder = encoderShape(a)
+        for (offsets, block) in zip(encoderOffsets, a.encoderBlocks) {
+            blockForward(parameters: p, offsets: offsets, activations: block, shape: encoder)
+        }
+        let encoderOutput = a.encoderBlocks.last?.output ?? stream
+        layerNormForward(output: a.encoderNormed, mean: a.encoderMean, reciprocalStd: a.encoderReciprocalStd,
+                         input: encoderOutput, weight: p + normWeight, bias: p + normBias,
+                         rows: batch * encoderTokens, width: width)
+
+        // Decoder input: embed, then [cls, each patch in original order: its visible
+        // token or the mask token] + decoder pos.
+        linearForward(output: a.decoderEmbedded, input: a.encoderNormed, weight: p + decoderEmbedWeight,
+                      bias: p + decoderEmbedBias, rows: batch * encoderTokens, inFeatures: width,
+                      outFeatures: decoderWidth)
+        let decoderStream = a.decoderBlocks.first?.input ?? a.decoderNormed
+        let decoderPosition = UnsafePointer(decoderPositionEmbedding.pointer)
+        parallelFor(batch) { samples in
+            for sample in samples {
+                let destination = decoderStream + sample * decoderTokens * decoderWidth
+                let embedded = a.decoderEmbedded + sample * encoderTokens * decoderWidth
+                addVectors(destination, embedded, decoderPosition, count: decoderWidth)
+                for patch in 0..<patchCount {
+                    let rank = Int(a.restore[sample * patchCount + patch])
+                    let source = rank < kept ? UnsafePointer(embedded + (1 + rank) * decoderWidth) : p + self.maskToken
+                    addVectors(destination + (1 + patch) * decoderWidth, source,
+                               decoderPosition + (1 + patch) * decoderWidth, count: decoderWidth)
+                }
+            }
+        }
+
+        let decoder = decoderShape(a)
+        for (offsets, block) in zip(decoderOffsets, a.decoderBlocks) {
+            blockForward(parameters: p, offsets: offsets, activations: block, shape: decoder)
+        }
+        let decoderOutput = a.decoderBlocks.last?.output ?? decoderStream
+        layerNormForward(output: a.decoderNormed, mean: a.decoderMean, reciprocalStd: a.decoderReciprocalStd,
+                         input: decoderOutput, weight: p + decoderNormWeight, bias: p + decoderNormBias,
+                         rows: batch * decoderTokens, width: decoderWidth)
+        linearForward(output: a.fullPrediction, input: a.decoderNormed, weight: p + decoderPredictionWeight,
+                      bias: p + decoderPredictionBias, rows: batch * decoderTokens, inFeatures: decoderWidth,
+                      outFeatures: patchDimension)
+        for sample in 0..<batch {  // drop the cls position
+            (a.prediction + sample * patchCount * patchDimension)
+                .update(from: a.fullPrediction + (sample * decoderTokens + 1) * patchDimension,
+                        count: patchCount * patchDimension)
+        }
+
+        // Loss on the removed patches.
+        patchify(output: a.target, images: images, batch: batch, channels: config.channels,
+                 imageSize: config.imageSize, patchSize: config.patchSize)
+        if normPixLoss { normalizePatches(a.target, rows: batch * patchCount, width: patchDimension) }
+        return maskedMSELoss(prediction: a.prediction, target: a.target, mask: a.mask,
+                             batch: batch, patches: patchCount, width: patchDimension)
+    }
+
+    // MARK: - Backward
+
+    private func runBackward(_ a: Activations, gradientScale: Float) {
+        let p = UnsafePointer(parameters.pointer)
+        let g = gradients.pointer
+        let batch = a.batch, kept = a.keptCount, patchCount = config.patchCount
+        let width = config.encoderWidth, decoderWidth = config.decoderWidth
+        let patchDimension = config.patchDimension
+        let encoderTokens = a.encoderTokens, decoderTokens = a.decoderTokens
+        let d = a.scratch
+
+        // Loss → prediction (the cls row gets no gradient).
+        maskedMSELossBackward(predictionGradient: a.predictionGradient, prediction: a.prediction, target: a.target,
+                              mask: a.mask, batch: batch, patches: patchCount, width: patchDimension,
+                              scale: gradientScale)
+        for sample in 0..<batch {
+            let destination = a.fullPredictionGradient + sample * decoderTokens * patchDimension
+            destination.update(repeating: 0, count: patchDimension)
+            (destination + patchDimension).update(from: a.predictionGradient + sample * patchCount * patchDimension,
+                                                  count: patchCount * patchDimension)
+        }
+
+        // Decoder head and norm.
+        linearBackward(inputGradient: d.norm, weightGradient: g + decoderPredictionWeight,
+                       biasGradient: g + decoderPredictionBias, outputGradient: a.fullPredictionGradient,
+                       input: a.decoderNormed, weight: p + decoderPredictionWeight,
+                       rows: batch * decoderTokens, inFeatures: decoderWidth, outFeatures: patchDimension)
+        let decoderStream = a.decoderBlocks.first?.input ?? a.decoderNormed
+        let decoderOutput = a.decoderBlocks.last?.output ?? decoderStream
+        layerNormBackward(inputGradient: d.stream, weightGradient: g + decoderNormWeight,
+                          biasGradient: g + decoderNormBias, outputGradient: d.norm, input: decoderOutput,
+                          mean: a.decoderMean, reciprocalStd: a.decoderReciprocalStd, weight: p + decoderNormWeight,
+                          residualGradient: nil, rows: batch * decoderTokens, width: decoderWidth)
+        let decoder = decoderShape(a)
+        for (offsets, block) in zip(decoderOffsets, a.decoderBlocks).reversed() {
+            blockBackward(parameters: p, gradients: g, offsets: offsets, activations: block, scratch: d, shape: decoder)
+        }
+
+        // Decoder input → embedded tokens and the mask token (un-gather).
+        let embeddedGradient = a.embeddedGradient
+        parallelFor(batch) { samples in
+            for sample in samples {
+                let source = d.stream + sample * decoderTokens * decoderWidth
+                let destination = embeddedGradient + sample * encoderTokens * decoderWidth
+                destination.update(from: source, count: decoderWidth)
+                for patch in 0..<patchCount {
+                    let rank = Int(a.restore[sample * patchCount + patch])
+                    if rank < kept {
+                        (destination + (1 + rank) * decoderWidth)
+                            .update(from: source + (1 + patch) * decoderWidth, count: decoderWidth)
+                    }
+                }
+            }
+        }
+        // The mask token's gradient sums over every removed position of every sample;
+        // a serial pass keeps the sum order fixed.
+        for sample in 0..<batch {
+            for patch in 0..<patchCount where Int(a.restore[sample * patchCount + patch]) >= kept {
+                accumulate(g + maskToken, d.stream + (sample * decoderTokens + 1 + patch) * decoderWidth,
+                           count: decoderWidth)
+            }
+        }
+        linearBackward(inputGradient: d.norm, weightGradient: g + decoderEmbedWeight,
+                       biasGradient: g + decoderEmbedBias, outputGradient: embeddedGradient, input: a.encoderNormed,
+                       weight: p + decoderEmbedWeight, rows: batch * encoderTokens, inFeatures: width,
+                       outFeatures: decoderWidth)
+
+        // Encoder norm and blocks.
+        let stream = a.encoderBlocks.first?.input ?? a.encoderNormed
+        let encoderOutput = a.encoderBlocks.last?.output ?? stream
+        layerNormBackward(inputGradient: d.stream, weightGradient: g + normWeight, biasGradient: g + normBias,
+                          outputGradient: d.norm, input: encoderOutput, mean: a.encoderMean,
+                          reciprocalStd: a.encoderReciprocalStd, weight: p + normWeight, residualGradient: nil,
+                          rows: batch * encoderTokens, width: width)
+        let encoder = encoderShape(a)
+        for (offsets, block) in zip(encoderOffsets, a.encoderBlocks).reversed() {
+            blockBackward(parameters: p, gradients: g, offsets: offsets, activations: block, scratch: d, shape: encoder)
+        }
+
+        // Encoder input → cls token and the patch embedding.
+        for sample in 0..<batch {
+            accumulate(g + clsToken, d.stream + sample * encoderTokens * width, count: width)
+        }
+        let tokenGradient = d.norm  // [batch·keep, D], contiguous rows for one product
+        parallelFor(batch) { samples in
+            for sample in samples {
+                (tokenGradient + sample * kept * width)
+                    .update(from: d.stream + (sample * encoderTokens + 1) * width, count: kept * width)
+            }
+        }
+        linearBackward(inputGradient: nil, weightGradient: g + patchEmbedWeight, biasGradient: g + patchEmbedBias,
+                       outputGradient: tokenGradient, input: a.patches, weight: p + patchEmbedWeight,
+                       rows: batch * kept, inFeatures: patchDimension, outFeatures: width)
+    }
+}

@@ -1,0 +1,114 @@
+import Kernels
+
+/// A pre-norm transformer block (timm's `Block`, as MAE uses it):
+///   middle = input + proj(attention(norm1(input)))
+///   output = middle + fc2(GELU(fc1(norm2(middle))))
+
+/// Where one block's tensors start in the flat parameter (and gradient) buffer.
+struct BlockOffsets {
+    let norm1Weight, norm1Bias, qkvWeight, qkvBias, projectionWeight, projectionBias: Int
+    let norm2Weight, norm2Bias, fc1Weight, fc1Bias, fc2Weight, fc2Bias: Int
+
+    init(table: ParameterTable, prefix: String) {
+        func offset(_ suffix: String) -> Int {
+            guard let tensor = table.tensor(named: prefix + suffix) else {
+                preconditionFailure("parameter table lacks \(prefix + suffix)")
+            }
+            return tensor.offset
+        }
+        norm1Weight = offset("norm1.weight"); norm1Bias = offset("norm1.bias")
+        qkvWeight = offset("attn.qkv.weight"); qkvBias = offset("attn.qkv.bias")
+        projectionWeight = offset("attn.proj.weight"); projectionBias = offset("attn.proj.bias")
+        norm2Weight = offset("norm2.weight"); norm2Bias = offset("norm2.bias")
+        fc1Weight = offset("mlp.fc1.weight"); fc1Bias = offset("mlp.fc1.bias")
+        fc2Weight = offset("mlp.fc2.weight"); fc2Bias = offset("mlp.fc2.bias")
+    }
+}
+
+/// The sizes a block runs at.
+struct BlockShape {
+    let batch: Int, tokens: Int, width: Int, heads: Int, hidden: Int
+    var rows: Int { batch * tokens }
+    var headDimension: Int { width / heads }
+}
+
+/// What one block's forward saves for its backward, inside the activation arena.
+struct BlockActivations {
+    var input: UnsafeMutablePointer<Float>          // [rows, width] (the previous block's output)
+    var norm1: UnsafeMutablePointer<Float>          // [rows, width]
+    var mean1: UnsafeMutablePointer<Float>          // [rows]
+    var reciprocalStd1: UnsafeMutablePointer<Float> // [rows]
+    var qkv: UnsafeMutablePointer<Float>            // [rows, 3·width]
+    var probabilities: UnsafeMutablePointer<Float>  // [batch, heads, tokens, tokens]
+    var attention: UnsafeMutablePointer<Float>      // [rows, width], before proj
+    var middle: UnsafeMutablePointer<Float>         // [rows, width]
+    var norm2: UnsafeMutablePointer<Float>          // [rows, width]
+    var mean2: UnsafeMutablePointer<Float>          // [rows]
+    var reciprocalStd2: UnsafeMutablePointer<Float> // [rows]
+    var hidden: UnsafeMutablePointer<Float>         // [rows, hidden], fc1 output before GELU
+    var activated: UnsafeMutablePointer<Float>      // [rows, hidden], after GELU
+    var output: UnsafeMutablePointer<Float>         // [rows, width] (the next block's input)
+}
+
+/// Gradient scratch shared by all blocks of one stack (sized for the largest).
+struct BlockScratch {
+    var stream: UnsafeMutablePointer<Float>         // [rows, width]: d output on entry, d input on exit
+    var norm: UnsafeMutablePointer<Float>           // [rows, width]
+    var qkv: UnsafeMutablePointer<Float>            // [rows, 3·width]
+    var attention: UnsafeMutablePointer<Float>      // [rows, width]
+    var hidden: UnsafeMutablePointer<Float>         // [rows, hidden]
+    var probabilities: UnsafeMutablePointer<Float>  // [batch, heads, tokens, tokens]
+}
+
+func blockForward(parameters p: UnsafePointer<Float>, offsets o: BlockOffsets,
+                  activations a: BlockActivations, shape s: BlockShape) {
+    layerNormForward(output: a.norm1, mean: a.mean1, reciprocalStd: a.reciprocalStd1, input: a.input,
+                     weight: p + o.norm1Weight, bias: p + o.norm1Bias, rows: s.rows, width: s.width)
+    linearForward(output: a.qkv, input: a.norm1, weight: p + o.qkvWeight, bias: p + o.qkvBias,
+                  rows: s.rows, inFeatures: s.width, outFeatures: 3 * s.width)
+    attentionForward(output: a.attention, probabilities: a.probabilities, qkv: a.qkv,
+                     batch: s.batch, tokens: s.tokens, heads: s.heads, headDimension: s.headDimension)
+    linearForward(output: a.middle, input: a.attention, weight: p + o.projectionWeight,
+                  bias: p + o.projectionBias, residual: a.input,
+                  rows: s.rows, inFeatures: s.width, outFeatures: s.width)
+    layerNormForward(output: a.norm2, mean: a.mean2, reciprocalStd: a.reciprocalStd2, input: a.middle,
+                     weight: p + o.norm2Weight, bias: p + o.norm2Bias, rows: s.rows, width: s.width)
+    // fc1 without its bias; the bias joins GELU in one pass.
+    matrixMultiply(a.hidden, ldc: s.hidden, a.norm2, lda: s.width, p + o.fc1Weight, ldb: s.width,
+                   transposeB: true, m: s.rows, n: s.hidden, k: s.width)
+    biasGELUForward(activated: a.activated, preActivation: a.hidden, bias: p + o.fc1Bias,
+                    rows: s.rows, width: s.hidden)
+    linearForward(output: a.output, input: a.activated, weight: p + o.fc2Weight, bias: p + o.fc2Bias,
+                  residual: a.middle, rows: s.rows, inFeatures: s.hidden, outFeatures: s.width)
+}
+
+/// Backward of `blockForward`. On entry `scratch.stream` holds ∂loss/∂output; on
+/// exit it holds ∂loss/∂input. Parameter gradients are added into `g`.
+func blockBackward(parameters p: UnsafePointer<Float>, gradients g: UnsafeMutablePointer<Float>,
+                   offsets o: BlockOffsets, activations a: BlockActivations,
+                   scratch d: BlockScratch, shape s: BlockShape) {
+    // MLP branch. The residual passes d output straight to d middle.
+    linearBackward(inputGradient: d.hidden, weightGradient: g + o.fc2Weight, biasGradient: g + o.fc2Bias,
+                   outputGradient: d.stream, input: a.activated, weight: p + o.fc2Weight,
+                   rows: s.rows, inFeatures: s.hidden, outFeatures: s.width)
+    geluBackward(inputGradient: d.hidden, outputGradient: d.hidden, input: a.hidden, count: s.rows * s.hidden)
+    linearBackward(inputGradient: d.norm, weightGradient: g + o.fc1Weight, biasGradient: g + o.fc1Bias,
+                   outputGradient: d.hidden, input: a.norm2, weight: p + o.fc1Weight,
+                   rows: s.rows, inFeatures: s.width, outFeatures: s.hidden)
+    layerNormBackward(inputGradient: d.stream, weightGradient: g + o.norm2Weight, biasGradient: g + o.norm2Bias,
+                      outputGradient: d.norm, input: a.middle, mean: a.mean2, reciprocalStd: a.reciprocalStd2,
+                      weight: p + o.norm2Weight, residualGradient: d.stream, rows: s.rows, width: s.width)
+    // Attention branch; d middle passes straight to d input.
+    linearBackward(inputGradient: d.attention, weightGradient: g + o.projectionWeight,
+                   biasGradient: g + o.projectionBias, outputGradient: d.stream, input: a.attention,
+                   weight: p + o.projectionWeight, rows: s.rows, inFeatures: s.width, outFeatures: s.width)
+    attentionBackward(qkvGradient: d.qkv, probabilityGradient: d.probabilities, outputGradient: d.attention,
+                      qkv: a.qkv, probabilities: a.probabilities,
+                      batch: s.batch, tokens: s.tokens, heads: s.heads, headDimension: s.headDimension)
+    linearBackward(inputGradient: d.norm, weightGradient: g + o.qkvWeight, biasGradient: g + o.qkvBias,
+                   outputGradient: d.qkv, input: a.norm1, weight: p + o.qkvWeight,
+                   rows: s.rows, inFeatures: s.width, outFeatures: 3 * s.width)
+    layerNormBackward(inputGradient: d.stream, weightGradient: g + o.norm1Weight, biasGradient: g + o.norm1Bias,
+                      outputGradient: d.norm, input: a.input, mean: a.mean1, reciprocalStd: a.reciprocalStd1,
+                      weight: p + o.norm1Weight, residualGradient: d.stream, rows: s.rows, width: s.width)
+}

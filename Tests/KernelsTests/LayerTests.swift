@@ -1,0 +1,168 @@
+import Foundation
+import Kernels
+import Testing
+
+/// Each kernel against its double-precision definition, and each backward against
+/// central differences of that definition: loss = Σ R ⊙ layer(x) with random R, so
+/// the backward receives R as the output gradient.
+@Suite struct LayerTests {
+    @Test(arguments: [(5, 7, 6), (33, 20, 19)])
+    func linearForwardAndBackward(rows: Int, inFeatures: Int, outFeatures: Int) {
+        let x = rounded(randomValues(rows * inFeatures, seed: 1))
+        let w = rounded(randomValues(outFeatures * inFeatures, seed: 2))
+        let b = rounded(randomValues(outFeatures, seed: 3))
+        let r = rounded(randomValues(rows * outFeatures, seed: 4))
+        let residual = rounded(randomValues(rows * outFeatures, seed: 5))
+        let output = FloatBuffer(count: rows * outFeatures)
+        let (xb, wb, bb, rb, residualBuffer) = (buffer(x), buffer(w), buffer(b), buffer(r), buffer(residual))
+        linearForward(output: output.pointer, input: xb.pointer, weight: wb.pointer, bias: bb.pointer,
+                      rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+        let expected = Reference.linear(x, w, b, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+        expectClose(output.toArray(), expected, absolute: 1e-5, "linear forward")
+        linearForward(output: output.pointer, input: xb.pointer, weight: wb.pointer, bias: bb.pointer,
+                      residual: residualBuffer.pointer, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+        expectClose(output.toArray(), zip(expected, residual).map(+), absolute: 1e-5, "linear forward with residual")
+
+        // Gradients: weight and bias gradients start non-zero to check that they are added.
+        let dx = FloatBuffer(count: rows * inFeatures)
+        let dw = FloatBuffer([Float](repeating: 0.5, count: outFeatures * inFeatures))
+        let db = FloatBuffer([Float](repeating: -0.25, count: outFeatures))
+        linearBackward(inputGradient: dx.pointer, weightGradient: dw.pointer, biasGradient: db.pointer,
+                       outputGradient: rb.pointer, input: xb.pointer, weight: wb.pointer,
+                       rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+        let lossOfX = { (v: [Double]) in dot(r, Reference.linear(v, w, b, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)) }
+        let lossOfW = { (v: [Double]) in dot(r, Reference.linear(x, v, b, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)) }
+        let lossOfB = { (v: [Double]) in dot(r, Reference.linear(x, w, v, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)) }
+        expectClose(dx.toArray(), numericGradient(x, lossOfX), absolute: 1e-5, relative: 1e-5, "linear d input")
+        expectClose(dw.toArray(), numericGradient(w, lossOfW).map { $0 + 0.5 }, absolute: 1e-5, relative: 1e-5, "linear d weight")
+        expectClose(db.toArray(), numericGradient(b, lossOfB).map { $0 - 0.25 }, absolute: 1e-5, relative: 1e-5, "linear d bias")
+    }
+
+    @Test(arguments: [(3, 20), (9, 48), (4, 7)])
+    func layerNormForwardAndBackward(rows: Int, width: Int) {
+        // A non-zero mean and spread per row, as in a residual stream.
+        let x = rounded(randomValues(rows * width, seed: 11, in: -2..<3))
+        let w = rounded(randomValues(width, seed: 12, in: 0.5..<1.5))
+        let b = rounded(randomValues(width, seed: 13))
+        let r = rounded(randomValues(rows * width, seed: 14))
+        let residual = rounded(randomValues(rows * width, seed: 15))
+        let output = FloatBuffer(count: rows * width)
+        let mean = FloatBuffer(count: rows), reciprocalStd = FloatBuffer(count: rows)
+        let (xb, wb, bb, rb) = (buffer(x), buffer(w), buffer(b), buffer(r))
+        layerNormForward(output: output.pointer, mean: mean.pointer, reciprocalStd: reciprocalStd.pointer,
+                         input: xb.pointer, weight: wb.pointer, bias: bb.pointer, rows: rows, width: width)
+        expectClose(output.toArray(), Reference.layerNorm(x, w, b, rows: rows, width: width), absolute: 2e-6, relative: 2e-6,
+                    "layer norm forward")
+
+        let dx = buffer(residual)  // in place: d input = residual gradient + LN backward
+        let dw = FloatBuffer([Float](repeating: 1, count: width)), db = FloatBuffer([Float](repeating: 2, count: width))
+        layerNormBackward(inputGradient: dx.pointer, weightGradient: dw.pointer, biasGradient: db.pointer,
+                          outputGradient: rb.pointer, input: xb.pointer, mean: mean.pointer,
+                          reciprocalStd: reciprocalStd.pointer, weight: wb.pointer, residualGradient: dx.pointer,
+                          rows: rows, width: width)
+        let gx = numericGradient(x) { dot(r, Reference.layerNorm($0, w, b, rows: rows, width: width)) }
+        let gw = numericGradient(w) { dot(r, Reference.layerNorm(x, $0, b, rows: rows, width: width)) }
+        let gb = numericGradient(b) { dot(r, Reference.layerNorm(x, w, $0, rows: rows, width: width)) }
+        expectClose(dx.toArray(), zip(gx, residual).map(+), absolute: 2e-5, relative: 1e-5, "layer norm d input")
+        expectClose(dw.toArray(), gw.map { $0 + 1 }, absolute: 2e-5, relative: 1e-5, "layer norm d weight")
+        expectClose(db.toArray(), gb.map { $0 + 2 }, absolute: 2e-5, relative: 1e-5, "layer norm d bias")
+    }
+
+    @Test func geluForwardAndBackward() {
+        // Values over the whole useful range, including |x| > 4 where erf saturates.
+        let x = rounded(randomValues(16 * 37 + 5, seed: 21, in: -7..<7))
+        let r = rounded(randomValues(x.count, seed: 22))
+        let output = FloatBuffer(count: x.count)
+        let (xb, rb) = (buffer(x), buffer(r))
+        geluForward(output: output.pointer, input: xb.pointer, count: x.count)
+        expectClose(output.toArray(), x.map(Reference.gelu), absolute: 1e-6, relative: 1e-6, "GELU forward")
+
+        let dx = FloatBuffer(count: x.count)
+        geluBackward(inputGradient: dx.pointer, outputGradient: rb.pointer, input: xb.pointer, count: x.count)
+        let expected = zip(x, r).map { value, weight in
+            weight * (Reference.gelu(value + 1e-6) - Reference.gelu(value - 1e-6)) / 2e-6
+        }
+        expectClose(dx.toArray(), expected, absolute: 1e-5, relative: 1e-5, "GELU backward")
+
+        // The fused bias + GELU equals the two steps.
+        let rows = 5, width = 19
+        let h = rounded(randomValues(rows * width, seed: 23, in: -3..<3)), bias = rounded(randomValues(width, seed: 24))
+        let hb = buffer(h), activated = FloatBuffer(count: rows * width), biasBuffer = buffer(bias)
+        biasGELUForward(activated: activated.pointer, preActivation: hb.pointer, bias: biasBuffer.pointer, rows: rows, width: width)
+        withExtendedLifetime(biasBuffer) {}
+        let shifted = (0..<(rows * width)).map { h[$0] + bias[$0 % width] }
+        expectClose(hb.toArray(), shifted, absolute: 1e-6, "bias GELU pre-activation")
+        expectClose(activated.toArray(), shifted.map(Reference.gelu), absolute: 1e-6, relative: 1e-6, "bias GELU output")
+    }
+
+    @Test func vectorisedExpAndErf() {
+        let x = (0..<4001).map { -20 + Double($0) * 0.01 }
+        let input = buffer(x)
+        var exps = [Double](), erfs = [Double]()
+        var index = 0
+        while index + 16 <= x.count {
+            let e = exp16(load16(input.pointer + index)), f = erf16(load16(input.pointer + index))
+            for lane in 0..<16 { exps.append(Double(e[lane])); erfs.append(Double(f[lane])) }
+            index += 16
+        }
+        while index < x.count {
+            exps.append(Double(expScalar(Float(x[index])))); erfs.append(Double(erfScalar(Float(x[index]))))
+            index += 1
+        }
+        expectClose(exps, x.map { exp(Double(Float($0))) }, absolute: 0, relative: 3e-7, "exp")
+        expectClose(erfs, x.map { erf(Double(Float($0))) }, absolute: 5e-7, "erf")
+    }
+
+    @Test(arguments: [(2, 5, 2, 3), (1, 18, 2, 4)])
+    func attentionForwardAndBackward(batch: Int, tokens: Int, heads: Int, headDimension: Int) {
+        let width = heads * headDimension
+        let qkv = rounded(randomValues(batch * tokens * 3 * width, seed: 31, in: -1.5..<1.5))
+        let r = rounded(randomValues(batch * tokens * width, seed: 32))
+        let output = FloatBuffer(count: batch * tokens * width)
+        let probabilities = FloatBuffer(count: batch * heads * tokens * tokens)
+        let qkvBuffer = buffer(qkv)
+        attentionForward(output: output.pointer, probabilities: probabilities.pointer, qkv: qkvBuffer.pointer,
+                         batch: batch, tokens: tokens, heads: heads, headDimension: headDimension)
+        let reference = { (v: [Double]) in
+            Reference.attention(v, batch: batch, tokens: tokens, heads: heads, headDimension: headDimension)
+        }
+        expectClose(output.toArray(), reference(qkv), absolute: 2e-6, relative: 1e-5, "attention forward")
+        // Every probability row sums to one.
+        let rowSums = stride(from: 0, to: probabilities.count, by: tokens).map { start in
+            (start..<(start + tokens)).reduce(0.0) { $0 + Double(probabilities[$1]) }
+        }
+        expectClose(rowSums, [Double](repeating: 1, count: rowSums.count), absolute: 1e-6, "softmax rows")
+
+        let dqkv = FloatBuffer([Float](repeating: 99, count: qkv.count))  // assigned, not added
+        let scratch = FloatBuffer(count: probabilities.count), rb = buffer(r)
+        attentionBackward(qkvGradient: dqkv.pointer, probabilityGradient: scratch.pointer, outputGradient: rb.pointer,
+                          qkv: qkvBuffer.pointer, probabilities: probabilities.pointer,
+                          batch: batch, tokens: tokens, heads: heads, headDimension: headDimension)
+        expectClose(dqkv.toArray(), numericGradient(qkv) { dot(r, reference($0)) }, absolute: 2e-5, relative: 1e-4,
+                    "attention d qkv")
+        withExtendedLifetime((rb, qkvBuffer)) {}
+    }
+
+    @Test func attentionIsTheSameOnTwoThreads() {
+        let (batch, tokens, heads, headDimension) = (3, 20, 4, 8)
+        let qkv = buffer(randomValues(batch * tokens * 3 * heads * headDimension, seed: 33))
+        func run() -> [Float] {
+            let output = FloatBuffer(count: batch * tokens * heads * headDimension)
+            let probabilities = FloatBuffer(count: batch * heads * tokens * tokens)
+            attentionForward(output: output.pointer, probabilities: probabilities.pointer, qkv: qkv.pointer,
+                             batch: batch, tokens: tokens, heads: heads, headDimension: headDimension)
+            let dqkv = FloatBuffer(count: qkv.count)
+            attentionBackward(qkvGradient: dqkv.pointer, probabilityGradient: probabilities.pointer,
+                              outputGradient: output.pointer, qkv: qkv.pointer, probabilities: probabilities.pointer,
+                              batch: batch, tokens: tokens, heads: heads, headDimension: headDimension)
+            return output.toArray() + dqkv.toArray()  // qkv outlives the closure's uses
+        }
+        let before = Parallel.threads
+        Parallel.setThreads(1)
+        let single = run()
+        Parallel.setThreads(2)
+        let double = run()
+        Parallel.setThreads(before)
+        expectClose(double, single.map(Double.init), absolute: 1e-6, relative: 1e-6, "two threads vs one")
+    }
+}
