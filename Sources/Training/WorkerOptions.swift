@@ -120,9 +120,7 @@ public enum WorkerOptions {
             model = ModelConfig(name: "custom_p\(numbers[0])_d\(numbers[1])", imageSize: inputSize, patchSize: numbers[0],
                                 encoderWidth: numbers[1], encoderDepth: numbers[2], encoderHeads: numbers[3],
                                 decoderWidth: numbers[4], decoderDepth: numbers[5], decoderHeads: numbers[6])
-            guard numbers[1] % numbers[3] == 0, numbers[4] % numbers[6] == 0 else {
-                throw fail("--model-shape: widths must be multiples of their head counts")
-            }
+            do { try model.validate() } catch { throw fail("--model-shape: \(error)") }
         } else {
             do {
                 model = try ModelConfig.named(try options.required("model"), imageSize: inputSize)
