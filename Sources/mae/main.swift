@@ -8,6 +8,7 @@ let subcommands: [any Subcommand.Type] = [
     BenchDataCommand.self,
     BenchAllReduceCommand.self,
     CollectiveWorkerCommand.self,
+    ReferenceStepCommand.self,
 ]
 
 dispatch(Array(CommandLine.arguments.dropFirst()), among: subcommands)

@@ -229,3 +229,19 @@ private func readProblem(_ path: String) -> String? {
         #expect(throws: SafeTensorsError.self) { try file.floats(named: "u") }
     }
 }
+
+@Suite struct SafeTensorsFixtureTests {
+    /// Files written by the reference implementation (Python safetensors) read here.
+    @Test func readsFilesWrittenByTheReferenceImplementation() throws {
+        let url = try #require(Bundle.module.url(forResource: "micro_inputs", withExtension: "safetensors",
+                                                 subdirectory: "Fixtures"))
+        let file = try SafeTensorsFile.read(path: url.path)
+        #expect(Set(file.names) == ["images", "noise"])
+        #expect(file.tensor(named: "images")?.shape == [2, 3, 16, 16])
+        #expect(file.tensor(named: "noise")?.shape == [2, 16])
+        #expect(file.metadata["source"] == "tools/make_reference.py")
+        let noise = try file.floats(named: "noise")
+        #expect(noise.allSatisfy { $0 >= 0 && $0 < 1 })
+        #expect(Set(noise[0 ..< 16]).count == 16)
+    }
+}

@@ -1,0 +1,146 @@
+"""Checks `mae reference-step` against the official PyTorch model on the same weights, images and noise.
+
+    swift build -c release
+    /work/torchvenv/bin/python tools/compare_reference_step.py --model mae_vit_tiny_patch4 --batch 2
+    /work/torchvenv/bin/python tools/compare_reference_step.py --model mae_vit_base_patch16 --batch 2 --threads 2
+
+Seeded official weights (every trainable tensor perturbed by --perturb × N(0,1) so that biases and
+LayerNorm parameters are non-trivial), random normalised images and uniform masking noise are
+written as safetensors; `mae reference-step` computes loss, pred, mask and every gradient; PyTorch
+computes the same in float64 (the exact answer) and in float32. For each output the table lists
+the largest absolute difference from float64 and that difference relative to the largest
+magnitude of the float64 tensor, for our float32 result and for PyTorch's float32 result side by side.
+"""
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pytorch_mae import CONFIGS, build_model, config_dict, load_config  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+def default_binary():
+    for build in ("release", "debug"):
+        path = os.path.join(ROOT, ".build", build, "mae")
+        if os.path.exists(path):
+            return path
+    return os.path.join(ROOT, ".build", "release", "mae")
+
+
+def step(model, images, noise, mask_ratio, norm_pix_loss):
+    model.norm_pix_loss = norm_pix_loss
+    model.zero_grad(set_to_none=True)
+    loss, pred, mask = model(images, mask_ratio=mask_ratio, noise=noise)
+    loss.backward()
+    outputs = {"loss": loss.detach().reshape(1), "pred": pred.detach(), "mask": mask.detach()}
+    outputs.update({name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad})
+    return outputs
+
+
+def difference(value, reference):
+    absolute = (value.double() - reference).abs().max().item() if reference.numel() else 0.0
+    scale = reference.abs().max().item() if reference.numel() else 0.0
+    return absolute, absolute / scale if scale > 0 else absolute
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(CONFIGS), help="a known model name")
+    parser.add_argument("--config", help="a ModelConfig JSON file instead of --model")
+    parser.add_argument("--input-size", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--perturb", type=float, default=0.02)
+    parser.add_argument("--mask-ratio", type=float, default=0.75)
+    parser.add_argument("--norm-pix-loss", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--mae", default=default_binary(), help="the mae executable (default: .build/release/mae)")
+    parser.add_argument("--work", default=None, help="keep the safetensors files in this folder")
+    parser.add_argument("--all", action="store_true", help="list every gradient, not only the worst ten")
+    args = parser.parse_args()
+    if (args.model is None) == (args.config is None):
+        parser.error("give exactly one of --model and --config")
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    config = load_config(args.config) if args.config else config_dict(args.model, args.input_size)
+    if args.config and args.input_size:
+        config["image_size"] = args.input_size
+    model = build_model(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter) * args.perturb)
+    side, patch = config["image_size"], config["patch_size"]
+    images = torch.randn(args.batch, 3, side, side)
+    noise = torch.rand(args.batch, (side // patch) ** 2)
+
+    work = args.work or tempfile.mkdtemp(prefix="mae-compare-")
+    os.makedirs(work, exist_ok=True)
+    paths = {name: os.path.join(work, name + ".safetensors") for name in ("weights", "images", "noise", "out")}
+    save_file({n: t.contiguous() for n, t in model.state_dict().items()}, paths["weights"])
+    save_file({"images": images}, paths["images"])
+    save_file({"noise": noise}, paths["noise"])
+    command = [args.mae, "reference-step", "--weights", paths["weights"], "--images", paths["images"],
+               "--noise", paths["noise"], "--out", paths["out"], "--mask-ratio", str(args.mask_ratio),
+               "--threads", str(args.threads)]
+    if args.config:
+        config_path = os.path.join(work, "config.json")
+        with open(config_path, "w") as file:
+            json.dump(config, file)
+        command += ["--config", config_path]
+    else:
+        command += ["--model", args.model, "--input-size", str(side)]
+    if args.norm_pix_loss:
+        command.append("--norm-pix-loss")
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    swift_seconds = time.perf_counter() - start
+    ours = load_file(paths["out"])
+
+    start = time.perf_counter()
+    torch32 = step(model, images, noise, args.mask_ratio, args.norm_pix_loss)
+    torch_seconds = time.perf_counter() - start
+    exact = step(copy.deepcopy(model).double(), images.double(), noise.double(), args.mask_ratio, args.norm_pix_loss)
+
+    missing = sorted(set(exact) - set(ours))
+    extra = sorted(set(ours) - set(exact))
+    if missing or extra:
+        raise SystemExit(f"output names differ: missing {missing}, extra {extra}")
+    rows = []
+    for name, reference in exact.items():
+        if tuple(ours[name].shape) != tuple(reference.shape):
+            raise SystemExit(f"{name}: shape {list(ours[name].shape)}, expected {list(reference.shape)}")
+        rows.append((name, *difference(ours[name], reference), *difference(torch32[name], reference)))
+
+    name = config.get("name", args.model)
+    print(f"model={name} input={side} batch={args.batch} mask_ratio={args.mask_ratio} "
+          f"norm_pix_loss={args.norm_pix_loss} threads={args.threads} "
+          f"(mae reference-step {swift_seconds:.2f} s incl. start-up, torch float32 {torch_seconds:.2f} s)")
+    print(f"loss: float64 {exact['loss'].item():.9f}  ours {ours['loss'].item():.9f}  torch float32 {torch32['loss'].item():.9f}")
+    header = f"{'tensor':42s} {'ours abs':>10s} {'ours rel':>10s} {'torch32 abs':>11s} {'torch32 rel':>11s}"
+    print(header)
+    outputs = [r for r in rows if r[0] in ("loss", "pred", "mask")]
+    gradients = sorted((r for r in rows if r[0] not in ("loss", "pred", "mask")), key=lambda r: -r[2])
+    for row in outputs + (gradients if args.all else gradients[:10]):
+        print(f"{row[0]:42s} {row[1]:10.3e} {row[2]:10.3e} {row[3]:11.3e} {row[4]:11.3e}")
+    worst_ours = max(gradients, key=lambda r: r[2])
+    worst_torch = max(gradients, key=lambda r: r[4])
+    print(f"gradients: {len(gradients)} tensors; worst relative difference ours {worst_ours[2]:.3e} ({worst_ours[0]}), "
+          f"torch float32 {worst_torch[4]:.3e} ({worst_torch[0]})")
+    print(f"mask identical: {bool(torch.equal(ours['mask'].double(), exact['mask']))}")
+
+
+if __name__ == "__main__":
+    main()
