@@ -19,16 +19,12 @@ struct CheckpointFiles {
     func save(into directory: String, state: CheckpointState) throws -> [String] {
         try model.saveWeights(path: directory + "/" + Self.modelFileName,
                               metadata: ["format": "pt", "step": "\(state.step)", "epoch": "\(state.epoch)"])
-        var tensors: [(name: String, shape: [Int], data: UnsafeBufferPointer<Float>)] = []
-        for (prefix, buffer) in [(Self.firstMomentPrefix, optimizer.firstMoment), (Self.secondMomentPrefix, optimizer.secondMoment)] {
-            for tensor in model.table.tensors {
-                tensors.append((prefix + tensor.name, tensor.shape,
-                                UnsafeBufferPointer(start: buffer.pointer + tensor.offset, count: tensor.count)))
-            }
-        }
-        try SafeTensorsFile.write(path: directory + "/" + Self.optimizerFileName, tensors: tensors,
-                                  metadata: ["step": "\(optimizer.step)", "optimizer": "AdamW",
-                                             "betas": "\(optimizer.beta1),\(optimizer.beta2)", "eps": "\(optimizer.epsilon)"])
+        try model.table.writeTensors(
+            path: directory + "/" + Self.optimizerFileName,
+            buffers: [(prefix: Self.firstMomentPrefix, buffer: optimizer.firstMoment),
+                      (prefix: Self.secondMomentPrefix, buffer: optimizer.secondMoment)],
+            metadata: ["step": "\(optimizer.step)", "optimizer": "AdamW",
+                       "betas": "\(optimizer.beta1),\(optimizer.beta2)", "eps": "\(optimizer.epsilon)"])
         return [Self.modelFileName, Self.optimizerFileName]
     }
 
@@ -37,21 +33,11 @@ struct CheckpointFiles {
         try model.loadWeights(path: directory + "/" + Self.modelFileName)
         let path = directory + "/" + Self.optimizerFileName
         let file = try SafeTensorsFile.read(path: path)
-        for (prefix, buffer) in [(Self.firstMomentPrefix, optimizer.firstMoment), (Self.secondMomentPrefix, optimizer.secondMoment)] {
-            for tensor in model.table.tensors {
-                let name = prefix + tensor.name
-                guard let stored = file.tensor(named: name) else {
-                    throw TrainingError.checkpoint("\(path): missing tensor '\(name)'")
-                }
-                guard stored.shape == tensor.shape else {
-                    throw TrainingError.checkpoint("\(path): tensor '\(name)' has shape \(stored.shape), expected \(tensor.shape)")
-                }
-                try file.copyFloats(named: name, into: buffer.pointer + tensor.offset, count: tensor.count)
-            }
-        }
-        let expected = Set(model.table.tensors.flatMap { [Self.firstMomentPrefix + $0.name, Self.secondMomentPrefix + $0.name] })
-        if let extra = file.names.first(where: { !expected.contains($0) }) {
-            throw TrainingError.checkpoint("\(path): unexpected tensor '\(extra)' (a checkpoint of another model?)")
+        try model.table.readTensors(from: file, into: optimizer.firstMoment, prefix: Self.firstMomentPrefix)
+        try model.table.readTensors(from: file, into: optimizer.secondMoment, prefix: Self.secondMomentPrefix)
+        let known = Set(file.names.filter { $0.hasPrefix(Self.firstMomentPrefix) || $0.hasPrefix(Self.secondMomentPrefix) })
+        if let extra = file.names.first(where: { !known.contains($0) }) {
+            throw TrainingError.checkpoint("\(path): unexpected tensor '\(extra)' (not an AdamW moment)")
         }
         guard let stepText = file.metadata["step"], let step = Int(stepText), step >= 0 else {
             throw TrainingError.checkpoint("\(path): the metadata has no valid optimizer 'step'")

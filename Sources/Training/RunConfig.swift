@@ -43,6 +43,9 @@ public struct RunConfig: Codable, Sendable, Equatable {
     public var maxSteps: Int?
     /// Print and log a progress line every this many optimizer steps.
     public var printEvery: Int
+    /// Tests only: the loss of this optimizer step (1-based) is replaced by NaN, to exercise
+    /// the non-finite-loss stop without depending on how a model diverges.
+    public var injectNonFiniteLossAtStep: Int?
 
     private enum CodingKeys: String, CodingKey {
         case dataRoot = "data", model, batchSize = "batch_size", epochs, warmupEpochs = "warmup_epochs"
@@ -59,7 +62,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
                 accumulationSteps: Int = 1, maskRatio: Double = 0.75, normPixLoss: Bool = false, seed: UInt64 = 0,
                 threads: Int = 1, dataThreads: Int = 1, runDirectory: String, checkpointEvery: Int = 0,
                 keepCheckpoints: Int = 3, keepEveryEpochs: Int = 0, resume: String? = nil, maxSteps: Int? = nil,
-                printEvery: Int = 20) {
+                printEvery: Int = 20, injectNonFiniteLossAtStep: Int? = nil) {
         self.dataRoot = dataRoot
         self.model = model
         self.batchSize = batchSize
@@ -85,6 +88,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         self.resume = resume
         self.maxSteps = maxSteps
         self.printEvery = printEvery
+        self.injectNonFiniteLossAtStep = injectNonFiniteLossAtStep
     }
 
     /// Images per optimizer step over all workers: batch × accum-iter × world size.

@@ -173,6 +173,7 @@ public final class Trainer {
                                                      gradientScale: 1 / Float(config.accumulationSteps))
                     localLoss += Double(loss) / Double(config.accumulationSteps)
                 }
+                if config.injectNonFiniteLossAtStep == position.step + 1 { localLoss = .nan }
                 // One scalar exchange carries the loss and any stop request, so every worker decides alike.
                 let reduced = try collective.allReduceScalars([localLoss, StopSignal.isRequested ? 1 : 0])
                 let loss = reduced[0] / Double(worldSize)

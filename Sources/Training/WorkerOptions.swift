@@ -64,6 +64,8 @@ public enum WorkerOptions {
             OptionSpec("resume", value: "auto|PATH", help: "continue from the newest checkpoint in --run-dir (auto; none yet: start fresh) or from PATH"),
             OptionSpec("max-steps", value: "N", help: "stop after N optimizer steps in total (writes a checkpoint)"),
             OptionSpec("print-every", value: "N", default: "20", help: "progress line and metrics every N optimizer steps"),
+            OptionSpec("inject-nonfinite-loss-at-step", value: "N",
+                       help: "tests: make the loss of step N NaN", visible: false),
         ])
 
     /// Validates everything that can be checked without loading data or a model.
@@ -177,7 +179,8 @@ public enum WorkerOptions {
             keepEveryEpochs: try options.int("keep-every-epochs", in: 0...1_000_000),
             resume: resume,
             maxSteps: try options.optionalInt("max-steps", in: 1...Int.max),
-            printEvery: try options.int("print-every", in: 1...Int.max))
+            printEvery: try options.int("print-every", in: 1...Int.max),
+            injectNonFiniteLossAtStep: try options.optionalInt("inject-nonfinite-loss-at-step", in: 1...Int.max))
         return (config, distributed)
     }
 

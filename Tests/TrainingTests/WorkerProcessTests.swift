@@ -133,20 +133,22 @@ import Glibc
         #expect(stuck.errors.contains("exiting now"))
     }
 
-    /// An absurd learning rate makes the loss non-finite: the run stops with an error naming
-    /// the step, and the checkpoint before it stays valid.
+    /// A non-finite loss (injected at step 3) stops the run with an error naming the step,
+    /// before that step is applied; the checkpoint before it stays valid.
     @Test func nonFiniteLossStopsTheRunAndKeepsTheLastCheckpoint() throws {
         defer { temporary.remove() }
-        let worker = try WorkerProcess(arguments(runDirectory: "nan", ["--standalone", "--lr", "1e30", "--warmup-epochs", "0",
-                                                                        "--checkpoint-every", "1"]),
+        let worker = try WorkerProcess(arguments(runDirectory: "nan", ["--standalone", "--checkpoint-every", "1",
+                                                                        "--inject-nonfinite-loss-at-step", "3"]),
                                        logDirectory: temporary.path, name: "nan")
         let status = try worker.wait(seconds: 60)
         #expect(status == 1)
+        #expect(worker.errors.contains("optimizer step 3 "), "\(worker.errors)")
         #expect(worker.errors.contains("the loss is"), "\(worker.errors)")
         #expect(worker.errors.contains("optimizer step"))
         let store = CheckpointStore(runDirectory: temporary.path + "/nan", warn: { _ in })
         let newest = try #require(try store.newestValid())
-        #expect(worker.errors.contains(CheckpointStore.directoryName(step: newest.state.step)))
+        #expect(newest.state.step == 2)
+        #expect(worker.errors.contains(CheckpointStore.directoryName(step: 2)))
     }
 
     /// Two workers with batch 2 over loopback TCP follow one worker with batch 4 (same samples,
@@ -174,8 +176,20 @@ import Glibc
         let alone = try SafeTensorsFile.read(path: checkpoint("single", step: 3) + "/model.safetensors")
         #expect(pair.names == alone.names)
         for name in alone.names {
-            let worst = compareValues(try pair.floats(named: name), try alone.floats(named: name),
-                                      absoluteTolerance: 2e-5, relativeTolerance: 1e-4)
+            var actual = try pair.floats(named: name), expected = try alone.floats(named: name)
+            if name.hasSuffix("attn.qkv.bias") {
+                // The key bias shifts every score of a query equally, which softmax ignores: its
+                // true gradient is 0 and the computed one is rounding noise, which AdamW
+                // (m / sqrt(v)) turns into steps of about ±lr in either direction. Compare the
+                // query and value thirds exactly as the rest; the key third only within 3 steps of lr.
+                let width = expected.count / 3
+                let keyActual = Array(actual[width..<(2 * width)]), keyExpected = Array(expected[width..<(2 * width)])
+                let worstKey = compareValues(keyActual, keyExpected, absoluteTolerance: 3 * 1.6e-3)
+                #expect(worstKey.withinTolerance, "\(name) key third: \(worstKey)")
+                actual.removeSubrange(width..<(2 * width))
+                expected.removeSubrange(width..<(2 * width))
+            }
+            let worst = compareValues(actual, expected, absoluteTolerance: 1e-6, relativeTolerance: 1e-4)
             #expect(worst.withinTolerance, "\(name): \(worst)")
         }
         // Only rank 0 writes checkpoints and logs.
