@@ -15,7 +15,8 @@ public func makeCollective(_ settings: DistributedSettings) throws -> any Collec
     case .mpi:
         #if MPI
         let collective = try MPICollective()
-        guard collective.worldSize == settings.worldSize, collective.rank == settings.rank else {
+        guard settings.worldSize < 0 || collective.worldSize == settings.worldSize,
+              settings.rank < 0 || collective.rank == settings.rank else {
             throw TrainingError.invalidConfiguration(
                 "MPI placed this worker at rank \(collective.rank) of \(collective.worldSize), but the flags say "
                 + "--rank \(settings.rank) --world-size \(settings.worldSize); make them agree with mpirun -np")

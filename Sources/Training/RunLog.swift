@@ -85,6 +85,15 @@ public enum JSONValue: Sendable, Equatable {
     case string(String)
     case bool(Bool)
 
+    /// The value of a number, else nil.
+    public var number: Double? {
+        switch self {
+        case .number(let value): return value
+        case .integer(let value): return Double(value)
+        default: return nil
+        }
+    }
+
     var text: String {
         switch self {
         case .number(let value):

@@ -218,7 +218,13 @@ public final class Trainer {
                     try checkpoint(isEpochEnd: epochEnds)
                 }
                 // Logged once the epoch's checkpoint is durable, as the reference logs after saving.
-                if let epochRecord { try log.appendEpochLog(epochRecord) }
+                if let epochRecord {
+                    try log.appendEpochLog(epochRecord)
+                    let skipped = loader.skippedFiles
+                    log.info(String(format: "epoch %d done: mean loss %.4f", position.epoch - 1,
+                                    epochRecord[1].1.number ?? .nan)
+                             + (skipped > 0 ? ", \(skipped) unreadable file(s) skipped so far" : ""))
+                }
                 if stopRequested {
                     log.info("stop requested: stopped after step \(position.step) with a checkpoint")
                     stoppedBySignal = true

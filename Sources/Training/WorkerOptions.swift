@@ -5,8 +5,9 @@ import Options
 /// How this worker joins its job.
 public struct DistributedSettings: Sendable, Equatable {
     public enum Backend: String, Sendable { case tcp, mpi }
-    /// Nil for `--standalone` (world size 1, no communication).
+    /// This worker's rank (-1: whatever MPI assigns).
     public var rank: Int
+    /// The number of workers (1 when standalone; -1: whatever MPI reports).
     public var worldSize: Int
     /// "HOST:PORT" of the rendezvous (rank 0 hosts it); nil when standalone.
     public var rendezvous: String?
@@ -35,7 +36,8 @@ public enum WorkerOptions {
             OptionSpec("rendezvous", value: "HOST:PORT", help: "rendezvous address; rank 0 hosts it (multi-process mode)"),
             OptionSpec("job-token", value: "TOKEN", help: "shared secret every worker of the job presents (multi-process mode)"),
             OptionSpec("generation", value: "G", default: "0", help: "restart generation of the job; workers of other generations are refused"),
-            OptionSpec("backend", value: "tcp|mpi", default: "tcp", help: "collective backend (mpi needs a build with --traits MPI)"),
+            OptionSpec("backend", value: "tcp|mpi", default: "tcp",
+                       help: "collective backend; mpi (under mpirun, a build with --traits MPI) needs no rendezvous or token"),
             OptionSpec("rendezvous-timeout", value: "SECONDS", default: "120", help: "how long to wait for every worker to join"),
             OptionSpec("data", value: "ROOT", help: "image folder: ROOT/train/<class>/<image> or ROOT/<class>/<image> (required)"),
             OptionSpec("model", value: "NAME", default: "mae_vit_base_patch16",
@@ -76,11 +78,26 @@ public enum WorkerOptions {
         let distributed: DistributedSettings
         let multiFlags = ["rank", "world-size", "rendezvous", "job-token"]
         let givenMulti = multiFlags.filter { options.string($0) != nil }
+        guard let backend = DistributedSettings.Backend(rawValue: try options.required("backend")) else {
+            throw fail("--backend expects tcp or mpi, got '\(options.string("backend") ?? "")'")
+        }
+        let explicitBackend = options.string("backend") != "tcp"
         if options.flag("standalone") {
-            guard givenMulti.isEmpty else {
-                throw fail("--standalone cannot be combined with " + givenMulti.map { "--" + $0 }.joined(separator: ", "))
+            guard givenMulti.isEmpty, !explicitBackend else {
+                throw fail("--standalone cannot be combined with "
+                           + (givenMulti.map { "--" + $0 } + (explicitBackend ? ["--backend"] : [])).joined(separator: ", "))
             }
             distributed = .standalone
+        } else if backend == .mpi {
+            // mpirun places the workers; --rank/--world-size, when given, must agree with it.
+            let worldSize = try options.optionalInt("world-size", in: 1...65536)
+            let rank = try options.optionalInt("rank", in: 0...65535)
+            if let rank, let worldSize, rank >= worldSize {
+                throw fail("--rank \(rank) must be smaller than --world-size \(worldSize)")
+            }
+            distributed = DistributedSettings(rank: rank ?? -1, worldSize: worldSize ?? -1, rendezvous: nil, jobToken: "",
+                                              generation: try options.int("generation", in: 0...Int(Int32.max)),
+                                              backend: .mpi, timeoutSeconds: 0)
         } else {
             guard !givenMulti.isEmpty else {
                 throw fail("pass --standalone to train alone, or --rank, --world-size, --rendezvous and --job-token to join a job")
@@ -99,12 +116,9 @@ public enum WorkerOptions {
             }
             let token = try options.required("job-token")
             guard !token.isEmpty else { throw fail("--job-token must not be empty") }
-            guard let backend = DistributedSettings.Backend(rawValue: try options.required("backend")) else {
-                throw fail("--backend expects tcp or mpi, got '\(options.string("backend") ?? "")'")
-            }
             distributed = DistributedSettings(
                 rank: rank, worldSize: worldSize, rendezvous: address, jobToken: token,
-                generation: try options.int("generation", in: 0...Int(Int32.max)), backend: backend,
+                generation: try options.int("generation", in: 0...Int(Int32.max)), backend: .tcp,
                 timeoutSeconds: try options.double("rendezvous-timeout", expectation: "a positive number of seconds") { $0 > 0 })
         }
 
@@ -184,10 +198,13 @@ public enum WorkerOptions {
         return (config, distributed)
     }
 
-    /// Workers sharing this machine: LOCAL_WORLD_SIZE when a launcher sets it, the world size
-    /// when the rendezvous is on loopback, else 1.
+    /// Workers sharing this machine: LOCAL_WORLD_SIZE (torchrun) or OMPI_COMM_WORLD_LOCAL_SIZE
+    /// (mpirun) when a launcher sets it, the world size when the rendezvous is on loopback, else 1.
     static func localWorkerCount(_ distributed: DistributedSettings) -> Int {
-        if let text = ProcessInfo.processInfo.environment["LOCAL_WORLD_SIZE"], let count = Int(text), count > 0 { return count }
+        let environment = ProcessInfo.processInfo.environment
+        for variable in ["LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"] {
+            if let text = environment[variable], let count = Int(text), count > 0 { return count }
+        }
         guard let address = distributed.rendezvous else { return 1 }
         let host = address[..<(address.lastIndex(of: ":") ?? address.endIndex)]
         return host == "127.0.0.1" || host == "localhost" || host == "[::1]" ? distributed.worldSize : 1

@@ -34,6 +34,9 @@ do {
     }
     let collective = try makeCollective(distributed)
     defer { collective.close() }
+    if distributed.backend == .mpi, collective.rank == 0 {
+        print("joined the MPI job: \(collective.worldSize) workers")
+    }
     _ = try Trainer(config: config, distributed: distributed, collective: collective).run()
 } catch {
     print("error: \(error)", to: &standardError)

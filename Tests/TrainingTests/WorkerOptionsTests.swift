@@ -57,6 +57,8 @@ import Testing
             (["--standalone"], "missing --data"),
             (Array(base.dropFirst()), "--standalone"),
             (base + ["--rank", "0"], "cannot be combined"),
+            (base + ["--backend", "mpi"], "cannot be combined"),
+            (base.filter { $0 != "--standalone" } + ["--backend", "nccl"], "--backend expects tcp or mpi"),
             (["--rank", "2", "--world-size", "2", "--rendezvous", "127.0.0.1:1", "--job-token", "t",
               "--data", temporary.path], "smaller than --world-size"),
             (["--rank", "0", "--world-size", "2", "--rendezvous", "127.0.0.1:1",
