@@ -68,6 +68,17 @@ import Glibc
 
         try run("stopped", ["--max-steps", "5"])
         #expect(fileExists(checkpoint("stopped", step: 5) + "/COMPLETE"))
+        // Without --resume the run directory is not overwritten; a changed batch is refused with what differs.
+        let refused = try WorkerProcess(arguments(runDirectory: "stopped", ["--standalone"]),
+                                        logDirectory: temporary.path, name: "refused")
+        #expect(try refused.wait(seconds: 60) == 1)
+        #expect(refused.errors.contains("already holds checkpoints"), "\(refused.errors)")
+        let incompatible = try WorkerProcess(arguments(runDirectory: "stopped", ["--standalone", "--resume", "auto",
+                                                                                 "--batch-size", "2"]),
+                                             logDirectory: temporary.path, name: "incompatible")
+        #expect(try incompatible.wait(seconds: 60) == 1)
+        #expect(incompatible.errors.contains("--batch-size was 4, now 2"), "\(incompatible.errors)")
+
         let resumed = try run("stopped", ["--resume", "auto"])
         #expect(resumed.output.contains("resuming from"))
 
