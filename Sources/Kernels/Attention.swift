@@ -89,25 +89,14 @@ public func softmaxInPlace(_ values: UnsafeMutablePointer<Float>, count: Int) {
     while index + 16 <= count { maximum16 = pointwiseMax(maximum16, load16(values + index)); index += 16 }
     var maximum = maximum16.max()
     while index < count { maximum = max(maximum, values[index]); index += 1 }
+    for index in 0..<count { values[index] = fastExp(values[index] - maximum) }
     var sum16 = SIMD16<Float>()
     index = 0
-    while index + 16 <= count {
-        let e = exp16(load16(values + index) - maximum)
-        store16(e, values + index)
-        sum16 += e
-        index += 16
-    }
+    while index + 16 <= count { sum16 += load16(values + index); index += 16 }
     var sum = sum16.sum()
-    while index < count {
-        let e = expScalar(values[index] - maximum)
-        values[index] = e
-        sum += e
-        index += 1
-    }
+    while index < count { sum += values[index]; index += 1 }
     let reciprocal = 1 / sum
-    index = 0
-    while index + 16 <= count { store16(load16(values + index) * reciprocal, values + index); index += 16 }
-    while index < count { values[index] *= reciprocal; index += 1 }
+    for index in 0..<count { values[index] *= reciprocal }
 }
 
 /// gradient[count] = scale · p ∘ (gradient − Σ gradient ∘ p): the softmax backward
