@@ -160,6 +160,14 @@ import Glibc
         let newest = try #require(try store.newestValid())
         #expect(newest.state.step == 2)
         #expect(worker.errors.contains(CheckpointStore.directoryName(step: 2)))
+
+        // And for real: an absurd learning rate blows the parameters up in one step.
+        let diverging = try WorkerProcess(arguments(runDirectory: "diverge", ["--standalone", "--lr", "1e30",
+                                                                              "--warmup-epochs", "0", "--checkpoint-every", "1"]),
+                                          logDirectory: temporary.path, name: "diverge")
+        #expect(try diverging.wait(seconds: 60) == 1)
+        #expect(diverging.errors.contains("the loss is") && diverging.errors.contains("optimizer step 2 "),
+                "\(diverging.errors)")
     }
 
     /// Two workers with batch 2 over loopback TCP follow one worker with batch 4 (same samples,
