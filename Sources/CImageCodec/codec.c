@@ -83,16 +83,18 @@ int mae_jpeg_decode(const unsigned char *data, size_t size,
     struct jpeg_decompress_struct cinfo;
     struct jpeg_error_state state;
     volatile int status = MAE_IMAGE_CORRUPT;
+    memset(&cinfo, 0, sizeof cinfo);   // a destroy before create finishes sees no memory manager
     cinfo.err = jpeg_std_error(&state.base);
     state.base.error_exit = jpeg_error_exit_to_caller;
     state.base.emit_message = jpeg_warning_handler;
     state.truncated = 0;
-    jpeg_create_decompress(&cinfo);
+    // The jump target is set before jpeg_create_decompress, which can fail too (libjpeg's example.c order).
     if (setjmp(state.jump)) {
         jpeg_failure_message((j_common_ptr)&cinfo, &state, message, messageCapacity);
         jpeg_destroy_decompress(&cinfo);
         return status;
     }
+    jpeg_create_decompress(&cinfo);
     if (size == 0) {
         copy_message(message, messageCapacity, "empty file");
         jpeg_destroy_decompress(&cinfo);
@@ -147,17 +149,18 @@ int mae_jpeg_encode(const unsigned char *rgb, int width, int height, int quality
     struct jpeg_error_state state;
     unsigned char *buffer = NULL;   // address taken: lives in memory across longjmp
     unsigned long bufferSize = 0;
+    memset(&cinfo, 0, sizeof cinfo);
     cinfo.err = jpeg_std_error(&state.base);
     state.base.error_exit = jpeg_error_exit_to_caller;
     state.base.emit_message = jpeg_warning_handler;
     state.truncated = 0;
-    jpeg_create_compress(&cinfo);
     if (setjmp(state.jump)) {
         jpeg_failure_message((j_common_ptr)&cinfo, &state, message, messageCapacity);
         jpeg_destroy_compress(&cinfo);
         free(buffer);
         return MAE_IMAGE_CORRUPT;
     }
+    jpeg_create_compress(&cinfo);
     jpeg_mem_dest(&cinfo, &buffer, &bufferSize);
     cinfo.image_width = (JDIMENSION)width;
     cinfo.image_height = (JDIMENSION)height;

@@ -13,7 +13,17 @@ public struct CropBox: Equatable, Sendable {
     public let width: Int
 }
 
-/// The MAE pre-training augmentation, torchvision's
+/// What happens to a decoded image on its way into a batch.
+public enum ImageTransform: Sendable, Equatable {
+    /// MAE pre-training: RandomResizedCrop + horizontal flip (see `Augmentation`).
+    case pretraining
+    /// MAE evaluation (`util/datasets.py build_transform(is_train=False)`): resize the shorter
+    /// side to `Int(S / cropFraction)` (cropFraction 224/256 when S ≤ 224, else 1) with Pillow
+    /// bicubic, then the central S×S crop; no randomness.
+    case evaluation
+}
+
+/// The MAE pre-training augmentation (and, with `.evaluation`, the evaluation transform), torchvision's
 /// `Compose([RandomResizedCrop(S, scale=(0.2, 1.0), interpolation=BICUBIC), RandomHorizontalFlip(),
 /// ToTensor(), Normalize(mean, std)])` on a PIL RGB image:
 ///
@@ -40,9 +50,13 @@ public struct Augmentation: Sendable {
     /// The value each byte of each channel becomes: [3, 256].
     private let normalised: [Float]
 
-    public init(imageSize: Int) {
+    /// `.pretraining` (random crop and flip) or `.evaluation` (resize and central crop).
+    public let transform: ImageTransform
+
+    public init(imageSize: Int, transform: ImageTransform = .pretraining) {
         precondition(imageSize > 0, "imageSize must be positive")
         self.imageSize = imageSize
+        self.transform = transform
         var table = [Float](repeating: 0, count: 3 * 256)
         for channel in 0..<3 {
             for byte in 0..<256 {
@@ -90,28 +104,57 @@ public struct Augmentation: Sendable {
         return random.nextFloat() < 0.5
     }
 
-    /// Augments one decoded image into `output` ([3, S, S], normalised).
+    /// Transforms one decoded image into `output` ([3, S, S], normalised).
     /// `scratch` holds the resized bytes between the resize and the normalisation.
     public func apply(output: UnsafeMutablePointer<Float>, image: RGBImageView, seed: UInt64, epoch: Int, index: Int,
                       resampler: Resampler, scratch: AugmentationScratch) {
+        let side = imageSize
+        if transform == .evaluation {
+            let resizedSize = evaluationResize(width: image.width, height: image.height)
+            let resized = scratch.resized(count: resizedSize.width * resizedSize.height * 3)
+            resampler.resize(output: resized, outputWidth: resizedSize.width, outputHeight: resizedSize.height,
+                             input: image.pixels, inputWidth: image.width, inputHeight: image.height,
+                             inputRowStride: image.width * 3)
+            let box = centerCrop(width: resizedSize.width, height: resizedSize.height)
+            normalise(output: output, resized: resized + (box.top * resizedSize.width + box.left) * 3,
+                      rowStride: resizedSize.width * 3, flip: false)
+            return
+        }
         let box = cropBox(width: image.width, height: image.height, seed: seed, epoch: epoch, index: index)
         let flip = flips(seed: seed, epoch: epoch, index: index)
-        let side = imageSize
         let resized = scratch.resized(count: side * side * 3)
         resampler.resize(output: resized, outputWidth: side, outputHeight: side,
                          input: image.pixels + (box.top * image.width + box.left) * 3,
                          inputWidth: box.width, inputHeight: box.height, inputRowStride: image.width * 3)
-        normalise(output: output, resized: resized, flip: flip)
+        normalise(output: output, resized: resized, rowStride: side * 3, flip: flip)
     }
 
-    // output: [3, S, S]; resized: [S, S, 3] bytes
-    func normalise(output: UnsafeMutablePointer<Float>, resized: UnsafePointer<UInt8>, flip: Bool) {
+    /// The evaluation resize: torchvision's `Resize(size)` with an int size, which sets the
+    /// shorter side to `size` and the longer to `Int(size · long / short)`.
+    public func evaluationResize(width: Int, height: Int) -> (width: Int, height: Int) {
+        let cropFraction = imageSize <= 224 ? 224.0 / 256.0 : 1.0
+        let shortSide = Int(Double(imageSize) / cropFraction)
+        if width <= height {
+            return (shortSide, Int(Double(shortSide) * Double(height) / Double(width)))
+        }
+        return (Int(Double(shortSide) * Double(width) / Double(height)), shortSide)
+    }
+
+    /// torchvision's `CenterCrop(S)` box: offsets `Int(round((size − S) / 2))`, half to even.
+    public func centerCrop(width: Int, height: Int) -> CropBox {
+        let top = Int((Double(height - imageSize) / 2).rounded(.toNearestOrEven))
+        let left = Int((Double(width - imageSize) / 2).rounded(.toNearestOrEven))
+        return CropBox(top: top, left: left, height: imageSize, width: imageSize)
+    }
+
+    // output: [3, S, S]; resized: S rows of S × 3 bytes, rowStride bytes apart
+    func normalise(output: UnsafeMutablePointer<Float>, resized: UnsafePointer<UInt8>, rowStride: Int, flip: Bool) {
         let side = imageSize
         let plane = side * side
         normalised.withUnsafeBufferPointer { table in
             let red = table.baseAddress!, green = red + 256, blue = red + 512
             for row in 0..<side {
-                let source = resized + row &* side &* 3
+                let source = resized + row &* rowStride
                 let target = output + row &* side
                 for column in 0..<side {
                     let sourceColumn = flip ? side &- 1 &- column : column

@@ -3,7 +3,7 @@ import Kernels
 
 /// One batch of augmented images for this rank.
 public struct Batch {
-    /// [N, 3, S, S], normalised.
+    /// [N, 3, S, S], normalised (N is the batch size, or less for the last batch without dropLast).
     public let images: FloatBuffer
     /// The dataset index of each image (after replacing skipped files).
     public let sampleIndices: [Int]
@@ -35,11 +35,16 @@ public final class DataLoader {
     public let seed: UInt64
     public let threads: Int
     public let prefetchBatches: Int
+    /// Whether the last, smaller batch of an epoch is dropped (always for training).
+    public let dropLast: Bool
     private let pipeline: Pipeline
 
     /// Starts `threads` worker threads (at least 1); they idle until `startEpoch`.
+    /// `transform` is `.pretraining` for training; for evaluation pass `.evaluation`, a sampler
+    /// with `shuffle: false`, and `dropLast: false` (the last batch is then smaller).
     public init(dataset: ImageFolderDataset, sampler: DistributedSampler, batchSize: Int, imageSize: Int,
-                seed: UInt64, threads: Int, prefetchBatches: Int = 4) {
+                seed: UInt64, threads: Int, prefetchBatches: Int = 4,
+                transform: ImageTransform = .pretraining, dropLast: Bool = true) {
         precondition(batchSize > 0, "batchSize must be positive")
         precondition(sampler.datasetCount == dataset.count, "the sampler was made for \(sampler.datasetCount) samples, the dataset has \(dataset.count)")
         self.dataset = dataset
@@ -49,16 +54,18 @@ public final class DataLoader {
         self.seed = seed
         self.threads = max(1, threads)
         self.prefetchBatches = max(1, prefetchBatches)
+        self.dropLast = dropLast
         pipeline = Pipeline(dataset: dataset, sampler: sampler, batchSize: batchSize,
-                            augmentation: Augmentation(imageSize: imageSize), seed: seed,
-                            prefetchBatches: self.prefetchBatches)
+                            augmentation: Augmentation(imageSize: imageSize, transform: transform), seed: seed,
+                            prefetchBatches: self.prefetchBatches, dropLast: dropLast)
         pipeline.startWorkers(self.threads)
     }
 
     deinit { pipeline.stop() }
 
-    /// Full batches per epoch for this rank: samplesPerRank / batchSize (drop_last).
-    public var batchesPerEpoch: Int { sampler.samplesPerRank / batchSize }
+    /// Batches per epoch for this rank: samplesPerRank / batchSize with `dropLast`
+    /// (training), rounded up without.
+    public var batchesPerEpoch: Int { pipeline.batchesPerEpoch }
 
     /// Begins `epoch` at batch `fromBatch` (0 for a new epoch; k to resume exactly where
     /// a run stopped after k batches). Work prefetched for another epoch is discarded.
@@ -90,6 +97,8 @@ private final class Pipeline: @unchecked Sendable {
     let seed: UInt64
     let prefetchBatches: Int
     let batchesPerEpoch: Int
+    /// Samples the epoch's batches hold: all of the rank's samples, or only full batches.
+    let samplesPerEpoch: Int
 
     /// Guards everything below; workers and consumer wait on it.
     private let condition = NSCondition()
@@ -105,14 +114,16 @@ private final class Pipeline: @unchecked Sendable {
     private var runningWorkers = 0
 
     init(dataset: ImageFolderDataset, sampler: DistributedSampler, batchSize: Int, augmentation: Augmentation,
-         seed: UInt64, prefetchBatches: Int) {
+         seed: UInt64, prefetchBatches: Int, dropLast: Bool) {
         self.dataset = dataset
         self.sampler = sampler
         self.batchSize = batchSize
         self.augmentation = augmentation
         self.seed = seed
         self.prefetchBatches = prefetchBatches
-        batchesPerEpoch = sampler.samplesPerRank / batchSize
+        let samples = sampler.samplesPerRank
+        batchesPerEpoch = dropLast ? samples / batchSize : (samples + batchSize - 1) / batchSize
+        samplesPerEpoch = dropLast ? batchesPerEpoch * batchSize : samples
     }
 
     var skippedFiles: Int {
@@ -187,7 +198,7 @@ private final class Pipeline: @unchecked Sendable {
         let sampleFloats = 3 * augmentation.imageSize * augmentation.imageSize
         condition.lock()
         while !stopping {
-            guard epoch >= 0, failure == nil, nextUnit < batchesPerEpoch * batchSize,
+            guard epoch >= 0, failure == nil, nextUnit < samplesPerEpoch,
                   nextUnit / batchSize < consumerBatch + prefetchBatches else {
                 condition.wait()
                 continue
@@ -199,7 +210,8 @@ private final class Pipeline: @unchecked Sendable {
             if let existing = batches[batchIndex] {
                 pending = existing
             } else {
-                pending = PendingBatch(count: batchSize, floatsPerSample: sampleFloats)
+                pending = PendingBatch(count: min(batchSize, samplesPerEpoch - batchIndex * batchSize),
+                                       floatsPerSample: sampleFloats)
                 batches[batchIndex] = pending
             }
             let work = (generation: generation, epoch: epoch, order: order, badFiles: badFiles)

@@ -17,14 +17,17 @@ public struct DistributedSampler: Sendable {
     public let worldSize: Int
     public let rank: Int
     public let seed: UInt64
+    /// False keeps the dataset order (PyTorch's `shuffle=False`, for evaluation).
+    public let shuffle: Bool
 
-    public init(datasetCount: Int, worldSize: Int, rank: Int, seed: UInt64) {
+    public init(datasetCount: Int, worldSize: Int, rank: Int, seed: UInt64, shuffle: Bool = true) {
         precondition(datasetCount > 0, "DistributedSampler needs a non-empty dataset")
         precondition(worldSize > 0 && rank >= 0 && rank < worldSize, "rank \(rank) is outside world size \(worldSize)")
         self.datasetCount = datasetCount
         self.worldSize = worldSize
         self.rank = rank
         self.seed = seed
+        self.shuffle = shuffle
     }
 
     /// ceil(count / worldSize): every rank gets this many samples per epoch.
@@ -33,9 +36,11 @@ public struct DistributedSampler: Sendable {
     /// The padded length, samplesPerRank × worldSize.
     public var totalSize: Int { samplesPerRank * worldSize }
 
-    /// The permutation of the whole dataset for `epoch` (before padding and sharding).
+    /// The permutation of the whole dataset for `epoch` (before padding and sharding);
+    /// the identity when `shuffle` is false.
     public func permutation(epoch: Int) -> [Int] {
         var order = Array(0..<datasetCount)
+        guard shuffle else { return order }
         var random = CounterRandom(seed: seed, purpose: .permutation, epoch: epoch, index: 0)
         var position = datasetCount - 1
         while position > 0 {

@@ -5,7 +5,8 @@ import Glibc
 import Darwin
 #endif
 
-/// An 8-bit RGB image, interleaved, rows top to bottom; a view into memory owned elsewhere.
+/// An 8-bit RGB image, interleaved, rows top to bottom; a view into memory owned elsewhere
+/// (for a decoded image: by its `ImageDecoder`, until that decoder's next call or its end).
 public struct RGBImageView {
     public let pixels: UnsafePointer<UInt8>
     public let width: Int
@@ -26,7 +27,7 @@ public final class ImageDecoder {
 
     deinit { free(pixels) }
 
-    /// Decodes the file at `path`. The view is valid until the next call.
+    /// Decodes the file at `path`. The view is valid until the next call (keep the decoder alive meanwhile).
     /// Throws a `DataError` naming the file for an unreadable, corrupt or truncated image.
     public func decode(path: String) throws -> RGBImageView {
         let count = try FileSystem.readFile(path, into: fileBytes)

@@ -41,7 +41,8 @@ public struct ImageFolderDataset: Sendable {
         let splitFolder = trimmedRoot + "/" + split
         if FileSystem.kind(of: splitFolder) == .directory {
             directory = splitFolder
-        } else if split == "train" {
+        } else if split == "train" && FileSystem.kind(of: trimmedRoot + "/val") != .directory {
+            // No train/ (and no val/ beside it): ROOT holds the class folders itself.
             directory = trimmedRoot
         } else {
             throw DataError("dataset folder \(root) has no '\(split)' folder; expected \(splitFolder)/<class>/<image>")

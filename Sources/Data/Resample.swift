@@ -2,9 +2,10 @@
 /// image, src/libImaging/Resample.c), reproduced exactly so that our crops equal
 /// torchvision's PIL path pixel for pixel:
 ///
-/// - separable: a horizontal pass into a temporary 8-bit image holding only the rows
-///   the vertical pass reads, then a vertical pass; a pass whose size does not change is
-///   skipped;
+/// - separable, each pass rounding to 8 bits: normally a horizontal pass into a temporary
+///   holding only the rows the vertical pass reads, then the vertical pass; but vertical
+///   first when the height shrinks by more than twice what the width does (as current
+///   Pillow does; checked against Pillow 13.0); a pass whose size does not change is skipped;
 /// - output pixel `o` of an axis is centred at input coordinate `(o + 0.5) · scale` with
 ///   `scale = in/out`; the kernel is Keys' cubic with a = −0.5 and support 2, stretched by
 ///   `max(scale, 1)` when downsampling (antialiasing); taps are the input pixels from
@@ -31,37 +32,39 @@ public final class Resampler {
         precondition(outputWidth > 0 && outputHeight > 0 && inputWidth > 0 && inputHeight > 0, "image sizes must be positive")
         let needsHorizontal = outputWidth != inputWidth
         let needsVertical = outputHeight != inputHeight
-        vertical.compute(inputSize: inputHeight, outputSize: outputHeight)
-        var source = input
-        var sourceStride = inputRowStride
-        if needsHorizontal {
-            horizontal.compute(inputSize: inputWidth, outputSize: outputWidth)
-            // Only the rows the vertical pass reads are resampled horizontally.
-            let firstRow = needsVertical ? vertical.firstInput : 0
-            let endRow = needsVertical ? vertical.endInput : inputHeight
-            let rows = endRow - firstRow
-            let stride = outputWidth * 3
-            let target: UnsafeMutablePointer<UInt8>
-            if needsVertical {
-                temporary.reserve(rows * stride)
-                target = temporary.pointer
-            } else {
-                target = output
-            }
-            horizontalPass(output: target, input: input + firstRow * inputRowStride, inputRowStride: inputRowStride,
-                           rows: rows, outputWidth: outputWidth)
-            if !needsVertical { return }
-            vertical.shift(by: -firstRow)
-            source = UnsafePointer(target)
-            sourceStride = stride
-        }
-        if needsVertical {
-            verticalPass(output: output, input: source, inputRowStride: sourceStride,
-                         width: outputWidth, outputHeight: outputHeight)
-        } else if !needsHorizontal {
+        if !needsHorizontal && !needsVertical {
             for row in 0..<outputHeight {
                 (output + row * outputWidth * 3).update(from: input + row * inputRowStride, count: outputWidth * 3)
             }
+            return
+        }
+        // Pillow runs the vertical pass first when the height shrinks more than twice as
+        // much as the width (fewer rows for the horizontal pass); the order changes the
+        // rounding between the passes, so it is followed exactly.
+        let heightReduction = inputHeight - outputHeight, widthReduction = inputWidth - outputWidth
+        let horizontalFirst = !(heightReduction > 0 && heightReduction > widthReduction * 2)
+        if needsVertical { vertical.compute(inputSize: inputHeight, outputSize: outputHeight) }
+        if needsHorizontal { horizontal.compute(inputSize: inputWidth, outputSize: outputWidth) }
+        if !needsVertical {
+            horizontalPass(output: output, input: input, inputRowStride: inputRowStride, rows: inputHeight, outputWidth: outputWidth)
+        } else if !needsHorizontal {
+            verticalPass(output: output, input: input, inputRowStride: inputRowStride, width: inputWidth,
+                         outputHeight: outputHeight, rowOffset: 0)
+        } else if horizontalFirst {
+            // Only the rows the vertical pass reads are resampled horizontally.
+            let firstRow = vertical.firstInput
+            let rows = vertical.endInput - firstRow
+            temporary.reserve(rows * outputWidth * 3)
+            horizontalPass(output: temporary.pointer, input: input + firstRow * inputRowStride, inputRowStride: inputRowStride,
+                           rows: rows, outputWidth: outputWidth)
+            verticalPass(output: output, input: temporary.pointer, inputRowStride: outputWidth * 3, width: outputWidth,
+                         outputHeight: outputHeight, rowOffset: -firstRow)
+        } else {
+            temporary.reserve(outputHeight * inputWidth * 3)
+            verticalPass(output: temporary.pointer, input: input, inputRowStride: inputRowStride, width: inputWidth,
+                         outputHeight: outputHeight, rowOffset: 0)
+            horizontalPass(output: output, input: temporary.pointer, inputRowStride: inputWidth * 3,
+                           rows: outputHeight, outputWidth: outputWidth)
         }
     }
 
@@ -93,14 +96,15 @@ public final class Resampler {
         }
     }
 
-    // output: [outputHeight, width, 3]; input: rows of width × 3 bytes, inputRowStride apart
+    // output: [outputHeight, width, 3]; input: rows of width × 3 bytes, inputRowStride apart,
+    // whose row 0 is the image's row −rowOffset (a temporary holding only the rows read)
     private func verticalPass(output: UnsafeMutablePointer<UInt8>, input: UnsafePointer<UInt8>, inputRowStride: Int,
-                              width: Int, outputHeight: Int) {
+                              width: Int, outputHeight: Int, rowOffset: Int) {
         let kernelSize = vertical.kernelSize
         let rowBytes = width * 3
         vertical.withPointers { bounds, weights in
             for row in 0..<outputHeight {
-                let first = bounds[2 &* row], count = bounds[2 &* row &+ 1]
+                let first = bounds[2 &* row] &+ rowOffset, count = bounds[2 &* row &+ 1]
                 let kernel = weights + row &* kernelSize
                 let target = output + row &* rowBytes
                 for byte in 0..<rowBytes {
@@ -182,12 +186,6 @@ struct AxisCoefficients {
         }
         computedInputSize = inputSize
         computedOutputSize = outputSize
-    }
-
-    /// Moves every first-input index (the vertical pass reads a temporary that starts at a later row).
-    mutating func shift(by offset: Int) {
-        for output in 0..<(bounds.count / 2) { bounds[2 * output] += offset }
-        computedInputSize = -1
     }
 
     func withPointers<Result>(_ body: (UnsafePointer<Int>, UnsafePointer<Int32>) -> Result) -> Result {
