@@ -16,6 +16,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -88,13 +89,22 @@ def main():
 
     work = args.work or tempfile.mkdtemp(prefix="mae-compare-")
     os.makedirs(work, exist_ok=True)
-    paths = {name: os.path.join(work, name + ".safetensors") for name in ("weights", "images", "noise", "out")}
+    try:
+        compare(args, config, model, images, noise, work)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def compare(args, config, model, images, noise, work):
+    side = config["image_size"]
+    paths = {name: os.path.join(work, name + ".safetensors") for name in ("weights", "images", "noise", "out", "saved")}
     save_file({n: t.contiguous() for n, t in model.state_dict().items()}, paths["weights"])
     save_file({"images": images}, paths["images"])
     save_file({"noise": noise}, paths["noise"])
     command = [args.mae, "reference-step", "--weights", paths["weights"], "--images", paths["images"],
                "--noise", paths["noise"], "--out", paths["out"], "--mask-ratio", str(args.mask_ratio),
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), "--save-weights", paths["saved"]]
     if args.config:
         config_path = os.path.join(work, "config.json")
         with open(config_path, "w") as file:
@@ -140,6 +150,12 @@ def main():
     print(f"gradients: {len(gradients)} tensors; worst relative difference ours {worst_ours[2]:.3e} ({worst_ours[0]}), "
           f"torch float32 {worst_torch[4]:.3e} ({worst_torch[0]})")
     print(f"mask identical: {bool(torch.equal(ours['mask'].double(), exact['mask']))}")
+
+    # The weights as saveWeights writes them must load strictly into the official model, unchanged.
+    reloaded = build_model(config)
+    reloaded.load_state_dict(load_file(paths["saved"]), strict=True)
+    same = all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), model.state_dict().values()))
+    print(f"saveWeights file loads strictly into the official model: True; tensors bitwise equal: {same}")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ struct ReferenceStepCommand: Subcommand {
             OptionSpec("mask-ratio", value: "R", default: "0.75", help: "fraction of patches removed"),
             .flag("norm-pix-loss", help: "normalise each target patch by its mean and unbiased variance"),
             OptionSpec("threads", value: "T", default: "1", help: "threads for matrix products and kernels"),
+            OptionSpec("save-weights", value: "FILE",
+                       help: "also save the loaded weights again (to check that the official model loads our files strictly)"),
         ])
 
     static func run(_ options: ParsedOptions) throws {
@@ -66,6 +68,9 @@ struct ReferenceStepCommand: Subcommand {
         Parallel.setThreads(threads)
         let model = MAEModel(config: config, seed: 0)
         try model.loadWeights(path: weightsPath)
+        if let savePath = options.string("save-weights") {
+            try model.saveWeights(path: savePath, metadata: ["model": config.name, "source": "mae reference-step"])
+        }
         let imageBuffer = try images.floatBuffer(named: imagesTensor.name)
         let noiseBuffer = try noise.floatBuffer(named: noiseTensor.name)
         model.gradients.zero()
@@ -118,16 +123,7 @@ struct ReferenceStepCommand: Subcommand {
             throw OptionError("mae reference-step: give --model or --config, not both")
         }
         // The model's own checks are preconditions; bad user input stops here with a message.
-        guard config.patchSize >= 1, config.imageSize >= config.patchSize, config.imageSize % config.patchSize == 0 else {
-            throw OptionError("mae reference-step: image size \(config.imageSize) is not a multiple of the patch size \(config.patchSize)")
-        }
-        guard config.channels == 3, config.mlpRatio >= 1, config.encoderDepth >= 0, config.decoderDepth >= 0,
-              config.encoderHeads >= 1, config.encoderWidth > 0, config.encoderWidth % 4 == 0,
-              config.encoderWidth % config.encoderHeads == 0,
-              config.decoderHeads >= 1, config.decoderWidth > 0, config.decoderWidth % 4 == 0,
-              config.decoderWidth % config.decoderHeads == 0 else {
-            throw OptionError("mae reference-step: config \(config.name) needs 3 channels and widths that are multiples of 4 and of their head counts")
-        }
+        try config.validate()
         return config
     }
 
