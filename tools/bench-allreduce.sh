@@ -39,7 +39,9 @@ for config in $configs; do
 done
 echo "# median busbw (GB/s) over $rounds rounds, $iters iterations each; all values: $results"
 echo "tool world floats bytes median_busbw_GBps"
-sort -k1,1 -k2,2n -k3,3n "$results" | awk '
-    function flush() { if (n) { asort(v); m = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2; printf "%s %s %s %.1fMB %.3f\n", k1, k2, k3, k3 * 4 / 1e6, m }; n = 0; delete v }
-    { key = $1 " " $2 " " $3; if (key != last) { flush(); last = key; k1 = $1; k2 = $2; k3 = $3 } v[++n] = $4 }
-    END { flush() }'
+cut -d' ' -f1-3 "$results" | sort -u -k2,2n -k3,3n -k1,1 | while read -r tool world floats; do
+    values=$(awk -v t="$tool" -v w="$world" -v f="$floats" '$1 == t && $2 == w && $3 == f && $4 != "" { print $4 }' "$results" | sort -g)
+    count=$(echo "$values" | grep -c . || true)
+    median=$(echo "$values" | awk -v n="$count" 'NR == int((n + 1) / 2) { a = $1 } NR == int(n / 2) + 1 { b = $1 } END { if (n) printf "%.3f", (n % 2) ? a : (a + b) / 2; else printf "n/a" }')
+    echo "$tool $world $floats $(awk -v f="$floats" 'BEGIN { printf "%.1fMB", f * 4 / 1e6 }') $median"
+done

@@ -18,7 +18,7 @@ struct BenchAllReduceCommand: Subcommand {
             OptionSpec("mpi-btl", value: "LIST", default: "tcp,self", help: "Open MPI transports for --backend mpi"),
             OptionSpec("timeout", value: "SECONDS", default: "60", help: "collective timeout (tcp)"),
             OptionSpec("segment-bytes", value: "B", default: "1048576", help: "bytes per send/receive (tcp)"),
-            OptionSpec("socket-buffer-bytes", value: "B", default: "0", help: "SO_SNDBUF/SO_RCVBUF, 0: autotuning (tcp)"),
+            OptionSpec("socket-buffer-bytes", value: "B", default: "4194304", help: "SO_SNDBUF/SO_RCVBUF, 0: kernel autotuning (tcp)"),
         ])
 
     static func run(_ options: ParsedOptions) throws {

@@ -29,7 +29,7 @@ struct CollectiveWorkerCommand: Subcommand {
             OptionSpec("iters", value: "I", default: "5", help: "timed iterations (bench) or iterations (loop)"),
             OptionSpec("pause-ms", value: "MS", default: "0", help: "pause between loop iterations"),
             OptionSpec("segment-bytes", value: "B", default: "1048576", help: "bytes per send/receive (tcp)"),
-            OptionSpec("socket-buffer-bytes", value: "B", default: "0", help: "SO_SNDBUF/SO_RCVBUF, 0: kernel autotuning (tcp)"),
+            OptionSpec("socket-buffer-bytes", value: "B", default: "4194304", help: "SO_SNDBUF/SO_RCVBUF, 0: kernel autotuning (tcp)"),
         ])
 
     static func run(_ options: ParsedOptions) throws {
