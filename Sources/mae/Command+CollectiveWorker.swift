@@ -29,6 +29,8 @@ struct CollectiveWorkerCommand: Subcommand {
             OptionSpec("iters", value: "I", default: "5", help: "timed iterations (bench) or iterations (loop)"),
             OptionSpec("pause-ms", value: "MS", default: "0", help: "pause between loop iterations"),
             OptionSpec("segment-bytes", value: "B", default: "1048576", help: "bytes per send/receive (tcp)"),
+            OptionSpec("sender-thread", value: "BOOL", default: "yes",
+                       help: "yes: a second thread sends while the first receives and reduces; no: one thread (tcp)"),
             OptionSpec("socket-buffer-bytes", value: "B", default: "4194304", help: "SO_SNDBUF/SO_RCVBUF, 0: kernel autotuning (tcp)"),
         ])
 
@@ -59,7 +61,8 @@ struct CollectiveWorkerCommand: Subcommand {
                 jobToken: try options.required("token"), generation: try options.int("generation", in: 0...Int.max),
                 timeoutSeconds: try options.double("timeout", expectation: "seconds > 0") { $0 > 0 },
                 hostsRendezvous: hosting, segmentBytes: try options.int("segment-bytes", in: 4096...(1 << 30)),
-                socketBufferBytes: try options.int("socket-buffer-bytes", in: 0...(1 << 30)))
+                socketBufferBytes: try options.int("socket-buffer-bytes", in: 0...(1 << 30)),
+                sendsOnSeparateThread: try yesOrNo(options, "sender-thread"))
             return try TCPRingCollective.connect(config)
         case "mpi":
             #if MPI
@@ -161,6 +164,15 @@ struct CollectiveWorkerCommand: Subcommand {
         try collective.barrier()
         print("check ok rank=\(rank) world=\(world)")
         fflush(stdout)
+    }
+}
+
+/// A yes/no option as a Bool.
+func yesOrNo(_ options: ParsedOptions, _ name: String) throws -> Bool {
+    switch try options.required(name) {
+    case "yes": return true
+    case "no": return false
+    case let other: throw OptionError("\(options.command): --\(name) expects yes or no, got '\(other)'")
     }
 }
 
