@@ -78,6 +78,7 @@ struct BenchAllReduceCommand: Subcommand {
         guard let result = text.split(separator: "\n").last(where: { $0.hasPrefix("busbw_GBps=") }) else {
             throw OptionError("mae bench allreduce: the workers printed no result; their output was:\n\(text)")
         }
+        for line in text.split(separator: "\n") where line.hasPrefix("rank0_cpu_ms") { print(line) }
         print(result)
     }
 
