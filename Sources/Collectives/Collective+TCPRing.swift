@@ -42,8 +42,10 @@ public final class TCPRingCollective: Collective {
     private var sequence: UInt64 = 0
     private var failure: String?
     private let pollEntries = UnsafeMutablePointer<pollfd>.allocate(capacity: 2)
-    private var headerOut = [UInt8](repeating: 0, count: CallHeader.bytes)
-    private var headerIn = [UInt8](repeating: 0, count: CallHeader.bytes)
+    private let headerOut = UnsafeMutableRawPointer.allocate(byteCount: CallHeader.bytes, alignment: 8)
+    private let headerIn = UnsafeMutableRawPointer.allocate(byteCount: CallHeader.bytes, alignment: 8)
+    /// Sends while the calling thread receives; nil when one thread does both.
+    private var sender: RingSender?
 
     // MARK: Joining
 
@@ -128,9 +130,16 @@ public final class TCPRingCollective: Collective {
         scratch = UnsafeMutableRawPointer.allocate(byteCount: config.segmentBytes, alignment: 64)
         try sendSocket?.configureForBulkTransfer(bufferBytes: config.socketBufferBytes, context: "ring connection to the right")
         try receiveSocket?.configureForBulkTransfer(bufferBytes: config.socketBufferBytes, context: "ring connection from the left")
+        if let sendSocket, config.sendsOnSeparateThread {
+            sender = try RingSender(socket: sendSocket, timeoutSeconds: config.timeoutSeconds,
+                                    label: "rank \(rank) sending to rank \((rank + 1) % worldSize)")
+        }
     }
 
     deinit {
+        sender?.stop()
+        headerOut.deallocate()
+        headerIn.deallocate()
         sendSocket?.close()
         receiveSocket?.close()
         scratch.deallocate()
@@ -176,6 +185,7 @@ public final class TCPRingCollective: Collective {
     public func close() {
         callLock.withLock {
             if failure == nil { failure = "close() was called" }
+            sender?.stop()
             sendSocket?.close()
             receiveSocket?.close()
         }
@@ -202,156 +212,64 @@ public final class TCPRingCollective: Collective {
         }
     }
 
-    /// Which bytes move at each step of a call, and what happens to received ones.
-    private struct Plan {
-        let operation: Operation
-        let rank: Int
-        let world: Int
-        let count: Int
-        let elementBytes: Int
-        let root: Int
-
-        /// Position in the broadcast chain, 0 at the root.
-        var chainPosition: Int { (rank - root + world) % world }
-
-        var sendSteps: Int {
-            if operation == .broadcast { return chainPosition == world - 1 ? 0 : 1 }
-            return 2 * (world - 1)
-        }
-
-        var receiveSteps: Int {
-            if operation == .broadcast { return chainPosition == 0 ? 0 : 1 }
-            return 2 * (world - 1)
-        }
-
-        /// Byte range [start, start + length) of chunk `chunk`.
-        func chunkBytes(_ chunk: Int) -> (start: Int, length: Int) {
-            let first = chunk * count / world, end = (chunk + 1) * count / world
-            return (first * elementBytes, (end - first) * elementBytes)
-        }
-
-        func sendRange(_ step: Int) -> (start: Int, length: Int) {
-            if operation == .broadcast { return (0, count * elementBytes) }
-            return chunkBytes(((rank - step) % world + world) % world)
-        }
-
-        func receiveRange(_ step: Int) -> (start: Int, length: Int) {
-            if operation == .broadcast { return (0, count * elementBytes) }
-            return chunkBytes(((rank - step - 1) % world + world) % world)
-        }
-
-        /// The receive step whose bytes send step `step` forwards (nil: own data).
-        func sendDependency(_ step: Int) -> Int? {
-            if operation == .broadcast { return chainPosition == 0 ? nil : step }
-            return step == 0 ? nil : step - 1
-        }
-
-        /// Receive steps of the reduce-scatter add into the buffer; the others store.
-        func receiveReduces(_ step: Int) -> Bool { operation != .broadcast && step < world - 1 }
-
-        /// The last add of a mean divides by the world size.
-        func receiveDivides(_ step: Int) -> Bool { operation == .allReduceAverage && step == world - 2 }
-    }
-
-    /// Moves the call's bytes: one loop drives both directions until every step is done.
+    /// Moves the call's bytes. With a sender thread, it sends while this thread
+    /// receives and reduces; without one, this thread alternates between the two.
     private func transfer(_ header: CallHeader, _ buffer: UnsafeMutableRawPointer, count: Int) throws {
         guard let sendSocket, let receiveSocket, sendSocket.isOpen, receiveSocket.isOpen else {
             throw CollectiveError.closed("the ring connections are closed")
         }
-        let plan = Plan(operation: header.operation, rank: rank, world: worldSize, count: count,
-                        elementBytes: header.operation == .allReduceScalars ? 8 : 4, root: Int(header.root))
+        let plan = RingPlan(operation: header.operation, rank: rank, world: worldSize, count: count,
+                            elementBytes: header.operation == .allReduceScalars ? 8 : 4, root: Int(header.root))
         let left = (rank + worldSize - 1) % worldSize, right = (rank + 1) % worldSize
-        header.encode(into: &headerOut)
-
-        var headerSent = 0, headerReceived = 0
-        var sendStep = 0, sent = 0                // bytes of the current send step already sent
-        var receiveStep = 0, received = 0         // bytes of the current receive step already received
-        var ready = 0                             // ... of which stored or reduced into the buffer
-        var pending = 0                           // received bytes waiting in `scratch` (part of an element)
+        header.encode(into: headerOut)
+        var sendHalf = SendHalf(plan: plan, buffer: buffer, header: headerOut, segmentBytes: segmentBytes)
+        var receiveHalf = ReceiveHalf(plan: plan, buffer: buffer, expectedHeader: header, headerBuffer: headerIn,
+                                      scratch: scratch, segmentBytes: segmentBytes, left: left)
+        let sendContext = "rank \(rank) sending to rank \(right)"
+        let receiveContext = "rank \(rank) receiving from rank \(left)"
         var lastProgress = monotonicSeconds()
-        let headerLength = CallHeader.bytes
 
-        while true {
-            // Empty steps (chunks of zero elements) are done at once.
-            while sendStep < plan.sendSteps && plan.sendRange(sendStep).length == 0 { sendStep += 1 }
-            while receiveStep < plan.receiveSteps && plan.receiveRange(receiveStep).length == 0 { receiveStep += 1 }
-            let sending = headerSent < headerLength || sendStep < plan.sendSteps
-            let receiving = headerReceived < headerLength || receiveStep < plan.receiveSteps
-            if !sending && !receiving { return }
+        if let sender {
+            sender.start(sendHalf)
+            do {
+                receiving: while true {
+                    switch try receiveHalf.move(receiveSocket, context: receiveContext) {
+                    case .done: break receiving
+                    case .moved, .waiting:
+                        lastProgress = monotonicSeconds()
+                        if let error = sender.publish(receiveHalf.progress) { throw error }
+                    case .blocked:
+                        try waitForData(receiveSocket, since: lastProgress, header: header, left: left)
+                        if let error = sender.publish(receiveHalf.progress) { throw error }
+                    }
+                }
+            } catch {
+                sender.abort()
+                throw error
+            }
+            try sender.waitUntilFinished()
+            return
+        }
+
+        var sendDone = false, receiveDone = false
+        while !(sendDone && receiveDone) {
             var progressed = false, wantsWrite = false, wantsRead = false
-
-            // Send what is ready.
-            if headerSent < headerLength {
-                let count = try headerOut.withUnsafeBytes {
-                    try sendSocket.sendSome($0.baseAddress! + headerSent, count: headerLength - headerSent,
-                                            context: "rank \(rank) sending to rank \(right)")
-                }
-                headerSent += count
-                if count > 0 { progressed = true } else { wantsWrite = true }
-            } else if sendStep < plan.sendSteps {
-                let range = plan.sendRange(sendStep)
-                var available = range.length
-                if let dependency = plan.sendDependency(sendStep) {
-                    available = receiveStep > dependency ? range.length : (receiveStep == dependency ? ready : 0)
-                }
-                let length = min(available - sent, segmentBytes)
-                if length > 0 {
-                    let count = try sendSocket.sendSome(buffer + range.start + sent, count: length,
-                                                        context: "rank \(rank) sending to rank \(right)")
-                    sent += count
-                    if count > 0 { progressed = true } else { wantsWrite = true }
-                    if sent == range.length { sendStep += 1; sent = 0 }
+            if !sendDone {
+                switch try sendHalf.move(sendSocket, after: receiveHalf.progress, context: sendContext) {
+                case .done: sendDone = true
+                case .moved: progressed = true
+                case .blocked: wantsWrite = true
+                case .waiting: break
                 }
             }
-
-            // Receive what has arrived, and store or reduce it.
-            if headerReceived < headerLength {
-                let count = try headerIn.withUnsafeMutableBytes {
-                    try receiveSocket.receiveSome($0.baseAddress! + headerReceived, count: headerLength - headerReceived,
-                                                  context: "rank \(rank) receiving from rank \(left)")
+            if !receiveDone {
+                switch try receiveHalf.move(receiveSocket, context: receiveContext) {
+                case .done: receiveDone = true
+                case .moved, .waiting: progressed = true
+                case .blocked: wantsRead = true
                 }
-                headerReceived += count
-                if count > 0 { progressed = true } else { wantsRead = true }
-                if headerReceived == headerLength {
-                    let theirs = try CallHeader(decoding: headerIn)
-                    if theirs != header {
-                        throw CollectiveError.mismatch("rank \(left) called \(theirs) while rank \(rank) called \(header)")
-                    }
-                }
-            } else if receiveStep < plan.receiveSteps {
-                let range = plan.receiveRange(receiveStep)
-                let context = "rank \(rank) receiving from rank \(left)"
-                var count = 0
-                if plan.receiveReduces(receiveStep) {
-                    let length = min(segmentBytes - pending, range.length - received)
-                    count = try receiveSocket.receiveSome(scratch + pending, count: length, context: context)
-                    pending += count
-                    let whole = pending / plan.elementBytes
-                    if whole > 0 {
-                        let destination = buffer + range.start + ready
-                        if plan.elementBytes == 8 {
-                            addDoubles(destination, scratch, count: whole)
-                        } else if plan.receiveDivides(receiveStep) {
-                            addFloatsAndDivide(destination, scratch, count: whole, divisor: Float(worldSize))
-                        } else {
-                            addFloats(destination, scratch, count: whole)
-                        }
-                        let used = whole * plan.elementBytes
-                        ready += used
-                        pending -= used
-                        if pending > 0 { scratch.copyMemory(from: scratch + used, byteCount: pending) }
-                    }
-                } else {
-                    let length = min(segmentBytes, range.length - received)
-                    count = try receiveSocket.receiveSome(buffer + range.start + received, count: length, context: context)
-                    ready += count
-                }
-                received += count
-                if count > 0 { progressed = true } else { wantsRead = true }
-                if received == range.length { receiveStep += 1; received = 0; ready = 0 }
             }
-
-            if progressed {
+            if progressed || (sendDone && receiveDone) {
                 lastProgress = monotonicSeconds()
                 continue
             }
@@ -370,65 +288,16 @@ public final class TCPRingCollective: Collective {
             }
         }
     }
-}
 
-/// The kinds of call, as they travel in the call header.
-enum Operation: UInt32, CustomStringConvertible {
-    case allReduceSum = 1, allReduceAverage = 2, broadcast = 3, allReduceScalars = 4, barrier = 5
-
-    var description: String {
-        switch self {
-        case .allReduceSum: return "allReduceSum"
-        case .allReduceAverage: return "allReduceAverage"
-        case .broadcast: return "broadcast"
-        case .allReduceScalars: return "allReduceScalars"
-        case .barrier: return "barrier"
+    /// Waits up to one poll slice for data from the left; throws once nothing has
+    /// arrived for the timeout.
+    private func waitForData(_ socket: Socket, since lastProgress: Double, header: CallHeader, left: Int) throws {
+        let idle = monotonicSeconds() - lastProgress
+        if idle >= timeoutSeconds {
+            throw CollectiveError.timedOut("rank \(rank) in \(header.operation) #\(header.sequence): no data from rank "
+                + "\(left) for \(timeoutSeconds) s (a peer stalled, died or stopped calling)")
         }
-    }
-}
-
-/// The first bytes of every call on the wire; each rank checks its left neighbour's.
-struct CallHeader: Equatable, CustomStringConvertible {
-    static let bytes = 28
-    static let magic: UInt32 = 0x4D41_4543  // "MAEC"
-
-    var operation: Operation
-    var sequence: UInt64
-    var count: UInt64
-    var root: UInt32
-
-    func encode(into bytes: inout [UInt8]) {
-        var writer = WireWriter()
-        writer.append(Self.magic)
-        writer.append(operation.rawValue)
-        writer.append(sequence)
-        writer.append(count)
-        writer.append(root)
-        bytes.withUnsafeMutableBufferPointer { destination in
-            for (index, byte) in writer.bytes.enumerated() { destination[index] = byte }
-        }
-    }
-
-    init(operation: Operation, sequence: UInt64, count: UInt64, root: UInt32) {
-        self.operation = operation
-        self.sequence = sequence
-        self.count = count
-        self.root = root
-    }
-
-    init(decoding bytes: [UInt8]) throws {
-        var reader = WireReader(bytes)
-        guard try reader.uint32() == Self.magic, let operation = Operation(rawValue: try reader.uint32()) else {
-            throw CollectiveError.mismatch("the left neighbour sent bytes that are not a call header (a desynchronised stream)")
-        }
-        self.operation = operation
-        sequence = try reader.uint64()
-        count = try reader.uint64()
-        root = try reader.uint32()
-    }
-
-    var description: String {
-        operation == .broadcast ? "\(operation) #\(sequence) of \(count) elements from root \(root)"
-            : "\(operation) #\(sequence) of \(count) elements"
+        let slice = Deadline.after(seconds: min(pollSliceSeconds, timeoutSeconds - idle))
+        _ = try socket.wait(for: Int16(POLLIN), until: slice, context: "rank \(rank) waiting for rank \(left)")
     }
 }

@@ -35,10 +35,14 @@ public struct RendezvousConfig: Sendable {
     public var segmentBytes: Int
     /// SO_SNDBUF and SO_RCVBUF of the ring sockets; 0 leaves them to the kernel's autotuning.
     public var socketBufferBytes: Int
+    /// Whether a second thread sends while the calling thread receives and reduces
+    /// (faster when a core is free; one thread does both otherwise).
+    public var sendsOnSeparateThread: Bool
 
     public init(rank: Int, worldSize: Int, address: String = "127.0.0.1:29500", jobToken: String,
                 generation: Int = 0, timeoutSeconds: Double = 30, listenHost: String = "127.0.0.1",
-                hostsRendezvous: Bool? = nil, segmentBytes: Int = 1 << 20, socketBufferBytes: Int = 0) {
+                hostsRendezvous: Bool? = nil, segmentBytes: Int = 1 << 20, socketBufferBytes: Int = 4 << 20,
+                sendsOnSeparateThread: Bool = true) {
         self.rank = rank
         self.worldSize = worldSize
         self.address = address
@@ -49,6 +53,7 @@ public struct RendezvousConfig: Sendable {
         self.hostsRendezvous = hostsRendezvous ?? (rank == 0)
         self.segmentBytes = segmentBytes
         self.socketBufferBytes = socketBufferBytes
+        self.sendsOnSeparateThread = sendsOnSeparateThread
     }
 
     /// Throws `invalidArgument` naming the first bad field.

@@ -18,7 +18,9 @@ struct BenchAllReduceCommand: Subcommand {
             OptionSpec("mpi-btl", value: "LIST", default: "tcp,self", help: "Open MPI transports for --backend mpi"),
             OptionSpec("timeout", value: "SECONDS", default: "60", help: "collective timeout (tcp)"),
             OptionSpec("segment-bytes", value: "B", default: "1048576", help: "bytes per send/receive (tcp)"),
-            OptionSpec("socket-buffer-bytes", value: "B", default: "0", help: "SO_SNDBUF/SO_RCVBUF, 0: autotuning (tcp)"),
+            OptionSpec("sender-thread", value: "BOOL", default: "yes",
+                       help: "yes: a second thread sends while the first receives and reduces; no: one thread (tcp)"),
+            OptionSpec("socket-buffer-bytes", value: "B", default: "4194304", help: "SO_SNDBUF/SO_RCVBUF, 0: kernel autotuning (tcp)"),
         ])
 
     static func run(_ options: ParsedOptions) throws {
@@ -43,7 +45,8 @@ struct BenchAllReduceCommand: Subcommand {
                                  "--world", String(world), "--address", server!.address.description,
                                  "--host-rendezvous", "no", "--token", token, "--timeout", String(timeout),
                                  "--segment-bytes", try options.required("segment-bytes"),
-                                 "--socket-buffer-bytes", try options.required("socket-buffer-bytes")] + workload)
+                                 "--socket-buffer-bytes", try options.required("socket-buffer-bytes"),
+                                 "--sender-thread", String(try yesOrNo(options, "sender-thread") ? "yes" : "no")] + workload)
             }
         case "mpi":
             launches.append(["/usr/bin/env", "mpirun", "--allow-run-as-root", "--oversubscribe",
@@ -75,6 +78,7 @@ struct BenchAllReduceCommand: Subcommand {
         guard let result = text.split(separator: "\n").last(where: { $0.hasPrefix("busbw_GBps=") }) else {
             throw OptionError("mae bench allreduce: the workers printed no result; their output was:\n\(text)")
         }
+        for line in text.split(separator: "\n") where line.hasPrefix("rank0_cpu_ms") { print(line) }
         print(result)
     }
 

@@ -5,9 +5,10 @@ import Testing
 /// A peer that dies, stalls or stops calling makes every other rank's call fail
 /// within the timeout instead of hanging.
 @Suite(.serialized) struct FailureTests {
-    @Test func aRankThatStopsCallingMakesTheOthersTimeOut() throws {
+    @Test(arguments: [true, false])
+    func aRankThatStopsCallingMakesTheOthersTimeOut(senderThread: Bool) throws {
         let timeout = 1.0
-        let outcomes = try withRing(3, timeoutSeconds: timeout) { ring -> (Double, String, String) in
+        let outcomes = try withRing(3, timeoutSeconds: timeout, senderThread: senderThread) { ring -> (Double, String, String) in
             var values = [Float](repeating: 1, count: 100_000)
             try values.withUnsafeMutableBufferPointer { try ring.allReduceSum($0.baseAddress!, count: 100_000) }
             if ring.rank == 2 {

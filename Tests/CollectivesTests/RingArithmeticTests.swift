@@ -10,11 +10,12 @@ import Testing
         [0, 1, max(world - 1, 0), world + 1, 1000, 12_347]
     }
 
-    @Test(arguments: 1...8)
-    func sumsAndMeansEqualANaiveReductionBitForBit(world: Int) throws {
+    /// Both drivers: a sender thread beside the calling thread, and one thread for both.
+    @Test(arguments: 1...8, [true, false])
+    func sumsAndMeansEqualANaiveReductionBitForBit(world: Int, senderThread: Bool) throws {
         // Small segments for odd worlds: a chunk then crosses many segment boundaries.
         let segment = world % 2 == 1 ? 4096 : 1 << 20
-        let outcomes = try withRing(world, segmentBytes: segment) { ring -> [String] in
+        let outcomes = try withRing(world, segmentBytes: segment, senderThread: senderThread) { ring -> [String] in
             var problems: [String] = []
             for length in Self.lengths(world) {
                 let inputs = (0..<world).map { randomInput(rank: $0, count: length, seed: 11) }
@@ -45,9 +46,9 @@ import Testing
         }
     }
 
-    @Test(arguments: [2, 3, 5])
-    func slicesReduceOnlyTheirElements(world: Int) throws {
-        let outcomes = try withRing(world, segmentBytes: 4096) { ring -> ([Float], [Float]) in
+    @Test(arguments: [2, 3, 5], [true, false])
+    func slicesReduceOnlyTheirElements(world: Int, senderThread: Bool) throws {
+        let outcomes = try withRing(world, segmentBytes: 4096, senderThread: senderThread) { ring -> ([Float], [Float]) in
             let length = 5003, offset = 37
             var buffer = [Float](repeating: -9, count: offset + length + 11)
             let input = randomInput(rank: ring.rank, count: length, seed: 5)
@@ -64,9 +65,9 @@ import Testing
         }
     }
 
-    @Test(arguments: [2, 3, 4])
-    func broadcastBarrierAndScalars(world: Int) throws {
-        let outcomes = try withRing(world, segmentBytes: 4096) { ring -> [String] in
+    @Test(arguments: [2, 3, 4], [true, false])
+    func broadcastBarrierAndScalars(world: Int, senderThread: Bool) throws {
+        let outcomes = try withRing(world, segmentBytes: 4096, senderThread: senderThread) { ring -> [String] in
             var problems: [String] = []
             for root in 0..<world {
                 for length in [0, 1, 3, 9000] {
