@@ -1,4 +1,7 @@
 import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The thread count shared by every kernel: OpenBLAS runs its matrix products on
 /// `threads` threads, and our own element-wise kernels split their work over the
@@ -13,10 +16,17 @@ public enum Parallel {
     /// The number of workers `parallelFor` uses (and OpenBLAS, after `setThreads`).
     public static var threads: Int { threadCount }
 
-    /// Sets both OpenBLAS's thread count and our pool's width to `count` (at least 1).
+    /// Whether `matrixMultiply` splits products over our pool with OpenBLAS on one
+    /// thread (the default), rather than letting OpenBLAS thread each product itself.
+    /// MAE_OPENBLAS_THREADING=1 selects the latter, for comparison.
+    public static let splitsProducts: Bool = getenv("MAE_OPENBLAS_THREADING").map { String(cString: $0) != "1" } ?? true
+
+    /// Sets the number of threads every kernel uses to `count` (at least 1): our
+    /// pool's width, and OpenBLAS's (one thread per call when our pool splits the
+    /// products, see `splitsProducts`).
     public static func setThreads(_ count: Int) {
         threadCount = max(1, count)
-        BLASRuntime.setThreads(threadCount)
+        BLASRuntime.setThreads(splitsProducts ? 1 : threadCount)
     }
 }
 

@@ -74,19 +74,33 @@ struct BenchStepCommand: Subcommand {
 
         let warmUpLoss = step(0)
         print("warm-up step: loss \(warmUpLoss)")
-        var stepSeconds: [Double] = []
+        var stepSeconds: [Double] = [], stepCPUSeconds: [Double] = []
         for number in 1...steps {
             let start = DispatchTime.now().uptimeNanoseconds
+            let startCPU = processCPUSeconds()
             let loss = step(number)
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            let cpuSeconds = processCPUSeconds() - startCPU
             stepSeconds.append(seconds)
-            print("step \(number): loss \(loss) time \(format(seconds * 1000)) ms")
+            stepCPUSeconds.append(cpuSeconds)
+            // CPU time shows how much work a step took even when other processes share the cores.
+            print("step \(number): loss \(loss) time \(format(seconds * 1000)) ms cpu \(format(cpuSeconds * 1000)) ms")
             guard loss.isFinite else { throw OptionError("mae bench step: the loss became \(loss) at step \(number)") }
         }
         let meanSeconds = stepSeconds.reduce(0, +) / Double(steps)
+        print("cpu_ms_per_step=\(format(stepCPUSeconds.reduce(0, +) / Double(steps) * 1000)) "
+              + "fastest_step_ms=\(format(stepSeconds.min()! * 1000))")
         let gflops = config.trainingFlopsPerImage(maskRatio: maskRatio) * Double(batch) / meanSeconds / 1e9
         print("img_per_s=\(format(Double(batch) / meanSeconds)) step_ms=\(format(meanSeconds * 1000)) "
               + "gflops=\(format(gflops)) peak_rss_mb=\(format(peakResidentMegabytes()))")
+    }
+
+    /// User plus system CPU time of the whole process so far.
+    static func processCPUSeconds() -> Double {
+        var usage = rusage()
+        guard getrusage(RUSAGE_SELF.rawValue, &usage) == 0 else { return 0 }
+        func seconds(_ time: timeval) -> Double { Double(time.tv_sec) + Double(time.tv_usec) / 1e6 }
+        return seconds(usage.ru_utime) + seconds(usage.ru_stime)
     }
 
     /// The process's peak resident set size (getrusage's ru_maxrss is in KiB on Linux).

@@ -130,6 +130,36 @@ import Testing
         withExtendedLifetime((rb, qkvBuffer)) {}
     }
 
+    /// Products large enough to be split over two workers (by rows, and by columns when
+    /// c is wide), every transpose combination, with padded leading dimensions.
+    @Test(arguments: [(100, 70, 60), (40, 150, 50)])
+    func matrixProductsSplitOverWorkers(m: Int, n: Int, k: Int) {
+        let before = Parallel.threads
+        Parallel.setThreads(2)
+        defer { Parallel.setThreads(before) }
+        for (transposeA, transposeB) in [(false, false), (false, true), (true, false), (true, true)] {
+            let (aRows, aColumns) = transposeA ? (k, m) : (m, k)
+            let (bRows, bColumns) = transposeB ? (n, k) : (k, n)
+            let lda = aColumns + 3, ldb = bColumns + 5, ldc = n + 2
+            let a = rounded(randomValues(aRows * lda, seed: 61)), b = rounded(randomValues(bRows * ldb, seed: 62))
+            let c0 = rounded(randomValues(m * ldc, seed: 63))
+            let (ab, bb, cb) = (buffer(a), buffer(b), buffer(c0))
+            matrixMultiply(cb.pointer, ldc: ldc, ab.pointer, lda: lda, transposeA: transposeA, bb.pointer, ldb: ldb,
+                           transposeB: transposeB, m: m, n: n, k: k, alpha: 0.5, beta: 2)
+            var expected = c0
+            for i in 0..<m {
+                for j in 0..<n {
+                    var sum = 0.0
+                    for p in 0..<k {
+                        sum += (transposeA ? a[p * lda + i] : a[i * lda + p]) * (transposeB ? b[j * ldb + p] : b[p * ldb + j])
+                    }
+                    expected[i * ldc + j] = 0.5 * sum + 2 * c0[i * ldc + j]
+                }
+            }
+            expectClose(cb.toArray(), expected, absolute: 1e-4, "product transposeA \(transposeA) transposeB \(transposeB)")
+        }
+    }
+
     @Test func attentionIsTheSameOnTwoThreads() {
         let (batch, tokens, heads, headDimension) = (3, 20, 4, 8)
         let qkv = buffer(randomValues(batch * tokens * 3 * heads * headDimension, seed: 33))
