@@ -38,7 +38,8 @@ public enum WorkerOptions {
             OptionSpec("generation", value: "G", default: "0", help: "restart generation of the job; workers of other generations are refused"),
             OptionSpec("backend", value: "tcp|mpi", default: "tcp",
                        help: "collective backend; mpi (under mpirun, a build with --traits MPI) needs no rendezvous or token"),
-            OptionSpec("rendezvous-timeout", value: "SECONDS", default: "120", help: "how long to wait for every worker to join"),
+            OptionSpec("peer-timeout", value: "SECONDS", default: "300",
+                       help: "how long a worker waits for its peers, to join and at every collective (a checkpoint write included)"),
             OptionSpec("data", value: "ROOT", help: "image folder: ROOT/train/<class>/<image> or ROOT/<class>/<image> (required)"),
             OptionSpec("model", value: "NAME", default: "mae_vit_base_patch16",
                        help: "model: " + ModelConfig.knownNames.joined(separator: ", ")),
@@ -119,7 +120,7 @@ public enum WorkerOptions {
             distributed = DistributedSettings(
                 rank: rank, worldSize: worldSize, rendezvous: address, jobToken: token,
                 generation: try options.int("generation", in: 0...Int(Int32.max)), backend: .tcp,
-                timeoutSeconds: try options.double("rendezvous-timeout", expectation: "a positive number of seconds") { $0 > 0 })
+                timeoutSeconds: try options.double("peer-timeout", expectation: "a positive number of seconds") { $0 > 0 })
         }
 
         guard let dataRoot = options.string("data") else { throw fail("missing --data ROOT (an image folder)") }

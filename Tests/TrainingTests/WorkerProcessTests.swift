@@ -216,3 +216,29 @@ import Glibc
         #expect(readText(temporary.path + "/pair/log.txt").isEmpty)  // no epoch ended in 3 steps
     }
 }
+
+extension WorkerProcessTests {
+    /// When one worker dies, the other does not hang: it stops with an error (exit 1) long
+    /// before its peer timeout, and the last checkpoint stays valid.
+    @Test func aDeadPeerStopsTheOtherWorkerWithAnError() throws {
+        defer { temporary.remove() }
+        let port = try freeLoopbackPort()
+        let workers = try (0..<2).map { rank in
+            try WorkerProcess(arguments(runDirectory: "dead", [
+                "--rank", "\(rank)", "--world-size", "2", "--rendezvous", "127.0.0.1:\(port)", "--job-token", "test-token",
+                "--batch-size", "2", "--epochs", "200", "--checkpoint-every", "2", "--peer-timeout", "60",
+            ]), logDirectory: temporary.path, name: "dead-\(rank)")
+        }
+        let checkpoint2 = checkpoint("dead", step: 2) + "/COMPLETE"
+        #expect(workers[0].waitUntil(seconds: 60) { fileExists(checkpoint2) }, "\(workers[0].errors)")
+        workers[1].send(SIGKILL)
+        #expect(try workers[1].wait(seconds: 30) == 128 + SIGKILL)
+        let started = Date()
+        let status = try workers[0].wait(seconds: 50)
+        #expect(status == 1, "rank 0 exited \(status): \(workers[0].errors)")
+        #expect(Date().timeIntervalSince(started) < 30, "rank 0 took until its peer timeout to notice")
+        #expect(workers[0].errors.hasPrefix("error: "), "\(workers[0].errors)")
+        let store = CheckpointStore(runDirectory: temporary.path + "/dead", warn: { _ in })
+        #expect(try store.newestValid() != nil)
+    }
+}
