@@ -25,6 +25,7 @@ public struct CheckpointStore: Sendable {
     public static let stateFileName = "state.json"
     public static let completeMarkerName = "COMPLETE"
     static let temporaryPrefix = ".tmp-"
+    static let damagedPrefix = "damaged-"
 
     public init(runDirectory: String, warn: @escaping @Sendable (String) -> Void) {
         directory = runDirectory + "/checkpoints"
@@ -129,12 +130,23 @@ public struct CheckpointStore: Sendable {
 
     /// The newest complete checkpoint that verifies; an older one is taken, with a warning,
     /// when newer ones fail their checks. Nil when there is none.
-    public func newestValid() throws -> (entry: CheckpointEntry, state: CheckpointState)? {
+    ///
+    /// - Parameter setAsideDamaged: rename each checkpoint that fails to `damaged-step-…`
+    ///   (kept for inspection, never loaded or pruned), so that a run resuming behind it
+    ///   neither counts it among the newest to keep nor trips over it again.
+    public func newestValid(setAsideDamaged: Bool = false) throws -> (entry: CheckpointEntry, state: CheckpointState)? {
         for entry in try completeCheckpoints().reversed() {
             do {
                 return (entry, try Self.verify(entry.path))
             } catch let error as TrainingError {
-                warn("warning: skipping checkpoint \(entry.path): \(error); trying an older one")
+                var note = "trying an older one"
+                if setAsideDamaged {
+                    let aside = directory + "/" + Self.damagedPrefix + Self.directoryName(step: entry.step) + "-\(getpid())"
+                    try FileSystem.rename(entry.path, aside)
+                    try FileSystem.fsync(path: directory)
+                    note = "moved it to \(aside); " + note
+                }
+                warn("warning: skipping checkpoint \(entry.path): \(error); \(note)")
             }
         }
         return nil

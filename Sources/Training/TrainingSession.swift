@@ -140,7 +140,7 @@ final class TrainingSession {
     func findCheckpoint() throws -> (path: String, state: CheckpointState)? {
         guard let resume = config.resume else { return nil }
         if resume == "auto" {
-            guard let found = try store.newestValid() else {
+            guard let found = try store.newestValid(setAsideDamaged: true) else {
                 log.info("--resume auto: no complete checkpoint in \(store.directory) yet; starting fresh")
                 return nil
             }

@@ -79,6 +79,15 @@ final class WarningLog: @unchecked Sendable {
         text = text.replacingOccurrences(of: "\"step\" : 3", with: "\"step\" : 5")
         try Data(text.utf8).write(to: URL(fileURLWithPath: other + "/state.json"))
         #expect(try store.newestValid()?.state.step == 1)
+
+        // Set aside, the damaged ones no longer count among the newest to keep when pruning.
+        #expect(try store.newestValid(setAsideDamaged: true)?.state.step == 1)
+        #expect(try store.completeCheckpoints().map(\.step) == [1])
+        let names = try FileManager.default.contentsOfDirectory(atPath: store.directory).sorted()
+        #expect(names.count == 3 && names.filter { $0.hasPrefix("damaged-step-0000000") }.count == 2, "\(names)")
+        try write(store, step: 2)
+        try store.prune(keepLast: 1, keepEveryEpochs: 0)
+        #expect(try store.newestValid()?.state.step == 2)
     }
 
     @Test func pruningKeepsTheNewestAndEveryNthEpochEnd() throws {
