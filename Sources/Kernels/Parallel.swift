@@ -3,17 +3,26 @@ import Dispatch
 import Glibc
 #endif
 
-/// The thread count shared by every kernel: OpenBLAS runs its matrix products on
-/// `threads` threads, and our own element-wise kernels split their work over the
-/// same number of workers with `parallelFor`.
+/// The thread count shared by every kernel. Our element-wise kernels split their
+/// work over `threads` workers with `parallelFor`, and `matrixMultiply` cuts large
+/// products into one block per worker, each a single-threaded OpenBLAS call: one
+/// pool does all the work, so OpenBLAS's own threads (which spin while idle) never
+/// compete with ours for the cores. Measured on two cores, OpenBLAS's threading
+/// spent 30–80% more CPU time per training step than this.
 ///
 /// The workers come from Dispatch's fixed global pool (`concurrentPerform`), so a
 /// call allocates no threads; with one thread the work runs inline on the caller.
+/// Code that calls `BLASRuntime.setThreads` itself oversubscribes the cores.
 public enum Parallel {
-    /// Our pool's width; read by `parallelFor` on every call.
-    nonisolated(unsafe) private static var threadCount = 1
+    /// Our pool's width; read by `parallelFor` and `matrixMultiply` on every call.
+    /// Its first use also puts OpenBLAS on one thread, so that until `setThreads` is
+    /// called every kernel, OpenBLAS's included, runs on the calling thread alone.
+    nonisolated(unsafe) private static var threadCount: Int = {
+        BLASRuntime.setThreads(1)
+        return 1
+    }()
 
-    /// The number of workers `parallelFor` uses (and OpenBLAS, after `setThreads`).
+    /// The number of workers every kernel uses.
     public static var threads: Int { threadCount }
 
     /// Whether `matrixMultiply` splits products over our pool with OpenBLAS on one
