@@ -239,6 +239,8 @@ public final class TCPRingCollective: Collective {
                         lastProgress = monotonicSeconds()
                         if let error = sender.publish(receiveHalf.progress) { throw error }
                     case .blocked:
+                        try receiveSocket.setReceiveLowWatermark(min(receiveHalf.bytesComing, segmentBytes / 4),
+                                                                 context: receiveContext)
                         try waitForData(receiveSocket, since: lastProgress, header: header, left: left)
                         if let error = sender.publish(receiveHalf.progress) { throw error }
                     }
@@ -279,6 +281,10 @@ public final class TCPRingCollective: Collective {
                 let waitingFor = wantsRead ? "no data from rank \(left)" : "rank \(right) accepted no data"
                 throw CollectiveError.timedOut("rank \(rank) in \(header.operation) #\(header.sequence): \(waitingFor) "
                     + "for \(timeoutSeconds) s (a peer stalled, died or stopped calling)")
+            }
+            if wantsRead {
+                try receiveSocket.setReceiveLowWatermark(min(receiveHalf.bytesComing, segmentBytes / 4),
+                                                         context: receiveContext)
             }
             pollEntries[0] = pollfd(fd: wantsWrite ? sendSocket.descriptor : -1, events: Int16(POLLOUT), revents: 0)
             pollEntries[1] = pollfd(fd: wantsRead ? receiveSocket.descriptor : -1, events: Int16(POLLIN), revents: 0)
