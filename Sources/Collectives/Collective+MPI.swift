@@ -81,8 +81,10 @@ public final class MPICollective: Collective {
     }
 
     public func barrier() throws {
-        try inPieces(0) { _, _ in }
-        try callLock.withLock { try MPICollective.check(MPI_Barrier(communicator), "MPI_Barrier") }
+        try callLock.withLock {
+            guard !isClosed else { throw CollectiveError.closed("close() was called (MPI is finalised)") }
+            try MPICollective.check(MPI_Barrier(communicator), "MPI_Barrier")
+        }
     }
 
     /// Finalises MPI (once); later calls throw.

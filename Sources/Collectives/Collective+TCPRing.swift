@@ -20,6 +20,12 @@
 /// The order depends only on N and the element's position, so results are the
 /// same bits run to run and on every rank.
 ///
+/// Lanes: a call's elements can be split over several independent rings (lanes,
+/// each with its own connections and threads), like NCCL's socket striping, so that
+/// more cores copy at once. Lane l reduces elements [l·n/K, (l+1)·n/K) of the K lanes
+/// a call uses; calls shorter than `minimumLaneBytes` per lane use fewer lanes. The
+/// division depends only on n, K and N, so results stay deterministic.
+///
 /// Every call starts with a small header (operation, sequence number, count,
 /// root) that each rank checks against its own, so calls that differ between
 /// ranks fail loudly instead of mixing data.
@@ -34,18 +40,14 @@ public final class TCPRingCollective: Collective {
     /// Limit for a call without progress (seconds).
     public let timeoutSeconds: Double
     private let segmentBytes: Int
-    private var sendSocket: Socket?     // to rank + 1
-    private var receiveSocket: Socket?  // from rank − 1
-    /// Receives land here before they are added into the buffer; `segmentBytes` long.
-    private let scratch: UnsafeMutableRawPointer
+    private let minimumLaneBytes: Int
+    /// The rings a call's elements are divided over; one unless `config.lanes` > 1.
+    private var lanes: [RingLane] = []
     private let callLock = Lock()
     private var sequence: UInt64 = 0
     private var failure: String?
-    private let pollEntries = UnsafeMutablePointer<pollfd>.allocate(capacity: 2)
-    private let headerOut = UnsafeMutableRawPointer.allocate(byteCount: CallHeader.bytes, alignment: 8)
-    private let headerIn = UnsafeMutableRawPointer.allocate(byteCount: CallHeader.bytes, alignment: 8)
-    /// Sends while the calling thread receives; nil when one thread does both.
-    private var sender: RingSender?
+    /// A valid pointer for calls of zero elements.
+    private let emptyBuffer = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
 
     // MARK: Joining
 
@@ -55,9 +57,7 @@ public final class TCPRingCollective: Collective {
     public static func connect(_ config: RendezvousConfig) throws -> TCPRingCollective {
         try config.validate()
         let deadline = Deadline.after(seconds: config.timeoutSeconds)
-        if config.worldSize == 1 {
-            return try TCPRingCollective(rank: 0, worldSize: 1, sendSocket: nil, receiveSocket: nil, config: config)
-        }
+        if config.worldSize == 1 { return try TCPRingCollective(config: config, connections: []) }
         var server: RendezvousServer?
         if config.hostsRendezvous {
             server = try RendezvousServer(address: try SocketAddress(parsing: config.address), worldSize: config.worldSize,
@@ -72,23 +72,31 @@ public final class TCPRingCollective: Collective {
         return try formRing(config, listener: listener, addresses: addresses, deadline: deadline)
     }
 
-    /// Connects to the right neighbour and accepts the left one on `listener`,
-    /// given every rank's listener address. Connections that fail the handshake are
-    /// refused, logged and never join; accepting continues until the real left
-    /// neighbour arrives or `deadline` passes.
+    /// Connects to the right neighbour and accepts the left one on `listener` (one
+    /// connection per lane each way), given every rank's listener address.
+    /// Connections that fail the handshake are refused, logged and never join;
+    /// accepting continues until every lane of the real left neighbour arrived or
+    /// `deadline` passes.
     static func formRing(_ config: RendezvousConfig, listener: Socket, addresses: [SocketAddress],
                          deadline: Deadline) throws -> TCPRingCollective {
-        let rank = config.rank, world = config.worldSize
+        let rank = config.rank, world = config.worldSize, laneCount = config.lanes
         let right = (rank + 1) % world, left = (rank + world - 1) % world
         let token = Array(config.jobToken.utf8), generation = UInt64(config.generation)
-        let ownHello = Hello(purpose: .ring, generation: generation, worldSize: world, rank: rank, token: token)
+        func hello(lane: Int) -> Hello {
+            Hello(purpose: .ring, generation: generation, worldSize: world, rank: rank, token: token,
+                  lane: lane, lanes: laneCount)
+        }
 
         let rightContext = "rank \(rank) connecting to rank \(right) at \(addresses[right])"
-        let toRight = try Socket.connect(to: addresses[right], deadline: deadline, context: rightContext)
-        try toRight.sendAll(ownHello.encoded(), until: deadline, context: rightContext)
+        var toRight: [Socket] = []
+        for lane in 0..<laneCount {
+            let socket = try Socket.connect(to: addresses[right], deadline: deadline, context: rightContext)
+            try socket.sendAll(hello(lane: lane).encoded(), until: deadline, context: rightContext)
+            toRight.append(socket)
+        }
 
-        var fromLeft: Socket?
-        while fromLeft == nil {
+        var fromLeft = [Socket?](repeating: nil, count: laneCount)
+        while fromLeft.contains(where: { $0 == nil }) {
             let context = "rank \(rank) accepting rank \(left)"
             guard let candidate = try listener.accept(until: deadline, context: context) else {
                 throw CollectiveError.timedOut("\(context): rank \(left) did not connect within \(config.timeoutSeconds) s")
@@ -96,54 +104,56 @@ public final class TCPRingCollective: Collective {
             // A silent connection may hold us at most 5 s; the real neighbour waits in the backlog.
             let helloDeadline = Deadline(time: min(deadline.time, monotonicSeconds() + 5))
             do {
-                let hello = try Hello.read(.ring, from: candidate, until: helloDeadline, context: context)
-                if let reason = hello.rejection(token: token, generation: generation, worldSize: world, expectedRank: left) {
+                let theirs = try Hello.read(.ring, from: candidate, until: helloDeadline, context: context)
+                var reason = theirs.rejection(token: token, generation: generation, worldSize: world, expectedRank: left)
+                if reason == nil, theirs.lanes != laneCount {
+                    reason = "\(theirs.lanes) lanes where this rank uses \(laneCount)"
+                }
+                if reason == nil, !(0..<laneCount).contains(theirs.lane) || fromLeft[theirs.lane] != nil {
+                    reason = "lane \(theirs.lane) is invalid or already connected"
+                }
+                if let reason {
                     logCollective("rank \(rank) refused a ring connection: \(reason)")
                     try? candidate.sendAll(HandshakeReply.rejection(reason), until: helloDeadline, context: context)
                     candidate.close()
                     continue
                 }
-                try candidate.sendAll([HandshakeReply.accepted] + ownHello.encoded(), until: deadline, context: context)
-                fromLeft = candidate
+                try candidate.sendAll([HandshakeReply.accepted] + hello(lane: theirs.lane).encoded(), until: deadline,
+                                      context: context)
+                fromLeft[theirs.lane] = candidate
             } catch {
                 logCollective("rank \(rank) dropped a ring connection: \(error)")
                 candidate.close()
             }
         }
 
-        try HandshakeReply.readStatus(from: toRight, until: deadline, context: rightContext)
-        let rightHello = try Hello.read(.ring, from: toRight, until: deadline, context: rightContext)
-        if let reason = rightHello.rejection(token: token, generation: generation, worldSize: world, expectedRank: right) {
-            throw CollectiveError.handshakeRejected("\(rightContext): \(reason)")
+        for (lane, socket) in toRight.enumerated() {
+            try HandshakeReply.readStatus(from: socket, until: deadline, context: rightContext)
+            let theirs = try Hello.read(.ring, from: socket, until: deadline, context: rightContext)
+            var reason = theirs.rejection(token: token, generation: generation, worldSize: world, expectedRank: right)
+            if reason == nil, theirs.lane != lane || theirs.lanes != laneCount {
+                reason = "answered for lane \(theirs.lane) of \(theirs.lanes), expected lane \(lane) of \(laneCount)"
+            }
+            if let reason { throw CollectiveError.handshakeRejected("\(rightContext): \(reason)") }
         }
-        return try TCPRingCollective(rank: rank, worldSize: world, sendSocket: toRight, receiveSocket: fromLeft,
-                                     config: config)
+        return try TCPRingCollective(config: config, connections: zip(toRight, fromLeft).map { ($0, $1!) })
     }
 
-    private init(rank: Int, worldSize: Int, sendSocket: Socket?, receiveSocket: Socket?, config: RendezvousConfig) throws {
-        self.rank = rank
-        self.worldSize = worldSize
-        self.timeoutSeconds = config.timeoutSeconds
-        self.segmentBytes = config.segmentBytes
-        self.sendSocket = sendSocket
-        self.receiveSocket = receiveSocket
-        scratch = UnsafeMutableRawPointer.allocate(byteCount: config.segmentBytes, alignment: 64)
-        try sendSocket?.configureForBulkTransfer(bufferBytes: config.socketBufferBytes, context: "ring connection to the right")
-        try receiveSocket?.configureForBulkTransfer(bufferBytes: config.socketBufferBytes, context: "ring connection from the left")
-        if let sendSocket, config.sendsOnSeparateThread {
-            sender = try RingSender(socket: sendSocket, timeoutSeconds: config.timeoutSeconds,
-                                    label: "rank \(rank) sending to rank \((rank + 1) % worldSize)")
+    private init(config: RendezvousConfig, connections: [(toRight: Socket, fromLeft: Socket)]) throws {
+        rank = config.rank
+        worldSize = config.worldSize
+        timeoutSeconds = config.timeoutSeconds
+        segmentBytes = config.segmentBytes
+        minimumLaneBytes = config.minimumLaneBytes
+        for (index, connection) in connections.enumerated() {
+            lanes.append(try RingLane(index: index, rank: rank, worldSize: worldSize, sendSocket: connection.toRight,
+                                      receiveSocket: connection.fromLeft, config: config))
         }
     }
 
     deinit {
-        sender?.stop()
-        headerOut.deallocate()
-        headerIn.deallocate()
-        sendSocket?.close()
-        receiveSocket?.close()
-        scratch.deallocate()
-        pollEntries.deallocate()
+        for lane in lanes { lane.close() }
+        emptyBuffer.deallocate()
     }
 
     // MARK: Collective
@@ -167,8 +177,7 @@ public final class TCPRingCollective: Collective {
         var result = values
         try result.withUnsafeMutableBytes { bytes in
             // An empty array has no base address; the call must still happen on every rank.
-            let base = bytes.baseAddress ?? scratch
-            try perform(.allReduceScalars, base, count: values.count, root: 0)
+            try perform(.allReduceScalars, bytes.baseAddress ?? emptyBuffer, count: values.count, root: 0)
         }
         return result
     }
@@ -185,28 +194,56 @@ public final class TCPRingCollective: Collective {
     public func close() {
         callLock.withLock {
             if failure == nil { failure = "close() was called" }
-            sender?.stop()
-            sendSocket?.close()
-            receiveSocket?.close()
+            for lane in lanes { lane.close() }
         }
     }
 
     // MARK: One call
 
-    /// Runs one collective call on the ring; on any error closes the sockets for good.
+    /// Runs one collective call on the ring; on any error closes the connections for good.
     private func perform(_ operation: Operation, _ buffer: UnsafeMutableRawPointer, count: Int, root: Int) throws {
         guard count >= 0 else { throw CollectiveError.invalidArgument("count \(count) is negative") }
         try callLock.withLock {
             if let failure { throw CollectiveError.closed(failure) }
             guard worldSize > 1 else { return }
             sequence += 1
-            let header = CallHeader(operation: operation, sequence: sequence, count: UInt64(count), root: UInt32(root))
+            let elementBytes = operation == .allReduceScalars ? 8 : 4
+            let used = lanesUsed(count: count, elementBytes: elementBytes, lanes: lanes.count,
+                                 minimumLaneBytes: minimumLaneBytes)
             do {
-                try transfer(header, buffer, count: count)
+                // Lanes 1… run on their workers while this thread runs lane 0.
+                for index in stride(from: used - 1, to: 0, by: -1) {
+                    let lane = lanes[index]
+                    let slice = laneSlice(index, count: count, lanesUsed: used)
+                    let header = CallHeader(operation: operation, sequence: sequence, count: UInt64(slice.count),
+                                            root: UInt32(root))
+                    let start = buffer + slice.start * elementBytes
+                    lane.worker!.submit { [self] in
+                        do {
+                            try transfer(on: lane, header, start, count: slice.count)
+                        } catch {
+                            for other in lanes { other.shutdown() }  // wakes the other lanes at once
+                            throw error
+                        }
+                    }
+                }
+                var firstError: Error?
+                do {
+                    let slice = laneSlice(0, count: count, lanesUsed: used)
+                    let header = CallHeader(operation: operation, sequence: sequence, count: UInt64(slice.count),
+                                            root: UInt32(root))
+                    try transfer(on: lanes[0], header, buffer, count: slice.count)
+                } catch {
+                    for other in lanes { other.shutdown() }
+                    firstError = error
+                }
+                for index in 1..<max(used, 1) {
+                    do { try lanes[index].worker!.wait() } catch { firstError = firstError ?? error }
+                }
+                if let firstError { throw firstError }
             } catch {
                 failure = "an earlier call failed: \(error)"
-                sendSocket?.close()
-                receiveSocket?.close()
+                for lane in lanes { lane.close() }
                 throw error
             }
         }
@@ -214,10 +251,10 @@ public final class TCPRingCollective: Collective {
 
     /// Moves the call's bytes. With a sender thread, it sends while this thread
     /// receives and reduces; without one, this thread alternates between the two.
-    private func transfer(_ header: CallHeader, _ buffer: UnsafeMutableRawPointer, count: Int) throws {
-        guard let sendSocket, let receiveSocket, sendSocket.isOpen, receiveSocket.isOpen else {
-            throw CollectiveError.closed("the ring connections are closed")
-        }
+    private func transfer(on lane: RingLane, _ header: CallHeader, _ buffer: UnsafeMutableRawPointer, count: Int) throws {
+        let sendSocket = lane.sendSocket, receiveSocket = lane.receiveSocket
+        guard sendSocket.isOpen, receiveSocket.isOpen else { throw CollectiveError.closed("the ring connections are closed") }
+        let headerOut = lane.headerOut, headerIn = lane.headerIn, scratch = lane.scratch, pollEntries = lane.pollEntries
         let plan = RingPlan(operation: header.operation, rank: rank, world: worldSize, count: count,
                             elementBytes: header.operation == .allReduceScalars ? 8 : 4, root: Int(header.root))
         let left = (rank + worldSize - 1) % worldSize, right = (rank + 1) % worldSize
@@ -225,11 +262,11 @@ public final class TCPRingCollective: Collective {
         var sendHalf = SendHalf(plan: plan, buffer: buffer, header: headerOut, segmentBytes: segmentBytes)
         var receiveHalf = ReceiveHalf(plan: plan, buffer: buffer, expectedHeader: header, headerBuffer: headerIn,
                                       scratch: scratch, segmentBytes: segmentBytes, left: left)
-        let sendContext = "rank \(rank) sending to rank \(right)"
-        let receiveContext = "rank \(rank) receiving from rank \(left)"
+        let sendContext = "rank \(rank) sending to rank \(right) (lane \(lane.index))"
+        let receiveContext = "rank \(rank) receiving from rank \(left) (lane \(lane.index))"
         var lastProgress = monotonicSeconds()
 
-        if let sender {
+        if let sender = lane.sender {
             sender.start(sendHalf)
             do {
                 receiving: while true {
@@ -239,6 +276,8 @@ public final class TCPRingCollective: Collective {
                         lastProgress = monotonicSeconds()
                         if let error = sender.publish(receiveHalf.progress) { throw error }
                     case .blocked:
+                        try receiveSocket.setReceiveLowWatermark(min(receiveHalf.bytesComing, segmentBytes / 4),
+                                                                 context: receiveContext)
                         try waitForData(receiveSocket, since: lastProgress, header: header, left: left)
                         if let error = sender.publish(receiveHalf.progress) { throw error }
                     }
@@ -279,6 +318,10 @@ public final class TCPRingCollective: Collective {
                 let waitingFor = wantsRead ? "no data from rank \(left)" : "rank \(right) accepted no data"
                 throw CollectiveError.timedOut("rank \(rank) in \(header.operation) #\(header.sequence): \(waitingFor) "
                     + "for \(timeoutSeconds) s (a peer stalled, died or stopped calling)")
+            }
+            if wantsRead {
+                try receiveSocket.setReceiveLowWatermark(min(receiveHalf.bytesComing, segmentBytes / 4),
+                                                         context: receiveContext)
             }
             pollEntries[0] = pollfd(fd: wantsWrite ? sendSocket.descriptor : -1, events: Int16(POLLOUT), revents: 0)
             pollEntries[1] = pollfd(fd: wantsRead ? receiveSocket.descriptor : -1, events: Int16(POLLIN), revents: 0)

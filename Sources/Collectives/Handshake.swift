@@ -83,6 +83,9 @@ struct Hello: Equatable {
     var token: [UInt8]
     var host: String = ""
     var port: Int = 0
+    /// Which lane of how many a ring connection carries (0 of 1 for registrations).
+    var lane: Int = 0
+    var lanes: Int = 1
 
     func encoded() -> [UInt8] {
         var writer = WireWriter()
@@ -93,6 +96,8 @@ struct Hello: Equatable {
         writer.append(string: token)
         writer.append(string: Array(host.utf8))
         writer.append(UInt16(port))
+        writer.append(UInt16(lane))
+        writer.append(UInt16(lanes))
         return writer.bytes
     }
 
@@ -116,10 +121,11 @@ struct Hello: Equatable {
             throw CollectiveError.handshakeRejected("\(context): host name of \(hostLength) bytes is too long")
         }
         let host = String(decoding: try socket.receiveExactly(hostLength, until: deadline, context: context), as: UTF8.self)
-        var portReader = WireReader(try socket.receiveExactly(2, until: deadline, context: context))
-        let port = Int(try portReader.uint16())
+        var tailReader = WireReader(try socket.receiveExactly(6, until: deadline, context: context))
+        let port = Int(try tailReader.uint16())
+        let lane = Int(try tailReader.uint16()), lanes = Int(try tailReader.uint16())
         return Hello(purpose: purpose, generation: generation, worldSize: worldSize, rank: rank,
-                     token: token, host: host, port: port)
+                     token: token, host: host, port: port, lane: lane, lanes: lanes)
     }
 
     /// Why `self` (what a peer sent) does not belong to our job, or nil when it does.

@@ -38,11 +38,16 @@ public struct RendezvousConfig: Sendable {
     /// Whether a second thread sends while the calling thread receives and reduces
     /// (faster when a core is free; one thread does both otherwise).
     public var sendsOnSeparateThread: Bool
+    /// Independent rings (each with its own connections and threads) that a call's
+    /// elements are divided over; more lanes keep more cores copying.
+    public var lanes: Int
+    /// Calls with fewer bytes than this per lane use fewer lanes.
+    public var minimumLaneBytes: Int
 
     public init(rank: Int, worldSize: Int, address: String = "127.0.0.1:29500", jobToken: String,
                 generation: Int = 0, timeoutSeconds: Double = 30, listenHost: String = "127.0.0.1",
                 hostsRendezvous: Bool? = nil, segmentBytes: Int = 1 << 20, socketBufferBytes: Int = 4 << 20,
-                sendsOnSeparateThread: Bool = true) {
+                sendsOnSeparateThread: Bool = true, lanes: Int = 4, minimumLaneBytes: Int = 1 << 20) {
         self.rank = rank
         self.worldSize = worldSize
         self.address = address
@@ -54,6 +59,8 @@ public struct RendezvousConfig: Sendable {
         self.segmentBytes = segmentBytes
         self.socketBufferBytes = socketBufferBytes
         self.sendsOnSeparateThread = sendsOnSeparateThread
+        self.lanes = lanes
+        self.minimumLaneBytes = minimumLaneBytes
     }
 
     /// Throws `invalidArgument` naming the first bad field.
@@ -72,6 +79,10 @@ public struct RendezvousConfig: Sendable {
         guard segmentBytes >= 4096 else {
             throw CollectiveError.invalidArgument("segment of \(segmentBytes) bytes is below the 4096-byte minimum")
         }
+        guard minimumLaneBytes >= 1 else {
+            throw CollectiveError.invalidArgument("minimum lane bytes \(minimumLaneBytes) must be positive")
+        }
+        guard (1...16).contains(lanes) else { throw CollectiveError.invalidArgument("lanes \(lanes) must be in 1...16") }
         guard socketBufferBytes >= 0 else {
             throw CollectiveError.invalidArgument("socket buffer of \(socketBufferBytes) bytes is negative")
         }

@@ -200,6 +200,16 @@ struct ReceiveHalf {
         self.left = left
     }
 
+    /// Bytes that will arrive without anything more from this rank: the rest of the
+    /// header, or of the current receive step.
+    var bytesComing: Int {
+        if headerReceived < CallHeader.bytes { return CallHeader.bytes - headerReceived }
+        var step = progress.step
+        while step < plan.receiveSteps && plan.receiveRange(step).length == 0 { step += 1 }
+        guard step < plan.receiveSteps else { return 0 }
+        return plan.receiveRange(step).length - (step == progress.step ? received : 0)
+    }
+
     /// Receives what has arrived, once, without blocking, and stores or reduces it.
     mutating func move(_ socket: Socket, context: @autoclosure () -> String) throws -> Move {
         if headerReceived < CallHeader.bytes {

@@ -72,6 +72,8 @@ public struct SocketAddress: Sendable, Equatable, CustomStringConvertible {
 /// One TCP socket that this process owns; `close()` releases it (also on deinit).
 final class Socket {
     private(set) var descriptor: Int32
+    /// The SO_RCVLOWAT last set (the kernel's default is 1).
+    private var receiveLowWatermark = 1
 
     init(descriptor: Int32) { self.descriptor = descriptor }
 
@@ -183,6 +185,16 @@ final class Socket {
             try setOption(SOL_SOCKET, SO_SNDBUF, Int32(clamping: bufferBytes), context)
             try setOption(SOL_SOCKET, SO_RCVBUF, Int32(clamping: bufferBytes), context)
         }
+    }
+
+    /// Makes `poll` report the socket readable only once `bytes` have arrived, so a
+    /// waiting receiver wakes for a large piece instead of for every packet.
+    /// Callers never ask for more bytes than the peer is about to send.
+    func setReceiveLowWatermark(_ bytes: Int, context: @autoclosure () -> String) throws {
+        let value = max(1, bytes)
+        guard value != receiveLowWatermark else { return }
+        try setOption(SOL_SOCKET, SO_RCVLOWAT, Int32(clamping: value), context())
+        receiveLowWatermark = value
     }
 
     /// The port this socket is bound to.

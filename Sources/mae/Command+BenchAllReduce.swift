@@ -20,6 +20,7 @@ struct BenchAllReduceCommand: Subcommand {
             OptionSpec("segment-bytes", value: "B", default: "1048576", help: "bytes per send/receive (tcp)"),
             OptionSpec("sender-thread", value: "BOOL", default: "yes",
                        help: "yes: a second thread sends while the first receives and reduces; no: one thread (tcp)"),
+            OptionSpec("lanes", value: "K", default: "4", help: "independent rings a call is divided over (tcp)"),
             OptionSpec("socket-buffer-bytes", value: "B", default: "4194304", help: "SO_SNDBUF/SO_RCVBUF, 0: kernel autotuning (tcp)"),
         ])
 
@@ -46,7 +47,7 @@ struct BenchAllReduceCommand: Subcommand {
                                  "--host-rendezvous", "no", "--token", token, "--timeout", String(timeout),
                                  "--segment-bytes", try options.required("segment-bytes"),
                                  "--socket-buffer-bytes", try options.required("socket-buffer-bytes"),
-                                 "--sender-thread", String(try yesOrNo(options, "sender-thread") ? "yes" : "no")] + workload)
+                                 "--lanes", try options.required("lanes"), "--sender-thread", String(try yesOrNo(options, "sender-thread") ? "yes" : "no")] + workload)
             }
         case "mpi":
             launches.append(["/usr/bin/env", "mpirun", "--allow-run-as-root", "--oversubscribe",

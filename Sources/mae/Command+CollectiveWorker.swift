@@ -31,6 +31,7 @@ struct CollectiveWorkerCommand: Subcommand {
             OptionSpec("segment-bytes", value: "B", default: "1048576", help: "bytes per send/receive (tcp)"),
             OptionSpec("sender-thread", value: "BOOL", default: "yes",
                        help: "yes: a second thread sends while the first receives and reduces; no: one thread (tcp)"),
+            OptionSpec("lanes", value: "K", default: "4", help: "independent rings a call is divided over (tcp)"),
             OptionSpec("socket-buffer-bytes", value: "B", default: "4194304", help: "SO_SNDBUF/SO_RCVBUF, 0: kernel autotuning (tcp)"),
         ])
 
@@ -62,7 +63,7 @@ struct CollectiveWorkerCommand: Subcommand {
                 timeoutSeconds: try options.double("timeout", expectation: "seconds > 0") { $0 > 0 },
                 hostsRendezvous: hosting, segmentBytes: try options.int("segment-bytes", in: 4096...(1 << 30)),
                 socketBufferBytes: try options.int("socket-buffer-bytes", in: 0...(1 << 30)),
-                sendsOnSeparateThread: try yesOrNo(options, "sender-thread"))
+                sendsOnSeparateThread: try yesOrNo(options, "sender-thread"), lanes: try options.int("lanes", in: 1...16))
             return try TCPRingCollective.connect(config)
         case "mpi":
             #if MPI

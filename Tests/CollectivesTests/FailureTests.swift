@@ -8,7 +8,7 @@ import Testing
     @Test(arguments: [true, false])
     func aRankThatStopsCallingMakesTheOthersTimeOut(senderThread: Bool) throws {
         let timeout = 1.0
-        let outcomes = try withRing(3, timeoutSeconds: timeout, senderThread: senderThread) { ring -> (Double, String, String) in
+        let outcomes = try withRing(3, timeoutSeconds: timeout, senderThread: senderThread, lanes: 2) { ring -> (Double, String, String) in
             var values = [Float](repeating: 1, count: 100_000)
             try values.withUnsafeMutableBufferPointer { try ring.allReduceSum($0.baseAddress!, count: 100_000) }
             if ring.rank == 2 {
@@ -52,7 +52,7 @@ import Testing
             children.append(try Child(mae, ["collective-worker", "--backend", "tcp", "--mode", "loop", "--rank", String(rank),
                                              "--world", String(world), "--address", server.address.description,
                                              "--host-rendezvous", "no", "--token", token, "--timeout", String(timeout),
-                                             "--floats", "200000", "--iters", "100000", "--pause-ms", "20"],
+                                             "--floats", "600000", "--iters", "100000", "--pause-ms", "20"],
                                       directory: directory, name: "rank\(rank)"))
         }
         let running = Child.waitUntil(seconds: 40) { children.allSatisfy { $0.output.contains("iteration 3\n") } }

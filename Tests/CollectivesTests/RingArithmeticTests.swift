@@ -10,16 +10,18 @@ import Testing
         [0, 1, max(world - 1, 0), world + 1, 1000, 12_347]
     }
 
-    /// Both drivers: a sender thread beside the calling thread, and one thread for both.
-    @Test(arguments: 1...8, [true, false])
-    func sumsAndMeansEqualANaiveReductionBitForBit(world: Int, senderThread: Bool) throws {
+    /// Both drivers (a sender thread beside the calling thread, or one thread for
+    /// both) and both one lane and three.
+    @Test(arguments: 1...8, [(true, 1), (false, 1), (true, 3), (false, 3)])
+    func sumsAndMeansEqualANaiveReductionBitForBit(world: Int, driver: (senderThread: Bool, lanes: Int)) throws {
         // Small segments for odd worlds: a chunk then crosses many segment boundaries.
         let segment = world % 2 == 1 ? 4096 : 1 << 20
-        let outcomes = try withRing(world, segmentBytes: segment, senderThread: senderThread) { ring -> [String] in
+        let outcomes = try withRing(world, segmentBytes: segment, senderThread: driver.senderThread,
+                                    lanes: driver.lanes) { ring -> [String] in
             var problems: [String] = []
             for length in Self.lengths(world) {
                 let inputs = (0..<world).map { randomInput(rank: $0, count: length, seed: 11) }
-                let expectedSum = naiveRingSum(inputs)
+                let expectedSum = naiveRingSum(inputs, lanes: driver.lanes)
                 var values = inputs[ring.rank]
                 try values.withUnsafeMutableBufferPointer { try ring.allReduceSum($0.baseAddress ?? emptyBufferPointer(), count: length) }
                 if values.map(\.bitPattern) != expectedSum.map(\.bitPattern) { problems.append("sum of \(length) differs") }
@@ -48,7 +50,7 @@ import Testing
 
     @Test(arguments: [2, 3, 5], [true, false])
     func slicesReduceOnlyTheirElements(world: Int, senderThread: Bool) throws {
-        let outcomes = try withRing(world, segmentBytes: 4096, senderThread: senderThread) { ring -> ([Float], [Float]) in
+        let outcomes = try withRing(world, segmentBytes: 4096, senderThread: senderThread, lanes: 2) { ring -> ([Float], [Float]) in
             let length = 5003, offset = 37
             var buffer = [Float](repeating: -9, count: offset + length + 11)
             let input = randomInput(rank: ring.rank, count: length, seed: 5)
@@ -57,7 +59,7 @@ import Testing
             return (buffer, input)
         }
         let results = try outcomes.map { try $0.get() }
-        let expected = naiveRingSum(results.map(\.1)).map { $0 / Float(world) }
+        let expected = naiveRingSum(results.map(\.1), lanes: 2).map { $0 / Float(world) }
         for (rank, (buffer, _)) in results.enumerated() {
             expectSameBits(Array(buffer[37..<37 + 5003]), expected, "rank \(rank) slice")
             #expect(buffer[..<37].allSatisfy { $0 == -9 } && buffer[(37 + 5003)...].allSatisfy { $0 == -9 },
@@ -67,7 +69,7 @@ import Testing
 
     @Test(arguments: [2, 3, 4], [true, false])
     func broadcastBarrierAndScalars(world: Int, senderThread: Bool) throws {
-        let outcomes = try withRing(world, segmentBytes: 4096, senderThread: senderThread) { ring -> [String] in
+        let outcomes = try withRing(world, segmentBytes: 4096, senderThread: senderThread, lanes: 2) { ring -> [String] in
             var problems: [String] = []
             for root in 0..<world {
                 for length in [0, 1, 3, 9000] {
@@ -93,7 +95,7 @@ import Testing
     @Test func backToBackCallsDoNotMixAndAreDeterministic() throws {
         let world = 3
         func run() throws -> [[Float]] {
-            let outcomes = try withRing(world, segmentBytes: 4096) { ring -> [Float] in
+            let outcomes = try withRing(world, segmentBytes: 4096, lanes: 3) { ring -> [Float] in
                 var collected: [Float] = []
                 for round in 0..<6 {
                     let length = [10_001, 3, 777][round % 3]
@@ -110,7 +112,7 @@ import Testing
         var expected: [Float] = []
         for round in 0..<6 {
             let length = [10_001, 3, 777][round % 3]
-            expected += naiveRingSum((0..<world).map { randomInput(rank: $0, count: length, seed: UInt64(round)) })
+            expected += naiveRingSum((0..<world).map { randomInput(rank: $0, count: length, seed: UInt64(round)) }, lanes: 3)
                 .map { $0 / Float(world) }
         }
         for rank in 0..<world {

@@ -44,7 +44,7 @@ func uniqueToken(_ label: String) -> String {
 
 /// Joins ranks 0..<world into a ring through a rendezvous the test hosts on a free port.
 func withRing<Value: Sendable>(_ world: Int, segmentBytes: Int = 1 << 20, timeoutSeconds: Double = 20,
-                               senderThread: Bool = true,
+                               senderThread: Bool = true, lanes: Int = 1,
                                _ body: @escaping @Sendable (TCPRingCollective) throws -> Value) throws -> [Result<Value, Error>] {
     let token = uniqueToken("ring\(world)")
     let server = try RendezvousServer(address: SocketAddress(host: "127.0.0.1", port: 0), worldSize: world,
@@ -54,7 +54,8 @@ func withRing<Value: Sendable>(_ world: Int, segmentBytes: Int = 1 << 20, timeou
     return runRanks(world, limitSeconds: timeoutSeconds * 3) { rank in
         let config = RendezvousConfig(rank: rank, worldSize: world, address: address, jobToken: token, generation: 3,
                                       timeoutSeconds: timeoutSeconds, hostsRendezvous: false, segmentBytes: segmentBytes,
-                                      sendsOnSeparateThread: senderThread)
+                                      sendsOnSeparateThread: senderThread, lanes: lanes,
+                                      minimumLaneBytes: testLaneBytes)
         let ring = try TCPRingCollective.connect(config)
         defer { ring.close() }
         return try body(ring)
@@ -84,16 +85,26 @@ func randomInput(rank: Int, count: Int, seed: UInt64) -> [Float] {
     return (0..<count).map { _ in random.nextFloat() * 2 - 1 }
 }
 
-/// The ring's sum, computed naively: element e of chunk c (elements [c·n/N, (c+1)·n/N))
-/// is ((x_c + x_{c+1}) + …) + x_{c−1}, ranks in ring order from c.
-func naiveRingSum(_ inputs: [[Float]]) -> [Float] {
+/// Lanes in the tests get used from this many bytes on, so short buffers exercise them.
+let testLaneBytes = 4096
+
+/// The ring's sum, computed naively. With K lanes in use (each gets at least
+/// `testLaneBytes`), lane l owns elements [l·n/K, (l+1)·n/K); within a lane of m
+/// elements, element e of chunk c (lane elements [c·m/N, (c+1)·m/N)) is
+/// ((x_c + x_{c+1}) + …) + x_{c−1}, ranks in ring order from c.
+func naiveRingSum(_ inputs: [[Float]], lanes: Int = 1) -> [Float] {
     let world = inputs.count, count = inputs[0].count
+    let used = max(1, min(lanes, count * 4 / testLaneBytes))
     var result = [Float](repeating: 0, count: count)
-    for chunk in 0..<world {
-        for element in (chunk * count / world)..<((chunk + 1) * count / world) {
-            var sum = inputs[chunk][element]
-            for step in 1..<max(world, 1) { sum += inputs[(chunk + step) % world][element] }
-            result[element] = sum
+    for lane in 0..<used {
+        let laneStart = lane * count / used, laneCount = (lane + 1) * count / used - laneStart
+        for chunk in 0..<world {
+            for local in (chunk * laneCount / world)..<((chunk + 1) * laneCount / world) {
+                let element = laneStart + local
+                var sum = inputs[chunk][element]
+                for step in 1..<max(world, 1) { sum += inputs[(chunk + step) % world][element] }
+                result[element] = sum
+            }
         }
     }
     return result
