@@ -50,7 +50,7 @@ let package = Package(
         .target(name: "Collectives",
                 dependencies: ["Kernels", .target(name: "CMPI", condition: .when(traits: ["MPI"]))],
                 swiftSettings: sharedSwiftSettings),
-        .target(name: "Training", dependencies: ["Model", "Data", "Collectives"],
+        .target(name: "Training", dependencies: ["Model", "Data", "Collectives", "Options"],
                 swiftSettings: sharedSwiftSettings),
 
         // MARK: Executables: option parsing and a call into the modules

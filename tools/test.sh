@@ -5,3 +5,7 @@ cd "$(dirname "$0")/.."
 tools/install-deps.sh --mpi --test
 swift build --build-tests
 swift test --skip-build
+# The MPI backend (package trait MPI), built in its own folder so that the default
+# build above stays free of MPI; only the MPI-specific tests run here.
+swift build --build-tests --traits MPI --scratch-path .build/mpi
+swift test --skip-build --traits MPI --scratch-path .build/mpi --filter MPICollectiveTests

@@ -7,16 +7,13 @@
 /// independent and small, so they are spread over our workers, each running
 /// single-threaded OpenBLAS calls.
 
-/// Runs `body` for every (sample, head) pair, in parallel, with OpenBLAS on one
-/// thread per call meanwhile (its own threads would compete with our workers).
+/// Runs `body` for every (sample, head) pair, spread over our workers; each
+/// product inside runs on its worker alone (OpenBLAS is single-threaded, see `Parallel`).
 @inline(__always)
 func forEachSampleAndHead(batch: Int, heads: Int, _ body: (_ sample: Int, _ head: Int) -> Void) {
-    let multiThreaded = Parallel.threads > 1 && batch * heads > 1
-    if multiThreaded { BLASRuntime.setThreads(1) }
     parallelFor(batch * heads) { range in
         for pair in range { body(pair / heads, pair % heads) }
     }
-    if multiThreaded { BLASRuntime.setThreads(Parallel.threads) }
 }
 
 /// output[batch, tokens, heads·headDimension] = softmax(q kᵀ · hd^-1/2) v per head;
@@ -34,11 +31,11 @@ public func attentionForward(output: UnsafeMutablePointer<Float>, probabilities:
         let v = q + 2 * width
         let p = probabilities + (sample * heads + head) * tokens * tokens
         // p[tokens, tokens] = scale · q kᵀ
-        matrixMultiply(p, ldc: tokens, q, lda: qkvWidth, k, ldb: qkvWidth, transposeB: true,
+        singleThreadedMatrixMultiply(p, ldc: tokens, q, lda: qkvWidth, k, ldb: qkvWidth, transposeB: true,
                        m: tokens, n: tokens, k: headDimension, alpha: scale)
         for row in 0..<tokens { softmaxInPlace(p + row * tokens, count: tokens) }
         // output[tokens, hd] (inside the [tokens, width] rows) = p v
-        matrixMultiply(output + sample * tokens * width + head * headDimension, ldc: width,
+        singleThreadedMatrixMultiply(output + sample * tokens * width + head * headDimension, ldc: width,
                        p, lda: tokens, v, ldb: qkvWidth,
                        m: tokens, n: headDimension, k: tokens)
     }
@@ -65,18 +62,18 @@ public func attentionBackward(qkvGradient: UnsafeMutablePointer<Float>,
         let dp = probabilityGradient + (sample * heads + head) * tokens * tokens
         let dOutput = outputGradient + sample * tokens * width + head * headDimension
         // dp = dOutput vᵀ; dv = pᵀ dOutput
-        matrixMultiply(dp, ldc: tokens, dOutput, lda: width, v, ldb: qkvWidth, transposeB: true,
+        singleThreadedMatrixMultiply(dp, ldc: tokens, dOutput, lda: width, v, ldb: qkvWidth, transposeB: true,
                        m: tokens, n: tokens, k: headDimension)
-        matrixMultiply(dv, ldc: qkvWidth, p, lda: tokens, transposeA: true, dOutput, ldb: width,
+        singleThreadedMatrixMultiply(dv, ldc: qkvWidth, p, lda: tokens, transposeA: true, dOutput, ldb: width,
                        m: tokens, n: headDimension, k: tokens)
         // Through the softmax and the scale: ds = scale · p ∘ (dp − Σ_keys dp ∘ p)
         for row in 0..<tokens {
             softmaxBackwardInPlace(dp + row * tokens, probabilities: p + row * tokens, count: tokens, scale: scale)
         }
         // dq = ds k; dk = dsᵀ q
-        matrixMultiply(dq, ldc: qkvWidth, dp, lda: tokens, k, ldb: qkvWidth,
+        singleThreadedMatrixMultiply(dq, ldc: qkvWidth, dp, lda: tokens, k, ldb: qkvWidth,
                        m: tokens, n: headDimension, k: tokens)
-        matrixMultiply(dk, ldc: qkvWidth, dp, lda: tokens, transposeA: true, q, ldb: qkvWidth,
+        singleThreadedMatrixMultiply(dk, ldc: qkvWidth, dp, lda: tokens, transposeA: true, q, ldb: qkvWidth,
                        m: tokens, n: headDimension, k: tokens)
     }
 }
@@ -84,30 +81,16 @@ public func attentionBackward(qkvGradient: UnsafeMutablePointer<Float>,
 /// values[count] = softmax(values), numerically stable (the row maximum is subtracted).
 @inline(__always)
 public func softmaxInPlace(_ values: UnsafeMutablePointer<Float>, count: Int) {
-    var maximum16 = SIMD16<Float>(repeating: -.infinity)
-    var index = 0
-    while index + 16 <= count { maximum16 = pointwiseMax(maximum16, load16(values + index)); index += 16 }
-    var maximum = maximum16.max()
-    while index < count { maximum = max(maximum, values[index]); index += 1 }
+    var maximum = -Float.infinity
+    for index in 0..<count { maximum = values[index] > maximum ? values[index] : maximum }
+    for index in 0..<count { values[index] = fastExp(values[index] - maximum) }
     var sum16 = SIMD16<Float>()
-    index = 0
-    while index + 16 <= count {
-        let e = exp16(load16(values + index) - maximum)
-        store16(e, values + index)
-        sum16 += e
-        index += 16
-    }
+    var index = 0
+    while index + 16 <= count { sum16 += load16(values + index); index += 16 }
     var sum = sum16.sum()
-    while index < count {
-        let e = expScalar(values[index] - maximum)
-        values[index] = e
-        sum += e
-        index += 1
-    }
+    while index < count { sum += values[index]; index += 1 }
     let reciprocal = 1 / sum
-    index = 0
-    while index + 16 <= count { store16(load16(values + index) * reciprocal, values + index); index += 16 }
-    while index < count { values[index] *= reciprocal; index += 1 }
+    for index in 0..<count { values[index] *= reciprocal }
 }
 
 /// gradient[count] = scale · p ∘ (gradient − Σ gradient ∘ p): the softmax backward

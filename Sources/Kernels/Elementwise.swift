@@ -46,28 +46,18 @@ public func residualAdd(_ stream: UnsafeMutablePointer<Float>, _ branch: UnsafeP
 
 /// sums[columns] += Σ_rows matrix[rows, columns] (the bias gradient of a linear layer).
 ///
-/// Workers own disjoint column blocks, so no partial sums need merging.
+/// Workers own disjoint column ranges and walk the rows in memory order, adding each
+/// row's slice onto their part of `sums` (which stays in the L1 cache).
 public func addColumnSums(_ sums: UnsafeMutablePointer<Float>, _ matrix: UnsafePointer<Float>,
                           rows: Int, columns: Int) {
     let blocks = (columns + 15) / 16
     parallelFor(blocks, minimumPerWorker: max(1, 8_192 / max(rows, 1))) { blockRange in
-        let end = min(columns, blockRange.upperBound * 16)
-        var column = blockRange.lowerBound * 16
-        while column + 16 <= end {
-            var total = SIMD16<Float>()
-            var row = 0
-            while row < rows {
-                total += load16(matrix + row * columns + column)
-                row += 1
-            }
-            store16(load16(sums + column) + total, sums + column)
-            column += 16
-        }
-        while column < end {
-            var total: Float = 0
-            for row in 0..<rows { total += matrix[row * columns + column] }
-            sums[column] += total
-            column += 1
+        let first = blockRange.lowerBound * 16
+        let count = min(columns, blockRange.upperBound * 16) - first
+        let destination = sums + first
+        for row in 0..<rows {
+            let source = matrix + row * columns + first
+            for column in 0..<count { destination[column] += source[column] }
         }
     }
 }

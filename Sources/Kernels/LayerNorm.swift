@@ -58,33 +58,20 @@ public func layerNormBackward(inputGradient: UnsafeMutablePointer<Float>,
                               mean: UnsafePointer<Float>, reciprocalStd: UnsafePointer<Float>,
                               weight: UnsafePointer<Float>, residualGradient: UnsafePointer<Float>?,
                               rows: Int, width: Int) {
-    // Parameter gradients: workers own disjoint column blocks and walk every row.
+    // Parameter gradients: workers own disjoint column ranges and walk the rows in
+    // memory order, so their slices of the two sums stay in the L1 cache.
     let blocks = (width + 15) / 16
     parallelFor(blocks, minimumPerWorker: max(1, 4_096 / max(rows, 1))) { blockRange in
-        let end = min(width, blockRange.upperBound * 16)
-        var column = blockRange.lowerBound * 16
-        while column + 16 <= end {
-            var weightSum = SIMD16<Float>(), biasSum = SIMD16<Float>()
-            for row in 0..<rows {
-                let dy = load16(outputGradient + row * width + column)
-                let normalised = (load16(input + row * width + column) - mean[row]) * reciprocalStd[row]
-                weightSum += dy * normalised
-                biasSum += dy
+        let first = blockRange.lowerBound * 16
+        let count = min(width, blockRange.upperBound * 16) - first
+        let weightSum = weightGradient + first, biasSum = biasGradient + first
+        for row in 0..<rows {
+            let dy = outputGradient + row * width + first, x = input + row * width + first
+            let rowMean = mean[row], rowReciprocalStd = reciprocalStd[row]
+            for column in 0..<count {
+                weightSum[column] += dy[column] * ((x[column] - rowMean) * rowReciprocalStd)
+                biasSum[column] += dy[column]
             }
-            store16(load16(weightGradient + column) + weightSum, weightGradient + column)
-            store16(load16(biasGradient + column) + biasSum, biasGradient + column)
-            column += 16
-        }
-        while column < end {
-            var weightSum: Float = 0, biasSum: Float = 0
-            for row in 0..<rows {
-                let dy = outputGradient[row * width + column]
-                weightSum += dy * (input[row * width + column] - mean[row]) * reciprocalStd[row]
-                biasSum += dy
-            }
-            weightGradient[column] += weightSum
-            biasGradient[column] += biasSum
-            column += 1
         }
     }
     // Input gradient, row by row: dx = rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)), dx̂ = dy · weight.

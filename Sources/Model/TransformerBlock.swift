@@ -45,7 +45,7 @@ struct BlockActivations {
     var norm2: UnsafeMutablePointer<Float>          // [rows, width]
     var mean2: UnsafeMutablePointer<Float>          // [rows]
     var reciprocalStd2: UnsafeMutablePointer<Float> // [rows]
-    var hidden: UnsafeMutablePointer<Float>         // [rows, hidden], fc1 output before GELU
+    var hidden: UnsafeMutablePointer<Float>         // [rows, hidden], GELU'(fc1 output) after the forward
     var activated: UnsafeMutablePointer<Float>      // [rows, hidden], after GELU
     var output: UnsafeMutablePointer<Float>         // [rows, width] (the next block's input)
 }
@@ -73,7 +73,7 @@ func blockForward(parameters p: UnsafePointer<Float>, offsets o: BlockOffsets,
                   rows: s.rows, inFeatures: s.width, outFeatures: s.width)
     layerNormForward(output: a.norm2, mean: a.mean2, reciprocalStd: a.reciprocalStd2, input: a.middle,
                      weight: p + o.norm2Weight, bias: p + o.norm2Bias, rows: s.rows, width: s.width)
-    // fc1 without its bias; the bias joins GELU in one pass.
+    // fc1 without its bias; the bias joins GELU in one pass, which leaves GELU' in `hidden`.
     matrixMultiply(a.hidden, ldc: s.hidden, a.norm2, lda: s.width, p + o.fc1Weight, ldb: s.width,
                    transposeB: true, m: s.rows, n: s.hidden, k: s.width)
     biasGELUForward(activated: a.activated, preActivation: a.hidden, bias: p + o.fc1Bias,
@@ -91,7 +91,7 @@ func blockBackward(parameters p: UnsafePointer<Float>, gradients g: UnsafeMutabl
     linearBackward(inputGradient: d.hidden, weightGradient: g + o.fc2Weight, biasGradient: g + o.fc2Bias,
                    outputGradient: d.stream, input: a.activated, weight: p + o.fc2Weight,
                    rows: s.rows, inFeatures: s.hidden, outFeatures: s.width)
-    geluBackward(inputGradient: d.hidden, outputGradient: d.hidden, input: a.hidden, count: s.rows * s.hidden)
+    geluBackward(inputGradient: d.hidden, outputGradient: d.hidden, derivative: a.hidden, count: s.rows * s.hidden)
     linearBackward(inputGradient: d.norm, weightGradient: g + o.fc1Weight, biasGradient: g + o.fc1Bias,
                    outputGradient: d.hidden, input: a.norm2, weight: p + o.fc1Weight,
                    rows: s.rows, inFeatures: s.width, outFeatures: s.hidden)

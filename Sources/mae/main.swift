@@ -4,9 +4,12 @@ BLASRuntime.ensureFastKernels()
 
 /// Every `mae` subcommand; each lives in its own `Command+Name.swift` file.
 let subcommands: [any Subcommand.Type] = [
-    ReferenceStepCommand.self,
+    BenchStepCommand.self,
     SynthDataCommand.self,
     BenchDataCommand.self,
+    BenchAllReduceCommand.self,
+    CollectiveWorkerCommand.self,
+    ReferenceStepCommand.self,
 ]
 
 dispatch(Array(CommandLine.arguments.dropFirst()), among: subcommands)

@@ -69,48 +69,35 @@ import Testing
     }
 
     @Test func geluForwardAndBackward() {
-        // Values over the whole useful range, including |x| > 4 where erf saturates.
-        let x = rounded(randomValues(16 * 37 + 5, seed: 21, in: -7..<7))
-        let r = rounded(randomValues(x.count, seed: 22))
-        let output = FloatBuffer(count: x.count)
-        let (xb, rb) = (buffer(x), buffer(r))
-        geluForward(output: output.pointer, input: xb.pointer, count: x.count)
-        expectClose(output.toArray(), x.map(Reference.gelu), absolute: 1e-6, relative: 1e-6, "GELU forward")
+        // Values over the whole useful range, including |x| > 4 where erf saturates;
+        // widths with a SIMD body and a tail.
+        let rows = 7, width = 37
+        let h = rounded(randomValues(rows * width, seed: 21, in: -7..<7))
+        let bias = rounded(randomValues(width, seed: 22))
+        let r = rounded(randomValues(rows * width, seed: 23))
+        let x = (0..<(rows * width)).map { h[$0] + bias[$0 % width] }
+        let hb = buffer(h), biasBuffer = buffer(bias), activated = FloatBuffer(count: rows * width)
+        biasGELUForward(activated: activated.pointer, preActivation: hb.pointer, bias: biasBuffer.pointer,
+                        rows: rows, width: width)
+        expectClose(activated.toArray(), x.map(Reference.gelu), absolute: 1e-6, relative: 1e-6, "GELU forward")
 
-        let dx = FloatBuffer(count: x.count)
-        geluBackward(inputGradient: dx.pointer, outputGradient: rb.pointer, input: xb.pointer, count: x.count)
+        let dx = buffer(r)  // in place, as the model calls it
+        geluBackward(inputGradient: dx.pointer, outputGradient: dx.pointer, derivative: hb.pointer, count: rows * width)
         let expected = zip(x, r).map { value, weight in
             weight * (Reference.gelu(value + 1e-6) - Reference.gelu(value - 1e-6)) / 2e-6
         }
         expectClose(dx.toArray(), expected, absolute: 1e-5, relative: 1e-5, "GELU backward")
-
-        // The fused bias + GELU equals the two steps.
-        let rows = 5, width = 19
-        let h = rounded(randomValues(rows * width, seed: 23, in: -3..<3)), bias = rounded(randomValues(width, seed: 24))
-        let hb = buffer(h), activated = FloatBuffer(count: rows * width), biasBuffer = buffer(bias)
-        biasGELUForward(activated: activated.pointer, preActivation: hb.pointer, bias: biasBuffer.pointer, rows: rows, width: width)
-        withExtendedLifetime(biasBuffer) {}
-        let shifted = (0..<(rows * width)).map { h[$0] + bias[$0 % width] }
-        expectClose(hb.toArray(), shifted, absolute: 1e-6, "bias GELU pre-activation")
-        expectClose(activated.toArray(), shifted.map(Reference.gelu), absolute: 1e-6, relative: 1e-6, "bias GELU output")
+        withExtendedLifetime((biasBuffer, hb)) {}
     }
 
-    @Test func vectorisedExpAndErf() {
+    @Test func fastExpAndErf() {
         let x = (0..<4001).map { -20 + Double($0) * 0.01 }
-        let input = buffer(x)
-        var exps = [Double](), erfs = [Double]()
-        var index = 0
-        while index + 16 <= x.count {
-            let e = exp16(load16(input.pointer + index)), f = erf16(load16(input.pointer + index))
-            for lane in 0..<16 { exps.append(Double(e[lane])); erfs.append(Double(f[lane])) }
-            index += 16
-        }
-        while index < x.count {
-            exps.append(Double(expScalar(Float(x[index])))); erfs.append(Double(erfScalar(Float(x[index]))))
-            index += 1
-        }
+        let exps = x.map { Double(fastExp(Float($0))) }, erfs = x.map { Double(fastErf(Float($0))) }
         expectClose(exps, x.map { exp(Double(Float($0))) }, absolute: 0, relative: 3e-7, "exp")
         expectClose(erfs, x.map { erf(Double(Float($0))) }, absolute: 5e-7, "erf")
+        // Saturation far out, and no overflow to infinity or NaN.
+        #expect(fastErf(9) == 1 && fastErf(-30) == -1)
+        #expect(fastExp(-200) >= 0 && fastExp(-200) < 1e-37 && fastExp(100).isFinite)
     }
 
     @Test(arguments: [(2, 5, 2, 3), (1, 18, 2, 4)])
@@ -141,6 +128,36 @@ import Testing
         expectClose(dqkv.toArray(), numericGradient(qkv) { dot(r, reference($0)) }, absolute: 2e-5, relative: 1e-4,
                     "attention d qkv")
         withExtendedLifetime((rb, qkvBuffer)) {}
+    }
+
+    /// Products large enough to be split over two workers (by rows, and by columns when
+    /// c is wide), every transpose combination, with padded leading dimensions.
+    @Test(arguments: [(100, 70, 60), (40, 150, 50)])
+    func matrixProductsSplitOverWorkers(m: Int, n: Int, k: Int) {
+        let before = Parallel.threads
+        Parallel.setThreads(2)
+        defer { Parallel.setThreads(before) }
+        for (transposeA, transposeB) in [(false, false), (false, true), (true, false), (true, true)] {
+            let (aRows, aColumns) = transposeA ? (k, m) : (m, k)
+            let (bRows, bColumns) = transposeB ? (n, k) : (k, n)
+            let lda = aColumns + 3, ldb = bColumns + 5, ldc = n + 2
+            let a = rounded(randomValues(aRows * lda, seed: 61)), b = rounded(randomValues(bRows * ldb, seed: 62))
+            let c0 = rounded(randomValues(m * ldc, seed: 63))
+            let (ab, bb, cb) = (buffer(a), buffer(b), buffer(c0))
+            matrixMultiply(cb.pointer, ldc: ldc, ab.pointer, lda: lda, transposeA: transposeA, bb.pointer, ldb: ldb,
+                           transposeB: transposeB, m: m, n: n, k: k, alpha: 0.5, beta: 2)
+            var expected = c0
+            for i in 0..<m {
+                for j in 0..<n {
+                    var sum = 0.0
+                    for p in 0..<k {
+                        sum += (transposeA ? a[p * lda + i] : a[i * lda + p]) * (transposeB ? b[j * ldb + p] : b[p * ldb + j])
+                    }
+                    expected[i * ldc + j] = 0.5 * sum + 2 * c0[i * ldc + j]
+                }
+            }
+            expectClose(cb.toArray(), expected, absolute: 1e-4, "product transposeA \(transposeA) transposeB \(transposeB)")
+        }
     }
 
     @Test func attentionIsTheSameOnTwoThreads() {

@@ -1,0 +1,346 @@
+/// Ring all-reduce over TCP, the bandwidth-optimal algorithm.
+///
+/// N ranks in a ring; each sends to rank+1 and receives from rank−1 over two
+/// connections. The buffer is cut into N chunks; chunk c holds elements
+/// [c·n/N, (c+1)·n/N). Reduce-scatter: at step s (0..<N−1) rank i sends chunk
+/// (i−s) mod N and adds the chunk (i−s−1) mod N that arrives into its own; after
+/// N−1 steps rank i holds the finished chunk (i+1) mod N. All-gather: N−1 more
+/// steps forward finished chunks, which are stored as they arrive. Each rank sends
+/// and receives 2(N−1)/N of the buffer.
+///
+/// The steps are not separated by waits: the transfer is one stream per direction.
+/// Bytes of step s are sent as soon as the same bytes of step s−1 have arrived and
+/// been reduced, so a chunk flows through in pieces of at most `segmentBytes` while
+/// the next piece is on the wire. One thread drives both directions with
+/// non-blocking sockets and `poll`, reducing each received piece from a small
+/// cache-resident scratch buffer. Nothing is allocated per call.
+///
+/// Determinism: element e of chunk c is summed in ring order starting at rank c,
+/// ((x_c + x_{c+1}) + x_{c+2}) + … + x_{c−1}, and a mean divides that sum by N.
+/// The order depends only on N and the element's position, so results are the
+/// same bits run to run and on every rank.
+///
+/// Lanes: a call's elements can be split over several independent rings (lanes,
+/// each with its own connections and threads), like NCCL's socket striping, so that
+/// more cores copy at once. Lane l reduces elements [l·n/K, (l+1)·n/K) of the K lanes
+/// a call uses; calls shorter than `minimumLaneBytes` per lane use fewer lanes. The
+/// division depends only on n, K and N, so results stay deterministic.
+///
+/// Every call starts with a small header (operation, sequence number, count,
+/// root) that each rank checks against its own, so calls that differ between
+/// ranks fail loudly instead of mixing data.
+import Kernels
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public final class TCPRingCollective: Collective {
+    public let rank: Int
+    public let worldSize: Int
+    /// Limit for a call without progress (seconds).
+    public let timeoutSeconds: Double
+    private let segmentBytes: Int
+    private let minimumLaneBytes: Int
+    /// The rings a call's elements are divided over; one unless `config.lanes` > 1.
+    private var lanes: [RingLane] = []
+    private let callLock = Lock()
+    private var sequence: UInt64 = 0
+    private var failure: String?
+    /// A valid pointer for calls of zero elements.
+    private let emptyBuffer = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
+
+    // MARK: Joining
+
+    /// Joins the ring: binds a listener, registers with the rendezvous (hosting it
+    /// when `config.hostsRendezvous`), connects to rank+1 and accepts rank−1, both
+    /// with the token/generation handshake. Throws within `config.timeoutSeconds`.
+    public static func connect(_ config: RendezvousConfig) throws -> TCPRingCollective {
+        try config.validate()
+        let deadline = Deadline.after(seconds: config.timeoutSeconds)
+        if config.worldSize == 1 { return try TCPRingCollective(config: config, connections: []) }
+        var server: RendezvousServer?
+        if config.hostsRendezvous {
+            server = try RendezvousServer(address: try SocketAddress(parsing: config.address), worldSize: config.worldSize,
+                                          jobToken: config.jobToken, generation: config.generation,
+                                          timeoutSeconds: config.timeoutSeconds)
+        }
+        defer { server?.close() }
+        let listener = try Socket.listening(on: SocketAddress(host: config.listenHost, port: 0))
+        defer { listener.close() }
+        let port = try listener.localPort(context: "ring listener")
+        let addresses = try exchangeRingAddresses(config, listenerPort: port, deadline: deadline)
+        return try formRing(config, listener: listener, addresses: addresses, deadline: deadline)
+    }
+
+    /// Connects to the right neighbour and accepts the left one on `listener` (one
+    /// connection per lane each way), given every rank's listener address.
+    /// Connections that fail the handshake are refused, logged and never join;
+    /// accepting continues until every lane of the real left neighbour arrived or
+    /// `deadline` passes.
+    static func formRing(_ config: RendezvousConfig, listener: Socket, addresses: [SocketAddress],
+                         deadline: Deadline) throws -> TCPRingCollective {
+        let rank = config.rank, world = config.worldSize, laneCount = config.lanes
+        let right = (rank + 1) % world, left = (rank + world - 1) % world
+        let token = Array(config.jobToken.utf8), generation = UInt64(config.generation)
+        func hello(lane: Int) -> Hello {
+            Hello(purpose: .ring, generation: generation, worldSize: world, rank: rank, token: token,
+                  lane: lane, lanes: laneCount)
+        }
+
+        let rightContext = "rank \(rank) connecting to rank \(right) at \(addresses[right])"
+        var toRight: [Socket] = []
+        for lane in 0..<laneCount {
+            let socket = try Socket.connect(to: addresses[right], deadline: deadline, context: rightContext)
+            try socket.sendAll(hello(lane: lane).encoded(), until: deadline, context: rightContext)
+            toRight.append(socket)
+        }
+
+        var fromLeft = [Socket?](repeating: nil, count: laneCount)
+        while fromLeft.contains(where: { $0 == nil }) {
+            let context = "rank \(rank) accepting rank \(left)"
+            guard let candidate = try listener.accept(until: deadline, context: context) else {
+                throw CollectiveError.timedOut("\(context): rank \(left) did not connect within \(config.timeoutSeconds) s")
+            }
+            // A silent connection may hold us at most 5 s; the real neighbour waits in the backlog.
+            let helloDeadline = Deadline(time: min(deadline.time, monotonicSeconds() + 5))
+            do {
+                let theirs = try Hello.read(.ring, from: candidate, until: helloDeadline, context: context)
+                var reason = theirs.rejection(token: token, generation: generation, worldSize: world, expectedRank: left)
+                if reason == nil, theirs.lanes != laneCount {
+                    reason = "\(theirs.lanes) lanes where this rank uses \(laneCount)"
+                }
+                if reason == nil, !(0..<laneCount).contains(theirs.lane) || fromLeft[theirs.lane] != nil {
+                    reason = "lane \(theirs.lane) is invalid or already connected"
+                }
+                if let reason {
+                    logCollective("rank \(rank) refused a ring connection: \(reason)")
+                    try? candidate.sendAll(HandshakeReply.rejection(reason), until: helloDeadline, context: context)
+                    candidate.close()
+                    continue
+                }
+                try candidate.sendAll([HandshakeReply.accepted] + hello(lane: theirs.lane).encoded(), until: deadline,
+                                      context: context)
+                fromLeft[theirs.lane] = candidate
+            } catch {
+                logCollective("rank \(rank) dropped a ring connection: \(error)")
+                candidate.close()
+            }
+        }
+
+        for (lane, socket) in toRight.enumerated() {
+            try HandshakeReply.readStatus(from: socket, until: deadline, context: rightContext)
+            let theirs = try Hello.read(.ring, from: socket, until: deadline, context: rightContext)
+            var reason = theirs.rejection(token: token, generation: generation, worldSize: world, expectedRank: right)
+            if reason == nil, theirs.lane != lane || theirs.lanes != laneCount {
+                reason = "answered for lane \(theirs.lane) of \(theirs.lanes), expected lane \(lane) of \(laneCount)"
+            }
+            if let reason { throw CollectiveError.handshakeRejected("\(rightContext): \(reason)") }
+        }
+        return try TCPRingCollective(config: config, connections: zip(toRight, fromLeft).map { ($0, $1!) })
+    }
+
+    private init(config: RendezvousConfig, connections: [(toRight: Socket, fromLeft: Socket)]) throws {
+        rank = config.rank
+        worldSize = config.worldSize
+        timeoutSeconds = config.timeoutSeconds
+        segmentBytes = config.segmentBytes
+        minimumLaneBytes = config.minimumLaneBytes
+        for (index, connection) in connections.enumerated() {
+            lanes.append(try RingLane(index: index, rank: rank, worldSize: worldSize, sendSocket: connection.toRight,
+                                      receiveSocket: connection.fromLeft, config: config))
+        }
+    }
+
+    deinit {
+        for lane in lanes { lane.close() }
+        emptyBuffer.deallocate()
+    }
+
+    // MARK: Collective
+
+    public func allReduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+        try perform(.allReduceAverage, UnsafeMutableRawPointer(buffer), count: count, root: 0)
+    }
+
+    public func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+        try perform(.allReduceSum, UnsafeMutableRawPointer(buffer), count: count, root: 0)
+    }
+
+    public func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int) throws {
+        guard (0..<worldSize).contains(root) else {
+            throw CollectiveError.invalidArgument("broadcast root \(root) is outside 0..<\(worldSize)")
+        }
+        try perform(.broadcast, UnsafeMutableRawPointer(buffer), count: count, root: root)
+    }
+
+    public func allReduceScalars(_ values: [Double]) throws -> [Double] {
+        var result = values
+        try result.withUnsafeMutableBytes { bytes in
+            // An empty array has no base address; the call must still happen on every rank.
+            try perform(.allReduceScalars, bytes.baseAddress ?? emptyBuffer, count: values.count, root: 0)
+        }
+        return result
+    }
+
+    public func barrier() throws {
+        // An all-reduce of one value: every rank's result depends on every rank's call.
+        var token: Float = 1
+        try perform(.barrier, &token, count: 1, root: 0)
+        guard token == Float(worldSize) else {
+            throw CollectiveError.mismatch("barrier counted \(token) ranks instead of \(worldSize)")
+        }
+    }
+
+    public func close() {
+        callLock.withLock {
+            if failure == nil { failure = "close() was called" }
+            for lane in lanes { lane.close() }
+        }
+    }
+
+    // MARK: One call
+
+    /// Runs one collective call on the ring; on any error closes the connections for good.
+    private func perform(_ operation: Operation, _ buffer: UnsafeMutableRawPointer, count: Int, root: Int) throws {
+        guard count >= 0 else { throw CollectiveError.invalidArgument("count \(count) is negative") }
+        try callLock.withLock {
+            if let failure { throw CollectiveError.closed(failure) }
+            guard worldSize > 1 else { return }
+            sequence += 1
+            let elementBytes = operation == .allReduceScalars ? 8 : 4
+            let used = lanesUsed(count: count, elementBytes: elementBytes, lanes: lanes.count,
+                                 minimumLaneBytes: minimumLaneBytes)
+            do {
+                // Lanes 1… run on their workers while this thread runs lane 0.
+                for index in stride(from: used - 1, to: 0, by: -1) {
+                    let lane = lanes[index]
+                    let slice = laneSlice(index, count: count, lanesUsed: used)
+                    let header = CallHeader(operation: operation, sequence: sequence, count: UInt64(slice.count),
+                                            root: UInt32(root))
+                    let start = buffer + slice.start * elementBytes
+                    lane.worker!.submit { [self] in
+                        do {
+                            try transfer(on: lane, header, start, count: slice.count)
+                        } catch {
+                            for other in lanes { other.shutdown() }  // wakes the other lanes at once
+                            throw error
+                        }
+                    }
+                }
+                var firstError: Error?
+                do {
+                    let slice = laneSlice(0, count: count, lanesUsed: used)
+                    let header = CallHeader(operation: operation, sequence: sequence, count: UInt64(slice.count),
+                                            root: UInt32(root))
+                    try transfer(on: lanes[0], header, buffer, count: slice.count)
+                } catch {
+                    for other in lanes { other.shutdown() }
+                    firstError = error
+                }
+                for index in 1..<max(used, 1) {
+                    do { try lanes[index].worker!.wait() } catch { firstError = firstError ?? error }
+                }
+                if let firstError { throw firstError }
+            } catch {
+                failure = "an earlier call failed: \(error)"
+                for lane in lanes { lane.close() }
+                throw error
+            }
+        }
+    }
+
+    /// Moves the call's bytes. With a sender thread, it sends while this thread
+    /// receives and reduces; without one, this thread alternates between the two.
+    private func transfer(on lane: RingLane, _ header: CallHeader, _ buffer: UnsafeMutableRawPointer, count: Int) throws {
+        let sendSocket = lane.sendSocket, receiveSocket = lane.receiveSocket
+        guard sendSocket.isOpen, receiveSocket.isOpen else { throw CollectiveError.closed("the ring connections are closed") }
+        let headerOut = lane.headerOut, headerIn = lane.headerIn, scratch = lane.scratch, pollEntries = lane.pollEntries
+        let plan = RingPlan(operation: header.operation, rank: rank, world: worldSize, count: count,
+                            elementBytes: header.operation == .allReduceScalars ? 8 : 4, root: Int(header.root))
+        let left = (rank + worldSize - 1) % worldSize, right = (rank + 1) % worldSize
+        header.encode(into: headerOut)
+        var sendHalf = SendHalf(plan: plan, buffer: buffer, header: headerOut, segmentBytes: segmentBytes)
+        var receiveHalf = ReceiveHalf(plan: plan, buffer: buffer, expectedHeader: header, headerBuffer: headerIn,
+                                      scratch: scratch, segmentBytes: segmentBytes, left: left)
+        let sendContext = "rank \(rank) sending to rank \(right) (lane \(lane.index))"
+        let receiveContext = "rank \(rank) receiving from rank \(left) (lane \(lane.index))"
+        var lastProgress = monotonicSeconds()
+
+        if let sender = lane.sender {
+            sender.start(sendHalf)
+            do {
+                receiving: while true {
+                    switch try receiveHalf.move(receiveSocket, context: receiveContext) {
+                    case .done: break receiving
+                    case .moved, .waiting:
+                        lastProgress = monotonicSeconds()
+                        if let error = sender.publish(receiveHalf.progress) { throw error }
+                    case .blocked:
+                        try receiveSocket.setReceiveLowWatermark(min(receiveHalf.bytesComing, segmentBytes / 4),
+                                                                 context: receiveContext)
+                        try waitForData(receiveSocket, since: lastProgress, header: header, left: left)
+                        if let error = sender.publish(receiveHalf.progress) { throw error }
+                    }
+                }
+            } catch {
+                sender.abort()
+                throw error
+            }
+            try sender.waitUntilFinished()
+            return
+        }
+
+        var sendDone = false, receiveDone = false
+        while !(sendDone && receiveDone) {
+            var progressed = false, wantsWrite = false, wantsRead = false
+            if !sendDone {
+                switch try sendHalf.move(sendSocket, after: receiveHalf.progress, context: sendContext) {
+                case .done: sendDone = true
+                case .moved: progressed = true
+                case .blocked: wantsWrite = true
+                case .waiting: break
+                }
+            }
+            if !receiveDone {
+                switch try receiveHalf.move(receiveSocket, context: receiveContext) {
+                case .done: receiveDone = true
+                case .moved, .waiting: progressed = true
+                case .blocked: wantsRead = true
+                }
+            }
+            if progressed || (sendDone && receiveDone) {
+                lastProgress = monotonicSeconds()
+                continue
+            }
+            // Nothing moved: sleep until a socket is ready, or give up after the timeout.
+            let idle = monotonicSeconds() - lastProgress
+            if idle >= timeoutSeconds {
+                let waitingFor = wantsRead ? "no data from rank \(left)" : "rank \(right) accepted no data"
+                throw CollectiveError.timedOut("rank \(rank) in \(header.operation) #\(header.sequence): \(waitingFor) "
+                    + "for \(timeoutSeconds) s (a peer stalled, died or stopped calling)")
+            }
+            if wantsRead {
+                try receiveSocket.setReceiveLowWatermark(min(receiveHalf.bytesComing, segmentBytes / 4),
+                                                         context: receiveContext)
+            }
+            pollEntries[0] = pollfd(fd: wantsWrite ? sendSocket.descriptor : -1, events: Int16(POLLOUT), revents: 0)
+            pollEntries[1] = pollfd(fd: wantsRead ? receiveSocket.descriptor : -1, events: Int16(POLLIN), revents: 0)
+            let milliseconds = Int32(((timeoutSeconds - idle) * 1000).rounded(.up))
+            if Glibc.poll(pollEntries, 2, max(1, milliseconds)) < 0 && errno != EINTR {
+                throw CollectiveError.systemCall(name: "poll", errno: errno, context: "rank \(rank) waiting on the ring")
+            }
+        }
+    }
+
+    /// Waits up to one poll slice for data from the left; throws once nothing has
+    /// arrived for the timeout.
+    private func waitForData(_ socket: Socket, since lastProgress: Double, header: CallHeader, left: Int) throws {
+        let idle = monotonicSeconds() - lastProgress
+        if idle >= timeoutSeconds {
+            throw CollectiveError.timedOut("rank \(rank) in \(header.operation) #\(header.sequence): no data from rank "
+                + "\(left) for \(timeoutSeconds) s (a peer stalled, died or stopped calling)")
+        }
+        let slice = Deadline.after(seconds: min(pollSliceSeconds, timeoutSeconds - idle))
+        _ = try socket.wait(for: Int16(POLLIN), until: slice, context: "rank \(rank) waiting for rank \(left)")
+    }
+}

@@ -1,0 +1,71 @@
+/// The collective layer: how data-parallel workers exchange gradients.
+///
+/// Workers hold one flat Float buffer of gradients; after backward every worker
+/// calls `allReduceAverage` on it (or on slices of it, bucket by bucket) and all
+/// of them end with the same bits. Three implementations share this interface:
+/// `SingleProcessCollective` (world 1), `TCPRingCollective` (a ring over TCP,
+/// our own) and `MPICollective` (Open MPI, behind the package trait `MPI`).
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A group of `worldSize` processes that reduce and broadcast buffers together.
+///
+/// Every rank must issue the same calls, in the same order, with the same counts;
+/// a call made by one rank waits for the matching call of every other rank.
+/// Calls from several threads are serialised, but the order of calls must still
+/// be the same on every rank. After any error the collective is closed: every
+/// later call throws, and the caller is expected to abort the step.
+public protocol Collective: AnyObject {
+    /// This process's rank, 0..<worldSize.
+    var rank: Int { get }
+    /// Number of processes in the group.
+    var worldSize: Int { get }
+    /// Replaces `buffer[0..<count]` by the element-wise mean over all ranks, in place.
+    /// Pass `base + offset` to reduce a slice. Every rank gets the same bits.
+    func allReduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws
+    /// Replaces `buffer[0..<count]` by the element-wise sum over all ranks, in place.
+    func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws
+    /// Copies `buffer[0..<count]` of rank `root` into the buffer of every other rank.
+    func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int) throws
+    /// Sums a few scalars over all ranks (for logging: losses, counts, timings).
+    func allReduceScalars(_ values: [Double]) throws -> [Double]
+    /// Returns once every rank has called it.
+    func barrier() throws
+    /// Releases connections and resources; later calls throw. Safe to call twice.
+    func close()
+}
+
+/// What went wrong in a collective call, as one line that says what to do.
+public enum CollectiveError: Error, CustomStringConvertible, Equatable {
+    /// A system call failed: the call's name, errno and what we were doing.
+    case systemCall(name: String, errno: Int32, context: String)
+    /// No progress for the configured timeout (a peer stalled or is gone).
+    case timedOut(String)
+    /// A peer closed its connection or died.
+    case peerClosed(String)
+    /// A connection failed the job-token/generation handshake.
+    case handshakeRejected(String)
+    /// Rendezvous failed (bad address, refused registration, incomplete table).
+    case rendezvous(String)
+    /// Ranks issued different collective calls (operation, count, root or order).
+    case mismatch(String)
+    /// A call after `close()` or after an earlier failure.
+    case closed(String)
+    /// A bad argument (negative count, root out of range, ...).
+    case invalidArgument(String)
+
+    public var description: String {
+        switch self {
+        case let .systemCall(name, code, context):
+            return "\(context): \(name) failed: \(String(cString: strerror(code))) (errno \(code))"
+        case let .timedOut(message): return "collective timed out: \(message)"
+        case let .peerClosed(message): return "collective peer lost: \(message)"
+        case let .handshakeRejected(message): return "handshake rejected: \(message)"
+        case let .rendezvous(message): return "rendezvous failed: \(message)"
+        case let .mismatch(message): return "collective calls differ between ranks: \(message)"
+        case let .closed(message): return "collective is closed: \(message)"
+        case let .invalidArgument(message): return "invalid collective argument: \(message)"
+        }
+    }
+}

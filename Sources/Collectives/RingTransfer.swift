@@ -1,0 +1,262 @@
+/// The data movement of one ring call, as two halves: the send half streams this
+/// rank's bytes to rank+1, the receive half takes rank−1's bytes and stores or
+/// reduces them. Each half makes one non-blocking move at a time, so they can be
+/// driven by one thread (alternating) or by two (the send half on the ring's
+/// sender thread). The send half may only forward bytes that the receive half has
+/// finished: `ReceiveProgress` is what connects them.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The kinds of call, as they travel in the call header.
+enum Operation: UInt32, CustomStringConvertible {
+    case allReduceSum = 1, allReduceAverage = 2, broadcast = 3, allReduceScalars = 4, barrier = 5
+
+    var description: String {
+        switch self {
+        case .allReduceSum: return "allReduceSum"
+        case .allReduceAverage: return "allReduceAverage"
+        case .broadcast: return "broadcast"
+        case .allReduceScalars: return "allReduceScalars"
+        case .barrier: return "barrier"
+        }
+    }
+}
+
+/// The first bytes of every call on the wire; each rank checks its left neighbour's.
+struct CallHeader: Equatable, CustomStringConvertible {
+    static let bytes = 28
+    static let magic: UInt32 = 0x4D41_4543  // "MAEC"
+
+    var operation: Operation
+    var sequence: UInt64
+    var count: UInt64
+    var root: UInt32
+
+    init(operation: Operation, sequence: UInt64, count: UInt64, root: UInt32) {
+        self.operation = operation
+        self.sequence = sequence
+        self.count = count
+        self.root = root
+    }
+
+    init(decoding bytes: UnsafeRawBufferPointer) throws {
+        var reader = WireReader(Array(bytes))
+        guard try reader.uint32() == Self.magic, let operation = Operation(rawValue: try reader.uint32()) else {
+            throw CollectiveError.mismatch("the left neighbour sent bytes that are not a call header (a desynchronised stream)")
+        }
+        self.operation = operation
+        sequence = try reader.uint64()
+        count = try reader.uint64()
+        root = try reader.uint32()
+    }
+
+    /// Writes the `bytes` encoded bytes to `destination`.
+    func encode(into destination: UnsafeMutableRawPointer) {
+        var writer = WireWriter()
+        writer.append(Self.magic)
+        writer.append(operation.rawValue)
+        writer.append(sequence)
+        writer.append(count)
+        writer.append(root)
+        writer.bytes.withUnsafeBytes { destination.copyMemory(from: $0.baseAddress!, byteCount: Self.bytes) }
+    }
+
+    var description: String {
+        operation == .broadcast ? "\(operation) #\(sequence) of \(count) elements from root \(root)"
+            : "\(operation) #\(sequence) of \(count) elements"
+    }
+}
+
+/// Which bytes move at each step of a call, and what happens to received ones.
+struct RingPlan {
+    let operation: Operation
+    let rank: Int
+    let world: Int
+    let count: Int
+    let elementBytes: Int
+    let root: Int
+
+    /// Position in the broadcast chain, 0 at the root.
+    var chainPosition: Int { (rank - root + world) % world }
+
+    var sendSteps: Int {
+        if operation == .broadcast { return chainPosition == world - 1 ? 0 : 1 }
+        return 2 * (world - 1)
+    }
+
+    var receiveSteps: Int {
+        if operation == .broadcast { return chainPosition == 0 ? 0 : 1 }
+        return 2 * (world - 1)
+    }
+
+    /// Byte range [start, start + length) of chunk `chunk`: elements [c·n/N, (c+1)·n/N).
+    func chunkBytes(_ chunk: Int) -> (start: Int, length: Int) {
+        let first = chunk * count / world, end = (chunk + 1) * count / world
+        return (first * elementBytes, (end - first) * elementBytes)
+    }
+
+    func sendRange(_ step: Int) -> (start: Int, length: Int) {
+        if operation == .broadcast { return (0, count * elementBytes) }
+        return chunkBytes(((rank - step) % world + world) % world)
+    }
+
+    func receiveRange(_ step: Int) -> (start: Int, length: Int) {
+        if operation == .broadcast { return (0, count * elementBytes) }
+        return chunkBytes(((rank - step - 1) % world + world) % world)
+    }
+
+    /// The receive step whose bytes send step `step` forwards (nil: own data).
+    func sendDependency(_ step: Int) -> Int? {
+        if operation == .broadcast { return chainPosition == 0 ? nil : step }
+        return step == 0 ? nil : step - 1
+    }
+
+    /// Receive steps of the reduce-scatter add into the buffer; the others store.
+    func receiveReduces(_ step: Int) -> Bool { operation != .broadcast && step < world - 1 }
+
+    /// The last add of a mean divides by the world size.
+    func receiveDivides(_ step: Int) -> Bool { operation == .allReduceAverage && step == world - 2 }
+}
+
+/// How far the receive half is: the current step, and how many of its bytes are
+/// final in the buffer (stored, or reduced).
+struct ReceiveProgress: Equatable {
+    var step = 0
+    var ready = 0
+}
+
+/// The result of one move of a half.
+enum Move {
+    case moved      // bytes went through
+    case blocked    // the socket would block: wait for it in poll
+    case waiting    // (send half) nothing is ready to forward yet
+    case done
+}
+
+/// This rank's outgoing stream of one call: header, then the send steps.
+struct SendHalf {
+    let plan: RingPlan
+    let buffer: UnsafeMutableRawPointer
+    let header: UnsafeRawPointer      // CallHeader.bytes
+    let segmentBytes: Int
+    private var headerSent = 0
+    private var step = 0
+    private var sent = 0              // bytes of the current step already sent
+
+    init(plan: RingPlan, buffer: UnsafeMutableRawPointer, header: UnsafeRawPointer, segmentBytes: Int) {
+        self.plan = plan
+        self.buffer = buffer
+        self.header = header
+        self.segmentBytes = segmentBytes
+    }
+
+    /// Sends what is ready, once, without blocking.
+    mutating func move(_ socket: Socket, after progress: ReceiveProgress, context: @autoclosure () -> String) throws -> Move {
+        if headerSent < CallHeader.bytes {
+            let count = try socket.sendSome(header + headerSent, count: CallHeader.bytes - headerSent, context: context())
+            headerSent += count
+            return count > 0 ? .moved : .blocked
+        }
+        // Empty steps (chunks of zero elements) are done at once.
+        while step < plan.sendSteps && plan.sendRange(step).length == 0 { step += 1 }
+        guard step < plan.sendSteps else { return .done }
+        let range = plan.sendRange(step)
+        var available = range.length
+        if let dependency = plan.sendDependency(step) {
+            available = progress.step > dependency ? range.length : (progress.step == dependency ? progress.ready : 0)
+        }
+        let length = min(available - sent, segmentBytes)
+        guard length > 0 else { return .waiting }
+        let count = try socket.sendSome(buffer + range.start + sent, count: length, context: context())
+        sent += count
+        if sent == range.length { step += 1; sent = 0 }
+        return count > 0 ? .moved : .blocked
+    }
+}
+
+/// The incoming stream of one call: the left neighbour's header, then the receive steps.
+struct ReceiveHalf {
+    let plan: RingPlan
+    let buffer: UnsafeMutableRawPointer
+    let expectedHeader: CallHeader
+    let headerBuffer: UnsafeMutableRawPointer   // CallHeader.bytes
+    let scratch: UnsafeMutableRawPointer        // segmentBytes
+    let segmentBytes: Int
+    let left: Int
+    private var headerReceived = 0
+    private(set) var progress = ReceiveProgress()
+    private var received = 0                    // bytes of the current step received
+    private var pending = 0                     // received bytes in `scratch` short of a whole element
+
+    init(plan: RingPlan, buffer: UnsafeMutableRawPointer, expectedHeader: CallHeader, headerBuffer: UnsafeMutableRawPointer,
+         scratch: UnsafeMutableRawPointer, segmentBytes: Int, left: Int) {
+        self.plan = plan
+        self.buffer = buffer
+        self.expectedHeader = expectedHeader
+        self.headerBuffer = headerBuffer
+        self.scratch = scratch
+        self.segmentBytes = segmentBytes
+        self.left = left
+    }
+
+    /// Bytes that will arrive without anything more from this rank: the rest of the
+    /// header, or of the current receive step.
+    var bytesComing: Int {
+        if headerReceived < CallHeader.bytes { return CallHeader.bytes - headerReceived }
+        var step = progress.step
+        while step < plan.receiveSteps && plan.receiveRange(step).length == 0 { step += 1 }
+        guard step < plan.receiveSteps else { return 0 }
+        return plan.receiveRange(step).length - (step == progress.step ? received : 0)
+    }
+
+    /// Receives what has arrived, once, without blocking, and stores or reduces it.
+    mutating func move(_ socket: Socket, context: @autoclosure () -> String) throws -> Move {
+        if headerReceived < CallHeader.bytes {
+            let count = try socket.receiveSome(headerBuffer + headerReceived, count: CallHeader.bytes - headerReceived,
+                                               context: context())
+            headerReceived += count
+            if headerReceived == CallHeader.bytes {
+                let theirs = try CallHeader(decoding: UnsafeRawBufferPointer(start: headerBuffer, count: CallHeader.bytes))
+                if theirs != expectedHeader {
+                    throw CollectiveError.mismatch("rank \(left) called \(theirs) while rank \(plan.rank) called \(expectedHeader)")
+                }
+            }
+            return count > 0 ? .moved : .blocked
+        }
+        while progress.step < plan.receiveSteps && plan.receiveRange(progress.step).length == 0 { progress.step += 1 }
+        guard progress.step < plan.receiveSteps else { return .done }
+        let range = plan.receiveRange(progress.step)
+        var count = 0
+        if plan.receiveReduces(progress.step) {
+            let length = min(segmentBytes - pending, range.length - received)
+            count = try socket.receiveSome(scratch + pending, count: length, context: context())
+            pending += count
+            let whole = pending / plan.elementBytes
+            if whole > 0 {
+                let destination = buffer + range.start + progress.ready
+                if plan.elementBytes == 8 {
+                    addDoubles(destination, scratch, count: whole)
+                } else if plan.receiveDivides(progress.step) {
+                    addFloatsAndDivide(destination, scratch, count: whole, divisor: Float(plan.world))
+                } else {
+                    addFloats(destination, scratch, count: whole)
+                }
+                let used = whole * plan.elementBytes
+                progress.ready += used
+                pending -= used
+                if pending > 0 { scratch.copyMemory(from: scratch + used, byteCount: pending) }
+            }
+        } else {
+            let length = min(segmentBytes, range.length - received)
+            count = try socket.receiveSome(buffer + range.start + received, count: length, context: context())
+            progress.ready += count
+        }
+        received += count
+        if received == range.length {
+            progress = ReceiveProgress(step: progress.step + 1, ready: 0)
+            received = 0
+        }
+        return count > 0 ? .moved : .blocked
+    }
+}

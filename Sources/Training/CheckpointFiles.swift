@@ -1,0 +1,47 @@
+import Kernels
+import Model
+
+/// The data files of a checkpoint: `model.safetensors` (the official state-dict names,
+/// strict-loadable by the official PyTorch model) and `optimizer.safetensors` (both AdamW
+/// moments under the same names prefixed `exp_avg.` and `exp_avg_sq.`, the step count in
+/// the metadata).
+struct CheckpointFiles {
+    let model: MAEModel
+    let optimizer: AdamWOptimizer
+
+    static let modelFileName = "model.safetensors"
+    static let optimizerFileName = "optimizer.safetensors"
+    static let firstMomentPrefix = "exp_avg."
+    static let secondMomentPrefix = "exp_avg_sq."
+
+    /// Writes both files into `directory`; returns their names. Metadata holds no time, so
+    /// identical states give identical bytes.
+    func save(into directory: String, state: CheckpointState) throws -> [String] {
+        try model.saveWeights(path: directory + "/" + Self.modelFileName,
+                              metadata: ["format": "pt", "step": "\(state.step)", "epoch": "\(state.epoch)"])
+        try model.table.writeTensors(
+            path: directory + "/" + Self.optimizerFileName,
+            buffers: [(prefix: Self.firstMomentPrefix, buffer: optimizer.firstMoment),
+                      (prefix: Self.secondMomentPrefix, buffer: optimizer.secondMoment)],
+            metadata: ["step": "\(optimizer.step)", "optimizer": "AdamW",
+                       "betas": "\(optimizer.beta1),\(optimizer.beta2)", "eps": "\(optimizer.epsilon)"])
+        return [Self.modelFileName, Self.optimizerFileName]
+    }
+
+    /// Loads parameters and moments from a verified checkpoint directory.
+    func load(from directory: String, state: CheckpointState) throws {
+        try model.loadWeights(path: directory + "/" + Self.modelFileName)
+        let path = directory + "/" + Self.optimizerFileName
+        let file = try SafeTensorsFile.read(path: path)
+        try model.table.readTensors(from: file, into: optimizer.firstMoment, prefix: Self.firstMomentPrefix)
+        try model.table.readTensors(from: file, into: optimizer.secondMoment, prefix: Self.secondMomentPrefix)
+        let known = Set(file.names.filter { $0.hasPrefix(Self.firstMomentPrefix) || $0.hasPrefix(Self.secondMomentPrefix) })
+        if let extra = file.names.first(where: { !known.contains($0) }) {
+            throw TrainingError.checkpoint("\(path): unexpected tensor '\(extra)' (not an AdamW moment)")
+        }
+        guard let stepText = file.metadata["step"], let step = Int(stepText), step >= 0 else {
+            throw TrainingError.checkpoint("\(path): the metadata has no valid optimizer 'step'")
+        }
+        optimizer.step = step
+    }
+}

@@ -1,0 +1,95 @@
+import Foundation
+import Model
+
+/// The contents of a checkpoint's `state.json`: where the run stands, how it was made,
+/// and the checksums of the checkpoint's other files.
+public struct CheckpointState: Codable, Sendable, Equatable {
+    /// Version of this layout; a reader refuses versions it does not know.
+    public var formatVersion: Int
+    /// Optimizer steps done (the step of the checkpoint's directory name).
+    public var step: Int
+    /// The epoch the next step belongs to.
+    public var epoch: Int
+    /// The next optimizer step within `epoch` (0 at an epoch boundary).
+    public var stepInEpoch: Int
+    /// The next micro-batch within `epoch` for `DataLoader.startEpoch(_:fromBatch:)`.
+    public var nextBatchIndex: Int
+    /// True for the checkpoint written when an epoch ended.
+    public var isEpochEnd: Bool
+    public var seed: UInt64
+    public var worldSize: Int
+    /// Sums over the current epoch's steps so far, so `log.txt` gets the whole epoch's means after a resume.
+    public var epochLossSum: Double
+    public var epochLearningRateSum: Double
+    public var epochStepCount: Int
+    public var datasetFingerprint: String
+    public var datasetCount: Int
+    public var config: RunConfig
+    public var schedule: LearningRateSchedule
+    /// File name → "fnv1a64:<hex>" of each file in the checkpoint besides `state.json`.
+    public var checksums: [String: String]
+    /// When the checkpoint was written (UTC, ISO 8601); informational.
+    public var createdAt: String
+
+    public static let currentFormatVersion = 1
+
+    private enum CodingKeys: String, CodingKey {
+        case formatVersion = "format_version", step, epoch, stepInEpoch = "step_in_epoch"
+        case nextBatchIndex = "next_batch_index", isEpochEnd = "epoch_end", seed, worldSize = "world_size"
+        case epochLossSum = "epoch_loss_sum", epochLearningRateSum = "epoch_lr_sum", epochStepCount = "epoch_step_count"
+        case datasetFingerprint = "dataset_fingerprint", datasetCount = "dataset_count", config, schedule
+        case checksums, createdAt = "created_at"
+    }
+
+    public init(step: Int, epoch: Int, stepInEpoch: Int, nextBatchIndex: Int, isEpochEnd: Bool, seed: UInt64,
+                worldSize: Int, epochLossSum: Double, epochLearningRateSum: Double, epochStepCount: Int,
+                datasetFingerprint: String, datasetCount: Int, config: RunConfig, schedule: LearningRateSchedule,
+                checksums: [String: String] = [:], createdAt: String = CheckpointState.now()) {
+        formatVersion = Self.currentFormatVersion
+        self.step = step
+        self.epoch = epoch
+        self.stepInEpoch = stepInEpoch
+        self.nextBatchIndex = nextBatchIndex
+        self.isEpochEnd = isEpochEnd
+        self.seed = seed
+        self.worldSize = worldSize
+        self.epochLossSum = epochLossSum
+        self.epochLearningRateSum = epochLearningRateSum
+        self.epochStepCount = epochStepCount
+        self.datasetFingerprint = datasetFingerprint
+        self.datasetCount = datasetCount
+        self.config = config
+        self.schedule = schedule
+        self.checksums = checksums
+        self.createdAt = createdAt
+    }
+
+    /// The current time as ISO 8601 UTC.
+    public static func now() -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        return formatter.string(from: Date())
+    }
+
+    /// Pretty, key-sorted JSON bytes (stable across runs apart from `createdAt`).
+    func encoded() throws -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return Array(try encoder.encode(self)) + [UInt8(ascii: "\n")]
+    }
+
+    static func decode(_ bytes: [UInt8], path: String) throws -> CheckpointState {
+        do {
+            let state = try JSONDecoder().decode(CheckpointState.self, from: Data(bytes))
+            guard state.formatVersion == currentFormatVersion else {
+                throw TrainingError.checkpoint("\(path): format version \(state.formatVersion) is not supported "
+                                               + "(this build reads \(currentFormatVersion))")
+            }
+            return state
+        } catch let error as TrainingError {
+            throw error
+        } catch {
+            throw TrainingError.checkpoint("\(path) is not a valid checkpoint state: \(error)")
+        }
+    }
+}

@@ -1,0 +1,154 @@
+import Foundation
+import Model
+
+/// Every setting of a training run. Saved whole in each checkpoint's `state.json`, so a
+/// checkpoint says exactly how it was made, and a resume can say what differs.
+public struct RunConfig: Codable, Sendable, Equatable {
+    /// Dataset root (`ROOT/train/<class>/<image>` or `ROOT/<class>/<image>`).
+    public var dataRoot: String
+    /// The model's architecture (a named config, or a custom one for tests).
+    public var model: ModelConfig
+    /// Images per worker per micro-batch.
+    public var batchSize: Int
+    public var epochs: Int
+    public var warmupEpochs: Double
+    /// `--blr`: the base rate of the scaling rule; used when `absoluteLearningRate` is nil.
+    public var baseLearningRate: Double
+    /// `--lr`: the peak rate, overriding the scaling rule.
+    public var absoluteLearningRate: Double?
+    public var minimumLearningRate: Double
+    public var weightDecay: Double
+    public var beta1: Double
+    public var beta2: Double
+    public var epsilon: Double
+    /// `--accum-iter`: micro-batches per optimizer step.
+    public var accumulationSteps: Int
+    public var maskRatio: Double
+    public var normPixLoss: Bool
+    public var seed: UInt64
+    /// Compute threads (OpenBLAS and our own pool).
+    public var threads: Int
+    /// Background threads that decode and augment images.
+    public var dataThreads: Int
+    public var runDirectory: String
+    /// Write a checkpoint every this many optimizer steps (0: only at epoch ends).
+    public var checkpointEvery: Int
+    /// Keep the newest this many checkpoints.
+    public var keepCheckpoints: Int
+    /// Also keep every epoch-end checkpoint whose epoch count is a multiple of this (0: none).
+    public var keepEveryEpochs: Int
+    /// "auto", a checkpoint directory, or nil for a fresh start.
+    public var resume: String?
+    /// Stop after this many optimizer steps in total (nil: run every epoch).
+    public var maxSteps: Int?
+    /// Print and log a progress line every this many optimizer steps.
+    public var printEvery: Int
+    /// Tests only: the loss of this optimizer step (1-based) is replaced by NaN, to exercise
+    /// the non-finite-loss stop without depending on how a model diverges.
+    public var injectNonFiniteLossAtStep: Int?
+
+    private enum CodingKeys: String, CodingKey {
+        case dataRoot = "data", model, batchSize = "batch_size", epochs, warmupEpochs = "warmup_epochs"
+        case baseLearningRate = "blr", absoluteLearningRate = "lr", minimumLearningRate = "min_lr"
+        case weightDecay = "weight_decay", beta1, beta2, epsilon = "eps", accumulationSteps = "accum_iter"
+        case maskRatio = "mask_ratio", normPixLoss = "norm_pix_loss", seed, threads, dataThreads = "data_threads"
+        case runDirectory = "run_dir", checkpointEvery = "checkpoint_every", keepCheckpoints = "keep_checkpoints"
+        case keepEveryEpochs = "keep_every_epochs", resume, maxSteps = "max_steps", printEvery = "print_every"
+    }
+
+    public init(dataRoot: String, model: ModelConfig, batchSize: Int = 64, epochs: Int = 800, warmupEpochs: Double = 40,
+                baseLearningRate: Double = 1.5e-4, absoluteLearningRate: Double? = nil, minimumLearningRate: Double = 0,
+                weightDecay: Double = 0.05, beta1: Double = 0.9, beta2: Double = 0.95, epsilon: Double = 1e-8,
+                accumulationSteps: Int = 1, maskRatio: Double = 0.75, normPixLoss: Bool = false, seed: UInt64 = 0,
+                threads: Int = 1, dataThreads: Int = 1, runDirectory: String, checkpointEvery: Int = 0,
+                keepCheckpoints: Int = 3, keepEveryEpochs: Int = 0, resume: String? = nil, maxSteps: Int? = nil,
+                printEvery: Int = 20, injectNonFiniteLossAtStep: Int? = nil) {
+        self.dataRoot = dataRoot
+        self.model = model
+        self.batchSize = batchSize
+        self.epochs = epochs
+        self.warmupEpochs = warmupEpochs
+        self.baseLearningRate = baseLearningRate
+        self.absoluteLearningRate = absoluteLearningRate
+        self.minimumLearningRate = minimumLearningRate
+        self.weightDecay = weightDecay
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.epsilon = epsilon
+        self.accumulationSteps = accumulationSteps
+        self.maskRatio = maskRatio
+        self.normPixLoss = normPixLoss
+        self.seed = seed
+        self.threads = threads
+        self.dataThreads = dataThreads
+        self.runDirectory = runDirectory
+        self.checkpointEvery = checkpointEvery
+        self.keepCheckpoints = keepCheckpoints
+        self.keepEveryEpochs = keepEveryEpochs
+        self.resume = resume
+        self.maxSteps = maxSteps
+        self.printEvery = printEvery
+        self.injectNonFiniteLossAtStep = injectNonFiniteLossAtStep
+    }
+
+    /// Images per optimizer step over all workers: batch × accum-iter × world size.
+    public func effectiveBatchSize(worldSize: Int) -> Int { batchSize * accumulationSteps * worldSize }
+
+    /// The peak rate: `--lr` when given, else blr × effective batch / 256.
+    public func peakLearningRate(worldSize: Int) -> Double {
+        absoluteLearningRate ?? scaledLearningRate(baseLearningRate: baseLearningRate,
+                                                   effectiveBatchSize: effectiveBatchSize(worldSize: worldSize))
+    }
+
+    /// The schedule for an epoch of `iterationsPerEpoch` micro-batches per worker.
+    public func schedule(worldSize: Int, iterationsPerEpoch: Int) throws -> LearningRateSchedule {
+        try LearningRateSchedule(peakLearningRate: peakLearningRate(worldSize: worldSize),
+                                 minimumLearningRate: minimumLearningRate, warmupEpochs: warmupEpochs,
+                                 epochs: epochs, iterationsPerEpoch: iterationsPerEpoch,
+                                 accumulationSteps: accumulationSteps)
+    }
+
+    /// The settings a resumed run must share with its checkpoint, or the continuation would not
+    /// be the same run: one line per difference, empty when compatible.
+    public func resumeIncompatibilities(with saved: RunConfig, savedWorldSize: Int, worldSize: Int,
+                                        savedFingerprint: String, fingerprint: String) -> [String] {
+        var differences: [String] = []
+        func check<Value: Equatable>(_ name: String, _ old: Value, _ new: Value) {
+            if old != new { differences.append("\(name) was \(old), now \(new)") }
+        }
+        if saved.model != model {
+            differences.append("model was \(describe(saved.model)), now \(describe(model))")
+        }
+        check("--batch-size", saved.batchSize, batchSize)
+        check("--accum-iter", saved.accumulationSteps, accumulationSteps)
+        check("world size", savedWorldSize, worldSize)
+        check("--seed", saved.seed, seed)
+        if savedFingerprint != fingerprint {
+            differences.append("the dataset differs (fingerprint \(savedFingerprint.prefix(16)) at save, \(fingerprint.prefix(16)) now)")
+        }
+        return differences
+    }
+
+    /// Settings that may change on resume but change the run from there on: one line each.
+    public func resumeChanges(from saved: RunConfig) -> [String] {
+        var changes: [String] = []
+        func note<Value: Equatable>(_ name: String, _ old: Value, _ new: Value) {
+            if old != new { changes.append("\(name) \(old) -> \(new)") }
+        }
+        note("--epochs", saved.epochs, epochs)
+        note("--warmup-epochs", saved.warmupEpochs, warmupEpochs)
+        note("--blr", saved.baseLearningRate, baseLearningRate)
+        note("--lr", saved.absoluteLearningRate.map { "\($0)" } ?? "none", absoluteLearningRate.map { "\($0)" } ?? "none")
+        note("--min-lr", saved.minimumLearningRate, minimumLearningRate)
+        note("--weight-decay", saved.weightDecay, weightDecay)
+        note("--mask-ratio", saved.maskRatio, maskRatio)
+        note("--norm-pix-loss", saved.normPixLoss, normPixLoss)
+        return changes
+    }
+}
+
+/// "mae_vit_tiny_patch4 (32 px)", or the shape of a custom model.
+func describe(_ model: ModelConfig) -> String {
+    "\(model.name) (\(model.imageSize) px, patch \(model.patchSize), encoder \(model.encoderWidth)x\(model.encoderDepth)/\(model.encoderHeads), "
+        + "decoder \(model.decoderWidth)x\(model.decoderDepth)/\(model.decoderHeads))"
+}

@@ -1,0 +1,131 @@
+import Foundation
+import Kernels
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+/// Where a worker's words go. Rank 0 prints to the terminal and writes the run's
+/// `log.txt` (one JSON line per epoch, the reference's keys) and `metrics.jsonl` (one JSON
+/// line per logged step); other ranks write what they have to say to `RUN_DIR/rank-R.log`.
+public final class RunLog {
+    public let rank: Int
+    public let runDirectory: String
+    /// Rank 0 with a terminal on standard output draws a live progress line.
+    public let isTerminal: Bool
+    private var progressShown = false
+
+    public init(rank: Int, runDirectory: String) {
+        self.rank = rank
+        self.runDirectory = runDirectory
+        isTerminal = rank == 0 && isatty(STDOUT_FILENO) == 1
+    }
+
+    public var epochLogPath: String { runDirectory + "/log.txt" }
+    public var metricsPath: String { runDirectory + "/metrics.jsonl" }
+    public var rankLogPath: String { runDirectory + "/rank-\(rank).log" }
+
+    /// A line of information: rank 0 prints it, other ranks append it to their log file.
+    public func info(_ line: String) {
+        if rank == 0 {
+            endProgress()
+            print(line)
+            fflush(stdout)
+        } else {
+            try? FileSystem.append(rankLogPath, text: line + "\n")  // a lost rank-log line must not stop training
+        }
+    }
+
+    /// A warning: standard error on every rank (and the rank log for ranks > 0).
+    public func warn(_ line: String) {
+        endProgress()
+        var standardError = FileHandleStream.standardError
+        print(rank == 0 ? line : "[rank \(rank)] \(line)", to: &standardError)
+        if rank != 0 { try? FileSystem.append(rankLogPath, text: line + "\n") }
+    }
+
+    /// A progress line: on a terminal it redraws in place, otherwise it is printed.
+    public func progress(_ line: String, fraction: Double) {
+        guard rank == 0 else { return }
+        if isTerminal {
+            let width = 20
+            let filled = max(0, min(width, Int((fraction * Double(width)).rounded(.down))))
+            let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+            print("\r\u{1B}[K[\(bar)] \(line)", terminator: "")
+            progressShown = true
+        } else {
+            print(line)
+        }
+        fflush(stdout)
+    }
+
+    /// Ends a live progress line so the next output starts on a fresh line.
+    public func endProgress() {
+        if progressShown { print(""); progressShown = false }
+    }
+
+    /// Appends one JSON object as a line to `log.txt` (rank 0 only).
+    public func appendEpochLog(_ fields: [(String, JSONValue)]) throws {
+        guard rank == 0 else { return }
+        try FileSystem.append(epochLogPath, text: jsonLine(fields) + "\n")
+    }
+
+    /// Appends one JSON object as a line to `metrics.jsonl` (rank 0 only).
+    public func appendMetrics(_ fields: [(String, JSONValue)]) throws {
+        guard rank == 0 else { return }
+        try FileSystem.append(metricsPath, text: jsonLine(fields) + "\n")
+    }
+}
+
+/// A value in a log line.
+public enum JSONValue: Sendable, Equatable {
+    case number(Double)
+    case integer(Int)
+    case string(String)
+    case bool(Bool)
+
+    /// The value of a number, else nil.
+    public var number: Double? {
+        switch self {
+        case .number(let value): return value
+        case .integer(let value): return Double(value)
+        default: return nil
+        }
+    }
+
+    var text: String {
+        switch self {
+        case .number(let value):
+            return value.isFinite ? "\(value)" : "\"\(value)\""  // JSON has no NaN; keep it readable
+        case .integer(let value): return "\(value)"
+        case .bool(let value): return value ? "true" : "false"
+        case .string(let value):
+            var escaped = ""
+            for scalar in value.unicodeScalars {
+                switch scalar {
+                case "\"": escaped += "\\\""
+                case "\\": escaped += "\\\\"
+                case "\n": escaped += "\\n"
+                case _ where scalar.value < 0x20: escaped += String(format: "\\u%04x", scalar.value)
+                default: escaped.unicodeScalars.append(scalar)
+                }
+            }
+            return "\"\(escaped)\""
+        }
+    }
+}
+
+/// `{"a": 1, "b": "x"}` with the keys in the given order.
+func jsonLine(_ fields: [(String, JSONValue)]) -> String {
+    "{" + fields.map { "\(JSONValue.string($0.0).text): \($0.1.text)" }.joined(separator: ", ") + "}"
+}
+
+/// "1h02m", "3m05s", "12s".
+func formatDuration(_ seconds: Double) -> String {
+    guard seconds.isFinite, seconds >= 0 else { return "?" }
+    let total = Int(seconds.rounded())
+    if total >= 3600 { return String(format: "%dh%02dm", total / 3600, (total % 3600) / 60) }
+    if total >= 60 { return String(format: "%dm%02ds", total / 60, total % 60) }
+    return "\(total)s"
+}

@@ -1,0 +1,43 @@
+import Collectives
+
+/// How a run ended.
+public struct TrainingSummary: Sendable {
+    /// Optimizer steps done in total (including those before a resume).
+    public let steps: Int
+    /// The last checkpoint written or loaded, if any.
+    public let lastCheckpoint: String?
+    /// True when SIGTERM/SIGINT ended the run early (after a checkpoint).
+    public let stoppedBySignal: Bool
+    /// The loss of the last step (averaged over workers), NaN when no step ran.
+    public let lastLoss: Double
+}
+
+/// The data-parallel training loop of MAE pretraining (facebookresearch/mae,
+/// `main_pretrain.py` and `engine_pretrain.py`).
+///
+/// Each optimizer step: `accumulationSteps` micro-batches of forward and backward (the
+/// gradients summed with scale 1/K), the loss averaged over workers and checked, the flat
+/// gradient vector averaged over workers, one AdamW update with the schedule's rate. Rank 0
+/// logs and writes checkpoints; every rank meets at a barrier around each checkpoint.
+public final class Trainer {
+    public let config: RunConfig
+    public let distributed: DistributedSettings
+    public let collective: any Collective
+    public let log: RunLog
+
+    public init(config: RunConfig, distributed: DistributedSettings, collective: any Collective) {
+        self.config = config
+        self.distributed = distributed
+        self.collective = collective
+        log = RunLog(rank: collective.rank, runDirectory: config.runDirectory)
+    }
+
+    /// Trains until the last epoch, `--max-steps`, or a stop signal.
+    public func run() throws -> TrainingSummary {
+        let session = try TrainingSession(config: config, collective: collective, log: log)
+        defer { session.loader.stop() }
+        try session.restore()
+        session.printBanner()
+        return try session.train()
+    }
+}

@@ -1,0 +1,37 @@
+/// Everything that stops a training run, each with a one-line description that says
+/// what went wrong and what to do.
+public enum TrainingError: Error, CustomStringConvertible, Equatable {
+    /// A flag or a combination of flags that cannot work.
+    case invalidConfiguration(String)
+    /// The loss became NaN or infinite; nothing of that step was applied.
+    case nonFiniteLoss(step: Int, epoch: Int, loss: Double, lastCheckpoint: String?)
+    /// A checkpoint that cannot be used, and why.
+    case checkpoint(String)
+    /// A resumed run whose settings differ from the checkpoint's in a way that breaks it.
+    case incompatibleResume([String])
+    /// A system call failed.
+    case system(call: String, path: String, errno: Int32)
+    /// The data loader ended an epoch earlier than its own batch count said.
+    case dataEndedEarly(epoch: Int, batch: Int)
+
+    public var description: String {
+        switch self {
+        case .invalidConfiguration(let message):
+            return message
+        case let .nonFiniteLoss(step, epoch, loss, lastCheckpoint):
+            let kept = lastCheckpoint.map { "the last good checkpoint is \($0)" } ?? "no checkpoint was written yet"
+            return "the loss is \(loss) at optimizer step \(step + 1) (epoch \(epoch)); stopping without applying it, "
+                + "\(kept). Lower the learning rate (--blr/--lr) or check the data."
+        case .checkpoint(let message):
+            return message
+        case .incompatibleResume(let differences):
+            return "cannot resume: the checkpoint was made with different settings: " + differences.joined(separator: "; ")
+                + ". Pass the checkpoint's settings, or start a new --run-dir."
+        case let .system(call, path, code):
+            return "\(call)(\(path)) failed: \(systemErrorText(code))"
+        case let .dataEndedEarly(epoch, batch):
+            return "the data loader ended epoch \(epoch) at batch \(batch), before the batches it announced; "
+                + "was the dataset changed while training?"
+        }
+    }
+}

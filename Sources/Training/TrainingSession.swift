@@ -1,0 +1,322 @@
+import Collectives
+import Data
+import Foundation
+import Kernels
+import Model
+
+/// Where a run stands between optimizer steps: what a checkpoint must restore.
+struct TrainingPosition: Equatable {
+    /// Optimizer steps done.
+    var step = 0
+    /// The epoch of the next step.
+    var epoch = 0
+    /// The next step within the epoch.
+    var stepInEpoch = 0
+    /// Sums over the epoch's steps so far, for its `log.txt` line.
+    var epochLossSum = 0.0
+    var epochLearningRateSum = 0.0
+    var epochStepCount = 0
+
+    /// The values as doubles, to travel in one scalar all-reduce.
+    var scalars: [Double] {
+        [Double(step), Double(epoch), Double(stepInEpoch), epochLossSum, epochLearningRateSum, Double(epochStepCount)]
+    }
+
+    init() {}
+
+    init(scalars: ArraySlice<Double>) {
+        let values = Array(scalars)
+        step = Int(values[0])
+        epoch = Int(values[1])
+        stepInEpoch = Int(values[2])
+        epochLossSum = values[3]
+        epochLearningRateSum = values[4]
+        epochStepCount = Int(values[5])
+    }
+
+    init(_ state: CheckpointState) {
+        step = state.step
+        epoch = state.epoch
+        stepInEpoch = state.stepInEpoch
+        epochLossSum = state.epochLossSum
+        epochLearningRateSum = state.epochLearningRateSum
+        epochStepCount = state.epochStepCount
+    }
+}
+
+/// Everything one run of `Trainer` holds: the data, the model and its optimizer, the
+/// schedule, the checkpoint store and the position, with one method per phase.
+final class TrainingSession {
+    let config: RunConfig
+    let collective: any Collective
+    let log: RunLog
+    let rank: Int
+    let worldSize: Int
+    let dataset: ImageFolderDataset
+    let loader: DataLoader
+    let schedule: LearningRateSchedule
+    let model: MAEModel
+    let optimizer: AdamWOptimizer
+    let store: CheckpointStore
+    let files: CheckpointFiles
+    /// Optimizer steps in an epoch, and where this run stops (epochs or --max-steps).
+    let stepsPerEpoch: Int
+    let totalSteps: Int
+    /// Masking noise of one micro-batch, [N, L].
+    let noise: FloatBuffer
+    var position = TrainingPosition()
+    var lastCheckpoint: String?
+
+    /// Opens the dataset, starts the loader, builds the model; validates what needs the data.
+    init(config: RunConfig, collective: any Collective, log: RunLog) throws {
+        self.config = config
+        self.collective = collective
+        self.log = log
+        rank = collective.rank
+        worldSize = collective.worldSize
+        try FileSystem.makeDirectories(config.runDirectory)
+        Parallel.setThreads(config.threads)
+
+        dataset = try ImageFolderDataset(root: config.dataRoot, split: "train")
+        let sampler = DistributedSampler(datasetCount: dataset.count, worldSize: worldSize, rank: rank, seed: config.seed)
+        let batchesPerEpoch = sampler.samplesPerRank / config.batchSize
+        guard batchesPerEpoch >= config.accumulationSteps else {
+            throw TrainingError.invalidConfiguration(
+                "the dataset's \(dataset.count) images give each of the \(worldSize) workers \(batchesPerEpoch) batches of "
+                + "\(config.batchSize) per epoch, fewer than one optimizer step (--accum-iter \(config.accumulationSteps)); "
+                + "lower --batch-size or --accum-iter")
+        }
+        schedule = try config.schedule(worldSize: worldSize, iterationsPerEpoch: batchesPerEpoch)
+        stepsPerEpoch = schedule.stepsPerEpoch
+        totalSteps = min(config.epochs * stepsPerEpoch, config.maxSteps ?? Int.max)
+        store = CheckpointStore(runDirectory: config.runDirectory, warn: { [log] in log.warn($0) })
+        if rank == 0, config.resume == nil, let existing = try store.completeCheckpoints().last {
+            throw TrainingError.invalidConfiguration(
+                "\(config.runDirectory) already holds checkpoints (newest \(existing.path)); pass --resume auto to continue "
+                + "that run, or choose another --run-dir")
+        }
+
+        loader = DataLoader(dataset: dataset, sampler: sampler, batchSize: config.batchSize,
+                            imageSize: config.model.imageSize, seed: config.seed, threads: config.dataThreads)
+        model = MAEModel(config: config.model, seed: config.seed)
+        optimizer = AdamWOptimizer(table: model.table, beta1: Float(config.beta1), beta2: Float(config.beta2),
+                                   epsilon: Float(config.epsilon), weightDecay: Float(config.weightDecay))
+        files = CheckpointFiles(model: model, optimizer: optimizer)
+        noise = FloatBuffer(count: config.batchSize * config.model.patchCount)
+    }
+
+    /// Rank 0 finds, checks and loads the checkpoint `--resume` names; the position reaches
+    /// the other ranks by one scalar all-reduce, parameters and moments by broadcasts (which
+    /// also give a fresh run rank 0's initialisation everywhere, as DDP does).
+    func restore() throws {
+        // [found, position…, optimizer step]: rank 0's values, zeros elsewhere, summed.
+        var shared = [Double](repeating: 0, count: 8)
+        if rank == 0, let found = try findCheckpoint() {
+            let differences = config.resumeIncompatibilities(
+                with: found.state.config, savedWorldSize: found.state.worldSize, worldSize: worldSize,
+                savedFingerprint: found.state.datasetFingerprint, fingerprint: dataset.fingerprint)
+            guard differences.isEmpty else { throw TrainingError.incompatibleResume(differences) }
+            let changes = config.resumeChanges(from: found.state.config)
+            if !changes.isEmpty { log.warn("warning: resuming with changed settings: " + changes.joined(separator: ", ")) }
+            try files.load(from: found.path, state: found.state)
+            lastCheckpoint = found.path
+            shared = [1] + TrainingPosition(found.state).scalars + [Double(optimizer.step)]
+            log.info("resuming from \(found.path): step \(found.state.step), epoch \(found.state.epoch), "
+                     + "batch \(found.state.nextBatchIndex) of \(schedule.iterationsPerEpoch)")
+        }
+        if worldSize > 1 {
+            shared = try collective.allReduceScalars(shared)
+            try collective.broadcast(model.parameters.pointer, count: model.parameters.count, root: 0)
+            try collective.broadcast(optimizer.firstMoment.pointer, count: optimizer.firstMoment.count, root: 0)
+            try collective.broadcast(optimizer.secondMoment.pointer, count: optimizer.secondMoment.count, root: 0)
+        }
+        if shared[0] > 0 {
+            position = TrainingPosition(scalars: shared[1..<7])
+            optimizer.step = Int(shared[7])
+        }
+    }
+
+    /// The checkpoint `--resume` names, verified; nil for a fresh start.
+    func findCheckpoint() throws -> (path: String, state: CheckpointState)? {
+        guard let resume = config.resume else { return nil }
+        if resume == "auto" {
+            guard let found = try store.newestValid(setAsideDamaged: true) else {
+                log.info("--resume auto: no complete checkpoint in \(store.directory) yet; starting fresh")
+                return nil
+            }
+            return (found.entry.path, found.state)
+        }
+        return (resume, try CheckpointStore.verify(resume))
+    }
+
+    /// The startup banner (rank 0 prints, other ranks log it to their file).
+    func printBanner() {
+        let effectiveBatch = config.effectiveBatchSize(worldSize: worldSize)
+        let rateRule = config.absoluteLearningRate == nil
+            ? " (blr \(config.baseLearningRate) × \(effectiveBatch) / 256)" : " (--lr)"
+        log.info("mae-worker: \(BLASRuntime.banner), compute threads \(config.threads), data threads \(config.dataThreads)")
+        log.info("model \(describe(config.model)), \(model.table.count) parameters; world size \(worldSize) (rank \(rank))")
+        log.info("dataset \(config.dataRoot): \(dataset.count) images, \(dataset.classNames.count) classes, "
+                 + "fingerprint \(dataset.fingerprint.prefix(16))")
+        log.info("effective batch \(effectiveBatch) = \(config.batchSize) × accum \(config.accumulationSteps) × world \(worldSize); "
+                 + "lr \(String(format: "%.3e", schedule.peakLearningRate))\(rateRule), warm-up "
+                 + "\(formatNumber(config.warmupEpochs)) of \(config.epochs) epochs, \(stepsPerEpoch) steps per epoch")
+        let trailing = schedule.iterationsPerEpoch % config.accumulationSteps
+        if trailing != 0 {
+            log.warn("warning: \(trailing) trailing batch(es) of each epoch do not fill an accumulation group of "
+                     + "\(config.accumulationSteps) and are skipped")
+        }
+    }
+
+    /// The epoch loop: steps, progress, epoch logs and checkpoints, until the end, `--max-steps`
+    /// or a stop signal.
+    func train() throws -> TrainingSummary {
+        let meter = ProgressMeter(startStep: position.step, totalSteps: totalSteps,
+                                  imagesPerStep: config.effectiveBatchSize(worldSize: worldSize))
+        var lastLoss = Double.nan
+        var stoppedBySignal = false
+        training: while position.epoch < config.epochs && position.step < totalSteps {
+            loader.startEpoch(position.epoch, fromBatch: position.stepInEpoch * config.accumulationSteps)
+            while position.stepInEpoch < stepsPerEpoch && position.step < totalSteps {
+                let outcome = try step()
+                lastLoss = outcome.loss
+                meter.record(dataWait: outcome.dataWait)
+                if position.step % config.printEvery == 0 || position.step == totalSteps {
+                    try report(meter.takeInterval(step: position.step), loss: outcome.loss,
+                               learningRate: outcome.learningRate)
+                }
+                let epochRecord = position.stepInEpoch == stepsPerEpoch ? finishEpoch() : nil
+                let periodic = config.checkpointEvery > 0 && position.step % config.checkpointEvery == 0
+                if epochRecord != nil || periodic || outcome.stopRequested || position.step == totalSteps {
+                    try writeCheckpoint(isEpochEnd: epochRecord != nil)
+                }
+                if let epochRecord {
+                    // Logged once the epoch's checkpoint is durable, as the reference logs after saving.
+                    try log.appendEpochLog(epochRecord)
+                    let skipped = loader.skippedFiles
+                    log.info(String(format: "epoch %d done: mean loss %.4f", position.epoch - 1, epochRecord[1].1.number ?? .nan)
+                             + (skipped > 0 ? ", \(skipped) unreadable file(s) skipped so far" : ""))
+                }
+                if outcome.stopRequested {
+                    log.info("stop requested: stopped after step \(position.step) with a checkpoint")
+                    stoppedBySignal = true
+                    break training
+                }
+                if epochRecord != nil { continue training }  // the next epoch starts the loader anew
+            }
+        }
+        log.endProgress()
+        if !stoppedBySignal {
+            log.info("done: \(position.step) steps" + (lastCheckpoint.map { ", last checkpoint \($0)" } ?? ""))
+        }
+        return TrainingSummary(steps: position.step, lastCheckpoint: lastCheckpoint, stoppedBySignal: stoppedBySignal,
+                               lastLoss: lastLoss)
+    }
+
+    /// What one optimizer step produced.
+    struct StepOutcome {
+        /// The loss averaged over micro-batches and workers.
+        var loss: Double
+        var learningRate: Double
+        /// Whether any worker received a stop signal (all workers see the same answer).
+        var stopRequested: Bool
+        /// Seconds this worker waited for its batches.
+        var dataWait: Double
+    }
+
+    /// One optimizer step: K micro-batches forward and backward, the loss agreed and checked,
+    /// gradients averaged over workers, AdamW; then the position moves on.
+    func step() throws -> StepOutcome {
+        let learningRate = schedule.learningRate(epoch: position.epoch, stepInEpoch: position.stepInEpoch)
+        let patchCount = config.model.patchCount
+        model.gradients.zero()
+        var localLoss = 0.0
+        var dataWait = 0.0
+        for micro in 0..<config.accumulationSteps {
+            guard let batch = try loader.next() else {
+                throw TrainingError.dataEndedEarly(epoch: position.epoch,
+                                                   batch: position.stepInEpoch * config.accumulationSteps + micro)
+            }
+            dataWait += batch.dataWaitSeconds
+            for (row, sampleIndex) in batch.sampleIndices.enumerated() {
+                fillMaskingNoise(noise.pointer + row * patchCount, patchCount: patchCount, seed: config.seed,
+                                 epoch: position.epoch, sampleIndex: sampleIndex)
+            }
+            let loss = model.forwardBackward(images: batch.images.pointer, noise: noise.pointer,
+                                             batchSize: batch.sampleIndices.count, maskRatio: config.maskRatio,
+                                             normPixLoss: config.normPixLoss,
+                                             gradientScale: 1 / Float(config.accumulationSteps))
+            localLoss += Double(loss) / Double(config.accumulationSteps)
+        }
+        if config.injectNonFiniteLossAtStep == position.step + 1 { localLoss = .nan }
+
+        // One scalar exchange carries the loss and any stop request, so every worker decides alike.
+        let reduced = try collective.allReduceScalars([localLoss, StopSignal.isRequested ? 1 : 0])
+        let loss = reduced[0] / Double(worldSize)
+        guard loss.isFinite else {
+            throw TrainingError.nonFiniteLoss(step: position.step, epoch: position.epoch, loss: loss,
+                                              lastCheckpoint: lastCheckpoint)
+        }
+        if worldSize > 1 {
+            try collective.allReduceAverage(model.gradients.pointer, count: model.gradients.count)
+        }
+        optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: Float(learningRate))
+
+        position.step += 1
+        position.stepInEpoch += 1
+        position.epochLossSum += loss
+        position.epochLearningRateSum += learningRate
+        position.epochStepCount += 1
+        return StepOutcome(loss: loss, learningRate: learningRate, stopRequested: reduced[1] > 0, dataWait: dataWait)
+    }
+
+    /// Moves the position to the next epoch; returns the finished epoch's `log.txt` line
+    /// (the reference's keys: the epoch's mean rate and loss).
+    func finishEpoch() -> [(String, JSONValue)] {
+        let record: [(String, JSONValue)] = [
+            ("train_lr", .number(position.epochLearningRateSum / Double(position.epochStepCount))),
+            ("train_loss", .number(position.epochLossSum / Double(position.epochStepCount))),
+            ("epoch", .integer(position.epoch)),
+        ]
+        position.epoch += 1
+        position.stepInEpoch = 0
+        position.epochLossSum = 0
+        position.epochLearningRateSum = 0
+        position.epochStepCount = 0
+        return record
+    }
+
+    /// Every rank meets before and after; rank 0 writes the checkpoint and prunes old ones.
+    func writeCheckpoint(isEpochEnd: Bool) throws {
+        try collective.barrier()
+        if rank == 0 {
+            let state = CheckpointState(
+                step: position.step, epoch: position.epoch, stepInEpoch: position.stepInEpoch,
+                nextBatchIndex: position.stepInEpoch * config.accumulationSteps, isEpochEnd: isEpochEnd,
+                seed: config.seed, worldSize: worldSize, epochLossSum: position.epochLossSum,
+                epochLearningRateSum: position.epochLearningRateSum, epochStepCount: position.epochStepCount,
+                datasetFingerprint: dataset.fingerprint, datasetCount: dataset.count, config: config, schedule: schedule)
+            let path = try store.write(state: state) { directory in try files.save(into: directory, state: state) }
+            lastCheckpoint = path
+            for removed in try store.prune(keepLast: config.keepCheckpoints, keepEveryEpochs: config.keepEveryEpochs) {
+                log.info("removed old checkpoint \(removed)")
+            }
+            log.info("checkpoint \(path)")
+        }
+        try collective.barrier()
+    }
+
+    /// The progress line and its metrics record.
+    func report(_ interval: ProgressMeter.Interval, loss: Double, learningRate: Double) throws {
+        let line = String(format: "epoch %d/%d step %d/%d loss %.4f lr %.3e %.1f img/s data-wait %.1f%% eta %@",
+                          position.epoch + 1, config.epochs, position.step, totalSteps, loss, learningRate,
+                          interval.imagesPerSecond, 100 * interval.dataWaitShare, formatDuration(interval.etaSeconds))
+        log.progress(line, fraction: Double(position.step) / Double(max(1, totalSteps)))
+        try log.appendMetrics([
+            ("step", .integer(position.step)), ("epoch", .integer(position.epoch)), ("loss", .number(loss)),
+            ("lr", .number(learningRate)), ("images_per_second", .number(interval.imagesPerSecond)),
+            ("data_wait_share", .number(interval.dataWaitShare)), ("seconds_per_step", .number(interval.secondsPerStep)),
+            ("elapsed_seconds", .number(interval.elapsedSeconds)),
+        ])
+    }
+}

@@ -1,0 +1,218 @@
+import Foundation
+import Model
+import Options
+
+/// How this worker joins its job.
+public struct DistributedSettings: Sendable, Equatable {
+    public enum Backend: String, Sendable { case tcp, mpi }
+    /// This worker's rank (-1: whatever MPI assigns).
+    public var rank: Int
+    /// The number of workers (1 when standalone; -1: whatever MPI reports).
+    public var worldSize: Int
+    /// "HOST:PORT" of the rendezvous (rank 0 hosts it); nil when standalone.
+    public var rendezvous: String?
+    public var jobToken: String
+    public var generation: Int
+    public var backend: Backend
+    public var timeoutSeconds: Double
+
+    public static let standalone = DistributedSettings(rank: 0, worldSize: 1, rendezvous: nil, jobToken: "",
+                                                       generation: 0, backend: .tcp, timeoutSeconds: 0)
+    public var isStandalone: Bool { worldSize == 1 && rendezvous == nil && backend == .tcp }
+}
+
+/// The `mae-worker` command line: its declaration, and its translation into a validated
+/// `RunConfig` and `DistributedSettings` before any work starts.
+public enum WorkerOptions {
+    public static let spec = CommandSpec(
+        name: "mae-worker",
+        summary: "Pretrains a Masked Autoencoder (He et al. 2021) on an image folder, as one process of a "
+            + "data-parallel job (--rank/--world-size/--rendezvous/--job-token) or alone (--standalone). "
+            + "Checkpoints go to RUN_DIR/checkpoints; --resume auto continues exactly where the newest one stopped.",
+        options: [
+            .flag("standalone", help: "train alone: world size 1, no rendezvous"),
+            OptionSpec("rank", value: "R", help: "this worker's rank, 0..<world size (multi-process mode)"),
+            OptionSpec("world-size", value: "W", help: "number of workers (multi-process mode)"),
+            OptionSpec("rendezvous", value: "HOST:PORT", help: "rendezvous address; rank 0 hosts it (multi-process mode)"),
+            OptionSpec("job-token", value: "TOKEN", help: "shared secret every worker of the job presents (multi-process mode)"),
+            OptionSpec("generation", value: "G", default: "0", help: "restart generation of the job; workers of other generations are refused"),
+            OptionSpec("backend", value: "tcp|mpi", default: "tcp",
+                       help: "collective backend; mpi (under mpirun, a build with --traits MPI) needs no rendezvous or token"),
+            OptionSpec("peer-timeout", value: "SECONDS", default: "300",
+                       help: "how long a worker waits for its peers, to join and at every collective (a checkpoint write included)"),
+            OptionSpec("data", value: "ROOT", help: "image folder: ROOT/train/<class>/<image> or ROOT/<class>/<image> (required)"),
+            OptionSpec("model", value: "NAME", default: "mae_vit_base_patch16",
+                       help: "model: " + ModelConfig.knownNames.joined(separator: ", ")),
+            OptionSpec("model-shape", value: "P,D,DEPTH,HEADS,DD,DDEPTH,DHEADS",
+                       help: "a custom model shape instead of --model (tests and experiments)", visible: false),
+            OptionSpec("input-size", value: "S", default: "224", help: "image side in pixels"),
+            OptionSpec("batch-size", value: "B", default: "64", help: "images per worker per micro-batch"),
+            OptionSpec("epochs", value: "E", default: "800", help: "epochs to train"),
+            OptionSpec("warmup-epochs", value: "W", default: "40", help: "epochs of linear learning-rate warm-up"),
+            OptionSpec("blr", value: "X", default: "1.5e-4", help: "base learning rate: lr = blr × effective batch / 256"),
+            OptionSpec("lr", value: "X", help: "peak learning rate, overriding --blr"),
+            OptionSpec("min-lr", value: "X", default: "0", help: "floor of the cosine schedule"),
+            OptionSpec("weight-decay", value: "X", default: "0.05", help: "AdamW weight decay (not for biases and 1-D tensors)"),
+            OptionSpec("accum-iter", value: "K", default: "1", help: "micro-batches accumulated per optimizer step"),
+            OptionSpec("mask-ratio", value: "R", default: "0.75", help: "share of patches removed, in (0, 1)"),
+            .flag("norm-pix-loss", help: "normalise each target patch by its mean and variance"),
+            OptionSpec("seed", value: "S", default: "0", help: "seed of every random number in the run"),
+            OptionSpec("threads", value: "T", default: "auto",
+                       help: "compute threads (auto: cores, divided among workers on this machine)"),
+            OptionSpec("data-threads", value: "T", default: "auto", help: "image decoding threads (auto: 1 per 4 compute threads, at least 1)"),
+            OptionSpec("run-dir", value: "DIR", default: "runs/mae", help: "checkpoints, log.txt and metrics.jsonl go here"),
+            OptionSpec("checkpoint-every", value: "N", default: "0", help: "also checkpoint every N optimizer steps (0: epoch ends only)"),
+            OptionSpec("keep-checkpoints", value: "K", default: "3", help: "keep the newest K checkpoints"),
+            OptionSpec("keep-every-epochs", value: "N", default: "0", help: "also keep epoch-end checkpoints of every N-th epoch (0: none)"),
+            OptionSpec("resume", value: "auto|PATH", help: "continue from the newest checkpoint in --run-dir (auto; none yet: start fresh) or from PATH"),
+            OptionSpec("max-steps", value: "N", help: "stop after N optimizer steps in total (writes a checkpoint)"),
+            OptionSpec("print-every", value: "N", default: "20", help: "progress line and metrics every N optimizer steps"),
+            OptionSpec("inject-nonfinite-loss-at-step", value: "N",
+                       help: "tests: make the loss of step N NaN", visible: false),
+        ])
+
+    /// Validates everything that can be checked without loading data or a model.
+    public static func parse(_ options: ParsedOptions) throws -> (RunConfig, DistributedSettings) {
+        let command = spec.name
+        func fail(_ message: String) -> OptionError { OptionError("\(command): \(message)") }
+
+        let distributed: DistributedSettings
+        let multiFlags = ["rank", "world-size", "rendezvous", "job-token"]
+        let givenMulti = multiFlags.filter { options.string($0) != nil }
+        guard let backend = DistributedSettings.Backend(rawValue: try options.required("backend")) else {
+            throw fail("--backend expects tcp or mpi, got '\(options.string("backend") ?? "")'")
+        }
+        let explicitBackend = options.string("backend") != "tcp"
+        if options.flag("standalone") {
+            guard givenMulti.isEmpty, !explicitBackend else {
+                throw fail("--standalone cannot be combined with "
+                           + (givenMulti.map { "--" + $0 } + (explicitBackend ? ["--backend"] : [])).joined(separator: ", "))
+            }
+            distributed = .standalone
+        } else if backend == .mpi {
+            // mpirun places the workers; --rank/--world-size, when given, must agree with it.
+            let worldSize = try options.optionalInt("world-size", in: 1...65536)
+            let rank = try options.optionalInt("rank", in: 0...65535)
+            if let rank, let worldSize, rank >= worldSize {
+                throw fail("--rank \(rank) must be smaller than --world-size \(worldSize)")
+            }
+            distributed = DistributedSettings(rank: rank ?? -1, worldSize: worldSize ?? -1, rendezvous: nil, jobToken: "",
+                                              generation: try options.int("generation", in: 0...Int(Int32.max)),
+                                              backend: .mpi, timeoutSeconds: 0)
+        } else {
+            guard !givenMulti.isEmpty else {
+                throw fail("pass --standalone to train alone, or --rank, --world-size, --rendezvous and --job-token to join a job")
+            }
+            let missing = multiFlags.filter { options.string($0) == nil }
+            guard missing.isEmpty else {
+                throw fail("multi-process mode also needs " + missing.map { "--" + $0 }.joined(separator: ", "))
+            }
+            let worldSize = try options.int("world-size", in: 1...65536)
+            let rank = try options.int("rank", in: 0...65535)
+            guard rank < worldSize else { throw fail("--rank \(rank) must be smaller than --world-size \(worldSize)") }
+            let address = try options.required("rendezvous")
+            guard let colon = address.lastIndex(of: ":"), !address[..<colon].isEmpty,
+                  let port = Int(address[address.index(after: colon)...]), (1...65535).contains(port) else {
+                throw fail("--rendezvous expects HOST:PORT with a port in 1...65535, got '\(address)'")
+            }
+            let token = try options.required("job-token")
+            guard !token.isEmpty else { throw fail("--job-token must not be empty") }
+            distributed = DistributedSettings(
+                rank: rank, worldSize: worldSize, rendezvous: address, jobToken: token,
+                generation: try options.int("generation", in: 0...Int(Int32.max)), backend: .tcp,
+                timeoutSeconds: try options.double("peer-timeout", expectation: "a positive number of seconds") { $0 > 0 })
+        }
+
+        guard let dataRoot = options.string("data") else { throw fail("missing --data ROOT (an image folder)") }
+        guard FileSystem.isDirectory(dataRoot) else {
+            throw fail("--data \(dataRoot) is not a folder; create one with 'mae synth-data' or point to an ImageNet-style folder")
+        }
+        let inputSize = try options.int("input-size", in: 1...8192)
+        let model: ModelConfig
+        if let shape = options.string("model-shape") {
+            let numbers = shape.split(separator: ",").compactMap { Int($0) }
+            guard numbers.count == 7, numbers.allSatisfy({ $0 > 0 }) else {
+                throw fail("--model-shape expects 7 positive integers P,D,DEPTH,HEADS,DD,DDEPTH,DHEADS, got '\(shape)'")
+            }
+            model = ModelConfig(name: "custom_p\(numbers[0])_d\(numbers[1])", imageSize: inputSize, patchSize: numbers[0],
+                                encoderWidth: numbers[1], encoderDepth: numbers[2], encoderHeads: numbers[3],
+                                decoderWidth: numbers[4], decoderDepth: numbers[5], decoderHeads: numbers[6])
+            do { try model.validate() } catch { throw fail("--model-shape: \(error)") }
+        } else {
+            do {
+                model = try ModelConfig.named(try options.required("model"), imageSize: inputSize)
+            } catch {
+                throw fail("\(error)")
+            }
+        }
+        guard inputSize % model.patchSize == 0 else {
+            throw fail("--input-size \(inputSize) must be a multiple of the patch size \(model.patchSize) of \(model.name)")
+        }
+
+        let maskRatio = try options.double("mask-ratio", expectation: "a number strictly between 0 and 1") { $0 > 0 && $0 < 1 }
+        guard model.keptCount(maskRatio: maskRatio) >= 1 else {
+            throw fail("--mask-ratio \(maskRatio) keeps no patch of the \(model.patchCount); lower it")
+        }
+        guard model.keptCount(maskRatio: maskRatio) < model.patchCount else {
+            throw fail("--mask-ratio \(maskRatio) removes no patch of the \(model.patchCount); raise it")
+        }
+        let threads: Int
+        if options.string("threads") == "auto" {
+            let cores = ProcessInfo.processInfo.activeProcessorCount
+            threads = max(1, cores / max(1, localWorkerCount(distributed)))
+        } else {
+            threads = try options.int("threads", in: 1...1024)
+        }
+        let dataThreads = options.string("data-threads") == "auto"
+            ? max(1, threads / 4) : try options.int("data-threads", in: 1...256)
+        let resume = options.string("resume")
+        if let resume, resume != "auto", !FileSystem.isDirectory(resume) {
+            throw fail("--resume \(resume) is not a checkpoint folder (pass 'auto' or RUN_DIR/checkpoints/step-NNNNNNNN)")
+        }
+        let epochs = try options.int("epochs", in: 1...1_000_000)
+        let warmup = try options.double("warmup-epochs", expectation: "a number ≥ 0") { $0 >= 0 }
+        guard warmup < Double(epochs) else {
+            throw fail("--warmup-epochs \(formatNumber(warmup)) must be smaller than --epochs \(epochs); "
+                       + "pass a smaller --warmup-epochs (e.g. --warmup-epochs \(max(0, epochs / 20)))")
+        }
+
+        let config = RunConfig(
+            dataRoot: dataRoot, model: model,
+            batchSize: try options.int("batch-size", in: 1...1_000_000),
+            epochs: epochs, warmupEpochs: warmup,
+            baseLearningRate: try options.double("blr", expectation: "a number ≥ 0") { $0 >= 0 },
+            absoluteLearningRate: try options.optionalDouble("lr", expectation: "a number ≥ 0") { $0 >= 0 },
+            minimumLearningRate: try options.double("min-lr", expectation: "a number ≥ 0") { $0 >= 0 },
+            weightDecay: try options.double("weight-decay", expectation: "a number ≥ 0") { $0 >= 0 },
+            accumulationSteps: try options.int("accum-iter", in: 1...1_000_000),
+            maskRatio: maskRatio, normPixLoss: options.flag("norm-pix-loss"),
+            seed: try parseSeed(options.required("seed"), fail: fail),
+            threads: threads, dataThreads: dataThreads,
+            runDirectory: try options.required("run-dir"),
+            checkpointEvery: try options.int("checkpoint-every", in: 0...Int.max),
+            keepCheckpoints: try options.int("keep-checkpoints", in: 1...1_000_000),
+            keepEveryEpochs: try options.int("keep-every-epochs", in: 0...1_000_000),
+            resume: resume,
+            maxSteps: try options.optionalInt("max-steps", in: 1...Int.max),
+            printEvery: try options.int("print-every", in: 1...Int.max),
+            injectNonFiniteLossAtStep: try options.optionalInt("inject-nonfinite-loss-at-step", in: 1...Int.max))
+        return (config, distributed)
+    }
+
+    /// Workers sharing this machine: LOCAL_WORLD_SIZE (torchrun) or OMPI_COMM_WORLD_LOCAL_SIZE
+    /// (mpirun) when a launcher sets it, the world size when the rendezvous is on loopback, else 1.
+    static func localWorkerCount(_ distributed: DistributedSettings) -> Int {
+        let environment = ProcessInfo.processInfo.environment
+        for variable in ["LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"] {
+            if let text = environment[variable], let count = Int(text), count > 0 { return count }
+        }
+        guard let address = distributed.rendezvous else { return 1 }
+        let host = address[..<(address.lastIndex(of: ":") ?? address.endIndex)]
+        return host == "127.0.0.1" || host == "localhost" || host == "[::1]" ? distributed.worldSize : 1
+    }
+
+    static func parseSeed(_ text: String, fail: (String) -> OptionError) throws -> UInt64 {
+        guard let seed = UInt64(text) else { throw fail("--seed expects a non-negative integer, got '\(text)'") }
+        return seed
+    }
+}

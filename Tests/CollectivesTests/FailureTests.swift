@@ -1,0 +1,110 @@
+import Foundation
+import Testing
+@testable import Collectives
+
+/// A peer that dies, stalls or stops calling makes every other rank's call fail
+/// within the timeout instead of hanging.
+@Suite(.serialized) struct FailureTests {
+    @Test(arguments: [true, false])
+    func aRankThatStopsCallingMakesTheOthersTimeOut(senderThread: Bool) throws {
+        let timeout = 1.0
+        let outcomes = try withRing(3, timeoutSeconds: timeout, senderThread: senderThread, lanes: 2) { ring -> (Double, String, String) in
+            var values = [Float](repeating: 1, count: 100_000)
+            try values.withUnsafeMutableBufferPointer { try ring.allReduceSum($0.baseAddress!, count: 100_000) }
+            if ring.rank == 2 {
+                usleep(UInt32(timeout * 3 * 1e6))  // never makes the second call
+                return (0, "", "")
+            }
+            let start = monotonicSeconds()
+            var failure = "no error"
+            do {
+                try values.withUnsafeMutableBufferPointer { try ring.allReduceSum($0.baseAddress!, count: 100_000) }
+            } catch {
+                failure = "\(error)"
+            }
+            let elapsed = monotonicSeconds() - start
+            var later = "no error"
+            do { try ring.barrier() } catch { later = "\(error)" }
+            return (elapsed, failure, later)
+        }
+        for rank in 0..<2 {
+            let (elapsed, failure, later) = try outcomes[rank].get()
+            #expect(failure.contains("timed out") || failure.contains("peer lost"), "rank \(rank): \(failure)")
+            // Bounded, with slack for a loaded machine: the call must not hang.
+            #expect(elapsed < timeout + 10, "rank \(rank) failed only after \(elapsed) s")
+            #expect(later.contains("closed"), "rank \(rank) after the failure: \(later)")
+        }
+    }
+
+    /// Starts `world` worker processes that all-reduce in a loop, waits until all
+    /// are running, applies `signal` to rank 1, and returns the other ranks' ends.
+    func signalOneWorker(_ signal: Int32, world: Int = 3, timeout: Double = 2) throws -> [(rank: Int, exited: Bool, status: Int32, error: String)] {
+        let mae = try maeExecutable()
+        let directory = try temporaryDirectory("signal\(signal)")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let token = uniqueToken("signal")
+        let server = try RendezvousServer(address: SocketAddress(host: "127.0.0.1", port: 0), worldSize: world,
+                                          jobToken: token, generation: 0, timeoutSeconds: 20)
+        defer { server.close() }
+        var children: [Child] = []
+        defer { for child in children { child.stop() } }
+        for rank in 0..<world {
+            children.append(try Child(mae, ["collective-worker", "--backend", "tcp", "--mode", "loop", "--rank", String(rank),
+                                             "--world", String(world), "--address", server.address.description,
+                                             "--host-rendezvous", "no", "--token", token, "--timeout", String(timeout),
+                                             "--floats", "600000", "--iters", "100000", "--pause-ms", "20"],
+                                      directory: directory, name: "rank\(rank)"))
+        }
+        let running = Child.waitUntil(seconds: 40) { children.allSatisfy { $0.output.contains("iteration 3\n") } }
+        #expect(running, "workers did not start: \(children.map { $0.errorOutput })")
+        guard running else { return [] }
+        kill(children[1].pid, signal)
+        var ends: [(rank: Int, exited: Bool, status: Int32, error: String)] = []
+        for rank in [0, 2] {
+            let exited = children[rank].waitForExit(seconds: timeout + 15)
+            ends.append((rank, exited, exited ? children[rank].process.terminationStatus : 0, children[rank].errorOutput))
+        }
+        return ends
+    }
+
+    @Test func killingAPeerMakesEveryOtherRankFail() throws {
+        for end in try signalOneWorker(SIGKILL) {
+            #expect(end.exited, "rank \(end.rank) still runs after its peer was killed")
+            #expect(end.status != 0, "rank \(end.rank) exited with success")
+            #expect(end.error.contains("collective"), "rank \(end.rank): \(end.error)")
+        }
+    }
+
+    @Test func stoppingAPeerMakesEveryOtherRankFailWithinTheTimeout() throws {
+        for end in try signalOneWorker(SIGSTOP) {
+            #expect(end.exited, "rank \(end.rank) still runs after its peer was stopped")
+            #expect(end.status != 0, "rank \(end.rank) exited with success")
+            #expect(end.error.contains("timed out") || end.error.contains("peer lost"), "rank \(end.rank): \(end.error)")
+        }
+    }
+
+    /// The worker's own check of every operation, over real processes and the
+    /// bench's code path (rank 0 hosts the rendezvous itself).
+    @Test func workerProcessesPassTheirChecks() throws {
+        let mae = try maeExecutable()
+        let directory = try temporaryDirectory("check")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // A free port for rank 0 to host the rendezvous on.
+        let probe = try Socket.listening(on: SocketAddress(host: "127.0.0.1", port: 0))
+        let port = try probe.localPort(context: "test")
+        probe.close()
+        let token = uniqueToken("check")
+        var children: [Child] = []
+        defer { for child in children { child.stop() } }
+        for rank in 0..<3 {
+            children.append(try Child(mae, ["collective-worker", "--backend", "tcp", "--mode", "check", "--rank", String(rank),
+                                             "--world", "3", "--address", "127.0.0.1:\(port)", "--token", token,
+                                             "--timeout", "20"], directory: directory, name: "rank\(rank)"))
+        }
+        for (rank, child) in children.enumerated() {
+            #expect(child.waitForExit(seconds: 60), "rank \(rank) did not finish")
+            #expect(child.process.terminationStatus == 0, "rank \(rank): \(child.errorOutput)")
+            #expect(child.output.contains("check ok rank=\(rank) world=3"), "rank \(rank): \(child.output)")
+        }
+    }
+}

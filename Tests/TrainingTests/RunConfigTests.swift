@@ -1,0 +1,46 @@
+import Foundation
+import Model
+import Testing
+@testable import Training
+
+@Suite struct RunConfigTests {
+    let config = RunConfig(dataRoot: "/data", model: tinyModelConfig(), batchSize: 8, runDirectory: "/run")
+
+    @Test func resumeNamesEveryIncompatibleSetting() {
+        var other = config
+        other.batchSize = 16
+        other.seed = 9
+        var model = tinyModelConfig()
+        model.encoderDepth = 2
+        other.model = model
+        let differences = other.resumeIncompatibilities(with: config, savedWorldSize: 2, worldSize: 4,
+                                                        savedFingerprint: "aaaa", fingerprint: "bbbb")
+        #expect(differences.count == 5, "\(differences)")
+        #expect(differences.contains("--batch-size was 8, now 16"))
+        #expect(differences.contains("world size was 2, now 4"))
+        #expect(differences.contains { $0.hasPrefix("model was") })
+        #expect(differences.contains { $0.contains("dataset differs") })
+        #expect(differences.contains("--seed was 0, now 9"))
+        #expect(config.resumeIncompatibilities(with: config, savedWorldSize: 1, worldSize: 1,
+                                               savedFingerprint: "a", fingerprint: "a").isEmpty)
+        let message = TrainingError.incompatibleResume(differences).description
+        #expect(message.contains("--batch-size was 8, now 16") && !message.contains("\n"))
+    }
+
+    @Test func resumeReportsChangedButCompatibleSettings() {
+        var other = config
+        other.epochs = 1600
+        other.absoluteLearningRate = 1e-3
+        #expect(other.resumeChanges(from: config) == ["--epochs 800 -> 1600", "--lr none -> 0.001"])
+    }
+
+    @Test func configRoundTripsThroughJSONWithTheReferenceNames() throws {
+        let data = try JSONEncoder().encode(config)
+        let text = String(decoding: data, as: UTF8.self)
+        for key in ["\"batch_size\"", "\"blr\"", "\"min_lr\"", "\"warmup_epochs\"", "\"accum_iter\"", "\"mask_ratio\"",
+                    "\"norm_pix_loss\"", "\"weight_decay\""] {
+            #expect(text.contains(key), "missing \(key)")
+        }
+        #expect(try JSONDecoder().decode(RunConfig.self, from: data) == config)
+    }
+}

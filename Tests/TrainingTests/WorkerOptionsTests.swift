@@ -1,0 +1,95 @@
+import Foundation
+import Options
+import Testing
+@testable import Training
+
+@Suite struct WorkerOptionsTests {
+    /// Parses a command line; returns the one-line error, or nil when it is accepted.
+    func error(_ arguments: [String]) -> String? {
+        do {
+            guard let options = try WorkerOptions.spec.parse(arguments) else { return "help" }
+            _ = try WorkerOptions.parse(options)
+            return nil
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    @Test func acceptsAStandaloneRunAndFillsTheDefaults() throws {
+        let temporary = try TemporaryDirectory()
+        defer { temporary.remove() }
+        let options = try #require(try WorkerOptions.spec.parse(["--standalone", "--data", temporary.path, "--model",
+                                                                  "mae_vit_tiny_patch4", "--input-size", "32"]))
+        let (config, distributed) = try WorkerOptions.parse(options)
+        #expect(distributed.isStandalone)
+        #expect(config.batchSize == 64 && config.epochs == 800 && config.warmupEpochs == 40)
+        #expect(config.baseLearningRate == 1.5e-4 && config.absoluteLearningRate == nil)
+        #expect(config.weightDecay == 0.05 && config.maskRatio == 0.75 && !config.normPixLoss)
+        #expect(config.beta1 == 0.9 && config.beta2 == 0.95 && config.epsilon == 1e-8)
+        #expect(config.keepCheckpoints == 3 && config.keepEveryEpochs == 0 && config.accumulationSteps == 1)
+        #expect(config.model.imageSize == 32)
+        #expect(config.threads >= 1 && config.dataThreads >= 1)
+    }
+
+    @Test func acceptsAMultiProcessWorker() throws {
+        let temporary = try TemporaryDirectory()
+        defer { temporary.remove() }
+        let options = try #require(try WorkerOptions.spec.parse([
+            "--rank", "1", "--world-size", "2", "--rendezvous", "127.0.0.1:29500", "--job-token", "secret",
+            "--data", temporary.path, "--model", "mae_vit_tiny_patch4", "--input-size", "32", "--threads", "1"]))
+        let (_, distributed) = try WorkerOptions.parse(options)
+        #expect(distributed.rank == 1 && distributed.worldSize == 2 && distributed.jobToken == "secret")
+        #expect(distributed.rendezvous == "127.0.0.1:29500" && distributed.backend == .tcp && distributed.generation == 0)
+    }
+
+    @Test func impossibleValuesAreOneLineErrorsBeforeAnyWork() throws {
+        let temporary = try TemporaryDirectory()
+        defer { temporary.remove() }
+        let base = ["--standalone", "--data", temporary.path, "--model", "mae_vit_tiny_patch4", "--input-size", "32"]
+        let cases: [([String], String)] = [
+            (base + ["--batch-size", "0"], "--batch-size"),
+            (base + ["--mask-ratio", "1"], "--mask-ratio"),
+            (base + ["--mask-ratio", "0"], "--mask-ratio"),
+            (base + ["--bogus"], "unknown option --bogus"),
+            (base + ["--epochs", "10", "--warmup-epochs", "10"], "--warmup-epochs"),
+            (base + ["--accum-iter", "0"], "--accum-iter"),
+            (["--standalone", "--data", temporary.path + "/missing"], "is not a folder"),
+            (["--standalone"], "missing --data"),
+            (Array(base.dropFirst()), "--standalone"),
+            (base + ["--rank", "0"], "cannot be combined"),
+            (base + ["--backend", "mpi"], "cannot be combined"),
+            (base.filter { $0 != "--standalone" } + ["--backend", "nccl"], "--backend expects tcp or mpi"),
+            (["--rank", "2", "--world-size", "2", "--rendezvous", "127.0.0.1:1", "--job-token", "t",
+              "--data", temporary.path], "smaller than --world-size"),
+            (["--rank", "0", "--world-size", "2", "--rendezvous", "127.0.0.1:1",
+              "--data", temporary.path], "--job-token"),
+            (["--rank", "0", "--world-size", "2", "--rendezvous", "nowhere", "--job-token", "t",
+              "--data", temporary.path], "HOST:PORT"),
+            (["--standalone", "--data", temporary.path, "--model", "mae_vit_gigantic"], "mae_vit_base_patch16"),
+            (["--standalone", "--data", temporary.path, "--model", "mae_vit_tiny_patch4", "--input-size", "30"], "multiple of the patch size"),
+            (base + ["--resume", temporary.path + "/nothing"], "--resume"),
+            (base + ["--seed", "-1"], "--seed"),
+        ]
+        for (arguments, expected) in cases {
+            let message = try #require(error(arguments), "accepted: \(arguments)")
+            #expect(message.contains(expected), "\(arguments): \(message)")
+            #expect(!message.contains("\n"), "more than one line: \(message)")
+        }
+    }
+
+    @Test func helpDocumentsEveryFlagWithItsDefault() {
+        let help = WorkerOptions.spec.help
+        for flag in ["--standalone", "--rank R", "--world-size W", "--rendezvous HOST:PORT", "--job-token TOKEN",
+                     "--generation G", "--backend", "--data ROOT", "--model NAME", "--input-size S", "--batch-size B",
+                     "--epochs E", "--warmup-epochs W", "--blr X", "--lr X", "--min-lr X", "--weight-decay X",
+                     "--accum-iter K", "--mask-ratio R", "--norm-pix-loss", "--seed S", "--threads T", "--data-threads T",
+                     "--run-dir DIR", "--checkpoint-every N", "--keep-checkpoints K", "--keep-every-epochs N",
+                     "--resume", "--max-steps N", "--print-every N"] {
+            #expect(help.contains(flag), "help lacks \(flag)")
+        }
+        for defaultText in ["(default: 1.5e-4)", "(default: 0.75)", "(default: 40)", "(default: 0.05)", "(default: 3)"] {
+            #expect(help.contains(defaultText), "help lacks \(defaultText)")
+        }
+        #expect(!help.contains("--model-shape"))
+    }
+}

@@ -1,0 +1,263 @@
+import Data
+import Foundation
+import Model
+import Testing
+@testable import Training
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// End-to-end runs of the built `mae-worker` on a tiny synthetic JPEG dataset and a tiny
+/// custom model: exact resume (clean stop and SIGKILL), SIGTERM, non-finite loss, and two
+/// workers over loopback TCP against one worker with twice the batch.
+@Suite(.serialized) struct WorkerProcessTests {
+    let temporary: TemporaryDirectory
+    let data: String
+
+    init() throws {
+        temporary = try TemporaryDirectory("worker")
+        data = temporary.path + "/data"
+        // 2 classes × 8 images = 16 training images: 4 batches of 4 per epoch.
+        try synthesizeDataset(root: data, classes: 2, perClass: 8, valPerClass: 1, size: 24, seed: 11)
+    }
+
+    /// Tiny model (patch 4 at 16 px: 16 patches), 3 epochs of 4 steps, one thread. `extra` adds
+    /// flags or replaces the value of one given here.
+    func arguments(runDirectory: String, _ extra: [String]) -> [String] {
+        var base = ["--data", data, "--model-shape", "4,16,1,2,8,1,2", "--input-size", "16", "--batch-size", "4",
+                    "--epochs", "3", "--warmup-epochs", "1", "--lr", "1e-3", "--seed", "5", "--threads", "1",
+                    "--data-threads", "1", "--print-every", "1", "--run-dir", temporary.path + "/" + runDirectory]
+        var added: [String] = []
+        var index = 0
+        while index < extra.count {
+            let flag = extra[index]
+            let takesValue = index + 1 < extra.count && !extra[index + 1].hasPrefix("--")
+            if let existing = base.firstIndex(of: flag), takesValue {
+                base[existing + 1] = extra[index + 1]
+            } else if flag == "--no-lr", let existing = base.firstIndex(of: "--lr") {
+                base.removeSubrange(existing...(existing + 1))
+            } else {
+                added.append(flag)
+                if takesValue { added.append(extra[index + 1]) }
+            }
+            index += takesValue ? 2 : 1
+        }
+        return base + added
+    }
+
+    @discardableResult
+    func run(_ name: String, _ extra: [String], seconds: Double = 60) throws -> WorkerProcess {
+        let worker = try WorkerProcess(arguments(runDirectory: name, ["--standalone"] + extra),
+                                       logDirectory: temporary.path, name: name + "-\(UUID().uuidString.prefix(6))")
+        let status = try worker.wait(seconds: seconds)
+        #expect(status == 0, "\(name) exited \(status): \(worker.errors)")
+        return worker
+    }
+
+    func checkpoint(_ runDirectory: String, step: Int) -> String {
+        temporary.path + "/\(runDirectory)/checkpoints/" + CheckpointStore.directoryName(step: step)
+    }
+
+    func bytes(_ path: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: path)) }
+
+    /// Straight to step 12, vs stop at 5 (mid-epoch) and resume, vs SIGKILL after a checkpoint
+    /// and resume: the final parameters and moments are bitwise identical.
+    @Test func resumeIsBitwiseExactAfterAStopAndAfterSIGKILL() throws {
+        defer { temporary.remove() }
+        try run("straight", [])
+
+        try run("stopped", ["--max-steps", "5"])
+        #expect(fileExists(checkpoint("stopped", step: 5) + "/COMPLETE"))
+        // Without --resume the run directory is not overwritten; a changed batch is refused with what differs.
+        let refused = try WorkerProcess(arguments(runDirectory: "stopped", ["--standalone"]),
+                                        logDirectory: temporary.path, name: "refused")
+        #expect(try refused.wait(seconds: 60) == 1)
+        #expect(refused.errors.contains("already holds checkpoints"), "\(refused.errors)")
+        let incompatible = try WorkerProcess(arguments(runDirectory: "stopped", ["--standalone", "--resume", "auto",
+                                                                                 "--batch-size", "2"]),
+                                             logDirectory: temporary.path, name: "incompatible")
+        #expect(try incompatible.wait(seconds: 60) == 1)
+        #expect(incompatible.errors.contains("--batch-size was 4, now 2"), "\(incompatible.errors)")
+
+        let resumed = try run("stopped", ["--resume", "auto"])
+        #expect(resumed.output.contains("resuming from"))
+
+        let killed = try WorkerProcess(arguments(runDirectory: "killed", ["--standalone", "--checkpoint-every", "1"]),
+                                       logDirectory: temporary.path, name: "killed")
+        let reached = killed.waitUntil(seconds: 60) { fileExists(checkpoint("killed", step: 2) + "/COMPLETE") }
+        killed.send(SIGKILL)
+        let status = try killed.wait(seconds: 30)
+        #expect(reached, "no checkpoint 2 appeared: \(killed.errors)")
+        #expect(status == 128 + SIGKILL, "the worker finished before it could be killed (exit \(status)); the test needs slower steps")
+        #expect(!fileExists(checkpoint("killed", step: 12)))
+        try run("killed", ["--resume", "auto", "--checkpoint-every", "1"])
+
+        for file in ["model.safetensors", "optimizer.safetensors"] {
+            let expected = try bytes(checkpoint("straight", step: 12) + "/" + file)
+            #expect(try bytes(checkpoint("stopped", step: 12) + "/" + file) == expected, "stop and resume: \(file) differs")
+            #expect(try bytes(checkpoint("killed", step: 12) + "/" + file) == expected, "SIGKILL and resume: \(file) differs")
+        }
+        // The parameters did move, and the epoch log has one line per epoch with the official keys.
+        let initial = MAEModel(config: ModelConfig(name: "x", imageSize: 16, patchSize: 4, encoderWidth: 16, encoderDepth: 1,
+                                                   encoderHeads: 2, decoderWidth: 8, decoderDepth: 1, decoderHeads: 2), seed: 5)
+        let trained = try SafeTensorsFile.read(path: checkpoint("straight", step: 12) + "/model.safetensors")
+        #expect(try trained.floats(named: "blocks.0.attn.qkv.weight") != initial.table.tensor(named: "blocks.0.attn.qkv.weight")
+            .map { Array(UnsafeBufferPointer(start: initial.parameters.pointer + $0.offset, count: $0.count)) })
+        for runDirectory in ["straight", "stopped"] {
+            let lines = readText(temporary.path + "/\(runDirectory)/log.txt").split(separator: "\n")
+            #expect(lines.count == 3, "\(runDirectory)/log.txt: \(lines)")
+            #expect(lines.first?.contains("\"train_lr\"") == true && lines.first?.contains("\"train_loss\"") == true
+                    && lines.first?.contains("\"epoch\": 0") == true)
+        }
+        #expect(readText(temporary.path + "/straight/log.txt") == readText(temporary.path + "/stopped/log.txt"))
+    }
+
+    /// The first SIGTERM finishes the step, writes a checkpoint and exits 0; a second one exits at once.
+    @Test func sigtermCheckpointsAndExitsZero() throws {
+        defer { temporary.remove() }
+        let worker = try WorkerProcess(arguments(runDirectory: "term", ["--standalone", "--epochs", "200"]),
+                                       logDirectory: temporary.path, name: "term")
+        let metrics = temporary.path + "/term/metrics.jsonl"
+        #expect(worker.waitUntil(seconds: 60) { readText(metrics).contains("\"step\": 2,") })
+        worker.send(SIGTERM)
+        let status = try worker.wait(seconds: 60)
+        #expect(status == 0, "exit \(status): \(worker.errors)")
+        #expect(worker.output.contains("stop requested"))
+        let store = CheckpointStore(runDirectory: temporary.path + "/term", warn: { _ in })
+        let newest = try #require(try store.newestValid())
+        let logged = readText(metrics).split(separator: "\n").count
+        #expect(newest.state.step == logged, "checkpoint at step \(newest.state.step), \(logged) steps logged")
+        #expect(newest.state.step < 800)
+
+        // A worker stuck waiting for a peer that never comes: the first signal cannot finish a
+        // step, the second ends the process at once.
+        let port = try freeLoopbackPort()
+        let stuck = try WorkerProcess(arguments(runDirectory: "stuck", ["--rank", "0", "--world-size", "2",
+                                                                        "--rendezvous", "127.0.0.1:\(port)", "--job-token", "t"]),
+                                      logDirectory: temporary.path, name: "stuck")
+        #expect(stuck.waitUntil(seconds: 30) { stuck.output.contains("joining the job") })
+        stuck.send(SIGTERM)
+        #expect(stuck.waitUntil(seconds: 30) { stuck.errors.contains("stop requested") })
+        stuck.send(SIGTERM)
+        let secondStatus = try stuck.wait(seconds: 30)
+        #expect(secondStatus == 128 + SIGTERM, "a second SIGTERM should exit at once, got \(secondStatus): \(stuck.errors)")
+        #expect(stuck.errors.contains("exiting now"))
+    }
+
+    /// A non-finite loss (injected at step 3) stops the run with an error naming the step,
+    /// before that step is applied; the checkpoint before it stays valid.
+    @Test func nonFiniteLossStopsTheRunAndKeepsTheLastCheckpoint() throws {
+        defer { temporary.remove() }
+        let worker = try WorkerProcess(arguments(runDirectory: "nan", ["--standalone", "--checkpoint-every", "1",
+                                                                        "--inject-nonfinite-loss-at-step", "3"]),
+                                       logDirectory: temporary.path, name: "nan")
+        let status = try worker.wait(seconds: 60)
+        #expect(status == 1)
+        #expect(worker.errors.contains("optimizer step 3 "), "\(worker.errors)")
+        #expect(worker.errors.contains("the loss is"), "\(worker.errors)")
+        #expect(worker.errors.contains("optimizer step"))
+        let store = CheckpointStore(runDirectory: temporary.path + "/nan", warn: { _ in })
+        let newest = try #require(try store.newestValid())
+        #expect(newest.state.step == 2)
+        #expect(worker.errors.contains(CheckpointStore.directoryName(step: 2)))
+
+        // And for real: an absurd learning rate blows the parameters up in one step.
+        let diverging = try WorkerProcess(arguments(runDirectory: "diverge", ["--standalone", "--lr", "1e30",
+                                                                              "--warmup-epochs", "0", "--checkpoint-every", "1"]),
+                                          logDirectory: temporary.path, name: "diverge")
+        #expect(try diverging.wait(seconds: 60) == 1)
+        #expect(diverging.errors.contains("the loss is") && diverging.errors.contains("optimizer step 2 "),
+                "\(diverging.errors)")
+    }
+
+    /// Two workers with batch 2 over loopback TCP follow one worker with batch 4 (same samples,
+    /// same masks, same rate), up to the order of floating-point sums.
+    @Test func twoWorkersMatchOneWorkerWithTwiceTheBatch() throws {
+        defer { temporary.remove() }
+        let common = ["--max-steps", "3", "--warmup-epochs", "0", "--blr", "0.1"]
+        let port = try freeLoopbackPort()
+        let workers = try (0..<2).map { rank in
+            try WorkerProcess(arguments(runDirectory: "pair", [
+                "--rank", "\(rank)", "--world-size", "2", "--rendezvous", "127.0.0.1:\(port)", "--job-token", "test-token",
+                "--batch-size", "2", "--no-lr",
+            ] + common), logDirectory: temporary.path, name: "pair-\(rank)")
+        }
+        for worker in workers {
+            let status = try worker.wait(seconds: 90)
+            #expect(status == 0, "rank exited \(status): \(worker.errors)")
+        }
+        let single = try WorkerProcess(arguments(runDirectory: "single", ["--standalone", "--no-lr"] + common),
+                                       logDirectory: temporary.path, name: "single")
+        #expect(try single.wait(seconds: 60) == 0, "\(single.errors)")
+        #expect(workers[0].output.contains("effective batch 4"))
+
+        let pair = try SafeTensorsFile.read(path: checkpoint("pair", step: 3) + "/model.safetensors")
+        let alone = try SafeTensorsFile.read(path: checkpoint("single", step: 3) + "/model.safetensors")
+        #expect(pair.names == alone.names)
+        for name in alone.names {
+            var actual = try pair.floats(named: name), expected = try alone.floats(named: name)
+            if name.hasSuffix("attn.qkv.bias") {
+                // The key bias shifts every score of a query equally, which softmax ignores: its
+                // true gradient is 0 and the computed one is rounding noise, which AdamW
+                // (m / sqrt(v)) turns into steps of about ±lr in either direction. Compare the
+                // query and value thirds exactly as the rest; the key third only within 3 steps of lr.
+                let width = expected.count / 3
+                let keyActual = Array(actual[width..<(2 * width)]), keyExpected = Array(expected[width..<(2 * width)])
+                let worstKey = compareValues(keyActual, keyExpected, absoluteTolerance: 3 * 1.6e-3)
+                #expect(worstKey.withinTolerance, "\(name) key third: \(worstKey)")
+                actual.removeSubrange(width..<(2 * width))
+                expected.removeSubrange(width..<(2 * width))
+            }
+            let worst = compareValues(actual, expected, absoluteTolerance: 1e-6, relativeTolerance: 1e-4)
+            #expect(worst.withinTolerance, "\(name): \(worst)")
+        }
+        // Only rank 0 writes checkpoints and logs.
+        #expect(!fileExists(temporary.path + "/pair/rank-0.log"))
+        #expect(readText(temporary.path + "/pair/log.txt").isEmpty)  // no epoch ended in 3 steps
+    }
+}
+
+extension WorkerProcessTests {
+    /// When one worker dies, the other does not hang: it stops with an error (exit 1) long
+    /// before its peer timeout, and the last checkpoint stays valid.
+    @Test func aDeadPeerStopsTheOtherWorkerWithAnError() throws {
+        defer { temporary.remove() }
+        let port = try freeLoopbackPort()
+        let workers = try (0..<2).map { rank in
+            try WorkerProcess(arguments(runDirectory: "dead", [
+                "--rank", "\(rank)", "--world-size", "2", "--rendezvous", "127.0.0.1:\(port)", "--job-token", "test-token",
+                "--batch-size", "2", "--epochs", "200", "--checkpoint-every", "2", "--peer-timeout", "60",
+            ]), logDirectory: temporary.path, name: "dead-\(rank)")
+        }
+        let checkpoint2 = checkpoint("dead", step: 2) + "/COMPLETE"
+        #expect(workers[0].waitUntil(seconds: 60) { fileExists(checkpoint2) }, "\(workers[0].errors)")
+        workers[1].send(SIGKILL)
+        #expect(try workers[1].wait(seconds: 30) == 128 + SIGKILL)
+        let started = Date()
+        let status = try workers[0].wait(seconds: 50)
+        #expect(status == 1, "rank 0 exited \(status): \(workers[0].errors)")
+        #expect(Date().timeIntervalSince(started) < 30, "rank 0 took until its peer timeout to notice")
+        #expect(workers[0].errors.hasPrefix("error: "), "\(workers[0].errors)")
+        let store = CheckpointStore(runDirectory: temporary.path + "/dead", warn: { _ in })
+        #expect(try store.newestValid() != nil)
+    }
+}
+
+extension WorkerProcessTests {
+    /// With gradient accumulation (2 micro-batches per step, 2 steps per epoch), stopping
+    /// mid-epoch and resuming is bitwise exact too, and the epochs have the expected length.
+    @Test func resumeWithAccumulationIsBitwiseExact() throws {
+        defer { temporary.remove() }
+        try run("accum-straight", ["--accum-iter", "2"])
+        try run("accum-stopped", ["--accum-iter", "2", "--max-steps", "3"])
+        try run("accum-stopped", ["--accum-iter", "2", "--resume", "auto"])
+        let final = CheckpointStore.directoryName(step: 6)
+        for file in ["model.safetensors", "optimizer.safetensors"] {
+            let expected = try bytes(temporary.path + "/accum-straight/checkpoints/\(final)/" + file)
+            #expect(try bytes(temporary.path + "/accum-stopped/checkpoints/\(final)/" + file) == expected, "\(file) differs")
+        }
+        let state = try CheckpointStore.verify(temporary.path + "/accum-stopped/checkpoints/\(final)")
+        #expect(state.epoch == 3 && state.stepInEpoch == 0 && state.isEpochEnd)
+        #expect(state.schedule.accumulationSteps == 2 && state.schedule.iterationsPerEpoch == 4)
+    }
+}
