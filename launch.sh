@@ -62,12 +62,10 @@ fi
 [ -n "$run_dir" ] || run_dir=runs/run-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$run_dir"
 
-# Threads per worker: the cores shared out, at least one.
-cores=$(nproc)
-[ -n "$threads" ] || threads=$(( cores / nodes > 0 ? cores / nodes : 1 ))
-
 job_token=$(od -An -tx8 -N16 /dev/urandom | tr -d ' \n')
-common=(--data "$data" --run-dir "$run_dir" --threads "$threads" --world-size "$nodes")
+common=(--data "$data" --run-dir "$run_dir" --world-size "$nodes")
+# Without --threads each worker takes its share of this machine's cores.
+[ -z "$threads" ] || common+=(--threads "$threads")
 
 if [ "$backend" = mpi ]; then
     exec mpirun --allow-run-as-root --oversubscribe --mca btl tcp,self -np "$nodes" \

@@ -45,7 +45,7 @@ public enum WorkerOptions {
                        help: "model: " + ModelConfig.knownNames.joined(separator: ", ")),
             OptionSpec("model-shape", value: "P,D,DEPTH,HEADS,DD,DDEPTH,DHEADS",
                        help: "a custom model shape instead of --model (tests and experiments)", visible: false),
-            OptionSpec("input-size", value: "S", default: "224", help: "image side in pixels"),
+            OptionSpec("input-size", value: "S", help: "image side in pixels (default: the model's own: 32 for tiny, 64 for small, 224 otherwise)"),
             OptionSpec("batch-size", value: "B", default: "64", help: "images per worker per micro-batch"),
             OptionSpec("epochs", value: "E", default: "800", help: "epochs to train"),
             OptionSpec("warmup-epochs", value: "W", default: "40", help: "epochs of linear learning-rate warm-up"),
@@ -127,9 +127,10 @@ public enum WorkerOptions {
         guard FileSystem.isDirectory(dataRoot) else {
             throw fail("--data \(dataRoot) is not a folder; create one with 'mae synth-data' or point to an ImageNet-style folder")
         }
-        let inputSize = try options.int("input-size", in: 1...8192)
+        let requestedInputSize = try options.optionalInt("input-size", in: 1...8192)
         let model: ModelConfig
         if let shape = options.string("model-shape") {
+            let inputSize = requestedInputSize ?? 224
             let numbers = shape.split(separator: ",").compactMap { Int($0) }
             guard numbers.count == 7, numbers.allSatisfy({ $0 > 0 }) else {
                 throw fail("--model-shape expects 7 positive integers P,D,DEPTH,HEADS,DD,DDEPTH,DHEADS, got '\(shape)'")
@@ -140,11 +141,12 @@ public enum WorkerOptions {
             do { try model.validate() } catch { throw fail("--model-shape: \(error)") }
         } else {
             do {
-                model = try ModelConfig.named(try options.required("model"), imageSize: inputSize)
+                model = try ModelConfig.named(try options.required("model"), imageSize: requestedInputSize)
             } catch {
                 throw fail("\(error)")
             }
         }
+        let inputSize = model.imageSize
         guard inputSize % model.patchSize == 0 else {
             throw fail("--input-size \(inputSize) must be a multiple of the patch size \(model.patchSize) of \(model.name)")
         }

@@ -22,7 +22,11 @@ func dispatch(_ arguments: [String], among subcommands: [any Subcommand.Type]) -
         .filter { arguments.starts(with: $0.words) }
         .max { $0.words.count < $1.words.count }
     guard let command = match else {
-        let list = subcommands.map { "  mae \($0.words.joined(separator: " "))  \(firstSentence($0.spec.summary))" }
+        let names = subcommands.map { "mae " + $0.words.joined(separator: " ") }
+        let width = (names.map(\.count).max() ?? 0) + 2
+        let list = zip(names, subcommands).map { name, command in
+            "  " + name + String(repeating: " ", count: width - name.count) + firstSentence(command.spec.summary)
+        }
         let isHelp = arguments.isEmpty || arguments == ["--help"] || arguments == ["-h"] || arguments == ["help"]
         let text = "usage: mae COMMAND [options]\n\ncommands:\n" + list.joined(separator: "\n")
             + "\n\n'mae COMMAND --help' describes a command's options."
