@@ -194,7 +194,9 @@ final class TrainingSession {
                     // Logged once the epoch's checkpoint is durable, as the reference logs after saving.
                     try log.appendEpochLog(epochRecord)
                     let skipped = loader.skippedFiles
-                    log.info(String(format: "epoch %d done: mean loss %.4f", position.epoch - 1, epochRecord[1].1.number ?? .nan)
+                    // Numbered from 1 like the progress lines (log.txt keeps the reference's 0-based "epoch").
+                    log.info(String(format: "epoch %d/%d done: mean loss %.4f", position.epoch, config.epochs,
+                                    epochRecord[1].1.number ?? .nan)
                              + (skipped > 0 ? ", \(skipped) unreadable file(s) skipped so far" : ""))
                 }
                 if outcome.stopRequested {
