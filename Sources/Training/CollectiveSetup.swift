@@ -9,9 +9,11 @@ public func makeCollective(_ settings: DistributedSettings) throws -> any Collec
         guard let address = settings.rendezvous else {
             throw TrainingError.invalidConfiguration("the TCP backend needs --rendezvous HOST:PORT")
         }
+        let listenHost = try settings.listenHost
+            ?? SocketAddress.localAddress(toward: SocketAddress(parsing: address))
         return try TCPRingCollective.connect(RendezvousConfig(
             rank: settings.rank, worldSize: settings.worldSize, address: address, jobToken: settings.jobToken,
-            generation: settings.generation, timeoutSeconds: settings.timeoutSeconds))
+            generation: settings.generation, timeoutSeconds: settings.timeoutSeconds, listenHost: listenHost))
     case .mpi:
         #if MPI
         let collective = try MPICollective()

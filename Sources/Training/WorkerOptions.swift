@@ -15,6 +15,9 @@ public struct DistributedSettings: Sendable, Equatable {
     public var generation: Int
     public var backend: Backend
     public var timeoutSeconds: Double
+    /// Address the ring listener binds to and announces; nil: the interface that routes
+    /// toward the rendezvous host (127.0.0.1 when that is loopback).
+    public var listenHost: String? = nil
 
     public static let standalone = DistributedSettings(rank: 0, worldSize: 1, rendezvous: nil, jobToken: "",
                                                        generation: 0, backend: .tcp, timeoutSeconds: 0)
@@ -38,6 +41,8 @@ public enum WorkerOptions {
             OptionSpec("generation", value: "G", default: "0", help: "restart generation of the job; workers of other generations are refused"),
             OptionSpec("backend", value: "tcp|mpi", default: "tcp",
                        help: "collective backend; mpi (under mpirun, a build with --traits MPI) needs no rendezvous or token"),
+            OptionSpec("listen-host", value: "ADDRESS",
+                       help: "address this worker's ring listener binds to and announces (default: this machine's address toward the rendezvous host)"),
             OptionSpec("peer-timeout", value: "SECONDS", default: "300",
                        help: "how long a worker waits for its peers, to join and at every collective (a checkpoint write included)"),
             OptionSpec("data", value: "ROOT", help: "image folder: ROOT/train/<class>/<image> or ROOT/<class>/<image> (required)"),
@@ -120,7 +125,8 @@ public enum WorkerOptions {
             distributed = DistributedSettings(
                 rank: rank, worldSize: worldSize, rendezvous: address, jobToken: token,
                 generation: try options.int("generation", in: 0...Int(Int32.max)), backend: .tcp,
-                timeoutSeconds: try options.double("peer-timeout", expectation: "a positive number of seconds") { $0 > 0 })
+                timeoutSeconds: try options.double("peer-timeout", expectation: "a positive number of seconds") { $0 > 0 },
+                listenHost: options.string("listen-host"))
         }
 
         guard let dataRoot = options.string("data") else { throw fail("missing --data ROOT (an image folder)") }
