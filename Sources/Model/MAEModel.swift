@@ -231,8 +231,9 @@ public final class MAEModel {
                           mean: a.decoderMean, reciprocalStd: a.decoderReciprocalStd, weight: p + decoderNormWeight,
                           residualGradient: nil, rows: batch * decoderTokens, width: decoderWidth)
         let decoder = decoderShape(a)
-        for (offsets, block) in zip(decoderOffsets, a.decoderBlocks).reversed() {
-            blockBackward(parameters: p, gradients: g, offsets: offsets, activations: block, scratch: d, shape: decoder)
+        for index in decoderOffsets.indices.reversed() {  // a reversed range allocates nothing
+            blockBackward(parameters: p, gradients: g, offsets: decoderOffsets[index], activations: a.decoderBlocks[index],
+                          scratch: d, shape: decoder)
         }
 
         // Decoder input → embedded tokens and the mask token (un-gather).
@@ -272,8 +273,9 @@ public final class MAEModel {
                           reciprocalStd: a.encoderReciprocalStd, weight: p + normWeight, residualGradient: nil,
                           rows: batch * encoderTokens, width: width)
         let encoder = encoderShape(a)
-        for (offsets, block) in zip(encoderOffsets, a.encoderBlocks).reversed() {
-            blockBackward(parameters: p, gradients: g, offsets: offsets, activations: block, scratch: d, shape: encoder)
+        for index in encoderOffsets.indices.reversed() {
+            blockBackward(parameters: p, gradients: g, offsets: encoderOffsets[index], activations: a.encoderBlocks[index],
+                          scratch: d, shape: encoder)
         }
 
         // Encoder input → cls token and the patch embedding.
