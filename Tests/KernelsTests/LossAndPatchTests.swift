@@ -136,6 +136,15 @@ import Testing
         withExtendedLifetime(branchBuffer) {}
     }
 
+    @Test func zeroClearsLargeBuffersOnTwoThreads() {
+        let values = FloatBuffer([Float](repeating: 3, count: 3 << 20 | 5))
+        let before = Parallel.threads
+        Parallel.setThreads(2)
+        values.zero()
+        Parallel.setThreads(before)
+        #expect(values.toArray().allSatisfy { $0 == 0 })
+    }
+
     @Test func parallelForCoversEveryIndexOnce() {
         let before = Parallel.threads
         Parallel.setThreads(2)
