@@ -6,6 +6,10 @@ import Kernels
 /// All trainable tensors live in one flat `parameters` buffer laid out by `table`
 /// (official names, order and shapes); `gradients` has the same layout.
 /// Activations live in one arena sized for the last batch shape.
+///
+/// One call at a time: the kernels inside a call use every worker of `Parallel`.
+/// The loss is 0 when no patch is removed (mask ratio 0), where the official code
+/// divides 0 by 0.
 public final class MAEModel {
     public let config: ModelConfig
     public let table: ParameterTable
@@ -53,7 +57,8 @@ public final class MAEModel {
         initialiseParameters(parameters.pointer, table: table, seed: seed)
     }
 
-    /// The prediction of the last call, [N, L, p·p·3] in patchify order.
+    /// The prediction of the last call, [N, L, p·p·3] in patchify order (valid until
+    /// the next call).
     public var prediction: UnsafePointer<Float> { UnsafePointer(activations?.prediction ?? empty.pointer) }
     /// The mask of the last call, [N, L], 1 = removed.
     public var mask: UnsafePointer<Float> { UnsafePointer(activations?.mask ?? empty.pointer) }
