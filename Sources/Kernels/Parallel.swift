@@ -14,6 +14,9 @@ import Glibc
 /// The workers come from Dispatch's fixed global pool (`concurrentPerform`), so a
 /// call allocates no threads; with one thread the work runs inline on the caller.
 /// Code that calls `BLASRuntime.setThreads` itself oversubscribes the cores.
+///
+/// Work is only ever split so that each output element is computed by one worker in
+/// a fixed order, which makes every kernel's result independent of the thread count.
 public enum Parallel {
     /// Our pool's width; read by `parallelFor` and `matrixMultiply` on every call.
     /// Its first use also puts OpenBLAS on one thread, so that until `setThreads` is
