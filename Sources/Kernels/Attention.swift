@@ -9,8 +9,13 @@
 
 /// Runs `body` for every (sample, head) pair, spread over our workers; each
 /// product inside runs on its worker alone (OpenBLAS is single-threaded, see `Parallel`).
+/// When OpenBLAS threads its products itself, the pairs run one after another.
 @inline(__always)
 func forEachSampleAndHead(batch: Int, heads: Int, _ body: (_ sample: Int, _ head: Int) -> Void) {
+    guard Parallel.splitsProducts else {
+        for pair in 0..<(batch * heads) { body(pair / heads, pair % heads) }
+        return
+    }
     parallelFor(batch * heads) { range in
         for pair in range { body(pair / heads, pair % heads) }
     }

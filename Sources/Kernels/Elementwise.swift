@@ -15,21 +15,6 @@ public func addVectors(_ output: UnsafeMutablePointer<Float>, _ a: UnsafePointer
     }
 }
 
-/// output[count] = a[count] + b[count] + c[count]. `output` may alias an input.
-@inline(__always)
-public func addVectors(_ output: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>,
-                       _ b: UnsafePointer<Float>, _ c: UnsafePointer<Float>, count: Int) {
-    var index = 0
-    while index + 16 <= count {
-        store16(load16(a + index) + load16(b + index) + load16(c + index), output + index)
-        index += 16
-    }
-    while index < count {
-        output[index] = a[index] + b[index] + c[index]
-        index += 1
-    }
-}
-
 /// accumulator[count] += value[count].
 @inline(__always)
 public func accumulate(_ accumulator: UnsafeMutablePointer<Float>, _ value: UnsafePointer<Float>, count: Int) {
@@ -37,6 +22,8 @@ public func accumulate(_ accumulator: UnsafeMutablePointer<Float>, _ value: Unsa
 }
 
 /// The residual connection: stream[rows, width] += branch[rows, width], in parallel.
+/// (The blocks fuse their residual adds into the proj and fc2 products; this is the
+/// stand-alone form.)
 public func residualAdd(_ stream: UnsafeMutablePointer<Float>, _ branch: UnsafePointer<Float>, rows: Int, width: Int) {
     parallelFor(rows, minimumPerWorker: max(1, 16_384 / max(width, 1))) { range in
         let offset = range.lowerBound * width

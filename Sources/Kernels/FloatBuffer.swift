@@ -38,8 +38,14 @@ public final class FloatBuffer: @unchecked Sendable {
 
     deinit { free(pointer) }
 
-    /// Sets every element to zero.
-    public func zero() { memset(pointer, 0, count * MemoryLayout<Float>.stride) }
+    /// Sets every element to zero (in parallel for large buffers: zeroing ViT-B's
+    /// gradients is 447 MB of writes per step).
+    public func zero() {
+        let base = pointer
+        parallelFor(count, minimumPerWorker: 1 << 20) { range in
+            memset(base + range.lowerBound, 0, range.count * MemoryLayout<Float>.stride)
+        }
+    }
 
     /// The elements as a buffer pointer (valid while `self` is alive).
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: pointer, count: count) }

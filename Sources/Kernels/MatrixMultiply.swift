@@ -21,8 +21,11 @@ public func matrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
         return
     }
     // Blocks are multiples of 16 rows or columns, the width of the AVX-512 kernels.
+    // Every block packs the whole other operand again, so the blocks are few (two
+    // per worker) and at least 64 wide, and the longer side of c is the one cut:
+    // cutting the rows of c repacks b (k × n), cutting its columns repacks a (m × k).
     if m >= n {
-        parallelFor((m + 15) / 16) { blocks in
+        parallelFor((m + 15) / 16, minimumPerWorker: 4, rangesPerWorker: 2) { blocks in
             let first = blocks.lowerBound * 16, count = min(m, blocks.upperBound * 16) - first
             singleThreadedMatrixMultiply(c + first * ldc, ldc: ldc,
                                          transposeA ? a + first : a + first * lda, lda: lda, transposeA: transposeA,
@@ -30,7 +33,7 @@ public func matrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
                                          m: count, n: n, k: k, alpha: alpha, beta: beta)
         }
     } else {
-        parallelFor((n + 15) / 16) { blocks in
+        parallelFor((n + 15) / 16, minimumPerWorker: 4, rangesPerWorker: 2) { blocks in
             let first = blocks.lowerBound * 16, count = min(n, blocks.upperBound * 16) - first
             singleThreadedMatrixMultiply(c + first, ldc: ldc, a, lda: lda, transposeA: transposeA,
                                          transposeB ? b + first * ldb : b + first, ldb: ldb, transposeB: transposeB,

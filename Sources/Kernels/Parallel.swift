@@ -14,6 +14,9 @@ import Glibc
 /// The workers come from Dispatch's fixed global pool (`concurrentPerform`), so a
 /// call allocates no threads; with one thread the work runs inline on the caller.
 /// Code that calls `BLASRuntime.setThreads` itself oversubscribes the cores.
+///
+/// Work is only ever split so that each output element is computed by one worker in
+/// a fixed order, which makes every kernel's result independent of the thread count.
 public enum Parallel {
     /// Our pool's width; read by `parallelFor` and `matrixMultiply` on every call.
     /// Its first use also puts OpenBLAS on one thread, so that until `setThreads` is
@@ -50,14 +53,15 @@ public func parallelFor(_ count: Int, _ body: (Range<Int>) -> Void) {
 /// As `parallelFor(_:_:)`, with at least `minimumPerWorker` items per range, so that
 /// small loops run inline instead of paying for a hand-off to the pool.
 ///
-/// The work is cut into up to four ranges per worker, and each worker takes the next
-/// untaken range until none is left: when another process holds one core for a
-/// while (the normal case next to data-loading threads, or on a shared machine),
-/// the other workers finish its share instead of waiting for it.
-public func parallelFor(_ count: Int, minimumPerWorker: Int, _ body: (Range<Int>) -> Void) {
+/// The work is cut into up to `rangesPerWorker` ranges per worker, and each worker
+/// takes the next untaken range until none is left: when another process holds one
+/// core for a while (the normal case next to data-loading threads, or on a shared
+/// machine), the other workers finish its share instead of waiting for it.
+public func parallelFor(_ count: Int, minimumPerWorker: Int, rangesPerWorker: Int = 4,
+                        _ body: (Range<Int>) -> Void) {
     guard count > 0 else { return }
     let threads = Parallel.threads
-    let chunks = min(threads * 4, max(1, count / max(1, minimumPerWorker)))
+    let chunks = min(threads * max(1, rangesPerWorker), max(1, count / max(1, minimumPerWorker)))
     if threads == 1 || chunks == 1 {
         body(0..<count)
         return

@@ -10,30 +10,40 @@ import Kernels
 /// - patch_embed.proj.weight: xavier_uniform on its [D, C·p·p] view; its bias keeps the
 ///   Conv2d default U(±1/sqrt(fan_in)) with fan_in = C·p·p.
 /// - LayerNorm weights 1, biases 0; cls_token and mask_token normal(0, 0.02).
+///
+/// Tensors are filled in parallel (each has its own stream, so the values do not
+/// depend on which worker fills it).
 func initialiseParameters(_ parameters: UnsafeMutablePointer<Float>, table: ParameterTable, seed: UInt64) {
-    for (number, tensor) in table.tensors.enumerated() {
-        var random = CounterRandom(seed: seed, purpose: .initialisation, index: number)
-        let values = parameters + tensor.offset
-        let name = tensor.name
-        func uniform(_ bound: Double) {
-            for index in 0..<tensor.count { values[index] = Float(random.nextDouble(in: -bound..<bound)) }
-        }
-        func fill(_ value: Float) { values.update(repeating: value, count: tensor.count) }
-        if name == "cls_token" || name == "mask_token" {
-            for index in 0..<tensor.count { values[index] = Float(0.02 * random.nextNormal()) }
-        } else if name == "patch_embed.proj.weight" {
-            let fanOut = tensor.shape[0], fanIn = tensor.count / fanOut
-            uniform((6.0 / Double(fanIn + fanOut)).squareRoot())
-        } else if name == "patch_embed.proj.bias" {
-            let weight = table.tensor(named: "patch_embed.proj.weight")!
-            uniform(1 / Double(weight.count / weight.shape[0]).squareRoot())
-        } else if name.hasSuffix("norm1.weight") || name.hasSuffix("norm2.weight") || name == "norm.weight"
-                    || name == "decoder_norm.weight" {
-            fill(1)
-        } else if tensor.shape.count == 2 {
-            uniform((6.0 / Double(tensor.shape[0] + tensor.shape[1])).squareRoot())
-        } else {
-            fill(0)
-        }
+    parallelFor(table.tensors.count) { numbers in
+        for number in numbers { initialiseTensor(number, parameters, table: table, seed: seed) }
+    }
+}
+
+/// Fills tensor `number` of the table.
+private func initialiseTensor(_ number: Int, _ parameters: UnsafeMutablePointer<Float>, table: ParameterTable,
+                              seed: UInt64) {
+    let tensor = table.tensors[number]
+    var random = CounterRandom(seed: seed, purpose: .initialisation, index: number)
+    let values = parameters + tensor.offset
+    let name = tensor.name
+    func uniform(_ bound: Double) {
+        for index in 0..<tensor.count { values[index] = Float(random.nextDouble(in: -bound..<bound)) }
+    }
+    func fill(_ value: Float) { values.update(repeating: value, count: tensor.count) }
+    if name == "cls_token" || name == "mask_token" {
+        for index in 0..<tensor.count { values[index] = Float(0.02 * random.nextNormal()) }
+    } else if name == "patch_embed.proj.weight" {
+        let fanOut = tensor.shape[0], fanIn = tensor.count / fanOut
+        uniform((6.0 / Double(fanIn + fanOut)).squareRoot())
+    } else if name == "patch_embed.proj.bias" {
+        let weight = table.tensor(named: "patch_embed.proj.weight")!
+        uniform(1 / Double(weight.count / weight.shape[0]).squareRoot())
+    } else if name.hasSuffix("norm1.weight") || name.hasSuffix("norm2.weight") || name == "norm.weight"
+                || name == "decoder_norm.weight" {
+        fill(1)
+    } else if tensor.shape.count == 2 {
+        uniform((6.0 / Double(tensor.shape[0] + tensor.shape[1])).squareRoot())
+    } else {
+        fill(0)
     }
 }

@@ -6,6 +6,10 @@ import Kernels
 /// All trainable tensors live in one flat `parameters` buffer laid out by `table`
 /// (official names, order and shapes); `gradients` has the same layout.
 /// Activations live in one arena sized for the last batch shape.
+///
+/// One call at a time: the kernels inside a call use every worker of `Parallel`.
+/// The loss is 0 when no patch is removed (mask ratio 0), where the official code
+/// divides 0 by 0.
 public final class MAEModel {
     public let config: ModelConfig
     public let table: ParameterTable
@@ -53,7 +57,8 @@ public final class MAEModel {
         initialiseParameters(parameters.pointer, table: table, seed: seed)
     }
 
-    /// The prediction of the last call, [N, L, p·p·3] in patchify order.
+    /// The prediction of the last call, [N, L, p·p·3] in patchify order (valid until
+    /// the next call).
     public var prediction: UnsafePointer<Float> { UnsafePointer(activations?.prediction ?? empty.pointer) }
     /// The mask of the last call, [N, L], 1 = removed.
     public var mask: UnsafePointer<Float> { UnsafePointer(activations?.mask ?? empty.pointer) }
@@ -231,8 +236,9 @@ public final class MAEModel {
                           mean: a.decoderMean, reciprocalStd: a.decoderReciprocalStd, weight: p + decoderNormWeight,
                           residualGradient: nil, rows: batch * decoderTokens, width: decoderWidth)
         let decoder = decoderShape(a)
-        for (offsets, block) in zip(decoderOffsets, a.decoderBlocks).reversed() {
-            blockBackward(parameters: p, gradients: g, offsets: offsets, activations: block, scratch: d, shape: decoder)
+        for index in decoderOffsets.indices.reversed() {  // a reversed range allocates nothing
+            blockBackward(parameters: p, gradients: g, offsets: decoderOffsets[index], activations: a.decoderBlocks[index],
+                          scratch: d, shape: decoder)
         }
 
         // Decoder input → embedded tokens and the mask token (un-gather).
@@ -272,8 +278,9 @@ public final class MAEModel {
                           reciprocalStd: a.encoderReciprocalStd, weight: p + normWeight, residualGradient: nil,
                           rows: batch * encoderTokens, width: width)
         let encoder = encoderShape(a)
-        for (offsets, block) in zip(encoderOffsets, a.encoderBlocks).reversed() {
-            blockBackward(parameters: p, gradients: g, offsets: offsets, activations: block, scratch: d, shape: encoder)
+        for index in encoderOffsets.indices.reversed() {
+            blockBackward(parameters: p, gradients: g, offsets: encoderOffsets[index], activations: a.encoderBlocks[index],
+                          scratch: d, shape: encoder)
         }
 
         // Encoder input → cls token and the patch embedding.

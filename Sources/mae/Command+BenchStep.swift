@@ -41,7 +41,8 @@ struct BenchStepCommand: Subcommand {
 
         Parallel.setThreads(threads)
         let model = MAEModel(config: config, seed: seed)
-        print(BLASRuntime.banner)
+        // OpenBLAS's own count is 1 per product when our pool splits the products.
+        print(BLASRuntime.banner + (Parallel.splitsProducts ? " per product, pool threads=\(Parallel.threads)" : ""))
         print("model \(config.name) image \(config.imageSize) patch \(config.patchSize) params \(model.table.count) "
               + "batch \(batch) mask_ratio \(maskRatio) norm_pix_loss \(normPixLoss) threads \(threads) steps \(steps)")
 

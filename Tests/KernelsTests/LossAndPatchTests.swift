@@ -123,13 +123,36 @@ import Testing
         expectClose(sums.toArray(), expected, absolute: 1e-5, "column sums")
     }
 
+    @Test func residualAddOnTwoThreads() {
+        let (rows, width) = (300, 37)
+        let stream = randomValues(rows * width, seed: 52), branch = randomValues(rows * width, seed: 53)
+        let streamBuffer = buffer(stream), branchBuffer = buffer(branch)
+        let before = Parallel.threads
+        Parallel.setThreads(2)
+        residualAdd(streamBuffer.pointer, branchBuffer.pointer, rows: rows, width: width)
+        Parallel.setThreads(before)
+        expectClose(streamBuffer.toArray(), zip(stream, branch).map { Double(Float($0) + Float($1)) }, absolute: 0,
+                    "residual add")
+        withExtendedLifetime(branchBuffer) {}
+    }
+
+    @Test func zeroClearsLargeBuffersOnTwoThreads() {
+        let values = FloatBuffer([Float](repeating: 3, count: 3 << 20 | 5))
+        let before = Parallel.threads
+        Parallel.setThreads(2)
+        values.zero()
+        Parallel.setThreads(before)
+        #expect(values.toArray().allSatisfy { $0 == 0 })
+    }
+
     @Test func parallelForCoversEveryIndexOnce() {
         let before = Parallel.threads
         Parallel.setThreads(2)
         let counts = FloatBuffer(count: 1001)
         parallelFor(1001) { range in for index in range { counts[index] += 1 } }
+        parallelFor(1001, minimumPerWorker: 100, rangesPerWorker: 3) { range in for index in range { counts[index] += 1 } }
         Parallel.setThreads(before)
-        #expect(counts.toArray() == [Float](repeating: 1, count: 1001))
+        #expect(counts.toArray() == [Float](repeating: 2, count: 1001))
         #expect(Parallel.threads == before)
     }
 }
