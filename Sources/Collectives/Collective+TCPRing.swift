@@ -11,9 +11,10 @@
 /// The steps are not separated by waits: the transfer is one stream per direction.
 /// Bytes of step s are sent as soon as the same bytes of step s−1 have arrived and
 /// been reduced, so a chunk flows through in pieces of at most `segmentBytes` while
-/// the next piece is on the wire. One thread drives both directions with
-/// non-blocking sockets and `poll`, reducing each received piece from a small
-/// cache-resident scratch buffer. Nothing is allocated per call.
+/// the next piece is on the wire. A sender thread sends while the calling thread
+/// receives and reduces each piece from a small cache-resident scratch buffer
+/// (or, with `sendsOnSeparateThread` false, one thread alternates between the two
+/// with non-blocking sockets and `poll`). No buffers are allocated per call.
 ///
 /// Determinism: element e of chunk c is summed in ring order starting at rank c,
 /// ((x_c + x_{c+1}) + x_{c+2}) + … + x_{c−1}, and a mean divides that sum by N.
