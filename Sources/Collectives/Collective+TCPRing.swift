@@ -212,6 +212,13 @@ public final class TCPRingCollective: Collective {
             let used = lanesUsed(count: count, elementBytes: elementBytes, lanes: lanes.count,
                                  minimumLaneBytes: minimumLaneBytes)
             do {
+                // The first lane to fail records its error (the cause) and shuts every
+                // lane down, so the others fail at once with consequences, not causes.
+                let firstFailure = FirstFailure()
+                let fail = { [lanes] (error: Error) in
+                    firstFailure.record(error)
+                    for lane in lanes { lane.shutdown() }
+                }
                 // Lanes 1… run on their workers while this thread runs lane 0.
                 for index in stride(from: used - 1, to: 0, by: -1) {
                     let lane = lanes[index]
@@ -220,28 +227,19 @@ public final class TCPRingCollective: Collective {
                                             root: UInt32(root))
                     let start = buffer + slice.start * elementBytes
                     lane.worker!.submit { [self] in
-                        do {
-                            try transfer(on: lane, header, start, count: slice.count)
-                        } catch {
-                            for other in lanes { other.shutdown() }  // wakes the other lanes at once
-                            throw error
-                        }
+                        do { try transfer(on: lane, header, start, count: slice.count) } catch { fail(error) }
                     }
                 }
-                var firstError: Error?
                 do {
                     let slice = laneSlice(0, count: count, lanesUsed: used)
                     let header = CallHeader(operation: operation, sequence: sequence, count: UInt64(slice.count),
                                             root: UInt32(root))
                     try transfer(on: lanes[0], header, buffer, count: slice.count)
                 } catch {
-                    for other in lanes { other.shutdown() }
-                    firstError = error
+                    fail(error)
                 }
-                for index in 1..<max(used, 1) {
-                    do { try lanes[index].worker!.wait() } catch { firstError = firstError ?? error }
-                }
-                if let firstError { throw firstError }
+                for index in 1..<max(used, 1) { try? lanes[index].worker!.wait() }
+                if let error = firstFailure.error { throw error }
             } catch {
                 failure = "an earlier call failed: \(error)"
                 for lane in lanes { lane.close() }
@@ -344,4 +342,13 @@ public final class TCPRingCollective: Collective {
         let slice = Deadline.after(seconds: min(pollSliceSeconds, timeoutSeconds - idle))
         _ = try socket.wait(for: Int16(POLLIN), until: slice, context: "rank \(rank) waiting for rank \(left)")
     }
+}
+
+/// The first error recorded by any of a call's lanes.
+final class FirstFailure: @unchecked Sendable {
+    private let lock = Lock()
+    private var first: Error?
+
+    func record(_ error: Error) { lock.withLock { if first == nil { first = error } } }
+    var error: Error? { lock.withLock { first } }
 }
