@@ -11,9 +11,10 @@
 /// The steps are not separated by waits: the transfer is one stream per direction.
 /// Bytes of step s are sent as soon as the same bytes of step s−1 have arrived and
 /// been reduced, so a chunk flows through in pieces of at most `segmentBytes` while
-/// the next piece is on the wire. One thread drives both directions with
-/// non-blocking sockets and `poll`, reducing each received piece from a small
-/// cache-resident scratch buffer. Nothing is allocated per call.
+/// the next piece is on the wire. A sender thread sends while the calling thread
+/// receives and reduces each piece from a small cache-resident scratch buffer
+/// (or, with `sendsOnSeparateThread` false, one thread alternates between the two
+/// with non-blocking sockets and `poll`). No buffers are allocated per call.
 ///
 /// Determinism: element e of chunk c is summed in ring order starting at rank c,
 /// ((x_c + x_{c+1}) + x_{c+2}) + … + x_{c−1}, and a mean divides that sum by N.
@@ -211,6 +212,13 @@ public final class TCPRingCollective: Collective {
             let used = lanesUsed(count: count, elementBytes: elementBytes, lanes: lanes.count,
                                  minimumLaneBytes: minimumLaneBytes)
             do {
+                // The first lane to fail records its error (the cause) and shuts every
+                // lane down, so the others fail at once with consequences, not causes.
+                let firstFailure = FirstFailure()
+                let fail = { [lanes] (error: Error) in
+                    firstFailure.record(error)
+                    for lane in lanes { lane.shutdown() }
+                }
                 // Lanes 1… run on their workers while this thread runs lane 0.
                 for index in stride(from: used - 1, to: 0, by: -1) {
                     let lane = lanes[index]
@@ -219,28 +227,19 @@ public final class TCPRingCollective: Collective {
                                             root: UInt32(root))
                     let start = buffer + slice.start * elementBytes
                     lane.worker!.submit { [self] in
-                        do {
-                            try transfer(on: lane, header, start, count: slice.count)
-                        } catch {
-                            for other in lanes { other.shutdown() }  // wakes the other lanes at once
-                            throw error
-                        }
+                        do { try transfer(on: lane, header, start, count: slice.count) } catch { fail(error) }
                     }
                 }
-                var firstError: Error?
                 do {
                     let slice = laneSlice(0, count: count, lanesUsed: used)
                     let header = CallHeader(operation: operation, sequence: sequence, count: UInt64(slice.count),
                                             root: UInt32(root))
                     try transfer(on: lanes[0], header, buffer, count: slice.count)
                 } catch {
-                    for other in lanes { other.shutdown() }
-                    firstError = error
+                    fail(error)
                 }
-                for index in 1..<max(used, 1) {
-                    do { try lanes[index].worker!.wait() } catch { firstError = firstError ?? error }
-                }
-                if let firstError { throw firstError }
+                for index in 1..<max(used, 1) { try? lanes[index].worker!.wait() }
+                if let error = firstFailure.error { throw error }
             } catch {
                 failure = "an earlier call failed: \(error)"
                 for lane in lanes { lane.close() }
@@ -343,4 +342,13 @@ public final class TCPRingCollective: Collective {
         let slice = Deadline.after(seconds: min(pollSliceSeconds, timeoutSeconds - idle))
         _ = try socket.wait(for: Int16(POLLIN), until: slice, context: "rank \(rank) waiting for rank \(left)")
     }
+}
+
+/// The first error recorded by any of a call's lanes.
+final class FirstFailure: @unchecked Sendable {
+    private let lock = Lock()
+    private var first: Error?
+
+    func record(_ error: Error) { lock.withLock { if first == nil { first = error } } }
+    var error: Error? { lock.withLock { first } }
 }

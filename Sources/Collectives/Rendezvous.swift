@@ -46,7 +46,7 @@ public struct RendezvousConfig: Sendable {
 
     public init(rank: Int, worldSize: Int, address: String = "127.0.0.1:29500", jobToken: String,
                 generation: Int = 0, timeoutSeconds: Double = 30, listenHost: String = "127.0.0.1",
-                hostsRendezvous: Bool? = nil, segmentBytes: Int = 1 << 20, socketBufferBytes: Int = 4 << 20,
+                hostsRendezvous: Bool? = nil, segmentBytes: Int = 1 << 20, socketBufferBytes: Int = 256 << 10,
                 sendsOnSeparateThread: Bool = true, lanes: Int = 4, minimumLaneBytes: Int = 1 << 20) {
         self.rank = rank
         self.worldSize = worldSize

@@ -32,7 +32,7 @@ struct CollectiveWorkerCommand: Subcommand {
             OptionSpec("sender-thread", value: "BOOL", default: "yes",
                        help: "yes: a second thread sends while the first receives and reduces; no: one thread (tcp)"),
             OptionSpec("lanes", value: "K", default: "4", help: "independent rings a call is divided over (tcp)"),
-            OptionSpec("socket-buffer-bytes", value: "B", default: "4194304", help: "SO_SNDBUF/SO_RCVBUF, 0: kernel autotuning (tcp)"),
+            OptionSpec("socket-buffer-bytes", value: "B", default: "262144", help: "SO_SNDBUF/SO_RCVBUF, 0: kernel autotuning (tcp)"),
         ])
 
     static func run(_ options: ParsedOptions) throws {
