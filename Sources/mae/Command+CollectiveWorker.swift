@@ -9,6 +9,7 @@ import Glibc
 /// Started by `mae bench allreduce`, by `mpirun`, and by the collective tests.
 struct CollectiveWorkerCommand: Subcommand {
     static let words = ["collective-worker"]
+    static let isInternal = true
     static let spec = CommandSpec(
         name: "mae collective-worker",
         summary: "Internal: one rank of a collective benchmark or test (started by 'mae bench allreduce', "

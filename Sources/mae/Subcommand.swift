@@ -12,6 +12,12 @@ protocol Subcommand {
     static var spec: CommandSpec { get }
     /// Runs it; throws with a one-line message on bad input or failure.
     static func run(_ options: ParsedOptions) throws
+    /// True for commands that other programs start (left out of `mae --help`).
+    static var isInternal: Bool { get }
+}
+
+extension Subcommand {
+    static var isInternal: Bool { false }
 }
 
 /// Finds the subcommand named by the leading words of `arguments`, parses its
@@ -22,9 +28,10 @@ func dispatch(_ arguments: [String], among subcommands: [any Subcommand.Type]) -
         .filter { arguments.starts(with: $0.words) }
         .max { $0.words.count < $1.words.count }
     guard let command = match else {
-        let names = subcommands.map { "mae " + $0.words.joined(separator: " ") }
+        let listed = subcommands.filter { !$0.isInternal }
+        let names = listed.map { "mae " + $0.words.joined(separator: " ") }
         let width = (names.map(\.count).max() ?? 0) + 2
-        let list = zip(names, subcommands).map { name, command in
+        let list = zip(names, listed).map { name, command in
             "  " + name + String(repeating: " ", count: width - name.count) + firstSentence(command.spec.summary)
         }
         let isHelp = arguments.isEmpty || arguments == ["--help"] || arguments == ["-h"] || arguments == ["help"]
