@@ -41,16 +41,18 @@ let package = Package(
         .target(name: "Options", swiftSettings: sharedSwiftSettings),
 
         // MARK: Modules, in their one direction of dependency
+        // System: the system call wrappers (EINTR retried, errors naming call and path).
+        .target(name: "System", swiftSettings: sharedSwiftSettings),
         .target(name: "Kernels", dependencies: ["CBLAS", "CSupport"],
                 swiftSettings: sharedSwiftSettings),
-        .target(name: "Model", dependencies: ["Kernels"],
+        .target(name: "Model", dependencies: ["Kernels", "System"],
                 swiftSettings: sharedSwiftSettings),
-        .target(name: "Data", dependencies: ["Kernels", "CImageCodec"],
+        .target(name: "Data", dependencies: ["Kernels", "CImageCodec", "System"],
                 swiftSettings: sharedSwiftSettings),
         .target(name: "Collectives",
                 dependencies: ["Kernels", .target(name: "CMPI", condition: .when(traits: ["MPI"]))],
                 swiftSettings: sharedSwiftSettings),
-        .target(name: "Training", dependencies: ["Model", "Data", "Collectives", "Options"],
+        .target(name: "Training", dependencies: ["Model", "Data", "Collectives", "Options", "System"],
                 swiftSettings: sharedSwiftSettings),
 
         // MARK: Executables: option parsing and a call into the modules
@@ -62,16 +64,18 @@ let package = Package(
         // MARK: Tests, one target per module
         .testTarget(name: "OptionsTests", dependencies: ["Options"],
                     swiftSettings: sharedSwiftSettings),
+        .testTarget(name: "SystemTests", dependencies: ["System"],
+                    swiftSettings: sharedSwiftSettings),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"],
                     swiftSettings: sharedSwiftSettings),
         .testTarget(name: "ModelTests", dependencies: ["Model"],
                     resources: [.copy("Fixtures")],
                     swiftSettings: sharedSwiftSettings),
-        .testTarget(name: "DataTests", dependencies: ["Data"],
+        .testTarget(name: "DataTests", dependencies: ["Data", "System"],
                     swiftSettings: sharedSwiftSettings),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives"],
                     swiftSettings: sharedSwiftSettings),
-        .testTarget(name: "TrainingTests", dependencies: ["Training"],
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "System"],
                     swiftSettings: sharedSwiftSettings),
     ]
 )

@@ -1,4 +1,5 @@
 import Kernels
+import System
 #if canImport(Glibc)
 import Glibc
 #else

@@ -1,4 +1,5 @@
 import CImageCodec
+import System
 #if canImport(Glibc)
 import Glibc
 #else
@@ -30,7 +31,7 @@ public final class ImageDecoder {
     /// Decodes the file at `path`. The view is valid until the next call (keep the decoder alive meanwhile).
     /// Throws a `DataError` naming the file for an unreadable, corrupt or truncated image.
     public func decode(path: String) throws -> RGBImageView {
-        let count = try FileSystem.readFile(path, into: fileBytes)
+        let count = try DataError.reportingSystemCalls { try FileSystem.readFile(path, into: fileBytes) }
         do {
             return try decode(bytes: fileBytes.pointer, count: count)
         } catch let error as DataError {
@@ -69,7 +70,7 @@ public enum ImageFileFormat: Sendable {
 /// Encodes 8-bit interleaved RGB (`width × height × 3` bytes) and writes it to `path`.
 public func writeImage(path: String, rgb: UnsafePointer<UInt8>, width: Int, height: Int, format: ImageFileFormat) throws {
     let bytes = try encodeImage(rgb: rgb, width: width, height: height, format: format)
-    try bytes.withUnsafeBytes { try FileSystem.writeFile(path, bytes: $0.baseAddress!, count: $0.count) }
+    try DataError.reportingSystemCalls { try FileSystem.writeFile(path, bytes: bytes) }
 }
 
 /// Encodes 8-bit interleaved RGB as JPEG (libjpeg-turbo, 4:2:0) or PNG.

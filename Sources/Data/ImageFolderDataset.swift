@@ -1,3 +1,5 @@
+import System
+
 /// An ImageNet-style folder of images, listed once and sorted, as torchvision's
 /// `datasets.ImageFolder` lists it: `ROOT/<split>/<class>/<image>` (or, for the
 /// training split, `ROOT/<class>/<image>` when ROOT holds the class folders directly).
@@ -48,7 +50,8 @@ public struct ImageFolderDataset: Sendable {
             throw DataError("dataset folder \(root) has no '\(split)' folder; expected \(splitFolder)/<class>/<image>")
         }
 
-        let classes = try FileSystem.entries(of: directory)
+        let folder = directory  // a closure cannot capture self before init ends
+        let classes = try DataError.reportingSystemCalls { try FileSystem.entries(of: folder) }
             .filter { $0.kind == .directory }
             .map(\.name)
             .sorted(by: pythonOrder)
@@ -92,7 +95,7 @@ public struct ImageFolderDataset: Sendable {
         guard depth < 64 else {
             throw DataError("folders nested deeper than 64 levels at \(base)/\(relative) (a symbolic link loop?); remove the loop")
         }
-        let entries = try FileSystem.entries(of: base + "/" + relative)
+        let entries = try DataError.reportingSystemCalls { try FileSystem.entries(of: base + "/" + relative) }
         let images = entries.filter { $0.kind != .directory && isImageName($0.name) }.map(\.name).sorted(by: pythonOrder)
         folders.append((relative, images))
         for entry in entries where entry.kind == .directory {

@@ -1,3 +1,5 @@
+import System
+
 /// Pillow's 8-bit bicubic resampling (`Image.resize(size, Image.BICUBIC)` on an RGB
 /// image, src/libImaging/Resample.c), reproduced exactly so that our crops equal
 /// torchvision's PIL path pixel for pixel:

@@ -1,4 +1,5 @@
 import Kernels
+import System
 #if canImport(Glibc)
 import Glibc
 #else
@@ -25,23 +26,23 @@ public func synthesizeDataset(root: String, classes: Int, perClass: Int, valPerC
     }
     let marker = root + "/SYNTHETIC.txt"
     for split in ["train", "val"] where FileSystem.kind(of: root + "/" + split) == .directory {
-        let hasContent = !(try FileSystem.entries(of: root + "/" + split)).isEmpty
+        let hasContent = !(try DataError.reportingSystemCalls { try FileSystem.entries(of: root + "/" + split) }).isEmpty
         if hasContent && FileSystem.kind(of: marker) != .regularFile {
             throw DataError("\(root)/\(split) already holds files that 'mae synth-data' did not write; "
                 + "choose an empty or new folder")
         }
     }
-    try FileSystem.makeDirectories(root)
+    try DataError.reportingSystemCalls { try FileSystem.makeDirectories(root) }
     let description = "synthetic MAE dataset: classes=\(classes) per-class=\(perClass) val-per-class=\(valPerClass) "
         + "size=\(size) seed=\(seed)\n"
-    try Array(description.utf8).withUnsafeBytes { try FileSystem.writeFile(marker, bytes: $0.baseAddress!, count: $0.count) }
+    try DataError.reportingSystemCalls { try FileSystem.writeFile(marker, bytes: Array(description.utf8)) }
 
     let painter = SyntheticPainter(size: size, seed: seed)
     for (split, count, firstIndex) in [("train", perClass, 0), ("val", valPerClass, classes * perClass)] where count > 0 {
         for label in 0..<classes {
             let className = "class_" + zeroPadded(label, width: 3)
             let folder = root + "/" + split + "/" + className
-            try FileSystem.makeDirectories(folder)
+            try DataError.reportingSystemCalls { try FileSystem.makeDirectories(folder) }
             for number in 0..<count {
                 let index = firstIndex + label * count + number
                 painter.paint(label: label, index: index)

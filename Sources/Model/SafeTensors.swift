@@ -1,5 +1,6 @@
 import Foundation
 import Kernels
+import System
 #if canImport(Glibc)
 import Glibc
 #else
@@ -259,20 +260,19 @@ public struct SafeTensorsFile: @unchecked Sendable {
         var header = Array("{\(fields.joined(separator: ","))}".utf8)
         header.append(contentsOf: repeatElement(UInt8(ascii: " "), count: (8 - header.count % 8) % 8))
 
-        let descriptor = try PosixFile.open(path, flags: O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC)
+        let descriptor = try FileSystem.open(path, flags: O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC)
         do {
             var length = UInt64(header.count).littleEndian
-            try withUnsafeBytes(of: &length) { try PosixFile.writeAll(descriptor, $0.baseAddress!, count: 8, path: path) }
-            try header.withUnsafeBytes { try PosixFile.writeAll(descriptor, $0.baseAddress!, count: $0.count, path: path) }
+            try withUnsafeBytes(of: &length) { try FileSystem.writeAll(descriptor, $0, path: path) }
+            try header.withUnsafeBytes { try FileSystem.writeAll(descriptor, $0, path: path) }
             for tensor in tensors {
-                guard let base = tensor.data.baseAddress, tensor.data.count > 0 else { continue }
-                try PosixFile.writeAll(descriptor, base, count: tensor.data.count * 4, path: path)
+                try FileSystem.writeAll(descriptor, UnsafeRawBufferPointer(tensor.data), path: path)
             }
         } catch {
-            _ = Glibc.close(descriptor)
+            FileSystem.close(descriptor)
             throw error
         }
-        try PosixFile.close(descriptor, path: path)
+        try FileSystem.close(descriptor, path: path)
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import System
 
 /// A complete checkpoint found on disk.
 public struct CheckpointEntry: Sendable, Equatable {
@@ -55,43 +56,47 @@ public struct CheckpointStore: Sendable {
     /// - Returns: the final checkpoint directory.
     @discardableResult
     public func write(state: CheckpointState, writeFiles: (String) throws -> [String]) throws -> String {
-        try FileSystem.makeDirectories(directory)
         let name = Self.directoryName(step: state.step)
         let temporary = directory + "/" + Self.temporaryPrefix + name + "-\(getpid())"
         let final = directory + "/" + name
-        try FileSystem.removeTree(temporary)
-        try FileSystem.makeDirectory(temporary)
+        try TrainingError.reportingSystemCalls {
+            try FileSystem.makeDirectories(directory)
+            try FileSystem.removeTree(temporary)
+            try FileSystem.makeDirectory(temporary)
+        }
 
         var state = state
         var checksums: [String: String] = [:]
         for file in try writeFiles(temporary) {
             let path = temporary + "/" + file
-            try FileSystem.fsync(path: path)
+            try TrainingError.reportingSystemCalls { try FileSystem.fsync(path: path) }
             checksums[file] = try FNV1a64.ofFile(path)
         }
         state.checksums = checksums
         let stateBytes = try state.encoded()
-        try FileSystem.writeFile(temporary + "/" + Self.stateFileName, bytes: stateBytes)
-        try FileSystem.fsync(path: temporary)
-
-        // An older directory of the same step (an unfinished write, or a checkpoint this run
-        // went back behind) gives way to the new one.
-        try FileSystem.removeTree(final)
-        try FileSystem.rename(temporary, final)
-        try FileSystem.fsync(path: directory)
-
         var hash = FNV1a64()
         stateBytes.withUnsafeBytes { hash.update($0) }
         let marker = "complete \(Self.stateFileName) fnv1a64:\(hash.hex)\n"
-        try FileSystem.writeFile(final + "/" + Self.completeMarkerName, bytes: Array(marker.utf8))
-        try FileSystem.fsync(path: final)
+        try TrainingError.reportingSystemCalls {
+            try FileSystem.writeFile(temporary + "/" + Self.stateFileName, bytes: stateBytes, synchronize: true)
+            try FileSystem.fsync(path: temporary)
+
+            // An older directory of the same step (an unfinished write, or a checkpoint this run
+            // went back behind) gives way to the new one.
+            try FileSystem.removeTree(final)
+            try FileSystem.rename(temporary, final)
+            try FileSystem.fsync(path: directory)
+
+            try FileSystem.writeFile(final + "/" + Self.completeMarkerName, bytes: Array(marker.utf8), synchronize: true)
+            try FileSystem.fsync(path: final)
+        }
         return final
     }
 
     /// Complete checkpoints (with the marker), oldest first. Directories without the marker are skipped.
     public func completeCheckpoints() throws -> [CheckpointEntry] {
         guard FileSystem.isDirectory(directory) else { return [] }
-        return try FileSystem.contents(of: directory).compactMap { name -> CheckpointEntry? in
+        return try TrainingError.reportingSystemCalls { try FileSystem.contents(of: directory) }.compactMap { name -> CheckpointEntry? in
             guard let step = Self.step(ofDirectoryName: name) else { return nil }
             let path = directory + "/" + name
             guard FileSystem.exists(path + "/" + Self.completeMarkerName) else { return nil }
@@ -107,8 +112,8 @@ public struct CheckpointStore: Sendable {
             throw TrainingError.checkpoint("\(path) is not a complete checkpoint (no \(completeMarkerName) marker): "
                                            + "its write did not finish")
         }
-        let marker = String(decoding: try FileSystem.readFile(markerPath), as: UTF8.self)
-        let stateBytes = try FileSystem.readFile(path + "/" + stateFileName)
+        let marker = String(decoding: try TrainingError.reportingSystemCalls { try FileSystem.readFile(markerPath) }, as: UTF8.self)
+        let stateBytes = try TrainingError.reportingSystemCalls { try FileSystem.readFile(path + "/" + stateFileName) }
         var hash = FNV1a64()
         stateBytes.withUnsafeBytes { hash.update($0) }
         guard marker.contains("fnv1a64:" + hash.hex) else {
@@ -142,8 +147,10 @@ public struct CheckpointStore: Sendable {
                 var note = "trying an older one"
                 if setAsideDamaged {
                     let aside = directory + "/" + Self.damagedPrefix + Self.directoryName(step: entry.step) + "-\(getpid())"
-                    try FileSystem.rename(entry.path, aside)
-                    try FileSystem.fsync(path: directory)
+                    try TrainingError.reportingSystemCalls {
+                        try FileSystem.rename(entry.path, aside)
+                        try FileSystem.fsync(path: directory)
+                    }
                     note = "moved it to \(aside); " + note
                 }
                 warn("warning: skipping checkpoint \(entry.path): \(error); \(note)")
@@ -168,11 +175,11 @@ public struct CheckpointStore: Sendable {
                state.isEpochEnd, state.epoch > 0, state.epoch % keepEveryEpochs == 0 {
                 continue
             }
-            try FileSystem.removeTree(entry.path)
+            try TrainingError.reportingSystemCalls { try FileSystem.removeTree(entry.path) }
             removed.append(entry.path)
         }
         let newest = complete.last?.step ?? Int.max
-        for name in try FileSystem.contents(of: directory) {
+        for name in try TrainingError.reportingSystemCalls({ try FileSystem.contents(of: directory) }) {
             let path = directory + "/" + name
             let unfinishedStep: Int?
             if name.hasPrefix(Self.temporaryPrefix) {
@@ -183,7 +190,7 @@ public struct CheckpointStore: Sendable {
                 unfinishedStep = nil
             }
             if let step = unfinishedStep, step < newest {
-                try FileSystem.removeTree(path)
+                try TrainingError.reportingSystemCalls { try FileSystem.removeTree(path) }
                 removed.append(path)
             }
         }
@@ -191,6 +198,7 @@ public struct CheckpointStore: Sendable {
     }
 
     static func readStateUnverified(_ path: String) throws -> CheckpointState {
-        try CheckpointState.decode(try FileSystem.readFile(path + "/" + stateFileName), path: path + "/" + stateFileName)
+        let bytes = try TrainingError.reportingSystemCalls { try FileSystem.readFile(path + "/" + stateFileName) }
+        return try CheckpointState.decode(bytes, path: path + "/" + stateFileName)
     }
 }

@@ -1,3 +1,4 @@
+import System
 #if canImport(Glibc)
 import Glibc
 #else
@@ -29,20 +30,18 @@ public struct FNV1a64: Sendable {
 
     /// The hash of a whole file, read in 1 MiB pieces, as "fnv1a64:<hex>".
     public static func ofFile(_ path: String) throws -> String {
-        let descriptor = try FileSystem.open(path, O_RDONLY | O_CLOEXEC)
-        defer { FileSystem.close(descriptor) }
-        var hash = FNV1a64()
-        let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
-        defer { chunk.deallocate() }
-        while true {
-            let count = Glibc.read(descriptor, chunk.baseAddress!, chunk.count)
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw TrainingError.system(call: "read", path: path, errno: errno)
+        try TrainingError.reportingSystemCalls {
+            let descriptor = try FileSystem.open(path, flags: O_RDONLY | O_CLOEXEC)
+            defer { FileSystem.close(descriptor) }
+            var hash = FNV1a64()
+            let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
+            defer { chunk.deallocate() }
+            while true {
+                let count = try FileSystem.read(descriptor, into: chunk.baseAddress!, count: chunk.count, path: path)
+                if count == 0 { break }
+                hash.update(UnsafeRawBufferPointer(rebasing: chunk[0..<count]))
             }
-            if count == 0 { break }
-            hash.update(UnsafeRawBufferPointer(rebasing: chunk[0..<count]))
+            return "fnv1a64:" + hash.hex
         }
-        return "fnv1a64:" + hash.hex
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Kernels
+import System
 #if canImport(Glibc)
 import Glibc
 #else
@@ -68,13 +69,13 @@ public final class RunLog {
     /// Appends one JSON object as a line to `log.txt` (rank 0 only).
     public func appendEpochLog(_ fields: [(String, JSONValue)]) throws {
         guard rank == 0 else { return }
-        try FileSystem.append(epochLogPath, text: jsonLine(fields) + "\n")
+        try TrainingError.reportingSystemCalls { try FileSystem.append(epochLogPath, text: jsonLine(fields) + "\n") }
     }
 
     /// Appends one JSON object as a line to `metrics.jsonl` (rank 0 only).
     public func appendMetrics(_ fields: [(String, JSONValue)]) throws {
         guard rank == 0 else { return }
-        try FileSystem.append(metricsPath, text: jsonLine(fields) + "\n")
+        try TrainingError.reportingSystemCalls { try FileSystem.append(metricsPath, text: jsonLine(fields) + "\n") }
     }
 }
 

@@ -1,3 +1,5 @@
+import System
+
 /// Everything that stops a training run, each with a one-line description that says
 /// what went wrong and what to do.
 public enum TrainingError: Error, CustomStringConvertible, Equatable {
@@ -28,10 +30,20 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
             return "cannot resume: the checkpoint was made with different settings: " + differences.joined(separator: "; ")
                 + ". Pass the checkpoint's settings, or start a new --run-dir."
         case let .system(call, path, code):
-            return "\(call)(\(path)) failed: \(systemErrorText(code))"
+            return "\(call)(\(path)) failed: \(SystemCallError.reason(for: code)) (errno \(code))"
         case let .dataEndedEarly(epoch, batch):
             return "the data loader ended epoch \(epoch) at batch \(batch), before the batches it announced; "
                 + "was the dataset changed while training?"
+        }
+    }
+}
+
+extension TrainingError {
+    /// Runs `body`, reporting a failed system call as `.system`, since Training's API
+    /// throws `TrainingError` (and `CheckpointStore` tells damaged checkpoints by it).
+    static func reportingSystemCalls<Result>(_ body: () throws -> Result) rethrows -> Result {
+        do { return try body() } catch let error as SystemCallError {
+            throw TrainingError.system(call: error.call, path: error.path, errno: error.code)
         }
     }
 }

@@ -3,6 +3,7 @@ import Data
 import Foundation
 import Kernels
 import Model
+import System
 
 /// Where a run stands between optimizer steps: what a checkpoint must restore.
 struct TrainingPosition: Equatable {
@@ -74,7 +75,7 @@ final class TrainingSession {
         self.log = log
         rank = collective.rank
         worldSize = collective.worldSize
-        try FileSystem.makeDirectories(config.runDirectory)
+        try TrainingError.reportingSystemCalls { try FileSystem.makeDirectories(config.runDirectory) }
         Parallel.setThreads(config.threads)
 
         dataset = try ImageFolderDataset(root: config.dataRoot, split: "train")

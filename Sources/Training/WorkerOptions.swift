@@ -1,6 +1,7 @@
 import Foundation
 import Model
 import Options
+import System
 
 /// How this worker joins its job.
 public struct DistributedSettings: Sendable, Equatable {

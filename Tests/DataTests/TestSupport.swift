@@ -1,5 +1,6 @@
 import Foundation
 @testable import Data
+import System
 
 /// A fresh folder under the system temporary folder, removed by `remove()`.
 struct TemporaryFolder {
@@ -19,7 +20,7 @@ struct TemporaryFolder {
     func write(_ relative: String, bytes: [UInt8]) throws {
         let full = path + "/" + relative
         try FileSystem.makeDirectories(String(full[..<full.lastIndex(of: "/")!]))
-        try bytes.withUnsafeBytes { try FileSystem.writeFile(full, bytes: $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, count: $0.count) }
+        try FileSystem.writeFile(full, bytes: bytes)
     }
 
     func read(_ relative: String) throws -> [UInt8] {

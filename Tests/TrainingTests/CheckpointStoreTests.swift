@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import Training
+import System
 
 /// Collects the store's warnings (the store calls from one thread at a time in these tests).
 final class WarningLog: @unchecked Sendable {
