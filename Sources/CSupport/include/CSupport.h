@@ -13,4 +13,15 @@ const char *mae_cpu_best_openblas_core(void);
 /// 1 when the CPU supports the named feature ("avx512f", "avx2", "fma", ...).
 int mae_cpu_supports(const char *feature);
 
+/// A hint to the CPU that the caller is spinning on a memory location (x86 PAUSE),
+/// which Swift cannot emit: it frees the core's shared resources for the other
+/// hyper-thread and saves power while our pool's workers wait for work.
+static inline void mae_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 #endif
