@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build needs, when they are missing.
-# usage: tools/install-deps.sh [--mpi] [--test]
+# usage: tools/install-deps.sh [--mpi]
 #   --mpi   also Open MPI (libopenmpi-dev, openmpi-bin) for the MPI backend
-#   --test  also what the tests need (iproute2 for network namespaces)
 # As root it runs apt-get; otherwise it prints the exact command and stops.
 set -euo pipefail
 
@@ -21,10 +20,7 @@ for argument in "$@"; do
             need libopenmpi-dev pkg-config --exists ompi-c
             need openmpi-bin command -v mpirun
             ;;
-        --test)
-            need iproute2 command -v ip
-            ;;
-        *) echo "install-deps.sh: unknown option $argument (expected --mpi or --test)" >&2; exit 2 ;;
+        *) echo "install-deps.sh: unknown option $argument (expected --mpi)" >&2; exit 2 ;;
     esac
 done
 
