@@ -17,12 +17,7 @@ struct BenchAllReduceCommand: Subcommand {
             OptionSpec("backend", value: "NAME", default: "tcp", help: "tcp (our ring) or mpi (Open MPI under mpirun)"),
             OptionSpec("mpi-btl", value: "LIST", default: "tcp,self", help: "Open MPI transports for --backend mpi"),
             OptionSpec("timeout", value: "SECONDS", default: "60", help: "collective timeout (tcp)"),
-            OptionSpec("segment-bytes", value: "B", default: "1048576", help: "bytes per send/receive (tcp)"),
-            OptionSpec("sender-thread", value: "BOOL", default: "yes",
-                       help: "yes: a second thread sends while the first receives and reduces; no: one thread (tcp)"),
-            OptionSpec("lanes", value: "K", default: "4", help: "independent rings a call is divided over (tcp)"),
-            OptionSpec("socket-buffer-bytes", value: "B", default: "262144", help: "SO_SNDBUF/SO_RCVBUF, 0: kernel autotuning (tcp)"),
-        ])
+        ] + ringTuningOptions)
 
     static func run(_ options: ParsedOptions) throws {
         let world = try options.int("world", in: 1...64)

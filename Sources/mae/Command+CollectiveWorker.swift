@@ -29,12 +29,7 @@ struct CollectiveWorkerCommand: Subcommand {
             OptionSpec("floats", value: "F", default: "6175000", help: "buffer length in floats (bench, loop)"),
             OptionSpec("iters", value: "I", default: "5", help: "timed iterations (bench) or iterations (loop)"),
             OptionSpec("pause-ms", value: "MS", default: "0", help: "pause between loop iterations"),
-            OptionSpec("segment-bytes", value: "B", default: "1048576", help: "bytes per send/receive (tcp)"),
-            OptionSpec("sender-thread", value: "BOOL", default: "yes",
-                       help: "yes: a second thread sends while the first receives and reduces; no: one thread (tcp)"),
-            OptionSpec("lanes", value: "K", default: "4", help: "independent rings a call is divided over (tcp)"),
-            OptionSpec("socket-buffer-bytes", value: "B", default: "262144", help: "SO_SNDBUF/SO_RCVBUF, 0: kernel autotuning (tcp)"),
-        ])
+        ] + ringTuningOptions)
 
     static func run(_ options: ParsedOptions) throws {
         let collective = try makeCollective(options)
@@ -207,3 +202,17 @@ func fixed(_ value: Double, _ digits: Int) -> String {
     let padded = String(repeating: "0", count: max(0, digits - fractionText.count)) + fractionText
     return (value < 0 ? "-" : "") + String(whole) + (digits > 0 ? "." + padded : "")
 }
+
+/// The TCP ring's tuning knobs, shared by `mae bench allreduce` and the workers it starts;
+/// the defaults are `RendezvousConfig`'s own.
+let ringTuningOptions: [OptionSpec] = {
+    let defaults = RendezvousConfig(rank: 0, worldSize: 1, jobToken: "defaults")
+    return [
+        OptionSpec("segment-bytes", value: "B", default: String(defaults.segmentBytes), help: "bytes per send/receive (tcp)"),
+        OptionSpec("sender-thread", value: "BOOL", default: defaults.sendsOnSeparateThread ? "yes" : "no",
+                   help: "yes: a second thread sends while the first receives and reduces; no: one thread (tcp)"),
+        OptionSpec("lanes", value: "K", default: String(defaults.lanes), help: "independent rings a call is divided over (tcp)"),
+        OptionSpec("socket-buffer-bytes", value: "B", default: String(defaults.socketBufferBytes),
+                   help: "SO_SNDBUF/SO_RCVBUF, 0: kernel autotuning (tcp)"),
+    ]
+}()
