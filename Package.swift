@@ -61,21 +61,23 @@ let package = Package(
         .executableTarget(name: "mae-worker", dependencies: ["Training", "Options"],
                           swiftSettings: sharedSwiftSettings),
 
-        // MARK: Tests, one target per module
+        // MARK: Tests, one target per module, and the helpers they share
+        .target(name: "TestSupport", dependencies: ["Kernels"], path: "Tests/TestSupport",
+                swiftSettings: sharedSwiftSettings),
         .testTarget(name: "OptionsTests", dependencies: ["Options"],
                     swiftSettings: sharedSwiftSettings),
         .testTarget(name: "SystemTests", dependencies: ["System"],
                     swiftSettings: sharedSwiftSettings),
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels"],
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TestSupport"],
                     swiftSettings: sharedSwiftSettings),
-        .testTarget(name: "ModelTests", dependencies: ["Model"],
+        .testTarget(name: "ModelTests", dependencies: ["Model", "TestSupport"],
                     resources: [.copy("Fixtures")],
                     swiftSettings: sharedSwiftSettings),
-        .testTarget(name: "DataTests", dependencies: ["Data", "System"],
+        .testTarget(name: "DataTests", dependencies: ["Data", "System", "TestSupport"],
                     swiftSettings: sharedSwiftSettings),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives"],
                     swiftSettings: sharedSwiftSettings),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "System"],
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "System", "TestSupport"],
                     swiftSettings: sharedSwiftSettings),
     ]
 )

@@ -1,5 +1,6 @@
 import Kernels
 import Testing
+import TestSupport
 @testable import Data
 
 @Suite struct ResampleTests {
@@ -176,7 +177,7 @@ import Testing
                 expected[channel * 64 + pixel] = (byte / 255 - Augmentation.mean[channel]) / Augmentation.standardDeviation[channel]
             }
         }
-        let worst = worstDifference(output, expected)
+        let worst = compareValues(output, expected)
         #expect(worst.difference == 0, "element \(worst.index): \(worst.actual) vs \(worst.expected)")
     }
 }

@@ -1,5 +1,6 @@
 import Kernels
 import Testing
+import TestSupport
 @testable import Data
 
 @Suite struct CodecTests {
@@ -23,7 +24,7 @@ import Testing
         #expect(image.width == 40 && image.height == 24)
         let decoded = Array(UnsafeBufferPointer(start: image.pixels, count: 40 * 24 * 3))
         withExtendedLifetime(decoder) {}
-        let worst = worstDifference(decoded.map(Float.init), pixels.map(Float.init))
+        let worst = compareValues(decoded.map(Float.init), pixels.map(Float.init))
         #expect(worst.difference <= 6, "worst byte \(worst.index): \(worst.actual) vs \(worst.expected)")
     }
 

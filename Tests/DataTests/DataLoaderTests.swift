@@ -1,5 +1,6 @@
 import Kernels
 import Testing
+import TestSupport
 @testable import Data
 
 /// Every batch of one epoch: images as arrays, and the sample indices.
@@ -36,7 +37,7 @@ private func epochBatches(_ loader: DataLoader, epoch: Int, fromBatch: Int = 0) 
             #expect(one.flatMap(\.indices) == expectedIndices, "batches follow the sampler's order")
             for (a, b) in zip(one, three) {
                 #expect(a.indices == b.indices)
-                let worst = worstDifference(a.images, b.images)
+                let worst = compareValues(a.images, b.images)
                 #expect(worst.difference == 0, "batch \(a.batchIndex) element \(worst.index): \(worst.actual) vs \(worst.expected)")
             }
             // Resume in the middle of the epoch, on the loader that just finished another epoch.
@@ -70,7 +71,7 @@ private func epochBatches(_ loader: DataLoader, epoch: Int, fromBatch: Int = 0) 
                 augmentation.apply(output: expected.pointer, image: image, seed: 4, epoch: 2, index: index,
                                    resampler: resampler, scratch: scratch)
                 let actual = Array(batch.images[(slot * 432)..<((slot + 1) * 432)])
-                #expect(worstDifference(actual, expected.toArray()).difference == 0, "sample \(index)")
+                #expect(compareValues(actual, expected.toArray()).difference == 0, "sample \(index)")
             }
         }
     }

@@ -30,19 +30,6 @@ struct TemporaryFolder {
     }
 }
 
-/// The largest absolute difference and where it is, for a readable failure message.
-func worstDifference(_ actual: [Float], _ expected: [Float]) -> (index: Int, difference: Float, actual: Float, expected: Float) {
-    precondition(actual.count == expected.count, "lengths differ: \(actual.count) vs \(expected.count)")
-    var worst = (index: -1, difference: Float(0), actual: Float(0), expected: Float(0))
-    for index in 0..<actual.count {
-        let difference = abs(actual[index] - expected[index])
-        if difference > worst.difference || difference.isNaN {
-            worst = (index, difference, actual[index], expected[index])
-        }
-    }
-    return worst
-}
-
 /// A deterministic RGB test pattern with structure in both directions: [height, width, 3].
 func testPattern(width: Int, height: Int) -> [UInt8] {
     var pixels = [UInt8](repeating: 0, count: width * height * 3)

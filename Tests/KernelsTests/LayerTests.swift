@@ -1,6 +1,7 @@
 import Foundation
 import Kernels
 import Testing
+import TestSupport
 
 /// Each kernel against its double-precision definition, and each backward against
 /// central differences of that definition: loss = Σ R ⊙ layer(x) with random R, so

@@ -1,6 +1,7 @@
 import Foundation
 import Kernels
 import Testing
+import TestSupport
 
 @Suite struct LossAndPatchTests {
     /// patchify's (row, column, channel) layout and gatherPatches's (channel, row, column)

@@ -2,6 +2,7 @@ import Foundation
 import Kernels
 import Model
 import Testing
+import TestSupport
 
 /// The whole model against the double-precision reference written after the official
 /// code: forward values, then every parameter tensor's gradient against central

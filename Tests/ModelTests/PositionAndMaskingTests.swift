@@ -2,6 +2,7 @@ import Foundation
 import Kernels
 @testable import Model
 import Testing
+import TestSupport
 
 @Suite struct PositionAndMaskingTests {
     @Test func positionEmbeddingLayout() {

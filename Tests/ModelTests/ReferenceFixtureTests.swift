@@ -1,6 +1,7 @@
 import Foundation
 import Kernels
 import Testing
+import TestSupport
 @testable import Model
 
 /// A fixture file written by tools/make_reference.py.
@@ -28,7 +29,7 @@ func expectMatchesReference(_ actual: UnsafeBufferPointer<Float>, _ expected: Sa
     }
     let scale = reference.map { abs($0) }.max() ?? 0
     let worst = reference.withUnsafeBufferPointer {
-        compareFloats(actual, $0, absoluteTolerance: 1e-9 + tolerance * scale)
+        compareValues(actual, $0, absoluteTolerance: Double(1e-9 + tolerance * scale))
     }
     #expect(worst.withinTolerance, "\(name) (max |expected| \(scale)): \(worst)", sourceLocation: sourceLocation)
 }
@@ -75,7 +76,7 @@ func expectMatchesReference(_ actual: UnsafeBufferPointer<Float>, _ expected: Sa
         let first = model.gradients.toArray()
         _ = model.forwardBackward(images: images.pointer, noise: noise.pointer, batchSize: batch,
                                   maskRatio: maskRatio, normPixLoss: normPixLoss, gradientScale: 0.5)
-        let worst = compareFloats(model.gradients.toArray(), first.map { $0 * 1.5 }, absoluteTolerance: 1e-6, relativeTolerance: 1e-5)
+        let worst = compareValues(model.gradients.toArray(), first.map { $0 * 1.5 }, absoluteTolerance: 1e-6, relativeTolerance: 1e-5)
         #expect(worst.withinTolerance, "accumulated gradients: \(worst)")
 
         // Evaluation gives the same loss and prediction without touching the gradients.

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 @testable import Model
 
 /// Writes a safetensors file byte by byte: a header text (padded to 8 unless told

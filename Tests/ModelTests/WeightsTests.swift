@@ -1,6 +1,7 @@
 import Foundation
 import Kernels
 import Testing
+import TestSupport
 @testable import Model
 
 /// A small model whose every size is distinct, so a transposed shape cannot pass.

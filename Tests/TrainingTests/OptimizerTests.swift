@@ -2,6 +2,7 @@ import Foundation
 import Kernels
 import Model
 import Testing
+import TestSupport
 @testable import Training
 
 /// A model small enough for unit tests: 16 px, patch 4 (16 patches), widths 16 and 8.

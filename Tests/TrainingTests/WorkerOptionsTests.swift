@@ -1,6 +1,7 @@
 import Foundation
 import Options
 import Testing
+import TestSupport
 @testable import Training
 
 @Suite struct WorkerOptionsTests {

@@ -2,6 +2,7 @@ import Data
 import Foundation
 import Model
 import Testing
+import TestSupport
 @testable import Training
 #if canImport(Glibc)
 import Glibc
