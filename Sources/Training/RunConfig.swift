@@ -30,6 +30,11 @@ public struct RunConfig: Codable, Sendable, Equatable {
     public var threads: Int
     /// Background threads that decode and augment images.
     public var dataThreads: Int
+    /// `--batch-shards`: parts of each micro-batch run whole by one thread each
+    /// (`MAEModel.batchShards`). nil asks for the automatic choice: the checkpoint's on
+    /// resume, else `MAEModel.automaticBatchShards`. The session stores the count it
+    /// used, so a checkpoint records it; one saved without it was made with 1.
+    public var batchShards: Int?
     public var runDirectory: String
     /// Write a checkpoint every this many optimizer steps (0: only at epoch ends).
     public var checkpointEvery: Int
@@ -52,6 +57,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         case baseLearningRate = "blr", absoluteLearningRate = "lr", minimumLearningRate = "min_lr"
         case weightDecay = "weight_decay", beta1, beta2, epsilon = "eps", accumulationSteps = "accum_iter"
         case maskRatio = "mask_ratio", normPixLoss = "norm_pix_loss", seed, threads, dataThreads = "data_threads"
+        case batchShards = "batch_shards"
         case runDirectory = "run_dir", checkpointEvery = "checkpoint_every", keepCheckpoints = "keep_checkpoints"
         case keepEveryEpochs = "keep_every_epochs", resume, maxSteps = "max_steps", printEvery = "print_every"
     }
@@ -60,7 +66,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
                 baseLearningRate: Double = 1.5e-4, absoluteLearningRate: Double? = nil, minimumLearningRate: Double = 0,
                 weightDecay: Double = 0.05, beta1: Double = 0.9, beta2: Double = 0.95, epsilon: Double = 1e-8,
                 accumulationSteps: Int = 1, maskRatio: Double = 0.75, normPixLoss: Bool = false, seed: UInt64 = 0,
-                threads: Int = 1, dataThreads: Int = 1, runDirectory: String, checkpointEvery: Int = 0,
+                threads: Int = 1, dataThreads: Int = 1, batchShards: Int? = nil, runDirectory: String, checkpointEvery: Int = 0,
                 keepCheckpoints: Int = 3, keepEveryEpochs: Int = 0, resume: String? = nil, maxSteps: Int? = nil,
                 printEvery: Int = 20, injectNonFiniteLossAtStep: Int? = nil) {
         self.dataRoot = dataRoot
@@ -81,6 +87,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         self.seed = seed
         self.threads = threads
         self.dataThreads = dataThreads
+        self.batchShards = batchShards
         self.runDirectory = runDirectory
         self.checkpointEvery = checkpointEvery
         self.keepCheckpoints = keepCheckpoints
@@ -143,6 +150,8 @@ public struct RunConfig: Codable, Sendable, Equatable {
         note("--weight-decay", saved.weightDecay, weightDecay)
         note("--mask-ratio", saved.maskRatio, maskRatio)
         note("--norm-pix-loss", saved.normPixLoss, normPixLoss)
+        // Another shard count rounds the gradients differently from here on.
+        note("--batch-shards", saved.batchShards ?? 1, batchShards ?? 1)
         return changes
     }
 }

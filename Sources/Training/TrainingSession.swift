@@ -48,7 +48,11 @@ struct TrainingPosition: Equatable {
 /// Everything one run of `Trainer` holds: the data, the model and its optimizer, the
 /// schedule, the checkpoint store and the position, with one method per phase.
 final class TrainingSession {
-    let config: RunConfig
+    /// The run's settings, with `batchShards` resolved to the count the model uses.
+    private(set) var config: RunConfig
+    /// `--batch-shards` as given (nil: automatic), which decides whether a resume keeps
+    /// the checkpoint's count.
+    let requestedBatchShards: Int?
     let collective: any Collective
     let log: RunLog
     let rank: Int
@@ -100,6 +104,11 @@ final class TrainingSession {
         loader = DataLoader(dataset: dataset, sampler: sampler, batchSize: config.batchSize,
                             imageSize: config.model.imageSize, seed: config.seed, threads: config.dataThreads)
         model = MAEModel(config: config.model, seed: config.seed)
+        requestedBatchShards = config.batchShards
+        self.config.batchShards = config.batchShards ?? MAEModel.automaticBatchShards(
+            config: config.model, batchSize: config.batchSize, threads: config.threads,
+            memoryBytes: ProcessInfo.processInfo.physicalMemory)
+        model.batchShards = self.config.batchShards ?? 1
         optimizer = AdamWOptimizer(table: model.table, beta1: Float(config.beta1), beta2: Float(config.beta2),
                                    epsilon: Float(config.epsilon), weightDecay: Float(config.weightDecay))
         files = CheckpointFiles(model: model, optimizer: optimizer)
@@ -110,9 +119,12 @@ final class TrainingSession {
     /// the other ranks by one scalar all-reduce, parameters and moments by broadcasts (which
     /// also give a fresh run rank 0's initialisation everywhere, as DDP does).
     func restore() throws {
-        // [found, position…, optimizer step]: rank 0's values, zeros elsewhere, summed.
-        var shared = [Double](repeating: 0, count: 8)
+        // [found, position…, optimizer step, batch shards]: rank 0's values, zeros elsewhere, summed.
+        var shared = [Double](repeating: 0, count: 9)
         if rank == 0, let found = try findCheckpoint() {
+            // An automatic shard count follows the checkpoint, so that the continuation
+            // rounds exactly as the run did (whatever the thread count now).
+            if requestedBatchShards == nil { config.batchShards = found.state.config.batchShards ?? 1 }
             let differences = config.resumeIncompatibilities(
                 with: found.state.config, savedWorldSize: found.state.worldSize, worldSize: worldSize,
                 savedFingerprint: found.state.datasetFingerprint, fingerprint: dataset.fingerprint)
@@ -121,7 +133,7 @@ final class TrainingSession {
             if !changes.isEmpty { log.warn("warning: resuming with changed settings: " + changes.joined(separator: ", ")) }
             try files.load(from: found.path, state: found.state)
             lastCheckpoint = found.path
-            shared = [1] + TrainingPosition(found.state).scalars + [Double(optimizer.step)]
+            shared = [1] + TrainingPosition(found.state).scalars + [Double(optimizer.step), Double(config.batchShards ?? 1)]
             log.info("resuming from \(found.path): step \(found.state.step), epoch \(found.state.epoch), "
                      + "batch \(found.state.nextBatchIndex) of \(schedule.iterationsPerEpoch)")
         }
@@ -134,6 +146,8 @@ final class TrainingSession {
         if shared[0] > 0 {
             position = TrainingPosition(scalars: shared[1..<7])
             optimizer.step = Int(shared[7])
+            config.batchShards = Int(shared[8])
+            model.batchShards = Int(shared[8])
         }
     }
 
@@ -155,7 +169,8 @@ final class TrainingSession {
         let effectiveBatch = config.effectiveBatchSize(worldSize: worldSize)
         let rateRule = config.absoluteLearningRate == nil
             ? " (blr \(config.baseLearningRate) × \(effectiveBatch) / 256)" : " (--lr)"
-        log.info("mae-worker: \(BLASRuntime.banner), compute threads \(config.threads), data threads \(config.dataThreads)")
+        log.info("mae-worker: \(BLASRuntime.banner), compute threads \(config.threads), data threads \(config.dataThreads), "
+                 + "batch shards \(model.batchShards)")
         log.info("model \(describe(config.model)), \(model.table.count) parameters; world size \(worldSize) (rank \(rank))")
         log.info("dataset \(config.dataRoot): \(dataset.count) images, \(dataset.classNames.count) classes, "
                  + "fingerprint \(dataset.fingerprint.prefix(16))")

@@ -66,6 +66,9 @@ public enum WorkerOptions {
             OptionSpec("threads", value: "T", default: "auto",
                        help: "compute threads (auto: cores, divided among workers on this machine)"),
             OptionSpec("data-threads", value: "T", default: "auto", help: "image decoding threads (auto: 1 per 4 compute threads, at least 1)"),
+            OptionSpec("batch-shards", value: "N", default: "auto",
+                       help: "parts of each batch, each run whole by one compute thread (1: every kernel split over the "
+                           + "threads; auto: the checkpoint's on resume, else one per thread while memory allows)"),
             OptionSpec("run-dir", value: "DIR", default: "runs/mae", help: "checkpoints, log.txt and metrics.jsonl go here"),
             OptionSpec("checkpoint-every", value: "N", default: "0", help: "also checkpoint every N optimizer steps (0: epoch ends only)"),
             OptionSpec("keep-checkpoints", value: "K", default: "3", help: "keep the newest K checkpoints"),
@@ -174,6 +177,7 @@ public enum WorkerOptions {
         }
         let dataThreads = options.string("data-threads") == "auto"
             ? max(1, threads / 4) : try options.int("data-threads", in: 1...256)
+        let batchShards = options.string("batch-shards") == "auto" ? nil : try options.int("batch-shards", in: 1...65_536)
         let resume = options.string("resume")
         if let resume, resume != "auto", !FileSystem.isDirectory(resume) {
             throw fail("--resume \(resume) is not a checkpoint folder (pass 'auto' or RUN_DIR/checkpoints/step-NNNNNNNN)")
@@ -196,7 +200,7 @@ public enum WorkerOptions {
             accumulationSteps: try options.int("accum-iter", in: 1...1_000_000),
             maskRatio: maskRatio, normPixLoss: options.flag("norm-pix-loss"),
             seed: try parseSeed(options.required("seed"), fail: fail),
-            threads: threads, dataThreads: dataThreads,
+            threads: threads, dataThreads: dataThreads, batchShards: batchShards,
             runDirectory: try options.required("run-dir"),
             checkpointEvery: try options.int("checkpoint-every", in: 0...Int.max),
             keepCheckpoints: try options.int("keep-checkpoints", in: 1...1_000_000),

@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import Kernels
 import Model
 import Options
@@ -21,6 +22,9 @@ struct BenchStepCommand: Subcommand {
             OptionSpec("input-size", value: "S", help: "image size in pixels (default: the model's own)"),
             OptionSpec("batch", value: "B", default: "64", help: "images per step"),
             OptionSpec("threads", value: "T", default: "1", help: "threads for matrix products and our kernels"),
+            OptionSpec("batch-shards", value: "N", default: "auto",
+                       help: "parts of the batch, each run whole by one thread (1: every kernel split over the "
+                           + "threads; auto: one per thread while memory allows)"),
             OptionSpec("steps", value: "K", default: "5", help: "timed steps after the warm-up step"),
             OptionSpec("mask-ratio", value: "R", default: "0.75", help: "fraction of patches removed"),
             .flag("norm-pix-loss", help: "use per-patch normalised pixels as the target"),
@@ -32,6 +36,10 @@ struct BenchStepCommand: Subcommand {
                                            imageSize: try options.optionalInt("input-size", in: 1...4096))
         let batch = try options.int("batch", in: 1...65_536)
         let threads = try options.int("threads", in: 1...1024)
+        let batchShards = options.string("batch-shards") == "auto"
+            ? MAEModel.automaticBatchShards(config: config, batchSize: batch, threads: threads,
+                                            memoryBytes: ProcessInfo.processInfo.physicalMemory)
+            : try options.int("batch-shards", in: 1...65_536)
         let steps = try options.int("steps", in: 1...100_000)
         let maskRatio = try options.double("mask-ratio", expectation: "a ratio in [0, 1)") {
             $0 >= 0 && $0 < 1 && config.keptCount(maskRatio: $0) >= 1
@@ -41,10 +49,11 @@ struct BenchStepCommand: Subcommand {
 
         Parallel.setThreads(threads)
         let model = MAEModel(config: config, seed: seed)
+        model.batchShards = batchShards
         // OpenBLAS's own count is 1 per product when our pool splits the products.
         print(BLASRuntime.banner + (Parallel.splitsProducts ? " per product, pool threads=\(Parallel.threads)" : ""))
         print("model \(config.name) image \(config.imageSize) patch \(config.patchSize) params \(model.table.count) "
-              + "batch \(batch) mask_ratio \(maskRatio) norm_pix_loss \(normPixLoss) threads \(threads) steps \(steps)")
+              + "batch \(batch) mask_ratio \(maskRatio) norm_pix_loss \(normPixLoss) threads \(threads) batch_shards \(batchShards) steps \(steps)")
 
         // Random images, standard normal like ImageNet-normalised pixels.
         let pixels = batch * config.channels * config.imageSize * config.imageSize

@@ -114,8 +114,8 @@ import TestSupport
     /// gradients: every parallel kernel splits work so that each output element is
     /// computed by one worker in a fixed order (products by blocks of rows or columns
     /// of c, sums by column ranges), whatever the thread count.
-    @Test(arguments: [false, true])
-    func threadCountDoesNotChangeTheResult(tinyConfig: Bool) throws {
+    @Test(arguments: [false, true], [1, 3])
+    func threadCountDoesNotChangeTheResult(tinyConfig: Bool, batchShards: Int) throws {
         // Several heads and samples, so that the attention products are spread over workers;
         // the tiny config has products large enough to be split.
         let config = tinyConfig ? try ModelConfig.named("mae_vit_tiny_patch4")
@@ -124,6 +124,7 @@ import TestSupport
         let batch = tinyConfig ? 8 : 4
         let input = Self.inputs(config, batch: batch, seed: 41)
         let model = MAEModel(config: config, seed: 42)
+        model.batchShards = batchShards
         func run(threads: Int) -> (Float, [Float]) {
             let before = Parallel.threads
             Parallel.setThreads(threads)
@@ -141,5 +142,54 @@ import TestSupport
             #expect(differing == 0, "\(differing) gradient elements differ on \(threads) threads")
         }
         #expect(lossOne.isFinite && lossOne > 0)
+    }
+
+    /// Cutting the batch into shards (run whole by one worker each, gradients added in
+    /// shard order) computes the same step as one shard, up to float rounding: the
+    /// same mask, the same predictions, the loss and every gradient within a few ulps,
+    /// added onto what `gradients` held. Shard counts that do not divide the batch
+    /// and one above the batch size (which runs one sample per shard) included.
+    @Test(arguments: [2, 3, 9])
+    func batchShardsComputeTheSameStep(batchShards: Int) {
+        let config = ModelConfig(name: "mini", imageSize: 16, patchSize: 4, encoderWidth: 64, encoderDepth: 2,
+                                 encoderHeads: 4, decoderWidth: 32, decoderDepth: 2, decoderHeads: 2)
+        let batch = 5
+        let input = Self.inputs(config, batch: batch, seed: 51)
+        let whole = MAEModel(config: config, seed: 52)
+        let wholeLoss = whole.forwardBackward(images: input.images.pointer, noise: input.noise.pointer,
+                                              batchSize: batch, maskRatio: 0.75, normPixLoss: true)
+        let sharded = MAEModel(config: config, seed: 52)
+        sharded.batchShards = batchShards
+        let before = Parallel.threads
+        Parallel.setThreads(2)
+        defer { Parallel.setThreads(before) }
+        for index in 0..<sharded.gradients.count { sharded.gradients[index] = 0.5 }
+        let shardedLoss = sharded.forwardBackward(images: input.images.pointer, noise: input.noise.pointer,
+                                                  batchSize: batch, maskRatio: 0.75, normPixLoss: true)
+        let L = config.patchCount, P = config.patchDimension
+        #expect((0..<(batch * L)).allSatisfy { sharded.mask[$0] == whole.mask[$0] }, "masks differ")
+        expectClose((0..<(batch * L * P)).map { sharded.prediction[$0] }, (0..<(batch * L * P)).map { whole.prediction[$0] },
+                    absolute: 1e-6, relative: 1e-5, "prediction")
+        expectClose([shardedLoss], [wholeLoss], absolute: 0, relative: 1e-6, "loss")
+        expectClose(sharded.gradients.toArray().map { $0 - 0.5 }, whole.gradients.toArray(),
+                    absolute: 2e-6, relative: 1e-4, "gradients")
+        // Forward alone agrees with the forward of forwardBackward.
+        let evaluation = sharded.forward(images: input.images.pointer, noise: input.noise.pointer, batchSize: batch,
+                                         maskRatio: 0.75, normPixLoss: true)
+        #expect(evaluation == shardedLoss)
+    }
+
+    /// `auto` shards: one per thread, unless the batch is smaller than the thread
+    /// count or the extra gradient buffers would take over an eighth of the memory.
+    @Test func automaticBatchShardsFollowThreadsBatchAndMemory() throws {
+        let tiny = try ModelConfig.named("mae_vit_tiny_patch4")
+        let base = try ModelConfig.named("mae_vit_base_patch16")
+        let gibibyte: UInt64 = 1 << 30
+        #expect(MAEModel.automaticBatchShards(config: tiny, batchSize: 64, threads: 1, memoryBytes: 24 * gibibyte) == 1)
+        #expect(MAEModel.automaticBatchShards(config: tiny, batchSize: 64, threads: 2, memoryBytes: 24 * gibibyte) == 2)
+        #expect(MAEModel.automaticBatchShards(config: tiny, batchSize: 3, threads: 4, memoryBytes: 24 * gibibyte) == 1)
+        // ViT-B: 447 MB per extra buffer; 7 of them fit in 3 GiB, 15 do not.
+        #expect(MAEModel.automaticBatchShards(config: base, batchSize: 64, threads: 8, memoryBytes: 24 * gibibyte) == 8)
+        #expect(MAEModel.automaticBatchShards(config: base, batchSize: 64, threads: 16, memoryBytes: 24 * gibibyte) == 1)
     }
 }

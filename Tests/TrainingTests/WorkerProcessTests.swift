@@ -113,6 +113,27 @@ import Glibc
         #expect(readText(temporary.path + "/straight/log.txt") == readText(temporary.path + "/stopped/log.txt"))
     }
 
+    /// Two threads choose two batch shards; a resume on one thread keeps the checkpoint's
+    /// two (one shard would round the gradients differently), so the run still ends
+    /// bitwise where the uninterrupted two-thread run does.
+    @Test func anAutomaticShardCountFollowsTheCheckpointOnResume() throws {
+        defer { temporary.remove() }
+        let straight = try run("straight", ["--threads", "2"])
+        #expect(straight.output.contains("batch shards 2"), "\(straight.output)")
+        try run("stopped", ["--threads", "2", "--max-steps", "5"])
+        let resumed = try run("stopped", ["--threads", "1", "--resume", "auto"])
+        #expect(resumed.output.contains("batch shards 2"), "\(resumed.output)")
+        for file in ["model.safetensors", "optimizer.safetensors"] {
+            #expect(try bytes(checkpoint("stopped", step: 12) + "/" + file) == bytes(checkpoint("straight", step: 12) + "/" + file),
+                    "resume on one thread: \(file) differs")
+        }
+        // An explicit count wins over the checkpoint's, with a warning that the run changes.
+        try run("changed", ["--threads", "2", "--max-steps", "5"])
+        let changed = try run("changed", ["--batch-shards", "1", "--resume", "auto"])
+        #expect(changed.output.contains("batch shards 1"), "\(changed.output)")
+        #expect(changed.errors.contains("--batch-shards 2 -> 1"), "\(changed.errors)")
+    }
+
     /// The first SIGTERM finishes the step, writes a checkpoint and exits 0; a second one exits at once.
     @Test func sigtermCheckpointsAndExitsZero() throws {
         defer { temporary.remove() }
