@@ -172,8 +172,7 @@ final class WorkerPool: @unchecked Sendable {
         let context = Unmanaged.passRetained(start).toOpaque()
         let status = pthread_create(&thread, nil, { context in
             let start = Unmanaged<Start>.fromOpaque(context!).takeRetainedValue()
-            WorkerPool.shared.work(index: start.index, seen: start.generation)
-            return nil
+            WorkerPool.shared.work(index: start.index, seen: start.generation)  // never returns
         }, context)
         // Without a thread of its own the pool cannot run; the process has hit its
         // thread limit, and nothing it computes later could be trusted to finish.

@@ -1,5 +1,5 @@
-/// Unaligned SIMD loads and stores over Float pointers, and `exp` and `erf` that
-/// vectorise: the C library's `expf`/`erff` are calls, which would dominate GELU and softmax.
+/// Unaligned SIMD loads and stores over Float pointers, and an `exp` that vectorises:
+/// the C library's `expf` is a call, which would dominate GELU and softmax.
 
 /// Loads 16 floats starting at `pointer` (no alignment needed).
 @inline(__always)
@@ -42,26 +42,4 @@ public func fastExp(_ input: Float) -> Float {
     let y = p * r * r + r + 1
     let integer = Int32(bitPattern: shifted.bitPattern) &- 0x4B40_0000
     return y * Float(bitPattern: UInt32(bitPattern: (integer &+ 127) &<< 23))
-}
-
-/// erf(x) as an odd/even rational polynomial on [-4, 4] (outside, erf is ±1 in
-/// single precision); the coefficients are those of Eigen and XLA's float erf.
-/// Absolute error below 5e-7 against the exact erf. Vectorises like `fastExp`.
-@inline(__always)
-public func fastErf(_ input: Float) -> Float {
-    let upper = input < 4 ? input : 4
-    let x = upper > -4 ? upper : -4
-    let x2 = x * x
-    var p = x2 * -2.726_142_258_013_06e-10 + 2.770_681_424_959_02e-08
-    p = x2 * p + -2.101_024_020_825_08e-06
-    p = x2 * p + -5.692_506_394_623_46e-05
-    p = x2 * p + -7.349_906_303_268_55e-04
-    p = x2 * p + -2.954_599_808_540_25e-03
-    p = x2 * p + -1.609_603_332_624_15e-02
-    p = x * p
-    var q = x2 * -1.456_607_184_649_96e-05 + -2.133_740_552_789_05e-04
-    q = x2 * q + -1.682_826_974_382_03e-03
-    q = x2 * q + -7.373_329_167_204_68e-03
-    q = x2 * q + -1.426_473_905_141_89e-02
-    return p / q
 }

@@ -91,13 +91,17 @@ import TestSupport
         withExtendedLifetime((biasBuffer, hb)) {}
     }
 
-    @Test func fastExpAndErf() {
+    @Test func fastExpAndTheNormalDistribution() {
         let x = (0..<4001).map { -20 + Double($0) * 0.01 }
-        let exps = x.map { Double(fastExp(Float($0))) }, erfs = x.map { Double(fastErf(Float($0))) }
+        let exps = x.map { Double(fastExp(Float($0))) }
         expectClose(exps, x.map { exp(Double(Float($0))) }, absolute: 0, relative: 3e-7, "exp")
-        expectClose(erfs, x.map { erf(Double(Float($0))) }, absolute: 5e-7, "erf")
+        let pieces = x.map { normalCDFAndDensity(Float($0)) }
+        expectClose(pieces.map { Double($0.cdf) }, x.map { 0.5 * erfc(-Double(Float($0)) / 2.0.squareRoot()) },
+                    absolute: 2.5e-7, "normal CDF")
+        expectClose(pieces.map { Double($0.density) }, x.map { exp(-0.5 * Double(Float($0)) * Double(Float($0))) / (2 * Double.pi).squareRoot() },
+                    absolute: 1e-9, relative: 1e-6, "normal density")
         // Saturation far out, and no overflow to infinity or NaN.
-        #expect(fastErf(9) == 1 && fastErf(-30) == -1)
+        #expect(normalCDFAndDensity(30).cdf == 1 && normalCDFAndDensity(-30).cdf >= 0 && normalCDFAndDensity(-30).cdf < 1e-30)
         #expect(fastExp(-200) >= 0 && fastExp(-200) < 1e-37 && fastExp(100).isFinite)
     }
 
