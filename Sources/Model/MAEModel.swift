@@ -45,19 +45,21 @@ public final class MAEModel {
     }
     /// The shard count that `auto` settings choose: one shard per thread when the batch
     /// has at least one image per thread and the extra gradient buffers
-    /// ((threads − 1) × 4 bytes per parameter) take at most an eighth of
-    /// `memoryBytes` (the machine's memory); otherwise 1, every kernel split over
-    /// the threads.
+    /// ((threads − 1) × 4 bytes per parameter) take at most `maximumExtraGradientBytes`;
+    /// otherwise 1, every kernel split over the threads.
     ///
-    /// Measured on two cores (docs/PERFORMANCE.md): one shard per thread trains
-    /// `mae_vit_tiny_patch4` 1.2–1.25× faster than split kernels, and ViT-B at batch 8
-    /// uses 10–15 % less CPU time per step.
-    public static func automaticBatchShards(config: ModelConfig, batchSize: Int, threads: Int,
-                                            memoryBytes: UInt64) -> Int {
+    /// Measured on two cores (docs/PERFORMANCE.md): shards pay where a step is many short
+    /// kernels, the small models (`mae_vit_tiny_patch4` 1.2–1.3× faster, `small` 1.13×);
+    /// ViT-B's long products already split well, and two shards were no faster there
+    /// (0.9–1.3× of one, within the machine's noise) for 447 MB more memory.
+    public static func automaticBatchShards(config: ModelConfig, batchSize: Int, threads: Int) -> Int {
         guard threads > 1, batchSize >= threads else { return 1 }
-        let extraBytes = UInt64(threads - 1) * UInt64(ParameterTable(config: config).count) * 4
-        return extraBytes <= memoryBytes / 8 ? threads : 1
+        let extraBytes = (threads - 1) * ParameterTable(config: config).count * 4
+        return extraBytes <= maximumExtraGradientBytes ? threads : 1
     }
+
+    /// The memory `automaticBatchShards` may spend on shard gradient buffers: 256 MiB.
+    public static let maximumExtraGradientBytes = 256 << 20
 
     /// Gradient buffers of shards 1, 2, ... (shard 0 adds into `gradients`).
     private var shardGradients: [FloatBuffer] = []

@@ -106,8 +106,7 @@ final class TrainingSession {
         model = MAEModel(config: config.model, seed: config.seed)
         requestedBatchShards = config.batchShards
         self.config.batchShards = config.batchShards ?? MAEModel.automaticBatchShards(
-            config: config.model, batchSize: config.batchSize, threads: config.threads,
-            memoryBytes: ProcessInfo.processInfo.physicalMemory)
+            config: config.model, batchSize: config.batchSize, threads: config.threads)
         model.batchShards = self.config.batchShards ?? 1
         optimizer = AdamWOptimizer(table: model.table, beta1: Float(config.beta1), beta2: Float(config.beta2),
                                    epsilon: Float(config.epsilon), weightDecay: Float(config.weightDecay))

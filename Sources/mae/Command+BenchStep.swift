@@ -1,5 +1,4 @@
 import Dispatch
-import Foundation
 import Kernels
 import Model
 import Options
@@ -24,7 +23,7 @@ struct BenchStepCommand: Subcommand {
             OptionSpec("threads", value: "T", default: "1", help: "threads for matrix products and our kernels"),
             OptionSpec("batch-shards", value: "N", default: "auto",
                        help: "parts of the batch, each run whole by one thread (1: every kernel split over the "
-                           + "threads; auto: one per thread while memory allows)"),
+                           + "threads; auto: one per thread if the extra gradient buffers take at most 256 MiB)"),
             OptionSpec("steps", value: "K", default: "5", help: "timed steps after the warm-up step"),
             OptionSpec("mask-ratio", value: "R", default: "0.75", help: "fraction of patches removed"),
             .flag("norm-pix-loss", help: "use per-patch normalised pixels as the target"),
@@ -37,8 +36,7 @@ struct BenchStepCommand: Subcommand {
         let batch = try options.int("batch", in: 1...65_536)
         let threads = try options.int("threads", in: 1...1024)
         let batchShards = options.string("batch-shards") == "auto"
-            ? MAEModel.automaticBatchShards(config: config, batchSize: batch, threads: threads,
-                                            memoryBytes: ProcessInfo.processInfo.physicalMemory)
+            ? MAEModel.automaticBatchShards(config: config, batchSize: batch, threads: threads)
             : try options.int("batch-shards", in: 1...65_536)
         let steps = try options.int("steps", in: 1...100_000)
         let maskRatio = try options.double("mask-ratio", expectation: "a ratio in [0, 1)") {
