@@ -63,8 +63,10 @@ public final class MAEModel {
 
     /// Gradient buffers of shards 1, 2, ... (shard 0 adds into `gradients`).
     private var shardGradients: [FloatBuffer] = []
-    /// The views of the current arena, one per shard, with their first sample.
+    /// The views of the current arena, one per shard, with their first sample, and
+    /// each shard's loss of the last call.
     private var shardArenas: [(first: Int, arena: Activations)] = []
+    private var shardLosses = FloatBuffer(count: 0)
 
     /// A model initialised as the reference, with random numbers from
     /// CounterRandom(seed, .initialisation, index: tensor number).
@@ -134,15 +136,16 @@ public final class MAEModel {
                 let first = a.batch * shard / shardCount, end = a.batch * (shard + 1) / shardCount
                 return (first, a.shard(first: first, count: end - first, config: config))
             }
+            shardLosses = FloatBuffer(count: shardCount)
         }
-        if gradientScale != nil {
-            while shardGradients.count < shardCount - 1 { shardGradients.append(FloatBuffer(count: table.count)) }
+        if gradientScale != nil, shardGradients.count != shardCount - 1 {
+            shardGradients = (0..<(shardCount - 1)).map { shardGradients.indices.contains($0) ? shardGradients[$0]
+                                                                                             : FloatBuffer(count: table.count) }
         }
         // Every masked patch weighs the same in the batch's mean (each sample removes
         // the same number), so shard s's mean counts with its share of the samples.
         let imageFloats = config.channels * config.imageSize * config.imageSize
-        let losses = UnsafeMutablePointer<Float>.allocate(capacity: shardCount)
-        defer { losses.deallocate() }
+        let losses = shardLosses.pointer
         let batch = a.batch, arenas = shardArenas, buffers = shardGradients
         parallelFor(shardCount, minimumPerWorker: 1, rangesPerWorker: 1) { shards in
             for shard in shards {
@@ -159,7 +162,7 @@ public final class MAEModel {
         if gradientScale != nil {
             let g = gradients.pointer
             parallelFor(table.count, minimumPerWorker: 1 << 16) { range in
-                for buffer in buffers.prefix(shardCount - 1) {
+                for buffer in buffers {
                     accumulate(g + range.lowerBound, buffer.pointer + range.lowerBound, count: range.count)
                 }
             }
