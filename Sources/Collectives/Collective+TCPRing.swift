@@ -11,10 +11,11 @@
 /// The steps are not separated by waits: the transfer is one stream per direction.
 /// Bytes of step s are sent as soon as the same bytes of step s−1 have arrived and
 /// been reduced, so a chunk flows through in pieces of at most `segmentBytes` while
-/// the next piece is on the wire. A sender thread sends while the calling thread
-/// receives and reduces each piece from a small cache-resident scratch buffer
-/// (or, with `sendsOnSeparateThread` false, one thread alternates between the two
-/// with non-blocking sockets and `poll`). No buffers are allocated per call.
+/// the next piece is on the wire. By default one thread alternates between sending
+/// and receiving (reducing each piece from a small cache-resident scratch buffer)
+/// with non-blocking sockets, retrying for a while before it sleeps in `poll`
+/// (`spinsBeforeSleeping`); with `sendsOnSeparateThread` a sender thread sends while
+/// the calling thread receives and reduces. No buffers are allocated per call.
 ///
 /// Determinism: element e of chunk c is summed in ring order starting at rank c,
 /// ((x_c + x_{c+1}) + x_{c+2}) + … + x_{c−1}, and a mean divides that sum by N.
@@ -42,6 +43,8 @@ public final class TCPRingCollective: Collective {
     public let timeoutSeconds: Double
     private let segmentBytes: Int
     private let minimumLaneBytes: Int
+    /// Socket retries before the one-thread transfer sleeps in poll (`RendezvousConfig.spinsBeforeSleeping`).
+    let spinsBeforeSleeping: Int
     /// The rings a call's elements are divided over; one unless `config.lanes` > 1.
     private var lanes: [RingLane] = []
     private let callLock = Lock()
@@ -137,15 +140,21 @@ public final class TCPRingCollective: Collective {
             }
             if let reason { throw CollectiveError.handshakeRejected("\(rightContext): \(reason)") }
         }
-        return try TCPRingCollective(config: config, connections: zip(toRight, fromLeft).map { ($0, $1!) })
+        // Ranks that announced this rank's host share its cores.
+        let ranksOnThisHost = addresses.filter { $0.host == addresses[rank].host }.count
+        return try TCPRingCollective(config: config, connections: zip(toRight, fromLeft).map { ($0, $1!) },
+                                     ranksOnThisHost: ranksOnThisHost)
     }
 
-    private init(config: RendezvousConfig, connections: [(toRight: Socket, fromLeft: Socket)]) throws {
+    private init(config: RendezvousConfig, connections: [(toRight: Socket, fromLeft: Socket)],
+                 ranksOnThisHost: Int = 1) throws {
         rank = config.rank
         worldSize = config.worldSize
         timeoutSeconds = config.timeoutSeconds
         segmentBytes = config.segmentBytes
         minimumLaneBytes = config.minimumLaneBytes
+        let hasCoreEach = ranksOnThisHost * config.lanes <= Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        spinsBeforeSleeping = config.spinsBeforeSleeping ?? (hasCoreEach ? RendezvousConfig.automaticSpins : 0)
         for (index, connection) in connections.enumerated() {
             lanes.append(try RingLane(index: index, rank: rank, worldSize: worldSize, sendSocket: connection.toRight,
                                       receiveSocket: connection.fromLeft, config: config))
@@ -290,6 +299,7 @@ public final class TCPRingCollective: Collective {
         }
 
         var sendDone = false, receiveDone = false
+        var spins = 0
         while !(sendDone && receiveDone) {
             var progressed = false, wantsWrite = false, wantsRead = false
             if !sendDone {
@@ -309,9 +319,15 @@ public final class TCPRingCollective: Collective {
             }
             if progressed || (sendDone && receiveDone) {
                 lastProgress = monotonicSeconds()
+                spins = 0
                 continue
             }
-            // Nothing moved: sleep until a socket is ready, or give up after the timeout.
+            // Nothing moved: retry a while (the next bytes are usually microseconds
+            // away), then sleep until a socket is ready, or give up after the timeout.
+            if spins < spinsBeforeSleeping {
+                spins += 1
+                continue
+            }
             let idle = monotonicSeconds() - lastProgress
             if idle >= timeoutSeconds {
                 let waitingFor = wantsRead ? "no data from rank \(left)" : "rank \(right) accepted no data"

@@ -35,19 +35,29 @@ public struct RendezvousConfig: Sendable {
     public var segmentBytes: Int
     /// SO_SNDBUF and SO_RCVBUF of the ring sockets; 0 leaves them to the kernel's autotuning.
     public var socketBufferBytes: Int
-    /// Whether a second thread sends while the calling thread receives and reduces
-    /// (faster when a core is free; one thread does both otherwise).
+    /// Whether a second thread sends while the calling thread receives and reduces;
+    /// otherwise one thread alternates between the two (the default: on loopback it
+    /// did as well or better, and it is the thread that can wait by spinning).
     public var sendsOnSeparateThread: Bool
     /// Independent rings (each with its own connections and threads) that a call's
-    /// elements are divided over; more lanes keep more cores copying.
+    /// elements are divided over; more lanes keep more cores copying. Every rank must
+    /// use the same count.
     public var lanes: Int
+    /// How many times a waiting ring thread retries its sockets (without a sender
+    /// thread) before it sleeps in `poll`; nil chooses: `automaticSpins` when this
+    /// machine has a core for each of its ranks, else 0. Spinning spares the peer the
+    /// wake-up of a sleeping receiver, which in a virtual machine is an interprocessor
+    /// interrupt: two ranks on two cores all-reduce 1.3× faster (docs/PERFORMANCE.md).
+    /// With more ranks than cores it would take the core another rank needs.
+    public var spinsBeforeSleeping: Int?
     /// Calls with fewer bytes than this per lane use fewer lanes.
     public var minimumLaneBytes: Int
 
     public init(rank: Int, worldSize: Int, address: String = "127.0.0.1:29500", jobToken: String,
                 generation: Int = 0, timeoutSeconds: Double = 30, listenHost: String = "127.0.0.1",
                 hostsRendezvous: Bool? = nil, segmentBytes: Int = 1 << 20, socketBufferBytes: Int = 256 << 10,
-                sendsOnSeparateThread: Bool = true, lanes: Int = 4, minimumLaneBytes: Int = 1 << 20) {
+                sendsOnSeparateThread: Bool = false, lanes: Int = 1, minimumLaneBytes: Int = 1 << 20,
+                spinsBeforeSleeping: Int? = nil) {
         self.rank = rank
         self.worldSize = worldSize
         self.address = address
@@ -61,7 +71,12 @@ public struct RendezvousConfig: Sendable {
         self.sendsOnSeparateThread = sendsOnSeparateThread
         self.lanes = lanes
         self.minimumLaneBytes = minimumLaneBytes
+        self.spinsBeforeSleeping = spinsBeforeSleeping
     }
+
+    /// The spins `spinsBeforeSleeping == nil` chooses where each rank has a core:
+    /// about 0.1–0.2 s of retries (two non-blocking system calls each) before sleeping.
+    public static let automaticSpins = 100_000
 
     /// Throws `invalidArgument` naming the first bad field.
     func validate() throws {

@@ -42,7 +42,8 @@ struct BenchAllReduceCommand: Subcommand {
                                  "--host-rendezvous", "no", "--token", token, "--timeout", String(timeout),
                                  "--segment-bytes", try options.required("segment-bytes"),
                                  "--socket-buffer-bytes", try options.required("socket-buffer-bytes"),
-                                 "--lanes", try options.required("lanes"), "--sender-thread", String(try yesOrNo(options, "sender-thread") ? "yes" : "no")] + workload)
+                                 "--lanes", try options.required("lanes"), "--sender-thread", String(try yesOrNo(options, "sender-thread") ? "yes" : "no"),
+                                 "--spins", try options.required("spins")] + workload)
             }
         case "mpi":
             launches.append(["/usr/bin/env", "mpirun", "--allow-run-as-root", "--oversubscribe",

@@ -59,7 +59,8 @@ struct CollectiveWorkerCommand: Subcommand {
                 timeoutSeconds: try options.double("timeout", expectation: "seconds > 0") { $0 > 0 },
                 hostsRendezvous: hosting, segmentBytes: try options.int("segment-bytes", in: 4096...(1 << 30)),
                 socketBufferBytes: try options.int("socket-buffer-bytes", in: 0...(1 << 30)),
-                sendsOnSeparateThread: try yesOrNo(options, "sender-thread"), lanes: try options.int("lanes", in: 1...16))
+                sendsOnSeparateThread: try yesOrNo(options, "sender-thread"), lanes: try options.int("lanes", in: 1...16),
+                spinsBeforeSleeping: options.string("spins") == "auto" ? nil : try options.int("spins", in: 0...Int(Int32.max)))
             return try TCPRingCollective.connect(config)
         case "mpi":
             #if MPI
@@ -214,5 +215,8 @@ let ringTuningOptions: [OptionSpec] = {
         OptionSpec("lanes", value: "K", default: String(defaults.lanes), help: "independent rings a call is divided over (tcp)"),
         OptionSpec("socket-buffer-bytes", value: "B", default: String(defaults.socketBufferBytes),
                    help: "SO_SNDBUF/SO_RCVBUF, 0: kernel autotuning (tcp)"),
+        OptionSpec("spins", value: "N", default: "auto",
+                   help: "socket retries before a waiting rank sleeps, without a sender thread (auto: "
+                       + "\(RendezvousConfig.automaticSpins) when this machine has a core per rank and lane, else 0) (tcp)"),
     ]
 }()

@@ -11,13 +11,13 @@ import Testing
     }
 
     /// Both drivers (a sender thread beside the calling thread, or one thread for
-    /// both) and both one lane and three.
-    @Test(arguments: 1...8, [(true, 1), (false, 1), (true, 3), (false, 3)])
-    func sumsAndMeansEqualANaiveReductionBitForBit(world: Int, driver: (senderThread: Bool, lanes: Int)) throws {
+    /// both, sleeping at once or retrying its sockets first) and both one lane and three.
+    @Test(arguments: 1...8, [(true, 1, nil), (false, 1, 0), (false, 1, 1_000), (true, 3, nil), (false, 3, 0)])
+    func sumsAndMeansEqualANaiveReductionBitForBit(world: Int, driver: (senderThread: Bool, lanes: Int, spins: Int?)) throws {
         // Small segments for odd worlds: a chunk then crosses many segment boundaries.
         let segment = world % 2 == 1 ? 4096 : 1 << 20
         let outcomes = try withRing(world, segmentBytes: segment, senderThread: driver.senderThread,
-                                    lanes: driver.lanes) { ring -> [String] in
+                                    lanes: driver.lanes, spins: driver.spins) { ring -> [String] in
             var problems: [String] = []
             for length in Self.lengths(world) {
                 let inputs = (0..<world).map { randomInput(rank: $0, count: length, seed: 11) }
