@@ -47,7 +47,7 @@ public struct RendezvousConfig: Sendable {
     /// thread) before it sleeps in `poll`; nil chooses: `automaticSpins` when this
     /// machine has a core for each of its ranks, else 0. Spinning spares the peer the
     /// wake-up of a sleeping receiver, which in a virtual machine is an interprocessor
-    /// interrupt: two ranks on two cores all-reduce 1.3× faster (docs/PERFORMANCE.md).
+    /// interrupt: two ranks on two cores all-reduce 1.2–1.3× faster (docs/PERFORMANCE.md).
     /// With more ranks than cores it would take the core another rank needs.
     public var spinsBeforeSleeping: Int?
     /// Calls with fewer bytes than this per lane use fewer lanes.
