@@ -55,7 +55,7 @@ public struct RendezvousConfig: Sendable {
 
     public init(rank: Int, worldSize: Int, address: String = "127.0.0.1:29500", jobToken: String,
                 generation: Int = 0, timeoutSeconds: Double = 30, listenHost: String = "127.0.0.1",
-                hostsRendezvous: Bool? = nil, segmentBytes: Int = 1 << 20, socketBufferBytes: Int = 256 << 10,
+                hostsRendezvous: Bool? = nil, segmentBytes: Int = 4 << 20, socketBufferBytes: Int = 1 << 20,
                 sendsOnSeparateThread: Bool = false, lanes: Int = 1, minimumLaneBytes: Int = 1 << 20,
                 spinsBeforeSleeping: Int? = nil) {
         self.rank = rank
