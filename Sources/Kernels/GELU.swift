@@ -31,19 +31,6 @@ public func normalCDFAndDensity(_ x: Float) -> (cdf: Float, density: Float) {
     return (x < 0 ? tail : 1 - tail, density)
 }
 
-/// GELU(x) = x · Φ(x).
-@inline(__always)
-public func gelu(_ x: Float) -> Float {
-    x * normalCDFAndDensity(x).cdf
-}
-
-/// GELU'(x) = Φ(x) + x · φ(x).
-@inline(__always)
-public func geluDerivative(_ x: Float) -> Float {
-    let (cdf, density) = normalCDFAndDensity(x)
-    return cdf + x * density
-}
-
 /// The MLP's bias and activation in one pass, after the fc1 product without bias:
 /// for x = preActivation[rows, width] + bias[width]:
 /// activated = GELU(x), and preActivation is overwritten with GELU'(x) for `geluBackward`.

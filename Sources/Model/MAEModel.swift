@@ -138,9 +138,9 @@ public final class MAEModel {
             }
             shardLosses = FloatBuffer(count: shardCount)
         }
-        if gradientScale != nil, shardGradients.count != shardCount - 1 {
-            shardGradients = (0..<(shardCount - 1)).map { shardGradients.indices.contains($0) ? shardGradients[$0]
-                                                                                             : FloatBuffer(count: table.count) }
+        if gradientScale != nil {
+            shardGradients.removeLast(max(0, shardGradients.count - (shardCount - 1)))
+            while shardGradients.count < shardCount - 1 { shardGradients.append(FloatBuffer(count: table.count)) }
         }
         // Every masked patch weighs the same in the batch's mean (each sample removes
         // the same number), so shard s's mean counts with its share of the samples.
