@@ -70,7 +70,7 @@ let package = Package(
         .target(name: "Data", dependencies: ["Kernels", "CImageCodec", "System"],
                 swiftSettings: sharedSwiftSettings),
         .target(name: "Collectives",
-                dependencies: ["Kernels", .target(name: "CMPI", condition: .when(traits: ["MPI"]))],
+                dependencies: ["Kernels", "System", .target(name: "CMPI", condition: .when(traits: ["MPI"]))],
                 swiftSettings: sharedSwiftSettings),
         .target(name: "Training", dependencies: ["Model", "Data", "Collectives", "Options", "System"],
                 swiftSettings: sharedSwiftSettings),

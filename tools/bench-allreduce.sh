@@ -33,7 +33,7 @@ for config in $configs; do
         echo "openmpi-tcp $world $floats $("${mpirun[@]}" -np "$world" --mca btl tcp,self /tmp/mae_mpi_allreduce_bench "$floats" "$iters" | busbw)" >>"$results"
         echo "openmpi-shm $world $floats $("${mpirun[@]}" -np "$world" --mca btl vader,self /tmp/mae_mpi_allreduce_bench "$floats" "$iters" | busbw)" >>"$results"
         echo "ours-tcp-ring $world $floats $("$mae" bench allreduce --world "$world" --floats "$floats" --iters "$iters" | busbw)" >>"$results"
-        echo "ours-tcp-ring-4lanes-thread $world $floats $("$mae" bench allreduce --lanes 4 --sender-thread yes --world "$world" --floats "$floats" --iters "$iters" | busbw)" >>"$results"
+        echo "ours-tcp-ring-system-cc $world $floats $("$mae" bench allreduce --congestion-control system --world "$world" --floats "$floats" --iters "$iters" | busbw)" >>"$results"
         echo "ours-mpi-tcp $world $floats $("$mae" bench allreduce --backend mpi --mpi-btl tcp,self --world "$world" --floats "$floats" --iters "$iters" | busbw)" >>"$results"
         tail -6 "$results" >&2
     done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build needs, when they are missing.
-# usage: tools/install-deps.sh [--mpi]
-#   --mpi   also Open MPI (libopenmpi-dev, openmpi-bin) for the MPI backend
+# usage: tools/install-deps.sh [--mpi] [--netns]
+#   --mpi     also Open MPI (libopenmpi-dev, openmpi-bin) for the MPI backend
+#   --netns   also iproute2, for the tests that join ranks across network namespaces
 # As root it runs apt-get; otherwise it prints the exact command and stops.
 set -euo pipefail
 
@@ -20,7 +21,8 @@ for argument in "$@"; do
             need libopenmpi-dev pkg-config --exists ompi-c
             need openmpi-bin command -v mpirun
             ;;
-        *) echo "install-deps.sh: unknown option $argument (expected --mpi)" >&2; exit 2 ;;
+        --netns) need iproute2 command -v ip ;;
+        *) echo "install-deps.sh: unknown option $argument (expected --mpi or --netns)" >&2; exit 2 ;;
     esac
 done
 

@@ -2,7 +2,7 @@
 # The test command: installs what is missing, builds, and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/install-deps.sh --mpi
+tools/install-deps.sh --mpi --netns
 swift build --build-tests
 swift test --skip-build
 # The MPI backend (package trait MPI), built in its own folder so that the default

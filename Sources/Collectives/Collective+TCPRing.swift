@@ -161,6 +161,13 @@ public final class TCPRingCollective: Collective {
         }
     }
 
+    /// The congestion control algorithm of each lane's connection to the right and from
+    /// the left, as the kernel reports it.
+    public func congestionControls() throws -> [(toRight: String, fromLeft: String)] {
+        try lanes.map { (try $0.sendSocket.congestionControl(context: "ring connection to the right"),
+                         try $0.receiveSocket.congestionControl(context: "ring connection from the left")) }
+    }
+
     deinit {
         for lane in lanes { lane.close() }
         emptyBuffer.deallocate()

@@ -52,12 +52,14 @@ public struct RendezvousConfig: Sendable {
     public var spinsBeforeSleeping: Int?
     /// Calls with fewer bytes than this per lane use fewer lanes.
     public var minimumLaneBytes: Int
+    /// The TCP congestion control of the ring connections (see `CongestionControl`).
+    public var congestionControl: CongestionControl
 
     public init(rank: Int, worldSize: Int, address: String = "127.0.0.1:29500", jobToken: String,
                 generation: Int = 0, timeoutSeconds: Double = 30, listenHost: String = "127.0.0.1",
                 hostsRendezvous: Bool? = nil, segmentBytes: Int = 4 << 20, socketBufferBytes: Int = 1 << 20,
                 sendsOnSeparateThread: Bool = false, lanes: Int = 1, minimumLaneBytes: Int = 1 << 20,
-                spinsBeforeSleeping: Int? = nil) {
+                spinsBeforeSleeping: Int? = nil, congestionControl: CongestionControl = .automatic) {
         self.rank = rank
         self.worldSize = worldSize
         self.address = address
@@ -72,6 +74,7 @@ public struct RendezvousConfig: Sendable {
         self.lanes = lanes
         self.minimumLaneBytes = minimumLaneBytes
         self.spinsBeforeSleeping = spinsBeforeSleeping
+        self.congestionControl = congestionControl
     }
 
     /// The spins `spinsBeforeSleeping == nil` chooses where each rank has a core:

@@ -95,8 +95,10 @@ final class RingLane {
         self.sendSocket = sendSocket
         self.receiveSocket = receiveSocket
         scratch = UnsafeMutableRawPointer.allocate(byteCount: config.segmentBytes, alignment: 64)
-        try sendSocket.configureForBulkTransfer(bufferBytes: config.socketBufferBytes, context: "ring connection to the right")
-        try receiveSocket.configureForBulkTransfer(bufferBytes: config.socketBufferBytes, context: "ring connection from the left")
+        for (socket, context) in [(sendSocket, "ring connection to the right"), (receiveSocket, "ring connection from the left")] {
+            try socket.configureForBulkTransfer(bufferBytes: config.socketBufferBytes, context: context)
+            try socket.applyCongestionControl(config.congestionControl, context: context)
+        }
         sender = config.sendsOnSeparateThread
             ? try RingSender(socket: sendSocket, timeoutSeconds: config.timeoutSeconds,
                              label: "rank \(rank) sending to rank \((rank + 1) % worldSize) (lane \(index))")

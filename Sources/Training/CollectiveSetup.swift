@@ -13,7 +13,8 @@ public func makeCollective(_ settings: DistributedSettings) throws -> any Collec
             ?? SocketAddress.localAddress(toward: SocketAddress(parsing: address))
         return try TCPRingCollective.connect(RendezvousConfig(
             rank: settings.rank, worldSize: settings.worldSize, address: address, jobToken: settings.jobToken,
-            generation: settings.generation, timeoutSeconds: settings.timeoutSeconds, listenHost: listenHost))
+            generation: settings.generation, timeoutSeconds: settings.timeoutSeconds, listenHost: listenHost,
+            congestionControl: settings.congestionControl))
     case .mpi:
         #if MPI
         let collective = try MPICollective()

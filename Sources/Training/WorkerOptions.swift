@@ -1,3 +1,4 @@
+import Collectives
 import Foundation
 import Model
 import Options
@@ -19,6 +20,8 @@ public struct DistributedSettings: Sendable, Equatable {
     /// Address the ring listener binds to and announces; nil: the interface that routes
     /// toward the rendezvous host (127.0.0.1 when that is loopback).
     public var listenHost: String? = nil
+    /// TCP congestion control of the ring connections (auto: Reno within this machine).
+    public var congestionControl: CongestionControl = .automatic
 
     public static let standalone = DistributedSettings(rank: 0, worldSize: 1, rendezvous: nil, jobToken: "",
                                                        generation: 0, backend: .tcp, timeoutSeconds: 0)
@@ -44,6 +47,8 @@ public enum WorkerOptions {
                        help: "collective backend; mpi (under mpirun, a build with --traits MPI) needs no rendezvous or token"),
             OptionSpec("listen-host", value: "ADDRESS",
                        help: "address this worker's ring listener binds to and announces (default: this machine's address toward the rendezvous host)"),
+            OptionSpec("congestion-control", value: "auto|system|NAME", default: "auto",
+                       help: CongestionControl.optionHelp),
             OptionSpec("peer-timeout", value: "SECONDS", default: "300",
                        help: "how long a worker waits for its peers, to join and at every collective (a checkpoint write included)"),
             OptionSpec("data", value: "ROOT", help: "image folder: ROOT/train/<class>/<image> or ROOT/<class>/<image> (required)"),
@@ -130,7 +135,8 @@ public enum WorkerOptions {
                 rank: rank, worldSize: worldSize, rendezvous: address, jobToken: token,
                 generation: try options.int("generation", in: 0...Int(Int32.max)), backend: .tcp,
                 timeoutSeconds: try options.double("peer-timeout", expectation: "a positive number of seconds") { $0 > 0 },
-                listenHost: options.string("listen-host"))
+                listenHost: options.string("listen-host"),
+                congestionControl: try parseCongestionControl(options.required("congestion-control"), fail: fail))
         }
 
         guard let dataRoot = options.string("data") else { throw fail("missing --data ROOT (an image folder)") }
@@ -222,6 +228,14 @@ public enum WorkerOptions {
         guard let address = distributed.rendezvous else { return 1 }
         let host = address[..<(address.lastIndex(of: ":") ?? address.endIndex)]
         return host == "127.0.0.1" || host == "localhost" || host == "[::1]" ? distributed.worldSize : 1
+    }
+
+    /// `--congestion-control`'s value; `fail` makes the error for anything else.
+    public static func parseCongestionControl(_ text: String, fail: (String) -> OptionError) throws -> CongestionControl {
+        guard let choice = CongestionControl(parsing: text) else {
+            throw fail("--congestion-control expects auto, system or an algorithm's name such as reno, got '\(text)'")
+        }
+        return choice
     }
 
     static func parseSeed(_ text: String, fail: (String) -> OptionError) throws -> UInt64 {

@@ -43,7 +43,8 @@ struct BenchAllReduceCommand: Subcommand {
                                  "--segment-bytes", try options.required("segment-bytes"),
                                  "--socket-buffer-bytes", try options.required("socket-buffer-bytes"),
                                  "--lanes", try options.required("lanes"), "--sender-thread", String(try yesOrNo(options, "sender-thread") ? "yes" : "no"),
-                                 "--spins", try options.required("spins")] + workload)
+                                 "--spins", try options.required("spins"),
+                                 "--congestion-control", try congestionControl(options).description] + workload)
             }
         case "mpi":
             launches.append(["/usr/bin/env", "mpirun", "--allow-run-as-root", "--oversubscribe",
@@ -75,7 +76,7 @@ struct BenchAllReduceCommand: Subcommand {
         guard let result = text.split(separator: "\n").last(where: { $0.hasPrefix("busbw_GBps=") }) else {
             throw OptionError("mae bench allreduce: the workers printed no result; their output was:\n\(text)")
         }
-        for line in text.split(separator: "\n") where line.hasPrefix("rank0_cpu_ms") { print(line) }
+        for line in text.split(separator: "\n") where line.hasPrefix("rank0_") { print(line) }
         print(result)
     }
 

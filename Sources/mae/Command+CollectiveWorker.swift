@@ -1,6 +1,7 @@
 import Collectives
 import Kernels
 import Options
+import Training
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -24,6 +25,8 @@ struct CollectiveWorkerCommand: Subcommand {
             OptionSpec("host-rendezvous", value: "BOOL", default: "rank0",
                        help: "whether this rank hosts the rendezvous: yes, no or rank0"),
             OptionSpec("token", value: "TEXT", default: "mae-local", help: "job token shared by the ranks (tcp)"),
+            OptionSpec("listen-host", value: "ADDRESS", default: "auto",
+                       help: "address the ring listener binds to and announces; auto: this machine's address toward the rendezvous (tcp)"),
             OptionSpec("generation", value: "G", default: "0", help: "job generation (tcp)"),
             OptionSpec("timeout", value: "SECONDS", default: "30", help: "rendezvous and collective timeout (tcp)"),
             OptionSpec("floats", value: "F", default: "6175000", help: "buffer length in floats (bench, loop)"),
@@ -53,14 +56,18 @@ struct CollectiveWorkerCommand: Subcommand {
             case "rank0": hosting = nil
             case let other: throw OptionError("mae collective-worker: --host-rendezvous expects yes, no or rank0, got '\(other)'")
             }
+            let address = try options.required("address")
+            let listenHost = try options.required("listen-host")
             let config = RendezvousConfig(
-                rank: rank, worldSize: try options.int("world", in: 1...65535), address: try options.required("address"),
+                rank: rank, worldSize: try options.int("world", in: 1...65535), address: address,
                 jobToken: try options.required("token"), generation: try options.int("generation", in: 0...Int.max),
                 timeoutSeconds: try options.double("timeout", expectation: "seconds > 0") { $0 > 0 },
+                listenHost: listenHost == "auto" ? try SocketAddress.localAddress(toward: SocketAddress(parsing: address)) : listenHost,
                 hostsRendezvous: hosting, segmentBytes: try options.int("segment-bytes", in: 4096...(1 << 30)),
                 socketBufferBytes: try options.int("socket-buffer-bytes", in: 0...(1 << 30)),
                 sendsOnSeparateThread: try yesOrNo(options, "sender-thread"), lanes: try options.int("lanes", in: 1...16),
-                spinsBeforeSleeping: options.string("spins") == "auto" ? nil : try options.int("spins", in: 0...Int(Int32.max)))
+                spinsBeforeSleeping: options.string("spins") == "auto" ? nil : try options.int("spins", in: 0...Int(Int32.max)),
+                congestionControl: try congestionControl(options))
             return try TCPRingCollective.connect(config)
         case "mpi":
             #if MPI
@@ -105,6 +112,9 @@ struct CollectiveWorkerCommand: Subcommand {
             // CPU time (all threads, user + system) says how much work a byte costs, which
             // a busy shared machine distorts less than wall time.
             print("rank0_cpu_ms_per_iteration=\(fixed(cpuSeconds * 1000, 2))")
+            if let ring = collective as? TCPRingCollective, let lane = try ring.congestionControls().first {
+                print("rank0_congestion_control=\(lane.toRight)")   // what paces rank 0's sends
+            }
             let algorithmBandwidth = Double(floats * 4) / seconds / 1e9
             let busBandwidth = algorithmBandwidth * 2 * Double(world - 1) / Double(world)
             print("busbw_GBps=\(fixed(busBandwidth, 3)) algbw_GBps=\(fixed(algorithmBandwidth, 3)) time_ms=\(fixed(seconds * 1000, 2))")
@@ -164,6 +174,11 @@ struct CollectiveWorkerCommand: Subcommand {
         let expected = [Double(world), Double(world * (world - 1) / 2), 0.5 * Double(world)]
         guard scalars == expected else { throw OptionError("scalars are \(scalars), expected \(expected)") }
         try collective.barrier()
+        if let ring = collective as? TCPRingCollective {
+            for (lane, algorithms) in try ring.congestionControls().enumerated() {
+                print("congestion_control rank=\(rank) lane=\(lane) to_right=\(algorithms.toRight) from_left=\(algorithms.fromLeft)")
+            }
+        }
         print("check ok rank=\(rank) world=\(world)")
         fflush(stdout)
     }
@@ -193,6 +208,11 @@ func monotonicNow() -> Double {
     return Double(time.tv_sec) + Double(time.tv_nsec) * 1e-9
 }
 
+/// The parsed `--congestion-control`.
+func congestionControl(_ options: ParsedOptions) throws -> CongestionControl {
+    try WorkerOptions.parseCongestionControl(try options.required("congestion-control"), fail: { OptionError($0) })
+}
+
 /// `value` with exactly `digits` decimals (no Foundation formatting needed).
 func fixed(_ value: Double, _ digits: Int) -> String {
     var scale = 1.0
@@ -218,5 +238,7 @@ let ringTuningOptions: [OptionSpec] = {
         OptionSpec("spins", value: "N", default: "auto",
                    help: "socket retries before a waiting rank sleeps, without a sender thread (auto: "
                        + "\(RendezvousConfig.automaticSpins) when this machine has a core per rank and lane, else 0) (tcp)"),
+        OptionSpec("congestion-control", value: "auto|system|NAME", default: defaults.congestionControl.description,
+                   help: CongestionControl.optionHelp + " (tcp)"),
     ]
 }()

@@ -45,6 +45,7 @@ func uniqueToken(_ label: String) -> String {
 /// Joins ranks 0..<world into a ring through a rendezvous the test hosts on a free port.
 func withRing<Value: Sendable>(_ world: Int, segmentBytes: Int = 1 << 20, timeoutSeconds: Double = 20,
                                senderThread: Bool = true, lanes: Int = 1, spins: Int? = nil,
+                               congestionControl: CongestionControl = .automatic,
                                _ body: @escaping @Sendable (TCPRingCollective) throws -> Value) throws -> [Result<Value, Error>] {
     let token = uniqueToken("ring\(world)")
     let server = try RendezvousServer(address: SocketAddress(host: "127.0.0.1", port: 0), worldSize: world,
@@ -55,7 +56,8 @@ func withRing<Value: Sendable>(_ world: Int, segmentBytes: Int = 1 << 20, timeou
         let config = RendezvousConfig(rank: rank, worldSize: world, address: address, jobToken: token, generation: 3,
                                       timeoutSeconds: timeoutSeconds, hostsRendezvous: false, segmentBytes: segmentBytes,
                                       sendsOnSeparateThread: senderThread, lanes: lanes,
-                                      minimumLaneBytes: testLaneBytes, spinsBeforeSleeping: spins)
+                                      minimumLaneBytes: testLaneBytes, spinsBeforeSleeping: spins,
+                                      congestionControl: congestionControl)
         let ring = try TCPRingCollective.connect(config)
         defer { ring.close() }
         return try body(ring)

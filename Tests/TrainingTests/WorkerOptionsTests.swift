@@ -3,6 +3,7 @@ import Options
 import Testing
 import TestSupport
 @testable import Training
+import Collectives
 
 @Suite struct WorkerOptionsTests {
     /// Parses a command line; returns the one-line error, or nil when it is accepted.
@@ -41,6 +42,13 @@ import TestSupport
         let (_, distributed) = try WorkerOptions.parse(options)
         #expect(distributed.rank == 1 && distributed.worldSize == 2 && distributed.jobToken == "secret")
         #expect(distributed.rendezvous == "127.0.0.1:29500" && distributed.backend == .tcp && distributed.generation == 0)
+        #expect(distributed.congestionControl == .automatic)
+        for (text, expected) in [("system", CongestionControl.system), ("cubic", .named("cubic")), ("auto", .automatic)] {
+            let chosen = try #require(try WorkerOptions.spec.parse([
+                "--rank", "1", "--world-size", "2", "--rendezvous", "127.0.0.1:29500", "--job-token", "secret",
+                "--data", temporary.path, "--congestion-control", text]))
+            #expect(try WorkerOptions.parse(chosen).1.congestionControl == expected)
+        }
     }
 
     @Test func impossibleValuesAreOneLineErrorsBeforeAnyWork() throws {
@@ -70,6 +78,10 @@ import TestSupport
             (["--standalone", "--data", temporary.path, "--model", "mae_vit_tiny_patch4", "--input-size", "30"], "multiple of the patch size"),
             (base + ["--resume", temporary.path + "/nothing"], "--resume"),
             (base + ["--seed", "-1"], "--seed"),
+            (["--rank", "0", "--world-size", "2", "--rendezvous", "127.0.0.1:1", "--job-token", "t",
+              "--data", temporary.path, "--congestion-control", "Reno!"], "--congestion-control expects"),
+            (["--rank", "0", "--world-size", "2", "--rendezvous", "127.0.0.1:1", "--job-token", "t",
+              "--data", temporary.path, "--congestion-control", ""], "--congestion-control expects"),
         ]
         for (arguments, expected) in cases {
             let message = try #require(error(arguments), "accepted: \(arguments)")
