@@ -3,8 +3,11 @@
 ///
 /// Ranks and world size come from MPI (run the workers under `mpirun`). Errors are
 /// returned, not fatal (MPI_ERRORS_RETURN), and become `CollectiveError`s. A peer
-/// that dies is handled by Open MPI: `mpirun` ends the whole job; a stalled peer is
-/// not detected (MPI has no timeouts), which is what the TCP ring adds.
+/// that dies is handled by Open MPI: `mpirun` ends the whole job. A stalled peer
+/// would block every other rank forever (MPI has no timeouts and cannot cancel a
+/// call), so with a timeout a `CallWatchdog` ends the process when one call makes no
+/// progress for that long, with a message; `mpirun` then ends the job. The TCP ring
+/// instead throws from the call, closes and lets the caller decide.
 import CMPI
 #if canImport(Glibc)
 import Glibc
@@ -19,8 +22,13 @@ public final class MPICollective: Collective {
     /// MPI counts are 32-bit; longer buffers go in pieces of this many elements.
     static let maximumPiece = Int(Int32.max)
 
-    /// Initialises MPI (once per process) and joins MPI_COMM_WORLD.
-    public init() throws {
+    /// Ends this process when a call runs past the timeout; nil without one.
+    private let watchdog: CallWatchdog?
+
+    /// Initialises MPI (once per process) and joins MPI_COMM_WORLD. With
+    /// `timeoutSeconds`, a call that makes no progress for that long ends the process
+    /// (exit status 3) after saying so on standard error.
+    public init(timeoutSeconds: Double? = nil) throws {
         var initialised: Int32 = 0
         MPI_Initialized(&initialised)
         if initialised == 0 {
@@ -35,7 +43,21 @@ public final class MPICollective: Collective {
         try MPICollective.check(MPI_Comm_size(communicator, &size), "MPI_Comm_size")
         self.rank = Int(rank)
         self.worldSize = Int(size)
+        watchdog = try timeoutSeconds.map { timeout in
+            try CallWatchdog(timeoutSeconds: timeout) { [rank] call in
+                // The calling thread is inside MPI and cannot be unwound: say why and end
+                // the process at once (no exit handlers, which could call into MPI).
+                let message = "collectives: rank \(rank): \(call) made no progress for \(timeout) s (a peer stalled, "
+                    + "died or stopped calling); MPI cannot cancel it, so this process exits and mpirun ends the job\n"
+                fputs(message, stderr)
+                fflush(stderr)
+                _exit(MPICollective.timeoutExitStatus)
+            }
+        }
     }
+
+    /// The exit status of a process whose MPI call ran past the timeout.
+    public static let timeoutExitStatus: Int32 = 3
 
     /// Turns an MPI return code into an error naming the call and MPI's message.
     static func check(_ code: Int32, _ call: String) throws {
@@ -53,7 +75,7 @@ public final class MPICollective: Collective {
     }
 
     public func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
-        try inPieces(count) { start, length in
+        try inPieces(count, "MPI_Allreduce of \(count) floats") { start, length in
             try MPICollective.check(MPI_Allreduce(mae_mpi_in_place(), buffer + start, length, mae_mpi_float(),
                                                   mae_mpi_sum(), communicator), "MPI_Allreduce")
         }
@@ -63,7 +85,7 @@ public final class MPICollective: Collective {
         guard (0..<worldSize).contains(root) else {
             throw CollectiveError.invalidArgument("broadcast root \(root) is outside 0..<\(worldSize)")
         }
-        try inPieces(count) { start, length in
+        try inPieces(count, "MPI_Bcast of \(count) floats from rank \(root)") { start, length in
             try MPICollective.check(MPI_Bcast(buffer + start, length, mae_mpi_float(), Int32(root), communicator),
                                     "MPI_Bcast")
         }
@@ -71,7 +93,7 @@ public final class MPICollective: Collective {
 
     public func allReduceScalars(_ values: [Double]) throws -> [Double] {
         var result = values
-        try inPieces(values.count) { start, length in
+        try inPieces(values.count, "MPI_Allreduce of \(values.count) scalars") { start, length in
             try result.withUnsafeMutableBufferPointer { pointer in
                 try MPICollective.check(MPI_Allreduce(mae_mpi_in_place(), pointer.baseAddress! + start, length,
                                                       mae_mpi_double(), mae_mpi_sum(), communicator), "MPI_Allreduce")
@@ -83,6 +105,8 @@ public final class MPICollective: Collective {
     public func barrier() throws {
         try callLock.withLock {
             guard !isClosed else { throw CollectiveError.closed("close() was called (MPI is finalised)") }
+            watchdog?.arm("MPI_Barrier")
+            defer { watchdog?.disarm() }
             try MPICollective.check(MPI_Barrier(communicator), "MPI_Barrier")
         }
     }
@@ -92,17 +116,21 @@ public final class MPICollective: Collective {
         callLock.withLock {
             guard !isClosed else { return }
             isClosed = true
+            watchdog?.stop()
             var finalised: Int32 = 0
             MPI_Finalized(&finalised)
             if finalised == 0 { MPI_Finalize() }
         }
     }
 
-    /// Runs `body` for each piece of at most `maximumPiece` elements, holding the call lock.
-    private func inPieces(_ count: Int, _ body: (Int, Int32) throws -> Void) throws {
+    /// Runs `body` for each piece of at most `maximumPiece` elements, holding the call
+    /// lock, under the watchdog as `call`.
+    private func inPieces(_ count: Int, _ call: @autoclosure () -> String, _ body: (Int, Int32) throws -> Void) throws {
         guard count >= 0 else { throw CollectiveError.invalidArgument("count \(count) is negative") }
         try callLock.withLock {
             guard !isClosed else { throw CollectiveError.closed("close() was called (MPI is finalised)") }
+            if let watchdog { watchdog.arm(call()) }
+            defer { watchdog?.disarm() }
             var start = 0
             while start < count {
                 let length = min(count - start, MPICollective.maximumPiece)

@@ -15,7 +15,12 @@ final class Condition: @unchecked Sendable {
 
     init() {
         pthread_mutex_init(mutex, nil)
-        pthread_cond_init(condition, nil)
+        // Timed waits count on the monotonic clock, like `Deadline`.
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(condition, &attributes)
+        pthread_condattr_destroy(&attributes)
     }
 
     deinit {
@@ -29,6 +34,12 @@ final class Condition: @unchecked Sendable {
     func unlock() { pthread_mutex_unlock(mutex) }
     /// Waits for `broadcast` (with the mutex held); may wake spuriously.
     func wait() { pthread_cond_wait(condition, mutex) }
+    /// Waits for `broadcast` or until `deadline` (with the mutex held); may wake spuriously.
+    func wait(until deadline: Deadline) {
+        let whole = deadline.time.rounded(.down)
+        var time = timespec(tv_sec: Int(whole), tv_nsec: min(999_999_999, Int((deadline.time - whole) * 1e9)))
+        _ = pthread_cond_timedwait(condition, mutex, &time)
+    }
     func broadcast() { pthread_cond_broadcast(condition) }
 
     func withLock<Result>(_ body: () throws -> Result) rethrows -> Result {

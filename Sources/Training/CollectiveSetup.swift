@@ -17,7 +17,7 @@ public func makeCollective(_ settings: DistributedSettings) throws -> any Collec
             congestionControl: settings.congestionControl))
     case .mpi:
         #if MPI
-        let collective = try MPICollective()
+        let collective = try MPICollective(timeoutSeconds: settings.timeoutSeconds)
         guard settings.worldSize < 0 || collective.worldSize == settings.worldSize,
               settings.rank < 0 || collective.rank == settings.rank else {
             throw TrainingError.invalidConfiguration(

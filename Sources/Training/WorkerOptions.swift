@@ -112,7 +112,9 @@ public enum WorkerOptions {
             }
             distributed = DistributedSettings(rank: rank ?? -1, worldSize: worldSize ?? -1, rendezvous: nil, jobToken: "",
                                               generation: try options.int("generation", in: 0...Int(Int32.max)),
-                                              backend: .mpi, timeoutSeconds: 0)
+                                              backend: .mpi,
+                                              timeoutSeconds: try options.double("peer-timeout",
+                                                                                 expectation: "a positive number of seconds") { $0 > 0 })
         } else {
             guard !givenMulti.isEmpty else {
                 throw fail("pass --standalone to train alone, or --rank, --world-size, --rendezvous and --job-token to join a job")

@@ -28,7 +28,8 @@ struct CollectiveWorkerCommand: Subcommand {
             OptionSpec("listen-host", value: "ADDRESS", default: "auto",
                        help: "address the ring listener binds to and announces; auto: this machine's address toward the rendezvous (tcp)"),
             OptionSpec("generation", value: "G", default: "0", help: "job generation (tcp)"),
-            OptionSpec("timeout", value: "SECONDS", default: "30", help: "rendezvous and collective timeout (tcp)"),
+            OptionSpec("timeout", value: "SECONDS", default: "30",
+                       help: "rendezvous and collective timeout (tcp); for mpi, a call that makes no progress for this long ends the job"),
             OptionSpec("floats", value: "F", default: "6175000", help: "buffer length in floats (bench, loop)"),
             OptionSpec("iters", value: "I", default: "5", help: "timed iterations (bench) or iterations (loop)"),
             OptionSpec("pause-ms", value: "MS", default: "0", help: "pause between loop iterations"),
@@ -71,7 +72,7 @@ struct CollectiveWorkerCommand: Subcommand {
             return try TCPRingCollective.connect(config)
         case "mpi":
             #if MPI
-            return try MPICollective()
+            return try MPICollective(timeoutSeconds: try options.double("timeout", expectation: "seconds > 0") { $0 > 0 })
             #else
             throw OptionError("mae collective-worker: this mae was built without MPI; rebuild with 'swift build --traits MPI'")
             #endif

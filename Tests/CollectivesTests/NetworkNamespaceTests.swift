@@ -13,11 +13,11 @@ import Testing
     /// Runs `ip ARGUMENTS` and throws with its error output when it fails.
     static func ip(_ arguments: [String], directory: String) throws {
         let child = try Child(ip!, arguments, directory: directory, name: "ip")
-        guard child.waitForExit(seconds: 20) else {
+        guard let status = child.exitStatus(within: 20) else {
             child.stop()
             throw CollectiveError.timedOut("ip \(arguments.joined(separator: " ")) did not finish")
         }
-        guard child.process.terminationStatus == 0 else {
+        guard status == 0 else {
             throw CollectiveError.invalidArgument("ip \(arguments.joined(separator: " ")): \(child.errorOutput)")
         }
     }
@@ -51,7 +51,8 @@ import Testing
         // machine's: bbr); the test expects it on the connections between machines.
         let reader = try Child(Self.ip!, ["netns", "exec", machines[1], "/bin/cat", "/proc/sys/net/ipv4/tcp_congestion_control"],
                                directory: directory, name: "default")
-        #expect(reader.waitForExit(seconds: 20))
+        #expect(reader.exitStatus(within: 20) == 0, "cat: \(reader.errorOutput)")
+        reader.stop()
         let machineDefault = reader.output.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(!machineDefault.isEmpty, "no default congestion control: \(reader.errorOutput)")
 
@@ -69,8 +70,8 @@ import Testing
         }
         var reported: [String: String] = [:]
         for (rank, child) in children.enumerated() {
-            #expect(child.waitForExit(seconds: 60), "rank \(rank) did not finish")
-            #expect(child.process.terminationStatus == 0, "rank \(rank): \(child.errorOutput)")
+            let status = child.exitStatus(within: 60)
+            #expect(status == 0, "rank \(rank) \(status == nil ? "did not finish" : "failed"): \(child.errorOutput)")
             #expect(child.output.contains("check ok rank=\(rank) world=3"), "rank \(rank): \(child.output)")
             for line in child.output.split(separator: "\n") where line.hasPrefix("congestion_control ") {
                 for field in line.split(separator: " ").dropFirst(3) {

@@ -161,6 +161,12 @@ final class Child {
     /// Waits at most `seconds` for the process to end; true when it did.
     func waitForExit(seconds: Double) -> Bool { Child.waitUntil(seconds: seconds) { !process.isRunning } }
 
+    /// The exit status once the process has ended within `seconds`; nil while it still
+    /// runs (Foundation traps on the status of a running process).
+    func exitStatus(within seconds: Double) -> Int32? {
+        waitForExit(seconds: seconds) ? process.terminationStatus : nil
+    }
+
     /// SIGKILL (also ends a stopped process) and reap; safe to call twice.
     func stop() {
         if process.isRunning {
