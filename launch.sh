@@ -54,9 +54,14 @@ if [ -z "$data" ]; then
     fi
     # Demo recipe: a tiny model for a few epochs, unless the user says otherwise.
     has() { local flag; for flag in "${worker_flags[@]+"${worker_flags[@]}"}"; do [ "$flag" = "$1" ] && return 0; done; return 1; }
+    # The value after FLAG in the worker flags (empty when absent).
+    value_of() { local previous="" flag; for flag in "${worker_flags[@]+"${worker_flags[@]}"}"; do
+        [ "$previous" = "$1" ] && { echo "$flag"; return; }; previous=$flag; done; }
     has --model || worker_flags+=(--model mae_vit_tiny_patch4)
     has --epochs || worker_flags+=(--epochs 5)
-    has --warmup-epochs || worker_flags+=(--warmup-epochs 1)
+    # One warm-up epoch, or none when the run has only one epoch.
+    [ "$(value_of --epochs)" = 1 ] && warmup=0 || warmup=1
+    has --warmup-epochs || worker_flags+=(--warmup-epochs "$warmup")
     has --batch-size || worker_flags+=(--batch-size 32)
 fi
 [ -n "$run_dir" ] || run_dir=runs/run-$(date +%Y%m%d-%H%M%S)
