@@ -22,7 +22,7 @@ final class CallWatchdog: @unchecked Sendable {
         precondition(timeoutSeconds > 0, "a watchdog needs a positive timeout")
         self.timeoutSeconds = timeoutSeconds
         self.expire = expire
-        try startThread { [self] in run() }
+        try startThread("the collective call watchdog's thread") { [self] in run() }
     }
 
     /// Marks the start of a call.

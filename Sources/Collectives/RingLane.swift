@@ -27,7 +27,7 @@ final class WorkerThread: @unchecked Sendable {
     private var stopping = false
 
     init() throws {
-        try startThread { [self] in run() }
+        try startThread("a ring lane's worker thread") { [self] in run() }
     }
 
     /// Starts `job` on the thread (the previous one must have been waited for).
