@@ -25,6 +25,7 @@ struct BenchAllReduceCommand: Subcommand {
         let executable = selfExecutable()
         let workload = ["--mode", "bench", "--floats", String(floats), "--iters", String(iterations)]
         let backend = try options.required("backend")
+        let congestion = try congestionControl(options)
         print("all-reduce benchmark: backend=\(backend) world=\(world) floats=\(floats) bytes=\(floats * 4) iters=\(iterations)")
 
         var launches: [[String]] = []
@@ -44,7 +45,7 @@ struct BenchAllReduceCommand: Subcommand {
                                  "--socket-buffer-bytes", try options.required("socket-buffer-bytes"),
                                  "--lanes", try options.required("lanes"), "--sender-thread", String(try yesOrNo(options, "sender-thread") ? "yes" : "no"),
                                  "--spins", try options.required("spins"),
-                                 "--congestion-control", try congestionControl(options).description] + workload)
+                                 "--congestion-control", congestion.description] + workload)
             }
         case "mpi":
             launches.append(["/usr/bin/env", "mpirun", "--allow-run-as-root", "--oversubscribe",
