@@ -72,6 +72,35 @@ public final class RunLog {
         try TrainingError.reportingSystemCalls { try FileSystem.append(epochLogPath, text: jsonLine(fields) + "\n") }
     }
 
+    /// Drops what a run killed after its last checkpoint logged beyond it, before the
+    /// resumed run logs those steps again (rank 0 only): `metrics.jsonl` lines of steps
+    /// after `step`, `log.txt` lines of epochs from `epoch` on, and a last line cut short
+    /// by the kill. Returns how many lines it dropped; files it need not change stay as they are.
+    public func dropLines(afterStep step: Int, fromEpoch epoch: Int) throws -> Int {
+        guard rank == 0 else { return 0 }
+        return try TrainingError.reportingSystemCalls {
+            try dropLines(of: metricsPath) { line in integerField("step", in: line).map { $0 > step } ?? true }
+                + dropLines(of: epochLogPath) { line in integerField("epoch", in: line).map { $0 >= epoch } ?? true }
+        }
+    }
+
+    /// Rewrites `path` without the lines `isDropped` picks and without an unterminated
+    /// last line (atomically: a new file renamed over the old one).
+    private func dropLines(of path: String, _ isDropped: (Substring) -> Bool) throws -> Int {
+        guard FileSystem.exists(path) else { return 0 }
+        let text = String(decoding: try FileSystem.readFile(path), as: UTF8.self)
+        var lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        var dropped = lines.last?.isEmpty == false ? 1 : 0   // cut short: no newline after it
+        lines.removeLast()
+        let kept = lines.filter { !$0.isEmpty && !isDropped($0) }
+        dropped += lines.count - kept.count
+        guard dropped > 0 else { return 0 }
+        let temporary = path + ".tmp"
+        try FileSystem.writeFile(temporary, bytes: Array(kept.map { $0 + "\n" }.joined().utf8), synchronize: true)
+        try FileSystem.rename(temporary, path)
+        return dropped
+    }
+
     /// Appends one JSON object as a line to `metrics.jsonl` (rank 0 only).
     public func appendMetrics(_ fields: [(String, JSONValue)]) throws {
         guard rank == 0 else { return }
@@ -120,6 +149,13 @@ public enum JSONValue: Sendable, Equatable {
 /// `{"a": 1, "b": "x"}` with the keys in the given order.
 func jsonLine(_ fields: [(String, JSONValue)]) -> String {
     "{" + fields.map { "\(JSONValue.string($0.0).text): \($0.1.text)" }.joined(separator: ", ") + "}"
+}
+
+/// The integer after `"key": ` in a line that `jsonLine` wrote; nil when absent.
+func integerField(_ key: String, in line: Substring) -> Int? {
+    guard let range = line.range(of: "\"\(key)\": ") else { return nil }
+    let digits = line[range.upperBound...].prefix { $0 == "-" || $0.isNumber }
+    return Int(digits)
 }
 
 /// "1h02m", "3m05s", "12s".

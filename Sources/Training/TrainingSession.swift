@@ -135,6 +135,11 @@ final class TrainingSession {
             shared = [1] + TrainingPosition(found.state).scalars + [Double(optimizer.step), Double(config.batchShards ?? 1)]
             log.info("resuming from \(found.path): step \(found.state.step), epoch \(found.state.epoch), "
                      + "batch \(found.state.nextBatchIndex) of \(schedule.iterationsPerEpoch)")
+            let dropped = try log.dropLines(afterStep: found.state.step, fromEpoch: found.state.epoch)
+            if dropped > 0 {
+                log.info("dropped \(dropped) line(s) of metrics.jsonl and log.txt written after that checkpoint; "
+                         + "the resumed run writes them again")
+            }
         }
         if worldSize > 1 {
             shared = try collective.allReduceScalars(shared)

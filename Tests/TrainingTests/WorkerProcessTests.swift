@@ -1,6 +1,7 @@
 import Data
 import Foundation
 import Model
+import System
 import Testing
 import TestSupport
 @testable import Training
@@ -80,8 +81,12 @@ import Glibc
         #expect(try incompatible.wait(seconds: 60) == 1)
         #expect(incompatible.errors.contains("--batch-size was 4, now 2"), "\(incompatible.errors)")
 
+        // What a run killed after its checkpoint leaves behind: log lines beyond it, the last one cut short.
+        try FileSystem.append(temporary.path + "/stopped/metrics.jsonl", text: "{\"step\": 6, \"epoch\": 1}\n{\"step\": 7, \"ep")
+        try FileSystem.append(temporary.path + "/stopped/log.txt", text: "{\"train_lr\": 0.001, \"train_loss\": 1.0, \"epoch\": 1}\n")
         let resumed = try run("stopped", ["--resume", "auto"])
         #expect(resumed.output.contains("resuming from"))
+        #expect(resumed.output.contains("dropped 3 line(s)"), "\(resumed.output)")
 
         let killed = try WorkerProcess(arguments(runDirectory: "killed", ["--standalone", "--checkpoint-every", "1"]),
                                        logDirectory: temporary.path, name: "killed")
@@ -111,6 +116,12 @@ import Glibc
                     && lines.first?.contains("\"epoch\": 0") == true)
         }
         #expect(readText(temporary.path + "/straight/log.txt") == readText(temporary.path + "/stopped/log.txt"))
+        // Every run logged each step once, in order, whatever stopped it.
+        for runDirectory in ["straight", "stopped", "killed"] {
+            let steps = readText(temporary.path + "/\(runDirectory)/metrics.jsonl").split(separator: "\n")
+                .map { integerField("step", in: $0) }
+            #expect(steps == (1...12).map { $0 }, "\(runDirectory)/metrics.jsonl steps: \(steps)")
+        }
     }
 
     /// Two threads choose two batch shards; a resume on one thread keeps the checkpoint's
