@@ -26,6 +26,10 @@ public struct CheckpointState: Codable, Sendable, Equatable {
     public var datasetCount: Int
     public var config: RunConfig
     public var schedule: LearningRateSchedule
+    /// The epoch this checkpoint ends (epoch-end checkpoints only; nil in checkpoints written
+    /// before it was recorded), so a resume can write its `log.txt` line when the run was
+    /// killed between the checkpoint and that line.
+    public var finishedEpoch: EpochSummary?
     /// File name → "fnv1a64:<hex>" of each file in the checkpoint besides `state.json`.
     public var checksums: [String: String]
     /// When the checkpoint was written (UTC, ISO 8601); informational.
@@ -38,13 +42,14 @@ public struct CheckpointState: Codable, Sendable, Equatable {
         case nextBatchIndex = "next_batch_index", isEpochEnd = "epoch_end", seed, worldSize = "world_size"
         case epochLossSum = "epoch_loss_sum", epochLearningRateSum = "epoch_lr_sum", epochStepCount = "epoch_step_count"
         case datasetFingerprint = "dataset_fingerprint", datasetCount = "dataset_count", config, schedule
-        case checksums, createdAt = "created_at"
+        case checksums, createdAt = "created_at", finishedEpoch = "finished_epoch"
     }
 
     public init(step: Int, epoch: Int, stepInEpoch: Int, nextBatchIndex: Int, isEpochEnd: Bool, seed: UInt64,
                 worldSize: Int, epochLossSum: Double, epochLearningRateSum: Double, epochStepCount: Int,
                 datasetFingerprint: String, datasetCount: Int, config: RunConfig, schedule: LearningRateSchedule,
-                checksums: [String: String] = [:], createdAt: String = CheckpointState.now()) {
+                finishedEpoch: EpochSummary? = nil, checksums: [String: String] = [:],
+                createdAt: String = CheckpointState.now()) {
         formatVersion = Self.currentFormatVersion
         self.step = step
         self.epoch = epoch
@@ -60,6 +65,7 @@ public struct CheckpointState: Codable, Sendable, Equatable {
         self.datasetCount = datasetCount
         self.config = config
         self.schedule = schedule
+        self.finishedEpoch = finishedEpoch
         self.checksums = checksums
         self.createdAt = createdAt
     }
@@ -93,3 +99,21 @@ public struct CheckpointState: Codable, Sendable, Equatable {
         }
     }
 }
+
+/// One finished epoch as `log.txt` records it: the means over its steps (the reference's keys).
+public struct EpochSummary: Codable, Sendable, Equatable {
+    /// The epoch, 0-based like the reference's `log.txt`.
+    public var epoch: Int
+    public var learningRate: Double
+    public var loss: Double
+
+    private enum CodingKeys: String, CodingKey {
+        case epoch, learningRate = "train_lr", loss = "train_loss"
+    }
+
+    /// The `log.txt` line's fields, in the reference's order.
+    var logFields: [(String, JSONValue)] {
+        [("train_lr", .number(learningRate)), ("train_loss", .number(loss)), ("epoch", .integer(epoch))]
+    }
+}
+

@@ -84,6 +84,21 @@ public final class RunLog {
         }
     }
 
+    /// Appends `finished`'s `log.txt` line unless the file has a line for its epoch (rank 0
+    /// only); true when it appended.
+    func addEpochLogIfMissing(_ finished: EpochSummary) throws -> Bool {
+        guard rank == 0 else { return false }
+        if FileSystem.exists(epochLogPath) {
+            let text = String(decoding: try TrainingError.reportingSystemCalls { try FileSystem.readFile(epochLogPath) },
+                              as: UTF8.self)
+            if text.split(separator: "\n").contains(where: { integerField("epoch", in: $0) == finished.epoch }) {
+                return false
+            }
+        }
+        try appendEpochLog(finished.logFields)
+        return true
+    }
+
     /// Rewrites `path` without the lines `isDropped` picks and without an unterminated
     /// last line (atomically: a new file renamed over the old one).
     private func dropLines(of path: String, _ isDropped: (Substring) -> Bool) throws -> Int {

@@ -140,6 +140,9 @@ final class TrainingSession {
                 log.info("dropped \(dropped) line(s) of metrics.jsonl and log.txt written after that checkpoint; "
                          + "the resumed run writes them again")
             }
+            if let finished = found.state.finishedEpoch, try log.addEpochLogIfMissing(finished) {
+                log.info("added the log.txt line of epoch \(finished.epoch), which the run was stopped before writing")
+            }
         }
         if worldSize > 1 {
             shared = try collective.allReduceScalars(shared)
@@ -205,18 +208,19 @@ final class TrainingSession {
                     try report(meter.takeInterval(step: position.step), loss: outcome.loss,
                                learningRate: outcome.learningRate)
                 }
-                let epochRecord = position.stepInEpoch == stepsPerEpoch ? finishEpoch() : nil
+                let finished = position.stepInEpoch == stepsPerEpoch ? finishEpoch() : nil
                 let periodic = config.checkpointEvery > 0 && position.step % config.checkpointEvery == 0
-                if epochRecord != nil || periodic || outcome.stopRequested || position.step == totalSteps {
-                    try writeCheckpoint(isEpochEnd: epochRecord != nil)
+                if finished != nil || periodic || outcome.stopRequested || position.step == totalSteps {
+                    try writeCheckpoint(finishedEpoch: finished)
                 }
-                if let epochRecord {
-                    // Logged once the epoch's checkpoint is durable, as the reference logs after saving.
-                    try log.appendEpochLog(epochRecord)
+                if let finished {
+                    // Logged once the epoch's checkpoint is durable, as the reference logs after saving;
+                    // the checkpoint holds the line too, for a resume after a kill in between.
+                    try log.appendEpochLog(finished.logFields)
                     let skipped = loader.skippedFiles
                     // Numbered from 1 like the progress lines (log.txt keeps the reference's 0-based "epoch").
                     log.info(String(format: "epoch %d/%d done: mean loss %.4f", position.epoch, config.epochs,
-                                    epochRecord[1].1.number ?? .nan)
+                                    finished.loss)
                              + (skipped > 0 ? ", \(skipped) unreadable file(s) skipped so far" : ""))
                 }
                 if outcome.stopRequested {
@@ -224,7 +228,7 @@ final class TrainingSession {
                     stoppedBySignal = true
                     break training
                 }
-                if epochRecord != nil { continue training }  // the next epoch starts the loader anew
+                if finished != nil { continue training }  // the next epoch starts the loader anew
             }
         }
         log.endProgress()
@@ -294,12 +298,10 @@ final class TrainingSession {
 
     /// Moves the position to the next epoch; returns the finished epoch's `log.txt` line
     /// (the reference's keys: the epoch's mean rate and loss).
-    func finishEpoch() -> [(String, JSONValue)] {
-        let record: [(String, JSONValue)] = [
-            ("train_lr", .number(position.epochLearningRateSum / Double(position.epochStepCount))),
-            ("train_loss", .number(position.epochLossSum / Double(position.epochStepCount))),
-            ("epoch", .integer(position.epoch)),
-        ]
+    func finishEpoch() -> EpochSummary {
+        let record = EpochSummary(epoch: position.epoch,
+                                  learningRate: position.epochLearningRateSum / Double(position.epochStepCount),
+                                  loss: position.epochLossSum / Double(position.epochStepCount))
         position.epoch += 1
         position.stepInEpoch = 0
         position.epochLossSum = 0
@@ -309,15 +311,16 @@ final class TrainingSession {
     }
 
     /// Every rank meets before and after; rank 0 writes the checkpoint and prunes old ones.
-    func writeCheckpoint(isEpochEnd: Bool) throws {
+    func writeCheckpoint(finishedEpoch: EpochSummary?) throws {
         try collective.barrier()
         if rank == 0 {
             let state = CheckpointState(
                 step: position.step, epoch: position.epoch, stepInEpoch: position.stepInEpoch,
-                nextBatchIndex: position.stepInEpoch * config.accumulationSteps, isEpochEnd: isEpochEnd,
+                nextBatchIndex: position.stepInEpoch * config.accumulationSteps, isEpochEnd: finishedEpoch != nil,
                 seed: config.seed, worldSize: worldSize, epochLossSum: position.epochLossSum,
                 epochLearningRateSum: position.epochLearningRateSum, epochStepCount: position.epochStepCount,
-                datasetFingerprint: dataset.fingerprint, datasetCount: dataset.count, config: config, schedule: schedule)
+                datasetFingerprint: dataset.fingerprint, datasetCount: dataset.count, config: config, schedule: schedule,
+                finishedEpoch: finishedEpoch)
             let path = try store.write(state: state) { directory in try files.save(into: directory, state: state) }
             lastCheckpoint = path
             for removed in try store.prune(keepLast: config.keepCheckpoints, keepEveryEpochs: config.keepEveryEpochs) {

@@ -88,6 +88,12 @@ import Glibc
         #expect(resumed.output.contains("resuming from"))
         #expect(resumed.output.contains("dropped 3 line(s)"), "\(resumed.output)")
 
+        // Killed between the end of epoch 0's checkpoint and its log.txt line: the resume writes the line.
+        try run("epochend", ["--max-steps", "4"])
+        try FileSystem.writeFile(temporary.path + "/epochend/log.txt", bytes: [])
+        let completed = try run("epochend", ["--resume", "auto"])
+        #expect(completed.output.contains("added the log.txt line of epoch 0"), "\(completed.output)")
+
         let killed = try WorkerProcess(arguments(runDirectory: "killed", ["--standalone", "--checkpoint-every", "1"]),
                                        logDirectory: temporary.path, name: "killed")
         let reached = killed.waitUntil(seconds: 60) { fileExists(checkpoint("killed", step: 2) + "/COMPLETE") }
@@ -115,7 +121,10 @@ import Glibc
             #expect(lines.first?.contains("\"train_lr\"") == true && lines.first?.contains("\"train_loss\"") == true
                     && lines.first?.contains("\"epoch\": 0") == true)
         }
-        #expect(readText(temporary.path + "/straight/log.txt") == readText(temporary.path + "/stopped/log.txt"))
+        for runDirectory in ["stopped", "epochend"] {
+            #expect(readText(temporary.path + "/straight/log.txt") == readText(temporary.path + "/\(runDirectory)/log.txt"),
+                    "\(runDirectory)/log.txt differs")
+        }
         // Every run logged each step once, in order, whatever stopped it.
         for runDirectory in ["straight", "stopped", "killed"] {
             let steps = readText(temporary.path + "/\(runDirectory)/metrics.jsonl").split(separator: "\n")
