@@ -93,22 +93,8 @@ extension Socket {
     /// Whether both ends of this connection are on this machine: the peer's address is
     /// a loopback address or this socket's own, so the kernel routes it over loopback.
     func isWithinThisMachine(context: String) throws -> Bool {
-        let local = try address("getsockname", getsockname, context: context)
-        let peer = try address("getpeername", getpeername, context: context)
+        let local = try localAddress(context: context), peer = try peerAddress(context: context)
         return peer.sin_addr.s_addr == local.sin_addr.s_addr || UInt32(bigEndian: peer.sin_addr.s_addr) >> 24 == 127
-    }
-
-    private func address(_ name: String, _ call: (Int32, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32,
-                         context: String) throws -> sockaddr_in {
-        var address = sockaddr_in()
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let status = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { call(descriptor, $0, &length) }
-        }
-        guard status == 0 else {
-            throw CollectiveError.systemCall(name: name, errno: errno, context: context)
-        }
-        return address
     }
 }
 

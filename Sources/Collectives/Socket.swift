@@ -199,13 +199,24 @@ final class Socket {
 
     /// The port this socket is bound to.
     func localPort(context: String) throws -> Int {
+        Int(UInt16(bigEndian: try localAddress(context: context).sin_port))
+    }
+
+    /// This end's address (getsockname).
+    func localAddress(context: String) throws -> sockaddr_in { try address("getsockname", getsockname, context: context) }
+
+    /// The other end's address (getpeername).
+    func peerAddress(context: String) throws -> sockaddr_in { try address("getpeername", getpeername, context: context) }
+
+    private func address(_ name: String, _ call: (Int32, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32,
+                         context: String) throws -> sockaddr_in {
         var address = sockaddr_in()
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let status = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { call(descriptor, $0, &length) }
         }
-        guard status == 0 else { throw CollectiveError.systemCall(name: "getsockname", errno: errno, context: context) }
-        return Int(UInt16(bigEndian: address.sin_port))
+        guard status == 0 else { throw CollectiveError.systemCall(name: name, errno: errno, context: context) }
+        return address
     }
 
     /// The socket's pending error (SO_ERROR), e.g. after a non-blocking connect.
