@@ -23,6 +23,19 @@ public struct DistributedSettings: Sendable, Equatable {
     /// TCP congestion control of the ring connections (auto: Reno within this machine).
     public var congestionControl: CongestionControl = .automatic
 
+    public init(rank: Int, worldSize: Int, rendezvous: String?, jobToken: String, generation: Int, backend: Backend,
+                timeoutSeconds: Double, listenHost: String? = nil, congestionControl: CongestionControl = .automatic) {
+        self.rank = rank
+        self.worldSize = worldSize
+        self.rendezvous = rendezvous
+        self.jobToken = jobToken
+        self.generation = generation
+        self.backend = backend
+        self.timeoutSeconds = timeoutSeconds
+        self.listenHost = listenHost
+        self.congestionControl = congestionControl
+    }
+
     public static let standalone = DistributedSettings(rank: 0, worldSize: 1, rendezvous: nil, jobToken: "",
                                                        generation: 0, backend: .tcp, timeoutSeconds: 0)
     public var isStandalone: Bool { worldSize == 1 && rendezvous == nil && backend == .tcp }
@@ -42,6 +55,11 @@ public enum WorkerOptions {
             OptionSpec("world-size", value: "W", help: "number of workers (multi-process mode)"),
             OptionSpec("rendezvous", value: "HOST:PORT", help: "rendezvous address; rank 0 hosts it (multi-process mode)"),
             OptionSpec("job-token", value: "TOKEN", help: "shared secret every worker of the job presents (multi-process mode)"),
+            OptionSpec("coordinator", value: "HOST:PORT",
+                       help: "join the run of this mae-coordinator (started by its agent, with --secret-file, --rank, --generation)"),
+            OptionSpec("secret-file", value: "PATH", help: "the job secret file of the coordinator's run (with --coordinator)"),
+            OptionSpec("local-workers", value: "K", help: "workers on this machine, for --threads auto (with --coordinator)",
+                       visible: false),
             OptionSpec("generation", value: "G", default: "0", help: "restart generation of the job; workers of other generations are refused"),
             OptionSpec("backend", value: "tcp|mpi", default: "tcp",
                        help: "collective backend; mpi (under mpirun, a build with --traits MPI) needs no rendezvous or token"),
