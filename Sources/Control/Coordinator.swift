@@ -392,8 +392,6 @@ public final class Coordinator {
     func assignment(rank: Int) -> Assignment {
         var config = configuration.runConfig
         config.resume = state.lastCheckpoint?.path
-        // The coordinator prunes (after each report), so workers keep everything they write.
-        config.keepCheckpoints = Int(Int32.max)
         return Assignment(rank: rank, worldSize: state.policy.worldSize, generation: state.generation, config: config,
                           automaticThreads: configuration.automaticThreads,
                           automaticDataThreads: configuration.automaticDataThreads, schedule: configuration.schedule,

@@ -348,9 +348,13 @@ final class TrainingSession {
                 finishedEpoch: finishedEpoch)
             let path = try store.write(state: state) { directory in try files.save(into: directory, state: state) }
             lastCheckpoint = path
-            control?.checkpointWritten(path: path, step: position.step)
-            for removed in try store.prune(keepLast: config.keepCheckpoints, keepEveryEpochs: config.keepEveryEpochs) {
-                log.info("removed old checkpoint \(removed)")
+            if let control {
+                // The coordinator owns the retention policy; it prunes once it has recorded this one.
+                control.checkpointWritten(path: path, step: position.step)
+            } else {
+                for removed in try store.prune(keepLast: config.keepCheckpoints, keepEveryEpochs: config.keepEveryEpochs) {
+                    log.info("removed old checkpoint \(removed)")
+                }
             }
             log.info("checkpoint \(path)")
         }
