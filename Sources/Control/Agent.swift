@@ -202,7 +202,8 @@ public final class Agent {
     func start(rank: Int, generation: Int) {
         let arguments = ["--coordinator", configuration.coordinator.description, "--secret-file", configuration.secretPath,
                          "--rank", String(rank), "--generation", String(generation),
-                         "--local-workers", String(configuration.rankCount)] + configuration.workerArguments
+                         "--local-workers", String(configuration.rankCount), "--host-name", configuration.host]
+            + configuration.workerArguments
         let environment = ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" }
             + ["LOCAL_WORLD_SIZE=\(configuration.rankCount)"]
         let logPath = configuration.runDirectory + "/logs/rank-\(rank).log"

@@ -12,7 +12,7 @@ import Training
 public enum CoordinatedWorker {
     /// The flags of this mode (the run's own flags go to `mae-coordinator serve`).
     public static let flags: Set<String> = ["coordinator", "secret-file", "rank", "generation", "local-workers",
-                                            "listen-host", "congestion-control"]
+                                            "listen-host", "congestion-control", "host-name"]
 
     /// Validates the flags, then joins and trains. Returns the exit status.
     public static func run(_ options: ParsedOptions) throws -> Int32 {
@@ -27,7 +27,7 @@ public enum CoordinatedWorker {
         let congestion = try WorkerOptions.parseCongestionControl(options.required("congestion-control"), fail: fail)
         let secret = try JobSecret.read(secretPath)
 
-        let introduction = Introduction(role: .worker, proof: "", nonce: "", host: hostName(), pid: getpid(), rank: rank,
+        let introduction = Introduction(role: .worker, proof: "", nonce: "", host: options.string("host-name") ?? hostName(), pid: getpid(), rank: rank,
                                         generation: generation)
         let connection = try Authentication.connect(to: address, secret: secret, introduction: introduction,
                                                     deadline: .after(seconds: 30))

@@ -359,10 +359,8 @@ public final class Coordinator {
             }
         case .pruneCheckpoints:
             do {
-                for removed in try store.prune(keepLast: configuration.runConfig.keepCheckpoints,
-                                               keepEveryEpochs: configuration.runConfig.keepEveryEpochs) {
-                    print("coordinator: removed old checkpoint \(removed)")
-                }
+                try store.prune(keepLast: configuration.runConfig.keepCheckpoints,
+                                keepEveryEpochs: configuration.runConfig.keepEveryEpochs)
             } catch {
                 print("coordinator: warning: could not prune old checkpoints: \(error)")
             }

@@ -22,6 +22,13 @@ public enum ProcessSignals {
             action.sa_flags = SA_RESTART
             sigaction(signalNumber, &action, nil)
         }
+        // A launcher may have started us with these signals blocked (the mask survives exec).
+        var unblock = sigset_t()
+        sigemptyset(&unblock)
+        for signalNumber in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&unblock, signalNumber) }
+        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
+        // Lines reach a log file or a pipe as they are printed, not when a buffer fills.
+        setvbuf(stdout, nil, _IOLBF, 0)
     }
 
     /// SIGTERM (and SIGHUP) received so far.

@@ -97,7 +97,7 @@ extension RunState {
             if phase.isFinal { return [] }
             if phase == .restarting { return [.log(what)] + finishRestartIfReady(now: now) }
             if phase == .rendezvous, !generationStarted { return [.log(what)] }
-            return fail(what, now: now)
+            return suspect(what, rank: nil, priority: 3, now: now)
 
         case let .agentHeartbeat(firstRank):
             if let index = agents.firstIndex(where: { $0.firstRank == firstRank }) { agents[index].lastHeartbeat = now }
@@ -118,19 +118,18 @@ extension RunState {
             guard exitedGeneration == generation, ranks.indices.contains(rank), !phase.isFinal else { return [] }
             if ranks[rank].state == .done || ranks[rank].state == .stopped { return [] }
             ranks[rank].exitStatus = status
-            if status == 0 {
-                if ranks[rank].finishedReported {
-                    ranks[rank].state = .done
-                    return completeIfDone(now: now)
-                }
-                // Its last message may still be on the way: wait briefly for it (see `tick`).
-                ranks[rank].state = .lost
-                ranks[rank].lostAt = ranks[rank].lostAt ?? now
-                ranks[rank].lostReason = "exited with status 0 without saying that it finished"
-                return []
+            if status == 0 && ranks[rank].finishedReported {
+                ranks[rank].state = .done
+                return completeIfDone(now: now)
             }
             let host = ranks[rank].host.isEmpty ? "" : " on \(ranks[rank].host)"
-            return fail("rank \(rank)\(host) (pid \(pid)) \(description)", now: now)
+            ranks[rank].state = .lost
+            if status == 0 {
+                // Its last message may still be on the way: the suspicion ends if it comes (see `workerFinished`).
+                return suspect("rank \(rank)\(host) (pid \(pid)) exited with status 0 without saying that it finished",
+                               rank: rank, priority: 0, now: now)
+            }
+            return suspect("rank \(rank)\(host) (pid \(pid)) \(description)", rank: rank, priority: status >= 128 ? 3 : 2, now: now)
 
         case let .workerJoined(rank, joinedGeneration, pid, host):
             guard workerRefusal(rank: rank, generation: joinedGeneration) == nil else { return [] }
@@ -144,12 +143,12 @@ extension RunState {
             guard lostGeneration == generation, ranks.indices.contains(rank), !phase.isFinal,
                   !ranks[rank].finishedReported else { return [] }
             switch ranks[rank].state {
-            case .done, .finished, .stopped, .failed, .lost: return []
+            case .done, .finished, .stopped, .failed: return []
             default:
                 ranks[rank].state = .lost
-                ranks[rank].lostAt = now
-                ranks[rank].lostReason = reason
-                return []
+                let host = ranks[rank].host.isEmpty ? "" : " on \(ranks[rank].host)"
+                return suspect("lost the connection to rank \(rank)\(host) (pid \(ranks[rank].pid)): \(reason)",
+                               rank: rank, priority: 1, now: now)
             }
 
         case let .ringListener(rank, address):
@@ -182,6 +181,8 @@ extension RunState {
         case let .workerFinished(rank):
             guard ranks.indices.contains(rank), !phase.isFinal, !ranks[rank].finishedReported else { return [] }
             ranks[rank].finishedReported = true
+            // Its exit (status 0) or closed connection was only a suspicion until now.
+            suspects.removeAll { $0.rank == rank && $0.priority <= 1 }
             if ranks[rank].exitStatus == 0 {
                 ranks[rank].state = .done
                 return completeIfDone(now: now)
@@ -231,6 +232,7 @@ extension RunState {
 
     /// Records a failure; restarts the whole group, or ends the run when the restarts ran out.
     mutating func fail(_ what: String, now: Double) -> [CoordinatorAction] {
+        suspects = []
         failures.append(FailureRecord(generation: generation, time: now, what: what))
         if phase == .stopping {
             return end(.stopped, "a failure during the stop: \(what)", now: now)
@@ -253,6 +255,23 @@ extension RunState {
                      + "resumes from \(from)"), .dropOldWorkers]
             + agents.filter(\.connected).map { .stopWorkers(agent: $0.firstRank, generation: old) }
             + finishRestartIfReady(now: now)
+    }
+
+    /// Holds a report that may be the failure (see `SuspectedFailure`); `tick` decides.
+    mutating func suspect(_ what: String, rank: Int?, priority: Int, now: Double) -> [CoordinatorAction] {
+        suspects.append(SuspectedFailure(rank: rank, what: what, priority: priority, time: now))
+        return []
+    }
+
+    /// The failure of the suspicions, once the first is `exitReportWaitSeconds` old: the most
+    /// telling one, the earliest of equals, with a count of the reports that followed from it.
+    mutating func decideSuspicions(now: Double) -> [CoordinatorAction]? {
+        guard let first = suspects.map(\.time).min(), now - first >= policy.exitReportWaitSeconds else { return nil }
+        let cause = suspects.enumerated().max { left, right in
+            (left.element.priority, -left.offset) < (right.element.priority, -right.offset)
+        }!.element
+        let others = suspects.count - 1
+        return fail(cause.what + (others > 0 ? " (and \(others) report(s) that followed from it)" : ""), now: now)
     }
 
     /// After a failure: once every connected agent reported its old workers stopped, starts the next generation.
@@ -294,20 +313,16 @@ extension RunState {
                                      reason: "no heartbeat for \(formatSeconds(now - agents[index].lastHeartbeat)) s "
                                          + "(stopped, hung or cut off)"), now: now)
         }
-        for rank in ranks where rank.state == .lost {
-            if let lostAt = rank.lostAt, now - lostAt >= policy.exitReportWaitSeconds {
-                let host = rank.host.isEmpty ? "" : " on \(rank.host)"
-                return fail("lost the connection to rank \(rank.rank)\(host) (pid \(rank.pid)): \(rank.lostReason ?? "closed")",
-                            now: now)
-            }
-        }
+        if let decided = decideSuspicions(now: now) { return decided }
         switch phase {
         case .training, .checkpointing, .stopping:
             for rank in ranks where rank.state == .training {
                 if let last = rank.lastHeartbeat, now - last > policy.heartbeatTimeoutSeconds {
                     let host = rank.host.isEmpty ? "" : " on \(rank.host)"
-                    return fail("rank \(rank.rank)\(host) (pid \(rank.pid)) sent no heartbeat for "
-                                + "\(formatSeconds(now - last)) s (stopped, e.g. SIGSTOP, or hung)", now: now)
+                    ranks[rank.rank].state = .failed
+                    return suspect("rank \(rank.rank)\(host) (pid \(rank.pid)) sent no heartbeat for "
+                                   + "\(formatSeconds(now - last)) s (stopped, e.g. SIGSTOP, or hung)", rank: rank.rank,
+                                   priority: 3, now: now)
                 }
             }
             if phase == .stopping, let deadline = phaseDeadline, now >= deadline {

@@ -29,7 +29,7 @@ public struct RankRecord: Codable, Sendable, Equatable {
         case finished
         /// It finished and exited 0.
         case done
-        /// Its connection was lost; the agent's report of its exit is awaited (about 1 s) for the status.
+        /// Its connection was lost or it exited; whether that is the run's failure is being decided (about 1 s).
         case lost
         case failed
         /// Not running: between generations.
@@ -44,9 +44,6 @@ public struct RankRecord: Codable, Sendable, Equatable {
     public var lastHeartbeat: Double?
     /// "host:port" of its ring listener in this generation.
     public var ringAddress: String?
-    /// When its connection was lost, and why.
-    public var lostAt: Double?
-    public var lostReason: String?
     /// Whether it said it finished, and the status its agent reported when it exited.
     public var finishedReported = false
     public var exitStatus: Int32?
@@ -74,6 +71,20 @@ public struct FailureRecord: Codable, Sendable, Equatable {
     /// Wall-clock time of detection.
     public var time: Double
     public var what: String
+}
+
+/// A report that may be a run's failure, held for `CoordinatorPolicy.exitReportWaitSeconds`
+/// so that the cause wins over its consequences: when one worker is killed, its neighbours'
+/// collectives fail a moment later and they exit too; the failure named is the most telling
+/// report of the window (a signal or a silent worker before an error exit, an error exit
+/// before a lost connection), not the one that happened to arrive first.
+public struct SuspectedFailure: Codable, Sendable, Equatable {
+    public var rank: Int?
+    public var what: String
+    /// 3: killed by a signal, silent, or its agent lost; 2: an error exit; 1: a lost connection;
+    /// 0: an exit without saying that it finished.
+    public var priority: Int
+    public var time: Double
 }
 
 /// A complete checkpoint the coordinator recorded.
@@ -125,6 +136,8 @@ public struct RunState: Codable, Sendable, Equatable {
     public var agents: [AgentRecord] = []
     public var lastCheckpoint: CheckpointRecord?
     public var failures: [FailureRecord] = []
+    /// Reports of the current generation held before one of them is named the failure.
+    public var suspects: [SuspectedFailure] = []
     /// Rank 0's last step report: the run's step, epoch, loss, lr and speed.
     public var progress: StepReport?
     /// Steps of the whole run, computed from the dataset size, world size and --accum-iter.

@@ -60,6 +60,8 @@ public enum WorkerOptions {
             OptionSpec("secret-file", value: "PATH", help: "the job secret file of the coordinator's run (with --coordinator)"),
             OptionSpec("local-workers", value: "K", help: "workers on this machine, for --threads auto (with --coordinator)",
                        visible: false),
+            OptionSpec("host-name", value: "NAME", help: "this machine's name toward the coordinator (with --coordinator)",
+                       visible: false),
             OptionSpec("generation", value: "G", default: "0", help: "restart generation of the job; workers of other generations are refused"),
             OptionSpec("backend", value: "tcp|mpi", default: "tcp",
                        help: "collective backend; mpi (under mpirun, a build with --traits MPI) needs no rendezvous or token"),
