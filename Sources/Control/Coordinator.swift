@@ -68,6 +68,8 @@ public final class Coordinator {
     var lastSaved = 0.0
     var savedState: RunState?
     var handledTerminations = 0, handledInterruptions = 0
+    /// When the first stop signal came (signals within 1 s of it count as the same one).
+    var firstSignalTime: Double?
     let parentAtStart = getppid()
 
     /// A connected process: not yet authenticated, or a worker, an agent or a command.
@@ -95,12 +97,12 @@ public final class Coordinator {
         store = CheckpointStore(runDirectory: configuration.runDirectory, warn: { print("coordinator: \($0)") })
         let now = wallClockSeconds()
         let statePath = configuration.runDirectory + "/" + Self.stateFileName
-        if FileSystem.exists(statePath) {
-            var loaded = try Self.readState(statePath)
-            guard !loaded.phase.isFinal else {
-                throw ControlError("\(configuration.runDirectory) holds a run that has \(loaded.phase.rawValue); "
-                                   + "to train further, start a new run with --resume auto in another --run-dir, or remove \(statePath)")
-            }
+        let previous = FileSystem.exists(statePath) ? try Self.readState(statePath) : nil
+        if let previous, previous.phase.isFinal, configuration.runConfig.resume == nil {
+            throw ControlError("\(configuration.runDirectory) holds a run that has \(previous.phase.rawValue); pass --resume auto "
+                               + "to continue it from its newest checkpoint, or choose another --run-dir")
+        }
+        if var loaded = previous, !loaded.phase.isFinal {
             guard loaded.policy.worldSize == configuration.policy.worldSize else {
                 throw ControlError("\(statePath) is a run of world size \(loaded.policy.worldSize), not \(configuration.policy.worldSize)")
             }
@@ -111,6 +113,8 @@ public final class Coordinator {
                   + "restarts \(state.restarts), last checkpoint \(state.lastCheckpoint?.path ?? "none")")
         } else {
             state = RunState(policy: configuration.policy, totalSteps: configuration.totalSteps, now: now)
+            // A run continued after it ended: its workers' generations stay refused.
+            state.generation = previous.map { $0.generation + 1 } ?? 0
             if let resume = configuration.runConfig.resume {
                 let newest = resume == "auto" ? try store.completeCheckpoints().last.map { ($0.path, $0.step) }
                     : (resume, try CheckpointStore.verify(resume).step)
@@ -404,13 +408,15 @@ public final class Coordinator {
         let terminations = ProcessSignals.terminations, interruptions = ProcessSignals.interruptions
         let received = terminations + interruptions - handledTerminations - handledInterruptions
         if received > 0 {
-            let first = handledTerminations + handledInterruptions == 0
             handledTerminations = terminations
             handledInterruptions = interruptions
-            if first || state.phase != .stopping {
-                apply(.stopRequested(reason: interruptions > 0 ? "SIGINT" : "SIGTERM"), now: now)
-            } else if !state.phase.isFinal {
-                // A second signal: no more waiting for the checkpoint.
+            let reason = interruptions > 0 ? "SIGINT" : "SIGTERM"
+            if firstSignalTime == nil || state.phase != .stopping {
+                firstSignalTime = firstSignalTime ?? now
+                apply(.stopRequested(reason: reason), now: now)
+            } else if let first = firstSignalTime, now - first >= 1, !state.phase.isFinal {
+                // A second signal (not the same Ctrl-C reaching us twice, through the terminal
+                // and through launch.sh): no more waiting for the checkpoint.
                 for action in state.end(.stopped, "second stop signal: stopping the workers without waiting", now: now) {
                     perform(action, now: now)
                 }
