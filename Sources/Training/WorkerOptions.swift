@@ -136,22 +136,39 @@ public enum WorkerOptions {
                                               timeoutSeconds: try options.double("peer-timeout",
                                                                                  expectation: "a positive number of seconds") { $0 > 0 })
         } else {
-            guard !givenMulti.isEmpty else {
-                throw fail("pass --standalone to train alone, or --rank, --world-size, --rendezvous and --job-token to join a job")
+            // torchrun's convention: RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT in the environment
+            // stand for --rank, --world-size and --rendezvous (flags win); MAE_JOB_TOKEN for --job-token.
+            let environment = ProcessInfo.processInfo.environment
+            let fromEnvironment: [String: String?] = [
+                "rank": environment["RANK"], "world-size": environment["WORLD_SIZE"],
+                "rendezvous": environment["MASTER_ADDR"].flatMap { host in environment["MASTER_PORT"].map { "\(host):\($0)" } },
+                "job-token": environment["MAE_JOB_TOKEN"],
+            ]
+            func value(_ flag: String) -> String? { options.string(flag) ?? fromEnvironment[flag] ?? nil }
+            guard multiFlags.contains(where: { value($0) != nil }) else {
+                throw fail("pass --standalone to train alone, or --rank, --world-size, --rendezvous and --job-token to join a job "
+                           + "(or RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT and MAE_JOB_TOKEN in the environment)")
             }
-            let missing = multiFlags.filter { options.string($0) == nil }
+            let missing = multiFlags.filter { value($0) == nil }
             guard missing.isEmpty else {
-                throw fail("multi-process mode also needs " + missing.map { "--" + $0 }.joined(separator: ", "))
+                throw fail("multi-process mode also needs " + missing.map { "--" + $0 }.joined(separator: ", ")
+                           + (missing.contains("job-token") ? " (or MAE_JOB_TOKEN)" : ""))
             }
-            let worldSize = try options.int("world-size", in: 1...65536)
-            let rank = try options.int("rank", in: 0...65535)
+            func integer(_ flag: String, in range: ClosedRange<Int>) throws -> Int {
+                guard let number = Int(value(flag) ?? ""), range.contains(number) else {
+                    throw fail("--\(flag) expects an integer in \(range.lowerBound)...\(range.upperBound), got '\(value(flag) ?? "")'")
+                }
+                return number
+            }
+            let worldSize = try integer("world-size", in: 1...65536)
+            let rank = try integer("rank", in: 0...65535)
             guard rank < worldSize else { throw fail("--rank \(rank) must be smaller than --world-size \(worldSize)") }
-            let address = try options.required("rendezvous")
+            let address = value("rendezvous") ?? ""
             guard let colon = address.lastIndex(of: ":"), !address[..<colon].isEmpty,
                   let port = Int(address[address.index(after: colon)...]), (1...65535).contains(port) else {
                 throw fail("--rendezvous expects HOST:PORT with a port in 1...65535, got '\(address)'")
             }
-            let token = try options.required("job-token")
+            let token = value("job-token") ?? ""
             guard !token.isEmpty else { throw fail("--job-token must not be empty") }
             distributed = DistributedSettings(
                 rank: rank, worldSize: worldSize, rendezvous: address, jobToken: token,
