@@ -116,7 +116,7 @@ else
     placement_hosts=(""); placement_slots=("$nodes")
 fi
 if [ "$backend" = mpi ] && [ -n "$hosts$hostfile" ]; then
-    fail "--backend mpi places ranks with mpirun on this machine only here; for several machines use mpirun --hostfile (cluster/README.md)"
+    fail "--backend mpi runs mpirun on this machine only here; for several machines use mpirun --hostfile (cluster/README.md)"
 fi
 
 # Dependencies and build (MAE_BIN_DIR: use the executables already built there instead;
@@ -161,15 +161,6 @@ common=(--data "$data")
 [ -z "$model" ] || common+=(--model "$model")
 # Without --threads each worker takes its share of its machine's cores.
 [ -z "$threads" ] || common+=(--threads "$threads")
-
-if [ "$backend" = mpi ]; then
-    # Not under the coordinator yet: mpirun places and watches the ranks; a failure ends the job.
-    mkdir -p "$run_dir"
-    echo "Run directory: $run_dir"
-    exec mpirun --allow-run-as-root --oversubscribe --mca btl tcp,self -np "$nodes" \
-        "$bin/mae-worker" --backend mpi --world-size "$nodes" --run-dir "$run_dir" "${common[@]}" \
-        "${worker_flags[@]+"${worker_flags[@]}"}"
-fi
 
 # The coordinator listens on loopback for a run on this machine, else on this machine's
 # address toward the hosts (--coordinator-host overrides it).
@@ -226,7 +217,8 @@ agent_starts=()
 start_agent() {
     local index=$1 host=${placement_hosts[$1]} slots=${placement_slots[$1]} first=0 i launcher remote
     for ((i = 0; i < index; i++)); do first=$((first + placement_slots[i])); done
-    local agent=("$bin/mae-coordinator" agent --coordinator "$address" --run-dir "$run_dir" --first-rank "$first" --nproc "$slots")
+    local agent=("$bin/mae-coordinator" agent --coordinator "$address" --run-dir "$run_dir" --first-rank "$first" --nproc "$slots"
+                 --backend "$backend")
     if [ -z "$host" ]; then
         "${agent[@]}" &
     else

@@ -26,10 +26,13 @@ public struct AgentConfiguration: Sendable {
     /// How long the agent tries to reach a coordinator that went away before it gives up.
     public var reconnectSeconds: Double
     public var heartbeatSeconds: Double
+    /// With the MPI backend: the mpirun command line (without -np) that starts all of this
+    /// machine's ranks as one job; nil for the TCP ring (one process per rank).
+    public var mpirun: [String]?
 
     public init(coordinator: SocketAddress, secretPath: String, firstRank: Int, rankCount: Int, host: String,
                 runDirectory: String, workerExecutable: String, workerArguments: [String], graceSeconds: Double,
-                reconnectSeconds: Double, heartbeatSeconds: Double) {
+                reconnectSeconds: Double, heartbeatSeconds: Double, mpirun: [String]? = nil) {
         self.coordinator = coordinator
         self.secretPath = secretPath
         self.firstRank = firstRank
@@ -41,6 +44,7 @@ public struct AgentConfiguration: Sendable {
         self.graceSeconds = graceSeconds
         self.reconnectSeconds = reconnectSeconds
         self.heartbeatSeconds = heartbeatSeconds
+        self.mpirun = mpirun
     }
 }
 
@@ -63,9 +67,11 @@ public final class Agent {
     /// While no coordinator is connected: when the agent gives up.
     var reconnectDeadline = 0.0
 
-    /// One running worker process and where its output goes.
+    /// One running worker process (or one mpirun of all this machine's ranks) and where its output goes.
     final class Worker {
+        /// The rank whose output goes to the terminal when it is 0; `ranks` holds every rank the process runs.
         let rank: Int
+        var ranks: [Int]
         let generation: Int
         let process: ChildProcess
         let logDescriptor: Int32
@@ -74,6 +80,7 @@ public final class Agent {
 
         init(rank: Int, generation: Int, process: ChildProcess, logDescriptor: Int32) {
             self.rank = rank
+            ranks = [rank]
             self.generation = generation
             self.process = process
             self.logDescriptor = logDescriptor
@@ -182,7 +189,11 @@ public final class Agent {
         switch message {
         case let .startWorkers(generation, ranks):
             if stopping != nil { reapWorkers() }
-            for rank in ranks { start(rank: rank, generation: generation) }
+            if let mpirun = configuration.mpirun {
+                startMPI(mpirun, ranks: ranks, generation: generation)
+            } else {
+                for rank in ranks { start(rank: rank, generation: generation) }
+            }
         case .stopWorkers(let generation):
             beginStop(generation: generation, now: now)
         case .shutdown(let reason):
@@ -220,6 +231,41 @@ public final class Agent {
         }
     }
 
+    /// Starts this machine's ranks as one MPI job; MPI numbers them, which must match `ranks`
+    /// (one agent per run with MPI: mpirun places the ranks itself).
+    func startMPI(_ mpirun: [String], ranks: [Int], generation: Int) {
+        let arguments = Array(mpirun.dropFirst()) + ["-np", String(ranks.count), configuration.workerExecutable,
+                         "--coordinator", configuration.coordinator.description, "--secret-file", configuration.secretPath,
+                         "--generation", String(generation), "--backend", "mpi", "--local-workers", String(configuration.rankCount),
+                         "--host-name", configuration.host] + configuration.workerArguments
+        let environment = ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" }
+        do {
+            let logDescriptor = try FileSystem.open(configuration.runDirectory + "/logs/mpirun.log",
+                                                    flags: O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC)
+            let executable = mpirun[0].hasPrefix("/") ? mpirun[0] : try Self.findInPath(mpirun[0])
+            let process = try ChildProcess(executable: executable, arguments: arguments, environment: environment)
+            let worker = Worker(rank: ranks.first ?? 0, generation: generation, process: process, logDescriptor: logDescriptor)
+            worker.ranks = ranks
+            workers.append(worker)
+            for rank in ranks { try? connection?.send(.workerStarted(rank: rank, generation: generation, pid: process.pid)) }
+        } catch {
+            log("could not start mpirun: \(error)")
+            for rank in ranks {
+                try? connection?.send(.workerExited(rank: rank, generation: generation, pid: 0, status: 127,
+                                                    description: "could not be started: \(error)"))
+            }
+        }
+    }
+
+    /// The first executable called `name` on PATH.
+    static func findInPath(_ name: String) throws -> String {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        for directory in path.split(separator: ":") where FileManager.default.isExecutableFile(atPath: "\(directory)/\(name)") {
+            return "\(directory)/\(name)"
+        }
+        throw ControlError("\(name) is not on PATH (\(path)); install openmpi-bin or pass --mpirun with a full path")
+    }
+
     /// Forwards what a worker wrote: every byte to its log; rank 0 to this terminal; other
     /// ranks' standard error line by line to standard error, with their rank.
     func forwardOutput(of worker: Worker) {
@@ -249,11 +295,16 @@ public final class Agent {
             forwardOutput(of: worker)
             worker.reported = true
             let expected = stopping != nil
+            let what = configuration.mpirun == nil ? "rank \(worker.rank)"
+                : "mpirun of ranks \(worker.ranks.first ?? 0)...\(worker.ranks.last ?? 0)"
             if termination != .exited(0) && !expected {
-                log("rank \(worker.rank) (pid \(worker.process.pid)) \(termination)")
+                log("\(what) (pid \(worker.process.pid)) \(termination)")
             }
-            try? connection?.send(.workerExited(rank: worker.rank, generation: worker.generation, pid: worker.process.pid,
-                                                status: termination.shellStatus, description: termination.description))
+            for rank in worker.ranks {
+                let description = configuration.mpirun == nil ? termination.description : "(\(what)) \(termination)"
+                try? connection?.send(.workerExited(rank: rank, generation: worker.generation, pid: worker.process.pid,
+                                                    status: termination.shellStatus, description: description))
+            }
         }
         workers.removeAll { $0.reported }
     }

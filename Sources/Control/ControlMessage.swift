@@ -18,7 +18,7 @@ public enum ControlMessage: Codable, Sendable, Equatable {
     // MARK: Coordinator and worker
     /// What a worker of this generation trains: its place in the world, the config and where to start.
     case assignment(Assignment)
-    /// Worker → coordinator: where its ring listener waits.
+    /// Worker → coordinator: where its ring listener waits (port 0 under mpirun: no ring, it has joined).
     case ringListener(host: String, port: Int)
     /// Coordinator → every worker, once all have a listener: "host:port" of every rank, by rank.
     case ringTable(addresses: [String])

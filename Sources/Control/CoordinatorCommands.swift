@@ -124,6 +124,10 @@ public enum CoordinatorCommands {
             OptionSpec("reconnect-timeout", value: "SECONDS", default: "30",
                        help: "how long to wait for a coordinator that went away (or is not up yet)"),
             OptionSpec("heartbeat-interval", value: "SECONDS", default: "1", help: "seconds between heartbeats"),
+            OptionSpec("backend", value: "tcp|mpi", default: "tcp",
+                       help: "mpi: start this machine's ranks as one mpirun job (a build with --traits MPI; one agent per run)"),
+            OptionSpec("mpirun", value: "COMMAND", default: "mpirun --allow-run-as-root --oversubscribe --mca btl tcp,self",
+                       help: "the mpirun command line with --backend mpi (-np and the worker are added)"),
         ])
 
     public static func agentConfiguration(_ options: ParsedOptions) throws -> AgentConfiguration {
@@ -140,13 +144,18 @@ public enum CoordinatorCommands {
         func seconds(_ name: String) throws -> Double {
             try options.double(name, expectation: "a positive number of seconds") { $0 > 0 && $0.isFinite }
         }
+        let backend = try options.required("backend")
+        guard backend == "tcp" || backend == "mpi" else { throw fail("--backend expects tcp or mpi, got '\(backend)'") }
+        let mpirun = backend == "mpi" ? try options.required("mpirun").split(separator: " ").map(String.init) : nil
+        guard mpirun?.isEmpty != true else { throw fail("--mpirun must name a command") }
         return AgentConfiguration(
             coordinator: try SocketAddress(parsing: coordinator),
             secretPath: options.string("secret-file") ?? runDirectory + "/" + JobSecret.fileName,
             firstRank: try options.int("first-rank", in: 0...65535), rankCount: try options.int("nproc", in: 1...4096),
             host: options.string("host-name") ?? hostName(), runDirectory: runDirectory, workerExecutable: worker,
             workerArguments: workerArguments, graceSeconds: try seconds("grace"),
-            reconnectSeconds: try seconds("reconnect-timeout"), heartbeatSeconds: try seconds("heartbeat-interval"))
+            reconnectSeconds: try seconds("reconnect-timeout"), heartbeatSeconds: try seconds("heartbeat-interval"),
+            mpirun: mpirun)
     }
 
     /// An executable in the same folder as this one.
