@@ -171,9 +171,10 @@ else
     [ -n "$coordinator_host" ] || fail "cannot tell this machine's address; pass --coordinator-host ADDRESS"
 fi
 
-mkdir -p "$run_dir"
-port_file=$run_dir/coordinator.port
-rm -f "$port_file"
+# The coordinator creates the run directory once it has checked every worker flag, so a
+# mistake leaves nothing behind; it tells its port through a file outside it.
+port_directory=$(mktemp -d "${TMPDIR:-/tmp}/mae-launch.XXXXXX")
+port_file=$port_directory/port
 coordinator_pid=""
 agent_pids=()
 # Whatever happens to this script, nothing it started keeps running: the coordinator
@@ -181,6 +182,7 @@ agent_pids=()
 # workers; this trap also stops what is left by pid.
 cleanup() {
     local pid
+    rm -rf "$port_directory"
     for pid in $coordinator_pid "${agent_pids[@]+"${agent_pids[@]}"}"; do kill -TERM "$pid" 2>/dev/null || true; done
 }
 on_signal() {

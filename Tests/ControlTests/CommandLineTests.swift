@@ -75,6 +75,14 @@ import Glibc
             #expect(result.output.split(separator: "\n").count == 1, "\(arguments): more than one line: \(result.output)")
         }
         #expect(!FileManager.default.fileExists(atPath: runDirectory), "a failed check left a run directory")
+
+        // A worker flag is checked by the coordinator before any worker starts; nothing is left behind either.
+        let products = try TestProcess.product("mae-coordinator").replacingOccurrences(of: "/mae-coordinator", with: "")
+        let result = try run("/usr/bin/env", ["MAE_BIN_DIR=\(products)", "/bin/bash", launch, "--run-dir", runDirectory,
+                                              "--data", temporary.path, "--nodes", "2", "--batch-size", "zero"],
+                             in: temporary.path, name: "launch-worker-flag")
+        #expect(result.status == 2 && result.output.contains("--batch-size"), "\(result.output)")
+        #expect(!FileManager.default.fileExists(atPath: runDirectory), "a bad worker flag left a run directory")
     }
 
     @Test func metricsAreServedAsPrometheusText() throws {

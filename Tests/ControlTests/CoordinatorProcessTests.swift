@@ -100,6 +100,9 @@ import Glibc
             #expect(alone[index].lr == reference[index].lr)
         }
         #expect(killed.liveWorkers().isEmpty && straight.liveWorkers().isEmpty)
+        // The other ranks' errors reached the console with their rank; every rank has its log.
+        #expect(killed.agents[0].output.contains("[rank "), "\(killed.agents[0].output)")
+        for rank in 0..<4 { #expect(FileManager.default.fileExists(atPath: killed.runDirectory + "/logs/rank-\(rank).log")) }
     }
 
     /// A SIGSTOPped worker sends no heartbeats: the coordinator notices within the heartbeat
