@@ -34,7 +34,9 @@ extension Coordinator {
             text += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
             for sample in samples {
                 guard let value = sample.value, value.isFinite else { continue }
-                text += "\(name)\(sample.labels.isEmpty ? "" : "{\(sample.labels)}") \(value)\n"
+                // Counts print as integers; other values in Swift's shortest exact form.
+                let number = value == value.rounded() && abs(value) < 1e15 ? String(Int(value)) : "\(value)"
+                text += "\(name)\(sample.labels.isEmpty ? "" : "{\(sample.labels)}") \(number)\n"
             }
         }
         func escaped(_ label: String) -> String {
