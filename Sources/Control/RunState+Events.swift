@@ -258,20 +258,22 @@ extension RunState {
     }
 
     /// Holds a report that may be the failure (see `SuspectedFailure`); `tick` decides.
+    /// A report of the highest priority cannot be outdone, so it is decided at once.
     mutating func suspect(_ what: String, rank: Int?, priority: Int, now: Double) -> [CoordinatorAction] {
         suspects.append(SuspectedFailure(rank: rank, what: what, priority: priority, time: now))
-        return []
+        return priority >= 3 ? decideSuspicions(now: now, waiting: false) ?? [] : []
     }
 
-    /// The failure of the suspicions, once the first is `exitReportWaitSeconds` old: the most
-    /// telling one, the earliest of equals, with a count of the reports that followed from it.
-    mutating func decideSuspicions(now: Double) -> [CoordinatorAction]? {
-        guard let first = suspects.map(\.time).min(), now - first >= policy.exitReportWaitSeconds else { return nil }
+    /// The failure of the suspicions, once the first is `exitReportWaitSeconds` old (or now,
+    /// without `waiting`): the most telling one, the earliest of equals, with a count of the
+    /// reports that came with it.
+    mutating func decideSuspicions(now: Double, waiting: Bool = true) -> [CoordinatorAction]? {
+        guard let first = suspects.map(\.time).min(), !waiting || now - first >= policy.exitReportWaitSeconds else { return nil }
         let cause = suspects.enumerated().max { left, right in
             (left.element.priority, -left.offset) < (right.element.priority, -right.offset)
         }!.element
         let others = suspects.count - 1
-        return fail(cause.what + (others > 0 ? " (and \(others) report(s) that followed from it)" : ""), now: now)
+        return fail(cause.what + (others > 0 ? " (and \(others) report(s) that came with it)" : ""), now: now)
     }
 
     /// After a failure: once every connected agent reported its old workers stopped, starts the next generation.

@@ -120,7 +120,8 @@ import Glibc
         let detected = waitUntil(seconds: 20) { (run.currentState()?.failures.count ?? 0) >= 1 }
         let seconds = Date().timeIntervalSince(stoppedAt)
         #expect(detected, "the stopped worker was not detected: \(run.output)")
-        // Timeout 2 s, checked every 0.1 s, state saved at most every 0.5 s; the rest is slack for a busy machine.
+        // Timeout 2 s after the last heartbeat (sent every 0.5 s), checked every 0.1 s, the state file
+        // written at most every 0.5 s; the rest is slack for a busy machine.
         #expect(seconds < 2 + 3, "detected after \(seconds) s")
         #expect(run.currentState()?.failures.first?.what.contains("rank 1") == true)
         #expect(run.currentState()?.failures.first?.what.contains("no heartbeat") == true)
