@@ -102,7 +102,7 @@ let package = Package(
                     swiftSettings: sharedSwiftSettings),
         .testTarget(name: "DataTests", dependencies: ["Data", "System", "TestSupport"],
                     swiftSettings: sharedSwiftSettings),
-        .testTarget(name: "CollectivesTests", dependencies: ["Collectives"],
+        .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "TestSupport"],
                     swiftSettings: sharedSwiftSettings),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "System", "TestSupport"],
                     swiftSettings: sharedSwiftSettings),

@@ -125,9 +125,11 @@ if [ -n "${MAE_BIN_DIR:-}" ]; then
     bin=$MAE_BIN_DIR
     [ -x "$bin/mae-coordinator" ] && [ -x "$bin/mae-worker" ] || fail "MAE_BIN_DIR=$bin holds no built mae-coordinator and mae-worker"
 elif [ "$backend" = mpi ]; then
+    # The MPI build has its own folder (as in tools/test.sh), so switching between the
+    # backends does not rebuild everything each time.
     tools/install-deps.sh --mpi
-    swift build -c release --traits MPI
-    bin=$repo/.build/release
+    swift build -c release --traits MPI --scratch-path .build/mpi
+    bin=$repo/.build/mpi/release
 else
     tools/install-deps.sh
     swift build -c release

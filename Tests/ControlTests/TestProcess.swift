@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -12,24 +13,12 @@ final class TestProcess {
     let outputPath: String
     let name: String
 
-    /// The built products' folder, next to the test bundle (SwiftPM builds every product with the tests).
-    static let productsDirectory: String? = {
-        var directory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
-        for _ in 0..<5 {
-            if FileManager.default.isExecutableFile(atPath: directory.appendingPathComponent("mae-coordinator").path) {
-                return directory.path
-            }
-            directory = directory.deletingLastPathComponent()
-        }
-        let fallback = FileManager.default.currentDirectoryPath + "/.build/debug"
-        return FileManager.default.isExecutableFile(atPath: fallback + "/mae-coordinator") ? fallback : nil
-    }()
-
+    /// A built executable of this package, next to the tests (SwiftPM builds every product with them).
     static func product(_ name: String) throws -> String {
-        guard let directory = productsDirectory else {
-            throw TestFailure("mae-coordinator is not built next to the tests; run 'swift build --build-tests' first")
+        guard let path = builtExecutable(name) else {
+            throw TestFailure("\(name) is not built next to the tests; run 'swift build --build-tests' first")
         }
-        return directory + "/" + name
+        return path
     }
 
     /// Starts `executable arguments`; standard output and error both go to `logDirectory/name.log`.
