@@ -41,6 +41,7 @@ let package = Package(
     products: [
         .executable(name: "mae", targets: ["mae"]),
         .executable(name: "mae-worker", targets: ["mae-worker"]),
+        .executable(name: "mae-coordinator", targets: ["mae-coordinator"]),
     ],
     traits: [
         .trait(name: "MPI", description: "Build the Open MPI collective backend (needs libopenmpi-dev)."),
@@ -74,11 +75,17 @@ let package = Package(
                 swiftSettings: sharedSwiftSettings),
         .target(name: "Training", dependencies: ["Model", "Data", "Collectives", "Options", "System"],
                 swiftSettings: sharedSwiftSettings),
+        // Control: the control plane (wire protocol, HMAC handshake, the coordinator's state
+        // machine and server, the agent, the worker's link); never touches tensors.
+        .target(name: "Control", dependencies: ["Training", "Collectives", "Data", "Options", "System"],
+                swiftSettings: sharedSwiftSettings),
 
         // MARK: Executables: option parsing and a call into the modules
         .executableTarget(name: "mae", dependencies: ["Training", "Options"],
                           swiftSettings: sharedSwiftSettings),
-        .executableTarget(name: "mae-worker", dependencies: ["Training", "Options"],
+        .executableTarget(name: "mae-worker", dependencies: ["Training", "Control", "Options"],
+                          swiftSettings: sharedSwiftSettings),
+        .executableTarget(name: "mae-coordinator", dependencies: ["Control", "Options", "Kernels"],
                           swiftSettings: sharedSwiftSettings),
 
         // MARK: Tests, one target per module, and the helpers they share
@@ -98,6 +105,8 @@ let package = Package(
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "TestSupport"],
                     swiftSettings: sharedSwiftSettings),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "System", "TestSupport"],
+                    swiftSettings: sharedSwiftSettings),
+        .testTarget(name: "ControlTests", dependencies: ["Control", "Training", "Collectives", "Data", "System", "TestSupport"],
                     swiftSettings: sharedSwiftSettings),
     ]
 )

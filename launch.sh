@@ -1,52 +1,145 @@
 #!/usr/bin/env bash
-# Trains MAE with N local worker processes that exchange gradients over a TCP ring
-# (or under mpirun with --backend mpi). Installs missing Debian packages (as root),
-# builds, makes the built-in demo dataset when no --data is given, starts the
-# workers, and stops them all if one fails or on Ctrl-C (each writes a checkpoint
-# first on a graceful stop).
+# Trains MAE with N worker processes under a coordinator (mae-coordinator serve) that
+# restarts the whole group from the newest checkpoint when a worker crashes, hangs or
+# loses its machine. Installs missing Debian packages (as root), builds, makes the
+# built-in demo dataset when no --data is given, starts the coordinator and one agent per
+# machine (this one, or each host over ssh), and prints where to watch the run.
 #
-# usage: ./launch.sh [--nodes N] [--backend tcp|mpi] [--data ROOT] [--run-dir DIR]
-#                    [--threads T] [worker flags ...]
+# usage: ./launch.sh [--nodes N] [--data ROOT] [--model NAME] [--run-dir DIR] [--threads T]
+#                    [--max-restarts K] [--heartbeat-timeout S] [--port P] [--metrics-addr HOST:PORT]
+#                    [--hosts H1[:K],H2[:K],...| --hostfile FILE] [--ssh CMD] [--coordinator-host ADDR]
+#                    [--backend tcp|mpi] [worker flags ...]
 # Every flag this script does not know is passed to each mae-worker unchanged
 # (see `.build/release/mae-worker --help`), e.g. --epochs 10 --resume auto.
+# Exit status: 0 finished, 1 failed after the restarts ran out, 2 bad configuration,
+# 3 stopped on request (Ctrl-C, SIGTERM, mae-coordinator stop; resumable with --resume auto).
 set -euo pipefail
 cd "$(dirname "$0")"
+repo=$(pwd)
 
-nodes=4
+nodes=""
 backend=tcp
 data=""
+model=""
 run_dir=""
 threads=""
+max_restarts=3
+heartbeat_timeout=10
+port=0
+metrics_addr=127.0.0.1:0
+hosts=""
+hostfile=""
+ssh_command=ssh
+coordinator_host=""
 worker_flags=()
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+fail() { echo "launch.sh: $*" >&2; exit 2; }
+# The value of the flag in $1, or a clear error when it is missing ($2 is the next argument).
+value() { [ $# -ge 2 ] && [ -n "$2" ] && [ "${2#--}" = "$2" ] || fail "$1 needs a value (see --help)"; }
 while [ $# -gt 0 ]; do
     case "$1" in
-        --nodes) nodes=${2:?--nodes needs a value}; shift 2 ;;
-        --backend) backend=${2:?--backend needs tcp or mpi}; shift 2 ;;
-        --data) data=${2:?--data needs a folder}; shift 2 ;;
-        --run-dir) run_dir=${2:?--run-dir needs a folder}; shift 2 ;;
-        --threads) threads=${2:?--threads needs a value}; shift 2 ;;
+        --nodes) value "$@"; nodes=$2; shift 2 ;;
+        --backend) value "$@"; backend=$2; shift 2 ;;
+        --data) value "$@"; data=$2; shift 2 ;;
+        --model) value "$@"; model=$2; shift 2 ;;
+        --run-dir) value "$@"; run_dir=$2; shift 2 ;;
+        --threads) value "$@"; threads=$2; shift 2 ;;
+        --max-restarts) value "$@"; max_restarts=$2; shift 2 ;;
+        --heartbeat-timeout) value "$@"; heartbeat_timeout=$2; shift 2 ;;
+        --port) value "$@"; port=$2; shift 2 ;;
+        --metrics-addr) value "$@"; metrics_addr=$2; shift 2 ;;
+        --hosts) value "$@"; hosts=$2; shift 2 ;;
+        --hostfile) value "$@"; hostfile=$2; shift 2 ;;
+        --ssh) value "$@"; ssh_command=$2; shift 2 ;;
+        --coordinator-host) value "$@"; coordinator_host=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) worker_flags+=("$1"); shift ;;
     esac
 done
-case "$nodes" in ''|*[!0-9]*|0) echo "launch.sh: --nodes must be a positive integer, got '$nodes'" >&2; exit 2 ;; esac
-case "$backend" in tcp|mpi) ;; *) echo "launch.sh: --backend must be tcp or mpi, got '$backend'" >&2; exit 2 ;; esac
 
-# Dependencies and build.
-# The MPI build has its own folder (as in tools/test.sh), so switching between the
-# backends does not rebuild everything each time.
-if [ "$backend" = mpi ]; then
+# Every check that needs no build, before anything starts or is written.
+positive() { case "$2" in ''|*[!0-9]*|0) fail "$1 must be a positive integer, got '$2'" ;; esac; }
+case "$backend" in tcp|mpi) ;; *) fail "--backend must be tcp or mpi, got '$backend'" ;; esac
+case "$max_restarts" in ''|*[!0-9]*) fail "--max-restarts must be an integer ≥ 0, got '$max_restarts'" ;; esac
+case "$heartbeat_timeout" in ''|*[!0-9.]*|.|*.*.*) fail "--heartbeat-timeout must be a number of seconds, got '$heartbeat_timeout'" ;; esac
+case "$port" in ''|*[!0-9]*) fail "--port must be a port number, got '$port'" ;; esac
+[ "$port" -le 65535 ] || fail "--port must be at most 65535, got $port"
+case "$metrics_addr" in *:*) ;; *) fail "--metrics-addr must be HOST:PORT, got '$metrics_addr'" ;; esac
+[ -z "$threads" ] || positive --threads "$threads"
+[ -z "$data" ] || [ -d "$data" ] || fail "--data $data is not a folder (an ImageNet-style ROOT/train/<class>/<image>, or make one with 'mae synth-data')"
+known_models=$(grep -o '"mae_vit_[a-z0-9_]*"' Sources/Model/ModelConfig.swift | tr -d '"' | awk '!seen[$0]++' | tr '\n' ' ')
+if [ -n "$model" ]; then
+    case " $known_models " in *" $model "*) ;; *) fail "--model $model is not one of: $known_models" ;; esac
+fi
+[ -z "$hosts" ] || [ -z "$hostfile" ] || fail "--hosts and --hostfile exclude each other"
+
+# Placement: (host, slots) per machine; an empty host means this machine.
+placement_hosts=()
+placement_slots=()
+if [ -n "$hostfile" ]; then
+    [ -f "$hostfile" ] || fail "--hostfile $hostfile does not exist"
+    while read -r line; do
+        line=${line%%#*}
+        set -- $line
+        [ $# -gt 0 ] || continue
+        slots=1
+        for field in "${@:2}"; do case "$field" in slots=*) slots=${field#slots=} ;; esac; done
+        positive "slots of $1 in $hostfile" "$slots"
+        placement_hosts+=("$1"); placement_slots+=("$slots")
+    done < "$hostfile"
+    [ ${#placement_hosts[@]} -gt 0 ] || fail "--hostfile $hostfile lists no host"
+elif [ -n "$hosts" ]; then
+    IFS=, read -r -a entries <<< "$hosts"
+    for entry in "${entries[@]}"; do
+        [ -n "$entry" ] || fail "--hosts has an empty entry: '$hosts'"
+        case "$entry" in *:*) positive "slots of ${entry%%:*}" "${entry##*:}"; placement_hosts+=("${entry%%:*}"); placement_slots+=("${entry##*:}") ;;
+                         *) placement_hosts+=("$entry"); placement_slots+=(0) ;; esac
+    done
+fi
+if [ ${#placement_hosts[@]} -gt 0 ]; then
+    # Hosts without a slot count share what --nodes leaves evenly.
+    given=0; unset_count=0
+    for slots in "${placement_slots[@]}"; do [ "$slots" -eq 0 ] && unset_count=$((unset_count + 1)) || given=$((given + slots)); done
+    if [ $unset_count -gt 0 ]; then
+        [ -n "$nodes" ] || fail "--hosts without :SLOTS needs --nodes"
+        positive --nodes "$nodes"
+        rest=$((nodes - given))
+        [ $rest -gt 0 ] && [ $((rest % unset_count)) -eq 0 ] || fail "--nodes $nodes does not divide evenly over the hosts without :SLOTS"
+        for index in "${!placement_slots[@]}"; do [ "${placement_slots[$index]}" -eq 0 ] && placement_slots[$index]=$((rest / unset_count)); done
+    fi
+    total=0; for slots in "${placement_slots[@]}"; do total=$((total + slots)); done
+    [ -z "$nodes" ] || [ "$nodes" -eq "$total" ] || fail "--nodes $nodes differs from the $total slots of the hosts"
+    nodes=$total
+else
+    nodes=${nodes:-4}
+    positive --nodes "$nodes"
+    placement_hosts=(""); placement_slots=("$nodes")
+fi
+if [ "$backend" = mpi ] && [ -n "$hosts$hostfile" ]; then
+    fail "--backend mpi runs mpirun on this machine only here; for several machines use mpirun --hostfile (cluster/README.md)"
+fi
+
+# Dependencies and build (MAE_BIN_DIR: use the executables already built there instead;
+# the tests and clusters with a shared, prebuilt tree do).
+if [ -n "${MAE_BIN_DIR:-}" ]; then
+    bin=$MAE_BIN_DIR
+    [ -x "$bin/mae-coordinator" ] && [ -x "$bin/mae-worker" ] || fail "MAE_BIN_DIR=$bin holds no built mae-coordinator and mae-worker"
+elif [ "$backend" = mpi ]; then
+    # The MPI build has its own folder (as in tools/test.sh), so switching between the
+    # backends does not rebuild everything each time.
     tools/install-deps.sh --mpi
     swift build -c release --traits MPI --scratch-path .build/mpi
-    bin=.build/mpi/release
+    bin=$repo/.build/mpi/release
 else
     tools/install-deps.sh
     swift build -c release
-    bin=.build/release
+    bin=$repo/.build/release
 fi
 
 # Data: the built-in demo dataset unless --data is given.
+has() { local flag; for flag in "${worker_flags[@]+"${worker_flags[@]}"}"; do [ "$flag" = "$1" ] && return 0; done; return 1; }
+value_of() { local previous="" flag; for flag in "${worker_flags[@]+"${worker_flags[@]}"}"; do
+    [ "$previous" = "$1" ] && { echo "$flag"; return; }; previous=$flag; done; }
 if [ -z "$data" ]; then
     data=runs/demo-data
     if [ ! -f "$data/.complete" ]; then
@@ -56,11 +149,7 @@ if [ -z "$data" ]; then
         touch "$data/.complete"
     fi
     # Demo recipe: a tiny model for a few epochs, unless the user says otherwise.
-    has() { local flag; for flag in "${worker_flags[@]+"${worker_flags[@]}"}"; do [ "$flag" = "$1" ] && return 0; done; return 1; }
-    # The value after FLAG in the worker flags (empty when absent).
-    value_of() { local previous="" flag; for flag in "${worker_flags[@]+"${worker_flags[@]}"}"; do
-        [ "$previous" = "$1" ] && { echo "$flag"; return; }; previous=$flag; done; }
-    has --model || worker_flags+=(--model mae_vit_tiny_patch4)
+    [ -n "$model" ] || model=mae_vit_tiny_patch4
     has --epochs || worker_flags+=(--epochs 5)
     # One warm-up epoch, or none when the run has only one epoch.
     [ "$(value_of --epochs)" = 1 ] && warmup=0 || warmup=1
@@ -68,61 +157,113 @@ if [ -z "$data" ]; then
     has --batch-size || worker_flags+=(--batch-size 32)
 fi
 [ -n "$run_dir" ] || run_dir=runs/run-$(date +%Y%m%d-%H%M%S)
-mkdir -p "$run_dir"
-
-job_token=$(od -An -tx8 -N16 /dev/urandom | tr -d ' \n')
-common=(--data "$data" --run-dir "$run_dir" --world-size "$nodes")
-# Without --threads each worker takes its share of this machine's cores.
+case "$run_dir" in /*) ;; *) run_dir=$repo/$run_dir ;; esac
+case "$data" in /*) ;; *) data=$repo/$data ;; esac
+common=(--data "$data")
+[ -z "$model" ] || common+=(--model "$model")
+# Without --threads each worker takes its share of its machine's cores.
 [ -z "$threads" ] || common+=(--threads "$threads")
 
-if [ "$backend" = mpi ]; then
-    exec mpirun --allow-run-as-root --oversubscribe --mca btl tcp,self -np "$nodes" \
-        "$bin/mae-worker" --backend mpi "${common[@]}" "${worker_flags[@]+"${worker_flags[@]}"}"
+# The coordinator listens on loopback for a run on this machine, else on this machine's
+# address toward the hosts (--coordinator-host overrides it).
+if [ -z "${placement_hosts[0]}" ]; then
+    coordinator_host=${coordinator_host:-127.0.0.1}
+else
+    coordinator_host=${coordinator_host:-$(hostname -I 2>/dev/null | awk '{print $1}')}
+    [ -n "$coordinator_host" ] || fail "cannot tell this machine's address; pass --coordinator-host ADDRESS"
 fi
 
-# A free port for the rendezvous that rank 0 hosts.
-port=""
-for _ in $(seq 1 50); do
-    candidate=$(( 29500 + RANDOM % 2000 ))
-    if ! (exec 3<>/dev/tcp/127.0.0.1/$candidate) 2>/dev/null; then port=$candidate; break; fi
-done
-[ -n "$port" ] || { echo "launch.sh: found no free port for the rendezvous" >&2; exit 1; }
-
-echo "Run directory: $run_dir (logs of ranks > 0 in $run_dir/rank-*.log)"
-pids=()
-stop_all() {
-    local signal=$1
-    for pid in "${pids[@]}"; do kill -"$signal" "$pid" 2>/dev/null || true; done
+# The coordinator creates the run directory once it has checked every worker flag, so a
+# mistake leaves nothing behind; it tells its port through a file outside it.
+port_directory=$(mktemp -d "${TMPDIR:-/tmp}/mae-launch.XXXXXX")
+port_file=$port_directory/port
+coordinator_pid=""
+agent_pids=()
+# Whatever happens to this script, nothing it started keeps running: the coordinator
+# stops gracefully when it sees us gone (--exit-with-parent) and its agents stop their
+# workers; this trap also stops what is left by pid.
+cleanup() {
+    local pid
+    rm -rf "$port_directory"
+    for pid in $coordinator_pid "${agent_pids[@]+"${agent_pids[@]}"}"; do kill -TERM "$pid" 2>/dev/null || true; done
 }
-trap 'echo "launch.sh: stopping workers (they checkpoint first)"; stop_all TERM' INT TERM
-for rank in $(seq 0 $(( nodes - 1 ))); do
-    flags=("${common[@]}" --rank "$rank" --rendezvous "127.0.0.1:$port" --job-token "$job_token"
-           "${worker_flags[@]+"${worker_flags[@]}"}")
-    if [ "$rank" -eq 0 ]; then
-        "$bin/mae-worker" "${flags[@]}" &
-    else
-        "$bin/mae-worker" "${flags[@]}" >"$run_dir/rank-$rank.log" 2>&1 &
-    fi
-    pids+=($!)
-done
+on_signal() {
+    echo "launch.sh: stopping the run (the workers finish their step and write a checkpoint; signal again to stop at once)" >&2
+    [ -z "$coordinator_pid" ] || kill -TERM "$coordinator_pid" 2>/dev/null || true
+}
+trap on_signal INT TERM
+trap cleanup EXIT
 
-# Wait for all; if any worker fails, stop the others so none waits on a dead peer.
-# (bash reaps finished children itself, so `kill -0` fails once a worker has exited,
-# and `wait PID` then returns its saved status.)
-status=0
-alive=("${pids[@]}")
-while [ ${#alive[@]} -gt 0 ]; do
-    still=()
-    for pid in "${alive[@]}"; do
-        if kill -0 "$pid" 2>/dev/null; then still+=("$pid"); continue; fi
-        set +e; wait "$pid"; code=$?; set -e
-        if [ "$code" -ne 0 ] && [ "$status" -eq 0 ]; then
-            status=$code
-            echo "launch.sh: a worker exited with status $code; stopping the others" >&2
-            stop_all TERM
+# Port 0 lets the kernel choose a free port in the coordinator's own bind: no race.
+"$bin/mae-coordinator" serve --world-size "$nodes" --addr "$coordinator_host:$port" --metrics-addr "$metrics_addr" \
+    --max-restarts "$max_restarts" --heartbeat-timeout "$heartbeat_timeout" --port-file "$port_file" --exit-with-parent \
+    -- --run-dir "$run_dir" "${common[@]}" "${worker_flags[@]+"${worker_flags[@]}"}" &
+coordinator_pid=$!
+for _ in $(seq 1 600); do
+    [ -s "$port_file" ] && break
+    kill -0 "$coordinator_pid" 2>/dev/null || break
+    sleep 0.1
+done
+if [ ! -s "$port_file" ]; then
+    set +e; wait "$coordinator_pid"; status=$?; set -e
+    coordinator_pid=""
+    echo "launch.sh: the coordinator did not start (exit status $status)" >&2
+    exit "$status"
+fi
+address=$(cat "$port_file")
+echo "Run directory: $run_dir (logs: $run_dir/logs/rank-N.log)"
+echo "Status:        $bin/mae-coordinator status --run-dir $(printf '%q' "$run_dir") [--watch] [--json]"
+
+# One agent per machine. An agent that ends while the run goes on (its ssh connection or
+# machine was lost, or it was killed) is started again, a few times, so that the machine
+# rejoins the next generation.
+agent_starts=()
+start_agent() {
+    local index=$1 host=${placement_hosts[$1]} slots=${placement_slots[$1]} first=0 i launcher remote
+    for ((i = 0; i < index; i++)); do first=$((first + placement_slots[i])); done
+    local agent=("$bin/mae-coordinator" agent --coordinator "$address" --run-dir "$run_dir" --first-rank "$first" --nproc "$slots"
+                 --backend "$backend")
+    if [ -z "$host" ]; then
+        "${agent[@]}" &
+    else
+        # One string for the remote shell with every word quoted: host names and paths cannot run commands.
+        remote=$(printf '%q ' "${agent[@]}" --host-name "$host")
+        read -r -a launcher <<< "$ssh_command"
+        "${launcher[@]}" "$host" "$remote" < /dev/null &
+    fi
+    agent_pids[$index]=$!
+    agent_starts[$index]=$(( ${agent_starts[$index]:-0} + 1 ))
+}
+for index in "${!placement_hosts[@]}"; do start_agent "$index"; done
+
+set +e
+while kill -0 "$coordinator_pid" 2>/dev/null; do
+    sleep 0.5
+    kill -0 "$coordinator_pid" 2>/dev/null || break
+    for index in "${!agent_pids[@]}"; do
+        kill -0 "${agent_pids[$index]}" 2>/dev/null && continue
+        if [ "${agent_starts[$index]}" -le "$max_restarts" ]; then
+            echo "launch.sh: the agent of ${placement_hosts[$index]:-this machine} ended; starting it again" >&2
+            start_agent "$index"
         fi
     done
-    alive=("${still[@]+"${still[@]}"}")
-    [ ${#alive[@]} -eq 0 ] || sleep 0.5
 done
+wait "$coordinator_pid"; status=$?
+set -e
+coordinator_pid=""
+# The agents exit once the coordinator shut them down; give them their grace period.
+for _ in $(seq 1 150); do
+    alive=0
+    for pid in "${agent_pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ $alive -eq 1 ] || break
+    sleep 0.1
+done
+case $status in
+    0) meaning="finished" ;;
+    1) meaning="failed after the restarts ran out" ;;
+    2) meaning="bad configuration" ;;
+    3) meaning="stopped on request; continue with: ./launch.sh --run-dir $run_dir --resume auto ..." ;;
+    *) meaning="the coordinator ended abnormally" ;;
+esac
+echo "launch.sh: exit status $status ($meaning)"
 exit "$status"

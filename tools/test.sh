@@ -29,7 +29,7 @@ stage "tests" swift test --skip-build
 # The MPI backend (package trait MPI), built in its own folder so that the default
 # build above stays free of MPI; only the MPI-specific tests run here.
 stage "build (MPI)" swift build --build-tests --traits MPI --scratch-path .build/mpi
-stage "tests (MPI)" swift test --skip-build --traits MPI --scratch-path .build/mpi --filter MPICollectiveTests
+stage "tests (MPI)" swift test --skip-build --traits MPI --scratch-path .build/mpi --filter "MPICollectiveTests|MPICoordinatorTests"
 
 echo
 echo "test.sh summary:"

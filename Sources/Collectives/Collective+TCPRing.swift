@@ -76,6 +76,25 @@ public final class TCPRingCollective: Collective {
         return try formRing(config, listener: listener, addresses: addresses, deadline: deadline)
     }
 
+    /// Joins the ring with the ring's addresses from somewhere else than the rendezvous
+    /// service (the coordinator of `mae-coordinator`): binds the listener on
+    /// `config.listenHost`, hands its port to `exchangeAddresses`, which returns every
+    /// rank's listener address indexed by rank, then connects as `connect` does.
+    /// `config.address` and `config.hostsRendezvous` are not used.
+    public static func connect(_ config: RendezvousConfig,
+                               exchangeAddresses: (_ listenerPort: Int) throws -> [SocketAddress]) throws -> TCPRingCollective {
+        try config.validate()
+        let deadline = Deadline.after(seconds: config.timeoutSeconds)
+        if config.worldSize == 1 { return try TCPRingCollective(config: config, connections: []) }
+        let listener = try Socket.listening(on: SocketAddress(host: config.listenHost, port: 0))
+        defer { listener.close() }
+        let addresses = try exchangeAddresses(try listener.localPort(context: "ring listener"))
+        guard addresses.count == config.worldSize else {
+            throw CollectiveError.rendezvous("rank \(config.rank) received \(addresses.count) ring addresses for a world of \(config.worldSize)")
+        }
+        return try formRing(config, listener: listener, addresses: addresses, deadline: deadline)
+    }
+
     /// Connects to the right neighbour and accepts the left one on `listener` (one
     /// connection per lane each way), given every rank's listener address.
     /// Connections that fail the handshake are refused, logged and never join;

@@ -7,21 +7,23 @@ import Glibc
 #endif
 
 /// Seconds on the monotonic clock.
-func monotonicSeconds() -> Double {
+public func monotonicSeconds() -> Double {
     var time = timespec()
     clock_gettime(CLOCK_MONOTONIC, &time)
     return Double(time.tv_sec) + Double(time.tv_nsec) * 1e-9
 }
 
 /// A point in monotonic time after which a wait gives up.
-struct Deadline {
-    let time: Double
+public struct Deadline: Sendable {
+    public let time: Double
 
-    static func after(seconds: Double) -> Deadline { Deadline(time: monotonicSeconds() + seconds) }
+    public init(time: Double) { self.time = time }
+
+    public static func after(seconds: Double) -> Deadline { Deadline(time: monotonicSeconds() + seconds) }
 
     /// Seconds left, never negative.
-    var remaining: Double { max(0, time - monotonicSeconds()) }
-    var hasPassed: Bool { monotonicSeconds() >= time }
+    public var remaining: Double { max(0, time - monotonicSeconds()) }
+    public var hasPassed: Bool { monotonicSeconds() >= time }
 
     /// Milliseconds for `poll`, rounded up so that a wait never ends early.
     var pollMilliseconds: Int32 { Int32(min(Double(Int32.max), (remaining * 1000).rounded(.up))) }
@@ -70,23 +72,23 @@ public struct SocketAddress: Sendable, Equatable, CustomStringConvertible {
 }
 
 /// One TCP socket that this process owns; `close()` releases it (also on deinit).
-final class Socket {
-    private(set) var descriptor: Int32
+public final class Socket {
+    public private(set) var descriptor: Int32
     /// The SO_RCVLOWAT last set (the kernel's default is 1).
     private var receiveLowWatermark = 1
 
-    init(descriptor: Int32) { self.descriptor = descriptor }
+    public init(descriptor: Int32) { self.descriptor = descriptor }
 
     deinit { close() }
 
     /// Closes the descriptor once; later calls do nothing.
-    func close() {
+    public func close() {
         guard descriptor >= 0 else { return }
         _ = Glibc.close(descriptor)  // EINTR on close must not be retried on Linux: the descriptor is gone.
         descriptor = -1
     }
 
-    var isOpen: Bool { descriptor >= 0 }
+    public var isOpen: Bool { descriptor >= 0 }
 
     // MARK: Creating
 
@@ -97,7 +99,7 @@ final class Socket {
     }
 
     /// A listening socket bound to `address` (port 0: the kernel picks one; see `localPort`).
-    static func listening(on address: SocketAddress, backlog: Int32 = 64) throws -> Socket {
+    public static func listening(on address: SocketAddress, backlog: Int32 = 64) throws -> Socket {
         let context = "listening on \(address)"
         let socket = Socket(descriptor: try makeDescriptor(context))
         try socket.setOption(SOL_SOCKET, SO_REUSEADDR, 1, context)
@@ -116,7 +118,7 @@ final class Socket {
 
     /// Connects to `address`, waiting until `deadline`; retries refused connections
     /// (the peer may not listen yet) every 50 ms.
-    static func connect(to address: SocketAddress, deadline: Deadline, context: String) throws -> Socket {
+    public static func connect(to address: SocketAddress, deadline: Deadline, context: String) throws -> Socket {
         var target = try address.resolved()
         while true {
             let socket = Socket(descriptor: try makeDescriptor(context))
@@ -145,7 +147,7 @@ final class Socket {
     }
 
     /// Accepts one connection, or returns nil when `deadline` passes first.
-    func accept(until deadline: Deadline, context: String) throws -> Socket? {
+    public func accept(until deadline: Deadline, context: String) throws -> Socket? {
         while true {
             // accept4 is not visible without _GNU_SOURCE; accept then set the flags.
             let accepted = Glibc.accept(descriptor, nil, nil)
@@ -170,7 +172,7 @@ final class Socket {
 
     // MARK: Options
 
-    func setOption(_ level: Int32, _ name: Int32, _ value: Int32, _ context: String) throws {
+    public func setOption(_ level: Int32, _ name: Int32, _ value: Int32, _ context: String) throws {
         var value = value
         guard setsockopt(descriptor, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) == 0 else {
             throw CollectiveError.systemCall(name: "setsockopt", errno: errno, context: context)
@@ -198,7 +200,7 @@ final class Socket {
     }
 
     /// The port this socket is bound to.
-    func localPort(context: String) throws -> Int {
+    public func localPort(context: String) throws -> Int {
         Int(UInt16(bigEndian: try localAddress(context: context).sin_port))
     }
 
@@ -233,7 +235,7 @@ final class Socket {
 
     /// Waits until the socket is ready for `events` (or has an error or hang-up);
     /// returns false when `deadline` passes first.
-    func wait(for events: Int16, until deadline: Deadline, context: String) throws -> Bool {
+    public func wait(for events: Int16, until deadline: Deadline, context: String) throws -> Bool {
         var entry = pollfd(fd: descriptor, events: events, revents: 0)
         while true {
             let ready = Glibc.poll(&entry, 1, deadline.pollMilliseconds)
@@ -247,7 +249,7 @@ final class Socket {
 
     /// Sends what the kernel takes now; returns the byte count, 0 when it would block.
     @inline(__always)
-    func sendSome(_ bytes: UnsafeRawPointer, count: Int, context: @autoclosure () -> String) throws -> Int {
+    public func sendSome(_ bytes: UnsafeRawPointer, count: Int, context: @autoclosure () -> String) throws -> Int {
         while true {
             let sent = Glibc.send(descriptor, bytes, count, Int32(MSG_NOSIGNAL))
             if sent >= 0 { return sent }
@@ -264,7 +266,7 @@ final class Socket {
     /// Receives what has arrived; returns the byte count, 0 when nothing is there yet.
     /// The peer closing the connection is an error.
     @inline(__always)
-    func receiveSome(_ bytes: UnsafeMutableRawPointer, count: Int, context: @autoclosure () -> String) throws -> Int {
+    public func receiveSome(_ bytes: UnsafeMutableRawPointer, count: Int, context: @autoclosure () -> String) throws -> Int {
         while true {
             let received = Glibc.recv(descriptor, bytes, count, 0)
             if received > 0 { return received }
@@ -284,7 +286,7 @@ final class Socket {
     // MARK: Whole messages (handshakes, rendezvous)
 
     /// Sends all of `bytes` before `deadline`.
-    func sendAll(_ bytes: [UInt8], until deadline: Deadline, context: String) throws {
+    public func sendAll(_ bytes: [UInt8], until deadline: Deadline, context: String) throws {
         try bytes.withUnsafeBytes { raw in
             var offset = 0
             while offset < raw.count {
@@ -298,7 +300,7 @@ final class Socket {
     }
 
     /// Receives exactly `count` bytes before `deadline`.
-    func receiveExactly(_ count: Int, until deadline: Deadline, context: String) throws -> [UInt8] {
+    public func receiveExactly(_ count: Int, until deadline: Deadline, context: String) throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
         try bytes.withUnsafeMutableBytes { raw in
             var offset = 0

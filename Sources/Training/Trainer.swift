@@ -24,17 +24,26 @@ public final class Trainer {
     public let distributed: DistributedSettings
     public let collective: any Collective
     public let log: RunLog
+    /// The coordinator's view of and requests to this worker; nil without a coordinator.
+    public let control: (any TrainingControl)?
+    /// The schedule the coordinator computed for everyone; the session checks that this
+    /// worker, from the data it sees, computes the same (nil: no check).
+    public let expectedSchedule: LearningRateSchedule?
 
-    public init(config: RunConfig, distributed: DistributedSettings, collective: any Collective) {
+    public init(config: RunConfig, distributed: DistributedSettings, collective: any Collective,
+                control: (any TrainingControl)? = nil, expectedSchedule: LearningRateSchedule? = nil) {
         self.config = config
         self.distributed = distributed
         self.collective = collective
+        self.control = control
+        self.expectedSchedule = expectedSchedule
         log = RunLog(rank: collective.rank, runDirectory: config.runDirectory)
     }
 
     /// Trains until the last epoch, `--max-steps`, or a stop signal.
     public func run() throws -> TrainingSummary {
-        let session = try TrainingSession(config: config, collective: collective, log: log)
+        let session = try TrainingSession(config: config, collective: collective, log: log, control: control,
+                                          expectedSchedule: expectedSchedule)
         defer { session.loader.stop() }
         try session.restore()
         session.printBanner()

@@ -71,12 +71,16 @@ final class TrainingSession {
     let noise: FloatBuffer
     var position = TrainingPosition()
     var lastCheckpoint: String?
+    /// The coordinator's hooks (nil without one).
+    let control: (any TrainingControl)?
 
     /// Opens the dataset, starts the loader, builds the model; validates what needs the data.
-    init(config: RunConfig, collective: any Collective, log: RunLog) throws {
+    init(config: RunConfig, collective: any Collective, log: RunLog, control: (any TrainingControl)? = nil,
+         expectedSchedule: LearningRateSchedule? = nil) throws {
         self.config = config
         self.collective = collective
         self.log = log
+        self.control = control
         rank = collective.rank
         worldSize = collective.worldSize
         try TrainingError.reportingSystemCalls { try FileSystem.makeDirectories(config.runDirectory) }
@@ -92,6 +96,12 @@ final class TrainingSession {
                 + "lower --batch-size or --accum-iter")
         }
         schedule = try config.schedule(worldSize: worldSize, iterationsPerEpoch: batchesPerEpoch)
+        if let expectedSchedule, expectedSchedule != schedule {
+            throw TrainingError.invalidConfiguration(
+                "the coordinator's schedule has \(expectedSchedule.iterationsPerEpoch) batches per epoch and peak lr "
+                + "\(expectedSchedule.peakLearningRate), but this worker computes \(batchesPerEpoch) and \(schedule.peakLearningRate) "
+                + "from the \(dataset.count) images it sees in \(config.dataRoot); every machine must see the same dataset")
+        }
         stepsPerEpoch = schedule.stepsPerEpoch
         totalSteps = min(config.epochs * stepsPerEpoch, config.maxSteps ?? Int.max)
         store = CheckpointStore(runDirectory: config.runDirectory, warn: { [log] in log.warn($0) })
@@ -202,7 +212,16 @@ final class TrainingSession {
         training: while position.epoch < config.epochs && position.step < totalSteps {
             loader.startEpoch(position.epoch, fromBatch: position.stepInEpoch * config.accumulationSteps)
             while position.stepInEpoch < stepsPerEpoch && position.step < totalSteps {
+                let stepStart = monotonicSeconds()
                 let outcome = try step()
+                if let control {
+                    let seconds = monotonicSeconds() - stepStart
+                    control.stepFinished(StepReport(
+                        step: position.step, totalSteps: totalSteps, epoch: position.epoch, loss: outcome.loss,
+                        learningRate: outcome.learningRate,
+                        imagesPerSecond: Double(config.effectiveBatchSize(worldSize: worldSize)) / max(seconds, 1e-9),
+                        dataWaitSeconds: outcome.dataWait, stepSeconds: seconds))
+                }
                 lastLoss = outcome.loss
                 meter.record(dataWait: outcome.dataWait)
                 if position.step % config.printEvery == 0 || position.step == totalSteps {
@@ -211,7 +230,8 @@ final class TrainingSession {
                 }
                 let finished = position.stepInEpoch == stepsPerEpoch ? finishEpoch() : nil
                 let periodic = config.checkpointEvery > 0 && position.step % config.checkpointEvery == 0
-                if finished != nil || periodic || outcome.stopRequested || position.step == totalSteps {
+                if finished != nil || periodic || outcome.stopRequested || outcome.checkpointRequested
+                    || position.step == totalSteps {
                     try writeCheckpoint(finishedEpoch: finished)
                 }
                 if let finished {
@@ -247,6 +267,8 @@ final class TrainingSession {
         var learningRate: Double
         /// Whether any worker received a stop signal (all workers see the same answer).
         var stopRequested: Bool
+        /// Whether any worker was asked for a checkpoint now (all workers see the same answer).
+        var checkpointRequested: Bool
         /// Seconds this worker waited for its batches.
         var dataWait: Double
     }
@@ -277,8 +299,10 @@ final class TrainingSession {
         }
         if config.injectNonFiniteLossAtStep == position.step + 1 { localLoss = .nan }
 
-        // One scalar exchange carries the loss and any stop request, so every worker decides alike.
-        let reduced = try collective.allReduceScalars([localLoss, StopSignal.isRequested ? 1 : 0])
+        // One scalar exchange carries the loss and any stop or checkpoint request, so every worker decides alike.
+        let stop = StopSignal.isRequested || control?.stopRequested == true
+        let checkpointNow = control?.takeCheckpointRequest() == true
+        let reduced = try collective.allReduceScalars([localLoss, stop ? 1 : 0, checkpointNow ? 1 : 0])
         let loss = reduced[0] / Double(worldSize)
         guard loss.isFinite else {
             throw TrainingError.nonFiniteLoss(step: position.step, epoch: position.epoch, loss: loss,
@@ -294,7 +318,8 @@ final class TrainingSession {
         position.epochLossSum += loss
         position.epochLearningRateSum += learningRate
         position.epochStepCount += 1
-        return StepOutcome(loss: loss, learningRate: learningRate, stopRequested: reduced[1] > 0, dataWait: dataWait)
+        return StepOutcome(loss: loss, learningRate: learningRate, stopRequested: reduced[1] > 0,
+                           checkpointRequested: reduced[2] > 0, dataWait: dataWait)
     }
 
     /// Moves the position to the next epoch; returns the finished epoch's `log.txt` line
@@ -324,8 +349,13 @@ final class TrainingSession {
                 finishedEpoch: finishedEpoch)
             let path = try store.write(state: state) { directory in try files.save(into: directory, state: state) }
             lastCheckpoint = path
-            for removed in try store.prune(keepLast: config.keepCheckpoints, keepEveryEpochs: config.keepEveryEpochs) {
-                log.info("removed old checkpoint \(removed)")
+            if let control {
+                // The coordinator owns the retention policy; it prunes once it has recorded this one.
+                control.checkpointWritten(path: path, step: position.step)
+            } else {
+                for removed in try store.prune(keepLast: config.keepCheckpoints, keepEveryEpochs: config.keepEveryEpochs) {
+                    log.info("removed old checkpoint \(removed)")
+                }
             }
             log.info("checkpoint \(path)")
         }

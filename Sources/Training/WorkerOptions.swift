@@ -23,6 +23,19 @@ public struct DistributedSettings: Sendable, Equatable {
     /// TCP congestion control of the ring connections (auto: Reno within this machine).
     public var congestionControl: CongestionControl = .automatic
 
+    public init(rank: Int, worldSize: Int, rendezvous: String?, jobToken: String, generation: Int, backend: Backend,
+                timeoutSeconds: Double, listenHost: String? = nil, congestionControl: CongestionControl = .automatic) {
+        self.rank = rank
+        self.worldSize = worldSize
+        self.rendezvous = rendezvous
+        self.jobToken = jobToken
+        self.generation = generation
+        self.backend = backend
+        self.timeoutSeconds = timeoutSeconds
+        self.listenHost = listenHost
+        self.congestionControl = congestionControl
+    }
+
     public static let standalone = DistributedSettings(rank: 0, worldSize: 1, rendezvous: nil, jobToken: "",
                                                        generation: 0, backend: .tcp, timeoutSeconds: 0)
     public var isStandalone: Bool { worldSize == 1 && rendezvous == nil && backend == .tcp }
@@ -42,6 +55,13 @@ public enum WorkerOptions {
             OptionSpec("world-size", value: "W", help: "number of workers (multi-process mode)"),
             OptionSpec("rendezvous", value: "HOST:PORT", help: "rendezvous address; rank 0 hosts it (multi-process mode)"),
             OptionSpec("job-token", value: "TOKEN", help: "shared secret every worker of the job presents (multi-process mode)"),
+            OptionSpec("coordinator", value: "HOST:PORT",
+                       help: "join the run of this mae-coordinator (started by its agent, with --secret-file, --rank, --generation)"),
+            OptionSpec("secret-file", value: "PATH", help: "the job secret file of the coordinator's run (with --coordinator)"),
+            OptionSpec("local-workers", value: "K", help: "workers on this machine, for --threads auto (with --coordinator)",
+                       visible: false),
+            OptionSpec("host-name", value: "NAME", help: "this machine's name toward the coordinator (with --coordinator)",
+                       visible: false),
             OptionSpec("generation", value: "G", default: "0", help: "restart generation of the job; workers of other generations are refused"),
             OptionSpec("backend", value: "tcp|mpi", default: "tcp",
                        help: "collective backend; mpi (under mpirun, a build with --traits MPI) needs no rendezvous or token"),
@@ -116,22 +136,39 @@ public enum WorkerOptions {
                                               timeoutSeconds: try options.double("peer-timeout",
                                                                                  expectation: "a positive number of seconds") { $0 > 0 })
         } else {
-            guard !givenMulti.isEmpty else {
-                throw fail("pass --standalone to train alone, or --rank, --world-size, --rendezvous and --job-token to join a job")
+            // torchrun's convention: RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT in the environment
+            // stand for --rank, --world-size and --rendezvous (flags win); MAE_JOB_TOKEN for --job-token.
+            let environment = ProcessInfo.processInfo.environment
+            let fromEnvironment: [String: String?] = [
+                "rank": environment["RANK"], "world-size": environment["WORLD_SIZE"],
+                "rendezvous": environment["MASTER_ADDR"].flatMap { host in environment["MASTER_PORT"].map { "\(host):\($0)" } },
+                "job-token": environment["MAE_JOB_TOKEN"],
+            ]
+            func value(_ flag: String) -> String? { options.string(flag) ?? fromEnvironment[flag] ?? nil }
+            guard multiFlags.contains(where: { value($0) != nil }) else {
+                throw fail("pass --standalone to train alone, or --rank, --world-size, --rendezvous and --job-token to join a job "
+                           + "(or RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT and MAE_JOB_TOKEN in the environment)")
             }
-            let missing = multiFlags.filter { options.string($0) == nil }
+            let missing = multiFlags.filter { value($0) == nil }
             guard missing.isEmpty else {
-                throw fail("multi-process mode also needs " + missing.map { "--" + $0 }.joined(separator: ", "))
+                throw fail("multi-process mode also needs " + missing.map { "--" + $0 }.joined(separator: ", ")
+                           + (missing.contains("job-token") ? " (or MAE_JOB_TOKEN)" : ""))
             }
-            let worldSize = try options.int("world-size", in: 1...65536)
-            let rank = try options.int("rank", in: 0...65535)
+            func integer(_ flag: String, in range: ClosedRange<Int>) throws -> Int {
+                guard let number = Int(value(flag) ?? ""), range.contains(number) else {
+                    throw fail("--\(flag) expects an integer in \(range.lowerBound)...\(range.upperBound), got '\(value(flag) ?? "")'")
+                }
+                return number
+            }
+            let worldSize = try integer("world-size", in: 1...65536)
+            let rank = try integer("rank", in: 0...65535)
             guard rank < worldSize else { throw fail("--rank \(rank) must be smaller than --world-size \(worldSize)") }
-            let address = try options.required("rendezvous")
+            let address = value("rendezvous") ?? ""
             guard let colon = address.lastIndex(of: ":"), !address[..<colon].isEmpty,
                   let port = Int(address[address.index(after: colon)...]), (1...65535).contains(port) else {
                 throw fail("--rendezvous expects HOST:PORT with a port in 1...65535, got '\(address)'")
             }
-            let token = try options.required("job-token")
+            let token = value("job-token") ?? ""
             guard !token.isEmpty else { throw fail("--job-token must not be empty") }
             distributed = DistributedSettings(
                 rank: rank, worldSize: worldSize, rendezvous: address, jobToken: token,

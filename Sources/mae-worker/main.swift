@@ -1,5 +1,6 @@
 // mae-worker: one training process. Parses and validates its flags before any work,
 // joins its job (or trains alone with --standalone), and runs the training loop.
+import Control
 import Kernels
 import Options
 import Training
@@ -18,6 +19,25 @@ do {
     }
     guard options.positional.isEmpty else {
         throw OptionError("mae-worker: unexpected argument '\(options.positional[0])' (options start with --; see --help)")
+    }
+    if options.string("coordinator") != nil {
+        // Started by an agent of mae-coordinator: the run's flags come from the coordinator.
+        let others = CommandLine.arguments.dropFirst().filter { $0.hasPrefix("--") }
+            .map { String($0.dropFirst(2).prefix { $0 != "=" }) }.filter { !CoordinatedWorker.flags.contains($0) }
+        guard others.isEmpty else {
+            throw OptionError("mae-worker: with --coordinator the run's flags (here --\(others[0])) go to "
+                              + "'mae-coordinator serve'; the worker receives them from it")
+        }
+        StopSignal.install()
+        do {
+            exit(try CoordinatedWorker.run(options))
+        } catch let error as OptionError {
+            print("error: \(error)", to: &standardError)
+            exit(2)
+        } catch {
+            print("error: \(error)", to: &standardError)
+            exit(1)
+        }
     }
     (config, distributed) = try WorkerOptions.parse(options)
 } catch {

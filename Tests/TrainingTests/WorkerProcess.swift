@@ -16,7 +16,7 @@ final class WorkerProcess {
     static let executable: String? = builtExecutable("mae-worker")
 
     /// Starts `mae-worker arguments`; stdout and stderr go to `logDirectory/name.out|err`.
-    init(_ arguments: [String], logDirectory: String, name: String) throws {
+    init(_ arguments: [String], logDirectory: String, name: String, environment extra: [String: String] = [:]) throws {
         guard let executable = Self.executable else {
             throw TestFailure("mae-worker is not built next to the tests; run 'swift build --build-tests' first")
         }
@@ -30,6 +30,7 @@ final class WorkerProcess {
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errorPath))
         var environment = ProcessInfo.processInfo.environment
         environment["OPENBLAS_NUM_THREADS"] = "1"
+        environment.merge(extra) { $1 }
         process.environment = environment
         try process.run()
     }

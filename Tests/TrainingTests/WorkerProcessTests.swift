@@ -260,6 +260,24 @@ import Glibc
 }
 
 extension WorkerProcessTests {
+    /// torchrun's convention without a coordinator: RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT
+    /// in the environment (and the job token in MAE_JOB_TOKEN) instead of the flags.
+    @Test func workersPlacedByTheEnvironmentTrainTogether() throws {
+        defer { temporary.remove() }
+        let port = try freeLoopbackPort()
+        let workers = try (0..<2).map { rank in
+            try WorkerProcess(arguments(runDirectory: "environment", ["--batch-size", "2", "--max-steps", "2"]),
+                              logDirectory: temporary.path, name: "environment-\(rank)",
+                              environment: ["RANK": "\(rank)", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                            "MASTER_PORT": "\(port)", "MAE_JOB_TOKEN": "environment-token"])
+        }
+        for worker in workers {
+            #expect(try worker.wait(seconds: 90) == 0, "\(worker.errors)")
+        }
+        #expect(workers[0].output.contains("world size 2 (rank 0)"), "\(workers[0].output)")
+        #expect(fileExists(checkpoint("environment", step: 2) + "/COMPLETE"))
+    }
+
     /// When one worker dies, the other does not hang: it stops with an error (exit 1) long
     /// before its peer timeout, and the last checkpoint stays valid.
     @Test func aDeadPeerStopsTheOtherWorkerWithAnError() throws {

@@ -1,5 +1,6 @@
-/// SHA-256 (FIPS 180-4), enough to fingerprint a file list; no package dependency allowed.
-struct SHA256 {
+/// SHA-256 (FIPS 180-4): dataset fingerprints and, through `HMACSHA256`, the control
+/// plane's authentication. Written here because the package takes no dependencies.
+public struct SHA256: Sendable {
     private var state: [UInt32] = [
         0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
     ]
@@ -17,8 +18,17 @@ struct SHA256 {
         0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
     ]
 
+    public init() {}
+
+    /// The digest of `bytes` in one call.
+    public static func digest<Bytes: Sequence>(_ bytes: Bytes) -> [UInt8] where Bytes.Element == UInt8 {
+        var hasher = SHA256()
+        hasher.update(bytes)
+        return hasher.finalize()
+    }
+
     /// Adds bytes to the message.
-    mutating func update<Bytes: Sequence>(_ bytes: Bytes) where Bytes.Element == UInt8 {
+    public mutating func update<Bytes: Sequence>(_ bytes: Bytes) where Bytes.Element == UInt8 {
         for byte in bytes {
             pending.append(byte)
             totalBytes &+= 1
@@ -30,7 +40,10 @@ struct SHA256 {
     }
 
     /// The digest as 64 lowercase hex digits.
-    mutating func finalizeHex() -> String {
+    public mutating func finalizeHex() -> String { hexString(finalize()) }
+
+    /// The 32-byte digest. The hasher is spent afterwards.
+    public mutating func finalize() -> [UInt8] {
         let bitLength = totalBytes &* 8
         var padding: [UInt8] = [0x80]
         while (pending.count + padding.count) % 64 != 56 { padding.append(0) }
@@ -42,12 +55,12 @@ struct SHA256 {
                 pending.removeAll(keepingCapacity: true)
             }
         }
-        let digits = Array("0123456789abcdef")
-        var text = ""
+        var digest: [UInt8] = []
+        digest.reserveCapacity(32)
         for word in state {
-            for shift in stride(from: 28, through: 0, by: -4) { text.append(digits[Int((word >> UInt32(shift)) & 0xf)]) }
+            for shift in stride(from: 24, through: 0, by: -8) { digest.append(UInt8(truncatingIfNeeded: word >> UInt32(shift))) }
         }
-        return text
+        return digest
     }
 
     private mutating func compress(_ block: [UInt8]) {
@@ -76,4 +89,36 @@ struct SHA256 {
     }
 
     private func rotateRight(_ value: UInt32, _ count: UInt32) -> UInt32 { (value >> count) | (value << (32 - count)) }
+}
+
+/// Bytes as lowercase hex digits, two per byte.
+public func hexString<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
+    let digits = Array("0123456789abcdef")
+    var text = ""
+    for byte in bytes {
+        text.append(digits[Int(byte >> 4)])
+        text.append(digits[Int(byte & 0xf)])
+    }
+    return text
+}
+
+/// The bytes of a string of hex digits (either case), or nil when it is not one.
+public func bytes(fromHex text: String) -> [UInt8]? {
+    let characters = Array(text.utf8)
+    guard characters.count % 2 == 0 else { return nil }
+    func value(_ character: UInt8) -> UInt8? {
+        switch character {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): character - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): character - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): character - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+    var result: [UInt8] = []
+    result.reserveCapacity(characters.count / 2)
+    for index in stride(from: 0, to: characters.count, by: 2) {
+        guard let high = value(characters[index]), let low = value(characters[index + 1]) else { return nil }
+        result.append(high << 4 | low)
+    }
+    return result
 }

@@ -1,0 +1,150 @@
+import Testing
+import Training
+@testable import Control
+
+/// The coordinator's state machine on its own: events in, actions out, no sockets.
+struct RunStateTests {
+    static let policy = CoordinatorPolicy(worldSize: 4, maxRestarts: 1, heartbeatTimeoutSeconds: 10,
+                                          rendezvousTimeoutSeconds: 60, stopGraceSeconds: 5, stopTimeoutSeconds: 100)
+
+    /// Two agents of two ranks each joined and every worker is training (generation `generation`).
+    func training(policy: CoordinatorPolicy = Self.policy) -> RunState {
+        var state = RunState(policy: policy, totalSteps: 100, now: 0)
+        #expect(state.handle(.agentJoined(firstRank: 0, rankCount: 2, host: "a", pid: 10), now: 1).count == 1)
+        let started = state.handle(.agentJoined(firstRank: 2, rankCount: 2, host: "b", pid: 11), now: 1)
+        #expect(started.contains(.startWorkers(agent: 0, generation: 0, ranks: [0, 1])))
+        #expect(started.contains(.startWorkers(agent: 2, generation: 0, ranks: [2, 3])))
+        for rank in 0..<4 {
+            #expect(state.handle(.workerJoined(rank: rank, generation: 0, pid: Int32(100 + rank), host: rank < 2 ? "a" : "b"),
+                                 now: 2) == [.sendAssignment(rank: rank)])
+        }
+        for rank in 0..<3 { #expect(state.handle(.ringListener(rank: rank, address: "h:\(rank)"), now: 3).isEmpty) }
+        let table = state.handle(.ringListener(rank: 3, address: "h:3"), now: 3)
+        #expect(table.first == .sendRingTable(addresses: ["h:0", "h:1", "h:2", "h:3"]))
+        #expect(state.phase == .training)
+        return state
+    }
+
+    @Test func aGenerationStartsOnceTheAgentsCoverEveryRankAndTrainsOnceAllWorkersJoined() {
+        var state = training()
+        #expect(state.ranks.allSatisfy { $0.state == .training })
+        // Another worker of the same rank, or one of an old generation, is refused.
+        #expect(state.workerRefusal(rank: 1, generation: 0) != nil)
+        #expect(state.workerRefusal(rank: 1, generation: 7)?.contains("stale") == true)
+        #expect(state.agentRefusal(firstRank: 1, rankCount: 2)?.contains("overlap") == true)
+        #expect(state.agentRefusal(firstRank: 3, rankCount: 2)?.contains("outside") == true)
+        let report = StepReport(step: 5, totalSteps: 100, epoch: 0, loss: 1.5, learningRate: 1e-3, imagesPerSecond: 50,
+                                dataWaitSeconds: 0, stepSeconds: 0.1)
+        _ = state.handle(.heartbeat(rank: 0, report: report), now: 4)
+        #expect(state.status(now: 4, live: true).step == 5)
+        #expect(state.handle(.checkpointWritten(path: "/r/checkpoints/step-00000004", step: 4), now: 4) == [.pruneCheckpoints])
+    }
+
+    @Test func aKilledWorkerRaisesTheGenerationAndRestartsEveryoneFromTheCheckpoint() {
+        var state = training()
+        _ = state.handle(.checkpointWritten(path: "/r/checkpoints/step-00000004", step: 4), now: 4)
+        // The connection drops first and a neighbour's error exit follows: held for a moment, in
+        // case the cause comes after them. The agent's report of the signal does, and is the failure.
+        #expect(state.handle(.workerLost(rank: 2, generation: 0, reason: "reset"), now: 5).isEmpty)
+        #expect(state.handle(.workerExited(rank: 3, generation: 0, pid: 103, status: 1, description: "exited with status 1"),
+                             now: 5.05).isEmpty)
+        #expect(state.handle(.tick, now: 5.08).isEmpty && state.phase == .training)
+        let actions = state.handle(.workerExited(rank: 2, generation: 0, pid: 102, status: 137,
+                                                 description: "killed by signal 9 (SIGKILL), status 137"), now: 5.1)
+        #expect(state.restarts == 1 && state.generation == 1 && state.phase == .restarting)
+        #expect(state.failures.map(\.what) == ["rank 2 on b (pid 102) killed by signal 9 (SIGKILL), status 137 "
+                                                + "(and 2 report(s) that came with it)"])
+        #expect(actions.contains(.stopWorkers(agent: 0, generation: 0)) && actions.contains(.stopWorkers(agent: 2, generation: 0)))
+        #expect(actions.contains(.dropOldWorkers))
+        // Reports of the old generation change nothing any more.
+        #expect(state.handle(.workerExited(rank: 1, generation: 0, pid: 101, status: 1, description: "exited"), now: 6.2).isEmpty)
+        #expect(state.handle(.workersStopped(firstRank: 0, generation: 0), now: 6.5).isEmpty)
+        let restart = state.handle(.workersStopped(firstRank: 2, generation: 0), now: 6.5)
+        #expect(restart.contains(.startWorkers(agent: 0, generation: 1, ranks: [0, 1])))
+        #expect(state.ranks.allSatisfy { $0.state == .starting && $0.step == 4 })
+        #expect(state.workerRefusal(rank: 0, generation: 1) == nil)
+    }
+
+    @Test func silenceForTheHeartbeatTimeoutIsAFailureAndTheRestartsRunOut() {
+        var state = training()
+        for rank in [0, 1, 3] { _ = state.handle(.heartbeat(rank: rank, report: nil), now: 12) }
+        #expect(state.handle(.agentHeartbeat(firstRank: 0), now: 12).isEmpty)
+        _ = state.handle(.agentHeartbeat(firstRank: 2), now: 12)
+        #expect(state.handle(.tick, now: 12.9).isEmpty)
+        let detected = state.handle(.tick, now: 13.1)
+        #expect(state.failures.last?.what.contains("rank 2 on b (pid 102) sent no heartbeat for 10.1 s") == true)
+        #expect(detected.contains(.stopWorkers(agent: 2, generation: 0)))
+        // The agents never confirm: the restart goes on after the grace period plus 10 s.
+        #expect(state.handle(.tick, now: 20).isEmpty)
+        for agent in [0, 2] { _ = state.handle(.agentHeartbeat(firstRank: agent), now: 28) }
+        #expect(state.handle(.tick, now: 28.2).contains(.startWorkers(agent: 2, generation: 1, ranks: [2, 3])))
+        // A second failure with --max-restarts 1 ends the run.
+        _ = state.handle(.workerJoined(rank: 0, generation: 1, pid: 200, host: "a"), now: 29.5)
+        // An error exit alone waits for the window, then is the failure.
+        #expect(state.handle(.workerExited(rank: 0, generation: 1, pid: 200, status: 1, description: "exited with status 1"),
+                             now: 30).isEmpty)
+        let end = state.handle(.tick, now: 31)
+        #expect(state.phase == .failed && state.exitCode == CoordinatorExit.failed.rawValue)
+        #expect(end.last == .finish(exitCode: 1))
+        #expect(end.contains(.shutdownAgents(reason: "failure: rank 0 on a (pid 200) exited with status 1; no restarts left (--max-restarts 1)")))
+        #expect(state.failures.count == 2)
+    }
+
+    @Test func aLostAgentIsAFailureAndItsReturnStartsTheNextGeneration() {
+        var state = training()
+        _ = state.handle(.agentLost(firstRank: 2, reason: "connection reset"), now: 5)
+        #expect(state.phase == .restarting && state.failures.last?.what.contains("lost the agent on b") == true)
+        // The remaining agent stopped its workers; ranks 2 and 3 have no agent: wait for it.
+        let waiting = state.handle(.workersStopped(firstRank: 0, generation: 0), now: 6)
+        #expect(state.phase == .rendezvous && !state.generationStarted)
+        #expect(!waiting.contains { if case .startWorkers = $0 { true } else { false } })
+        let back = state.handle(.agentJoined(firstRank: 2, rankCount: 2, host: "b", pid: 12), now: 7)
+        #expect(back.contains(.startWorkers(agent: 2, generation: 1, ranks: [2, 3])))
+    }
+
+    @Test func workersThatFinishEndTheRunWhateverOrderTheirReportsArriveIn() {
+        var state = training()
+        for rank in 0..<4 {
+            if rank % 2 == 0 {
+                _ = state.handle(.workerFinished(rank: rank), now: 10)
+                _ = state.handle(.workerLost(rank: rank, generation: 0, reason: "closed"), now: 10)
+                #expect(state.handle(.workerExited(rank: rank, generation: 0, pid: 1, status: 0, description: "exited"),
+                                     now: 10).last == (rank == 3 ? .finish(exitCode: 0) : nil))
+            } else {
+                // The agent's exit report overtakes the worker's last message.
+                _ = state.handle(.workerExited(rank: rank, generation: 0, pid: 1, status: 0, description: "exited"), now: 10)
+                let last = state.handle(.workerFinished(rank: rank), now: 10.5)
+                #expect(last.last == (rank == 3 ? .finish(exitCode: 0) : nil))
+            }
+        }
+        #expect(state.phase == .finished && state.exitCode == 0 && state.failures.isEmpty)
+    }
+
+    @Test func aStopAsksForACheckpointAndEndsAsStopped() {
+        var state = training()
+        #expect(state.handle(.checkpointRequested, now: 5) == [.requestCheckpoint])
+        #expect(state.phase == .checkpointing)
+        _ = state.handle(.checkpointWritten(path: "p", step: 6), now: 6)
+        #expect(state.phase == .training)
+        #expect(state.handle(.stopRequested(reason: "SIGTERM"), now: 7).contains(.requestStop))
+        for rank in 0..<4 {
+            _ = state.handle(.workerFinished(rank: rank), now: 8)
+            _ = state.handle(.workerExited(rank: rank, generation: 0, pid: 1, status: 0, description: "exited"), now: 8)
+        }
+        #expect(state.phase == .stopped && state.exitCode == CoordinatorExit.stopped.rawValue)
+    }
+
+    @Test func aCoordinatorStartedAgainKeepsTheCheckpointAndRestartsCountButNotItsWorkers() throws {
+        var state = training()
+        _ = state.handle(.checkpointWritten(path: "p", step: 6), now: 6)
+        let saved = try JSONDecoder().decode(RunState.self, from: JSONEncoder().encode(state))
+        #expect(saved == state)
+        var resumed = saved
+        resumed.resumeAfterCoordinatorRestart(now: 100)
+        #expect(resumed.generation == 1 && resumed.restarts == 0 && resumed.lastCheckpoint?.step == 6)
+        #expect(resumed.phase == .rendezvous && resumed.agents.allSatisfy { !$0.connected })
+        #expect(resumed.workerRefusal(rank: 0, generation: 0) != nil)
+    }
+}
+
+import Foundation
