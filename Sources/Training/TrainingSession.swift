@@ -264,8 +264,10 @@ final class TrainingSession {
                                                    batch: position.stepInEpoch * config.accumulationSteps + micro)
             }
             dataWait += batch.dataWaitSeconds
+            let keptCount = config.model.keptCount(maskRatio: config.maskRatio)
             for (row, sampleIndex) in batch.sampleIndices.enumerated() {
-                fillMaskingNoise(noise.pointer + row * patchCount, patchCount: patchCount, seed: config.seed,
+                fillMaskingNoise(noise.pointer + row * patchCount, strategy: config.maskingStrategy,
+                                 gridSize: config.model.gridSize, keptCount: keptCount, seed: config.seed,
                                  epoch: position.epoch, sampleIndex: sampleIndex)
             }
             let loss = model.forwardBackward(images: batch.images.pointer, noise: noise.pointer,

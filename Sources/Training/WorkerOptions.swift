@@ -66,6 +66,7 @@ public enum WorkerOptions {
             OptionSpec("weight-decay", value: "X", default: "0.05", help: "AdamW weight decay (not for biases and 1-D tensors)"),
             OptionSpec("accum-iter", value: "K", default: "1", help: "micro-batches accumulated per optimizer step"),
             OptionSpec("mask-ratio", value: "R", default: "0.75", help: "share of patches removed, in (0, 1)"),
+            OptionSpec("masking", value: "random|block|grid", default: "random", help: MaskingStrategy.optionHelp),
             .flag("norm-pix-loss", help: "normalise each target patch by its mean and variance"),
             OptionSpec("seed", value: "S", default: "0", help: "seed of every random number in the run"),
             OptionSpec("threads", value: "T", default: "auto",
@@ -176,6 +177,10 @@ public enum WorkerOptions {
         guard model.keptCount(maskRatio: maskRatio) < model.patchCount else {
             throw fail("--mask-ratio \(maskRatio) removes no patch of the \(model.patchCount); raise it")
         }
+        let maskingText = try options.required("masking")
+        guard let masking = MaskingStrategy(rawValue: maskingText) else {
+            throw fail("--masking expects random, block or grid, got '\(maskingText)'")
+        }
         let threads: Int
         if options.string("threads") == "auto" {
             let cores = ProcessInfo.processInfo.activeProcessorCount
@@ -206,7 +211,7 @@ public enum WorkerOptions {
             minimumLearningRate: try options.double("min-lr", expectation: "a number ≥ 0") { $0 >= 0 },
             weightDecay: try options.double("weight-decay", expectation: "a number ≥ 0") { $0 >= 0 },
             accumulationSteps: try options.int("accum-iter", in: 1...1_000_000),
-            maskRatio: maskRatio, normPixLoss: options.flag("norm-pix-loss"),
+            maskRatio: maskRatio, masking: masking, normPixLoss: options.flag("norm-pix-loss"),
             seed: try parseSeed(options.required("seed"), fail: fail),
             threads: threads, dataThreads: dataThreads, batchShards: batchShards,
             runDirectory: try options.required("run-dir"),
