@@ -69,10 +69,13 @@ let package = Package(
                 swiftSettings: sharedSwiftSettings),
         .target(name: "Data", dependencies: ["Kernels", "CImageCodec", "System"],
                 swiftSettings: sharedSwiftSettings),
+        // Figures: PNG figures drawn with libpng alone (reconstruction grids, training curves).
+        .target(name: "Figures", dependencies: ["Kernels", "Model", "Data", "System"],
+                swiftSettings: sharedSwiftSettings),
         .target(name: "Collectives",
                 dependencies: ["Kernels", "System", .target(name: "CMPI", condition: .when(traits: ["MPI"]))],
                 swiftSettings: sharedSwiftSettings),
-        .target(name: "Training", dependencies: ["Model", "Data", "Collectives", "Options", "System"],
+        .target(name: "Training", dependencies: ["Model", "Data", "Figures", "Collectives", "Options", "System"],
                 swiftSettings: sharedSwiftSettings),
 
         // MARK: Executables: option parsing and a call into the modules
@@ -94,6 +97,8 @@ let package = Package(
                     resources: [.copy("Fixtures")],
                     swiftSettings: sharedSwiftSettings),
         .testTarget(name: "DataTests", dependencies: ["Data", "System", "TestSupport"],
+                    swiftSettings: sharedSwiftSettings),
+        .testTarget(name: "FiguresTests", dependencies: ["Figures", "Data", "Model", "Kernels"],
                     swiftSettings: sharedSwiftSettings),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives"],
                     swiftSettings: sharedSwiftSettings),
