@@ -102,7 +102,8 @@ let package = Package(
                     swiftSettings: sharedSwiftSettings),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives"],
                     swiftSettings: sharedSwiftSettings),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "System", "TestSupport"],
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "System", "TestSupport", "Figures", "Data", "Model"],
+                    resources: [.copy("Fixtures")],
                     swiftSettings: sharedSwiftSettings),
     ]
 )

@@ -71,6 +71,10 @@ final class TrainingSession {
     let noise: FloatBuffer
     var position = TrainingPosition()
     var lastCheckpoint: String?
+    /// Rank 0's TensorBoard event file (opened by `restore`).
+    var tensorBoard: TensorBoardWriter?
+    /// The fixed images of the run's reconstruction figures and their count, loaded at the first figure.
+    var reconstructionImages: (FloatBuffer, Int)?
 
     /// Opens the dataset, starts the loader, builds the model; validates what needs the data.
     init(config: RunConfig, collective: any Collective, log: RunLog) throws {
@@ -156,6 +160,7 @@ final class TrainingSession {
             config.batchShards = Int(shared[8])
             model.batchShards = Int(shared[8])
         }
+        tensorBoard = try openTensorBoard(resumed: shared[0] > 0)
     }
 
     /// The checkpoint `--resume` names, verified; nil for a fresh start.
@@ -201,7 +206,9 @@ final class TrainingSession {
         training: while position.epoch < config.epochs && position.step < totalSteps {
             loader.startEpoch(position.epoch, fromBatch: position.stepInEpoch * config.accumulationSteps)
             while position.stepInEpoch < stepsPerEpoch && position.step < totalSteps {
+                let tensorBoardStep = nextTensorBoardStep
                 let outcome = try step()
+                tensorBoard?.addScalars([("train_loss", outcome.loss), ("lr", outcome.learningRate)], step: tensorBoardStep)
                 lastLoss = outcome.loss
                 meter.record(dataWait: outcome.dataWait)
                 if position.step % config.printEvery == 0 || position.step == totalSteps {
@@ -211,6 +218,7 @@ final class TrainingSession {
                 let finished = position.stepInEpoch == stepsPerEpoch ? finishEpoch() : nil
                 let periodic = config.checkpointEvery > 0 && position.step % config.checkpointEvery == 0
                 if finished != nil || periodic || outcome.stopRequested || position.step == totalSteps {
+                    try tensorBoard?.flush()
                     try writeCheckpoint(finishedEpoch: finished)
                 }
                 if let finished {
@@ -222,6 +230,8 @@ final class TrainingSession {
                     log.info(String(format: "epoch %d/%d done: mean loss %.4f", position.epoch, config.epochs,
                                     finished.loss)
                              + (skipped > 0 ? ", \(skipped) unreadable file(s) skipped so far" : ""))
+                    let every = config.reconstructEvery ?? 0
+                    if every > 0, position.epoch % every == 0, position.epoch < config.epochs { writeReconstructions() }
                 }
                 if outcome.stopRequested {
                     log.info("stop requested: stopped after step \(position.step) with a checkpoint")
@@ -232,6 +242,9 @@ final class TrainingSession {
             }
         }
         log.endProgress()
+        try tensorBoard?.flush()
+        writeReconstructions()
+        writeCurves()
         if !stoppedBySignal {
             log.info("done: \(position.step) steps" + (lastCheckpoint.map { ", last checkpoint \($0)" } ?? ""))
         }
@@ -339,6 +352,7 @@ final class TrainingSession {
                           position.epoch + 1, config.epochs, position.step, totalSteps, loss, learningRate,
                           interval.imagesPerSecond, 100 * interval.dataWaitShare, formatDuration(interval.etaSeconds))
         log.progress(line, fraction: Double(position.step) / Double(max(1, totalSteps)))
+        try tensorBoard?.flush()
         try log.appendMetrics([
             ("step", .integer(position.step)), ("epoch", .integer(position.epoch)), ("loss", .number(loss)),
             ("lr", .number(learningRate)), ("images_per_second", .number(interval.imagesPerSecond)),

@@ -82,6 +82,8 @@ public enum WorkerOptions {
             OptionSpec("resume", value: "auto|PATH", help: "continue from the newest checkpoint in --run-dir (auto; none yet: start fresh) or from PATH"),
             OptionSpec("max-steps", value: "N", help: "stop after N optimizer steps in total (writes a checkpoint)"),
             OptionSpec("print-every", value: "N", default: "20", help: "progress line and metrics every N optimizer steps"),
+            OptionSpec("reconstruct-every", value: "N", default: "0",
+                       help: "also draw RUN_DIR/reconstructions/epoch-NNNN.png every N epochs (0: at the end of the run only)"),
             OptionSpec("inject-nonfinite-loss-at-step", value: "N",
                        help: "tests: make the loss of step N NaN", visible: false),
         ])
@@ -221,6 +223,7 @@ public enum WorkerOptions {
             resume: resume,
             maxSteps: try options.optionalInt("max-steps", in: 1...Int.max),
             printEvery: try options.int("print-every", in: 1...Int.max),
+            reconstructEvery: try options.int("reconstruct-every", in: 0...1_000_000),
             injectNonFiniteLossAtStep: try options.optionalInt("inject-nonfinite-loss-at-step", in: 1...Int.max))
         return (config, distributed)
     }

@@ -10,6 +10,7 @@ let subcommands: [any Subcommand.Type] = [
     BenchAllReduceCommand.self,
     CollectiveWorkerCommand.self,
     ReferenceStepCommand.self,
+    ReconstructCommand.self,
 ]
 
 dispatch(Array(CommandLine.arguments.dropFirst()), among: subcommands)
