@@ -83,7 +83,7 @@ public enum Reconstruction {
         let plane = original.count / 3
         let white = (0..<original.count).map { (1 - Augmentation.mean[$0 / plane]) / Augmentation.standardDeviation[$0 / plane] }
         return ImageGrid(title: title, columnLabels: ["original"] + maskRatios.map { "masked " + percent($0) },
-                         rowLabels: ["masked", "reconstruction"],
+                         rowLabels: ["masked", "recon. + visible"],
                          side: model.config.imageSize, rows: [[original] + masked, [white] + pasted])
     }
 

@@ -11,6 +11,7 @@ let subcommands: [any Subcommand.Type] = [
     CollectiveWorkerCommand.self,
     ReferenceStepCommand.self,
     ReconstructCommand.self,
+    PlotCommand.self,
 ]
 
 dispatch(Array(CommandLine.arguments.dropFirst()), among: subcommands)

@@ -53,3 +53,71 @@ extension WorkerProcessTests {
         #expect(resumedScalars.map { $0.scalars["train_loss"]! } == scalars.map { $0.scalars["train_loss"]! })
     }
 }
+
+extension WorkerProcessTests {
+    /// The built `mae`, beside `mae-worker`.
+    static let maeExecutable: String? = WorkerProcess.executable.map { String($0.dropLast("mae-worker".count)) + "mae" }
+
+    /// Runs `mae arguments`; returns the process (finished).
+    func mae(_ arguments: [String], name: String) throws -> WorkerProcess {
+        let process = try WorkerProcess(arguments, logDirectory: temporary.path, name: name, executable: Self.maeExecutable)
+        _ = try process.wait(seconds: 60)
+        return process
+    }
+
+    /// `mae reconstruct` and `mae plot` on a run they did not make; bad input is one line and
+    /// exit 1 with nothing written.
+    @Test func reconstructAndPlotCommandsDrawFromARun() throws {
+        defer { temporary.remove() }
+        try run("source", ["--max-steps", "4"])
+        let runDirectory = temporary.path + "/source"
+        let decoder = ImageDecoder()
+        func png(_ name: String) throws -> (width: Int, height: Int) {
+            let image = try decoder.decode(path: temporary.path + "/" + name)
+            return (image.width, image.height)
+        }
+
+        let four = try mae(["reconstruct", "--checkpoint", runDirectory, "--data", data, "--count", "3",
+                            "--masking", "grid", "--out", temporary.path + "/four.png"], name: "four")
+        #expect(four.process.terminationStatus == 0, "\(four.errors)")
+        let ratios = try mae(["reconstruct", "--checkpoint", checkpoint("source", step: 4),
+                              "--images", data + "/val/" + (try firstImage(split: "val")),
+                              "--mask-ratios", "0.5,0.75,0.9", "--out", temporary.path + "/ratios.png"], name: "ratios")
+        #expect(ratios.process.terminationStatus == 0, "\(ratios.errors)")
+        // Three rows of four panels are taller than two rows (original + three ratios).
+        let (fourWidth, fourHeight) = try png("four.png"), (ratiosWidth, ratiosHeight) = try png("ratios.png")
+        #expect(ratiosWidth > fourWidth && fourHeight > ratiosHeight)  // the ratios figure labels its rows
+        let weightsFile = try mae(["reconstruct", "--checkpoint", checkpoint("source", step: 4) + "/model.safetensors",
+                                   "--data", data, "--out", temporary.path + "/file.png"], name: "file")
+        #expect(weightsFile.process.terminationStatus == 1)
+        #expect(weightsFile.errors.contains("pass --model NAME"), "\(weightsFile.errors)")
+
+        let plot = try mae(["plot", runDirectory], name: "plot")
+        #expect(plot.process.terminationStatus == 0, "\(plot.errors)")
+        #expect(try png("source/curves.png").width == 720)
+
+        // Bad input: an image that does not decode, another model's weights, an unwritable output.
+        try FileSystem.writeFile(temporary.path + "/broken.jpg", bytes: [0xFF, 0xD8, 0xFF, 0x00, 0x01])
+        let cases: [([String], String)] = [
+            (["--checkpoint", runDirectory, "--images", temporary.path + "/broken.jpg", "--out", temporary.path + "/bad1.png"],
+             "broken.jpg"),
+            (["--checkpoint", checkpoint("source", step: 4) + "/model.safetensors", "--model", "mae_vit_tiny_patch4",
+              "--data", data, "--out", temporary.path + "/bad2.png"], "model.safetensors"),
+            (["--checkpoint", runDirectory, "--data", data, "--out", temporary.path + "/missing/bad3.png"], "cannot write"),
+        ]
+        for (number, (arguments, expected)) in cases.enumerated() {
+            let failed = try mae(["reconstruct"] + arguments, name: "bad\(number)")
+            #expect(failed.process.terminationStatus == 1)
+            let lines = failed.errors.split(separator: "\n")
+            #expect(lines.count == 1 && lines[0].hasPrefix("error: ") && lines[0].contains(expected), "\(failed.errors)")
+        }
+        let left = try FileManager.default.contentsOfDirectory(atPath: temporary.path).filter { $0.hasPrefix("bad") && $0.hasSuffix(".png") }
+        #expect(left.isEmpty, "half-written outputs: \(left)")
+    }
+
+    func firstImage(split: String) throws -> String {
+        let classFolder = try FileManager.default.contentsOfDirectory(atPath: data + "/" + split).sorted()[0]
+        let image = try FileManager.default.contentsOfDirectory(atPath: data + "/\(split)/\(classFolder)").sorted()[0]
+        return classFolder + "/" + image
+    }
+}

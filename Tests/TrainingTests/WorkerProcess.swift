@@ -25,8 +25,9 @@ final class WorkerProcess {
     }()
 
     /// Starts `mae-worker arguments`; stdout and stderr go to `logDirectory/name.out|err`.
-    init(_ arguments: [String], logDirectory: String, name: String) throws {
-        guard let executable = Self.executable else {
+    /// `executable` replaces `mae-worker` (the tests of `mae`'s commands).
+    init(_ arguments: [String], logDirectory: String, name: String, executable: String? = nil) throws {
+        guard let executable = executable ?? Self.executable else {
             throw TestFailure("mae-worker is not built next to the tests; run 'swift build --build-tests' first")
         }
         outputPath = logDirectory + "/\(name).out"
