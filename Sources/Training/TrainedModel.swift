@@ -1,3 +1,4 @@
+import Foundation
 import Model
 import System
 
@@ -13,8 +14,12 @@ public struct TrainedModel {
     /// Where the weights came from.
     public let weightsPath: String
 
-    /// Whether the model was trained to predict per-patch normalised pixels.
-    public var normPixLoss: Bool { runConfig?.normPixLoss ?? false }
+    /// What `mae import` recorded about the loss (nil otherwise).
+    var importedNormPixLoss: Bool? = nil
+
+    /// Whether the model was trained to predict per-patch normalised pixels, when the
+    /// source says (a checkpoint, an imported folder); nil for a bare weights file.
+    public var normPixLoss: Bool? { runConfig?.normPixLoss ?? importedNormPixLoss }
 
     /// Loads `path`. A checkpoint's checksums are verified and its own configuration used;
     /// a weights file needs `model` (the name, and the image size when not the default).
@@ -23,6 +28,26 @@ public struct TrainedModel {
     public static func load(path: String, model configForFile: ModelConfig?) throws -> TrainedModel {
         let trimmed = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
         var checkpoint = trimmed
+        let imported = trimmed + "/" + WeightsExchange.importedFileName
+        if FileSystem.isDirectory(trimmed), FileSystem.exists(imported) {
+            // A folder `mae import` wrote.
+            let description: WeightsExchange.ImportedModel
+            do {
+                description = try JSONDecoder().decode(WeightsExchange.ImportedModel.self,
+                                                       from: Data(try FileSystem.readFile(imported)))
+            } catch {
+                throw TrainingError.invalidConfiguration("\(imported) cannot be read: \(error)")
+            }
+            if let configForFile, configForFile != description.model {
+                throw TrainingError.invalidConfiguration(
+                    "\(trimmed) holds \(describe(description.model)), not \(describe(configForFile)); leave out --model")
+            }
+            let model = MAEModel(config: description.model, seed: 0)
+            let weights = trimmed + "/" + CheckpointFiles.modelFileName
+            try model.loadWeights(path: weights)
+            return TrainedModel(model: model, runConfig: nil, step: nil, epoch: nil, weightsPath: weights,
+                                importedNormPixLoss: description.normPixLoss)
+        }
         if FileSystem.isDirectory(trimmed), !FileSystem.exists(trimmed + "/" + CheckpointStore.stateFileName) {
             // A run folder: its newest complete checkpoint.
             let store = CheckpointStore(runDirectory: trimmed, warn: { _ in })

@@ -63,7 +63,7 @@ struct ReconstructCommand: Subcommand {
         print("loading \(checkpoint)")
         let trained = try TrainedModel.load(path: checkpoint, model: fileModel)
         let config = trained.model.config
-        let normPixLoss = trained.runConfig?.normPixLoss ?? options.flag("norm-pix-loss")
+        let normPixLoss = trained.normPixLoss ?? options.flag("norm-pix-loss")
         func checkedRatio(_ ratio: Double, _ text: String) throws -> Double {
             guard ratio >= 0, ratio < 1, config.keptCount(maskRatio: ratio) >= 1 else {
                 throw fail("mask ratio \(text) must be in [0, 1) and keep at least one of the \(config.patchCount) patches")

@@ -12,6 +12,9 @@ let subcommands: [any Subcommand.Type] = [
     ReferenceStepCommand.self,
     ReconstructCommand.self,
     PlotCommand.self,
+    ImportCommand.self,
+    ExportCommand.self,
+    InspectCommand.self,
 ]
 
 dispatch(Array(CommandLine.arguments.dropFirst()), among: subcommands)
