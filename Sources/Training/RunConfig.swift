@@ -51,6 +51,9 @@ public struct RunConfig: Codable, Sendable, Equatable {
     public var maxSteps: Int?
     /// Print and log a progress line every this many optimizer steps.
     public var printEvery: Int
+    /// `--init-weights`: weights a fresh run starts from instead of the initialisation
+    /// (a folder of `mae import`, a checkpoint, or a model .safetensors); nil: none.
+    public var initWeights: String?
     /// `--reconstruct-every`: also draw `RUN_DIR/reconstructions/epoch-NNNN.png` every this
     /// many epochs (0 or nil: only at the end of the run).
     public var reconstructEvery: Int?
@@ -66,7 +69,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         case batchShards = "batch_shards"
         case runDirectory = "run_dir", checkpointEvery = "checkpoint_every", keepCheckpoints = "keep_checkpoints"
         case keepEveryEpochs = "keep_every_epochs", resume, maxSteps = "max_steps", printEvery = "print_every"
-        case reconstructEvery = "reconstruct_every"
+        case reconstructEvery = "reconstruct_every", initWeights = "init_weights"
     }
 
     public init(dataRoot: String, model: ModelConfig, batchSize: Int = 64, epochs: Int = 800, warmupEpochs: Double = 40,
@@ -75,7 +78,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
                 accumulationSteps: Int = 1, maskRatio: Double = 0.75, masking: MaskingStrategy = .random, normPixLoss: Bool = false, seed: UInt64 = 0,
                 threads: Int = 1, dataThreads: Int = 1, batchShards: Int? = nil, runDirectory: String, checkpointEvery: Int = 0,
                 keepCheckpoints: Int = 3, keepEveryEpochs: Int = 0, resume: String? = nil, maxSteps: Int? = nil,
-                printEvery: Int = 20, reconstructEvery: Int? = nil, injectNonFiniteLossAtStep: Int? = nil) {
+                printEvery: Int = 20, reconstructEvery: Int? = nil, initWeights: String? = nil, injectNonFiniteLossAtStep: Int? = nil) {
         self.dataRoot = dataRoot
         self.model = model
         self.batchSize = batchSize
@@ -104,6 +107,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         self.maxSteps = maxSteps
         self.printEvery = printEvery
         self.reconstructEvery = reconstructEvery
+        self.initWeights = initWeights
         self.injectNonFiniteLossAtStep = injectNonFiniteLossAtStep
     }
 

@@ -148,6 +148,9 @@ final class TrainingSession {
                 log.info("added the log.txt line of epoch \(finished.epoch), which the run was stopped before writing")
             }
         }
+        if rank == 0, shared[0] == 0, let path = config.initWeights {
+            try startFromWeights(path)  // a fresh run only: a resume continues its checkpoint
+        }
         if worldSize > 1 {
             shared = try collective.allReduceScalars(shared)
             try collective.broadcast(model.parameters.pointer, count: model.parameters.count, root: 0)

@@ -82,6 +82,8 @@ public enum WorkerOptions {
             OptionSpec("resume", value: "auto|PATH", help: "continue from the newest checkpoint in --run-dir (auto; none yet: start fresh) or from PATH"),
             OptionSpec("max-steps", value: "N", help: "stop after N optimizer steps in total (writes a checkpoint)"),
             OptionSpec("print-every", value: "N", default: "20", help: "progress line and metrics every N optimizer steps"),
+            OptionSpec("init-weights", value: "DIR|FILE",
+                       help: "start a fresh run from these weights (a folder of mae import, a checkpoint, or a model .safetensors)"),
             OptionSpec("reconstruct-every", value: "N", default: "0",
                        help: "also draw RUN_DIR/reconstructions/epoch-NNNN.png every N epochs (0: at the end of the run only)"),
             OptionSpec("inject-nonfinite-loss-at-step", value: "N",
@@ -197,6 +199,10 @@ public enum WorkerOptions {
         if let resume, resume != "auto", !FileSystem.isDirectory(resume) {
             throw fail("--resume \(resume) is not a checkpoint folder (pass 'auto' or RUN_DIR/checkpoints/step-NNNNNNNN)")
         }
+        let initWeights = options.string("init-weights")
+        if let initWeights, !FileSystem.exists(initWeights) {
+            throw fail("--init-weights \(initWeights) does not exist (pass a folder written by 'mae import', a checkpoint, or a .safetensors file)")
+        }
         let epochs = try options.int("epochs", in: 1...1_000_000)
         let warmup = try options.double("warmup-epochs", expectation: "a number ≥ 0") { $0 >= 0 }
         guard warmup < Double(epochs) else {
@@ -224,6 +230,7 @@ public enum WorkerOptions {
             maxSteps: try options.optionalInt("max-steps", in: 1...Int.max),
             printEvery: try options.int("print-every", in: 1...Int.max),
             reconstructEvery: try options.int("reconstruct-every", in: 0...1_000_000),
+            initWeights: initWeights,
             injectNonFiniteLossAtStep: try options.optionalInt("inject-nonfinite-loss-at-step", in: 1...Int.max))
         return (config, distributed)
     }

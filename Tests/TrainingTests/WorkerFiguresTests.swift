@@ -1,5 +1,6 @@
 import Data
 import Foundation
+import Model
 import System
 import Testing
 import TestSupport
@@ -119,5 +120,56 @@ extension WorkerProcessTests {
         let classFolder = try FileManager.default.contentsOfDirectory(atPath: data + "/" + split).sorted()[0]
         let image = try FileManager.default.contentsOfDirectory(atPath: data + "/\(split)/\(classFolder)").sorted()[0]
         return classFolder + "/" + image
+    }
+}
+
+extension WorkerProcessTests {
+    /// `mae export` (both formats), `mae inspect`, `mae import`'s refusal of another model's
+    /// weights, and a run that starts from exported weights.
+    @Test func weightsCommandsExportInspectAndStartARun() throws {
+        defer { temporary.remove() }
+        try run("source", ["--max-steps", "4"])
+        let runDirectory = temporary.path + "/source", out = temporary.path
+        let saved = try SafeTensorsFile.read(path: checkpoint("source", step: 4) + "/model.safetensors")
+
+        let whole = try mae(["export", "--checkpoint", runDirectory, "--format", "mae", "--out", out + "/mae.safetensors"],
+                            name: "export-mae")
+        #expect(whole.process.terminationStatus == 0, "\(whole.errors)")
+        let exported = try SafeTensorsFile.read(path: out + "/mae.safetensors")
+        #expect(Set(exported.names) == Set(saved.names) && exported.names.contains("decoder_pos_embed"))
+        for name in saved.names { #expect(try exported.floats(named: name) == saved.floats(named: name), "\(name)") }
+        #expect(exported.metadata["step"] == "4")
+
+        let encoder = try mae(["export", "--checkpoint", runDirectory, "--format", "timm", "--out", out + "/timm.safetensors"],
+                              name: "export-timm")
+        #expect(encoder.process.terminationStatus == 0, "\(encoder.errors)")
+        let timm = try SafeTensorsFile.read(path: out + "/timm.safetensors")
+        #expect(timm.names.contains("pos_embed") && timm.names.contains("norm.weight"))
+        #expect(!timm.names.contains { $0.hasPrefix("decoder") || $0 == "mask_token" })
+
+        let inspected = try mae(["inspect", checkpoint("source", step: 4)], name: "inspect")
+        #expect(inspected.process.terminationStatus == 0, "\(inspected.errors)")
+        #expect(inspected.output.contains("checksums verified") && inspected.output.contains("step: 4, epoch: 1")
+                && inspected.output.contains("blocks.0.attn.qkv.weight [48, 16]"), "\(inspected.output)")
+        let listed = try mae(["inspect", out + "/timm.safetensors"], name: "inspect-file")
+        #expect(listed.output.contains("pos_embed [1, 17, 16] F32"), "\(listed.output)")
+
+        // Bad input: one line, exit 1, nothing written.
+        let unwritable = try mae(["export", "--checkpoint", runDirectory, "--out", out + "/missing/x.safetensors"], name: "bad-out")
+        #expect(unwritable.process.terminationStatus == 1 && unwritable.errors.hasPrefix("error: cannot write"), "\(unwritable.errors)")
+        let otherModel = try mae(["import", "--weights", out + "/mae.safetensors", "--model", "mae_vit_tiny_patch4",
+                                  "--out", out + "/imported"], name: "bad-import")
+        #expect(otherModel.process.terminationStatus == 1, "\(otherModel.output)")
+        #expect(otherModel.errors.split(separator: "\n").count == 1 && otherModel.errors.contains("mae.safetensors: tensor '"),
+                "\(otherModel.errors)")
+        #expect(!FileManager.default.fileExists(atPath: out + "/imported/model.safetensors"))
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: out).filter { $0.contains(".tmp-") }
+        #expect(leftovers.isEmpty, "\(leftovers)")
+
+        // A fresh run from the exported weights; with lr 0 its first checkpoint holds them unchanged.
+        let started = try run("from-weights", ["--init-weights", out + "/mae.safetensors", "--lr", "0", "--max-steps", "1"])
+        #expect(started.output.contains("starting from the weights of"), "\(started.output)")
+        let after = try SafeTensorsFile.read(path: checkpoint("from-weights", step: 1) + "/model.safetensors")
+        for name in saved.names { #expect(try after.floats(named: name) == saved.floats(named: name), "\(name) changed") }
     }
 }
