@@ -6,8 +6,8 @@ struct PlotCommand: Subcommand {
     static let words = ["plot"]
     static let spec = CommandSpec(
         name: "mae plot",
-        summary: "Draws a run's training curves (loss and learning rate against the step, from RUN_DIR/metrics.jsonl) "
-            + "as a PNG chart; the trainer draws the same RUN_DIR/curves.png at the end of a run.",
+        summary: "Draws a run's training curves as a PNG chart. Loss and learning rate against the step, from "
+            + "RUN_DIR/metrics.jsonl; the trainer draws the same RUN_DIR/curves.png at the end of a run.",
         usage: "RUN_DIR",
         options: [
             OptionSpec("out", value: "FILE.png", help: "the PNG to write (default: RUN_DIR/curves.png)"),

@@ -12,7 +12,7 @@ struct ReconstructCommand: Subcommand {
     static let words = ["reconstruct"]
     static let spec = CommandSpec(
         name: "mae reconstruct",
-        summary: "Draws a PNG of a model's reconstructions: one row per image with the official demo's four panels "
+        summary: "Draws a PNG of a model's reconstructions. One row per image with the official demo's four panels "
             + "(original, masked, reconstruction, reconstruction + visible), or with --mask-ratios one image at each ratio. "
             + "Images go through the evaluation transform (resize, central crop) at the model's size.",
         usage: "[IMAGE...]",

@@ -10,9 +10,9 @@ struct ImportCommand: Subcommand {
     static let words = ["import"]
     static let spec = CommandSpec(
         name: "mae import",
-        summary: "Reads official MAE weights (a .safetensors file, or a .pth written by torch.save: the official "
-            + "releases and training checkpoints, whose 'model' entry is the state dict) into DIR/model.safetensors "
-            + "and DIR/model.json, which mae reconstruct, export and inspect take as --checkpoint DIR. "
+        summary: "Reads official MAE weights into a folder the other tools read. A .safetensors file, or a .pth written by torch.save (the official "
+            + "releases and training checkpoints, whose 'model' entry is the state dict), becomes DIR/model.safetensors "
+            + "and DIR/model.json, which mae reconstruct, export and inspect take as --checkpoint DIR and mae-worker as --init-weights DIR. "
             + "Encoder-only weights (mae_pretrain_vit_*.pth) get a freshly initialised decoder.",
         options: [
             OptionSpec("weights", value: "FILE", help: "the .safetensors or .pth file (required)"),
@@ -42,8 +42,8 @@ struct ExportCommand: Subcommand {
     static let words = ["export"]
     static let spec = CommandSpec(
         name: "mae export",
-        summary: "Writes a model's weights as safetensors for PyTorch: --format mae, the whole model under the official "
-            + "names (MaskedAutoencoderViT.load_state_dict(strict=True)); --format timm, the encoder alone under timm's "
+        summary: "Writes a model's weights as safetensors for PyTorch. --format mae: the whole model under the official "
+            + "names (MaskedAutoencoderViT.load_state_dict(strict=True)); --format timm: the encoder alone under timm's "
             + "VisionTransformer names (timm.create_model('vit_base_patch16_224', num_classes=0) loads it strictly).",
         options: [
             OptionSpec("checkpoint", value: "DIR|FILE",
@@ -81,8 +81,8 @@ struct InspectCommand: Subcommand {
     static let words = ["inspect"]
     static let spec = CommandSpec(
         name: "mae inspect",
-        summary: "Describes a checkpoint folder (checksums verified; model, step, epoch, settings, parameter count, tensors) "
-            + "or a weights file (.safetensors or .pth: its tensors and shapes).",
+        summary: "Describes a checkpoint or a weights file. For a checkpoint folder (checksums verified): model, step, epoch, "
+            + "settings, parameter count and tensors; for a .safetensors or .pth file: its tensors and shapes.",
         usage: "CHECKPOINT|FILE",
         options: [])
 
