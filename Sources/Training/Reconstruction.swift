@@ -28,12 +28,14 @@ public enum Reconstruction {
         return batch
     }
 
-    /// The first `count` images of `ROOT/split` (of ROOT's training images when `split` is
-    /// nil and ROOT has no `val` folder; of `val` when it has one), in dataset order.
+    /// `count` images of `ROOT/split` (of `val` when `split` is nil and ROOT has one, else
+    /// of the training images), evenly spaced in dataset order from the first, so that a
+    /// class-sorted folder shows several classes; the same folder always gives the same images.
     public static func datasetImagePaths(root: String, split: String?, count: Int) throws -> [String] {
         let chosen = split ?? (FileSystem.isDirectory(root + "/val") ? "val" : "train")
         let dataset = try ImageFolderDataset(root: root, split: chosen)
-        return (0..<min(count, dataset.count)).map { dataset.path(of: $0) }
+        let taken = min(count, dataset.count)
+        return (0..<taken).map { dataset.path(of: $0 * dataset.count / taken) }
     }
 
     /// Runs `model` forward on `images` (N of them) with `strategy` at `maskRatio`; returns
