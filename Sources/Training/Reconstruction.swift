@@ -89,13 +89,25 @@ public enum Reconstruction {
                          side: model.config.imageSize, rows: [[original] + masked, [white] + pasted])
     }
 
+    /// The first image of `images` masked by each strategy: a row per strategy (labelled),
+    /// the four panels as columns (the paper's comparison of random, block and grid masking).
+    public static func strategiesFigure(model: MAEModel, images: FloatBuffer, strategies: [MaskingStrategy],
+                                        maskRatio: Double, seed: UInt64, normPixLoss: Bool, title: String) -> ImageGrid {
+        let rows = strategies.map { strategy in
+            panels(model: model, images: images, count: 1, maskRatio: maskRatio, strategy: strategy, seed: seed,
+                   normPixLoss: normPixLoss)[0].all
+        }
+        return ImageGrid(title: title, columnLabels: ReconstructionPanels.labels(maskRatio: maskRatio),
+                         rowLabels: strategies.map(\.rawValue), side: model.config.imageSize, rows: rows)
+    }
+
     /// "mae_vit_tiny_patch4 step 1200 epoch 3 masking random" (the figures' title).
-    public static func title(model: ModelConfig, step: Int?, epoch: Int?, strategy: MaskingStrategy,
+    public static func title(model: ModelConfig, step: Int?, epoch: Int?, strategy: MaskingStrategy?,
                              normPixLoss: Bool) -> String {
         var parts = [model.name]
         if let step { parts.append("step \(step)") }
         if let epoch { parts.append("epoch \(epoch)") }
-        parts.append("masking \(strategy.rawValue)")
+        if let strategy { parts.append("masking \(strategy.rawValue)") }
         if normPixLoss { parts.append("norm-pix") }
         return parts.joined(separator: "  ")
     }

@@ -29,7 +29,8 @@ struct ReconstructCommand: Subcommand {
             OptionSpec("mask-ratio", value: "R", default: "0.75", help: "share of patches removed, in [0, 1)"),
             OptionSpec("mask-ratios", value: "R1,R2,...",
                        help: "one image (the first) at each ratio, e.g. 0.5,0.75,0.85,0.95 (the paper's figure of ratios)"),
-            OptionSpec("masking", value: "random|block|grid", default: "random", help: MaskingStrategy.optionHelp),
+            OptionSpec("masking", value: "random|block|grid", default: "random",
+                       help: MaskingStrategy.optionHelp + "; several, e.g. random,block,grid: the first image once per strategy"),
             OptionSpec("seed", value: "S", default: "0", help: "seed of the masks"),
             OptionSpec("scale", value: "N", help: "magnification of the images (default: at least 128 pixels per image)"),
             OptionSpec("out", value: "FILE.png", help: "the PNG to write (required)"),
@@ -47,9 +48,13 @@ struct ReconstructCommand: Subcommand {
                 fileModel = try ModelConfig.named(name, imageSize: try options.optionalInt("input-size", in: 1...8192))
             } catch let error as ModelError { throw fail("\(error)") }
         }
-        guard let strategy = MaskingStrategy(rawValue: try options.required("masking")) else {
-            throw fail("--masking expects random, block or grid, got '\(options.string("masking") ?? "")'")
+        let strategies = try options.required("masking").split(separator: ",").map { text in
+            guard let strategy = MaskingStrategy(rawValue: String(text)) else {
+                throw fail("--masking expects random, block or grid (or several, separated by commas), got '\(text)'")
+            }
+            return strategy
         }
+        guard let strategy = strategies.first else { throw fail("--masking is empty") }
         let seed = UInt64(try options.int("seed", in: 0...Int.max))
 
         var paths = (options.string("images").map { [$0] } ?? []) + options.positional
@@ -85,17 +90,24 @@ struct ReconstructCommand: Subcommand {
         let maskRatio = try checkedRatio(try options.double("mask-ratio"), options.string("mask-ratio") ?? "")
         let scale = try options.optionalInt("scale", in: 1...64)
 
-        let used = ratios == nil ? paths : [paths[0]]
+        guard ratios == nil || strategies.count == 1 else { throw fail("pass several --masking strategies or --mask-ratios, not both") }
+        let used = ratios == nil && strategies.count == 1 ? paths : [paths[0]]
         print("reading \(used.count) image(s) at \(config.imageSize) px")
         let images = try Reconstruction.loadImages(paths: used, imageSize: config.imageSize)
-        let title = Reconstruction.title(model: config, step: trained.step, epoch: trained.epoch, strategy: strategy,
-                                         normPixLoss: normPixLoss)
-        print("reconstructing with \(config.name) (\(strategy.rawValue) masking)")
-        let grid = ratios.map { ratios in
-            Reconstruction.ratiosFigure(model: trained.model, images: images, maskRatios: ratios, strategy: strategy,
-                                        seed: seed, normPixLoss: normPixLoss, title: title)
-        } ?? Reconstruction.figure(model: trained.model, images: images, count: used.count, maskRatio: maskRatio,
-                                   strategy: strategy, seed: seed, normPixLoss: normPixLoss, title: title)
+        let title = Reconstruction.title(model: config, step: trained.step, epoch: trained.epoch,
+                                         strategy: strategies.count == 1 ? strategy : nil, normPixLoss: normPixLoss)
+        print("reconstructing with \(config.name) (\(strategies.map(\.rawValue).joined(separator: ", ")) masking)")
+        let grid: ImageGrid
+        if strategies.count > 1 {
+            grid = Reconstruction.strategiesFigure(model: trained.model, images: images, strategies: strategies,
+                                                   maskRatio: maskRatio, seed: seed, normPixLoss: normPixLoss, title: title)
+        } else if let ratios {
+            grid = Reconstruction.ratiosFigure(model: trained.model, images: images, maskRatios: ratios, strategy: strategy,
+                                               seed: seed, normPixLoss: normPixLoss, title: title)
+        } else {
+            grid = Reconstruction.figure(model: trained.model, images: images, count: used.count, maskRatio: maskRatio,
+                                         strategy: strategy, seed: seed, normPixLoss: normPixLoss, title: title)
+        }
         let canvas = grid.render(scale: scale)
         try canvas.writePNG(path: out)
         print("wrote \(out) (\(canvas.width)x\(canvas.height))")

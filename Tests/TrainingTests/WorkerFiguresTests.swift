@@ -78,6 +78,7 @@ extension WorkerProcessTests {
             return (image.width, image.height)
         }
 
+        // The val folder holds two images: --count 3 draws both.
         let four = try mae(["reconstruct", "--checkpoint", runDirectory, "--data", data, "--count", "3",
                             "--masking", "grid", "--out", temporary.path + "/four.png"], name: "four")
         #expect(four.process.terminationStatus == 0, "\(four.errors)")
@@ -85,9 +86,19 @@ extension WorkerProcessTests {
                               "--images", data + "/val/" + (try firstImage(split: "val")),
                               "--mask-ratios", "0.5,0.75,0.9", "--out", temporary.path + "/ratios.png"], name: "ratios")
         #expect(ratios.process.terminationStatus == 0, "\(ratios.errors)")
-        // Three rows of four panels are taller than two rows (original + three ratios).
+        // Two rows each: the ratios figure is wider (labelled rows), the four panels' figure taller
+        // ("reconstruction + visible" takes two lines of label).
         let (fourWidth, fourHeight) = try png("four.png"), (ratiosWidth, ratiosHeight) = try png("ratios.png")
-        #expect(ratiosWidth > fourWidth && fourHeight > ratiosHeight)  // the ratios figure labels its rows
+        #expect(ratiosWidth > fourWidth && fourHeight > ratiosHeight)
+        let strategies = try mae(["reconstruct", "--checkpoint", runDirectory, "--data", data, "--masking", "random,block,grid",
+                                  "--out", temporary.path + "/strategies.png"], name: "strategies")
+        #expect(strategies.process.terminationStatus == 0, "\(strategies.errors)")
+        let (strategiesWidth, strategiesHeight) = try png("strategies.png")
+        // Labelled rows of four panels: wider than the unlabelled figure; three rows, taller than two.
+        #expect(strategiesWidth > fourWidth && strategiesHeight > fourHeight, "\(strategiesWidth)x\(strategiesHeight)")
+        let both = try mae(["reconstruct", "--checkpoint", runDirectory, "--data", data, "--masking", "random,grid",
+                            "--mask-ratios", "0.5,0.75", "--out", temporary.path + "/bad-both.png"], name: "both")
+        #expect(both.process.terminationStatus == 1 && both.errors.contains("not both"), "\(both.errors)")
         let weightsFile = try mae(["reconstruct", "--checkpoint", checkpoint("source", step: 4) + "/model.safetensors",
                                    "--data", data, "--out", temporary.path + "/file.png"], name: "file")
         #expect(weightsFile.process.terminationStatus == 1)
