@@ -184,3 +184,16 @@ extension WorkerProcessTests {
         for name in saved.names { #expect(try after.floats(named: name) == saved.floats(named: name), "\(name) changed") }
     }
 }
+
+extension WorkerProcessTests {
+    /// With 2 micro-batches per step the x axis is that of the step's last micro-batch, as the
+    /// official script logs when (data_iter_step + 1) % accum_iter == 0: 4 batches per epoch
+    /// give 250 and 750 in epoch 0, 1250 in epoch 1.
+    @Test func tensorBoardStepsFollowTheLastMicroBatchWithAccumulation() throws {
+        defer { temporary.remove() }
+        try run("accum-tb", ["--accum-iter", "2", "--max-steps", "3"])
+        let files = try TensorBoardReader.read(directory: temporary.path + "/accum-tb/tensorboard")
+        let steps = files.flatMap { $0.filter { !$0.scalars.isEmpty }.map(\.step) }
+        #expect(steps == [250, 750, 1250])
+    }
+}
