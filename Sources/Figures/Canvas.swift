@@ -88,17 +88,16 @@ public struct Canvas {
     /// 255)`), each pixel a `scale × scale` square, with its top-left corner at (x, y).
     public mutating func drawNormalisedImage(_ image: UnsafePointer<Float>, side: Int, x: Int, y: Int, scale: Int) {
         let plane = side * side
+        let mean = Augmentation.mean, deviation = Augmentation.standardDeviation
+        func byte(_ channel: Int, _ offset: Int) -> UInt8 {
+            let value = (image[channel * plane + offset] * deviation[channel] + mean[channel]) * 255
+            return UInt8(value >= 255 ? 255 : value > 0 ? Int(value) : 0)  // NaN becomes 0 rather than trapping
+        }
         for row in 0..<side {
             for column in 0..<side {
-                var bytes: [UInt8] = [0, 0, 0]
-                for channel in 0..<3 {
-                    let value = image[channel * plane + row * side + column]
-                    let unnormalised = (value * Augmentation.standardDeviation[channel] + Augmentation.mean[channel]) * 255
-                    // NaN becomes 0 rather than trapping in the conversion.
-                    bytes[channel] = UInt8(unnormalised >= 255 ? 255 : unnormalised > 0 ? Int(unnormalised) : 0)
-                }
+                let offset = row * side + column
                 fill(x: x + column * scale, y: y + row * scale, width: scale, height: scale,
-                     colour: Colour(bytes[0], bytes[1], bytes[2]))
+                     colour: Colour(byte(0, offset), byte(1, offset), byte(2, offset)))
             }
         }
     }
