@@ -100,7 +100,7 @@ let package = Package(
                     swiftSettings: sharedSwiftSettings),
         .testTarget(name: "FiguresTests", dependencies: ["Figures", "Data", "Model", "Kernels"],
                     swiftSettings: sharedSwiftSettings),
-        .testTarget(name: "CollectivesTests", dependencies: ["Collectives"],
+        .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "TestSupport"],
                     swiftSettings: sharedSwiftSettings),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "System", "TestSupport", "Figures", "Data", "Model"],
                     resources: [.copy("Fixtures")],

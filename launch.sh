@@ -34,14 +34,17 @@ case "$nodes" in ''|*[!0-9]*|0) echo "launch.sh: --nodes must be a positive inte
 case "$backend" in tcp|mpi) ;; *) echo "launch.sh: --backend must be tcp or mpi, got '$backend'" >&2; exit 2 ;; esac
 
 # Dependencies and build.
+# The MPI build has its own folder (as in tools/test.sh), so switching between the
+# backends does not rebuild everything each time.
 if [ "$backend" = mpi ]; then
     tools/install-deps.sh --mpi
-    swift build -c release --traits MPI
+    swift build -c release --traits MPI --scratch-path .build/mpi
+    bin=.build/mpi/release
 else
     tools/install-deps.sh
     swift build -c release
+    bin=.build/release
 fi
-bin=.build/release
 
 # Data: the built-in demo dataset unless --data is given.
 if [ -z "$data" ]; then

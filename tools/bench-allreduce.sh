@@ -17,8 +17,10 @@ python=${TORCH_PYTHON:-/work/torchvenv/bin/python}
 bench=${BENCH_DIR:-/work/shared/bench}
 configs=${CONFIGS:-"2:6175000 4:6175000 2:27925000 4:27925000"}
 
-swift build -c release --traits MPI --product mae --scratch-path .build/release-mpi >&2
-mae=.build/release-mpi/release/mae
+swift build -c release --traits MPI --product mae --scratch-path .build/mpi >&2
+mae=.build/mpi/release/mae
+# Peer ratios differ by vendor: name the CPU this run measured.
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //') ($(grep -m1 vendor_id /proc/cpuinfo | sed 's/.*: //')), $(nproc) cores"
 mpicc -O2 -o /tmp/mae_mpi_allreduce_bench "$bench/mpi_allreduce_bench.c"
 mpirun=(mpirun --allow-run-as-root --oversubscribe)
 busbw() { grep -o 'busbw_GBps=[0-9.]*' | tail -1 | cut -d= -f2; }

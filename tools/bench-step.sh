@@ -19,6 +19,12 @@ extra=${EXTRA:---norm-pix-loss}
 ours_extra=${OURS_EXTRA:-}
 
 swift build -c release --product mae >&2
+# Peer ratios differ by vendor (PyTorch's MKL is fast on Intel, slow on AMD): name the CPU
+# and the kernels each side runs. Benchmark with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset.
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //') ($(grep -m1 vendor_id /proc/cpuinfo | sed 's/.*: //'))," \
+     "$(nproc) cores; OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset} OPENBLAS_L2_SIZE=${OPENBLAS_L2_SIZE:-unset}"
+echo "ours: $(.build/release/mae bench step --steps 1 --batch 1 | grep -o 'OpenBLAS [0-9.]* core=[A-Za-z0-9]*')"
+echo "PyTorch: $("$python" -c 'import torch; print(torch.__version__, "BLAS", torch.backends.mkl.is_available() and "MKL" or "other", "ISA", torch.backends.cpu.get_cpu_capability())')"
 rate() { grep -o 'img_per_s=[0-9.]*' | tail -1 | cut -d= -f2; }
 memory() { grep -o 'peak_rss_mb=[0-9.]*' | tail -1 | cut -d= -f2; }
 

@@ -13,6 +13,8 @@ int mae_cpu_supports(const char *feature) {
     if (strcmp(feature, "avx512bw") == 0) return __builtin_cpu_supports("avx512bw") != 0;
     if (strcmp(feature, "avx512dq") == 0) return __builtin_cpu_supports("avx512dq") != 0;
     if (strcmp(feature, "avx2") == 0) return __builtin_cpu_supports("avx2") != 0;
+    if (strcmp(feature, "avx") == 0) return __builtin_cpu_supports("avx") != 0;
+    if (strcmp(feature, "sse4.2") == 0) return __builtin_cpu_supports("sse4.2") != 0;
     if (strcmp(feature, "fma") == 0) return __builtin_cpu_supports("fma") != 0;
 #endif
     (void)feature;

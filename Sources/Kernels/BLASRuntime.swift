@@ -35,6 +35,49 @@ public enum BLASRuntime {
 
     static func rank(_ core: String) -> Int { strength.firstIndex(of: core.lowercased()) ?? -1 }
 
+    /// The x86-64 core types of OpenBLAS 0.3.21 that this project checks (the thread-count
+    /// invariance tests run under each one this CPU can execute), weakest first, with the
+    /// instruction sets their sgemm kernels need. Prescott is the baseline every x86-64 CPU
+    /// runs, and what OpenBLAS falls back to on a CPU it does not recognise.
+    public static let checkedCores: [(name: String, needs: [String])] = [
+        ("Prescott", []),
+        ("Nehalem", ["sse4.2"]),
+        ("Sandybridge", ["avx"]),
+        ("Haswell", ["avx2", "fma"]),
+        ("Zen", ["avx2", "fma"]),
+        ("SkylakeX", ["avx512f", "avx512vl", "avx512bw", "avx512dq"]),
+        ("Cooperlake", ["avx512f", "avx512vl", "avx512bw", "avx512dq", "avx512bf16"]),
+    ]
+
+    /// True when this CPU has every instruction set the named core's kernels use.
+    public static func canRun(core: String) -> Bool {
+        guard let entry = checkedCores.first(where: { $0.name.lowercased() == core.lowercased() }) else { return false }
+        return entry.needs.allSatisfy(CPUInfo.supports)
+    }
+
+    /// Single-thread sgemm speed of each kernel family relative to Haswell's, measured on
+    /// an AMD EPYC with AVX-512 (docs/PERFORMANCE.md, "OpenBLAS core types"); used only
+    /// to tell a user what a preset core type costs.
+    static let relativeSpeed: [String: Double] = [
+        "prescott": 0.3, "core2": 0.3, "nehalem": 0.3, "sandybridge": 0.6, "haswell": 1, "zen": 1,
+        "skylakex": 2, "cooperlake": 2, "sapphirerapids": 2,
+    ]
+
+    /// When the user preset `OPENBLAS_CORETYPE` to kernels weaker than this CPU runs, one
+    /// line that says so and what it costs; nil otherwise. The setting is kept (the user's
+    /// choice wins): older OpenBLAS builds misbehave on some processors, and some images
+    /// preset it for that reason.
+    public static var presetCoreNote: String? {
+        guard let preset = getenv("OPENBLAS_CORETYPE").map({ String(cString: $0) }), getenv(reexecMarker) == nil,
+              let best = bestCoreForThisCPU, rank(best) > rank(coreName) else { return nil }
+        var cost = ""
+        if let slow = relativeSpeed[coreName.lowercased()], let fast = relativeSpeed[best.lowercased()], fast > slow {
+            let factor = (fast / slow * 10).rounded() / 10
+            cost = " (about \(factor == factor.rounded() ? String(Int(factor)) : String(factor))x faster matrix products)"
+        }
+        return "OPENBLAS_CORETYPE=\(preset) is set; this CPU runs \(best) kernels\(cost); unset it to use them"
+    }
+
     /// Call first thing in `main`. When `OPENBLAS_CORETYPE` is unset and the loaded
     /// kernels are weaker than the CPU supports, re-executes this program with the
     /// variable set to the right core; otherwise returns. Never returns on success of
@@ -67,8 +110,7 @@ public enum BLASRuntime {
         let config = openblas_get_config().map { String(cString: $0) } ?? "OpenBLAS"
         let version = config.split(separator: " ").prefix(2).joined(separator: " ")
         return "\(version) core=\(coreName) threads=\(threads)"
-    }
-}
+    }}
 
 /// Writes to a POSIX file descriptor; lets `print(_:to:)` reach standard error.
 public struct FileHandleStream: TextOutputStream {

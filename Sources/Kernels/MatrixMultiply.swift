@@ -6,41 +6,58 @@ import CBLAS
 /// Leading dimensions let callers address a slice of a wider matrix in place (for
 /// example one attention head inside the fused qkv rows) without copying.
 ///
-/// With several threads, a large product is cut into blocks of rows of c (or of
-/// columns, when c is wide and short), one per worker of our pool, each computed by
-/// a single-threaded OpenBLAS call: one pool for every kernel, so no OpenBLAS
-/// threads spin on the cores our element-wise kernels need.
+/// With several threads, a large product is cut into blocks of rows of c, one per
+/// worker of our pool, each computed by a single-threaded OpenBLAS call: one pool for
+/// every kernel, so no OpenBLAS threads spin on the cores our element-wise kernels need.
+///
+/// The cut never changes a bit of the result, whatever OpenBLAS core is loaded
+/// (docs/TRAINING.md, "Thread count and exactness"), because it respects two rules of
+/// OpenBLAS 0.3.21's x86-64 kernels:
+/// - OpenBLAS sees our row-major c as a column-major cᵀ, so a row of c is one of its
+///   columns. It picks a micro-kernel for each element by the element's place inside the
+///   call: the Haswell kernel (also Zen's) computes 16 × 12 tiles with one fused
+///   multiply-add chain over k, but some tiles at the edges of a call with two partial
+///   sums (even and odd k) added at the end, which rounds differently. A cut through the
+///   columns of c moves those edges wherever it falls (measured: the 8 columns on each
+///   side of the cut change), so columns are never cut. A cut through the rows of c keeps
+///   every tile when it falls on a multiple of the kernels' column unroll (12 on Haswell
+///   and Zen, 8 on Nehalem, 4 to 16 elsewhere): rows are cut at multiples of
+///   `matrixMultiplyRowBlock` (48, a multiple of all of them).
+/// - SkylakeX and Cooperlake compute products of at most 100³ multiply-adds (m·n·k) with
+///   other kernels ("small matrix" kernels) that round differently, so every block stays
+///   above that size; a product that is no larger is never cut.
+/// `mae check-determinism` checks this for the OpenBLAS core loaded, and the tests run
+/// it under every core type this CPU can execute.
 public func matrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
                            _ a: UnsafePointer<Float>, lda: Int, transposeA: Bool = false,
                            _ b: UnsafePointer<Float>, ldb: Int, transposeB: Bool = false,
                            m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0) {
-    let workers = Parallel.threads
-    guard workers > 1, Parallel.splitsProducts, m * n * k >= 1 << 18 else {
+    let block = matrixMultiplyRowBlock
+    // Whole blocks per part: more than 100³ multiply-adds even when its last block is the
+    // product's short one, and at least two blocks, since every part packs op(b) again.
+    // (A product too small to be cut in two such parts runs whole, in one part.)
+    let minimumBlocks = max(2, smallProductLimit / max(1, block * n * k) + 2)
+    guard Parallel.threads > 1, Parallel.splitsProducts else {
         singleThreadedMatrixMultiply(c, ldc: ldc, a, lda: lda, transposeA: transposeA, b, ldb: ldb,
                                      transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, beta: beta)
         return
     }
-    // Blocks are multiples of 16 rows or columns, the width of the AVX-512 kernels.
-    // Every block packs the whole other operand again, so the blocks are few (two
-    // per worker) and at least 64 wide, and the longer side of c is the one cut:
-    // cutting the rows of c repacks b (k × n), cutting its columns repacks a (m × k).
-    if m >= n {
-        parallelFor((m + 15) / 16, minimumPerWorker: 4, rangesPerWorker: 2) { blocks in
-            let first = blocks.lowerBound * 16, count = min(m, blocks.upperBound * 16) - first
-            singleThreadedMatrixMultiply(c + first * ldc, ldc: ldc,
-                                         transposeA ? a + first : a + first * lda, lda: lda, transposeA: transposeA,
-                                         b, ldb: ldb, transposeB: transposeB,
-                                         m: count, n: n, k: k, alpha: alpha, beta: beta)
-        }
-    } else {
-        parallelFor((n + 15) / 16, minimumPerWorker: 4, rangesPerWorker: 2) { blocks in
-            let first = blocks.lowerBound * 16, count = min(n, blocks.upperBound * 16) - first
-            singleThreadedMatrixMultiply(c + first, ldc: ldc, a, lda: lda, transposeA: transposeA,
-                                         transposeB ? b + first * ldb : b + first, ldb: ldb, transposeB: transposeB,
-                                         m: m, n: count, k: k, alpha: alpha, beta: beta)
-        }
+    parallelFor((m + block - 1) / block, minimumPerWorker: minimumBlocks, rangesPerWorker: 2) { blocks in
+        let first = blocks.lowerBound * block, count = min(m, blocks.upperBound * block) - first
+        singleThreadedMatrixMultiply(c + first * ldc, ldc: ldc,
+                                     transposeA ? a + first : a + first * lda, lda: lda, transposeA: transposeA,
+                                     b, ldb: ldb, transposeB: transposeB,
+                                     m: count, n: n, k: k, alpha: alpha, beta: beta)
     }
 }
+
+/// The rows of c that `matrixMultiply` cuts a product at are multiples of this: a
+/// multiple of every OpenBLAS 0.3.21 x86-64 kernel's column unroll (see `matrixMultiply`).
+public let matrixMultiplyRowBlock = 48
+
+/// The largest product (m·n·k) that OpenBLAS 0.3.21's SkylakeX and Cooperlake cores
+/// compute with their "small matrix" kernels.
+let smallProductLimit = 1_000_000
 
 /// One OpenBLAS call on the calling thread (OpenBLAS itself may still use its own
 /// threads when `Parallel.splitsProducts` is off).

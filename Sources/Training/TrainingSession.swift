@@ -185,7 +185,8 @@ final class TrainingSession {
         let rateRule = config.absoluteLearningRate == nil
             ? " (blr \(config.baseLearningRate) × \(effectiveBatch) / 256)" : " (--lr)"
         log.info("mae-worker: \(BLASRuntime.banner), compute threads \(config.threads), data threads \(config.dataThreads), "
-                 + "batch shards \(model.batchShards)")
+                 + "batch shards \(model.batchShards), \(CPUInfo.summary)")
+        if let note = BLASRuntime.presetCoreNote { log.warn("note: " + note) }
         log.info("model \(describe(config.model)), \(model.table.count) parameters; world size \(worldSize) (rank \(rank))")
         log.info("dataset \(config.dataRoot): \(dataset.count) images, \(dataset.classNames.count) classes, "
                  + "fingerprint \(dataset.fingerprint.prefix(16))")

@@ -1,5 +1,6 @@
 import Collectives
 import Foundation
+import Kernels
 import Options
 
 /// `mae bench allreduce`: all-reduce bandwidth of local worker processes over loopback.
@@ -27,6 +28,7 @@ struct BenchAllReduceCommand: Subcommand {
         let backend = try options.required("backend")
         let congestion = try congestionControl(options)
         print("all-reduce benchmark: backend=\(backend) world=\(world) floats=\(floats) bytes=\(floats * 4) iters=\(iterations)")
+        print(CPUInfo.summary)
 
         var launches: [[String]] = []
         var server: RendezvousServer?

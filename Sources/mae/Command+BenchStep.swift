@@ -55,7 +55,9 @@ struct BenchStepCommand: Subcommand {
         let model = MAEModel(config: config, seed: seed)
         model.batchShards = batchShards
         // OpenBLAS's own count is 1 per product when our pool splits the products.
-        print(BLASRuntime.banner + (Parallel.splitsProducts ? " per product, pool threads=\(Parallel.threads)" : ""))
+        print(BLASRuntime.banner + (Parallel.splitsProducts ? " per product, pool threads=\(Parallel.threads)" : "")
+              + " \(CPUInfo.summary)")
+        if let note = BLASRuntime.presetCoreNote { print("note: " + note) }
         print("model \(config.name) image \(config.imageSize) patch \(config.patchSize) params \(model.table.count) "
               + "batch \(batch) mask_ratio \(maskRatio) masking \(masking.rawValue) norm_pix_loss \(normPixLoss) threads \(threads) batch_shards \(batchShards) steps \(steps)")
 

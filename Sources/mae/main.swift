@@ -10,6 +10,7 @@ let subcommands: [any Subcommand.Type] = [
     BenchAllReduceCommand.self,
     CollectiveWorkerCommand.self,
     ReferenceStepCommand.self,
+    CheckDeterminismCommand.self,
     ReconstructCommand.self,
     PlotCommand.self,
     ImportCommand.self,

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Kernels
 import Testing
 @testable import Collectives
@@ -114,15 +115,10 @@ func naiveRingSum(_ inputs: [[Float]], lanes: Int = 1) -> [Float] {
 
 /// The built `mae` executable next to the test bundle (`swift build --build-tests` builds both).
 func maeExecutable() throws -> String {
-    let testBinary = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-    var directory = URL(fileURLWithPath: testBinary).deletingLastPathComponent()
-    // The bundle may be a directory (…/maePackageTests.xctest/…); walk up to the build folder.
-    for _ in 0..<4 {
-        let candidate = directory.appendingPathComponent("mae").path
-        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-        directory = directory.deletingLastPathComponent()
+    guard let path = builtExecutable("mae") else {
+        throw CollectiveError.invalidArgument("no built 'mae' next to the tests; run 'swift build --build-tests' first")
     }
-    throw CollectiveError.invalidArgument("no built 'mae' next to \(testBinary); run 'swift build --build-tests' first")
+    return path
 }
 
 /// A child process whose output goes to files; the test stops it by pid.

@@ -135,12 +135,12 @@ import TestSupport
         withExtendedLifetime((rb, qkvBuffer)) {}
     }
 
-    /// Products large enough to be split over two workers (by rows, and by columns when
-    /// c is wide), every transpose combination, with padded leading dimensions.
-    @Test(arguments: [(100, 70, 60), (40, 150, 50)])
+    /// Products cut over two workers (tall, and wide with few rows) and one too small to be
+    /// cut, every transpose combination, with padded leading dimensions: right, and the
+    /// same to the bit as the product computed by one OpenBLAS call.
+    @Test(arguments: [(600, 70, 60), (250, 700, 50), (40, 150, 50)])
     func matrixProductsSplitOverWorkers(m: Int, n: Int, k: Int) {
         let before = Parallel.threads
-        Parallel.setThreads(2)
         defer { Parallel.setThreads(before) }
         for (transposeA, transposeB) in [(false, false), (false, true), (true, false), (true, true)] {
             let (aRows, aColumns) = transposeA ? (k, m) : (m, k)
@@ -148,9 +148,15 @@ import TestSupport
             let lda = aColumns + 3, ldb = bColumns + 5, ldc = n + 2
             let a = rounded(randomValues(aRows * lda, seed: 61)), b = rounded(randomValues(bRows * ldb, seed: 62))
             let c0 = rounded(randomValues(m * ldc, seed: 63))
-            let (ab, bb, cb) = (buffer(a), buffer(b), buffer(c0))
+            let (ab, bb, cb, single) = (buffer(a), buffer(b), buffer(c0), buffer(c0))
+            Parallel.setThreads(1)
+            matrixMultiply(single.pointer, ldc: ldc, ab.pointer, lda: lda, transposeA: transposeA, bb.pointer, ldb: ldb,
+                           transposeB: transposeB, m: m, n: n, k: k, alpha: 0.5, beta: 2)
+            Parallel.setThreads(2)
             matrixMultiply(cb.pointer, ldc: ldc, ab.pointer, lda: lda, transposeA: transposeA, bb.pointer, ldb: ldb,
                            transposeB: transposeB, m: m, n: n, k: k, alpha: 0.5, beta: 2)
+            let differing = zip(cb.toArray(), single.toArray()).filter { $0.bitPattern != $1.bitPattern }.count
+            #expect(differing == 0, "\(differing) elements differ from one call, transposeA \(transposeA) transposeB \(transposeB)")
             var expected = c0
             for i in 0..<m {
                 for j in 0..<n {

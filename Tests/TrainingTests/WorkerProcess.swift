@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -12,17 +13,7 @@ final class WorkerProcess {
     let errorPath: String
 
     /// The built `mae-worker`, next to the test bundle (SwiftPM builds every product with the tests).
-    static let executable: String? = {
-        let testBinary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        var candidates = [testBinary.deletingLastPathComponent().appendingPathComponent("mae-worker").path]
-        var directory = testBinary.deletingLastPathComponent()
-        for _ in 0..<4 {  // inside an .xctest bundle the products are a few levels up
-            directory = directory.deletingLastPathComponent()
-            candidates.append(directory.appendingPathComponent("mae-worker").path)
-        }
-        candidates.append(FileManager.default.currentDirectoryPath + "/.build/debug/mae-worker")
-        return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
-    }()
+    static let executable: String? = builtExecutable("mae-worker")
 
     /// Starts `mae-worker arguments`; stdout and stderr go to `logDirectory/name.out|err`.
     /// `executable` replaces `mae-worker` (the tests of `mae`'s commands).

@@ -1,0 +1,50 @@
+import CSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What this machine's processor is, for banners and benchmark records: peer
+/// ratios differ by vendor (PyTorch's MKL is fast on Intel, slow on AMD), so every
+/// measurement names the CPU it ran on.
+public enum CPUInfo {
+    /// The processor's name as the kernel reports it ("AMD EPYC", "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz").
+    public static let modelName: String = field("model name") ?? "unknown CPU"
+
+    /// The vendor ("AuthenticAMD", "GenuineIntel").
+    public static let vendor: String = field("vendor_id") ?? "unknown vendor"
+
+    /// One line for banners and benchmark output: "cpu=AMD EPYC (AuthenticAMD), 2 cores".
+    public static var summary: String {
+        "cpu=\(modelName) (\(vendor)), \(sysconf(Int32(_SC_NPROCESSORS_ONLN))) cores"
+    }
+
+    /// True when the CPU has the instruction set extension (names as in cpu.c:
+    /// "avx512f", "avx512bf16", "avx2", "fma", "avx", "sse4.2", ...).
+    public static func supports(_ feature: String) -> Bool { mae_cpu_supports(feature) != 0 }
+
+    /// The value of the first `name : value` line of /proc/cpuinfo, if there is one.
+    static func field(_ name: String) -> String? {
+        guard let file = fopen("/proc/cpuinfo", "r") else { return nil }
+        defer { fclose(file) }
+        var line: UnsafeMutablePointer<CChar>?
+        var capacity = 0
+        defer { free(line) }
+        while getline(&line, &capacity, file) > 0, let line {
+            let text = String(cString: line)
+            guard let colon = text.firstIndex(of: ":") else { continue }
+            let key = trimmed(text[..<colon])
+            if key == name {
+                return trimmed(text[text.index(after: colon)...])
+            }
+        }
+        return nil
+    }
+}
+
+/// The text without spaces, tabs and line ends at either end.
+private func trimmed(_ text: Substring) -> String {
+    var result = text
+    while let first = result.first, first == " " || first == "\t" || first == "\n" { result = result.dropFirst() }
+    while let last = result.last, last == " " || last == "\t" || last == "\n" { result = result.dropLast() }
+    return String(result)
+}

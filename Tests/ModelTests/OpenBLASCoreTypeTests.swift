@@ -1,0 +1,50 @@
+import Kernels
+import Testing
+import TestSupport
+
+/// The thread count changes no bit of a matrix product or a training step under every
+/// OpenBLAS core type this CPU can execute, not only the one loaded here: OpenBLAS picks
+/// its kernels once, when it loads, so each core type runs in a child process
+/// (`OPENBLAS_CORETYPE=NAME mae check-determinism`). Users and images preset that
+/// variable (Haswell on AMD EPYC, for example), and the promise must hold under it.
+@Suite(.serialized) struct OpenBLASCoreTypeTests {
+    /// The checked core types this CPU has the instructions for.
+    static let runnableCores = BLASRuntime.checkedCores.map(\.name).filter(BLASRuntime.canRun)
+
+    @Test(arguments: runnableCores)
+    func threadCountChangesNoBit(core: String) throws {
+        let mae = try #require(builtExecutable("mae"), "mae is not built next to the tests; run 'swift build --build-tests'")
+        // The mini model's whole step, and the products of the tiny model and ViT-B
+        // (the tiny model's whole step runs in-process in MAEModelTests).
+        let result = try runChild(mae, ["check-determinism", "--threads", "1,2,3,4", "--models", "mini"],
+                                  environment: ["OPENBLAS_CORETYPE": core, "MAE_BLAS_REEXEC": nil], seconds: 300)
+        #expect(result.status == 0, "under \(core):\n\(result.output)")
+        // The core asked for is the one OpenBLAS loaded: the check proves nothing of another.
+        #expect(result.output.lowercased().contains("core=\(core.lowercased()) "), "under \(core):\n\(result.output)")
+        #expect(result.output.contains("result: identical"), "under \(core):\n\(result.output)")
+    }
+
+    /// The project is built for x86-64-v3, so every CPU that runs it checks at least the
+    /// baseline, SSE4.2, AVX and AVX2 kernel families (Haswell and Zen among them).
+    @Test func everyX86CPUChecksTheCommonCores() {
+        #if arch(x86_64)
+        for core in ["Prescott", "Nehalem", "Sandybridge", "Haswell", "Zen"] {
+            #expect(Self.runnableCores.contains(core), "\(core) is not checked on \(CPUInfo.modelName)")
+        }
+        #endif
+    }
+
+    /// A preset core weaker than the CPU supports is kept and named in one banner line.
+    @Test(.enabled(if: ["SkylakeX", "Cooperlake"].contains(BLASRuntime.bestCoreForThisCPU ?? ""),
+                   "needs a CPU with AVX-512, whose kernels are stronger than Haswell's"))
+    func aWeakerPresetCoreIsKeptAndNamed() throws {
+        let mae = try #require(builtExecutable("mae"))
+        let best = try #require(BLASRuntime.bestCoreForThisCPU)
+        let result = try runChild(mae, ["check-determinism", "--models", "none", "--threads", "1,2"],
+                                  environment: ["OPENBLAS_CORETYPE": "Haswell", "MAE_BLAS_REEXEC": nil], seconds: 120)
+        #expect(result.status == 0, "\(result.output)")
+        #expect(result.output.contains("core=Haswell "), "the preset core was not kept:\n\(result.output)")
+        #expect(result.output.contains("note: OPENBLAS_CORETYPE=Haswell is set; this CPU runs \(best) kernels"),
+                "\(result.output)")
+    }
+}
