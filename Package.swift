@@ -70,10 +70,13 @@ let package = Package(
                 swiftSettings: sharedSwiftSettings),
         .target(name: "Data", dependencies: ["Kernels", "CImageCodec", "System"],
                 swiftSettings: sharedSwiftSettings),
+        // Figures: PNG figures drawn with libpng alone (reconstruction grids, training curves).
+        .target(name: "Figures", dependencies: ["Kernels", "Model", "Data", "System"],
+                swiftSettings: sharedSwiftSettings),
         .target(name: "Collectives",
                 dependencies: ["Kernels", "System", .target(name: "CMPI", condition: .when(traits: ["MPI"]))],
                 swiftSettings: sharedSwiftSettings),
-        .target(name: "Training", dependencies: ["Model", "Data", "Collectives", "Options", "System"],
+        .target(name: "Training", dependencies: ["Model", "Data", "Figures", "Collectives", "Options", "System"],
                 swiftSettings: sharedSwiftSettings),
         // Control: the control plane (wire protocol, HMAC handshake, the coordinator's state
         // machine and server, the agent, the worker's link); never touches tensors.
@@ -102,9 +105,12 @@ let package = Package(
                     swiftSettings: sharedSwiftSettings),
         .testTarget(name: "DataTests", dependencies: ["Data", "System", "TestSupport"],
                     swiftSettings: sharedSwiftSettings),
+        .testTarget(name: "FiguresTests", dependencies: ["Figures", "Data", "Model", "Kernels"],
+                    swiftSettings: sharedSwiftSettings),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "TestSupport"],
                     swiftSettings: sharedSwiftSettings),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "System", "TestSupport"],
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "System", "TestSupport", "Figures", "Data", "Model"],
+                    resources: [.copy("Fixtures")],
                     swiftSettings: sharedSwiftSettings),
         .testTarget(name: "ControlTests", dependencies: ["Control", "Training", "Collectives", "Data", "System", "TestSupport"],
                     swiftSettings: sharedSwiftSettings),

@@ -19,7 +19,9 @@ import Darwin
 ///
 /// Refuses (throws) to write into a folder that has train/ or val/ content it did not
 /// make (no `SYNTHETIC.txt` marker), so a real dataset is never overwritten.
-public func synthesizeDataset(root: String, classes: Int, perClass: Int, valPerClass: Int, size: Int, seed: UInt64) throws {
+/// `progress`, when given, is called after each class folder with (images written, images in all).
+public func synthesizeDataset(root: String, classes: Int, perClass: Int, valPerClass: Int, size: Int, seed: UInt64,
+                              progress: ((Int, Int) -> Void)? = nil) throws {
     guard classes > 0, perClass > 0, valPerClass >= 0, size >= 8 else {
         throw DataError("synthesizeDataset needs classes ≥ 1, perClass ≥ 1, valPerClass ≥ 0 and size ≥ 8 "
             + "(got \(classes), \(perClass), \(valPerClass), \(size))")
@@ -38,6 +40,8 @@ public func synthesizeDataset(root: String, classes: Int, perClass: Int, valPerC
     try DataError.reportingSystemCalls { try FileSystem.writeFile(marker, bytes: Array(description.utf8)) }
 
     let painter = SyntheticPainter(size: size, seed: seed)
+    let total = classes * (perClass + valPerClass)
+    var written = 0
     for (split, count, firstIndex) in [("train", perClass, 0), ("val", valPerClass, classes * perClass)] where count > 0 {
         for label in 0..<classes {
             let className = "class_" + zeroPadded(label, width: 3)
@@ -49,6 +53,8 @@ public func synthesizeDataset(root: String, classes: Int, perClass: Int, valPerC
                 try writeImage(path: folder + "/" + className + "_" + zeroPadded(number, width: 5) + ".JPEG",
                                rgb: painter.pixels, width: size, height: size, format: .jpeg(quality: 90))
             }
+            written += count
+            progress?(written, total)
         }
     }
 }

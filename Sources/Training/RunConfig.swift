@@ -24,6 +24,9 @@ public struct RunConfig: Codable, Sendable, Equatable {
     /// `--accum-iter`: micro-batches per optimizer step.
     public var accumulationSteps: Int
     public var maskRatio: Double
+    /// `--masking`: which patches each sample hides (nil in checkpoints made before the
+    /// option existed, which masked at random: read it through `maskingStrategy`).
+    public var masking: MaskingStrategy?
     public var normPixLoss: Bool
     public var seed: UInt64
     /// Compute threads (OpenBLAS and our own pool).
@@ -48,6 +51,12 @@ public struct RunConfig: Codable, Sendable, Equatable {
     public var maxSteps: Int?
     /// Print and log a progress line every this many optimizer steps.
     public var printEvery: Int
+    /// `--init-weights`: weights a fresh run starts from instead of the initialisation
+    /// (a folder of `mae import`, a checkpoint, or a model .safetensors); nil: none.
+    public var initWeights: String?
+    /// `--reconstruct-every`: also draw `RUN_DIR/reconstructions/epoch-NNNN.png` every this
+    /// many epochs (0 or nil: only at the end of the run).
+    public var reconstructEvery: Int?
     /// Tests only: the loss of this optimizer step (1-based) is replaced by NaN, to exercise
     /// the non-finite-loss stop without depending on how a model diverges.
     public var injectNonFiniteLossAtStep: Int?
@@ -56,19 +65,20 @@ public struct RunConfig: Codable, Sendable, Equatable {
         case dataRoot = "data", model, batchSize = "batch_size", epochs, warmupEpochs = "warmup_epochs"
         case baseLearningRate = "blr", absoluteLearningRate = "lr", minimumLearningRate = "min_lr"
         case weightDecay = "weight_decay", beta1, beta2, epsilon = "eps", accumulationSteps = "accum_iter"
-        case maskRatio = "mask_ratio", normPixLoss = "norm_pix_loss", seed, threads, dataThreads = "data_threads"
+        case maskRatio = "mask_ratio", masking, normPixLoss = "norm_pix_loss", seed, threads, dataThreads = "data_threads"
         case batchShards = "batch_shards"
         case runDirectory = "run_dir", checkpointEvery = "checkpoint_every", keepCheckpoints = "keep_checkpoints"
         case keepEveryEpochs = "keep_every_epochs", resume, maxSteps = "max_steps", printEvery = "print_every"
+        case reconstructEvery = "reconstruct_every", initWeights = "init_weights"
     }
 
     public init(dataRoot: String, model: ModelConfig, batchSize: Int = 64, epochs: Int = 800, warmupEpochs: Double = 40,
                 baseLearningRate: Double = 1.5e-4, absoluteLearningRate: Double? = nil, minimumLearningRate: Double = 0,
                 weightDecay: Double = 0.05, beta1: Double = 0.9, beta2: Double = 0.95, epsilon: Double = 1e-8,
-                accumulationSteps: Int = 1, maskRatio: Double = 0.75, normPixLoss: Bool = false, seed: UInt64 = 0,
+                accumulationSteps: Int = 1, maskRatio: Double = 0.75, masking: MaskingStrategy = .random, normPixLoss: Bool = false, seed: UInt64 = 0,
                 threads: Int = 1, dataThreads: Int = 1, batchShards: Int? = nil, runDirectory: String, checkpointEvery: Int = 0,
                 keepCheckpoints: Int = 3, keepEveryEpochs: Int = 0, resume: String? = nil, maxSteps: Int? = nil,
-                printEvery: Int = 20, injectNonFiniteLossAtStep: Int? = nil) {
+                printEvery: Int = 20, reconstructEvery: Int? = nil, initWeights: String? = nil, injectNonFiniteLossAtStep: Int? = nil) {
         self.dataRoot = dataRoot
         self.model = model
         self.batchSize = batchSize
@@ -83,6 +93,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         self.epsilon = epsilon
         self.accumulationSteps = accumulationSteps
         self.maskRatio = maskRatio
+        self.masking = masking
         self.normPixLoss = normPixLoss
         self.seed = seed
         self.threads = threads
@@ -95,8 +106,13 @@ public struct RunConfig: Codable, Sendable, Equatable {
         self.resume = resume
         self.maxSteps = maxSteps
         self.printEvery = printEvery
+        self.reconstructEvery = reconstructEvery
+        self.initWeights = initWeights
         self.injectNonFiniteLossAtStep = injectNonFiniteLossAtStep
     }
+
+    /// The masking strategy: `masking`, or random for a run saved before the option existed.
+    public var maskingStrategy: MaskingStrategy { masking ?? .random }
 
     /// Images per optimizer step over all workers: batch × accum-iter × world size.
     public func effectiveBatchSize(worldSize: Int) -> Int { batchSize * accumulationSteps * worldSize }
@@ -149,6 +165,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         note("--min-lr", saved.minimumLearningRate, minimumLearningRate)
         note("--weight-decay", saved.weightDecay, weightDecay)
         note("--mask-ratio", saved.maskRatio, maskRatio)
+        note("--masking", saved.maskingStrategy.rawValue, maskingStrategy.rawValue)
         note("--norm-pix-loss", saved.normPixLoss, normPixLoss)
         // Another shard count rounds the gradients differently from here on.
         note("--batch-shards", saved.batchShards ?? 1, batchShards ?? 1)

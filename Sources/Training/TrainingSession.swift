@@ -73,6 +73,10 @@ final class TrainingSession {
     var lastCheckpoint: String?
     /// The coordinator's hooks (nil without one).
     let control: (any TrainingControl)?
+    /// Rank 0's TensorBoard event file (opened by `restore`).
+    var tensorBoard: TensorBoardWriter?
+    /// The fixed images of the run's reconstruction figures and their count, loaded at the first figure.
+    var reconstructionImages: (FloatBuffer, Int)?
 
     /// Opens the dataset, starts the loader, builds the model; validates what needs the data.
     init(config: RunConfig, collective: any Collective, log: RunLog, control: (any TrainingControl)? = nil,
@@ -154,6 +158,9 @@ final class TrainingSession {
                 log.info("added the log.txt line of epoch \(finished.epoch), which the run was stopped before writing")
             }
         }
+        if rank == 0, shared[0] == 0, let path = config.initWeights {
+            try startFromWeights(path)  // a fresh run only: a resume continues its checkpoint
+        }
         if worldSize > 1 {
             shared = try collective.allReduceScalars(shared)
             try collective.broadcast(model.parameters.pointer, count: model.parameters.count, root: 0)
@@ -166,6 +173,7 @@ final class TrainingSession {
             config.batchShards = Int(shared[8])
             model.batchShards = Int(shared[8])
         }
+        tensorBoard = try openTensorBoard(resumed: shared[0] > 0)
     }
 
     /// The checkpoint `--resume` names, verified; nil for a fresh start.
@@ -213,7 +221,9 @@ final class TrainingSession {
             loader.startEpoch(position.epoch, fromBatch: position.stepInEpoch * config.accumulationSteps)
             while position.stepInEpoch < stepsPerEpoch && position.step < totalSteps {
                 let stepStart = monotonicSeconds()
+                let tensorBoardStep = nextTensorBoardStep
                 let outcome = try step()
+                tensorBoard?.addScalars([("train_loss", outcome.loss), ("lr", outcome.learningRate)], step: tensorBoardStep)
                 if let control {
                     let seconds = monotonicSeconds() - stepStart
                     control.stepFinished(StepReport(
@@ -232,6 +242,7 @@ final class TrainingSession {
                 let periodic = config.checkpointEvery > 0 && position.step % config.checkpointEvery == 0
                 if finished != nil || periodic || outcome.stopRequested || outcome.checkpointRequested
                     || position.step == totalSteps {
+                    try tensorBoard?.flush()
                     try writeCheckpoint(finishedEpoch: finished)
                 }
                 if let finished {
@@ -243,6 +254,8 @@ final class TrainingSession {
                     log.info(String(format: "epoch %d/%d done: mean loss %.4f", position.epoch, config.epochs,
                                     finished.loss)
                              + (skipped > 0 ? ", \(skipped) unreadable file(s) skipped so far" : ""))
+                    let every = config.reconstructEvery ?? 0
+                    if every > 0, position.epoch % every == 0, position.epoch < config.epochs { writeReconstructions() }
                 }
                 if outcome.stopRequested {
                     log.info("stop requested: stopped after step \(position.step) with a checkpoint")
@@ -253,6 +266,9 @@ final class TrainingSession {
             }
         }
         log.endProgress()
+        try tensorBoard?.flush()
+        writeReconstructions()
+        writeCurves()
         if !stoppedBySignal {
             log.info("done: \(position.step) steps" + (lastCheckpoint.map { ", last checkpoint \($0)" } ?? ""))
         }
@@ -287,8 +303,10 @@ final class TrainingSession {
                                                    batch: position.stepInEpoch * config.accumulationSteps + micro)
             }
             dataWait += batch.dataWaitSeconds
+            let keptCount = config.model.keptCount(maskRatio: config.maskRatio)
             for (row, sampleIndex) in batch.sampleIndices.enumerated() {
-                fillMaskingNoise(noise.pointer + row * patchCount, patchCount: patchCount, seed: config.seed,
+                fillMaskingNoise(noise.pointer + row * patchCount, strategy: config.maskingStrategy,
+                                 gridSize: config.model.gridSize, keptCount: keptCount, seed: config.seed,
                                  epoch: position.epoch, sampleIndex: sampleIndex)
             }
             let loss = model.forwardBackward(images: batch.images.pointer, noise: noise.pointer,
@@ -368,6 +386,7 @@ final class TrainingSession {
                           position.epoch + 1, config.epochs, position.step, totalSteps, loss, learningRate,
                           interval.imagesPerSecond, 100 * interval.dataWaitShare, formatDuration(interval.etaSeconds))
         log.progress(line, fraction: Double(position.step) / Double(max(1, totalSteps)))
+        try tensorBoard?.flush()
         try log.appendMetrics([
             ("step", .integer(position.step)), ("epoch", .integer(position.epoch)), ("loss", .number(loss)),
             ("lr", .number(learningRate)), ("images_per_second", .number(interval.imagesPerSecond)),

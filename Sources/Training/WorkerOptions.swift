@@ -86,6 +86,7 @@ public enum WorkerOptions {
             OptionSpec("weight-decay", value: "X", default: "0.05", help: "AdamW weight decay (not for biases and 1-D tensors)"),
             OptionSpec("accum-iter", value: "K", default: "1", help: "micro-batches accumulated per optimizer step"),
             OptionSpec("mask-ratio", value: "R", default: "0.75", help: "share of patches removed, in (0, 1)"),
+            OptionSpec("masking", value: "random|block|grid", default: "random", help: MaskingStrategy.optionHelp),
             .flag("norm-pix-loss", help: "normalise each target patch by its mean and variance"),
             OptionSpec("seed", value: "S", default: "0", help: "seed of every random number in the run"),
             OptionSpec("threads", value: "T", default: "auto",
@@ -101,6 +102,10 @@ public enum WorkerOptions {
             OptionSpec("resume", value: "auto|PATH", help: "continue from the newest checkpoint in --run-dir (auto; none yet: start fresh) or from PATH"),
             OptionSpec("max-steps", value: "N", help: "stop after N optimizer steps in total (writes a checkpoint)"),
             OptionSpec("print-every", value: "N", default: "20", help: "progress line and metrics every N optimizer steps"),
+            OptionSpec("init-weights", value: "DIR|FILE",
+                       help: "start a fresh run from these weights (a folder of mae import, a checkpoint, or a model .safetensors)"),
+            OptionSpec("reconstruct-every", value: "N", default: "0",
+                       help: "also draw RUN_DIR/reconstructions/epoch-NNNN.png every N epochs (0: at the end of the run only)"),
             OptionSpec("inject-nonfinite-loss-at-step", value: "N",
                        help: "tests: make the loss of step N NaN", visible: false),
         ])
@@ -213,6 +218,10 @@ public enum WorkerOptions {
         guard model.keptCount(maskRatio: maskRatio) < model.patchCount else {
             throw fail("--mask-ratio \(maskRatio) removes no patch of the \(model.patchCount); raise it")
         }
+        let maskingText = try options.required("masking")
+        guard let masking = MaskingStrategy(rawValue: maskingText) else {
+            throw fail("--masking expects random, block or grid, got '\(maskingText)'")
+        }
         let threads: Int
         if options.string("threads") == "auto" {
             let cores = ProcessInfo.processInfo.activeProcessorCount
@@ -226,6 +235,10 @@ public enum WorkerOptions {
         let resume = options.string("resume")
         if let resume, resume != "auto", !FileSystem.isDirectory(resume) {
             throw fail("--resume \(resume) is not a checkpoint folder (pass 'auto' or RUN_DIR/checkpoints/step-NNNNNNNN)")
+        }
+        let initWeights = options.string("init-weights")
+        if let initWeights, !FileSystem.exists(initWeights) {
+            throw fail("--init-weights \(initWeights) does not exist (pass a folder written by 'mae import', a checkpoint, or a .safetensors file)")
         }
         let epochs = try options.int("epochs", in: 1...1_000_000)
         let warmup = try options.double("warmup-epochs", expectation: "a number ≥ 0") { $0 >= 0 }
@@ -243,7 +256,7 @@ public enum WorkerOptions {
             minimumLearningRate: try options.double("min-lr", expectation: "a number ≥ 0") { $0 >= 0 },
             weightDecay: try options.double("weight-decay", expectation: "a number ≥ 0") { $0 >= 0 },
             accumulationSteps: try options.int("accum-iter", in: 1...1_000_000),
-            maskRatio: maskRatio, normPixLoss: options.flag("norm-pix-loss"),
+            maskRatio: maskRatio, masking: masking, normPixLoss: options.flag("norm-pix-loss"),
             seed: try parseSeed(options.required("seed"), fail: fail),
             threads: threads, dataThreads: dataThreads, batchShards: batchShards,
             runDirectory: try options.required("run-dir"),
@@ -253,6 +266,8 @@ public enum WorkerOptions {
             resume: resume,
             maxSteps: try options.optionalInt("max-steps", in: 1...Int.max),
             printEvery: try options.int("print-every", in: 1...Int.max),
+            reconstructEvery: try options.int("reconstruct-every", in: 0...1_000_000),
+            initWeights: initWeights,
             injectNonFiniteLossAtStep: try options.optionalInt("inject-nonfinite-loss-at-step", in: 1...Int.max))
         return (config, distributed)
     }

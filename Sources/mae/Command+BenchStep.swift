@@ -26,6 +26,7 @@ struct BenchStepCommand: Subcommand {
                            + "threads; auto: one per thread if the extra gradient buffers take at most 256 MiB)"),
             OptionSpec("steps", value: "K", default: "5", help: "timed steps after the warm-up step"),
             OptionSpec("mask-ratio", value: "R", default: "0.75", help: "fraction of patches removed"),
+            OptionSpec("masking", value: "random|block|grid", default: "random", help: MaskingStrategy.optionHelp),
             .flag("norm-pix-loss", help: "use per-patch normalised pixels as the target"),
             OptionSpec("seed", value: "N", default: "0", help: "seed for the weights, images and masks"),
         ])
@@ -44,6 +45,11 @@ struct BenchStepCommand: Subcommand {
         }
         let seed = UInt64(try options.int("seed", in: 0...Int.max))
         let normPixLoss = options.flag("norm-pix-loss")
+        let maskingText = try options.required("masking")
+        guard let masking = MaskingStrategy(rawValue: maskingText) else {
+            throw OptionError("mae bench step: --masking expects random, block or grid, got '\(maskingText)'")
+        }
+        let keptCount = config.keptCount(maskRatio: maskRatio)
 
         Parallel.setThreads(threads)
         let model = MAEModel(config: config, seed: seed)
@@ -53,7 +59,7 @@ struct BenchStepCommand: Subcommand {
               + " \(CPUInfo.summary)")
         if let note = BLASRuntime.presetCoreNote { print("note: " + note) }
         print("model \(config.name) image \(config.imageSize) patch \(config.patchSize) params \(model.table.count) "
-              + "batch \(batch) mask_ratio \(maskRatio) norm_pix_loss \(normPixLoss) threads \(threads) batch_shards \(batchShards) steps \(steps)")
+              + "batch \(batch) mask_ratio \(maskRatio) masking \(masking.rawValue) norm_pix_loss \(normPixLoss) threads \(threads) batch_shards \(batchShards) steps \(steps)")
 
         // Random images, standard normal like ImageNet-normalised pixels.
         let pixels = batch * config.channels * config.imageSize * config.imageSize
@@ -65,8 +71,9 @@ struct BenchStepCommand: Subcommand {
 
         func step(_ number: Int) -> Float {
             for sample in 0..<batch {
-                fillMaskingNoise(noise.pointer + sample * config.patchCount, patchCount: config.patchCount,
-                                 seed: seed, epoch: number, sampleIndex: sample)
+                fillMaskingNoise(noise.pointer + sample * config.patchCount, strategy: masking,
+                                 gridSize: config.gridSize, keptCount: keptCount, seed: seed, epoch: number,
+                                 sampleIndex: sample)
             }
             model.gradients.zero()
             let loss = model.forwardBackward(images: images.pointer, noise: noise.pointer, batchSize: batch,

@@ -28,9 +28,15 @@ struct SynthDataCommand: Subcommand {
         let size = try options.int("size", in: 8...4096)
         let seed = try options.int("seed", in: 0...Int.max)
         let started = Double(DispatchTime.now().uptimeNanoseconds) * 1e-9
-        try synthesizeDataset(root: directory, classes: classes, perClass: perClass, valPerClass: valPerClass,
-                              size: size, seed: UInt64(seed))
+        // Large datasets take a while: a plain line every tenth of the way (not for small ones).
         let images = classes * (perClass + valPerClass)
+        var reported = 0
+        try synthesizeDataset(root: directory, classes: classes, perClass: perClass, valPerClass: valPerClass,
+                              size: size, seed: UInt64(seed)) { written, total in
+            guard total >= 10_000, written * 10 / total > reported, written < total else { return }
+            reported = written * 10 / total
+            print("synth-data: \(written)/\(total) images written")
+        }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds) * 1e-9 - started
         print("wrote \(images) images (\(classes) classes, \(size)x\(size) JPEG) to \(directory) in "
               + String(format: "%.2f", seconds) + " s")

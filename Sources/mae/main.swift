@@ -11,6 +11,11 @@ let subcommands: [any Subcommand.Type] = [
     CollectiveWorkerCommand.self,
     ReferenceStepCommand.self,
     CheckDeterminismCommand.self,
+    ReconstructCommand.self,
+    PlotCommand.self,
+    ImportCommand.self,
+    ExportCommand.self,
+    InspectCommand.self,
 ]
 
 dispatch(Array(CommandLine.arguments.dropFirst()), among: subcommands)

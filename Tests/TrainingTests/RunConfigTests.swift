@@ -43,4 +43,18 @@ import Testing
         }
         #expect(try JSONDecoder().decode(RunConfig.self, from: data) == config)
     }
+
+    @Test func maskingIsSavedAndOlderCheckpointsReadAsRandom() throws {
+        var blockConfig = config
+        blockConfig.masking = .block
+        let data = try JSONEncoder().encode(blockConfig)
+        #expect(String(decoding: data, as: UTF8.self).contains("\"masking\":\"block\""))
+        #expect(try JSONDecoder().decode(RunConfig.self, from: data).maskingStrategy == .block)
+        // A state.json written before --masking existed has no key: that run masked at random.
+        var object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        object.removeValue(forKey: "masking")
+        let older = try JSONDecoder().decode(RunConfig.self, from: JSONSerialization.data(withJSONObject: object))
+        #expect(older.masking == nil && older.maskingStrategy == .random)
+        #expect(blockConfig.resumeChanges(from: older) == ["--masking random -> block"])
+    }
 }

@@ -30,6 +30,7 @@ import Collectives
         #expect(config.beta1 == 0.9 && config.beta2 == 0.95 && config.epsilon == 1e-8)
         #expect(config.keepCheckpoints == 3 && config.keepEveryEpochs == 0 && config.accumulationSteps == 1)
         #expect(config.model.imageSize == 32)
+        #expect(config.maskingStrategy == .random)
         #expect(config.threads >= 1 && config.dataThreads >= 1)
     }
 
@@ -59,6 +60,7 @@ import Collectives
             (base + ["--batch-size", "0"], "--batch-size"),
             (base + ["--mask-ratio", "1"], "--mask-ratio"),
             (base + ["--mask-ratio", "0"], "--mask-ratio"),
+            (base + ["--masking", "checkerboard"], "--masking expects random, block or grid"),
             (base + ["--bogus"], "unknown option --bogus"),
             (base + ["--epochs", "10", "--warmup-epochs", "10"], "--warmup-epochs"),
             (base + ["--accum-iter", "0"], "--accum-iter"),

@@ -16,8 +16,10 @@ final class WorkerProcess {
     static let executable: String? = builtExecutable("mae-worker")
 
     /// Starts `mae-worker arguments`; stdout and stderr go to `logDirectory/name.out|err`.
-    init(_ arguments: [String], logDirectory: String, name: String, environment extra: [String: String] = [:]) throws {
-        guard let executable = Self.executable else {
+    /// `executable` replaces `mae-worker` (the tests of `mae`'s commands); `extra` adds to the environment.
+    init(_ arguments: [String], logDirectory: String, name: String, executable: String? = nil,
+         environment extra: [String: String] = [:]) throws {
+        guard let executable = executable ?? Self.executable else {
             throw TestFailure("mae-worker is not built next to the tests; run 'swift build --build-tests' first")
         }
         outputPath = logDirectory + "/\(name).out"
