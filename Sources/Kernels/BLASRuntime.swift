@@ -55,13 +55,29 @@ public enum BLASRuntime {
         return entry.needs.allSatisfy(CPUInfo.supports)
     }
 
+    /// Whether the loaded kernels give every element of a product the same result when the
+    /// product's columns (of our row-major c) are cut into parts at multiples of 48, as
+    /// `matrixMultiply` may do. Not so for Haswell's kernels (also Zen's), whose result for
+    /// an element depends on its distance from the ends of a call's columns; measured so
+    /// for the others the tests check (`checkedCores`). Unknown cores are treated like
+    /// Haswell: cutting rows alone is exact on all of them.
+    public static let columnCutsKeepResults: Bool =
+        ["prescott", "nehalem", "sandybridge", "skylakex", "cooperlake"].contains(coreName.lowercased())
+
     /// Single-thread sgemm speed of each kernel family relative to Haswell's, measured on
-    /// an AMD EPYC with AVX-512 (docs/PERFORMANCE.md, "OpenBLAS core types"); used only
-    /// to tell a user what a preset core type costs.
-    static let relativeSpeed: [String: Double] = [
-        "prescott": 0.3, "core2": 0.3, "nehalem": 0.3, "sandybridge": 0.6, "haswell": 1, "zen": 1,
-        "skylakex": 2, "cooperlake": 2, "sapphirerapids": 2,
-    ]
+    /// an AMD EPYC (docs/PERFORMANCE.md, "OpenBLAS core types"); the AVX-512 families are
+    /// about twice Haswell's on CPUs with full-width AVX-512 units and level with it on
+    /// Zen 4. Used only to tell a user what a preset core type costs.
+    static func relativeSpeed(_ core: String) -> Double? {
+        switch core.lowercased() {
+        case "prescott", "core2": 0.4
+        case "nehalem": 0.35
+        case "sandybridge": 0.85
+        case "haswell", "zen": 1
+        case "skylakex", "cooperlake", "sapphirerapids": CPUInfo.hasFullWidthAVX512 ? 2 : 1
+        default: nil
+        }
+    }
 
     /// When the user preset `OPENBLAS_CORETYPE` to kernels weaker than this CPU runs, one
     /// line that says so and what it costs; nil otherwise. The setting is kept (the user's
@@ -71,9 +87,11 @@ public enum BLASRuntime {
         guard let preset = getenv("OPENBLAS_CORETYPE").map({ String(cString: $0) }), getenv(reexecMarker) == nil,
               let best = bestCoreForThisCPU, rank(best) > rank(coreName) else { return nil }
         var cost = ""
-        if let slow = relativeSpeed[coreName.lowercased()], let fast = relativeSpeed[best.lowercased()], fast > slow {
-            let factor = (fast / slow * 10).rounded() / 10
-            cost = " (about \(factor == factor.rounded() ? String(Int(factor)) : String(factor))x faster matrix products)"
+        if let slow = relativeSpeed(coreName), let fast = relativeSpeed(best) {
+            let factor = fast / slow
+            cost = factor >= 1.2
+                ? " (about \((factor * 10).rounded() / 10)x faster matrix products)"
+                : " (matrix products about as fast on this CPU)"
         }
         return "OPENBLAS_CORETYPE=\(preset) is set; this CPU runs \(best) kernels\(cost); unset it to use them"
     }

@@ -13,6 +13,18 @@ public enum CPUInfo {
     /// The vendor ("AuthenticAMD", "GenuineIntel").
     public static let vendor: String = field("vendor_id") ?? "unknown vendor"
 
+    /// The processor family and model numbers (AMD Zen 3 and Zen 4 are family 25, Zen 5 26).
+    public static let family: Int = field("cpu family").flatMap { Int($0) } ?? 0
+    public static let model: Int = field("model").flatMap { Int($0) } ?? 0
+
+    /// Whether AVX-512 instructions run on 512-bit units. AMD's Zen 4 (family 25) executes
+    /// them as two 256-bit halves, so OpenBLAS's AVX-512 kernels run its products no faster
+    /// than the AVX2 ones there (measured: docs/PERFORMANCE.md, "OpenBLAS core types");
+    /// Intel's AVX-512 Xeons and Zen 5 have full-width units.
+    public static var hasFullWidthAVX512: Bool {
+        supports("avx512f") && !(vendor == "AuthenticAMD" && family == 25)
+    }
+
     /// One line for banners and benchmark output: "cpu=AMD EPYC (AuthenticAMD), 2 cores".
     public static var summary: String {
         "cpu=\(modelName) (\(vendor)), \(sysconf(Int32(_SC_NPROCESSORS_ONLN))) cores"

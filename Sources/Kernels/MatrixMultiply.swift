@@ -6,25 +6,28 @@ import CBLAS
 /// Leading dimensions let callers address a slice of a wider matrix in place (for
 /// example one attention head inside the fused qkv rows) without copying.
 ///
-/// With several threads, a large product is cut into blocks of rows of c, one per
-/// worker of our pool, each computed by a single-threaded OpenBLAS call: one pool for
-/// every kernel, so no OpenBLAS threads spin on the cores our element-wise kernels need.
+/// With several threads, a large product is cut into blocks of rows of c (or of columns,
+/// when c is wide and short and the loaded kernels allow it), one per worker of our pool,
+/// each computed by a single-threaded OpenBLAS call: one pool for every kernel, so no
+/// OpenBLAS threads spin on the cores our element-wise kernels need.
 ///
 /// The cut never changes a bit of the result, whatever OpenBLAS core is loaded
-/// (docs/TRAINING.md, "Thread count and exactness"), because it respects two rules of
+/// (docs/TRAINING.md, "Thread count and exactness"), because it respects three rules of
 /// OpenBLAS 0.3.21's x86-64 kernels:
+/// - Cuts fall on multiples of `matrixMultiplyBlock` (48) rows or columns, a multiple of
+///   every kernel's unroll (12 on Haswell and Zen, 8 on Nehalem, 4 to 16 elsewhere), so
+///   every tile of the kernels stays as it is.
 /// - OpenBLAS sees our row-major c as a column-major cᵀ, so a row of c is one of its
-///   columns. It picks a micro-kernel for each element by the element's place inside the
-///   call: the Haswell kernel (also Zen's) computes 16 × 12 tiles with one fused
-///   multiply-add chain over k, but some tiles at the edges of a call with two partial
-///   sums (even and odd k) added at the end, which rounds differently. A cut through the
-///   columns of c moves those edges wherever it falls (measured: the 8 columns on each
-///   side of the cut change), so columns are never cut. A cut through the rows of c keeps
-///   every tile when it falls on a multiple of the kernels' column unroll (12 on Haswell
-///   and Zen, 8 on Nehalem, 4 to 16 elsewhere): rows are cut at multiples of
-///   `matrixMultiplyRowBlock` (48, a multiple of all of them).
+///   columns. The Haswell kernel (also Zen's) computes most of a call in tiles with one
+///   fused multiply-add chain per element, but some tiles at the edges of the call's
+///   row range (our columns) with two partial sums (even and
+///   odd k) added at the end, which rounds differently. A cut through the columns of c
+///   moves those edges wherever it falls (measured: the 8 columns on each side of the cut
+///   change), so on those kernels columns are never cut. Elsewhere column cuts keep every
+///   result (`BLASRuntime.columnCutsKeepResults`), and a wide, short c is cut by columns:
+///   each part then packs op(a) again rather than the larger op(b).
 /// - SkylakeX and Cooperlake compute products of at most 100³ multiply-adds (m·n·k) with
-///   other kernels ("small matrix" kernels) that round differently, so every block stays
+///   other kernels ("small matrix" kernels) that round differently, so every part stays
 ///   above that size; a product that is no larger is never cut.
 /// `mae check-determinism` checks this for the OpenBLAS core loaded, and the tests run
 /// it under every core type this CPU can execute.
@@ -32,28 +35,39 @@ public func matrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
                            _ a: UnsafePointer<Float>, lda: Int, transposeA: Bool = false,
                            _ b: UnsafePointer<Float>, ldb: Int, transposeB: Bool = false,
                            m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0) {
-    let block = matrixMultiplyRowBlock
-    // Whole blocks per part: more than 100³ multiply-adds even when its last block is the
-    // product's short one, and at least two blocks, since every part packs op(b) again.
-    // (A product too small to be cut in two such parts runs whole, in one part.)
-    let minimumBlocks = max(2, smallProductLimit / max(1, block * n * k) + 2)
     guard Parallel.threads > 1, Parallel.splitsProducts else {
         singleThreadedMatrixMultiply(c, ldc: ldc, a, lda: lda, transposeA: transposeA, b, ldb: ldb,
                                      transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, beta: beta)
         return
     }
-    parallelFor((m + block - 1) / block, minimumPerWorker: minimumBlocks, rangesPerWorker: 2) { blocks in
-        let first = blocks.lowerBound * block, count = min(m, blocks.upperBound * block) - first
-        singleThreadedMatrixMultiply(c + first * ldc, ldc: ldc,
-                                     transposeA ? a + first : a + first * lda, lda: lda, transposeA: transposeA,
-                                     b, ldb: ldb, transposeB: transposeB,
-                                     m: count, n: n, k: k, alpha: alpha, beta: beta)
+    let block = matrixMultiplyBlock
+    let cutsColumns = m < n && BLASRuntime.columnCutsKeepResults
+    // Whole blocks per part: more than 100³ multiply-adds even when its last block is the
+    // product's short one, and at least two blocks, since every part packs an operand
+    // again. (A product too small to be cut in two such parts runs whole, in one part.)
+    let blockWork = block * (cutsColumns ? m : n) * k
+    let minimumBlocks = max(2, smallProductLimit / max(1, blockWork) + 2)
+    if cutsColumns {
+        parallelFor((n + block - 1) / block, minimumPerWorker: minimumBlocks, rangesPerWorker: 2) { blocks in
+            let first = blocks.lowerBound * block, count = min(n, blocks.upperBound * block) - first
+            singleThreadedMatrixMultiply(c + first, ldc: ldc, a, lda: lda, transposeA: transposeA,
+                                         transposeB ? b + first * ldb : b + first, ldb: ldb, transposeB: transposeB,
+                                         m: m, n: count, k: k, alpha: alpha, beta: beta)
+        }
+    } else {
+        parallelFor((m + block - 1) / block, minimumPerWorker: minimumBlocks, rangesPerWorker: 2) { blocks in
+            let first = blocks.lowerBound * block, count = min(m, blocks.upperBound * block) - first
+            singleThreadedMatrixMultiply(c + first * ldc, ldc: ldc,
+                                         transposeA ? a + first : a + first * lda, lda: lda, transposeA: transposeA,
+                                         b, ldb: ldb, transposeB: transposeB,
+                                         m: count, n: n, k: k, alpha: alpha, beta: beta)
+        }
     }
 }
 
-/// The rows of c that `matrixMultiply` cuts a product at are multiples of this: a
-/// multiple of every OpenBLAS 0.3.21 x86-64 kernel's column unroll (see `matrixMultiply`).
-public let matrixMultiplyRowBlock = 48
+/// The rows or columns of c that `matrixMultiply` cuts a product at are multiples of
+/// this: a multiple of every OpenBLAS 0.3.21 x86-64 kernel's unroll (see `matrixMultiply`).
+public let matrixMultiplyBlock = 48
 
 /// The largest product (m·n·k) that OpenBLAS 0.3.21's SkylakeX and Cooperlake cores
 /// compute with their "small matrix" kernels.
