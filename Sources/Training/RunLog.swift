@@ -9,32 +9,41 @@ import Darwin
 
 /// Where a worker's words go. Rank 0 prints to the terminal and writes the run's
 /// `log.txt` (one JSON line per epoch, the reference's keys) and `metrics.jsonl` (one JSON
-/// line per logged step); other ranks write what they have to say to `RUN_DIR/rank-R.log`.
+/// line per logged step); other ranks write what they have to say to `RUN_DIR/rank-R.log`,
+/// or, when an agent captures their output into `RUN_DIR/logs/rank-R.log`, print it.
 public final class RunLog {
     public let rank: Int
     public let runDirectory: String
     /// Rank 0 with a terminal on standard output draws a live progress line.
     public let isTerminal: Bool
+    /// Whether a process that started this one keeps its output (an agent): then every rank
+    /// prints, and no rank writes a log file of its own, so each line is kept once.
+    public let outputIsCaptured: Bool
     private var progressShown = false
 
-    public init(rank: Int, runDirectory: String) {
+    public init(rank: Int, runDirectory: String, outputIsCaptured: Bool = false) {
         self.rank = rank
         self.runDirectory = runDirectory
+        self.outputIsCaptured = outputIsCaptured
         isTerminal = rank == 0 && isatty(STDOUT_FILENO) == 1
     }
+
+    /// Whether this rank writes `rankLogPath` itself.
+    var writesRankLog: Bool { rank != 0 && !outputIsCaptured }
 
     public var epochLogPath: String { runDirectory + "/log.txt" }
     public var metricsPath: String { runDirectory + "/metrics.jsonl" }
     public var rankLogPath: String { runDirectory + "/rank-\(rank).log" }
 
-    /// A line of information: rank 0 prints it, other ranks append it to their log file.
+    /// A line of information: rank 0 prints it, other ranks append it to their log file
+    /// (or print it, when their output is captured).
     public func info(_ line: String) {
-        if rank == 0 {
+        if writesRankLog {
+            try? FileSystem.append(rankLogPath, text: line + "\n")  // a lost rank-log line must not stop training
+        } else {
             endProgress()
             print(line)
             fflush(stdout)
-        } else {
-            try? FileSystem.append(rankLogPath, text: line + "\n")  // a lost rank-log line must not stop training
         }
     }
 
@@ -43,7 +52,7 @@ public final class RunLog {
         endProgress()
         var standardError = FileHandleStream.standardError
         print(rank == 0 ? line : "[rank \(rank)] \(line)", to: &standardError)
-        if rank != 0 { try? FileSystem.append(rankLogPath, text: line + "\n") }
+        if writesRankLog { try? FileSystem.append(rankLogPath, text: line + "\n") }
     }
 
     /// A progress line: on a terminal it redraws in place, otherwise it is printed.

@@ -37,7 +37,8 @@ public final class Trainer {
         self.collective = collective
         self.control = control
         self.expectedSchedule = expectedSchedule
-        log = RunLog(rank: collective.rank, runDirectory: config.runDirectory)
+        // Under a coordinator an agent started this worker and keeps its output.
+        log = RunLog(rank: collective.rank, runDirectory: config.runDirectory, outputIsCaptured: control != nil)
     }
 
     /// Trains until the last epoch, `--max-steps`, or a stop signal.
