@@ -104,17 +104,24 @@ public final class TCPRingCollective: Collective {
                          deadline: Deadline) throws -> TCPRingCollective {
         let rank = config.rank, world = config.worldSize, laneCount = config.lanes
         let right = (rank + 1) % world, left = (rank + world - 1) % world
-        let token = Array(config.jobToken.utf8), generation = UInt64(config.generation)
+        let generation = UInt64(config.generation)
+        var authentication = RingAuthentication(key: Array(config.jobToken.utf8))
         func hello(lane: Int) -> Hello {
-            Hello(purpose: .ring, generation: generation, worldSize: world, rank: rank, token: token,
+            Hello(purpose: .ring, generation: generation, worldSize: world, rank: rank, token: [],
                   lane: lane, lanes: laneCount)
         }
 
+        // Every rank connects and sends its hello before it accepts, and reads the answers
+        // last, so no rank waits on another's handshake before accepting.
         let rightContext = "rank \(rank) connecting to rank \(right) at \(addresses[right])"
         var toRight: [Socket] = []
+        var nonces: [[UInt8]] = []
         for lane in 0..<laneCount {
             let socket = try Socket.connect(to: addresses[right], deadline: deadline, context: rightContext)
-            try socket.sendAll(hello(lane: lane).encoded(), until: deadline, context: rightContext)
+            var mine = hello(lane: lane)
+            mine.token = try authentication.connectToken(for: mine)
+            nonces.append(Array(mine.token.prefix(RingAuthentication.nonceBytes)))
+            try socket.sendAll(mine.encoded(), until: deadline, context: rightContext)
             toRight.append(socket)
         }
 
@@ -128,7 +135,14 @@ public final class TCPRingCollective: Collective {
             let helloDeadline = Deadline(time: min(deadline.time, monotonicSeconds() + 5))
             do {
                 let theirs = try Hello.read(.ring, from: candidate, until: helloDeadline, context: context)
-                var reason = theirs.rejection(token: token, generation: generation, worldSize: world, expectedRank: left)
+                var reason = theirs.rejection(token: nil, generation: generation, worldSize: world, expectedRank: left)
+                var nonce: [UInt8] = []
+                if reason == nil {
+                    switch authentication.admit(theirs) {
+                    case .success(let theirNonce): nonce = theirNonce
+                    case .failure(let failure): reason = failure.description
+                    }
+                }
                 if reason == nil, theirs.lanes != laneCount {
                     reason = "\(theirs.lanes) lanes where this rank uses \(laneCount)"
                 }
@@ -136,13 +150,14 @@ public final class TCPRingCollective: Collective {
                     reason = "lane \(theirs.lane) is invalid or already connected"
                 }
                 if let reason {
-                    logCollective("rank \(rank) refused a ring connection: \(reason)")
+                    logCollective("rank \(rank) refused a ring connection from \(candidate.peerDescription): \(reason)")
                     try? candidate.sendAll(HandshakeReply.rejection(reason), until: helloDeadline, context: context)
                     candidate.close()
                     continue
                 }
-                try candidate.sendAll([HandshakeReply.accepted] + hello(lane: theirs.lane).encoded(), until: deadline,
-                                      context: context)
+                var answer = hello(lane: theirs.lane)
+                answer.token = authentication.acceptToken(for: answer, connectorNonce: nonce)
+                try candidate.sendAll([HandshakeReply.accepted] + answer.encoded(), until: deadline, context: context)
                 fromLeft[theirs.lane] = candidate
             } catch {
                 logCollective("rank \(rank) dropped a ring connection: \(error)")
@@ -153,9 +168,12 @@ public final class TCPRingCollective: Collective {
         for (lane, socket) in toRight.enumerated() {
             try HandshakeReply.readStatus(from: socket, until: deadline, context: rightContext)
             let theirs = try Hello.read(.ring, from: socket, until: deadline, context: rightContext)
-            var reason = theirs.rejection(token: token, generation: generation, worldSize: world, expectedRank: right)
+            var reason = theirs.rejection(token: nil, generation: generation, worldSize: world, expectedRank: right)
             if reason == nil, theirs.lane != lane || theirs.lanes != laneCount {
                 reason = "answered for lane \(theirs.lane) of \(theirs.lanes), expected lane \(lane) of \(laneCount)"
+            }
+            if reason == nil, !authentication.verifyAccept(theirs, connectorNonce: nonces[lane]) {
+                reason = RingAuthenticationFailure.noProof.description
             }
             if let reason { throw CollectiveError.handshakeRejected("\(rightContext): \(reason)") }
         }

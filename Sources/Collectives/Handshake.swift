@@ -66,7 +66,9 @@ func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
 struct Hello: Equatable {
     /// Which protocol the connection speaks.
     enum Purpose: String {
-        case ring = "MAERING1"
+        /// Version 2: the token field carries a nonce and a proof, never the key
+        /// (`RingAuthentication`).
+        case ring = "MAERING2"
         case rendezvous = "MAERDZV1"
         var magic: [UInt8] { Array(rawValue.utf8) }
     }
@@ -129,12 +131,14 @@ struct Hello: Equatable {
     }
 
     /// Why `self` (what a peer sent) does not belong to our job, or nil when it does.
-    /// `expectedRank` nil accepts any rank of the world.
-    func rejection(token expectedToken: [UInt8], generation expectedGeneration: UInt64,
+    /// `expectedRank` nil accepts any rank of the world; `expectedToken` nil leaves the
+    /// token to the caller (ring hellos carry a proof instead: `RingAuthentication`).
+    func rejection(token expectedToken: [UInt8]?, generation expectedGeneration: UInt64,
                    worldSize expectedWorldSize: Int, expectedRank: Int?) -> String? {
         // Compare the token first and always, so the answer's timing says nothing about it.
-        let tokenMatches = constantTimeEqual(token, expectedToken)
-        if !tokenMatches { return "job token does not match (a process of another job?)" }
+        if let expectedToken, !constantTimeEqual(token, expectedToken) {
+            return "job token does not match (a process of another job?)"
+        }
         if generation != expectedGeneration {
             return "generation \(generation) is not the current generation \(expectedGeneration) (a stale process?)"
         }

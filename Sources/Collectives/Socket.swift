@@ -210,6 +210,14 @@ public final class Socket {
     /// The other end's address (getpeername).
     func peerAddress(context: String) throws -> sockaddr_in { try address("getpeername", getpeername, context: context) }
 
+    /// The other end as "HOST:PORT" for log lines ("an unknown peer" when the kernel cannot say).
+    var peerDescription: String {
+        guard var peer = try? peerAddress(context: "naming the peer") else { return "an unknown peer" }
+        var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+        guard inet_ntop(AF_INET, &peer.sin_addr, &text, socklen_t(text.count)) != nil else { return "an unknown peer" }
+        return String(cString: text) + ":" + String(UInt16(bigEndian: peer.sin_port))
+    }
+
     private func address(_ name: String, _ call: (Int32, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32,
                          context: String) throws -> sockaddr_in {
         var address = sockaddr_in()

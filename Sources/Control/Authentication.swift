@@ -43,21 +43,8 @@ public enum Authentication {
     /// 32 random bytes from the kernel, as hex.
     public static func nonce() throws -> String { hexString(try randomBytes(32)) }
 
-    /// `count` random bytes from /dev/urandom.
-    public static func randomBytes(_ count: Int) throws -> [UInt8] {
-        let descriptor = try FileSystem.open("/dev/urandom", flags: O_RDONLY | O_CLOEXEC)
-        defer { FileSystem.close(descriptor) }
-        var bytes = [UInt8](repeating: 0, count: count)
-        var filled = 0
-        while filled < count {
-            let read = try bytes.withUnsafeMutableBytes {
-                try FileSystem.read(descriptor, into: $0.baseAddress! + filled, count: count - filled, path: "/dev/urandom")
-            }
-            guard read > 0 else { throw ControlError("/dev/urandom ended early") }
-            filled += read
-        }
-        return bytes
-    }
+    /// `count` random bytes from the kernel.
+    public static func randomBytes(_ count: Int) throws -> [UInt8] { try secureRandomBytes(count) }
 
     /// Connects to the coordinator at `address` and proves the secret; returns the
     /// authenticated connection. Refused connections (nothing listens yet) are retried until `deadline`.

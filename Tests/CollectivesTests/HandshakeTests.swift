@@ -105,4 +105,46 @@ import Testing
         #expect(answers[4].contains("rank"), "\(answers[4])")
         #expect(answers[0] == "[1.0, 2.0, 4.0]" && answers[1] == "[1.0, 2.0, 4.0]", "\(answers[0...1])")
     }
+
+    /// Ring hellos prove the key without carrying it; a replayed or tampered hello, or one
+    /// made with another key, is refused; the acceptor's answer proves the key for this
+    /// connector's nonce only.
+    @Test func ringHellosProveTheKeyWithoutSendingIt() throws {
+        let key = Array("a per-generation ring key".utf8)
+        let connector = RingAuthentication(key: key)
+        var acceptor = RingAuthentication(key: key)
+        var hello = Hello(purpose: .ring, generation: 3, worldSize: 4, rank: 2, token: [], lane: 0, lanes: 1)
+        hello.token = try connector.connectToken(for: hello)
+        let wire = hello.encoded()
+        #expect(!(0...(wire.count - key.count)).contains { Array(wire[$0..<($0 + key.count)]) == key },
+                "the key travels in the hello")
+
+        guard case .success(let nonce) = acceptor.admit(hello) else {
+            Issue.record("a good hello was refused")
+            return
+        }
+        guard case .failure(.replayed) = acceptor.admit(hello) else {
+            Issue.record("a replayed hello was admitted")
+            return
+        }
+        var tampered = hello
+        tampered.rank = 1  // claims another rank with the same proof
+        guard case .failure(.noProof) = acceptor.admit(tampered) else {
+            Issue.record("a hello with a changed rank was admitted")
+            return
+        }
+        var stranger = Hello(purpose: .ring, generation: 3, worldSize: 4, rank: 2, token: [], lane: 0, lanes: 1)
+        stranger.token = try RingAuthentication(key: Array("another job".utf8)).connectToken(for: stranger)
+        guard case .failure(.noProof) = acceptor.admit(stranger) else {
+            Issue.record("a hello made with another key was admitted")
+            return
+        }
+
+        var answer = Hello(purpose: .ring, generation: 3, worldSize: 4, rank: 3, token: [], lane: 0, lanes: 1)
+        answer.token = acceptor.acceptToken(for: answer, connectorNonce: nonce)
+        #expect(connector.verifyAccept(answer, connectorNonce: nonce))
+        #expect(!connector.verifyAccept(answer, connectorNonce: Array(repeating: 7, count: RingAuthentication.nonceBytes)),
+                "an answer for another nonce was accepted")
+        #expect(!RingAuthentication(key: Array("another job".utf8)).verifyAccept(answer, connectorNonce: nonce))
+    }
 }
