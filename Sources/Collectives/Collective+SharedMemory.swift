@@ -232,7 +232,7 @@ public final class SharedMemoryCollective: Collective {
             // The slot's last use (two pieces ago) must be over on every rank.
             try waitForAll(.departed, atLeast: number &- UInt32(SegmentLayout.slots), header)
             if isBroadcast {
-                if rank == root { region(rank).copyMemory(from: buffer, byteCount: length * elementBytes) }
+                if rank == root { region(rank).copyMemory(from: buffer + start * elementBytes, byteCount: length * elementBytes) }
             } else {
                 for owner in 0..<world where owner != rank {
                     let (first, elements) = part(owner)
