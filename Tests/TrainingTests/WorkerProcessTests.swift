@@ -345,7 +345,9 @@ extension WorkerProcessTests {
         #expect(shared.names == ring.names && !ring.names.isEmpty)
         for name in ring.names {
             let actual = try shared.floats(named: name), expected = try ring.floats(named: name)
-            #expect(actual.map(\.bitPattern) == expected.map(\.bitPattern), "\(name) differs between shm and ring")
+            let differing = zip(actual, expected).filter { $0.bitPattern != $1.bitPattern }.count
+            #expect(actual.count == expected.count && differing == 0,
+                    "\(name): \(differing) of \(expected.count) values differ between shm and ring")
         }
     }
 }
