@@ -85,10 +85,12 @@ public final class SharedMemoryCollective: Collective {
             created = try SharedSegment.create(byteCount: layout.totalBytes, context: context)
             let secret = randomSecret()
             let base = created!.0.base
-            base.storeBytes(of: SegmentLayout.magic, toByteOffset: 0, as: UInt64.self)
-            base.storeBytes(of: UInt32(world), toByteOffset: 8, as: UInt32.self)
-            base.storeBytes(of: UInt32(slotBytes), toByteOffset: 12, as: UInt32.self)
-            for (index, word) in secret.enumerated() { base.storeBytes(of: word, toByteOffset: 16 + 4 * index, as: UInt32.self) }
+            base.storeBytes(of: SegmentLayout.magic, toByteOffset: HeaderField.magic, as: UInt64.self)
+            base.storeBytes(of: UInt32(world), toByteOffset: HeaderField.worldSize, as: UInt32.self)
+            base.storeBytes(of: UInt32(slotBytes), toByteOffset: HeaderField.slotBytes, as: UInt32.self)
+            for (index, word) in secret.enumerated() {
+                base.storeBytes(of: word, toByteOffset: HeaderField.secret + 4 * index, as: UInt32.self)
+            }
             announcement = [UInt32(bitPattern: getpid()), UInt32(bitPattern: created!.descriptor),
                             UInt32(truncatingIfNeeded: layout.totalBytes), UInt32(truncatingIfNeeded: layout.totalBytes >> 32)] + secret
         }
@@ -105,11 +107,12 @@ public final class SharedMemoryCollective: Collective {
                                                            descriptor: Int32(bitPattern: announcement[1]),
                                                            byteCount: layout.totalBytes, context: context)
         let base = segment.base
-        let secretMatches = (0..<8).allSatisfy {
-            base.load(fromByteOffset: 16 + 4 * $0, as: UInt32.self) == announcement[4 + $0]
+        let secretMatches = (0..<HeaderField.secretWords).allSatisfy {
+            base.load(fromByteOffset: HeaderField.secret + 4 * $0, as: UInt32.self) == announcement[4 + $0]
         }
-        guard base.load(fromByteOffset: 0, as: UInt64.self) == SegmentLayout.magic, secretMatches,
-              base.load(fromByteOffset: 8, as: UInt32.self) == UInt32(world) else {
+        guard base.load(fromByteOffset: HeaderField.magic, as: UInt64.self) == SegmentLayout.magic, secretMatches,
+              base.load(fromByteOffset: HeaderField.worldSize, as: UInt32.self) == UInt32(world),
+              base.load(fromByteOffset: HeaderField.slotBytes, as: UInt32.self) == UInt32(slotBytes) else {
             throw CollectiveError.handshakeRejected("\(context): the segment at rank 0's descriptor does not carry this "
                 + "job's secret (another process, or ranks in separate process namespaces: use --transport ring)")
         }
@@ -327,23 +330,28 @@ public final class SharedMemoryCollective: Collective {
     }
 
     private func writeCallHeader(_ header: CallHeader) {
-        let entry = segment.base + layout.control(rank) + ControlField.callHeaders + Int(header.sequence & 1) * 32
-        entry.storeBytes(of: header.operation.rawValue, toByteOffset: 0, as: UInt32.self)
-        entry.storeBytes(of: header.root, toByteOffset: 4, as: UInt32.self)
-        entry.storeBytes(of: header.sequence, toByteOffset: 8, as: UInt64.self)
-        entry.storeBytes(of: header.count, toByteOffset: 16, as: UInt64.self)
+        let entry = callHeaderEntry(of: rank, header.sequence)
+        entry.storeBytes(of: header.operation.rawValue, toByteOffset: CallHeaderField.operation, as: UInt32.self)
+        entry.storeBytes(of: header.root, toByteOffset: CallHeaderField.root, as: UInt32.self)
+        entry.storeBytes(of: header.sequence, toByteOffset: CallHeaderField.sequence, as: UInt64.self)
+        entry.storeBytes(of: header.count, toByteOffset: CallHeaderField.count, as: UInt64.self)
+    }
+
+    /// Where `owner` keeps the header of call `sequence`: two entries, by the sequence's parity.
+    private func callHeaderEntry(of owner: Int, _ sequence: UInt64) -> UnsafeMutableRawPointer {
+        segment.base + layout.control(owner) + ControlField.callHeaders + Int(sequence & 1) * CallHeaderField.entryBytes
     }
 
     /// Compares every rank's call header with this rank's (after all have arrived; a
     /// rank overwrites a header only two calls later, after every rank departed this one).
     private func checkCallHeaders(_ header: CallHeader) throws {
         for owner in 0..<worldSize where owner != rank {
-            let entry = segment.base + layout.control(owner) + ControlField.callHeaders + Int(header.sequence & 1) * 32
-            let operation = Operation(rawValue: entry.load(fromByteOffset: 0, as: UInt32.self))
+            let entry = callHeaderEntry(of: owner, header.sequence)
+            let operation = Operation(rawValue: entry.load(fromByteOffset: CallHeaderField.operation, as: UInt32.self))
             let theirs = operation.map {
-                CallHeader(operation: $0, sequence: entry.load(fromByteOffset: 8, as: UInt64.self),
-                           count: entry.load(fromByteOffset: 16, as: UInt64.self),
-                           root: entry.load(fromByteOffset: 4, as: UInt32.self))
+                CallHeader(operation: $0, sequence: entry.load(fromByteOffset: CallHeaderField.sequence, as: UInt64.self),
+                           count: entry.load(fromByteOffset: CallHeaderField.count, as: UInt64.self),
+                           root: entry.load(fromByteOffset: CallHeaderField.root, as: UInt32.self))
             }
             guard theirs == header else {
                 throw CollectiveError.mismatch("rank \(owner) called \(theirs.map { "\($0)" } ?? "an unknown operation") "

@@ -45,6 +45,24 @@ enum Counter: Int {
     case departed = 8   // it has copied the result out: the slot may be reused
 }
 
+/// The fields of the segment's header, written by rank 0 before anyone else maps it (byte offsets).
+enum HeaderField {
+    static let magic = 0           // UInt64: `SegmentLayout.magic`
+    static let worldSize = 8       // UInt32
+    static let slotBytes = 12      // UInt32
+    static let secret = 16         // 8 × UInt32: the secret rank 0 also sent over the ring
+    static let secretWords = 8
+}
+
+/// One call header in a control block (byte offsets from the entry), as the ranks compare them.
+enum CallHeaderField {
+    static let entryBytes = 32
+    static let operation = 0       // UInt32
+    static let root = 4            // UInt32
+    static let sequence = 8        // UInt64
+    static let count = 16          // UInt64
+}
+
 /// Other fields of a control block (byte offsets).
 enum ControlField {
     static let sleepers = 12       // UInt32: ranks sleeping on this block's counters
@@ -157,5 +175,5 @@ struct PeerProcesses {
 /// 256 bits from the system's cryptographic generator (getrandom), as 8 words.
 func randomSecret() -> [UInt32] {
     var generator = SystemRandomNumberGenerator()
-    return (0..<8).map { _ in UInt32.random(in: .min ... .max, using: &generator) }
+    return (0..<HeaderField.secretWords).map { _ in UInt32.random(in: .min ... .max, using: &generator) }
 }
