@@ -54,8 +54,10 @@ public final class SharedMemoryCollective: Collective {
     /// The default size of one rank's region for one piece: small enough that a
     /// piece's regions of four ranks stay in the last-level cache.
     public static let defaultSlotBytes = 1 << 20
-    /// The default `spinsBeforeSleeping` where each rank has a core: about 1–3 ms of polling.
-    public static let automaticSpins = 20_000
+    /// The default `spinsBeforeSleeping` where each rank has a core: a fraction of a
+    /// millisecond of polling. 20,000 was as fast on an idle machine but 3–4× slower when
+    /// another process took one of the two cores (docs/PERFORMANCE.md).
+    public static let automaticSpins = 2_000
     private static let sleepSliceSeconds = 0.05
 
     // MARK: Joining
