@@ -57,6 +57,8 @@ let package = Package(
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c",
                        providers: [.apt(["libopenmpi-dev"])]),
         .target(name: "CSupport", cSettings: cpuLevelDefines),
+        // Atomics, futex, memfd and pidfd for the shared-memory collective (syscall() is variadic).
+        .target(name: "CSharedMemory"),
         // JPEG/PNG codecs behind setjmp, apart from CSupport so Kernels links no image library.
         .target(name: "CImageCodec", dependencies: ["CJPEG", "CPNG"]),
         .target(name: "Options", swiftSettings: sharedSwiftSettings),
@@ -74,7 +76,7 @@ let package = Package(
         .target(name: "Figures", dependencies: ["Kernels", "Model", "Data", "System"],
                 swiftSettings: sharedSwiftSettings),
         .target(name: "Collectives",
-                dependencies: ["Kernels", "System", .target(name: "CMPI", condition: .when(traits: ["MPI"]))],
+                dependencies: ["Kernels", "System", "CSharedMemory", .target(name: "CMPI", condition: .when(traits: ["MPI"]))],
                 swiftSettings: sharedSwiftSettings),
         .target(name: "Training", dependencies: ["Model", "Data", "Figures", "Collectives", "Options", "System"],
                 swiftSettings: sharedSwiftSettings),

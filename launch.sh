@@ -8,7 +8,7 @@
 # usage: ./launch.sh [--nodes N] [--data ROOT] [--model NAME] [--run-dir DIR] [--threads T]
 #                    [--max-restarts K] [--heartbeat-timeout S] [--port P] [--metrics-addr HOST:PORT]
 #                    [--hosts H1[:K],H2[:K],...| --hostfile FILE] [--ssh CMD] [--coordinator-host ADDR]
-#                    [--backend tcp|mpi] [worker flags ...]
+#                    [--backend tcp|mpi] [--transport auto|ring|shm] [worker flags ...]
 # Every flag this script does not know is passed to each mae-worker unchanged
 # (see `.build/release/mae-worker --help`), e.g. --epochs 10 --resume auto.
 # Exit status: 0 finished, 1 failed after the restarts ran out, 2 bad configuration,
@@ -19,6 +19,7 @@ repo=$(pwd)
 
 nodes=""
 backend=tcp
+transport=auto
 data=""
 model=""
 run_dir=""
@@ -40,6 +41,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --nodes) value "$@"; nodes=$2; shift 2 ;;
         --backend) value "$@"; backend=$2; shift 2 ;;
+        --transport) value "$@"; transport=$2; shift 2 ;;
         --data) value "$@"; data=$2; shift 2 ;;
         --model) value "$@"; model=$2; shift 2 ;;
         --run-dir) value "$@"; run_dir=$2; shift 2 ;;
@@ -60,6 +62,7 @@ done
 # Every check that needs no build, before anything starts or is written.
 positive() { case "$2" in ''|*[!0-9]*|0) fail "$1 must be a positive integer, got '$2'" ;; esac; }
 case "$backend" in tcp|mpi) ;; *) fail "--backend must be tcp or mpi, got '$backend'" ;; esac
+case "$transport" in auto|ring|shm) ;; *) fail "--transport must be auto, ring or shm, got '$transport'" ;; esac
 case "$max_restarts" in ''|*[!0-9]*) fail "--max-restarts must be an integer ≥ 0, got '$max_restarts'" ;; esac
 case "$heartbeat_timeout" in ''|*[!0-9.]*|.|*.*.*) fail "--heartbeat-timeout must be a number of seconds, got '$heartbeat_timeout'" ;; esac
 case "$port" in ''|*[!0-9]*) fail "--port must be a port number, got '$port'" ;; esac
@@ -222,7 +225,7 @@ start_agent() {
     local index=$1 host=${placement_hosts[$1]} slots=${placement_slots[$1]} first=0 i launcher remote
     for ((i = 0; i < index; i++)); do first=$((first + placement_slots[i])); done
     local agent=("$bin/mae-coordinator" agent --coordinator "$address" --run-dir "$run_dir" --first-rank "$first" --nproc "$slots"
-                 --backend "$backend")
+                 --backend "$backend" --transport "$transport")
     if [ -z "$host" ]; then
         "${agent[@]}" &
     else

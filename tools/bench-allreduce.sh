@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side all-reduce benchmark over loopback, float32, one run: PyTorch's Gloo,
-# Open MPI's own MPI_Allreduce (TCP and shared memory), our TCP ring and our MPI
-# backend, at the float counts of shared/reference/MEASURED.md. Each configuration
+# Open MPI's own MPI_Allreduce (TCP and shared memory), our shared-memory transport,
+# our TCP ring and our MPI backend, at the float counts of shared/reference/MEASURED.md. Each configuration
 # runs ROUNDS times, the tools interleaved, and the median busbw is reported
 # (the machine is shared and noisy; compare within one run only).
 #
@@ -34,10 +34,11 @@ for config in $configs; do
         fi
         echo "openmpi-tcp $world $floats $("${mpirun[@]}" -np "$world" --mca btl tcp,self /tmp/mae_mpi_allreduce_bench "$floats" "$iters" | busbw)" >>"$results"
         echo "openmpi-shm $world $floats $("${mpirun[@]}" -np "$world" --mca btl vader,self /tmp/mae_mpi_allreduce_bench "$floats" "$iters" | busbw)" >>"$results"
-        echo "ours-tcp-ring $world $floats $("$mae" bench allreduce --world "$world" --floats "$floats" --iters "$iters" | busbw)" >>"$results"
-        echo "ours-tcp-ring-system-cc $world $floats $("$mae" bench allreduce --congestion-control system --world "$world" --floats "$floats" --iters "$iters" | busbw)" >>"$results"
+        echo "ours-shm $world $floats $("$mae" bench allreduce --transport shm --world "$world" --floats "$floats" --iters "$iters" | busbw)" >>"$results"
+        echo "ours-tcp-ring $world $floats $("$mae" bench allreduce --transport ring --world "$world" --floats "$floats" --iters "$iters" | busbw)" >>"$results"
+        echo "ours-tcp-ring-system-cc $world $floats $("$mae" bench allreduce --transport ring --congestion-control system --world "$world" --floats "$floats" --iters "$iters" | busbw)" >>"$results"
         echo "ours-mpi-tcp $world $floats $("$mae" bench allreduce --backend mpi --mpi-btl tcp,self --world "$world" --floats "$floats" --iters "$iters" | busbw)" >>"$results"
-        tail -6 "$results" >&2
+        tail -7 "$results" >&2
     done
 done
 echo "# median busbw (GB/s) over $rounds rounds, $iters iterations each; all values: $results"

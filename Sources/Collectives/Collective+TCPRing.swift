@@ -45,6 +45,8 @@ public final class TCPRingCollective: Collective {
     private let minimumLaneBytes: Int
     /// Socket retries before the one-thread transfer sleeps in poll (`RendezvousConfig.spinsBeforeSleeping`).
     let spinsBeforeSleeping: Int
+    /// Ranks (this one included) that announced this rank's host: they share its machine.
+    public let ranksOnThisHost: Int
     /// The rings a call's elements are divided over; one unless `config.lanes` > 1.
     private var lanes: [RingLane] = []
     private let callLock = Lock()
@@ -190,6 +192,7 @@ public final class TCPRingCollective: Collective {
         timeoutSeconds = config.timeoutSeconds
         segmentBytes = config.segmentBytes
         minimumLaneBytes = config.minimumLaneBytes
+        self.ranksOnThisHost = ranksOnThisHost
         let hasCoreEach = ranksOnThisHost * config.lanes <= Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         spinsBeforeSleeping = config.spinsBeforeSleeping ?? (hasCoreEach ? RendezvousConfig.automaticSpins : 0)
         for (index, connection) in connections.enumerated() {

@@ -12,7 +12,8 @@ import Training
 public enum CoordinatedWorker {
     /// The flags of this mode (the run's own flags go to `mae-coordinator serve`).
     public static let flags: Set<String> = ["coordinator", "secret-file", "rank", "generation", "local-workers",
-                                            "listen-host", "congestion-control", "host-name", "backend", "peer-timeout"]
+                                            "listen-host", "congestion-control", "host-name", "backend", "peer-timeout",
+                                            "transport"]
 
     /// Validates the flags, then joins and trains. Returns the exit status.
     public static func run(_ options: ParsedOptions) throws -> Int32 {
@@ -27,6 +28,7 @@ public enum CoordinatedWorker {
         let generation = try options.int("generation", in: 0...Int(Int32.max))
         let localWorkers = try options.optionalInt("local-workers", in: 1...65536) ?? 1
         let congestion = try WorkerOptions.parseCongestionControl(options.required("congestion-control"), fail: fail)
+        let transport = try CollectiveTransport.parse(options.required("transport"), fail: fail)
         let secret = try JobSecret.read(secretPath)
         // Under mpirun, MPI gives the rank (and is the rendezvous); the coordinator still hands out the run.
         var mpi: (any Collective)?
@@ -70,7 +72,7 @@ public enum CoordinatedWorker {
                                               jobToken: assignment.ringToken, generation: generation,
                                               timeoutSeconds: assignment.peerTimeoutSeconds, listenHost: listenHost,
                                               hostsRendezvous: false, congestionControl: congestion)
-            collective = try TCPRingCollective.connect(ringConfig) { port in
+            collective = try transport.connect(ringConfig) { port in
                 try connection.send(.ringListener(host: listenHost, port: port))
                 return try waitForTable().map { try SocketAddress(parsing: $0) }
             }
@@ -85,7 +87,7 @@ public enum CoordinatedWorker {
         let distributed = DistributedSettings(rank: rank, worldSize: assignment.worldSize, rendezvous: address.description,
                                               jobToken: assignment.ringToken, generation: generation, backend: backend,
                                               timeoutSeconds: assignment.peerTimeoutSeconds, listenHost: listenHost,
-                                              congestionControl: congestion)
+                                              congestionControl: congestion, transport: transport)
         let summary = try Trainer(config: config, distributed: distributed, collective: collective, control: link,
                                   expectedSchedule: assignment.schedule).run()
         link.finish(steps: summary.steps, stoppedOnRequest: summary.stoppedBySignal)

@@ -60,9 +60,9 @@ public enum CoordinatorCommands {
         let worldSize = try options.int("world-size", in: 1...65536)
         let workerArguments = options.positional
         guard !workerArguments.contains(where: { ["--standalone", "--rank", "--world-size", "--rendezvous", "--job-token",
-                                                  "--coordinator", "--backend", "--generation"].contains($0) }) else {
+                                                  "--coordinator", "--backend", "--generation", "--transport"].contains($0) }) else {
             throw fail("the worker flags after '--' must not place the worker (--rank, --world-size, --rendezvous, "
-                       + "--backend, ...): the coordinator does that")
+                       + "--backend, ...): the coordinator does that (--transport: give it to launch.sh or the agents)")
         }
         guard let workerOptions = try WorkerOptions.spec.parse(workerArguments + ["--standalone"]) else {
             throw fail("--help is not a worker flag here; see 'mae-worker --help'")
@@ -120,6 +120,8 @@ public enum CoordinatorCommands {
             OptionSpec("listen-host", value: "ADDRESS",
                        help: "address the workers' ring listeners use (default: this machine's address toward the coordinator)"),
             OptionSpec("congestion-control", value: "auto|system|NAME", default: "auto", help: "passed to the workers"),
+            OptionSpec("transport", value: "auto|ring|shm", default: "auto",
+                       help: "passed to the workers: shm (shared memory, every worker on one machine), ring (TCP) or auto"),
             OptionSpec("grace", value: "SECONDS", default: "5", help: "seconds between SIGTERM and SIGKILL when stopping workers"),
             OptionSpec("reconnect-timeout", value: "SECONDS", default: "30",
                        help: "how long to wait for a coordinator that went away (or is not up yet)"),
@@ -139,7 +141,8 @@ public enum CoordinatorCommands {
         guard FileManager.default.isExecutableFile(atPath: worker) else {
             throw fail("\(worker) is not an executable mae-worker; build it (swift build -c release) or pass --worker PATH")
         }
-        var workerArguments = ["--congestion-control", try options.required("congestion-control")]
+        let transport = try CollectiveTransport.parse(try options.required("transport"), fail: fail)
+        var workerArguments = ["--congestion-control", try options.required("congestion-control"), "--transport", transport.rawValue]
         if let listenHost = options.string("listen-host") { workerArguments += ["--listen-host", listenHost] }
         func seconds(_ name: String) throws -> Double {
             try options.double(name, expectation: "a positive number of seconds") { $0 > 0 && $0.isFinite }

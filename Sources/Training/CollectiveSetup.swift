@@ -1,7 +1,8 @@
 import Collectives
 
 /// The collective for a worker's settings: `SingleProcessCollective` when standalone,
-/// otherwise the chosen backend (TCP ring joined through the rendezvous, or MPI).
+/// otherwise the chosen backend (TCP ring joined through the rendezvous, moved to shared
+/// memory as `settings.transport` says, or MPI).
 public func makeCollective(_ settings: DistributedSettings) throws -> any Collective {
     if settings.isStandalone { return SingleProcessCollective() }
     switch settings.backend {
@@ -11,7 +12,7 @@ public func makeCollective(_ settings: DistributedSettings) throws -> any Collec
         }
         let listenHost = try settings.listenHost
             ?? SocketAddress.localAddress(toward: SocketAddress(parsing: address))
-        return try TCPRingCollective.connect(RendezvousConfig(
+        return try settings.transport.connect(RendezvousConfig(
             rank: settings.rank, worldSize: settings.worldSize, address: address, jobToken: settings.jobToken,
             generation: settings.generation, timeoutSeconds: settings.timeoutSeconds, listenHost: listenHost,
             congestionControl: settings.congestionControl))

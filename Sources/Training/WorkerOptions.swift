@@ -22,9 +22,12 @@ public struct DistributedSettings: Sendable, Equatable {
     public var listenHost: String? = nil
     /// TCP congestion control of the ring connections (auto: Reno within this machine).
     public var congestionControl: CongestionControl = .automatic
+    /// How the TCP backend's ranks move bytes (auto: shared memory when all share this machine).
+    public var transport: CollectiveTransport = .automatic
 
     public init(rank: Int, worldSize: Int, rendezvous: String?, jobToken: String, generation: Int, backend: Backend,
-                timeoutSeconds: Double, listenHost: String? = nil, congestionControl: CongestionControl = .automatic) {
+                timeoutSeconds: Double, listenHost: String? = nil, congestionControl: CongestionControl = .automatic,
+                transport: CollectiveTransport = .automatic) {
         self.rank = rank
         self.worldSize = worldSize
         self.rendezvous = rendezvous
@@ -34,6 +37,7 @@ public struct DistributedSettings: Sendable, Equatable {
         self.timeoutSeconds = timeoutSeconds
         self.listenHost = listenHost
         self.congestionControl = congestionControl
+        self.transport = transport
     }
 
     public static let standalone = DistributedSettings(rank: 0, worldSize: 1, rendezvous: nil, jobToken: "",
@@ -69,6 +73,9 @@ public enum WorkerOptions {
                        help: "address this worker's ring listener binds to and announces (default: this machine's address toward the rendezvous host)"),
             OptionSpec("congestion-control", value: "auto|system|NAME", default: "auto",
                        help: CongestionControl.optionHelp),
+            OptionSpec("transport", value: "auto|ring|shm", default: "auto",
+                       help: "how the tcp backend moves gradients: shm (one shared-memory segment, every worker on this machine), "
+                           + "ring (TCP), auto (shm when every worker announced this machine's address, else ring)"),
             OptionSpec("peer-timeout", value: "SECONDS", default: "300",
                        help: "how long a worker waits for its peers, to join and at every collective (a checkpoint write included)"),
             OptionSpec("data", value: "ROOT", help: "image folder: ROOT/train/<class>/<image> or ROOT/<class>/<image> (required)"),
@@ -180,7 +187,8 @@ public enum WorkerOptions {
                 generation: try options.int("generation", in: 0...Int(Int32.max)), backend: .tcp,
                 timeoutSeconds: try options.double("peer-timeout", expectation: "a positive number of seconds") { $0 > 0 },
                 listenHost: options.string("listen-host"),
-                congestionControl: try parseCongestionControl(options.required("congestion-control"), fail: fail))
+                congestionControl: try parseCongestionControl(options.required("congestion-control"), fail: fail),
+                transport: try CollectiveTransport.parse(options.required("transport"), fail: fail))
         }
 
         guard let dataRoot = options.string("data") else { throw fail("missing --data ROOT (an image folder)") }

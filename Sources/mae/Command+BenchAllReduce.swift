@@ -27,7 +27,8 @@ struct BenchAllReduceCommand: Subcommand {
         let workload = ["--mode", "bench", "--floats", String(floats), "--iters", String(iterations)]
         let backend = try options.required("backend")
         let congestion = try congestionControl(options)
-        print("all-reduce benchmark: backend=\(backend) world=\(world) floats=\(floats) bytes=\(floats * 4) iters=\(iterations)")
+        let transport = backend == "tcp" ? " transport=\(try options.required("transport"))" : ""
+        print("all-reduce benchmark: backend=\(backend)\(transport) world=\(world) floats=\(floats) bytes=\(floats * 4) iters=\(iterations)")
         print(CPUInfo.summary)
 
         var launches: [[String]] = []
@@ -47,7 +48,9 @@ struct BenchAllReduceCommand: Subcommand {
                                  "--socket-buffer-bytes", try options.required("socket-buffer-bytes"),
                                  "--lanes", try options.required("lanes"), "--sender-thread", String(try yesOrNo(options, "sender-thread") ? "yes" : "no"),
                                  "--spins", try options.required("spins"),
-                                 "--congestion-control", congestion.description] + workload)
+                                 "--congestion-control", congestion.description,
+                                 "--transport", try options.required("transport"),
+                                 "--shm-slot-bytes", try options.required("shm-slot-bytes")] + workload)
             }
         case "mpi":
             launches.append(["/usr/bin/env", "mpirun", "--allow-run-as-root", "--oversubscribe",

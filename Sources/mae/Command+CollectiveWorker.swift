@@ -69,7 +69,10 @@ struct CollectiveWorkerCommand: Subcommand {
                 sendsOnSeparateThread: try yesOrNo(options, "sender-thread"), lanes: try options.int("lanes", in: 1...16),
                 spinsBeforeSleeping: options.string("spins") == "auto" ? nil : try options.int("spins", in: 0...Int(Int32.max)),
                 congestionControl: try congestionControl(options))
-            return try TCPRingCollective.connect(config)
+            let transport = try CollectiveTransport.parse(try options.required("transport")) {
+                OptionError("mae collective-worker: \($0)")
+            }
+            return try transport.connect(config, sharedMemorySlotBytes: try options.int("shm-slot-bytes", in: 4096...(1 << 30)))
         case "mpi":
             #if MPI
             return try MPICollective(timeoutSeconds: try options.double("timeout", expectation: "seconds > 0") { $0 > 0 })
@@ -230,6 +233,11 @@ func fixed(_ value: Double, _ digits: Int) -> String {
 let ringTuningOptions: [OptionSpec] = {
     let defaults = RendezvousConfig(rank: 0, worldSize: 1, jobToken: "defaults")
     return [
+        OptionSpec("transport", value: "auto|ring|shm", default: "auto",
+                   help: "shm: one shared-memory segment (every rank on this machine); ring: TCP; auto: shm when every "
+                       + "rank announced this machine's address (tcp)"),
+        OptionSpec("shm-slot-bytes", value: "B", default: String(SharedMemoryCollective.defaultSlotBytes),
+                   help: "bytes of one rank's region per piece in flight, a multiple of 64 (shm)"),
         OptionSpec("segment-bytes", value: "B", default: String(defaults.segmentBytes), help: "bytes per send/receive (tcp)"),
         OptionSpec("sender-thread", value: "BOOL", default: defaults.sendsOnSeparateThread ? "yes" : "no",
                    help: "yes: a second thread sends while the first receives and reduces; no: one thread (tcp)"),

@@ -39,9 +39,11 @@ import Testing
         }
     }
 
-    /// Starts `world` worker processes that all-reduce in a loop, waits until all
-    /// are running, applies `signal` to rank 1, and returns the other ranks' ends.
-    func signalOneWorker(_ signal: Int32, world: Int = 3, timeout: Double = 2) throws -> [(rank: Int, exited: Bool, status: Int32, error: String)] {
+    /// Starts `world` worker processes that all-reduce in a loop over `transport`, waits
+    /// until all are running, runs `whileRunning` with their pids, applies `signal` to
+    /// rank 1, and returns the other ranks' ends.
+    func signalOneWorker(_ signal: Int32, transport: String, world: Int = 3, timeout: Double = 2,
+                         whileRunning: ([Int32]) -> Void = { _ in }) throws -> [(rank: Int, exited: Bool, status: Int32, error: String)] {
         let mae = try maeExecutable()
         let directory = try temporaryDirectory("signal\(signal)")
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -52,7 +54,8 @@ import Testing
         var children: [Child] = []
         defer { for child in children { child.stop() } }
         for rank in 0..<world {
-            children.append(try Child(mae, ["collective-worker", "--backend", "tcp", "--mode", "loop", "--rank", String(rank),
+            children.append(try Child(mae, ["collective-worker", "--backend", "tcp", "--transport", transport,
+                                             "--mode", "loop", "--rank", String(rank),
                                              "--world", String(world), "--address", server.address.description,
                                              "--host-rendezvous", "no", "--token", token, "--timeout", String(timeout),
                                              "--floats", "600000", "--iters", "100000", "--pause-ms", "20"],
@@ -61,6 +64,7 @@ import Testing
         let running = Child.waitUntil(seconds: 40) { children.allSatisfy { $0.output.contains("iteration 3\n") } }
         #expect(running, "workers did not start: \(children.map { $0.errorOutput })")
         guard running else { return [] }
+        whileRunning(children.map(\.pid))
         kill(children[1].pid, signal)
         var ends: [(rank: Int, exited: Bool, status: Int32, error: String)] = []
         for rank in [0, 2] {
@@ -70,25 +74,60 @@ import Testing
         return ends
     }
 
-    @Test func killingAPeerMakesEveryOtherRankFail() throws {
-        for end in try signalOneWorker(SIGKILL) {
+    @Test(arguments: ["ring", "shm"])
+    func killingAPeerMakesEveryOtherRankFail(transport: String) throws {
+        let start = monotonicSeconds()
+        for end in try signalOneWorker(SIGKILL, transport: transport) {
             #expect(end.exited, "rank \(end.rank) still runs after its peer was killed")
             #expect(end.status != 0, "rank \(end.rank) exited with success")
             #expect(end.error.contains("collective"), "rank \(end.rank): \(end.error)")
+            if transport == "shm" {
+                // The pidfd says at once that the process ended: the error names it.
+                #expect(end.error.contains("rank 1 (process"), "rank \(end.rank): \(end.error)")
+            }
         }
+        #expect(monotonicSeconds() - start < 60)
     }
 
-    @Test func stoppingAPeerMakesEveryOtherRankFailWithinTheTimeout() throws {
-        for end in try signalOneWorker(SIGSTOP) {
+    @Test(arguments: ["ring", "shm"])
+    func stoppingAPeerMakesEveryOtherRankFailWithinTheTimeout(transport: String) throws {
+        for end in try signalOneWorker(SIGSTOP, transport: transport) {
             #expect(end.exited, "rank \(end.rank) still runs after its peer was stopped")
             #expect(end.status != 0, "rank \(end.rank) exited with success")
             #expect(end.error.contains("timed out") || end.error.contains("peer lost"), "rank \(end.rank): \(end.error)")
+            if transport == "shm" {
+                #expect(end.error.contains("rank 1 made no progress") || end.error.contains("peer lost"),
+                        "rank \(end.rank): \(end.error)")
+            }
         }
+    }
+
+    /// The shared segment is mapped by every rank but reachable by no name and no open
+    /// descriptor once all have joined, so no crash can leave it behind.
+    @Test func theSharedSegmentHasNoNameAndNoDescriptor() throws {
+        let namedBefore = Set((try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm")) ?? [])
+        var checked = 0
+        _ = try signalOneWorker(SIGKILL, transport: "shm") { pids in
+            for pid in pids {
+                let maps = (try? String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8)) ?? ""
+                #expect(maps.contains("/memfd:mae-collective (deleted)"), "rank process \(pid) has not mapped the segment")
+                let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
+                for descriptor in descriptors {
+                    let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(descriptor)")) ?? ""
+                    #expect(!target.contains("memfd"), "process \(pid) still holds the segment as descriptor \(descriptor)")
+                }
+                checked += 1
+            }
+        }
+        #expect(checked == 3)
+        let namedAfter = Set((try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm")) ?? [])
+        #expect(namedAfter.subtracting(namedBefore).isEmpty, "left in /dev/shm: \(namedAfter.subtracting(namedBefore))")
     }
 
     /// The worker's own check of every operation, over real processes and the
     /// bench's code path (rank 0 hosts the rendezvous itself).
-    @Test func workerProcessesPassTheirChecks() throws {
+    @Test(arguments: ["ring", "shm"])
+    func workerProcessesPassTheirChecks(transport: String) throws {
         let mae = try maeExecutable()
         let directory = try temporaryDirectory("check")
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -100,7 +139,8 @@ import Testing
         var children: [Child] = []
         defer { for child in children { child.stop() } }
         for rank in 0..<3 {
-            children.append(try Child(mae, ["collective-worker", "--backend", "tcp", "--mode", "check", "--rank", String(rank),
+            children.append(try Child(mae, ["collective-worker", "--backend", "tcp", "--transport", transport,
+                                             "--mode", "check", "--rank", String(rank),
                                              "--world", "3", "--address", "127.0.0.1:\(port)", "--token", token,
                                              "--timeout", "20"], directory: directory, name: "rank\(rank)"))
         }

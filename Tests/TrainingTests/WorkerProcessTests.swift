@@ -321,3 +321,33 @@ extension WorkerProcessTests {
         #expect(state.schedule.accumulationSteps == 2 && state.schedule.iterationsPerEpoch == 4)
     }
 }
+
+extension WorkerProcessTests {
+    /// Two workers that exchange gradients through shared memory end with the same bits as
+    /// two workers on the TCP ring (both transports sum in the ring's order).
+    @Test func sharedMemoryAndTheRingTrainTheSameBits() throws {
+        defer { temporary.remove() }
+        for transport in ["shm", "ring"] {
+            let port = try freeLoopbackPort()
+            let workers = try (0..<2).map { rank in
+                try WorkerProcess(arguments(runDirectory: transport, [
+                    "--rank", "\(rank)", "--world-size", "2", "--rendezvous", "127.0.0.1:\(port)", "--job-token", "test-token",
+                    "--transport", transport, "--batch-size", "2", "--max-steps", "2", "--warmup-epochs", "0",
+                ]), logDirectory: temporary.path, name: "\(transport)-\(rank)")
+            }
+            for worker in workers {
+                let status = try worker.wait(seconds: 90)
+                #expect(status == 0, "\(transport) rank exited \(status): \(worker.errors)")
+            }
+        }
+        let shared = try SafeTensorsFile.read(path: checkpoint("shm", step: 2) + "/model.safetensors")
+        let ring = try SafeTensorsFile.read(path: checkpoint("ring", step: 2) + "/model.safetensors")
+        #expect(shared.names == ring.names && !ring.names.isEmpty)
+        for name in ring.names {
+            let actual = try shared.floats(named: name), expected = try ring.floats(named: name)
+            let differing = zip(actual, expected).filter { $0.bitPattern != $1.bitPattern }.count
+            #expect(actual.count == expected.count && differing == 0,
+                    "\(name): \(differing) of \(expected.count) values differ between shm and ring")
+        }
+    }
+}
