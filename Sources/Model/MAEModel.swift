@@ -120,6 +120,33 @@ public final class MAEModel {
         return runShards(a, images: images, noise: noise, normPixLoss: normPixLoss, gradientScale: nil)
     }
 
+    /// The encoder's representation of each image, as k-NN and linear probing read it:
+    /// every patch visible (no masking), then the final norm's class token (`globalPool`
+    /// false, the official linear probe's default) or the mean of its patch tokens.
+    /// Writes [N, encoderWidth] into `features`.
+    public func encoderFeatures(images: UnsafePointer<Float>, batchSize: Int, globalPool: Bool,
+                                into features: UnsafeMutablePointer<Float>) {
+        let a = prepare(batchSize: batchSize, maskRatio: 0)
+        // Equal noise keeps the patches in their order; with nothing masked it only orders them.
+        let noise = FloatBuffer(count: batchSize * config.patchCount)
+        runEncoder(a, images: images, noise: noise.pointer)
+        let width = config.encoderWidth, tokens = a.encoderTokens
+        parallelFor(batchSize) { samples in
+            for sample in samples {
+                let rows = UnsafePointer(a.encoderNormed + sample * tokens * width)
+                let output = features + sample * width
+                if globalPool {
+                    output.initialize(repeating: 0, count: width)
+                    for token in 1..<tokens { addVectors(output, UnsafePointer(output), rows + token * width, count: width) }
+                    let scale = 1 / Float(tokens - 1)
+                    for index in 0..<width { output[index] *= scale }
+                } else {
+                    output.update(from: rows, count: width)
+                }
+            }
+        }
+    }
+
     /// Runs the forward (and, given a gradient scale, the backward) of every shard of
     /// the batch, then adds the shards' gradients into `gradients` in shard order.
     /// Returns the loss over the whole batch.
@@ -198,13 +225,13 @@ public final class MAEModel {
 
     // MARK: - Forward
 
-    private func runForward(_ a: Activations, images: UnsafePointer<Float>, noise: UnsafePointer<Float>,
-                            normPixLoss: Bool) -> Float {
+    /// Masking, patch embedding and the encoder with its final norm: `a.encoderNormed`
+    /// holds [cls, visible tokens] per sample afterwards.
+    private func runEncoder(_ a: Activations, images: UnsafePointer<Float>, noise: UnsafePointer<Float>) {
         let p = UnsafePointer(parameters.pointer)
         let batch = a.batch, kept = a.keptCount, patchCount = config.patchCount
-        let width = config.encoderWidth, decoderWidth = config.decoderWidth
-        let patchDimension = config.patchDimension
-        let encoderTokens = a.encoderTokens, decoderTokens = a.decoderTokens
+        let width = config.encoderWidth, patchDimension = config.patchDimension
+        let encoderTokens = a.encoderTokens
 
         // Masking, per sample.
         for sample in 0..<batch {
@@ -244,6 +271,18 @@ public final class MAEModel {
         layerNormForward(output: a.encoderNormed, mean: a.encoderMean, reciprocalStd: a.encoderReciprocalStd,
                          input: encoderOutput, weight: p + normWeight, bias: p + normBias,
                          rows: batch * encoderTokens, width: width)
+    }
+
+    private func runForward(_ a: Activations, images: UnsafePointer<Float>, noise: UnsafePointer<Float>,
+                            normPixLoss: Bool) -> Float {
+        runEncoder(a, images: images, noise: noise)
+        let p = UnsafePointer(parameters.pointer)
+        let batch = a.batch, kept = a.keptCount, patchCount = config.patchCount
+        let decoderWidth = config.decoderWidth
+        let patchDimension = config.patchDimension
+        let encoderTokens = a.encoderTokens, decoderTokens = a.decoderTokens
+        let width = config.encoderWidth
+
 
         // Decoder input: embed, then [cls, each patch in original order: its visible
         // token or the mask token] + decoder pos.

@@ -16,6 +16,7 @@ let subcommands: [any Subcommand.Type] = [
     ImportCommand.self,
     ExportCommand.self,
     InspectCommand.self,
+    KNNCommand.self,
 ]
 
 dispatch(Array(CommandLine.arguments.dropFirst()), among: subcommands)
