@@ -41,10 +41,7 @@ public enum Authentication {
     }
 
     /// 32 random bytes from the kernel, as hex.
-    public static func nonce() throws -> String { hexString(try randomBytes(32)) }
-
-    /// `count` random bytes from the kernel.
-    public static func randomBytes(_ count: Int) throws -> [UInt8] { try secureRandomBytes(count) }
+    public static func nonce() throws -> String { hexString(try secureRandomBytes(32)) }
 
     /// Connects to the coordinator at `address` and proves the secret; returns the
     /// authenticated connection. Refused connections (nothing listens yet) are retried until `deadline`.
@@ -88,7 +85,7 @@ public enum JobSecret {
         try SystemCall.retrying("chmod", path: runDirectory) { chmod(runDirectory, 0o700) }
         let path = runDirectory + "/" + fileName
         if FileSystem.exists(path) { return (path, try read(path)) }
-        let text = hexString(try Authentication.randomBytes(32)) + "\n"
+        let text = hexString(try secureRandomBytes(32)) + "\n"
         let descriptor = try FileSystem.open(path, flags: O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode: 0o600)
         do {
             try Array(text.utf8).withUnsafeBytes { try FileSystem.writeAll(descriptor, $0, path: path) }

@@ -8,14 +8,14 @@ import Glibc
 /// measurement names the CPU it ran on.
 public enum CPUInfo {
     /// The processor's name as the kernel reports it ("AMD EPYC", "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz").
-    public static let modelName: String = field("model name") ?? "unknown CPU"
+    public static let modelName: String = fields["model name"] ?? "unknown CPU"
 
     /// The vendor ("AuthenticAMD", "GenuineIntel").
-    public static let vendor: String = field("vendor_id") ?? "unknown vendor"
+    public static let vendor: String = fields["vendor_id"] ?? "unknown vendor"
 
     /// The processor family and model numbers (AMD Zen 3 and Zen 4 are family 25, Zen 5 26).
-    public static let family: Int = field("cpu family").flatMap { Int($0) } ?? 0
-    public static let model: Int = field("model").flatMap { Int($0) } ?? 0
+    public static let family: Int = fields["cpu family"].flatMap { Int($0) } ?? 0
+    public static let model: Int = fields["model"].flatMap { Int($0) } ?? 0
 
     /// Whether AVX-512 instructions run on 512-bit units. AMD's Zen 4 (family 25) executes
     /// them as two 256-bit halves, so OpenBLAS's AVX-512 kernels run its products no faster
@@ -34,23 +34,22 @@ public enum CPUInfo {
     /// "avx512f", "avx512bf16", "avx2", "fma", "avx", "sse4.2", ...).
     public static func supports(_ feature: String) -> Bool { mae_cpu_supports(feature) != 0 }
 
-    /// The value of the first `name : value` line of /proc/cpuinfo, if there is one.
-    static func field(_ name: String) -> String? {
-        guard let file = fopen("/proc/cpuinfo", "r") else { return nil }
+    /// The `name : value` lines of the first processor in /proc/cpuinfo, read once.
+    static let fields: [String: String] = {
+        guard let file = fopen("/proc/cpuinfo", "r") else { return [:] }
         defer { fclose(file) }
         var line: UnsafeMutablePointer<CChar>?
         var capacity = 0
         defer { free(line) }
+        var fields: [String: String] = [:]
         while getline(&line, &capacity, file) > 0, let line {
             let text = String(cString: line)
+            if text == "\n" { break }  // the end of the first processor's block
             guard let colon = text.firstIndex(of: ":") else { continue }
-            let key = trimmed(text[..<colon])
-            if key == name {
-                return trimmed(text[text.index(after: colon)...])
-            }
+            fields[trimmed(text[..<colon])] = trimmed(text[text.index(after: colon)...])
         }
-        return nil
-    }
+        return fields
+    }()
 }
 
 /// The text without spaces, tabs and line ends at either end.

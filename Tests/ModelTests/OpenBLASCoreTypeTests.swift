@@ -11,13 +11,22 @@ import TestSupport
     /// The checked core types this CPU has the instructions for.
     static let runnableCores = BLASRuntime.checkedCores.map(\.name).filter(BLASRuntime.canRun)
 
+    /// Runs `mae check-determinism arguments` under `core`; returns its exit status and output.
+    static func checkDeterminism(_ arguments: [String], core: String, seconds: Double) throws -> (status: Int32?, output: String) {
+        let logs = try TemporaryDirectory("core-types")
+        defer { logs.remove() }
+        let child = try TestProcess(try TestProcess.product("mae"), ["check-determinism"] + arguments, logDirectory: logs.path,
+                                    name: core, environment: ["OPENBLAS_CORETYPE": core, "MAE_BLAS_REEXEC": nil])
+        defer { child.stop() }
+        let status = child.exitStatus(within: seconds)
+        return (status, child.output)
+    }
+
     @Test(arguments: runnableCores)
     func threadCountChangesNoBit(core: String) throws {
-        let mae = try #require(builtExecutable("mae"), "mae is not built next to the tests; run 'swift build --build-tests'")
         // The mini model's whole step, and the products of the tiny model and ViT-B
         // (the tiny model's whole step runs in-process in MAEModelTests).
-        let result = try runChild(mae, ["check-determinism", "--threads", "1,2,3,4", "--models", "mini"],
-                                  environment: ["OPENBLAS_CORETYPE": core, "MAE_BLAS_REEXEC": nil], seconds: 300)
+        let result = try Self.checkDeterminism(["--threads", "1,2,3,4", "--models", "mini"], core: core, seconds: 300)
         #expect(result.status == 0, "under \(core):\n\(result.output)")
         // The core asked for is the one OpenBLAS loaded: the check proves nothing of another.
         #expect(result.output.lowercased().contains("core=\(core.lowercased()) "), "under \(core):\n\(result.output)")
@@ -38,10 +47,8 @@ import TestSupport
     @Test(.enabled(if: ["SkylakeX", "Cooperlake"].contains(BLASRuntime.bestCoreForThisCPU ?? ""),
                    "needs a CPU with AVX-512, whose kernels are stronger than Haswell's"))
     func aWeakerPresetCoreIsKeptAndNamed() throws {
-        let mae = try #require(builtExecutable("mae"))
         let best = try #require(BLASRuntime.bestCoreForThisCPU)
-        let result = try runChild(mae, ["check-determinism", "--models", "none", "--threads", "1,2"],
-                                  environment: ["OPENBLAS_CORETYPE": "Haswell", "MAE_BLAS_REEXEC": nil], seconds: 120)
+        let result = try Self.checkDeterminism(["--models", "none", "--threads", "1,2"], core: "Haswell", seconds: 120)
         #expect(result.status == 0, "\(result.output)")
         #expect(result.output.contains("core=Haswell "), "the preset core was not kept:\n\(result.output)")
         #expect(result.output.contains("note: OPENBLAS_CORETYPE=Haswell is set; this CPU runs \(best) kernels"),

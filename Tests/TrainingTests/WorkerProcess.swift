@@ -75,10 +75,6 @@ final class WorkerProcess {
     }
 }
 
-struct TestFailure: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
-}
 
 /// A free TCP port on 127.0.0.1 (bound to port 0, read back, released).
 func freeLoopbackPort() throws -> Int {
