@@ -56,7 +56,11 @@ let package = Package(
                        providers: [.apt(["libpng-dev"])]),
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c",
                        providers: [.apt(["libopenmpi-dev"])]),
+        // oneDNN (Debian ships no pkg-config file for it): bf16 matrix products.
+        .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
         .target(name: "CSupport", cSettings: cpuLevelDefines),
+        // oneDNN's matmul primitives behind two C calls (products.c says why in C).
+        .target(name: "CProducts", dependencies: ["CDNNL"], linkerSettings: [.linkedLibrary("dnnl")]),
         // Atomics, futex, memfd and pidfd for the shared-memory collective (syscall() is variadic).
         .target(name: "CSharedMemory"),
         // JPEG/PNG codecs behind setjmp, apart from CSupport so Kernels links no image library.
@@ -66,7 +70,7 @@ let package = Package(
         // MARK: Modules, in their one direction of dependency
         // System: the system call wrappers (EINTR retried, errors naming call and path).
         .target(name: "System", swiftSettings: sharedSwiftSettings),
-        .target(name: "Kernels", dependencies: ["CBLAS", "CSupport"],
+        .target(name: "Kernels", dependencies: ["CBLAS", "CSupport", "CProducts"],
                 swiftSettings: sharedSwiftSettings),
         .target(name: "Model", dependencies: ["Kernels", "System"],
                 swiftSettings: sharedSwiftSettings),

@@ -15,6 +15,7 @@ need pkg-config command -v pkg-config
 need libopenblas-dev pkg-config --exists openblas
 need libjpeg-dev pkg-config --exists libjpeg
 need libpng-dev pkg-config --exists libpng
+need libdnnl-dev test -e /usr/include/oneapi/dnnl/dnnl.h
 for argument in "$@"; do
     case "$argument" in
         --mpi)

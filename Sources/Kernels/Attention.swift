@@ -26,7 +26,8 @@ func forEachSampleAndHead(batch: Int, heads: Int, _ body: (_ sample: Int, _ head
 /// qkv is [batch, tokens, 3 · heads · headDimension].
 public func attentionForward(output: UnsafeMutablePointer<Float>, probabilities: UnsafeMutablePointer<Float>,
                              qkv: UnsafePointer<Float>,
-                             batch: Int, tokens: Int, heads: Int, headDimension: Int) {
+                             batch: Int, tokens: Int, heads: Int, headDimension: Int,
+                             precision: Precision = .fp32) {
     let width = heads * headDimension
     let qkvWidth = 3 * width
     let scale = 1 / Float(headDimension).squareRoot()
@@ -37,12 +38,12 @@ public func attentionForward(output: UnsafeMutablePointer<Float>, probabilities:
         let p = probabilities + (sample * heads + head) * tokens * tokens
         // p[tokens, tokens] = scale · q kᵀ
         singleThreadedMatrixMultiply(p, ldc: tokens, q, lda: qkvWidth, k, ldb: qkvWidth, transposeB: true,
-                       m: tokens, n: tokens, k: headDimension, alpha: scale)
+                       m: tokens, n: tokens, k: headDimension, alpha: scale, precision: precision)
         for row in 0..<tokens { softmaxInPlace(p + row * tokens, count: tokens) }
         // output[tokens, hd] (inside the [tokens, width] rows) = p v
         singleThreadedMatrixMultiply(output + sample * tokens * width + head * headDimension, ldc: width,
                        p, lda: tokens, v, ldb: qkvWidth,
-                       m: tokens, n: headDimension, k: tokens)
+                       m: tokens, n: headDimension, k: tokens, precision: precision)
     }
 }
 
@@ -52,7 +53,8 @@ public func attentionBackward(qkvGradient: UnsafeMutablePointer<Float>,
                               probabilityGradient: UnsafeMutablePointer<Float>,
                               outputGradient: UnsafePointer<Float>,
                               qkv: UnsafePointer<Float>, probabilities: UnsafePointer<Float>,
-                              batch: Int, tokens: Int, heads: Int, headDimension: Int) {
+                              batch: Int, tokens: Int, heads: Int, headDimension: Int,
+                             precision: Precision = .fp32) {
     let width = heads * headDimension
     let qkvWidth = 3 * width
     let scale = 1 / Float(headDimension).squareRoot()
@@ -68,18 +70,18 @@ public func attentionBackward(qkvGradient: UnsafeMutablePointer<Float>,
         let dOutput = outputGradient + sample * tokens * width + head * headDimension
         // dp = dOutput vᵀ; dv = pᵀ dOutput
         singleThreadedMatrixMultiply(dp, ldc: tokens, dOutput, lda: width, v, ldb: qkvWidth, transposeB: true,
-                       m: tokens, n: tokens, k: headDimension)
+                       m: tokens, n: tokens, k: headDimension, precision: precision)
         singleThreadedMatrixMultiply(dv, ldc: qkvWidth, p, lda: tokens, transposeA: true, dOutput, ldb: width,
-                       m: tokens, n: headDimension, k: tokens)
+                       m: tokens, n: headDimension, k: tokens, precision: precision)
         // Through the softmax and the scale: ds = scale · p ∘ (dp − Σ_keys dp ∘ p)
         for row in 0..<tokens {
             softmaxBackwardInPlace(dp + row * tokens, probabilities: p + row * tokens, count: tokens, scale: scale)
         }
         // dq = ds k; dk = dsᵀ q
         singleThreadedMatrixMultiply(dq, ldc: qkvWidth, dp, lda: tokens, k, ldb: qkvWidth,
-                       m: tokens, n: headDimension, k: tokens)
+                       m: tokens, n: headDimension, k: tokens, precision: precision)
         singleThreadedMatrixMultiply(dk, ldc: qkvWidth, dp, lda: tokens, transposeA: true, q, ldb: qkvWidth,
-                       m: tokens, n: headDimension, k: tokens)
+                       m: tokens, n: headDimension, k: tokens, precision: precision)
     }
 }
 

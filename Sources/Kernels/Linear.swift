@@ -6,10 +6,13 @@
 /// The bias (and the residual stream of a transformer block) is written into `output`
 /// first and the matrix product adds onto it (beta = 1): one pass instead of two.
 /// `residual` may be `output` itself, which adds the layer onto the stream in place.
+/// In bf16 the product's inputs are rounded to bf16 (`roundedWeight`, when given, is the
+/// weight already rounded) and the sums are fp32, as are the bias and residual.
 public func linearForward(output: UnsafeMutablePointer<Float>, input: UnsafePointer<Float>,
                           weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
                           residual: UnsafePointer<Float>? = nil,
-                          rows: Int, inFeatures: Int, outFeatures: Int) {
+                          rows: Int, inFeatures: Int, outFeatures: Int,
+                          precision: Precision = .fp32, roundedWeight: UnsafePointer<UInt16>? = nil) {
     parallelFor(rows, minimumPerWorker: max(1, 16_384 / max(outFeatures, 1))) { range in
         for row in range {
             let destination = output + row * outFeatures
@@ -21,25 +24,28 @@ public func linearForward(output: UnsafeMutablePointer<Float>, input: UnsafePoin
         }
     }
     matrixMultiply(output, ldc: outFeatures, input, lda: inFeatures,
-                   weight, ldb: inFeatures, transposeB: true,
-                   m: rows, n: outFeatures, k: inFeatures, beta: 1)
+                   weight, ldb: inFeatures, transposeB: true, roundedB: roundedWeight,
+                   m: rows, n: outFeatures, k: inFeatures, beta: 1, precision: precision)
 }
 
 /// Backward of `linearForward`:
 /// inputGradient[rows, inFeatures] = outputGradient[rows, outFeatures] · weight (assigned; skipped when nil),
 /// weightGradient[outFeatures, inFeatures] += outputGradientᵀ · input,
 /// biasGradient[outFeatures] += Σ_rows outputGradient.
+/// In bf16 both products take bf16-rounded inputs and sum in fp32 (the bias gradient stays fp32).
 public func linearBackward(inputGradient: UnsafeMutablePointer<Float>?,
                            weightGradient: UnsafeMutablePointer<Float>,
                            biasGradient: UnsafeMutablePointer<Float>,
                            outputGradient: UnsafePointer<Float>, input: UnsafePointer<Float>,
                            weight: UnsafePointer<Float>,
-                           rows: Int, inFeatures: Int, outFeatures: Int) {
+                           rows: Int, inFeatures: Int, outFeatures: Int,
+                           precision: Precision = .fp32, roundedWeight: UnsafePointer<UInt16>? = nil) {
     if let inputGradient {
         matrixMultiply(inputGradient, ldc: inFeatures, outputGradient, lda: outFeatures,
-                       weight, ldb: inFeatures, m: rows, n: inFeatures, k: outFeatures)
+                       weight, ldb: inFeatures, roundedB: roundedWeight, m: rows, n: inFeatures, k: outFeatures,
+                       precision: precision)
     }
     matrixMultiply(weightGradient, ldc: inFeatures, outputGradient, lda: outFeatures, transposeA: true,
-                   input, ldb: inFeatures, m: outFeatures, n: inFeatures, k: rows, beta: 1)
+                   input, ldb: inFeatures, m: outFeatures, n: inFeatures, k: rows, beta: 1, precision: precision)
     addColumnSums(biasGradient, outputGradient, rows: rows, columns: outFeatures)
 }

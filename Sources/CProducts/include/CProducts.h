@@ -1,0 +1,39 @@
+#ifndef MAE_CPRODUCTS_H
+#define MAE_CPRODUCTS_H
+
+#include <stdint.h>
+
+/// Matrix products with bf16 inputs and fp32 accumulation and output through oneDNN's
+/// matmul primitive, which Swift can reach only through dozens of C structs, thread-local
+/// state and OpenMP's per-thread settings: kept in C, behind two calls.
+
+/// c[m, n] = alpha · op(a)[m, k] · op(b)[k, n] + beta · c (row-major; beta 0 or 1), with
+/// op(a) and op(b) rounded to bf16 (to nearest, ties to even) and products summed in fp32.
+///
+/// Each operand is fp32 (`a_is_bf16` 0: rounded into a thread-local buffer first) or
+/// already bf16 (1). The call runs on the calling thread alone (OpenMP's thread count
+/// for this thread is set to 1 on its first call). The primitive for each distinct
+/// shape is created once and kept. Returns 0, or -1 with a message in
+/// `mae_products_error()` when oneDNN cannot run the product (for example on a CPU
+/// without AVX512_BF16 where it has no bf16 kernel).
+int mae_bf16_matmul(float *c, long ldc,
+                    const void *a, int a_is_bf16, long lda, int transpose_a,
+                    const void *b, int b_is_bf16, long ldb, int transpose_b,
+                    long m, long n, long k, float alpha, float beta);
+
+/// destination[count] = source rounded to bf16, to nearest with ties to even (NaN stays NaN).
+void mae_round_to_bf16(uint16_t *destination, const float *source, long count);
+
+/// A buffer of `count` bf16 values belonging to the calling thread, valid until its next
+/// call here: where a caller rounds an operand once for products its workers share.
+/// NULL when memory runs out.
+uint16_t *mae_bf16_thread_buffer(long count);
+
+/// The last error of this thread's `mae_bf16_matmul`.
+const char *mae_products_error(void);
+
+/// The name of the oneDNN implementation chosen for a shape ("brg:avx512_core_bf16"),
+/// creating its primitive if needed; NULL when none. For benchmarks and tests.
+const char *mae_bf16_matmul_implementation(long m, long n, long k, int transpose_a, int transpose_b);
+
+#endif

@@ -1,0 +1,246 @@
+#include "CProducts.h"
+#include <oneapi/dnnl/dnnl.h>
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// What distinguishes one primitive from another: oneDNN bakes shapes, strides, the
+// scale and the accumulation into a primitive when it creates it (milliseconds), so
+// each distinct product of a model gets one, created on first use and kept.
+typedef struct {
+    long m, n, k, lda, ldb, ldc;
+    int transpose_a, transpose_b, accumulate;
+    float alpha;
+} product_key;
+
+typedef struct {
+    product_key key;
+    dnnl_primitive_t primitive;
+    dnnl_memory_desc_t a_md, b_md, c_md;
+    size_t scratchpad_bytes;
+    const char *implementation;
+} product_entry;
+
+// A model has a few dozen distinct products (its linear layers, forward and backward,
+// their row blocks, and the attention products); this is ample.
+enum { cache_capacity = 512 };
+static product_entry cache[cache_capacity];
+static int cache_count;
+static pthread_mutex_t cache_mutex = PTHREAD_MUTEX_INITIALIZER;
+static dnnl_engine_t engine;
+
+static __thread char error_message[256];
+static __thread dnnl_stream_t stream;
+static __thread uint16_t *a_buffer, *b_buffer, *shared_buffer;
+static __thread size_t a_capacity, b_capacity, shared_capacity;
+static __thread void *scratchpad;
+static __thread size_t scratchpad_capacity;
+
+const char *mae_products_error(void) { return error_message; }
+
+static int fail(const char *what, dnnl_status_t status) {
+    snprintf(error_message, sizeof error_message, "oneDNN %s failed (status %d)", what, (int)status);
+    return -1;
+}
+
+// Debian's oneDNN runs each primitive on an OpenMP team of omp_get_max_threads()
+// threads. Our pool already splits the work, so every calling thread asks OpenMP for
+// one thread (a per-thread setting), and oneDNN then runs inline on it. The function
+// comes from the libgomp that libdnnl loads, looked up so that we link no OpenMP
+// library ourselves.
+static void use_one_openmp_thread(void) {
+    static __thread int done;
+    if (done) return;
+    done = 1;
+    void (*set_threads)(int) = (void (*)(int))dlsym(RTLD_DEFAULT, "omp_set_num_threads");
+    if (set_threads) set_threads(1);
+}
+
+void mae_round_to_bf16(uint16_t *destination, const float *source, long count) {
+    for (long index = 0; index < count; index++) {
+        uint32_t bits;
+        memcpy(&bits, &source[index], 4);
+        uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+        // A NaN keeps its sign and becomes a quiet NaN rather than rounding into infinity.
+        destination[index] = (uint16_t)(((bits & 0x7FFFFFFFu) > 0x7F800000u) ? ((bits >> 16) | 0x0040u) : rounded);
+    }
+}
+
+static uint16_t *reserve(uint16_t **buffer, size_t *capacity, size_t count) {
+    if (count > *capacity) {
+        free(*buffer);
+        *buffer = malloc(count * sizeof(uint16_t));
+        *capacity = *buffer ? count : 0;
+    }
+    return *buffer;
+}
+
+uint16_t *mae_bf16_thread_buffer(long count) {
+    return reserve(&shared_buffer, &shared_capacity, (size_t)count);
+}
+
+// The operand's stored matrix (rows × columns with leading dimension ld) rounded into
+// a compact bf16 buffer (leading dimension columns).
+static const uint16_t *rounded(uint16_t **buffer, size_t *capacity, const float *source,
+                               long rows, long columns, long ld) {
+    uint16_t *destination = reserve(buffer, capacity, (size_t)(rows * columns));
+    if (!destination) return NULL;
+    for (long row = 0; row < rows; row++) mae_round_to_bf16(destination + row * columns, source + row * ld, columns);
+    return destination;
+}
+
+static dnnl_status_t engine_status;
+static void create_engine(void) { engine_status = dnnl_engine_create(&engine, dnnl_cpu, 0); }
+
+static int initialise_engine(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, create_engine);
+    return engine_status == dnnl_success ? 0 : fail("engine creation", engine_status);
+}
+
+static product_entry *create_entry(const product_key *key) {
+    product_entry entry = {.key = *key};
+    dnnl_dims_t a_dims = {key->m, key->k}, b_dims = {key->k, key->n}, c_dims = {key->m, key->n};
+    // op(a) is [m, k]: a row-major [m, k] array, or the transpose of a [k, m] one.
+    dnnl_dims_t a_strides = {key->transpose_a ? 1 : key->lda, key->transpose_a ? key->lda : 1};
+    dnnl_dims_t b_strides = {key->transpose_b ? 1 : key->ldb, key->transpose_b ? key->ldb : 1};
+    dnnl_dims_t c_strides = {key->ldc, 1};
+    dnnl_status_t status;
+    if ((status = dnnl_memory_desc_init_by_strides(&entry.a_md, 2, a_dims, dnnl_bf16, a_strides)) ||
+        (status = dnnl_memory_desc_init_by_strides(&entry.b_md, 2, b_dims, dnnl_bf16, b_strides)) ||
+        (status = dnnl_memory_desc_init_by_strides(&entry.c_md, 2, c_dims, dnnl_f32, c_strides))) {
+        fail("memory descriptor", status);
+        return NULL;
+    }
+    dnnl_matmul_desc_t descriptor;
+    if ((status = dnnl_matmul_desc_init(&descriptor, &entry.a_md, &entry.b_md, NULL, &entry.c_md))) {
+        fail("matmul descriptor", status);
+        return NULL;
+    }
+    dnnl_primitive_attr_t attributes;
+    dnnl_post_ops_t post_ops = NULL;
+    if ((status = dnnl_primitive_attr_create(&attributes))) { fail("attributes", status); return NULL; }
+    // Scratch memory comes from the calling thread (below), so concurrent calls of one
+    // primitive from several of our threads never share it.
+    dnnl_primitive_attr_set_scratchpad_mode(attributes, dnnl_scratchpad_mode_user);
+    if (key->alpha != 1.0f) dnnl_primitive_attr_set_output_scales(attributes, 1, 0, &key->alpha);
+    if (key->accumulate) {
+        dnnl_post_ops_create(&post_ops);
+        dnnl_post_ops_append_sum(post_ops, 1.0f);
+        dnnl_primitive_attr_set_post_ops(attributes, post_ops);
+    }
+    dnnl_primitive_desc_t primitive_descriptor;
+    status = dnnl_primitive_desc_create(&primitive_descriptor, &descriptor, attributes, engine, NULL);
+    dnnl_primitive_attr_destroy(attributes);
+    if (post_ops) dnnl_post_ops_destroy(post_ops);
+    if (status) {
+        snprintf(error_message, sizeof error_message,
+                 "oneDNN has no bf16 matmul for this CPU (status %d); bf16 needs a CPU with AVX512_BF16", (int)status);
+        return NULL;
+    }
+    const dnnl_memory_desc_t *scratchpad_md = dnnl_primitive_desc_query_md(primitive_descriptor, dnnl_query_scratchpad_md, 0);
+    entry.scratchpad_bytes = scratchpad_md ? dnnl_memory_desc_get_size(scratchpad_md) : 0;
+    const char *implementation = NULL;
+    dnnl_primitive_desc_query(primitive_descriptor, dnnl_query_impl_info_str, 0, &implementation);
+    entry.implementation = implementation ? strdup(implementation) : "unknown";
+    status = dnnl_primitive_create(&entry.primitive, primitive_descriptor);
+    dnnl_primitive_desc_destroy(primitive_descriptor);
+    if (status) { fail("primitive creation", status); return NULL; }
+    if (cache_count == cache_capacity) { fail("primitive cache (full)", dnnl_out_of_memory); return NULL; }
+    cache[cache_count] = entry;
+    return &cache[cache_count++];
+}
+
+static product_entry *entry_for(const product_key *key) {
+    if (initialise_engine()) return NULL;
+    pthread_mutex_lock(&cache_mutex);
+    product_entry *found = NULL;
+    for (int index = 0; index < cache_count && !found; index++) {
+        if (memcmp(&cache[index].key, key, sizeof *key) == 0) found = &cache[index];
+    }
+    if (!found) found = create_entry(key);
+    pthread_mutex_unlock(&cache_mutex);
+    return found;
+}
+
+static product_key make_key(long m, long n, long k, long lda, int transpose_a, long ldb, int transpose_b,
+                            long ldc, float alpha, float beta) {
+    product_key key;
+    memset(&key, 0, sizeof key);  // padding too, for memcmp
+    key.m = m; key.n = n; key.k = k; key.lda = lda; key.ldb = ldb; key.ldc = ldc;
+    key.transpose_a = transpose_a; key.transpose_b = transpose_b;
+    key.accumulate = beta != 0.0f; key.alpha = alpha;
+    return key;
+}
+
+const char *mae_bf16_matmul_implementation(long m, long n, long k, int transpose_a, int transpose_b) {
+    product_key key = make_key(m, n, k, transpose_a ? m : k, transpose_a, transpose_b ? k : n, transpose_b, n, 1, 0);
+    product_entry *entry = entry_for(&key);
+    return entry ? entry->implementation : NULL;
+}
+
+int mae_bf16_matmul(float *c, long ldc,
+                    const void *a, int a_is_bf16, long lda, int transpose_a,
+                    const void *b, int b_is_bf16, long ldb, int transpose_b,
+                    long m, long n, long k, float alpha, float beta) {
+    if (beta != 0.0f && beta != 1.0f) {
+        snprintf(error_message, sizeof error_message, "mae_bf16_matmul supports beta 0 or 1, not %g", beta);
+        return -1;
+    }
+    if (m == 0 || n == 0) return 0;
+    use_one_openmp_thread();
+    // The stored arrays: a is [m, k] ([k, m] transposed), b is [k, n] ([n, k] transposed).
+    long a_rows = transpose_a ? k : m, a_columns = transpose_a ? m : k;
+    long b_rows = transpose_b ? n : k, b_columns = transpose_b ? k : n;
+    const uint16_t *a16 = a, *b16 = b;
+    if (!a_is_bf16) {
+        if (!(a16 = rounded(&a_buffer, &a_capacity, a, a_rows, a_columns, lda))) return fail("buffer", dnnl_out_of_memory);
+        lda = a_columns;
+    }
+    if (!b_is_bf16) {
+        if (!(b16 = rounded(&b_buffer, &b_capacity, b, b_rows, b_columns, ldb))) return fail("buffer", dnnl_out_of_memory);
+        ldb = b_columns;
+    }
+    product_key key = make_key(m, n, k, lda, transpose_a, ldb, transpose_b, ldc, alpha, beta);
+    product_entry *entry = entry_for(&key);
+    if (!entry) return -1;
+    if (k == 0) {  // oneDNN leaves c alone; the product of nothing is 0
+        if (beta == 0.0f) for (long row = 0; row < m; row++) memset(c + row * ldc, 0, (size_t)n * 4);
+        return 0;
+    }
+    dnnl_status_t status;
+    if (!stream && (status = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags))) return fail("stream", status);
+    if (entry->scratchpad_bytes > scratchpad_capacity) {
+        free(scratchpad);
+        scratchpad = aligned_alloc(64, (entry->scratchpad_bytes + 63) / 64 * 64);
+        scratchpad_capacity = scratchpad ? entry->scratchpad_bytes : 0;
+        if (!scratchpad) return fail("scratchpad", dnnl_out_of_memory);
+    }
+    dnnl_memory_t a_memory = NULL, b_memory = NULL, c_memory = NULL, scratchpad_memory = NULL;
+    dnnl_memory_desc_t scratchpad_md;
+    dnnl_dims_t scratchpad_dims = {(long)entry->scratchpad_bytes};
+    dnnl_memory_desc_init_by_tag(&scratchpad_md, 1, scratchpad_dims, dnnl_u8, dnnl_a);
+    if ((status = dnnl_memory_create(&a_memory, &entry->a_md, engine, (void *)a16)) ||
+        (status = dnnl_memory_create(&b_memory, &entry->b_md, engine, (void *)b16)) ||
+        (status = dnnl_memory_create(&c_memory, &entry->c_md, engine, c)) ||
+        (entry->scratchpad_bytes &&
+         (status = dnnl_memory_create(&scratchpad_memory, &scratchpad_md, engine, scratchpad)))) {
+        fail("memory", status);
+    } else {
+        dnnl_exec_arg_t arguments[4] = {
+            {DNNL_ARG_SRC, a_memory}, {DNNL_ARG_WEIGHTS, b_memory}, {DNNL_ARG_DST, c_memory},
+            {DNNL_ARG_SCRATCHPAD, scratchpad_memory},
+        };
+        if ((status = dnnl_primitive_execute(entry->primitive, stream, entry->scratchpad_bytes ? 4 : 3, arguments)) ||
+            (status = dnnl_stream_wait(stream))) {
+            fail("matmul execution", status);
+        }
+    }
+    if (a_memory) dnnl_memory_destroy(a_memory);
+    if (b_memory) dnnl_memory_destroy(b_memory);
+    if (c_memory) dnnl_memory_destroy(c_memory);
+    if (scratchpad_memory) dnnl_memory_destroy(scratchpad_memory);
+    return status == dnnl_success ? 0 : -1;
+}

@@ -1,0 +1,137 @@
+import CProducts
+
+/// The number format of the matrix products of the linear layers and attention.
+public enum Precision: String, CaseIterable, Sendable {
+    /// fp32 inputs, products and outputs (OpenBLAS).
+    case fp32
+    /// Inputs rounded to bf16 (to nearest, ties to even), products summed in fp32, fp32
+    /// outputs (oneDNN's matmul): what `torch.autocast("cpu", dtype=torch.bfloat16)` does
+    /// for these products, at about twice the fp32 rate on CPUs with AVX512_BF16.
+    case bf16
+
+    /// Why this CPU cannot run the precision, in one line; nil when it can.
+    public var unsupportedReason: String? {
+        guard self == .bf16, !CPUInfo.supports("avx512bf16") else { return nil }
+        return "--precision bf16 needs a CPU with AVX512_BF16 (Intel Cooper Lake or Sapphire Rapids and later, AMD Zen 4 and later); \(CPUInfo.modelName) lacks it: use --precision fp32"
+    }
+}
+
+/// destination[count] = source rounded to bf16 (to nearest, ties to even), split over our workers.
+public func roundToBFloat16(_ destination: UnsafeMutablePointer<UInt16>, _ source: UnsafePointer<Float>, count: Int) {
+    parallelFor(count, minimumPerWorker: 1 << 16) { range in
+        mae_round_to_bf16(destination + range.lowerBound, source + range.lowerBound, range.count)
+    }
+}
+
+/// c[m, n] = alpha · op(a)[m, k] · op(b)[k, n] + beta · c in `precision` (row-major;
+/// leading dimensions as `matrixMultiply`). In bf16, op(a) and op(b) are rounded to bf16
+/// and their products summed in fp32 (beta 0 or 1); `roundedB`, when given, is b already
+/// rounded (same layout and leading dimension), as the model keeps its weights.
+public func matrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
+                           _ a: UnsafePointer<Float>, lda: Int, transposeA: Bool = false,
+                           _ b: UnsafePointer<Float>, ldb: Int, transposeB: Bool = false,
+                           roundedB: UnsafePointer<UInt16>? = nil,
+                           m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0, precision: Precision) {
+    switch precision {
+    case .fp32:
+        matrixMultiply(c, ldc: ldc, a, lda: lda, transposeA: transposeA, b, ldb: ldb, transposeB: transposeB,
+                       m: m, n: n, k: k, alpha: alpha, beta: beta)
+    case .bf16:
+        bfloat16MatrixMultiply(c, ldc: ldc, a, lda: lda, transposeA: transposeA, b, ldb: ldb, transposeB: transposeB,
+                               roundedB: roundedB, m: m, n: n, k: k, alpha: alpha, beta: beta)
+    }
+}
+
+/// As `singleThreadedMatrixMultiply`, in `precision`: one call on the calling thread.
+@inline(__always)
+public func singleThreadedMatrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
+                                         _ a: UnsafePointer<Float>, lda: Int, transposeA: Bool = false,
+                                         _ b: UnsafePointer<Float>, ldb: Int, transposeB: Bool = false,
+                                         m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0,
+                                         precision: Precision) {
+    switch precision {
+    case .fp32:
+        singleThreadedMatrixMultiply(c, ldc: ldc, a, lda: lda, transposeA: transposeA, b, ldb: ldb,
+                                     transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, beta: beta)
+    case .bf16:
+        bfloat16Product(c, ldc: ldc, a, isRounded: false, lda: lda, transposeA: transposeA,
+                        b, isRounded: false, ldb: ldb, transposeB: transposeB,
+                        m: m, n: n, k: k, alpha: alpha, beta: beta)
+    }
+}
+
+/// The bf16 product, cut into blocks of `bfloat16RowBlock` rows of c spread over our
+/// workers, each one oneDNN call on its worker.
+///
+/// The blocks depend on the shape alone, never on the thread count, so every element of
+/// c comes from the same oneDNN call (same kernel, same blocking of k) whatever the
+/// number of threads: results are independent of it by construction, whatever rules
+/// oneDNN's kernels (brgemm) follow inside a call. An fp32 b is rounded once, into the
+/// caller's buffer, for all blocks.
+public func bfloat16MatrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
+                                   _ a: UnsafePointer<Float>, lda: Int, transposeA: Bool = false,
+                                   _ b: UnsafePointer<Float>, ldb: Int, transposeB: Bool = false,
+                                   roundedB: UnsafePointer<UInt16>? = nil,
+                                   m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0) {
+    let block = bfloat16RowBlock(m: m, n: n, k: k)
+    let blocks = (m + block - 1) / block
+    var bRounded = roundedB.map { UnsafeRawPointer($0) }
+    var roundedLDB = ldb
+    if bRounded == nil && blocks > 1 {
+        // The stored b: [k, n], or [n, k] when transposed.
+        let rows = transposeB ? n : k, columns = transposeB ? k : n
+        guard let buffer = mae_bf16_thread_buffer(rows * columns) else {
+            preconditionFailure("out of memory for a bf16 operand of \(rows)×\(columns)")
+        }
+        parallelFor(rows, minimumPerWorker: max(1, 65_536 / max(1, columns))) { range in
+            for row in range { mae_round_to_bf16(buffer + row * columns, b + row * ldb, columns) }
+        }
+        bRounded = UnsafeRawPointer(buffer)
+        roundedLDB = columns
+    }
+    parallelFor(blocks, minimumPerWorker: 1, rangesPerWorker: 4) { range in
+        for index in range {
+            let first = index * block, count = min(m, first + block) - first
+            let aBlock = transposeA ? a + first : a + first * lda
+            if let bRounded {
+                bfloat16Product(c + first * ldc, ldc: ldc, aBlock, isRounded: false, lda: lda, transposeA: transposeA,
+                                bRounded, isRounded: true, ldb: roundedLDB, transposeB: transposeB,
+                                m: count, n: n, k: k, alpha: alpha, beta: beta)
+            } else {
+                bfloat16Product(c + first * ldc, ldc: ldc, aBlock, isRounded: false, lda: lda, transposeA: transposeA,
+                                b, isRounded: false, ldb: ldb, transposeB: transposeB,
+                                m: count, n: n, k: k, alpha: alpha, beta: beta)
+            }
+        }
+    }
+}
+
+/// The rows of c per oneDNN call of `bfloat16MatrixMultiply`: a function of the shape
+/// alone (see there). Products under 2²¹ multiply-adds run whole; larger ones are cut into
+/// at most 8 blocks of a multiple of 16 rows: enough parts for a few threads to share, each
+/// tall enough that the kernel runs at full speed.
+public func bfloat16RowBlock(m: Int, n: Int, k: Int) -> Int {
+    guard m * n * k >= 1 << 21, m > 16 else { return max(1, m) }
+    let perBlock = (m + 7) / 8
+    return max(16, (perBlock + 15) / 16 * 16)
+}
+
+/// One oneDNN call on the calling thread; a failure (no bf16 kernel for this CPU, memory)
+/// stops the program with oneDNN's message, since the options were checked up front
+/// (`Precision.unsupportedReason`).
+@inline(__always)
+func bfloat16Product(_ c: UnsafeMutablePointer<Float>, ldc: Int,
+                     _ a: UnsafeRawPointer, isRounded aIsRounded: Bool, lda: Int, transposeA: Bool,
+                     _ b: UnsafeRawPointer, isRounded bIsRounded: Bool, ldb: Int, transposeB: Bool,
+                     m: Int, n: Int, k: Int, alpha: Float, beta: Float) {
+    let status = mae_bf16_matmul(c, ldc, a, aIsRounded ? 1 : 0, lda, transposeA ? 1 : 0,
+                                 b, bIsRounded ? 1 : 0, ldb, transposeB ? 1 : 0, m, n, k, alpha, beta)
+    if status != 0 {
+        preconditionFailure("bf16 matrix product \(m)×\(n)×\(k) failed: \(String(cString: mae_products_error()))")
+    }
+}
+
+/// The name of the oneDNN kernel that runs a bf16 product of this shape ("brg:avx512_core_bf16").
+public func bfloat16ProductImplementation(m: Int, n: Int, k: Int, transposeA: Bool, transposeB: Bool) -> String {
+    mae_bf16_matmul_implementation(m, n, k, transposeA ? 1 : 0, transposeB ? 1 : 0).map { String(cString: $0) } ?? "none"
+}

@@ -1,0 +1,128 @@
+import Kernels
+import Testing
+import TestSupport
+
+/// The bf16 products (oneDNN) against a double-precision product of the inputs rounded to
+/// bf16, and bitwise the same on one and two threads.
+@Suite(.serialized) struct BFloat16ProductTests {
+    /// x rounded to bf16, to nearest with ties to even, computed here independently of the kernel.
+    static func bfloat16(_ x: Float) -> Double {
+        let bits = x.bitPattern
+        let rounded = (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) & 0xFFFF_0000
+        return Double(Float(bitPattern: rounded))
+    }
+
+    @Test func roundingIsToNearestWithTiesToEven() {
+        let values: [Float] = [1, 1 + 0x1p-8, 1 + 0x1p-8 + 0x1p-20, 1 + 3 * 0x1p-8, -2.5e-3, 3.0e38, .infinity, -0]
+        let source = FloatBuffer(values)
+        let destination = UnsafeMutablePointer<UInt16>.allocate(capacity: values.count)
+        defer { destination.deallocate() }
+        roundToBFloat16(destination, source.pointer, count: values.count)
+        for (index, value) in values.enumerated() {
+            let got = Float(bitPattern: UInt32(destination[index]) << 16)
+            #expect(Double(got) == Self.bfloat16(value), "\(value) rounded to \(got)")
+        }
+        // Ties: 1 + 2⁻⁸ lies halfway between 1 and 1 + 2⁻⁷ and goes to the even 1;
+        // 1 + 3·2⁻⁸ halfway between 1 + 2⁻⁷ and 1 + 2⁻⁶ goes to the even 1 + 2⁻⁶.
+        #expect(Float(bitPattern: UInt32(destination[1]) << 16) == 1)
+        #expect(Float(bitPattern: UInt32(destination[3]) << 16) == 1 + 0x1p-6)
+        let nan = FloatBuffer([Float.nan])
+        roundToBFloat16(destination, nan.pointer, count: 1)
+        #expect(Float(bitPattern: UInt32(destination[0]) << 16).isNaN)
+    }
+
+    /// The forms the model uses (x Wᵀ, dy W, dyᵀ x and attention's), at sizes cut into
+    /// blocks and not, with padded leading dimensions, alpha and beta 0 or 1; b fp32 or
+    /// pre-rounded.
+    @Test(arguments: [(400, 96, 80), (37, 50, 24), (300, 260, 150)])
+    func productsMatchTheRoundedReference(m: Int, n: Int, k: Int) {
+        let before = Parallel.threads
+        defer { Parallel.setThreads(before) }
+        for (transposeA, transposeB) in [(false, true), (false, false), (true, false), (true, true)] {
+            for (alpha, beta, preRounded) in [(Float(1), Float(0), false), (0.125, 1, true)] {
+                let (aRows, aColumns) = transposeA ? (k, m) : (m, k)
+                let (bRows, bColumns) = transposeB ? (n, k) : (k, n)
+                let lda = aColumns + 3, ldb = bColumns + 5, ldc = n + 2
+                let a = randomValues(aRows * lda, seed: 71).map(Float.init)
+                let b = randomValues(bRows * ldb, seed: 72).map(Float.init)
+                let c0 = randomValues(m * ldc, seed: 73).map(Float.init)
+                let (ab, bb) = (FloatBuffer(a), FloatBuffer(b))
+                let roundedB = UnsafeMutablePointer<UInt16>.allocate(capacity: b.count)
+                defer { roundedB.deallocate() }
+                roundToBFloat16(roundedB, bb.pointer, count: b.count)
+                var results: [[Float]] = []
+                for threads in [1, 2] {
+                    Parallel.setThreads(threads)
+                    let c = FloatBuffer(c0)
+                    matrixMultiply(c.pointer, ldc: ldc, ab.pointer, lda: lda, transposeA: transposeA,
+                                   bb.pointer, ldb: ldb, transposeB: transposeB,
+                                   roundedB: preRounded ? UnsafePointer(roundedB) : nil,
+                                   m: m, n: n, k: k, alpha: alpha, beta: beta, precision: .bf16)
+                    results.append(c.toArray())
+                }
+                let label = "\(m)×\(n)×\(k) transposeA \(transposeA) transposeB \(transposeB) beta \(beta)"
+                let differing = zip(results[0], results[1]).filter { $0.bitPattern != $1.bitPattern }.count
+                #expect(differing == 0, "\(label): \(differing) elements differ between one and two threads")
+                // fp32 accumulation of k products: allow 4·10⁻⁶ of Σ|a·b| (k·2⁻²⁴ ≈ 10⁻⁵ at the worst
+                // ordering; an unrounded input would be off by ~2⁻⁹ per product).
+                var worst = 0.0
+                for i in 0..<m {
+                    for j in 0..<n {
+                        var sum = 0.0, magnitude = 0.0
+                        for p in 0..<k {
+                            let product = Self.bfloat16(transposeA ? a[p * lda + i] : a[i * lda + p])
+                                * Self.bfloat16(transposeB ? b[j * ldb + p] : b[p * ldb + j])
+                            sum += product
+                            magnitude += abs(product)
+                        }
+                        let expected = Double(alpha) * sum + Double(beta) * Double(c0[i * ldc + j])
+                        let excess = abs(Double(results[0][i * ldc + j]) - expected) / (4e-6 * magnitude + 1e-30)
+                        worst = max(worst, excess)
+                    }
+                }
+                #expect(worst <= 1, "\(label): error \(worst) × the allowance of 4·10⁻⁶ Σ|a·b|")
+                // Padding columns of c are left alone.
+                #expect(results[0][n] == c0[n], "\(label): wrote past n")
+            }
+        }
+    }
+
+    @Test func theViTBaseProductsRunOnAnAVX512BF16Kernel() throws {
+        try #require(CPUInfo.supports("avx512bf16"), "this CPU has no AVX512_BF16")
+        let name = bfloat16ProductImplementation(m: 208, n: 3072, k: 768, transposeA: false, transposeB: true)
+        #expect(name.contains("bf16"), "oneDNN chose \(name)")
+    }
+
+    @Test func attentionInBFloat16IsTheSameOnTwoThreads() {
+        let (batch, tokens, heads, headDimension) = (3, 20, 4, 8)
+        let qkv = FloatBuffer(randomValues(batch * tokens * 3 * heads * headDimension, seed: 33).map(Float.init))
+        func run() -> [Float] {
+            let output = FloatBuffer(count: batch * tokens * heads * headDimension)
+            let probabilities = FloatBuffer(count: batch * heads * tokens * tokens)
+            attentionForward(output: output.pointer, probabilities: probabilities.pointer, qkv: qkv.pointer,
+                             batch: batch, tokens: tokens, heads: heads, headDimension: headDimension, precision: .bf16)
+            let dqkv = FloatBuffer(count: qkv.count)
+            let dp = FloatBuffer(count: probabilities.count)
+            attentionBackward(qkvGradient: dqkv.pointer, probabilityGradient: dp.pointer,
+                              outputGradient: output.pointer, qkv: qkv.pointer, probabilities: probabilities.pointer,
+                              batch: batch, tokens: tokens, heads: heads, headDimension: headDimension, precision: .bf16)
+            return output.toArray() + dqkv.toArray()
+        }
+        let before = Parallel.threads
+        defer { Parallel.setThreads(before) }
+        Parallel.setThreads(1)
+        let single = run()
+        Parallel.setThreads(2)
+        let double = run()
+        #expect(zip(single, double).allSatisfy { $0.bitPattern == $1.bitPattern })
+        // And close to fp32 attention (bf16 inputs: ~2⁻⁸ relative).
+        Parallel.setThreads(1)
+        let output = FloatBuffer(count: batch * tokens * heads * headDimension)
+        let probabilities = FloatBuffer(count: batch * heads * tokens * tokens)
+        attentionForward(output: output.pointer, probabilities: probabilities.pointer, qkv: qkv.pointer,
+                         batch: batch, tokens: tokens, heads: heads, headDimension: headDimension)
+        let bfloat16Output = Array(single.prefix(output.count))
+        expectClose(bfloat16Output, output.toArray().map(Double.init), absolute: 2e-2, "bf16 vs fp32 attention")
+        #expect(bfloat16Output != output.toArray(), "bf16 attention gave fp32's result to the bit")
+    }
+}
