@@ -9,7 +9,8 @@
 # environment: TORCH_PYTHON (default /work/torchvenv/bin/python), CONFIGS (default
 # "mae_vit_tiny_patch4:64:1:8 mae_vit_tiny_patch4:64:2:8 mae_vit_base_patch16:8:1:3
 # mae_vit_base_patch16:8:2:3", MODEL:BATCH:THREADS:STEPS), EXTRA (flags for both, default
-# --norm-pix-loss), OURS_EXTRA (flags for ours only, e.g. "--batch-shards 1").
+# --norm-pix-loss; e.g. "--norm-pix-loss --precision bf16" compares our bf16 with PyTorch's
+# autocast), OURS_EXTRA (flags for ours only, e.g. "--batch-shards 1").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}

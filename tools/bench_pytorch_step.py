@@ -6,7 +6,8 @@
 Random normalised images in memory; each step zeroes the gradients, runs forward and
 backward (mask ratio 0.75, masking noise drawn by the official torch.rand) and one AdamW
 step with the recipe's settings (betas 0.9/0.95, weight decay 0.05 except 1-D tensors and
-biases, lr 1.5e-4). One warm-up step, then --steps timed ones. The last line has the format
+biases, lr 1.5e-4); --precision bf16 runs the forward under torch.autocast (bf16
+products, the backward following them). One warm-up step, then --steps timed ones. The last line has the format
 of `mae bench step`: img_per_s=X step_ms=Y gflops=0 peak_rss_mb=M (no FLOP count here).
 """
 
@@ -32,6 +33,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--mask-ratio", type=float, default=0.75)
     parser.add_argument("--norm-pix-loss", action="store_true")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: forward under torch.autocast('cpu', dtype=torch.bfloat16), as a user would")
     args = parser.parse_args()
     if args.batch < 1 or args.threads < 1 or args.steps < 1:
         parser.error("--batch, --threads and --steps must be at least 1")
@@ -46,11 +49,12 @@ def main():
     images = torch.randn(args.batch, 3, side, side)
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"torch {torch.__version__} threads={torch.get_num_threads()} model={args.model} "
-          f"input={side} batch={args.batch} params={parameters}", flush=True)
+          f"input={side} batch={args.batch} params={parameters} precision={args.precision}", flush=True)
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
-        loss, _, _ = model(images, mask_ratio=args.mask_ratio)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            loss, _, _ = model(images, mask_ratio=args.mask_ratio)
         loss.backward()
         optimizer.step()
         return loss.item()

@@ -10,6 +10,10 @@ written as safetensors; `mae reference-step` computes loss, pred, mask and every
 computes the same in float64 (the exact answer) and in float32. For each output the table lists
 the largest absolute difference from float64 and that difference relative to the largest
 magnitude of the float64 tensor, for our float32 result and for PyTorch's float32 result side by side.
+
+With --precision bf16, ours runs `mae reference-step --precision bf16` and PyTorch's column is the
+float32 model under torch.autocast("cpu", dtype=torch.bfloat16): both against the float64 answer,
+so the table shows how our bf16 products compare with PyTorch's own mixed precision.
 """
 
 import argparse
@@ -66,6 +70,8 @@ def main():
     parser.add_argument("--mask-ratio", type=float, default=0.75)
     parser.add_argument("--norm-pix-loss", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: ours with --precision bf16, PyTorch under torch.autocast bfloat16")
     parser.add_argument("--mae", default=default_binary(), help="the mae executable (default: .build/release/mae)")
     parser.add_argument("--work", default=None, help="keep the safetensors files in this folder")
     parser.add_argument("--all", action="store_true", help="list every gradient, not only the worst ten")
@@ -104,7 +110,7 @@ def compare(args, config, model, images, noise, work):
     save_file({"noise": noise}, paths["noise"])
     command = [args.mae, "reference-step", "--weights", paths["weights"], "--images", paths["images"],
                "--noise", paths["noise"], "--out", paths["out"], "--mask-ratio", str(args.mask_ratio),
-               "--threads", str(args.threads), "--save-weights", paths["saved"]]
+               "--threads", str(args.threads), "--save-weights", paths["saved"], "--precision", args.precision]
     if args.config:
         config_path = os.path.join(work, "config.json")
         with open(config_path, "w") as file:
@@ -120,7 +126,8 @@ def compare(args, config, model, images, noise, work):
     ours = load_file(paths["out"])
 
     start = time.perf_counter()
-    torch32 = step(model, images, noise, args.mask_ratio, args.norm_pix_loss)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        torch32 = step(model, images, noise, args.mask_ratio, args.norm_pix_loss)
     torch_seconds = time.perf_counter() - start
     exact = step(copy.deepcopy(model).double(), images.double(), noise.double(), args.mask_ratio, args.norm_pix_loss)
 
@@ -136,10 +143,10 @@ def compare(args, config, model, images, noise, work):
 
     name = config.get("name", args.model)
     print(f"model={name} input={side} batch={args.batch} mask_ratio={args.mask_ratio} "
-          f"norm_pix_loss={args.norm_pix_loss} threads={args.threads} "
-          f"(mae reference-step {swift_seconds:.2f} s incl. start-up, torch float32 {torch_seconds:.2f} s)")
-    print(f"loss: float64 {exact['loss'].item():.9f}  ours {ours['loss'].item():.9f}  torch float32 {torch32['loss'].item():.9f}")
-    header = f"{'tensor':42s} {'ours abs':>10s} {'ours rel':>10s} {'torch32 abs':>11s} {'torch32 rel':>11s}"
+          f"norm_pix_loss={args.norm_pix_loss} threads={args.threads} precision={args.precision} "
+          f"(mae reference-step {swift_seconds:.2f} s incl. start-up, torch {args.precision} {torch_seconds:.2f} s)")
+    print(f"loss: float64 {exact['loss'].item():.9f}  ours {ours['loss'].item():.9f}  torch {args.precision} {torch32['loss'].item():.9f}")
+    header = f"{'tensor':42s} {'ours abs':>10s} {'ours rel':>10s} {'torch abs':>11s} {'torch rel':>11s}"
     print(header)
     outputs = [r for r in rows if r[0] in ("loss", "pred", "mask")]
     gradients = sorted((r for r in rows if r[0] not in ("loss", "pred", "mask")), key=lambda r: -r[2])
@@ -148,7 +155,7 @@ def compare(args, config, model, images, noise, work):
     worst_ours = max(gradients, key=lambda r: r[2])
     worst_torch = max(gradients, key=lambda r: r[4])
     print(f"gradients: {len(gradients)} tensors; worst relative difference ours {worst_ours[2]:.3e} ({worst_ours[0]}), "
-          f"torch float32 {worst_torch[4]:.3e} ({worst_torch[0]})")
+          f"torch {args.precision} {worst_torch[4]:.3e} ({worst_torch[0]})")
     print(f"mask identical: {bool(torch.equal(ours['mask'].double(), exact['mask']))}")
 
     # The weights as saveWeights writes them must load strictly into the official model, unchanged.

@@ -15,6 +15,13 @@ Files:
   micro_inputs.safetensors           images [2,3,16,16] (already normalised), noise [2,16]
   micro_expected.safetensors         loss [1], pred [2,16,48], mask [2,16], every gradient by name
   micro_expected_norm_pix.safetensors  the same with norm_pix_loss
+  micro_expected_bf16.safetensors    loss, pred, mask and gradients of the float32 model under
+                                     torch.autocast("cpu", dtype=torch.bfloat16) (no norm-pix loss),
+                                     with metadata bf16_deviation: the largest deviation of that pass
+                                     from the float64 answer (pred and each gradient, relative to the
+                                     tensor's largest magnitude) and bf16_loss_deviation (the loss's
+                                     relative deviation): the tolerances the bf16 test allows us
+(Only the bf16 file is new; rerunning rewrites the others with the same tensors.)
 """
 
 import argparse
@@ -44,6 +51,11 @@ def step(model, images, noise, norm_pix_loss):
     loss.backward()
     gradients = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
     return loss.detach(), pred.detach(), mask.detach(), gradients
+
+
+def relative_deviation(value, reference):
+    """max |value − reference| / max |reference|, as the Swift tests measure it."""
+    return (value.float() - reference.float()).abs().max().item() / max(reference.abs().max().item(), 1e-30)
 
 
 def main():
@@ -87,6 +99,26 @@ def main():
         print(f"{file_name}: loss {loss.item():.9f} (float32 {loss32.item():.9f}); "
               f"float32 pred max abs diff {(pred32 - pred.float()).abs().max().item():.3e}; "
               f"float32 gradients worst max-abs/max-ref {worst:.3e}")
+
+    # PyTorch's mixed precision on CPUs: the products of linear layers and attention in bf16.
+    loss, pred, mask, gradients = step(model64, images.double(), noise.double(), False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss16, pred16, mask16, gradients16 = step(model, images, noise, False)
+    deviations = {name: relative_deviation(g, gradients[name]) for name, g in gradients16.items()}
+    deviations["pred"] = relative_deviation(pred16, pred)
+    loss_deviation = abs(loss16.item() - loss.item()) / abs(loss.item())
+    tensors = {"loss": loss16.reshape(1).float(), "pred": pred16.float(), "mask": mask16.float()}
+    tensors.update({name: g.float() for name, g in gradients16.items()})
+    save_file(tensors, os.path.join(args.out, "micro_expected_bf16.safetensors"),
+              metadata=dict(metadata, mask_ratio=str(MASK_RATIO), norm_pix_loss="false",
+                            computed_in="torch.autocast cpu bfloat16",
+                            bf16_deviation=f"{max(deviations.values()):.3e}",
+                            bf16_loss_deviation=f"{loss_deviation:.3e}"))
+    worst_name = max(deviations, key=deviations.get)
+    print(f"micro_expected_bf16.safetensors: loss {loss16.item():.9f} (float64 {loss.item():.9f}, "
+          f"relative {loss_deviation:.3e}); pred {deviations['pred']:.3e}; worst {worst_name} "
+          f"{deviations[worst_name]:.3e} max-abs/max-ref; median "
+          f"{sorted(deviations.values())[len(deviations) // 2]:.3e}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 import CProducts
 
 /// The number format of the matrix products of the linear layers and attention.
-public enum Precision: String, CaseIterable, Sendable {
+public enum Precision: String, CaseIterable, Codable, Sendable {
     /// fp32 inputs, products and outputs (OpenBLAS).
     case fp32
     /// Inputs rounded to bf16 (to nearest, ties to even), products summed in fp32, fp32
     /// outputs (oneDNN's matmul): what `torch.autocast("cpu", dtype=torch.bfloat16)` does
     /// for these products, at about twice the fp32 rate on CPUs with AVX512_BF16.
     case bf16
+
+    /// The help text of `--precision`.
+    public static let optionHelp = "matrix products of the linear layers and attention: fp32, or bf16 inputs with fp32 sums "
+        + "and outputs (needs AVX512_BF16; norms, softmax, GELU, loss, gradients and AdamW stay fp32)"
 
     /// Why this CPU cannot run the precision, in one line; nil when it can.
     public var unsupportedReason: String? {

@@ -67,6 +67,7 @@ extension MAEModel {
         for (tensor, values) in sources {
             values.withUnsafeBufferPointer { (parameters.pointer + tensor.offset).update(from: $0.baseAddress!, count: tensor.count) }
         }
+        parametersDidChange()
         return missingDecoder
     }
 

@@ -143,6 +143,7 @@ extension MAEModel {
             }
         }
         try table.readTensors(from: file, into: parameters, prefix: "", allowing: Set(positionEmbeddings.map(\.name)))
+        parametersDidChange()
     }
 
     /// Writes a buffer laid out like the parameters (an optimizer moment) under `prefix`.

@@ -31,6 +31,35 @@ public final class MAEModel {
     private var activations: Activations?
     private let empty = FloatBuffer(count: 0)
 
+    /// The number format of the linear layers' and attention's matrix products (bf16:
+    /// inputs rounded to bf16, fp32 sums and outputs, as `torch.autocast` on CPUs).
+    /// Everything else (norms, softmax, GELU, the loss, gradients, `parameters`) stays fp32.
+    public var precision: Precision = .fp32 {
+        didSet { roundedParametersAreCurrent = false }
+    }
+    /// `parameters` rounded to bf16, same layout, allocated on the first bf16 call and
+    /// rounded again only after `parametersDidChange()`: once per step, not per product.
+    private var roundedParameters: UnsafeMutablePointer<UInt16>?
+    private var roundedParametersAreCurrent = false
+
+    /// Tells the model that `parameters` were written (an optimizer step, a load): the next
+    /// bf16 call rounds them again. Every writer of `parameters` calls it.
+    public func parametersDidChange() { roundedParametersAreCurrent = false }
+
+    deinit { roundedParameters?.deallocate() }
+
+    /// The products of this call: in bf16, with the rounded parameters brought up to date.
+    private func currentProducts() -> Products {
+        guard precision == .bf16 else { return Products(precision: .fp32, roundedParameters: nil) }
+        let rounded = roundedParameters ?? UnsafeMutablePointer<UInt16>.allocate(capacity: table.count)
+        roundedParameters = rounded
+        if !roundedParametersAreCurrent {
+            roundToBFloat16(rounded, parameters.pointer, count: table.count)
+            roundedParametersAreCurrent = true
+        }
+        return Products(precision: .bf16, roundedParameters: UnsafePointer(rounded))
+    }
+
     /// The number of parts a batch is cut into, each run through the whole forward and
     /// backward by one worker of `Parallel` (at most the batch size is used).
     ///
@@ -129,7 +158,7 @@ public final class MAEModel {
         let a = prepare(batchSize: batchSize, maskRatio: 0)
         // Equal noise keeps the patches in their order; with nothing masked it only orders them.
         let noise = FloatBuffer(count: batchSize * config.patchCount)
-        runEncoder(a, images: images, noise: noise.pointer)
+        runEncoder(a, products: currentProducts(), images: images, noise: noise.pointer)
         let width = config.encoderWidth, tokens = a.encoderTokens
         parallelFor(batchSize) { samples in
             for sample in samples {
@@ -153,9 +182,12 @@ public final class MAEModel {
     private func runShards(_ a: Activations, images: UnsafePointer<Float>, noise: UnsafePointer<Float>,
                            normPixLoss: Bool, gradientScale: Float?) -> Float {
         let shardCount = min(batchShards, a.batch)
+        let products = currentProducts()
         guard shardCount > 1 else {
-            let loss = runForward(a, images: images, noise: noise, normPixLoss: normPixLoss)
-            if let gradientScale { runBackward(a, gradients: gradients.pointer, gradientScale: gradientScale) }
+            let loss = runForward(a, products: products, images: images, noise: noise, normPixLoss: normPixLoss)
+            if let gradientScale {
+                runBackward(a, products: products, gradients: gradients.pointer, gradientScale: gradientScale)
+            }
             return loss
         }
         if shardArenas.count != shardCount || shardArenas.first?.arena.storage !== a.storage {
@@ -177,13 +209,13 @@ public final class MAEModel {
         parallelFor(shardCount, minimumPerWorker: 1, rangesPerWorker: 1) { shards in
             for shard in shards {
                 let (first, arena) = arenas[shard]
-                losses[shard] = self.runForward(arena, images: images + first * imageFloats,
+                losses[shard] = self.runForward(arena, products: products, images: images + first * imageFloats,
                                                 noise: noise + first * self.config.patchCount, normPixLoss: normPixLoss)
                 guard let gradientScale else { continue }
                 let share = Float(Double(arena.batch) / Double(batch))
                 let destination = shard == 0 ? self.gradients.pointer : buffers[shard - 1].pointer
                 if shard > 0 { destination.update(repeating: 0, count: self.table.count) }
-                self.runBackward(arena, gradients: destination, gradientScale: gradientScale * share)
+                self.runBackward(arena, products: products, gradients: destination, gradientScale: gradientScale * share)
             }
         }
         if gradientScale != nil {
@@ -227,7 +259,7 @@ public final class MAEModel {
 
     /// Masking, patch embedding and the encoder with its final norm: `a.encoderNormed`
     /// holds [cls, visible tokens] per sample afterwards.
-    private func runEncoder(_ a: Activations, images: UnsafePointer<Float>, noise: UnsafePointer<Float>) {
+    private func runEncoder(_ a: Activations, products x: Products, images: UnsafePointer<Float>, noise: UnsafePointer<Float>) {
         let p = UnsafePointer(parameters.pointer)
         let batch = a.batch, kept = a.keptCount, patchCount = config.patchCount
         let width = config.encoderWidth, patchDimension = config.patchDimension
@@ -246,7 +278,8 @@ public final class MAEModel {
         gatherPatches(output: a.patches, images: images, patchIndices: a.keptPatches, batch: batch, count: kept,
                       channels: config.channels, imageSize: config.imageSize, patchSize: config.patchSize)
         linearForward(output: a.patchTokens, input: a.patches, weight: p + patchEmbedWeight,
-                      bias: p + patchEmbedBias, rows: batch * kept, inFeatures: patchDimension, outFeatures: width)
+                      bias: p + patchEmbedBias, rows: batch * kept, inFeatures: patchDimension, outFeatures: width,
+                      precision: x.precision, roundedWeight: x.weight(patchEmbedWeight))
 
         // Encoder input: [cls + pos[0], visible tokens + their pos] per sample.
         let stream = a.encoderBlocks.first?.input ?? a.encoderNormed
@@ -265,7 +298,7 @@ public final class MAEModel {
 
         let encoder = encoderShape(a)
         for (offsets, block) in zip(encoderOffsets, a.encoderBlocks) {
-            blockForward(parameters: p, offsets: offsets, activations: block, shape: encoder)
+            blockForward(parameters: p, products: x, offsets: offsets, activations: block, shape: encoder)
         }
         let encoderOutput = a.encoderBlocks.last?.output ?? stream
         layerNormForward(output: a.encoderNormed, mean: a.encoderMean, reciprocalStd: a.encoderReciprocalStd,
@@ -273,9 +306,9 @@ public final class MAEModel {
                          rows: batch * encoderTokens, width: width)
     }
 
-    private func runForward(_ a: Activations, images: UnsafePointer<Float>, noise: UnsafePointer<Float>,
-                            normPixLoss: Bool) -> Float {
-        runEncoder(a, images: images, noise: noise)
+    private func runForward(_ a: Activations, products x: Products, images: UnsafePointer<Float>,
+                            noise: UnsafePointer<Float>, normPixLoss: Bool) -> Float {
+        runEncoder(a, products: x, images: images, noise: noise)
         let p = UnsafePointer(parameters.pointer)
         let batch = a.batch, kept = a.keptCount, patchCount = config.patchCount
         let decoderWidth = config.decoderWidth
@@ -288,7 +321,7 @@ public final class MAEModel {
         // token or the mask token] + decoder pos.
         linearForward(output: a.decoderEmbedded, input: a.encoderNormed, weight: p + decoderEmbedWeight,
                       bias: p + decoderEmbedBias, rows: batch * encoderTokens, inFeatures: width,
-                      outFeatures: decoderWidth)
+                      outFeatures: decoderWidth, precision: x.precision, roundedWeight: x.weight(decoderEmbedWeight))
         let decoderStream = a.decoderBlocks.first?.input ?? a.decoderNormed
         let decoderPosition = UnsafePointer(decoderPositionEmbedding.pointer)
         parallelFor(batch) { samples in
@@ -307,7 +340,7 @@ public final class MAEModel {
 
         let decoder = decoderShape(a)
         for (offsets, block) in zip(decoderOffsets, a.decoderBlocks) {
-            blockForward(parameters: p, offsets: offsets, activations: block, shape: decoder)
+            blockForward(parameters: p, products: x, offsets: offsets, activations: block, shape: decoder)
         }
         let decoderOutput = a.decoderBlocks.last?.output ?? decoderStream
         layerNormForward(output: a.decoderNormed, mean: a.decoderMean, reciprocalStd: a.decoderReciprocalStd,
@@ -315,7 +348,8 @@ public final class MAEModel {
                          rows: batch * decoderTokens, width: decoderWidth)
         linearForward(output: a.fullPrediction, input: a.decoderNormed, weight: p + decoderPredictionWeight,
                       bias: p + decoderPredictionBias, rows: batch * decoderTokens, inFeatures: decoderWidth,
-                      outFeatures: patchDimension)
+                      outFeatures: patchDimension, precision: x.precision,
+                      roundedWeight: x.weight(decoderPredictionWeight))
         for sample in 0..<batch {  // drop the cls position
             (a.prediction + sample * patchCount * patchDimension)
                 .update(from: a.fullPrediction + (sample * decoderTokens + 1) * patchDimension,
@@ -333,7 +367,7 @@ public final class MAEModel {
     // MARK: - Backward
 
     /// Adds the parameter gradients of the batch in `a`, times `gradientScale`, into `g`.
-    private func runBackward(_ a: Activations, gradients g: UnsafeMutablePointer<Float>, gradientScale: Float) {
+    private func runBackward(_ a: Activations, products x: Products, gradients g: UnsafeMutablePointer<Float>, gradientScale: Float) {
         let p = UnsafePointer(parameters.pointer)
         let batch = a.batch, kept = a.keptCount, patchCount = config.patchCount
         let width = config.encoderWidth, decoderWidth = config.decoderWidth
@@ -356,7 +390,8 @@ public final class MAEModel {
         linearBackward(inputGradient: d.norm, weightGradient: g + decoderPredictionWeight,
                        biasGradient: g + decoderPredictionBias, outputGradient: a.fullPredictionGradient,
                        input: a.decoderNormed, weight: p + decoderPredictionWeight,
-                       rows: batch * decoderTokens, inFeatures: decoderWidth, outFeatures: patchDimension)
+                       rows: batch * decoderTokens, inFeatures: decoderWidth, outFeatures: patchDimension,
+                       precision: x.precision, roundedWeight: x.weight(decoderPredictionWeight))
         let decoderStream = a.decoderBlocks.first?.input ?? a.decoderNormed
         let decoderOutput = a.decoderBlocks.last?.output ?? decoderStream
         layerNormBackward(inputGradient: d.stream, weightGradient: g + decoderNormWeight,
@@ -365,7 +400,7 @@ public final class MAEModel {
                           residualGradient: nil, rows: batch * decoderTokens, width: decoderWidth)
         let decoder = decoderShape(a)
         for index in decoderOffsets.indices.reversed() {  // a reversed range allocates nothing
-            blockBackward(parameters: p, gradients: g, offsets: decoderOffsets[index], activations: a.decoderBlocks[index],
+            blockBackward(parameters: p, products: x, gradients: g, offsets: decoderOffsets[index], activations: a.decoderBlocks[index],
                           scratch: d, shape: decoder)
         }
 
@@ -396,7 +431,7 @@ public final class MAEModel {
         linearBackward(inputGradient: d.norm, weightGradient: g + decoderEmbedWeight,
                        biasGradient: g + decoderEmbedBias, outputGradient: embeddedGradient, input: a.encoderNormed,
                        weight: p + decoderEmbedWeight, rows: batch * encoderTokens, inFeatures: width,
-                       outFeatures: decoderWidth)
+                       outFeatures: decoderWidth, precision: x.precision, roundedWeight: x.weight(decoderEmbedWeight))
 
         // Encoder norm and blocks.
         let stream = a.encoderBlocks.first?.input ?? a.encoderNormed
@@ -407,7 +442,7 @@ public final class MAEModel {
                           rows: batch * encoderTokens, width: width)
         let encoder = encoderShape(a)
         for index in encoderOffsets.indices.reversed() {
-            blockBackward(parameters: p, gradients: g, offsets: encoderOffsets[index], activations: a.encoderBlocks[index],
+            blockBackward(parameters: p, products: x, gradients: g, offsets: encoderOffsets[index], activations: a.encoderBlocks[index],
                           scratch: d, shape: encoder)
         }
 
@@ -424,6 +459,7 @@ public final class MAEModel {
         }
         linearBackward(inputGradient: nil, weightGradient: g + patchEmbedWeight, biasGradient: g + patchEmbedBias,
                        outputGradient: tokenGradient, input: a.patches, weight: p + patchEmbedWeight,
-                       rows: batch * kept, inFeatures: patchDimension, outFeatures: width)
+                       rows: batch * kept, inFeatures: patchDimension, outFeatures: width,
+                       precision: x.precision, roundedWeight: x.weight(patchEmbedWeight))
     }
 }

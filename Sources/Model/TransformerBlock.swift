@@ -25,6 +25,17 @@ struct BlockOffsets {
     }
 }
 
+/// How a pass runs its matrix products: in `precision`, and in bf16 with the weights
+/// taken from `roundedParameters` (the parameters rounded to bf16 once per step, same
+/// layout), so no product rounds a weight again.
+struct Products {
+    let precision: Precision
+    let roundedParameters: UnsafePointer<UInt16>?
+
+    /// The rounded weight at `offset` of the parameter layout; nil in fp32.
+    func weight(_ offset: Int) -> UnsafePointer<UInt16>? { roundedParameters.map { $0 + offset } }
+}
+
 /// The sizes a block runs at.
 struct BlockShape {
     let batch: Int, tokens: Int, width: Int, heads: Int, hidden: Int
@@ -60,54 +71,64 @@ struct BlockScratch {
     var probabilities: UnsafeMutablePointer<Float>  // [batch, heads, tokens, tokens]
 }
 
-func blockForward(parameters p: UnsafePointer<Float>, offsets o: BlockOffsets,
+func blockForward(parameters p: UnsafePointer<Float>, products x: Products, offsets o: BlockOffsets,
                   activations a: BlockActivations, shape s: BlockShape) {
     layerNormForward(output: a.norm1, mean: a.mean1, reciprocalStd: a.reciprocalStd1, input: a.input,
                      weight: p + o.norm1Weight, bias: p + o.norm1Bias, rows: s.rows, width: s.width)
     linearForward(output: a.qkv, input: a.norm1, weight: p + o.qkvWeight, bias: p + o.qkvBias,
-                  rows: s.rows, inFeatures: s.width, outFeatures: 3 * s.width)
+                  rows: s.rows, inFeatures: s.width, outFeatures: 3 * s.width,
+                  precision: x.precision, roundedWeight: x.weight(o.qkvWeight))
     attentionForward(output: a.attention, probabilities: a.probabilities, qkv: a.qkv,
-                     batch: s.batch, tokens: s.tokens, heads: s.heads, headDimension: s.headDimension)
+                     batch: s.batch, tokens: s.tokens, heads: s.heads, headDimension: s.headDimension,
+                     precision: x.precision)
     linearForward(output: a.middle, input: a.attention, weight: p + o.projectionWeight,
                   bias: p + o.projectionBias, residual: a.input,
-                  rows: s.rows, inFeatures: s.width, outFeatures: s.width)
+                  rows: s.rows, inFeatures: s.width, outFeatures: s.width,
+                  precision: x.precision, roundedWeight: x.weight(o.projectionWeight))
     layerNormForward(output: a.norm2, mean: a.mean2, reciprocalStd: a.reciprocalStd2, input: a.middle,
                      weight: p + o.norm2Weight, bias: p + o.norm2Bias, rows: s.rows, width: s.width)
     // fc1 without its bias; the bias joins GELU in one pass, which leaves GELU' in `hidden`.
     matrixMultiply(a.hidden, ldc: s.hidden, a.norm2, lda: s.width, p + o.fc1Weight, ldb: s.width,
-                   transposeB: true, m: s.rows, n: s.hidden, k: s.width)
+                   transposeB: true, roundedB: x.weight(o.fc1Weight), m: s.rows, n: s.hidden, k: s.width,
+                   precision: x.precision)
     biasGELUForward(activated: a.activated, preActivation: a.hidden, bias: p + o.fc1Bias,
                     rows: s.rows, width: s.hidden)
     linearForward(output: a.output, input: a.activated, weight: p + o.fc2Weight, bias: p + o.fc2Bias,
-                  residual: a.middle, rows: s.rows, inFeatures: s.hidden, outFeatures: s.width)
+                  residual: a.middle, rows: s.rows, inFeatures: s.hidden, outFeatures: s.width,
+                  precision: x.precision, roundedWeight: x.weight(o.fc2Weight))
 }
 
 /// Backward of `blockForward`. On entry `scratch.stream` holds ∂loss/∂output; on
 /// exit it holds ∂loss/∂input. Parameter gradients are added into `g`.
-func blockBackward(parameters p: UnsafePointer<Float>, gradients g: UnsafeMutablePointer<Float>,
+func blockBackward(parameters p: UnsafePointer<Float>, products x: Products, gradients g: UnsafeMutablePointer<Float>,
                    offsets o: BlockOffsets, activations a: BlockActivations,
                    scratch d: BlockScratch, shape s: BlockShape) {
     // MLP branch. The residual passes d output straight to d middle.
     linearBackward(inputGradient: d.hidden, weightGradient: g + o.fc2Weight, biasGradient: g + o.fc2Bias,
                    outputGradient: d.stream, input: a.activated, weight: p + o.fc2Weight,
-                   rows: s.rows, inFeatures: s.hidden, outFeatures: s.width)
+                   rows: s.rows, inFeatures: s.hidden, outFeatures: s.width,
+                   precision: x.precision, roundedWeight: x.weight(o.fc2Weight))
     geluBackward(inputGradient: d.hidden, outputGradient: d.hidden, derivative: a.hidden, count: s.rows * s.hidden)
     linearBackward(inputGradient: d.norm, weightGradient: g + o.fc1Weight, biasGradient: g + o.fc1Bias,
                    outputGradient: d.hidden, input: a.norm2, weight: p + o.fc1Weight,
-                   rows: s.rows, inFeatures: s.width, outFeatures: s.hidden)
+                   rows: s.rows, inFeatures: s.width, outFeatures: s.hidden,
+                   precision: x.precision, roundedWeight: x.weight(o.fc1Weight))
     layerNormBackward(inputGradient: d.stream, weightGradient: g + o.norm2Weight, biasGradient: g + o.norm2Bias,
                       outputGradient: d.norm, input: a.middle, mean: a.mean2, reciprocalStd: a.reciprocalStd2,
                       weight: p + o.norm2Weight, residualGradient: d.stream, rows: s.rows, width: s.width)
     // Attention branch; d middle passes straight to d input.
     linearBackward(inputGradient: d.attention, weightGradient: g + o.projectionWeight,
                    biasGradient: g + o.projectionBias, outputGradient: d.stream, input: a.attention,
-                   weight: p + o.projectionWeight, rows: s.rows, inFeatures: s.width, outFeatures: s.width)
+                   weight: p + o.projectionWeight, rows: s.rows, inFeatures: s.width, outFeatures: s.width,
+                   precision: x.precision, roundedWeight: x.weight(o.projectionWeight))
     attentionBackward(qkvGradient: d.qkv, probabilityGradient: d.probabilities, outputGradient: d.attention,
                       qkv: a.qkv, probabilities: a.probabilities,
-                      batch: s.batch, tokens: s.tokens, heads: s.heads, headDimension: s.headDimension)
+                      batch: s.batch, tokens: s.tokens, heads: s.heads, headDimension: s.headDimension,
+                      precision: x.precision)
     linearBackward(inputGradient: d.norm, weightGradient: g + o.qkvWeight, biasGradient: g + o.qkvBias,
                    outputGradient: d.qkv, input: a.norm1, weight: p + o.qkvWeight,
-                   rows: s.rows, inFeatures: s.width, outFeatures: 3 * s.width)
+                   rows: s.rows, inFeatures: s.width, outFeatures: 3 * s.width,
+                   precision: x.precision, roundedWeight: x.weight(o.qkvWeight))
     layerNormBackward(inputGradient: d.stream, weightGradient: g + o.norm1Weight, biasGradient: g + o.norm1Bias,
                       outputGradient: d.norm, input: a.input, mean: a.mean1, reciprocalStd: a.reciprocalStd1,
                       weight: p + o.norm1Weight, residualGradient: d.stream, rows: s.rows, width: s.width)

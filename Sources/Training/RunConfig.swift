@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import Model
 
 /// Every setting of a training run. Saved whole in each checkpoint's `state.json`, so a
@@ -38,6 +39,10 @@ public struct RunConfig: Codable, Sendable, Equatable {
     /// resume, else `MAEModel.automaticBatchShards`. The session stores the count it
     /// used, so a checkpoint records it; one saved without it was made with 1.
     public var batchShards: Int?
+    /// `--precision`: the number format of the matrix products (nil in checkpoints made
+    /// before the option existed, which ran fp32: read it through `productPrecision`).
+    /// Checkpoints hold fp32 weights either way, so a run may resume in the other one.
+    public var precision: Precision?
     public var runDirectory: String
     /// Write a checkpoint every this many optimizer steps (0: only at epoch ends).
     public var checkpointEvery: Int
@@ -66,7 +71,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         case baseLearningRate = "blr", absoluteLearningRate = "lr", minimumLearningRate = "min_lr"
         case weightDecay = "weight_decay", beta1, beta2, epsilon = "eps", accumulationSteps = "accum_iter"
         case maskRatio = "mask_ratio", masking, normPixLoss = "norm_pix_loss", seed, threads, dataThreads = "data_threads"
-        case batchShards = "batch_shards"
+        case batchShards = "batch_shards", precision
         case runDirectory = "run_dir", checkpointEvery = "checkpoint_every", keepCheckpoints = "keep_checkpoints"
         case keepEveryEpochs = "keep_every_epochs", resume, maxSteps = "max_steps", printEvery = "print_every"
         case reconstructEvery = "reconstruct_every", initWeights = "init_weights"
@@ -76,7 +81,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
                 baseLearningRate: Double = 1.5e-4, absoluteLearningRate: Double? = nil, minimumLearningRate: Double = 0,
                 weightDecay: Double = 0.05, beta1: Double = 0.9, beta2: Double = 0.95, epsilon: Double = 1e-8,
                 accumulationSteps: Int = 1, maskRatio: Double = 0.75, masking: MaskingStrategy = .random, normPixLoss: Bool = false, seed: UInt64 = 0,
-                threads: Int = 1, dataThreads: Int = 1, batchShards: Int? = nil, runDirectory: String, checkpointEvery: Int = 0,
+                threads: Int = 1, dataThreads: Int = 1, batchShards: Int? = nil, precision: Precision = .fp32, runDirectory: String, checkpointEvery: Int = 0,
                 keepCheckpoints: Int = 3, keepEveryEpochs: Int = 0, resume: String? = nil, maxSteps: Int? = nil,
                 printEvery: Int = 20, reconstructEvery: Int? = nil, initWeights: String? = nil, injectNonFiniteLossAtStep: Int? = nil) {
         self.dataRoot = dataRoot
@@ -99,6 +104,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         self.threads = threads
         self.dataThreads = dataThreads
         self.batchShards = batchShards
+        self.precision = precision
         self.runDirectory = runDirectory
         self.checkpointEvery = checkpointEvery
         self.keepCheckpoints = keepCheckpoints
@@ -113,6 +119,9 @@ public struct RunConfig: Codable, Sendable, Equatable {
 
     /// The masking strategy: `masking`, or random for a run saved before the option existed.
     public var maskingStrategy: MaskingStrategy { masking ?? .random }
+
+    /// The products' precision: `precision`, or fp32 for a run saved before the option existed.
+    public var productPrecision: Precision { precision ?? .fp32 }
 
     /// Images per optimizer step over all workers: batch × accum-iter × world size.
     public func effectiveBatchSize(worldSize: Int) -> Int { batchSize * accumulationSteps * worldSize }
@@ -169,6 +178,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         note("--norm-pix-loss", saved.normPixLoss, normPixLoss)
         // Another shard count rounds the gradients differently from here on.
         note("--batch-shards", saved.batchShards ?? 1, batchShards ?? 1)
+        note("--precision", saved.productPrecision.rawValue, productPrecision.rawValue)
         return changes
     }
 }

@@ -5,6 +5,7 @@ extension TrainingSession {
     func startFromWeights(_ path: String) throws {
         let trained = try TrainedModel.load(path: path, model: config.model)
         model.parameters.pointer.update(from: trained.model.parameters.pointer, count: model.parameters.count)
+        model.parametersDidChange()
         log.info("starting from the weights of \(trained.weightsPath)")
     }
 }

@@ -122,6 +122,7 @@ final class TrainingSession {
         self.config.batchShards = config.batchShards ?? MAEModel.automaticBatchShards(
             config: config.model, batchSize: config.batchSize, threads: config.threads)
         model.batchShards = self.config.batchShards ?? 1
+        model.precision = config.productPrecision
         optimizer = AdamWOptimizer(table: model.table, beta1: Float(config.beta1), beta2: Float(config.beta2),
                                    epsilon: Float(config.epsilon), weightDecay: Float(config.weightDecay))
         files = CheckpointFiles(model: model, optimizer: optimizer)
@@ -164,6 +165,7 @@ final class TrainingSession {
         if worldSize > 1 {
             shared = try collective.allReduceScalars(shared)
             try collective.broadcast(model.parameters.pointer, count: model.parameters.count, root: 0)
+            model.parametersDidChange()
             try collective.broadcast(optimizer.firstMoment.pointer, count: optimizer.firstMoment.count, root: 0)
             try collective.broadcast(optimizer.secondMoment.pointer, count: optimizer.secondMoment.count, root: 0)
         }
@@ -195,7 +197,7 @@ final class TrainingSession {
         let rateRule = config.absoluteLearningRate == nil
             ? " (blr \(config.baseLearningRate) × \(effectiveBatch) / 256)" : " (--lr)"
         log.info("mae-worker: \(BLASRuntime.banner), compute threads \(config.threads), data threads \(config.dataThreads), "
-                 + "batch shards \(model.batchShards), \(CPUInfo.summary)")
+                 + "batch shards \(model.batchShards), precision \(model.precision.rawValue), \(CPUInfo.summary)")
         if let note = BLASRuntime.presetCoreNote { log.info("note: " + note) }
         log.info("model \(describe(config.model)), \(model.table.count) parameters; world size \(worldSize) (rank \(rank))")
         log.info("dataset \(config.dataRoot): \(dataset.count) images, \(dataset.classNames.count) classes, "
@@ -330,6 +332,7 @@ final class TrainingSession {
             try collective.allReduceAverage(model.gradients.pointer, count: model.gradients.count)
         }
         optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: Float(learningRate))
+        model.parametersDidChange()  // the bf16 copy is rounded again once, before the next step
 
         position.step += 1
         position.stepInEpoch += 1

@@ -1,5 +1,6 @@
 import Collectives
 import Foundation
+import Kernels
 import Model
 import Options
 import System
@@ -98,6 +99,7 @@ public enum WorkerOptions {
             OptionSpec("seed", value: "S", default: "0", help: "seed of every random number in the run"),
             OptionSpec("threads", value: "T", default: "auto",
                        help: "compute threads (auto: cores, divided among workers on this machine)"),
+            OptionSpec("precision", value: "fp32|bf16", default: "fp32", help: Precision.optionHelp),
             OptionSpec("data-threads", value: "T", default: "auto", help: "image decoding threads (auto: 1 per 4 compute threads, at least 1)"),
             OptionSpec("batch-shards", value: "N", default: "auto",
                        help: "parts of each batch, each run whole by one compute thread (1: every kernel split over the "
@@ -240,6 +242,7 @@ public enum WorkerOptions {
         let dataThreads = options.string("data-threads") == "auto"
             ? max(1, threads / 4) : try options.int("data-threads", in: 1...256)
         let batchShards = options.string("batch-shards") == "auto" ? nil : try options.int("batch-shards", in: 1...65_536)
+        let precision = try parsePrecision(try options.required("precision"), fail: fail)
         let resume = options.string("resume")
         if let resume, resume != "auto", !FileSystem.isDirectory(resume) {
             throw fail("--resume \(resume) is not a checkpoint folder (pass 'auto' or RUN_DIR/checkpoints/step-NNNNNNNN)")
@@ -266,7 +269,7 @@ public enum WorkerOptions {
             accumulationSteps: try options.int("accum-iter", in: 1...1_000_000),
             maskRatio: maskRatio, masking: masking, normPixLoss: options.flag("norm-pix-loss"),
             seed: try parseSeed(options.required("seed"), fail: fail),
-            threads: threads, dataThreads: dataThreads, batchShards: batchShards,
+            threads: threads, dataThreads: dataThreads, batchShards: batchShards, precision: precision,
             runDirectory: try options.required("run-dir"),
             checkpointEvery: try options.int("checkpoint-every", in: 0...Int.max),
             keepCheckpoints: try options.int("keep-checkpoints", in: 1...1_000_000),
@@ -298,6 +301,16 @@ public enum WorkerOptions {
             throw fail("--congestion-control expects auto, system or an algorithm's name such as reno, got '\(text)'")
         }
         return choice
+    }
+
+    /// `--precision`: fp32 or bf16, which this CPU must be able to run (one line naming
+    /// the missing instruction set otherwise).
+    public static func parsePrecision(_ text: String, fail: (String) -> OptionError) throws -> Precision {
+        guard let precision = Precision(rawValue: text) else {
+            throw fail("--precision expects fp32 or bf16, got '\(text)'")
+        }
+        if let reason = precision.unsupportedReason { throw fail(reason) }
+        return precision
     }
 
     static func parseSeed(_ text: String, fail: (String) -> OptionError) throws -> UInt64 {

@@ -2,6 +2,7 @@ import Dispatch
 import Kernels
 import Model
 import Options
+import Training
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -24,6 +25,7 @@ struct BenchStepCommand: Subcommand {
             OptionSpec("batch-shards", value: "N", default: "auto",
                        help: "parts of the batch, each run whole by one thread (1: every kernel split over the "
                            + "threads; auto: one per thread if the extra gradient buffers take at most 256 MiB)"),
+            OptionSpec("precision", value: "fp32|bf16", default: "fp32", help: Precision.optionHelp),
             OptionSpec("steps", value: "K", default: "5", help: "timed steps after the warm-up step"),
             OptionSpec("mask-ratio", value: "R", default: "0.75", help: "fraction of patches removed"),
             OptionSpec("masking", value: "random|block|grid", default: "random", help: MaskingStrategy.optionHelp),
@@ -40,6 +42,9 @@ struct BenchStepCommand: Subcommand {
             ? MAEModel.automaticBatchShards(config: config, batchSize: batch, threads: threads)
             : try options.int("batch-shards", in: 1...65_536)
         let steps = try options.int("steps", in: 1...100_000)
+        let precision = try WorkerOptions.parsePrecision(try options.required("precision")) {
+            OptionError("mae bench step: " + $0)
+        }
         let maskRatio = try options.double("mask-ratio", expectation: "a ratio in [0, 1)") {
             $0 >= 0 && $0 < 1 && config.keptCount(maskRatio: $0) >= 1
         }
@@ -54,12 +59,13 @@ struct BenchStepCommand: Subcommand {
         Parallel.setThreads(threads)
         let model = MAEModel(config: config, seed: seed)
         model.batchShards = batchShards
+        model.precision = precision
         // OpenBLAS's own count is 1 per product when our pool splits the products.
         print(BLASRuntime.banner + (Parallel.splitsProducts ? " per product, pool threads=\(Parallel.threads)" : "")
               + " \(CPUInfo.summary)")
         if let note = BLASRuntime.presetCoreNote { print("note: " + note) }
         print("model \(config.name) image \(config.imageSize) patch \(config.patchSize) params \(model.table.count) "
-              + "batch \(batch) mask_ratio \(maskRatio) masking \(masking.rawValue) norm_pix_loss \(normPixLoss) threads \(threads) batch_shards \(batchShards) steps \(steps)")
+              + "batch \(batch) mask_ratio \(maskRatio) masking \(masking.rawValue) norm_pix_loss \(normPixLoss) threads \(threads) batch_shards \(batchShards) precision \(precision.rawValue) steps \(steps)")
 
         // Random images, standard normal like ImageNet-normalised pixels.
         let pixels = batch * config.channels * config.imageSize * config.imageSize
@@ -86,6 +92,7 @@ struct BenchStepCommand: Subcommand {
                             count: tensor.count, learningRate: 1.5e-4, beta1: 0.9, beta2: 0.95, epsilon: 1e-8,
                             weightDecay: tensor.decays ? 0.05 : 0, step: number + 1)
             }
+            model.parametersDidChange()
             return loss
         }
 

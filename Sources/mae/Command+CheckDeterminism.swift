@@ -1,6 +1,7 @@
 import Kernels
 import Model
 import Options
+import Training
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -25,6 +26,8 @@ struct CheckDeterminismCommand: Subcommand {
                            + "1 decoder block 64 wide, large enough at 8 images that its products are cut over threads; "
                            + "'none' skips the steps)"),
             OptionSpec("batch", value: "B", default: "8", help: "images per step"),
+            OptionSpec("precision", value: "fp32|bf16", default: "fp32",
+                       help: "precision of the products and training steps compared (bf16 needs AVX512_BF16)"),
         ])
 
     /// Products of the shapes the models run (m, n, k): the linear layers of the tiny model
@@ -48,13 +51,16 @@ struct CheckDeterminismCommand: Subcommand {
         guard threadCounts.count >= 2 else { throw OptionError("--threads needs at least two counts to compare") }
         let models = try list(options, "models").filter { $0 != "none" }.map(model)
         let batch = try options.int("batch", in: 1...4096)
+        let precision = try WorkerOptions.parsePrecision(try options.required("precision")) {
+            OptionError("mae check-determinism: " + $0)
+        }
 
         Parallel.setThreads(threadCounts[0])  // also puts OpenBLAS on one thread, as the banner shows
         print(BLASRuntime.banner + " " + CPUInfo.summary)
         if let note = BLASRuntime.presetCoreNote { print("note: " + note) }
         var failures: [String] = []
-        let productDifferences = compareProducts(threadCounts: threadCounts)
-        print("matrix products: \(productShapes.count) shapes × 4 transposes × beta 0 and 1, threads "
+        let productDifferences = compareProducts(threadCounts: threadCounts, precision: precision)
+        print("\(precision.rawValue) matrix products: \(productShapes.count) shapes × 4 transposes × beta 0 and 1, threads "
               + "\(threadCounts.map(String.init).joined(separator: ",")): "
               + (productDifferences.isEmpty ? "identical" : "\(productDifferences.count) differ"))
         for difference in productDifferences.prefix(5) { print("  " + difference) }
@@ -62,7 +68,7 @@ struct CheckDeterminismCommand: Subcommand {
 
         for config in models {
             for shards in [1, 2] {
-                let results = threadCounts.map { step(config, batch: batch, shards: shards, threads: $0) }
+                let results = threadCounts.map { step(config, batch: batch, shards: shards, threads: $0, precision: precision) }
                 let reference = results[0]
                 let verdicts = zip(threadCounts, results).dropFirst().map { threads, result -> String in
                     let differing = zip(result.gradients, reference.gradients).filter { $0.bitPattern != $1.bitPattern }.count
@@ -99,7 +105,7 @@ struct CheckDeterminismCommand: Subcommand {
     /// Every product of `productShapes` in every transpose form, with beta 0 and 1, on each
     /// thread count against the first; one line per product that differs. (Buffers are
     /// copied and compared with memcpy and memcmp: the check also runs in debug builds.)
-    static func compareProducts(threadCounts: [Int]) -> [String] {
+    static func compareProducts(threadCounts: [Int], precision: Precision) -> [String] {
         let before = Parallel.threads
         defer { Parallel.setThreads(before) }
         // One pool of values in [-0.5, 0.5) that every operand is read from.
@@ -123,7 +129,7 @@ struct CheckDeterminismCommand: Subcommand {
                             memcpy(target.pointer, pool.pointer, bytes)
                             matrixMultiply(target.pointer, ldc: n, pool.pointer, lda: transposeA ? m : k,
                                            transposeA: transposeA, pool.pointer + 1, ldb: transposeB ? k : n,
-                                           transposeB: transposeB, m: m, n: n, k: k, beta: beta)
+                                           transposeB: transposeB, m: m, n: n, k: k, beta: beta, precision: precision)
                             guard index > 0, memcmp(c.pointer, reference.pointer, bytes) != 0 else { continue }
                             let differing = (0..<(m * n)).filter { c[$0].bitPattern != reference[$0].bitPattern }.count
                             differences.append("m \(m) n \(n) k \(k) transposeA \(transposeA) transposeB \(transposeB) "
@@ -138,12 +144,14 @@ struct CheckDeterminismCommand: Subcommand {
 
     /// One forward and backward pass of a freshly initialised model on fixed images and
     /// masks, on `threads` threads.
-    static func step(_ config: ModelConfig, batch: Int, shards: Int, threads: Int) -> (loss: Float, gradients: [Float]) {
+    static func step(_ config: ModelConfig, batch: Int, shards: Int, threads: Int,
+                     precision: Precision) -> (loss: Float, gradients: [Float]) {
         let before = Parallel.threads
         Parallel.setThreads(threads)
         defer { Parallel.setThreads(before) }
         let model = MAEModel(config: config, seed: 42)
         model.batchShards = shards
+        model.precision = precision
         let pixels = batch * config.channels * config.imageSize * config.imageSize
         let images = FloatBuffer(count: pixels)
         var random = CounterRandom(seed: 41, purpose: .synthesis)

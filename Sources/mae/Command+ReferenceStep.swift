@@ -2,6 +2,7 @@ import Foundation
 import Kernels
 import Model
 import Options
+import Training
 
 /// `mae reference-step`: one forward and backward pass on given weights, images and
 /// masking noise, written out for comparison with the official PyTorch model
@@ -34,6 +35,8 @@ struct ReferenceStepCommand: Subcommand {
             OptionSpec("mask-ratio", value: "R", default: "0.75", help: "fraction of patches removed"),
             .flag("norm-pix-loss", help: "normalise each target patch by its mean and unbiased variance"),
             OptionSpec("threads", value: "T", default: "1", help: "threads for matrix products and kernels"),
+            OptionSpec("precision", value: "fp32|bf16", default: "fp32",
+                       help: Precision.optionHelp + "; compare bf16 with the official model under torch.autocast"),
             OptionSpec("save-weights", value: "FILE",
                        help: "also save the loaded weights again (to check that the official model loads our files strictly)"),
         ])
@@ -46,6 +49,9 @@ struct ReferenceStepCommand: Subcommand {
         let outPath = try options.required("out")
         let maskRatio = try options.double("mask-ratio", expectation: "a ratio in [0, 1)") { $0 >= 0 && $0 < 1 }
         let threads = try options.int("threads", in: 1 ... 1024)
+        let precision = try WorkerOptions.parsePrecision(try options.required("precision")) {
+            OptionError("mae reference-step: " + $0)
+        }
         let kept = config.keptCount(maskRatio: maskRatio)
         guard kept >= 1, kept < config.patchCount else {
             throw OptionError("mae reference-step: --mask-ratio \(maskRatio) keeps \(kept) of \(config.patchCount) patches; at least one must be kept and one removed")
@@ -68,6 +74,7 @@ struct ReferenceStepCommand: Subcommand {
         Parallel.setThreads(threads)
         let model = MAEModel(config: config, seed: 0)
         try model.loadWeights(path: weightsPath)
+        model.precision = precision
         if let savePath = options.string("save-weights") {
             try model.saveWeights(path: savePath, metadata: ["model": config.name, "source": "mae reference-step"])
         }
@@ -94,7 +101,8 @@ struct ReferenceStepCommand: Subcommand {
         try withExtendedLifetime(lossBuffer) {
             try SafeTensorsFile.write(path: outPath, tensors: tensors, metadata: [
                 "model": config.name, "mask_ratio": String(maskRatio),
-                "norm_pix_loss": String(options.flag("norm-pix-loss")), "source": "mae reference-step",
+                "norm_pix_loss": String(options.flag("norm-pix-loss")), "precision": precision.rawValue,
+                "source": "mae reference-step",
             ])
         }
         print("model=\(config.name) input=\(side) batch=\(batch) loss=\(loss) step_s=\(String(format: "%.3f", seconds)) out=\(outPath)")

@@ -144,6 +144,41 @@ import TestSupport
         #expect(lossOne.isFinite && lossOne > 0)
     }
 
+    /// In bf16 too, the thread count changes no bit (the products' row blocks depend on the
+    /// shape alone), and the rounded weights follow `parametersDidChange()`.
+    @Test(arguments: [1, 3])
+    func bf16StepIsIndependentOfTheThreadCount(batchShards: Int) throws {
+        try #require(Precision.bf16.unsupportedReason == nil, "this CPU has no AVX512_BF16")
+        let config = try ModelConfig.named("mae_vit_tiny_patch4")
+        let batch = 8
+        let input = Self.inputs(config, batch: batch, seed: 41)
+        let model = MAEModel(config: config, seed: 42)
+        model.batchShards = batchShards
+        func run(threads: Int, precision: Precision = .bf16) -> (Float, [Float]) {
+            let before = Parallel.threads
+            Parallel.setThreads(threads)
+            defer { Parallel.setThreads(before) }
+            model.precision = precision
+            model.gradients.zero()
+            let loss = model.forwardBackward(images: input.images.pointer, noise: input.noise.pointer, batchSize: batch,
+                                             maskRatio: 0.75, normPixLoss: true)
+            return (loss, model.gradients.toArray())
+        }
+        let (lossOne, gradientsOne) = run(threads: 1)
+        for threads in [2, 3] {
+            let (loss, gradients) = run(threads: threads)
+            #expect(loss == lossOne, "\(threads) threads")
+            let differing = zip(gradients, gradientsOne).filter { $0.bitPattern != $1.bitPattern }.count
+            #expect(differing == 0, "\(differing) gradient elements differ on \(threads) threads")
+        }
+        let (lossFP32, _) = run(threads: 1, precision: .fp32)
+        #expect(lossFP32 != lossOne && abs(lossFP32 - lossOne) < 1e-2 * lossFP32, "fp32 \(lossFP32), bf16 \(lossOne)")
+        // A changed weight reaches the bf16 products once the model is told.
+        model.parameters.pointer[model.table.tensor(named: "blocks.0.attn.qkv.weight")!.offset] += 0.5
+        model.parametersDidChange()
+        #expect(run(threads: 1).0 != lossOne)
+    }
+
     /// Cutting the batch into shards (run whole by one worker each, gradients added in
     /// shard order) computes the same step as one shard, up to float rounding: the
     /// same mask, the same predictions, the loss and every gradient within a few ulps,

@@ -1,5 +1,6 @@
 import Data
 import Foundation
+import Kernels
 import Model
 import System
 import Testing
@@ -319,6 +320,25 @@ extension WorkerProcessTests {
         let state = try CheckpointStore.verify(temporary.path + "/accum-stopped/checkpoints/\(final)")
         #expect(state.epoch == 3 && state.stepInEpoch == 0 && state.isEpochEnd)
         #expect(state.schedule.accumulationSteps == 2 && state.schedule.iterationsPerEpoch == 4)
+    }
+}
+
+extension WorkerProcessTests {
+    /// In bf16 (on a CPU with AVX512_BF16), stopping and resuming is bitwise exact too: the
+    /// rounded weights are made again from the checkpoint's fp32 weights.
+    @Test func resumeInBF16IsBitwiseExact() throws {
+        try #require(Precision.bf16.unsupportedReason == nil, "this CPU has no AVX512_BF16")
+        defer { temporary.remove() }
+        try run("bf16-straight", ["--precision", "bf16"])
+        try run("bf16-stopped", ["--precision", "bf16", "--max-steps", "3"])
+        try run("bf16-stopped", ["--precision", "bf16", "--resume", "auto"])
+        try run("fp32-straight", [])
+        for file in ["model.safetensors", "optimizer.safetensors"] {
+            let expected = try bytes(checkpoint("bf16-straight", step: 12) + "/" + file)
+            #expect(try bytes(checkpoint("bf16-stopped", step: 12) + "/" + file) == expected, "\(file) differs")
+            #expect(try bytes(checkpoint("fp32-straight", step: 12) + "/" + file) != expected,
+                    "\(file): bf16 trained the same bits as fp32")
+        }
     }
 }
 
