@@ -5,6 +5,7 @@ BLASRuntime.ensureFastKernels()
 /// Every `mae` subcommand; each lives in its own `Command+Name.swift` file.
 let subcommands: [any Subcommand.Type] = [
     BenchStepCommand.self,
+    BenchProductsCommand.self,
     SynthDataCommand.self,
     BenchDataCommand.self,
     BenchAllReduceCommand.self,
