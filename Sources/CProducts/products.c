@@ -94,6 +94,36 @@ static const uint16_t *rounded(uint16_t **buffer, size_t *capacity, const float 
 static dnnl_status_t engine_status;
 static void create_engine(void) { engine_status = dnnl_engine_create(&engine, dnnl_cpu, 0); }
 
+static inline uint16_t round_one(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, 4);
+    uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    return (uint16_t)(((bits & 0x7FFFFFFFu) > 0x7F800000u) ? ((bits >> 16) | 0x0040u) : rounded);
+}
+
+// The transpose of the operand's stored matrix (rows × columns, leading dimension ld)
+// rounded into a compact bf16 buffer [columns, rows]: oneDNN's kernels run a row-major
+// op(a) markedly faster than a transposed one (the weight-gradient products dyᵀ·x), and
+// rounding reads the operand anyway. In tiles of 16 × 16 so that reads and writes both
+// stay in a few cache lines.
+static const uint16_t *rounded_transpose(uint16_t **buffer, size_t *capacity, const float *source,
+                                         long rows, long columns, long ld) {
+    uint16_t *destination = reserve(buffer, capacity, (size_t)(rows * columns));
+    if (!destination) return NULL;
+    for (long row0 = 0; row0 < rows; row0 += 16) {
+        long row1 = row0 + 16 < rows ? row0 + 16 : rows;
+        for (long column0 = 0; column0 < columns; column0 += 16) {
+            long column1 = column0 + 16 < columns ? column0 + 16 : columns;
+            for (long column = column0; column < column1; column++) {
+                for (long row = row0; row < row1; row++) {
+                    destination[column * rows + row] = round_one(source[row * ld + column]);
+                }
+            }
+        }
+    }
+    return destination;
+}
+
 static int initialise_engine(void) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, create_engine);
@@ -195,7 +225,11 @@ int mae_bf16_matmul(float *c, long ldc,
     long a_rows = transpose_a ? k : m, a_columns = transpose_a ? m : k;
     long b_rows = transpose_b ? n : k, b_columns = transpose_b ? k : n;
     const uint16_t *a16 = a, *b16 = b;
-    if (!a_is_bf16) {
+    if (!a_is_bf16 && transpose_a) {
+        if (!(a16 = rounded_transpose(&a_buffer, &a_capacity, a, a_rows, a_columns, lda))) return fail("buffer", dnnl_out_of_memory);
+        lda = k;
+        transpose_a = 0;
+    } else if (!a_is_bf16) {
         if (!(a16 = rounded(&a_buffer, &a_capacity, a, a_rows, a_columns, lda))) return fail("buffer", dnnl_out_of_memory);
         lda = a_columns;
     }
