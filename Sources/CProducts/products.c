@@ -12,6 +12,7 @@
 typedef struct {
     long m, n, k, lda, ldb, ldc;
     int transpose_a, transpose_b, accumulate;
+    int fp32_inputs;  // 1: oneDNN's fp32 matmul (measured against OpenBLAS), 0: bf16 inputs
     float alpha;
 } product_key;
 
@@ -138,8 +139,9 @@ static product_entry *create_entry(const product_key *key) {
     dnnl_dims_t b_strides = {key->transpose_b ? 1 : key->ldb, key->transpose_b ? key->ldb : 1};
     dnnl_dims_t c_strides = {key->ldc, 1};
     dnnl_status_t status;
-    if ((status = dnnl_memory_desc_init_by_strides(&entry.a_md, 2, a_dims, dnnl_bf16, a_strides)) ||
-        (status = dnnl_memory_desc_init_by_strides(&entry.b_md, 2, b_dims, dnnl_bf16, b_strides)) ||
+    dnnl_data_type_t input_type = key->fp32_inputs ? dnnl_f32 : dnnl_bf16;
+    if ((status = dnnl_memory_desc_init_by_strides(&entry.a_md, 2, a_dims, input_type, a_strides)) ||
+        (status = dnnl_memory_desc_init_by_strides(&entry.b_md, 2, b_dims, input_type, b_strides)) ||
         (status = dnnl_memory_desc_init_by_strides(&entry.c_md, 2, c_dims, dnnl_f32, c_strides))) {
         fail("memory descriptor", status);
         return NULL;
@@ -211,6 +213,48 @@ const char *mae_bf16_matmul_implementation(long m, long n, long k, int transpose
     return entry ? entry->implementation : NULL;
 }
 
+// Runs the entry's primitive on the calling thread, with its scratch memory.
+static int execute(product_entry *entry, const void *a, const void *b, float *c,
+                   long m, long n, long k, long ldc, float beta) {
+    if (k == 0) {  // oneDNN leaves c alone; the product of nothing is 0
+        if (beta == 0.0f) for (long row = 0; row < m; row++) memset(c + row * ldc, 0, (size_t)n * 4);
+        return 0;
+    }
+    dnnl_status_t status;
+    if (!stream && (status = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags))) return fail("stream", status);
+    if (entry->scratchpad_bytes > scratchpad_capacity) {
+        free(scratchpad);
+        scratchpad = aligned_alloc(64, (entry->scratchpad_bytes + 63) / 64 * 64);
+        scratchpad_capacity = scratchpad ? entry->scratchpad_bytes : 0;
+        if (!scratchpad) return fail("scratchpad", dnnl_out_of_memory);
+    }
+    dnnl_memory_t a_memory = NULL, b_memory = NULL, c_memory = NULL, scratchpad_memory = NULL;
+    dnnl_memory_desc_t scratchpad_md;
+    dnnl_dims_t scratchpad_dims = {(long)entry->scratchpad_bytes};
+    dnnl_memory_desc_init_by_tag(&scratchpad_md, 1, scratchpad_dims, dnnl_u8, dnnl_a);
+    if ((status = dnnl_memory_create(&a_memory, &entry->a_md, engine, (void *)a)) ||
+        (status = dnnl_memory_create(&b_memory, &entry->b_md, engine, (void *)b)) ||
+        (status = dnnl_memory_create(&c_memory, &entry->c_md, engine, c)) ||
+        (entry->scratchpad_bytes &&
+         (status = dnnl_memory_create(&scratchpad_memory, &scratchpad_md, engine, scratchpad)))) {
+        fail("memory", status);
+    } else {
+        dnnl_exec_arg_t arguments[4] = {
+            {DNNL_ARG_SRC, a_memory}, {DNNL_ARG_WEIGHTS, b_memory}, {DNNL_ARG_DST, c_memory},
+            {DNNL_ARG_SCRATCHPAD, scratchpad_memory},
+        };
+        if ((status = dnnl_primitive_execute(entry->primitive, stream, entry->scratchpad_bytes ? 4 : 3, arguments)) ||
+            (status = dnnl_stream_wait(stream))) {
+            fail("matmul execution", status);
+        }
+    }
+    if (a_memory) dnnl_memory_destroy(a_memory);
+    if (b_memory) dnnl_memory_destroy(b_memory);
+    if (c_memory) dnnl_memory_destroy(c_memory);
+    if (scratchpad_memory) dnnl_memory_destroy(scratchpad_memory);
+    return status == dnnl_success ? 0 : -1;
+}
+
 int mae_bf16_matmul(float *c, long ldc,
                     const void *a, int a_is_bf16, long lda, int transpose_a,
                     const void *b, int b_is_bf16, long ldb, int transpose_b,
@@ -240,41 +284,20 @@ int mae_bf16_matmul(float *c, long ldc,
     product_key key = make_key(m, n, k, lda, transpose_a, ldb, transpose_b, ldc, alpha, beta);
     product_entry *entry = entry_for(&key);
     if (!entry) return -1;
-    if (k == 0) {  // oneDNN leaves c alone; the product of nothing is 0
-        if (beta == 0.0f) for (long row = 0; row < m; row++) memset(c + row * ldc, 0, (size_t)n * 4);
-        return 0;
+    return execute(entry, a16, b16, c, m, n, k, ldc, beta);
+}
+
+int mae_f32_matmul_onednn(float *c, long ldc, const float *a, long lda, int transpose_a,
+                          const float *b, long ldb, int transpose_b, long m, long n, long k, float alpha, float beta) {
+    if (beta != 0.0f && beta != 1.0f) {
+        snprintf(error_message, sizeof error_message, "mae_f32_matmul_onednn supports beta 0 or 1, not %g", beta);
+        return -1;
     }
-    dnnl_status_t status;
-    if (!stream && (status = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags))) return fail("stream", status);
-    if (entry->scratchpad_bytes > scratchpad_capacity) {
-        free(scratchpad);
-        scratchpad = aligned_alloc(64, (entry->scratchpad_bytes + 63) / 64 * 64);
-        scratchpad_capacity = scratchpad ? entry->scratchpad_bytes : 0;
-        if (!scratchpad) return fail("scratchpad", dnnl_out_of_memory);
-    }
-    dnnl_memory_t a_memory = NULL, b_memory = NULL, c_memory = NULL, scratchpad_memory = NULL;
-    dnnl_memory_desc_t scratchpad_md;
-    dnnl_dims_t scratchpad_dims = {(long)entry->scratchpad_bytes};
-    dnnl_memory_desc_init_by_tag(&scratchpad_md, 1, scratchpad_dims, dnnl_u8, dnnl_a);
-    if ((status = dnnl_memory_create(&a_memory, &entry->a_md, engine, (void *)a16)) ||
-        (status = dnnl_memory_create(&b_memory, &entry->b_md, engine, (void *)b16)) ||
-        (status = dnnl_memory_create(&c_memory, &entry->c_md, engine, c)) ||
-        (entry->scratchpad_bytes &&
-         (status = dnnl_memory_create(&scratchpad_memory, &scratchpad_md, engine, scratchpad)))) {
-        fail("memory", status);
-    } else {
-        dnnl_exec_arg_t arguments[4] = {
-            {DNNL_ARG_SRC, a_memory}, {DNNL_ARG_WEIGHTS, b_memory}, {DNNL_ARG_DST, c_memory},
-            {DNNL_ARG_SCRATCHPAD, scratchpad_memory},
-        };
-        if ((status = dnnl_primitive_execute(entry->primitive, stream, entry->scratchpad_bytes ? 4 : 3, arguments)) ||
-            (status = dnnl_stream_wait(stream))) {
-            fail("matmul execution", status);
-        }
-    }
-    if (a_memory) dnnl_memory_destroy(a_memory);
-    if (b_memory) dnnl_memory_destroy(b_memory);
-    if (c_memory) dnnl_memory_destroy(c_memory);
-    if (scratchpad_memory) dnnl_memory_destroy(scratchpad_memory);
-    return status == dnnl_success ? 0 : -1;
+    if (m == 0 || n == 0) return 0;
+    use_one_openmp_thread();
+    product_key key = make_key(m, n, k, lda, transpose_a, ldb, transpose_b, ldc, alpha, beta);
+    key.fp32_inputs = 1;
+    product_entry *entry = entry_for(&key);
+    if (!entry) return -1;
+    return execute(entry, a, b, c, m, n, k, ldc, beta);
 }

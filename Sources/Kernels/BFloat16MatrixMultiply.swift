@@ -139,3 +139,15 @@ func bfloat16Product(_ c: UnsafeMutablePointer<Float>, ldc: Int,
 public func bfloat16ProductImplementation(m: Int, n: Int, k: Int, transposeA: Bool, transposeB: Bool) -> String {
     mae_bf16_matmul_implementation(m, n, k, transposeA ? 1 : 0, transposeB ? 1 : 0).map { String(cString: $0) } ?? "none"
 }
+
+/// oneDNN's fp32 matmul, one call on the calling thread: only for `mae bench products`, which
+/// measures it against OpenBLAS per shape (the model's fp32 products stay on OpenBLAS).
+public func oneDNNSingleThreadedMatrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
+                                               _ a: UnsafePointer<Float>, lda: Int, transposeA: Bool,
+                                               _ b: UnsafePointer<Float>, ldb: Int, transposeB: Bool,
+                                               m: Int, n: Int, k: Int) {
+    let status = mae_f32_matmul_onednn(c, ldc, a, lda, transposeA ? 1 : 0, b, ldb, transposeB ? 1 : 0, m, n, k, 1, 0)
+    if status != 0 {
+        preconditionFailure("oneDNN fp32 product \(m)×\(n)×\(k) failed: \(String(cString: mae_products_error()))")
+    }
+}

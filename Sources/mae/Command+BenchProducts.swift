@@ -9,7 +9,7 @@ struct BenchProductsCommand: Subcommand {
     static let spec = CommandSpec(
         name: "mae bench products",
         summary: "Times matrix products in fp32 (OpenBLAS) and bf16 (oneDNN, bf16 inputs, fp32 sums), "
-            + "best of several runs per shape, and names oneDNN's kernel. The default shapes are "
+            + "best of several runs per shape, and names oneDNN's kernel; on one thread also oneDNN's fp32 matmul. The default shapes are "
             + "mae_vit_base_patch16's at batch 8 (encoder 400 rows, decoder 1576) in forward (x·wᵀ), "
             + "input-gradient (dy·w) and weight-gradient (dyᵀ·x) form, and one attention head's.",
         options: [
@@ -43,7 +43,7 @@ struct BenchProductsCommand: Subcommand {
         if let reason = Precision.bf16.unsupportedReason { throw OptionError("mae bench products: " + reason) }
         Parallel.setThreads(threads)
         print(BLASRuntime.banner + " per product, pool threads=\(threads) " + CPUInfo.summary)
-        print("shape                 fp32 GFLOP/s  bf16 GFLOP/s  bf16/fp32  oneDNN kernel")
+        print("shape                 fp32 GFLOP/s  bf16 GFLOP/s  bf16/fp32  oneDNN fp32  oneDNN kernel (bf16)")
         for shape in shapes {
             let (m, n, k) = (shape.m, shape.n, shape.k)
             let a = FloatBuffer(count: m * k), b = FloatBuffer(count: k * n), c = FloatBuffer(count: m * n)
@@ -54,8 +54,15 @@ struct BenchProductsCommand: Subcommand {
             roundToBFloat16(roundedB, b.pointer, count: b.count)
             // The model passes its weights pre-rounded (forward and input-gradient forms).
             let weightOperand = shape.transposeA ? nil : UnsafePointer(roundedB)
-            func rate(_ precision: Precision) -> Double {
+            func rate(_ precision: Precision?) -> Double {
                 func once() {
+                    guard let precision else {
+                        oneDNNSingleThreadedMatrixMultiply(c.pointer, ldc: n, a.pointer, lda: shape.transposeA ? m : k,
+                                                           transposeA: shape.transposeA, b.pointer,
+                                                           ldb: shape.transposeB ? k : n, transposeB: shape.transposeB,
+                                                           m: m, n: n, k: k)
+                        return
+                    }
                     matrixMultiply(c.pointer, ldc: n, a.pointer, lda: shape.transposeA ? m : k, transposeA: shape.transposeA,
                                    b.pointer, ldb: shape.transposeB ? k : n, transposeB: shape.transposeB,
                                    roundedB: precision == .bf16 ? weightOperand : nil,
@@ -73,12 +80,13 @@ struct BenchProductsCommand: Subcommand {
                 return 2 * Double(m * n * k) / best / 1e9
             }
             let fp32 = rate(.fp32), bf16 = rate(.bf16)
+            let oneDNNFP32 = threads == 1 ? format(rate(nil), 11) : "          -"
             let block = bfloat16RowBlock(m: m, n: n, k: k)
             let kernel = bfloat16ProductImplementation(m: block, n: n, k: k, transposeA: shape.transposeA,
                                                        transposeB: shape.transposeB)
             let name = "\(m)×\(n)×\(k) " + (shape.transposeA ? "tn" : shape.transposeB ? "nt" : "nn")
             print(name.padding(toLength: 20, withPad: " ", startingAt: 0)
-                  + "  " + format(fp32, 12) + "  " + format(bf16, 12) + "  " + format(bf16 / fp32, 9) + "  " + kernel)
+                  + "  " + format(fp32, 12) + "  " + format(bf16, 12) + "  " + format(bf16 / fp32, 9) + "  " + oneDNNFP32 + "  " + kernel)
         }
     }
 

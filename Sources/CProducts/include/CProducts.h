@@ -21,6 +21,11 @@ int mae_bf16_matmul(float *c, long ldc,
                     const void *b, int b_is_bf16, long ldb, int transpose_b,
                     long m, long n, long k, float alpha, float beta);
 
+/// As `mae_bf16_matmul` with fp32 inputs and oneDNN's fp32 kernels: for `mae bench products`,
+/// which measures it against OpenBLAS (the model does not use it).
+int mae_f32_matmul_onednn(float *c, long ldc, const float *a, long lda, int transpose_a,
+                          const float *b, long ldb, int transpose_b, long m, long n, long k, float alpha, float beta);
+
 /// destination[count] = source rounded to bf16, to nearest with ties to even (NaN stays NaN).
 void mae_round_to_bf16(uint16_t *destination, const float *source, long count);
 
