@@ -1,5 +1,6 @@
 #include "CProducts.h"
 #include <oneapi/dnnl/dnnl.h>
+#include <cblas.h>
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -36,6 +37,8 @@ static __thread char error_message[256];
 static __thread dnnl_stream_t stream;
 static __thread uint16_t *a_buffer, *b_buffer, *shared_buffer;
 static __thread size_t a_capacity, b_capacity, shared_capacity;
+static __thread float *a_floats, *b_floats;
+static __thread size_t a_float_capacity, b_float_capacity;
 static __thread void *scratchpad;
 static __thread size_t scratchpad_capacity;
 
@@ -123,6 +126,62 @@ static const uint16_t *rounded_transpose(uint16_t **buffer, size_t *capacity, co
         }
     }
     return destination;
+}
+
+// Products of at most this many multiply-adds (m·n·k) skip oneDNN: a call costs it a few
+// microseconds of set-up (memory objects, stream), more than such a product takes, and
+// attention's per-head products are this small in the small models (mae_vit_tiny_patch4:
+// 17×17×64, 65×65×32). Their operands are rounded to bf16 values held in fp32, and
+// OpenBLAS's fp32 kernel sums them: the product of two bf16 values is exact in fp32, so
+// this is the same bf16-input, fp32-sum product, only summed in another order. The choice
+// depends on the shape alone, so results stay independent of the thread count.
+enum { small_product_limit = MAE_BF16_SMALL_PRODUCT_LIMIT };
+
+static float *reserve_floats(float **buffer, size_t *capacity, size_t count) {
+    if (count > *capacity) {
+        free(*buffer);
+        *buffer = malloc(count * sizeof(float));
+        *capacity = *buffer ? count : 0;
+    }
+    return *buffer;
+}
+
+// The operand (rows × columns, leading dimension ld; fp32 to be rounded, or bf16) as bf16
+// values in a compact fp32 buffer.
+static const float *rounded_floats(float **buffer, size_t *capacity, const void *source, int is_bf16,
+                                   long rows, long columns, long ld) {
+    float *destination = reserve_floats(buffer, capacity, (size_t)(rows * columns));
+    if (!destination) return NULL;
+    for (long row = 0; row < rows; row++) {
+        float *out = destination + row * columns;
+        if (is_bf16) {
+            const uint16_t *in = (const uint16_t *)source + row * ld;
+            for (long column = 0; column < columns; column++) {
+                uint32_t bits = (uint32_t)in[column] << 16;
+                memcpy(&out[column], &bits, 4);
+            }
+        } else {
+            const float *in = (const float *)source + row * ld;
+            for (long column = 0; column < columns; column++) {
+                uint32_t bits = (uint32_t)round_one(in[column]) << 16;
+                memcpy(&out[column], &bits, 4);
+            }
+        }
+    }
+    return destination;
+}
+
+static int small_product(float *c, long ldc, const void *a, int a_is_bf16, long lda, int transpose_a,
+                         const void *b, int b_is_bf16, long ldb, int transpose_b,
+                         long m, long n, long k, float alpha, float beta) {
+    long a_rows = transpose_a ? k : m, a_columns = transpose_a ? m : k;
+    long b_rows = transpose_b ? n : k, b_columns = transpose_b ? k : n;
+    const float *a32 = rounded_floats(&a_floats, &a_float_capacity, a, a_is_bf16, a_rows, a_columns, lda);
+    const float *b32 = rounded_floats(&b_floats, &b_float_capacity, b, b_is_bf16, b_rows, b_columns, ldb);
+    if (!a32 || !b32) return fail("buffer", dnnl_out_of_memory);
+    cblas_sgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans,
+                (int)m, (int)n, (int)k, alpha, a32, (int)a_columns, b32, (int)b_columns, beta, c, (int)ldc);
+    return 0;
 }
 
 static int initialise_engine(void) {
@@ -264,6 +323,9 @@ int mae_bf16_matmul(float *c, long ldc,
         return -1;
     }
     if (m == 0 || n == 0) return 0;
+    if (m * n * k <= small_product_limit) {
+        return small_product(c, ldc, a, a_is_bf16, lda, transpose_a, b, b_is_bf16, ldb, transpose_b, m, n, k, alpha, beta);
+    }
     use_one_openmp_thread();
     // The stored arrays: a is [m, k] ([k, m] transposed), b is [k, n] ([n, k] transposed).
     long a_rows = transpose_a ? k : m, a_columns = transpose_a ? m : k;

@@ -1,4 +1,5 @@
 import Dispatch
+import CProducts
 import Kernels
 import Options
 
@@ -82,7 +83,8 @@ struct BenchProductsCommand: Subcommand {
             let fp32 = rate(.fp32), bf16 = rate(.bf16)
             let oneDNNFP32 = threads == 1 ? format(rate(nil), 11) : "          -"
             let block = bfloat16RowBlock(m: m, n: n, k: k)
-            let kernel = bfloat16ProductImplementation(m: block, n: n, k: k, transposeA: shape.transposeA,
+            let kernel = m * n * k <= Int(MAE_BF16_SMALL_PRODUCT_LIMIT) ? "OpenBLAS on bf16-rounded operands (small)"
+                : bfloat16ProductImplementation(m: block, n: n, k: k, transposeA: shape.transposeA,
                                                        transposeB: shape.transposeB)
             let name = "\(m)×\(n)×\(k) " + (shape.transposeA ? "tn" : shape.transposeB ? "nt" : "nn")
             print(name.padding(toLength: 20, withPad: " ", startingAt: 0)

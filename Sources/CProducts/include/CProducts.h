@@ -7,6 +7,11 @@
 /// matmul primitive, which Swift can reach only through dozens of C structs, thread-local
 /// state and OpenMP's per-thread settings: kept in C, behind two calls.
 
+/// Products of at most this many multiply-adds (m·n·k) run on OpenBLAS's fp32 kernel from
+/// operands rounded to bf16 (exact products, fp32 sums: the same arithmetic), since oneDNN's
+/// set-up per call costs more than they take (products.c).
+#define MAE_BF16_SMALL_PRODUCT_LIMIT (1 << 18)
+
 /// c[m, n] = alpha · op(a)[m, k] · op(b)[k, n] + beta · c (row-major; beta 0 or 1), with
 /// op(a) and op(b) rounded to bf16 (to nearest, ties to even) and products summed in fp32.
 ///
