@@ -65,7 +65,7 @@ public func singleThreadedMatrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: 
 }
 
 /// The bf16 product, cut into blocks of `bfloat16RowBlock` rows of c spread over our
-/// workers, each one oneDNN call on its worker.
+/// workers, each one oneDNN call on its worker (`bfloat16Product`).
 ///
 /// The blocks depend on the shape alone, never on the thread count, so every element of
 /// c comes from the same oneDNN call (same kernel, same blocking of k) whatever the
@@ -120,7 +120,9 @@ public func bfloat16RowBlock(m: Int, n: Int, k: Int) -> Int {
     return max(16, (perBlock + 15) / 16 * 16)
 }
 
-/// One oneDNN call on the calling thread; a failure (no bf16 kernel for this CPU, memory)
+/// One bf16 product on the calling thread (a oneDNN call; OpenBLAS on the rounded operands
+/// for products of at most `MAE_BF16_SMALL_PRODUCT_LIMIT` multiply-adds, the same arithmetic
+/// without oneDNN's per-call set-up); a failure (no bf16 kernel for this CPU, memory)
 /// stops the program with oneDNN's message, since the options were checked up front
 /// (`Precision.unsupportedReason`).
 @inline(__always)
