@@ -325,7 +325,8 @@ extension WorkerProcessTests {
 
 extension WorkerProcessTests {
     /// In bf16 (on a CPU with AVX512_BF16), stopping and resuming is bitwise exact too: the
-    /// rounded weights are made again from the checkpoint's fp32 weights.
+    /// rounded weights are made again from the checkpoint's fp32 weights; and an fp32 checkpoint
+    /// resumes in bf16.
     @Test func resumeInBF16IsBitwiseExact() throws {
         try #require(Precision.bf16.unsupportedReason == nil, "this CPU has no AVX512_BF16")
         defer { temporary.remove() }
@@ -333,6 +334,10 @@ extension WorkerProcessTests {
         try run("bf16-stopped", ["--precision", "bf16", "--max-steps", "3"])
         try run("bf16-stopped", ["--precision", "bf16", "--resume", "auto"])
         try run("fp32-straight", [])
+        // Checkpoints hold fp32 weights either way: a fp32 run resumes in bf16, saying so.
+        try run("switched", ["--max-steps", "3"])
+        let switched = try run("switched", ["--precision", "bf16", "--resume", "auto"])
+        #expect((switched.output + switched.errors).contains("--precision fp32 -> bf16"), "\(switched.errors)")
         for file in ["model.safetensors", "optimizer.safetensors"] {
             let expected = try bytes(checkpoint("bf16-straight", step: 12) + "/" + file)
             #expect(try bytes(checkpoint("bf16-stopped", step: 12) + "/" + file) == expected, "\(file) differs")
