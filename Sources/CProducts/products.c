@@ -25,9 +25,10 @@ typedef struct {
     const char *implementation;
 } product_entry;
 
-// A model has a few dozen distinct products (its linear layers, forward and backward,
-// their row blocks, and the attention products); this is ample.
-enum { cache_capacity = 512 };
+// A model has a few dozen distinct products per batch shape (its linear layers, forward
+// and backward, and their row blocks; attention's are small enough for OpenBLAS); this is
+// ample, and costs no memory until used.
+enum { cache_capacity = 2048 };
 static product_entry cache[cache_capacity];
 static int cache_count;
 static pthread_mutex_t cache_mutex = PTHREAD_MUTEX_INITIALIZER;
@@ -62,14 +63,17 @@ static void use_one_openmp_thread(void) {
     if (set_threads) set_threads(1);
 }
 
+// value rounded to bf16, to nearest with ties to even; a NaN keeps its sign and becomes a
+// quiet NaN rather than rounding into infinity.
+static inline uint16_t round_one(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, 4);
+    uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    return (uint16_t)(((bits & 0x7FFFFFFFu) > 0x7F800000u) ? ((bits >> 16) | 0x0040u) : rounded);
+}
+
 void mae_round_to_bf16(uint16_t *destination, const float *source, long count) {
-    for (long index = 0; index < count; index++) {
-        uint32_t bits;
-        memcpy(&bits, &source[index], 4);
-        uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-        // A NaN keeps its sign and becomes a quiet NaN rather than rounding into infinity.
-        destination[index] = (uint16_t)(((bits & 0x7FFFFFFFu) > 0x7F800000u) ? ((bits >> 16) | 0x0040u) : rounded);
-    }
+    for (long index = 0; index < count; index++) destination[index] = round_one(source[index]);
 }
 
 static uint16_t *reserve(uint16_t **buffer, size_t *capacity, size_t count) {
@@ -97,13 +101,6 @@ static const uint16_t *rounded(uint16_t **buffer, size_t *capacity, const float 
 
 static dnnl_status_t engine_status;
 static void create_engine(void) { engine_status = dnnl_engine_create(&engine, dnnl_cpu, 0); }
-
-static inline uint16_t round_one(float value) {
-    uint32_t bits;
-    memcpy(&bits, &value, 4);
-    uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-    return (uint16_t)(((bits & 0x7FFFFFFFu) > 0x7F800000u) ? ((bits >> 16) | 0x0040u) : rounded);
-}
 
 // The transpose of the operand's stored matrix (rows × columns, leading dimension ld)
 // rounded into a compact bf16 buffer [columns, rows]: oneDNN's kernels run a row-major
