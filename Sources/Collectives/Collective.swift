@@ -24,6 +24,16 @@ public protocol Collective: AnyObject {
     /// Replaces `buffer[0..<count]` by the element-wise mean over all ranks, in place.
     /// Pass `base + offset` to reduce a slice. Every rank gets the same bits.
     func allReduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws
+    /// Replaces `buffer[0..<count]`, elements `slice.offset..<slice.offset + count` of a
+    /// vector of `slice.wholeCount` elements, by the element-wise mean over all ranks,
+    /// with each element summed in the order that one `allReduceAverage` of the whole
+    /// vector uses, where `reducesSlicesAsWhole` is true: so a vector reduced bucket by
+    /// bucket gets the same bits as in one call, whatever the bucket boundaries.
+    func allReduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int, slice: VectorSlice) throws
+    /// Whether `allReduceAverage(_:count:slice:)` gives the whole call's bits (true for
+    /// the ring, shared memory and one process; MPI only for two ranks, whose sums have
+    /// one order).
+    var reducesSlicesAsWhole: Bool { get }
     /// Replaces `buffer[0..<count]` by the element-wise sum over all ranks, in place.
     func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws
     /// Copies `buffer[0..<count]` of rank `root` into the buffer of every other rank.
@@ -34,6 +44,26 @@ public protocol Collective: AnyObject {
     func barrier() throws
     /// Releases connections and resources; later calls throw. Safe to call twice.
     func close()
+}
+
+/// Where a call's elements lie in a longer vector that is reduced in several calls.
+public struct VectorSlice: Sendable, Equatable {
+    /// The first element of the call in the whole vector.
+    public let offset: Int
+    /// The whole vector's length.
+    public let wholeCount: Int
+
+    public init(offset: Int, wholeCount: Int) {
+        self.offset = offset
+        self.wholeCount = wholeCount
+    }
+
+    /// Throws unless `count` elements from `offset` fit in the whole.
+    func check(count: Int) throws {
+        guard offset >= 0, count >= 0, offset <= wholeCount - count else {
+            throw CollectiveError.invalidArgument("a slice of \(count) elements at \(offset) does not fit a vector of \(wholeCount)")
+        }
+    }
 }
 
 /// What went wrong in a collective call, as one line that says what to do.

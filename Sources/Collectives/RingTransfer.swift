@@ -25,19 +25,26 @@ enum Operation: UInt32, CustomStringConvertible {
 
 /// The first bytes of every call on the wire; each rank checks its left neighbour's.
 struct CallHeader: Equatable, CustomStringConvertible {
-    static let bytes = 28
+    static let bytes = 44
     static let magic: UInt32 = 0x4D41_4543  // "MAEC"
 
     var operation: Operation
     var sequence: UInt64
     var count: UInt64
     var root: UInt32
+    /// Where the call's elements lie in the vector whose ring chunks decide the order of
+    /// the sums (`RingPlan`): its first element there, and that vector's length.
+    var offset: UInt64
+    var wholeCount: UInt64
 
-    init(operation: Operation, sequence: UInt64, count: UInt64, root: UInt32) {
+    init(operation: Operation, sequence: UInt64, count: UInt64, root: UInt32, offset: UInt64 = 0,
+         wholeCount: UInt64? = nil) {
         self.operation = operation
         self.sequence = sequence
         self.count = count
         self.root = root
+        self.offset = offset
+        self.wholeCount = wholeCount ?? count
     }
 
     init(decoding bytes: UnsafeRawBufferPointer) throws {
@@ -49,6 +56,8 @@ struct CallHeader: Equatable, CustomStringConvertible {
         sequence = try reader.uint64()
         count = try reader.uint64()
         root = try reader.uint32()
+        offset = try reader.uint64()
+        wholeCount = try reader.uint64()
     }
 
     /// Writes the `bytes` encoded bytes to `destination`.
@@ -59,12 +68,15 @@ struct CallHeader: Equatable, CustomStringConvertible {
         writer.append(sequence)
         writer.append(count)
         writer.append(root)
+        writer.append(offset)
+        writer.append(wholeCount)
         writer.bytes.withUnsafeBytes { destination.copyMemory(from: $0.baseAddress!, byteCount: Self.bytes) }
     }
 
     var description: String {
-        operation == .broadcast ? "\(operation) #\(sequence) of \(count) elements from root \(root)"
-            : "\(operation) #\(sequence) of \(count) elements"
+        let placement = count == wholeCount ? "" : " at \(offset) of \(wholeCount)"
+        return operation == .broadcast ? "\(operation) #\(sequence) of \(count) elements from root \(root)"
+            : "\(operation) #\(sequence) of \(count) elements" + placement
     }
 }
 
@@ -76,6 +88,22 @@ struct RingPlan {
     let count: Int
     let elementBytes: Int
     let root: Int
+    /// The call is elements [offset, offset + count) of a vector of `wholeCount`, whose
+    /// chunks are the ring's: the call's chunk c is its part of the whole's chunk c.
+    var offset = 0
+    var wholeCount: Int
+
+    init(operation: Operation, rank: Int, world: Int, count: Int, elementBytes: Int, root: Int,
+         offset: Int = 0, wholeCount: Int? = nil) {
+        self.operation = operation
+        self.rank = rank
+        self.world = world
+        self.count = count
+        self.elementBytes = elementBytes
+        self.root = root
+        self.offset = offset
+        self.wholeCount = wholeCount ?? count
+    }
 
     /// Position in the broadcast chain, 0 at the root.
     var chainPosition: Int { (rank - root + world) % world }
@@ -90,9 +118,11 @@ struct RingPlan {
         return 2 * (world - 1)
     }
 
-    /// Byte range [start, start + length) of chunk `chunk`: elements [c·n/N, (c+1)·n/N).
+    /// Byte range [start, start + length) of chunk `chunk`: the call's part of the whole's
+    /// elements [c·n/N, (c+1)·n/N) (all of them when the call is the whole).
     func chunkBytes(_ chunk: Int) -> (start: Int, length: Int) {
-        let first = chunk * count / world, end = (chunk + 1) * count / world
+        func clamped(_ element: Int) -> Int { min(max(element - offset, 0), count) }
+        let first = clamped(chunk * wholeCount / world), end = clamped((chunk + 1) * wholeCount / world)
         return (first * elementBytes, (end - first) * elementBytes)
     }
 

@@ -62,6 +62,8 @@ final class TrainingSession {
     let schedule: LearningRateSchedule
     let model: MAEModel
     let optimizer: AdamWOptimizer
+    /// The gradient all-reduce, overlapped with the backward or after it.
+    let exchange: GradientExchange
     let store: CheckpointStore
     let files: CheckpointFiles
     /// Optimizer steps in an epoch, and where this run stops (epochs or --max-steps).
@@ -125,6 +127,15 @@ final class TrainingSession {
         optimizer = AdamWOptimizer(table: model.table, beta1: Float(config.beta1), beta2: Float(config.beta2),
                                    epsilon: Float(config.epsilon), weightDecay: Float(config.weightDecay))
         files = CheckpointFiles(model: model, optimizer: optimizer)
+        if config.overlap == true && !collective.reducesSlicesAsWhole {
+            throw TrainingError.invalidConfiguration(
+                "--overlap on: this backend (MPI with \(worldSize) workers) sums a bucket in another order than the whole "
+                + "gradient, so the bits would depend on the buckets; pass --overlap auto or off")
+        }
+        exchange = GradientExchange(
+            collective: collective, gradients: model.gradients.pointer, table: model.table,
+            bucketBytes: Int((config.bucketMegabytes ?? GradientExchange.defaultBucketMegabytes) * 1_048_576),
+            overlaps: (config.overlap ?? true) && collective.reducesSlicesAsWhole)
         noise = FloatBuffer(count: config.batchSize * config.model.patchCount)
     }
 
@@ -203,6 +214,12 @@ final class TrainingSession {
         log.info("effective batch \(effectiveBatch) = \(config.batchSize) × accum \(config.accumulationSteps) × world \(worldSize); "
                  + "lr \(String(format: "%.3e", schedule.peakLearningRate))\(rateRule), warm-up "
                  + "\(formatNumber(config.warmupEpochs)) of \(config.epochs) epochs, \(stepsPerEpoch) steps per epoch")
+        if worldSize > 1 {
+            log.info(exchange.overlaps
+                ? "gradient all-reduce overlapped with the backward: \(exchange.buckets.count) bucket(s) of about "
+                    + "\(formatNumber(config.bucketMegabytes ?? GradientExchange.defaultBucketMegabytes)) MiB"
+                : "gradient all-reduce after the backward (--overlap off, or MPI beyond 2 workers)")
+        }
         let trailing = schedule.iterationsPerEpoch % config.accumulationSteps
         if trailing != 0 {
             log.warn("warning: \(trailing) trailing batch(es) of each epoch do not fill an accumulation group of "
@@ -233,7 +250,7 @@ final class TrainingSession {
                         dataWaitSeconds: outcome.dataWait, stepSeconds: seconds))
                 }
                 lastLoss = outcome.loss
-                meter.record(dataWait: outcome.dataWait)
+                meter.record(dataWait: outcome.dataWait, communicationWait: outcome.communicationWait)
                 if position.step % config.printEvery == 0 || position.step == totalSteps {
                     try report(meter.takeInterval(step: position.step), loss: outcome.loss,
                                learningRate: outcome.learningRate)
@@ -287,10 +304,13 @@ final class TrainingSession {
         var checkpointRequested: Bool
         /// Seconds this worker waited for its batches.
         var dataWait: Double
+        /// Seconds this worker waited for the gradient all-reduce after its backward.
+        var communicationWait: Double
     }
 
-    /// One optimizer step: K micro-batches forward and backward, the loss agreed and checked,
-    /// gradients averaged over workers, AdamW; then the position moves on.
+    /// One optimizer step: K micro-batches forward and backward, gradients averaged over
+    /// workers (during the last backward with overlap), the loss agreed and checked, AdamW;
+    /// then the position moves on.
     func step() throws -> StepOutcome {
         let learningRate = schedule.learningRate(epoch: position.epoch, stepInEpoch: position.stepInEpoch)
         let patchCount = config.model.patchCount
@@ -309,12 +329,16 @@ final class TrainingSession {
                                  gridSize: config.model.gridSize, keptCount: keptCount, seed: config.seed,
                                  epoch: position.epoch, sampleIndex: sampleIndex)
             }
+            // Only the last micro-batch's backward finishes gradients, so only it overlaps.
+            let isLast = micro == config.accumulationSteps - 1
             let loss = model.forwardBackward(images: batch.images.pointer, noise: noise.pointer,
                                              batchSize: batch.sampleIndices.count, maskRatio: config.maskRatio,
                                              normPixLoss: config.normPixLoss,
-                                             gradientScale: 1 / Float(config.accumulationSteps))
+                                             gradientScale: 1 / Float(config.accumulationSteps),
+                                             backwardProgress: isLast ? exchange.backwardProgress() : nil)
             localLoss += Double(loss) / Double(config.accumulationSteps)
         }
+        let communicationWait = try exchange.finish()
         if config.injectNonFiniteLossAtStep == position.step + 1 { localLoss = .nan }
 
         // One scalar exchange carries the loss and any stop or checkpoint request, so every worker decides alike.
@@ -326,9 +350,6 @@ final class TrainingSession {
             throw TrainingError.nonFiniteLoss(step: position.step, epoch: position.epoch, loss: loss,
                                               lastCheckpoint: lastCheckpoint)
         }
-        if worldSize > 1 {
-            try collective.allReduceAverage(model.gradients.pointer, count: model.gradients.count)
-        }
         optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: Float(learningRate))
 
         position.step += 1
@@ -337,7 +358,7 @@ final class TrainingSession {
         position.epochLearningRateSum += learningRate
         position.epochStepCount += 1
         return StepOutcome(loss: loss, learningRate: learningRate, stopRequested: reduced[1] > 0,
-                           checkpointRequested: reduced[2] > 0, dataWait: dataWait)
+                           checkpointRequested: reduced[2] > 0, dataWait: dataWait, communicationWait: communicationWait)
     }
 
     /// Moves the position to the next epoch; returns the finished epoch's `log.txt` line
@@ -391,6 +412,7 @@ final class TrainingSession {
             ("step", .integer(position.step)), ("epoch", .integer(position.epoch)), ("loss", .number(loss)),
             ("lr", .number(learningRate)), ("images_per_second", .number(interval.imagesPerSecond)),
             ("data_wait_share", .number(interval.dataWaitShare)), ("seconds_per_step", .number(interval.secondsPerStep)),
+            ("communication_wait_seconds", .number(interval.communicationWaitPerStep)),
             ("elapsed_seconds", .number(interval.elapsedSeconds)),
         ])
     }

@@ -351,3 +351,39 @@ extension WorkerProcessTests {
         }
     }
 }
+
+extension WorkerProcessTests {
+    /// Three workers (where the order of a sum matters) with gradient accumulation: buckets
+    /// of a few tensors averaged during the last backward give the bits of one all-reduce
+    /// after it, on the ring and in shared memory.
+    @Test func overlappedBucketsTrainTheSameBitsAsOneAllReduce() throws {
+        defer { temporary.remove() }
+        let runs = [("ring-off", "ring", "off"), ("ring-on", "ring", "on"), ("shm-on", "shm", "on")]
+        for (name, transport, overlap) in runs {
+            let port = try freeLoopbackPort()
+            let workers = try (0..<3).map { rank in
+                try WorkerProcess(arguments(runDirectory: name, [
+                    "--rank", "\(rank)", "--world-size", "3", "--rendezvous", "127.0.0.1:\(port)", "--job-token", "test-token",
+                    "--transport", transport, "--overlap", overlap, "--bucket-mb", "0.002", "--batch-size", "2",
+                    "--accum-iter", "2", "--max-steps", "2", "--warmup-epochs", "0",
+                ]), logDirectory: temporary.path, name: "\(name)-\(rank)")
+            }
+            for worker in workers {
+                let status = try worker.wait(seconds: 120)
+                #expect(status == 0, "\(name) rank exited \(status): \(worker.errors)")
+            }
+        }
+        let expected = try SafeTensorsFile.read(path: checkpoint("ring-off", step: 2) + "/model.safetensors")
+        #expect(!expected.names.isEmpty)
+        for (name, _, _) in runs.dropFirst() {
+            let actual = try SafeTensorsFile.read(path: checkpoint(name, step: 2) + "/model.safetensors")
+            #expect(actual.names == expected.names)
+            for tensor in expected.names {
+                let values = try actual.floats(named: tensor), reference = try expected.floats(named: tensor)
+                let differing = zip(values, reference).filter { $0.bitPattern != $1.bitPattern }.count
+                #expect(values.count == reference.count && differing == 0,
+                        "\(name) \(tensor): \(differing) of \(reference.count) values differ from one all-reduce after backward")
+            }
+        }
+    }
+}
