@@ -17,17 +17,17 @@ import Model
 /// Calls come from one thread (the step's); the communication thread only reduces
 /// buckets between `beginBackward` and `finish`, when the step makes no other collective
 /// call, so every rank issues the same calls in the same order.
-final class GradientExchange {
+public final class GradientExchange {
     /// The default bucket size: DDP's `bucket_cap_mb` of 25 MB.
-    static let defaultBucketMegabytes = 25.0
+    public static let defaultBucketMegabytes = 25.0
 
-    let collective: any Collective
-    let gradients: UnsafeMutablePointer<Float>
-    let count: Int
+    public let collective: any Collective
+    public let gradients: UnsafeMutablePointer<Float>
+    public let count: Int
     /// Element ranges of the flat layout, in the order the backward completes them.
-    let buckets: [Range<Int>]
+    public let buckets: [Range<Int>]
     /// Whether buckets are reduced during the backward (false: one call after it).
-    let overlaps: Bool
+    public let overlaps: Bool
 
     /// What the step's thread and the communication thread share (the fields below the
     /// condition only under it).
@@ -50,7 +50,7 @@ final class GradientExchange {
     private var threadStarted = false
 
     /// `overlaps` must only be true where the collective reduces slices as the whole.
-    init(collective: any Collective, gradients: UnsafeMutablePointer<Float>, table: ParameterTable,
+    public init(collective: any Collective, gradients: UnsafeMutablePointer<Float>, table: ParameterTable,
          bucketBytes: Int, overlaps: Bool) {
         precondition(!overlaps || collective.reducesSlicesAsWhole, "overlap needs slices reduced as the whole vector")
         self.collective = collective
@@ -70,7 +70,7 @@ final class GradientExchange {
 
     /// Tensors in reverse layout order, gathered into ranges of at least `bucketBytes`
     /// (the last, at the layout's start, may be shorter); a tensor is never cut.
-    static func buckets(of table: ParameterTable, bucketBytes: Int) -> [Range<Int>] {
+    public static func buckets(of table: ParameterTable, bucketBytes: Int) -> [Range<Int>] {
         var buckets: [Range<Int>] = []
         var end = table.count
         for tensor in table.tensors.sorted(by: { $0.offset > $1.offset }) where tensor.count > 0 {
@@ -86,7 +86,7 @@ final class GradientExchange {
     /// The progress callback for the model's backward of the step's last micro-batch, or
     /// nil without overlap. Called with o, it hands every bucket that lies in o..<count to
     /// the communication thread.
-    func backwardProgress() -> ((Int) -> Void)? {
+    public func backwardProgress() -> ((Int) -> Void)? {
         guard overlaps else { return nil }
         startThreadIfNeeded()
         let queue = queue, buckets = buckets
@@ -109,7 +109,7 @@ final class GradientExchange {
     /// Ends the exchange of the step: without overlap, averages the whole vector now; with
     /// it, waits until every bucket is averaged. Returns the seconds this took: the
     /// communication the step waited for after the backward.
-    func finish() throws -> Double {
+    public func finish() throws -> Double {
         let start = monotonicSeconds()
         guard collective.worldSize > 1 else { return 0 }
         guard overlaps else {
