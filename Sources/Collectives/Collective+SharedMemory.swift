@@ -162,6 +162,13 @@ public final class SharedMemoryCollective: Collective {
     /// Each element's sum starts at the rank that the whole vector's ring chunk says.
     public var reducesSlicesAsWhole: Bool { true }
 
+    /// The TCP ring's shards, so that ownership does not depend on the transport (the
+    /// reduce-scatter is the all-reduce, the all-gather broadcasts: the defaults).
+    public func shard(count: Int, rank: Int) -> [Range<Int>] {
+        ringShard(count: count, world: worldSize, rank: rank,
+                  lanes: lanesUsed(count: count, elementBytes: 4, lanes: lanes, minimumLaneBytes: minimumLaneBytes))
+    }
+
     public func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
         try perform(.allReduceSum, UnsafeMutableRawPointer(buffer), count: count, root: 0)
     }

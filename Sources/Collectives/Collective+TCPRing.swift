@@ -227,6 +227,22 @@ public final class TCPRingCollective: Collective {
     /// The lanes and chunks of a slice are those of the whole vector.
     public var reducesSlicesAsWhole: Bool { true }
 
+    /// Chunk (rank + 1) of each lane, where the ring's reduce-scatter leaves the sums.
+    public func shard(count: Int, rank: Int) -> [Range<Int>] {
+        ringShard(count: count, world: worldSize, rank: rank,
+                  lanes: lanesUsed(count: count, elementBytes: 4, lanes: lanes.count, minimumLaneBytes: minimumLaneBytes))
+    }
+
+    /// The first half of the ring all-reduce: the same sums, half the bytes.
+    public func reduceScatterAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+        try perform(.reduceScatterAverage, UnsafeMutableRawPointer(buffer), count: count, root: 0)
+    }
+
+    /// The second half of the ring all-reduce.
+    public func allGather(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+        try perform(.allGather, UnsafeMutableRawPointer(buffer), count: count, root: 0)
+    }
+
     public func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
         try perform(.allReduceSum, UnsafeMutableRawPointer(buffer), count: count, root: 0)
     }

@@ -11,6 +11,8 @@ import Glibc
 /// The kinds of call, as they travel in the call header.
 enum Operation: UInt32, CustomStringConvertible {
     case allReduceSum = 1, allReduceAverage = 2, broadcast = 3, allReduceScalars = 4, barrier = 5
+    /// The first and the second half of an all-reduce average.
+    case reduceScatterAverage = 6, allGather = 7
 
     var description: String {
         switch self {
@@ -19,6 +21,8 @@ enum Operation: UInt32, CustomStringConvertible {
         case .broadcast: return "broadcast"
         case .allReduceScalars: return "allReduceScalars"
         case .barrier: return "barrier"
+        case .reduceScatterAverage: return "reduceScatterAverage"
+        case .allGather: return "allGather"
         }
     }
 }
@@ -110,13 +114,19 @@ struct RingPlan {
 
     var sendSteps: Int {
         if operation == .broadcast { return chainPosition == world - 1 ? 0 : 1 }
-        return 2 * (world - 1)
+        return isHalf ? world - 1 : 2 * (world - 1)
     }
 
     var receiveSteps: Int {
         if operation == .broadcast { return chainPosition == 0 ? 0 : 1 }
-        return 2 * (world - 1)
+        return isHalf ? world - 1 : 2 * (world - 1)
     }
+
+    /// A reduce-scatter or an all-gather: the first or the second N − 1 steps of an all-reduce.
+    var isHalf: Bool { operation == .reduceScatterAverage || operation == .allGather }
+
+    /// The all-reduce step that step `step` of this call is.
+    private func allReduceStep(_ step: Int) -> Int { operation == .allGather ? step + world - 1 : step }
 
     /// Byte range [start, start + length) of chunk `chunk`: the call's part of the whole's
     /// elements [c·n/N, (c+1)·n/N) (all of them when the call is the whole).
@@ -128,12 +138,12 @@ struct RingPlan {
 
     func sendRange(_ step: Int) -> (start: Int, length: Int) {
         if operation == .broadcast { return (0, count * elementBytes) }
-        return chunkBytes(((rank - step) % world + world) % world)
+        return chunkBytes(((rank - allReduceStep(step)) % world + world) % world)
     }
 
     func receiveRange(_ step: Int) -> (start: Int, length: Int) {
         if operation == .broadcast { return (0, count * elementBytes) }
-        return chunkBytes(((rank - step - 1) % world + world) % world)
+        return chunkBytes(((rank - allReduceStep(step) - 1) % world + world) % world)
     }
 
     /// The receive step whose bytes send step `step` forwards (nil: own data).
@@ -143,10 +153,12 @@ struct RingPlan {
     }
 
     /// Receive steps of the reduce-scatter add into the buffer; the others store.
-    func receiveReduces(_ step: Int) -> Bool { operation != .broadcast && step < world - 1 }
+    func receiveReduces(_ step: Int) -> Bool { operation != .broadcast && allReduceStep(step) < world - 1 }
 
     /// The last add of a mean divides by the world size.
-    func receiveDivides(_ step: Int) -> Bool { operation == .allReduceAverage && step == world - 2 }
+    func receiveDivides(_ step: Int) -> Bool {
+        (operation == .allReduceAverage || operation == .reduceScatterAverage) && step == world - 2
+    }
 }
 
 /// How far the receive half is: the current step, and how many of its bytes are
