@@ -28,6 +28,8 @@ public final class GradientExchange {
     public let buckets: [Range<Int>]
     /// Whether buckets are reduced during the backward (false: one call after it).
     public let overlaps: Bool
+    /// Whether `finish` reduce-scatters instead (the sharded optimizer needs only its shard).
+    public let reduceScatters: Bool
 
     /// What the step's thread and the communication thread share (the fields below the
     /// condition only under it).
@@ -49,10 +51,13 @@ public final class GradientExchange {
     private let queue: Queue
     private var threadStarted = false
 
-    /// `overlaps` must only be true where the collective reduces slices as the whole.
+    /// `overlaps` must only be true where the collective reduces slices as the whole;
+    /// `reduceScatters` (one reduce-scatter after the backward) excludes it.
     public init(collective: any Collective, gradients: UnsafeMutablePointer<Float>, table: ParameterTable,
-         bucketBytes: Int, overlaps: Bool) {
+                bucketBytes: Int, overlaps: Bool, reduceScatters: Bool = false) {
         precondition(!overlaps || collective.reducesSlicesAsWhole, "overlap needs slices reduced as the whole vector")
+        precondition(!(overlaps && reduceScatters), "a reduce-scatter is not overlapped")
+        self.reduceScatters = reduceScatters
         self.collective = collective
         self.gradients = gradients
         queue = Queue(collective: collective, gradients: gradients)
@@ -106,14 +111,19 @@ public final class GradientExchange {
         }
     }
 
-    /// Ends the exchange of the step: without overlap, averages the whole vector now; with
+    /// Ends the exchange of the step: without overlap, averages the whole vector (or this
+    /// rank's shard of it) now; with
     /// it, waits until every bucket is averaged. Returns the seconds this took: the
     /// communication the step waited for after the backward.
     public func finish() throws -> Double {
         let start = monotonicSeconds()
         guard collective.worldSize > 1 else { return 0 }
         guard overlaps else {
-            try collective.allReduceAverage(gradients, count: count)
+            if reduceScatters {
+                try collective.reduceScatterAverage(gradients, count: count)
+            } else {
+                try collective.allReduceAverage(gradients, count: count)
+            }
             return monotonicSeconds() - start
         }
         queue.condition.lock()

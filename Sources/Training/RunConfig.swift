@@ -63,6 +63,10 @@ public struct RunConfig: Codable, Sendable, Equatable {
     public var overlap: Bool?
     /// `--bucket-mb`: the size of an overlapped bucket in MiB (nil: 25, as DDP).
     public var bucketMegabytes: Double?
+    /// `--shard-optimizer`: each worker updates and keeps AdamW moments for its shard of
+    /// the parameters only (ZeRO stage 1); nil or false: every worker updates all of them.
+    /// The bits do not depend on it; checkpoints hold the whole moments either way.
+    public var shardOptimizer: Bool?
     /// Tests only: the loss of this optimizer step (1-based) is replaced by NaN, to exercise
     /// the non-finite-loss stop without depending on how a model diverges.
     public var injectNonFiniteLossAtStep: Int?
@@ -76,7 +80,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         case runDirectory = "run_dir", checkpointEvery = "checkpoint_every", keepCheckpoints = "keep_checkpoints"
         case keepEveryEpochs = "keep_every_epochs", resume, maxSteps = "max_steps", printEvery = "print_every"
         case reconstructEvery = "reconstruct_every", initWeights = "init_weights"
-        case overlap, bucketMegabytes = "bucket_mb"
+        case overlap, bucketMegabytes = "bucket_mb", shardOptimizer = "shard_optimizer"
     }
 
     public init(dataRoot: String, model: ModelConfig, batchSize: Int = 64, epochs: Int = 800, warmupEpochs: Double = 40,
@@ -86,7 +90,8 @@ public struct RunConfig: Codable, Sendable, Equatable {
                 threads: Int = 1, dataThreads: Int = 1, batchShards: Int? = nil, runDirectory: String, checkpointEvery: Int = 0,
                 keepCheckpoints: Int = 3, keepEveryEpochs: Int = 0, resume: String? = nil, maxSteps: Int? = nil,
                 printEvery: Int = 20, reconstructEvery: Int? = nil, initWeights: String? = nil,
-                overlap: Bool? = nil, bucketMegabytes: Double? = nil, injectNonFiniteLossAtStep: Int? = nil) {
+                overlap: Bool? = nil, bucketMegabytes: Double? = nil, shardOptimizer: Bool? = nil,
+                injectNonFiniteLossAtStep: Int? = nil) {
         self.dataRoot = dataRoot
         self.model = model
         self.batchSize = batchSize
@@ -118,6 +123,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         self.initWeights = initWeights
         self.overlap = overlap
         self.bucketMegabytes = bucketMegabytes
+        self.shardOptimizer = shardOptimizer
         self.injectNonFiniteLossAtStep = injectNonFiniteLossAtStep
     }
 

@@ -65,7 +65,6 @@ final class TrainingSession {
     /// The gradient all-reduce, overlapped with the backward or after it.
     let exchange: GradientExchange
     let store: CheckpointStore
-    let files: CheckpointFiles
     /// Optimizer steps in an epoch, and where this run stops (epochs or --max-steps).
     let stepsPerEpoch: Int
     let totalSteps: Int
@@ -124,9 +123,16 @@ final class TrainingSession {
         self.config.batchShards = config.batchShards ?? MAEModel.automaticBatchShards(
             config: config.model, batchSize: config.batchSize, threads: config.threads)
         model.batchShards = self.config.batchShards ?? 1
-        optimizer = AdamWOptimizer(table: model.table, beta1: Float(config.beta1), beta2: Float(config.beta2),
+        let sharded = config.shardOptimizer == true && worldSize > 1
+        optimizer = AdamWOptimizer(table: model.table,
+                                   shard: sharded ? collective.shard(count: model.table.count, rank: rank) : nil,
+                                   beta1: Float(config.beta1), beta2: Float(config.beta2),
                                    epsilon: Float(config.epsilon), weightDecay: Float(config.weightDecay))
-        files = CheckpointFiles(model: model, optimizer: optimizer)
+        if config.overlap == true && sharded {
+            throw TrainingError.invalidConfiguration(
+                "--overlap on and --shard-optimizer: the sharded optimizer reduce-scatters after the backward; "
+                + "pass --overlap auto or off with it")
+        }
         if config.overlap == true && !collective.reducesSlicesAsWhole {
             throw TrainingError.invalidConfiguration(
                 "--overlap on: this backend (MPI with \(worldSize) workers) sums a bucket in another order than the whole "
@@ -135,7 +141,7 @@ final class TrainingSession {
         exchange = GradientExchange(
             collective: collective, gradients: model.gradients.pointer, table: model.table,
             bucketBytes: Int((config.bucketMegabytes ?? GradientExchange.defaultBucketMegabytes) * 1_048_576),
-            overlaps: (config.overlap ?? true) && collective.reducesSlicesAsWhole)
+            overlaps: (config.overlap ?? true) && collective.reducesSlicesAsWhole && !sharded, reduceScatters: sharded)
         noise = FloatBuffer(count: config.batchSize * config.model.patchCount)
     }
 
@@ -155,7 +161,7 @@ final class TrainingSession {
             guard differences.isEmpty else { throw TrainingError.incompatibleResume(differences) }
             let changes = config.resumeChanges(from: found.state.config)
             if !changes.isEmpty { log.warn("warning: resuming with changed settings: " + changes.joined(separator: ", ")) }
-            try files.load(from: found.path, state: found.state)
+            try checkpointFiles().load(from: found.path, state: found.state)
             lastCheckpoint = found.path
             shared = [1] + TrainingPosition(found.state).scalars + [Double(optimizer.step), Double(config.batchShards ?? 1)]
             log.info("resuming from \(found.path): step \(found.state.step), epoch \(found.state.epoch), "
@@ -175,16 +181,38 @@ final class TrainingSession {
         if worldSize > 1 {
             shared = try collective.allReduceScalars(shared)
             try collective.broadcast(model.parameters.pointer, count: model.parameters.count, root: 0)
-            try collective.broadcast(optimizer.firstMoment.pointer, count: optimizer.firstMoment.count, root: 0)
-            try collective.broadcast(optimizer.secondMoment.pointer, count: optimizer.secondMoment.count, root: 0)
+            let moments = wholeMoments()
+            try collective.broadcast(moments.first.pointer, count: moments.first.count, root: 0)
+            try collective.broadcast(moments.second.pointer, count: moments.second.count, root: 0)
+            if optimizer.isSharded { optimizer.takeMoments(fromWhole: moments.first.pointer, moments.second.pointer) }
         }
         if shared[0] > 0 {
+            wholeMomentBuffers = nil
             position = TrainingPosition(scalars: shared[1..<7])
             optimizer.step = Int(shared[7])
             config.batchShards = Int(shared[8])
             model.batchShards = Int(shared[8])
         }
         tensorBoard = try openTensorBoard(resumed: shared[0] > 0)
+    }
+
+    /// The moments laid out as the whole layout: the optimizer's own, or (sharded) fresh
+    /// buffers, which rank 0 loads a checkpoint into and `gatherMoments` fills. Kept only
+    /// while a checkpoint is read or written.
+    private var wholeMomentBuffers: (first: FloatBuffer, second: FloatBuffer)?
+
+    func wholeMoments() -> (first: FloatBuffer, second: FloatBuffer) {
+        guard optimizer.isSharded else { return (optimizer.firstMoment, optimizer.secondMoment) }
+        if let buffers = wholeMomentBuffers { return buffers }
+        let buffers = (FloatBuffer(count: model.table.count), FloatBuffer(count: model.table.count))
+        wholeMomentBuffers = buffers
+        return buffers
+    }
+
+    /// The checkpoint's files over `wholeMoments()`.
+    func checkpointFiles() -> CheckpointFiles {
+        let moments = wholeMoments()
+        return CheckpointFiles(model: model, optimizer: optimizer, firstMoment: moments.first, secondMoment: moments.second)
     }
 
     /// The checkpoint `--resume` names, verified; nil for a fresh start.
@@ -351,6 +379,7 @@ final class TrainingSession {
                                               lastCheckpoint: lastCheckpoint)
         }
         optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: Float(learningRate))
+        if optimizer.isSharded { try collective.allGather(model.parameters.pointer, count: model.parameters.count) }
 
         position.step += 1
         position.stepInEpoch += 1
@@ -378,6 +407,14 @@ final class TrainingSession {
     /// Every rank meets before and after; rank 0 writes the checkpoint and prunes old ones.
     func writeCheckpoint(finishedEpoch: EpochSummary?) throws {
         try collective.barrier()
+        if optimizer.isSharded {
+            // Checkpoints hold the whole moments, so that any run can resume them.
+            let moments = wholeMoments()
+            optimizer.copyMoments(intoWhole: moments.first.pointer, moments.second.pointer)
+            try collective.allGather(moments.first.pointer, count: moments.first.count)
+            try collective.allGather(moments.second.pointer, count: moments.second.count)
+        }
+        defer { wholeMomentBuffers = nil }
         if rank == 0 {
             let state = CheckpointState(
                 step: position.step, epoch: position.epoch, stepInEpoch: position.stepInEpoch,
@@ -386,6 +423,7 @@ final class TrainingSession {
                 epochLearningRateSum: position.epochLearningRateSum, epochStepCount: position.epochStepCount,
                 datasetFingerprint: dataset.fingerprint, datasetCount: dataset.count, config: config, schedule: schedule,
                 finishedEpoch: finishedEpoch)
+            let files = checkpointFiles()
             let path = try store.write(state: state) { directory in try files.save(into: directory, state: state) }
             lastCheckpoint = path
             if let control {

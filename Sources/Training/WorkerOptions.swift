@@ -118,6 +118,9 @@ public enum WorkerOptions {
                            + "beyond 2 workers, where the bits would differ); the same bits as off"),
             OptionSpec("bucket-mb", value: "MB", default: "25",
                        help: "gradient bucket size of --overlap in MiB (tensors are not cut; as DDP's bucket_cap_mb)"),
+            .flag("shard-optimizer",
+                  help: "ZeRO stage 1: reduce-scatter the gradients, each worker runs AdamW on its shard only (moments "
+                      + "for it alone), all-gather the parameters; the same bits as without, checkpoints whole (turns --overlap off)"),
             OptionSpec("inject-nonfinite-loss-at-step", value: "N",
                        help: "tests: make the loss of step N NaN", visible: false),
         ])
@@ -291,6 +294,7 @@ public enum WorkerOptions {
             reconstructEvery: try options.int("reconstruct-every", in: 0...1_000_000),
             initWeights: initWeights,
             overlap: overlap, bucketMegabytes: bucketMegabytes,
+            shardOptimizer: options.flag("shard-optimizer") ? true : nil,
             injectNonFiniteLossAtStep: try options.optionalInt("inject-nonfinite-loss-at-step", in: 1...Int.max))
         return (config, distributed)
     }
