@@ -42,6 +42,9 @@ struct BenchStepCommand: Subcommand {
             OptionSpec("overlap", value: "on|off", default: "on",
                        help: "average the gradients bucket by bucket during the backward (on) or after it (off)"),
             OptionSpec("bucket-mb", value: "MB", default: "25", help: "gradient bucket size of --overlap on, in MiB"),
+            .flag("shard-optimizer",
+                  help: "ZeRO stage 1: reduce-scatter, AdamW on this rank's shard, all-gather (turns --overlap off); "
+                      + "the last lines add adamw_ms and moment_mb per rank"),
             OptionSpec("rank", value: "R", help: "run only this rank of --world (for ranks on several machines)",
                        visible: false),
             OptionSpec("rendezvous", value: "HOST:PORT", help: "rank 0's rendezvous address (with --rank)", visible: false),
@@ -88,9 +91,13 @@ struct BenchStepCommand: Subcommand {
             throw OptionError("mae bench step: --overlap expects on or off, got '\(overlapText)'")
         }
         let bucketMegabytes = try options.double("bucket-mb", expectation: "a positive number of MiB") { $0 > 0 && $0 <= 1_048_576 }
+        let sharded = options.flag("shard-optimizer") && world > 1
         let exchange = GradientExchange(collective: collective, gradients: model.gradients.pointer, table: model.table,
                                         bucketBytes: Int(bucketMegabytes * 1_048_576),
-                                        overlaps: overlapText == "on" && collective.reducesSlicesAsWhole)
+                                        overlaps: overlapText == "on" && collective.reducesSlicesAsWhole && !sharded,
+                                        reduceScatters: sharded)
+        let optimizer = AdamWOptimizer(table: model.table,
+                                       shard: sharded ? collective.shard(count: model.table.count, rank: collective.rank) : nil)
         func say(_ line: String) { if isReporter { print(line) } }
         // OpenBLAS's own count is 1 per product when our pool splits the products.
         say(BLASRuntime.banner + (Parallel.splitsProducts ? " per product, pool threads=\(Parallel.threads)" : "")
@@ -100,7 +107,7 @@ struct BenchStepCommand: Subcommand {
             + "batch \(batch) mask_ratio \(maskRatio) masking \(masking.rawValue) norm_pix_loss \(normPixLoss) threads \(threads) batch_shards \(batchShards) steps \(steps)")
         if world > 1 {
             say("world \(world) collective \(type(of: collective)) overlap \(exchange.overlaps ? "on" : "off") "
-                + "buckets \(exchange.buckets.count) bucket_mb \(bucketMegabytes)")
+                + "buckets \(exchange.buckets.count) bucket_mb \(bucketMegabytes) shard_optimizer \(sharded)")
         }
 
         // Random images, standard normal like ImageNet-normalised pixels (each rank its own).
@@ -109,9 +116,7 @@ struct BenchStepCommand: Subcommand {
         var random = CounterRandom(seed: seed, purpose: .synthesis, index: collective.rank)
         for index in 0..<pixels { images[index] = Float(random.nextNormal()) }
         let noise = FloatBuffer(count: batch * config.patchCount)
-        let firstMoment = FloatBuffer(count: model.table.count), secondMoment = FloatBuffer(count: model.table.count)
-
-        var exposedSeconds = 0.0
+        var exposedSeconds = 0.0, adamWSeconds = 0.0
         func step(_ number: Int) throws -> Float {
             for sample in 0..<batch {
                 fillMaskingNoise(noise.pointer + sample * config.patchCount, strategy: masking,
@@ -123,36 +128,37 @@ struct BenchStepCommand: Subcommand {
                                              maskRatio: maskRatio, normPixLoss: normPixLoss,
                                              backwardProgress: exchange.backwardProgress())
             exposedSeconds = try exchange.finish()
-            for tensor in model.table.tensors {
-                adamwUpdate(parameters: model.parameters.pointer + tensor.offset,
-                            gradients: model.gradients.pointer + tensor.offset,
-                            firstMoment: firstMoment.pointer + tensor.offset,
-                            secondMoment: secondMoment.pointer + tensor.offset,
-                            count: tensor.count, learningRate: 1.5e-4, beta1: 0.9, beta2: 0.95, epsilon: 1e-8,
-                            weightDecay: tensor.decays ? 0.05 : 0, step: number + 1)
+            let updateStart = DispatchTime.now().uptimeNanoseconds
+            optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: 1.5e-4)
+            adamWSeconds = Double(DispatchTime.now().uptimeNanoseconds - updateStart) / 1e9
+            if sharded {
+                let gatherStart = DispatchTime.now().uptimeNanoseconds
+                try collective.allGather(model.parameters.pointer, count: model.parameters.count)
+                exposedSeconds += Double(DispatchTime.now().uptimeNanoseconds - gatherStart) / 1e9
             }
             return loss
         }
 
         let warmUpLoss = try step(0)
         say("warm-up step: loss \(warmUpLoss)")
-        var stepSeconds: [Double] = [], stepCPUSeconds: [Double] = [], stepExposed: [Double] = []
+        var stepSeconds: [Double] = [], stepCPUSeconds: [Double] = [], stepExposed: [Double] = [], stepAdamW: [Double] = []
         for number in 1...steps {
             let start = DispatchTime.now().uptimeNanoseconds
             let startCPU = processCPUSeconds()
             var loss = try step(number)
             var seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             var cpuSeconds = processCPUSeconds() - startCPU
-            var exposed = exposedSeconds
+            var exposed = exposedSeconds, adamW = adamWSeconds
             if world > 1 {
                 // Means over the ranks, exchanged outside the timed step.
-                let means = try collective.allReduceScalars([seconds, cpuSeconds, exposed, Double(loss)])
+                let means = try collective.allReduceScalars([seconds, cpuSeconds, exposed, Double(loss), adamW])
                     .map { $0 / Double(world) }
-                (seconds, cpuSeconds, exposed, loss) = (means[0], means[1], means[2], Float(means[3]))
+                (seconds, cpuSeconds, exposed, loss, adamW) = (means[0], means[1], means[2], Float(means[3]), means[4])
             }
             stepSeconds.append(seconds)
             stepCPUSeconds.append(cpuSeconds)
             stepExposed.append(exposed)
+            stepAdamW.append(adamW)
             // CPU time shows how much work a step took even when other processes share the cores.
             say("step \(number): loss \(loss) time \(format(seconds * 1000)) ms cpu \(format(cpuSeconds * 1000)) ms"
                 + (world > 1 ? " exposed_comm \(format(exposed * 1000)) ms" : ""))
@@ -166,7 +172,8 @@ struct BenchStepCommand: Subcommand {
             var checksum = FNV1a64()
             checksum.update(UnsafeRawBufferPointer(start: model.parameters.pointer, count: model.parameters.count * 4))
             say("parameters_fnv1a64=\(checksum.hex) median_step_ms=\(format(median(stepSeconds) * 1000)) "
-                + "median_exposed_comm_ms=\(format(median(stepExposed) * 1000))")
+                + "median_exposed_comm_ms=\(format(median(stepExposed) * 1000)) "
+                + "adamw_ms=\(format(median(stepAdamW) * 1000)) moment_mb=\(format(Double(optimizer.firstMoment.count * 8) / 1e6))")
         }
         let gflops = config.trainingFlopsPerImage(maskRatio: maskRatio) * Double(batch) / meanSeconds / 1e9
         say("img_per_s=\(format(Double(batch * world) / meanSeconds)) step_ms=\(format(meanSeconds * 1000)) "
