@@ -12,7 +12,9 @@
 #
 # usage: sudo tools/bench-overlap.sh [ROUNDS]   (namespaces need root; 1. runs without)
 # environment: MODEL (default mae_vit_tiny_patch4), BATCH (16), STEPS (6), WORLD (4),
-#   BUCKET_MB (25), RATES ("1gbit 10gbit"), SKIP_LOCAL / SKIP_NAMESPACES (set to skip).
+#   BUCKET_MB (4: mae_vit_tiny_patch4 has 24.7 MB of gradients, one bucket at 25),
+#   RATES ("1gbit 10gbit"), SKIP_LOCAL / SKIP_NAMESPACES (set to skip), MAE (a built mae
+#   binary to use instead of building .build/release/mae).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -20,11 +22,14 @@ model=${MODEL:-mae_vit_tiny_patch4}
 batch=${BATCH:-16}
 steps=${STEPS:-6}
 world=${WORLD:-4}
-bucket=${BUCKET_MB:-25}
+bucket=${BUCKET_MB:-4}
 rates=${RATES:-"1gbit 10gbit"}
-mae=$PWD/.build/release/mae
-
-swift build -c release --product mae >&2
+if [ -n "${MAE:-}" ]; then
+    mae=$MAE
+else
+    swift build -c release --product mae >&2
+    mae=$PWD/.build/release/mae
+fi
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(nproc) cores;" \
      "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset} OPENBLAS_L2_SIZE=${OPENBLAS_L2_SIZE:-unset}"
 common=(bench step --model "$model" --batch "$batch" --steps "$steps" --threads 1 --bucket-mb "$bucket")

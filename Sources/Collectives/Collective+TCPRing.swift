@@ -28,6 +28,10 @@
 /// a call uses; calls shorter than `minimumLaneBytes` per lane use fewer lanes. The
 /// division depends only on n, K and N, so results stay deterministic.
 ///
+/// Slices: a call that is a slice of a longer vector (a gradient bucket) is divided over
+/// the lanes and chunks of the whole vector, so its elements are summed as in one call
+/// over the whole; the reduce-scatter and all-gather are the two halves of the all-reduce.
+///
 /// Every call starts with a small header (operation, sequence number, count,
 /// root) that each rank checks against its own, so calls that differ between
 /// ranks fail loudly instead of mixing data.
