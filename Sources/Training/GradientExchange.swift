@@ -15,8 +15,8 @@ import Model
 /// bits with or without overlap, whatever the bucket size.
 ///
 /// Calls come from one thread (the step's); the communication thread only reduces
-/// buckets between `beginBackward` and `finish`, when the step makes no other collective
-/// call, so every rank issues the same calls in the same order.
+/// buckets between `backwardProgress()` and `finish()`, when the step makes no other
+/// collective call, so every rank issues the same calls in the same order.
 public final class GradientExchange {
     /// The default bucket size: DDP's `bucket_cap_mb` of 25 MB.
     public static let defaultBucketMegabytes = 25.0
@@ -112,9 +112,8 @@ public final class GradientExchange {
     }
 
     /// Ends the exchange of the step: without overlap, averages the whole vector (or this
-    /// rank's shard of it) now; with
-    /// it, waits until every bucket is averaged. Returns the seconds this took: the
-    /// communication the step waited for after the backward.
+    /// rank's shard of it) now; with it, waits until every bucket is averaged. Returns the
+    /// seconds this took: the communication the step waited for after the backward.
     public func finish() throws -> Double {
         let start = monotonicSeconds()
         guard collective.worldSize > 1 else { return 0 }

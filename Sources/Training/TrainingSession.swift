@@ -186,8 +186,8 @@ final class TrainingSession {
             try collective.broadcast(moments.second.pointer, count: moments.second.count, root: 0)
             if optimizer.isSharded { optimizer.takeMoments(fromWhole: moments.first.pointer, moments.second.pointer) }
         }
+        wholeMomentBuffers = nil
         if shared[0] > 0 {
-            wholeMomentBuffers = nil
             position = TrainingPosition(scalars: shared[1..<7])
             optimizer.step = Int(shared[7])
             config.batchShards = Int(shared[8])
@@ -197,8 +197,8 @@ final class TrainingSession {
     }
 
     /// The moments laid out as the whole layout: the optimizer's own, or (sharded) fresh
-    /// buffers, which rank 0 loads a checkpoint into and `gatherMoments` fills. Kept only
-    /// while a checkpoint is read or written.
+    /// buffers, which `restore` loads and broadcasts and `writeCheckpoint` gathers into.
+    /// Kept only while a checkpoint is read or written.
     private var wholeMomentBuffers: (first: FloatBuffer, second: FloatBuffer)?
 
     func wholeMoments() -> (first: FloatBuffer, second: FloatBuffer) {
@@ -243,10 +243,12 @@ final class TrainingSession {
                  + "lr \(String(format: "%.3e", schedule.peakLearningRate))\(rateRule), warm-up "
                  + "\(formatNumber(config.warmupEpochs)) of \(config.epochs) epochs, \(stepsPerEpoch) steps per epoch")
         if worldSize > 1 {
+            let bucketMegabytes = formatNumber(config.bucketMegabytes ?? GradientExchange.defaultBucketMegabytes)
             log.info(exchange.overlaps
-                ? "gradient all-reduce overlapped with the backward: \(exchange.buckets.count) bucket(s) of about "
-                    + "\(formatNumber(config.bucketMegabytes ?? GradientExchange.defaultBucketMegabytes)) MiB"
-                : "gradient all-reduce after the backward (--overlap off, or MPI beyond 2 workers)")
+                ? "gradients averaged during the backward in \(exchange.buckets.count) bucket(s) of about \(bucketMegabytes) MiB"
+                : optimizer.isSharded
+                ? "gradients reduce-scattered after the backward; AdamW on this worker's shard (--shard-optimizer)"
+                : "gradients averaged after the backward (--overlap off, or MPI beyond 2 workers)")
         }
         let trailing = schedule.iterationsPerEpoch % config.accumulationSteps
         if trailing != 0 {
