@@ -114,8 +114,8 @@ public enum WorkerOptions {
             OptionSpec("reconstruct-every", value: "N", default: "0",
                        help: "also draw RUN_DIR/reconstructions/epoch-NNNN.png every N epochs (0: at the end of the run only)"),
             OptionSpec("overlap", value: "auto|on|off", default: "auto",
-                       help: "average the gradients bucket by bucket while the backward runs (auto: on, except with MPI "
-                           + "beyond 2 workers, where the bits would differ); the same bits as off"),
+                       help: "average the gradients bucket by bucket while the backward runs (auto: on, except with "
+                           + "--shard-optimizer and with MPI beyond 2 workers, where the bits would differ); the same bits as off"),
             OptionSpec("bucket-mb", value: "MB", default: "25",
                        help: "gradient bucket size of --overlap in MiB (tensors are not cut; as DDP's bucket_cap_mb)"),
             .flag("shard-optimizer",
