@@ -11,7 +11,9 @@
 #                    [--backend tcp|mpi] [--transport auto|ring|shm] [worker flags ...]
 # Every flag this script does not know is passed to each mae-worker unchanged
 # (see `.build/release/mae-worker --help`), e.g. --epochs 10 --resume auto, or
-# --precision bf16 (bf16 matrix products with fp32 sums, on CPUs with AVX512_BF16).
+# --precision bf16 (bf16 matrix products with fp32 sums, on CPUs with AVX512_BF16); among them the
+# gradient exchange's: --overlap auto|on|off (all-reduce bucket by bucket during the backward,
+# default auto: on), --bucket-mb MB (25), --shard-optimizer (ZeRO stage 1); none changes the bits.
 # Exit status: 0 finished, 1 failed after the restarts ran out, 2 bad configuration,
 # 3 stopped on request (Ctrl-C, SIGTERM, mae-coordinator stop; resumable with --resume auto).
 set -euo pipefail
@@ -34,7 +36,7 @@ hostfile=""
 ssh_command=ssh
 coordinator_host=""
 worker_flags=()
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 fail() { echo "launch.sh: $*" >&2; exit 2; }
 # The value of the flag in $1, or a clear error when it is missing ($2 is the next argument).
 value() { [ $# -ge 2 ] && [ -n "$2" ] && [ "${2#--}" = "$2" ] || fail "$1 needs a value (see --help)"; }

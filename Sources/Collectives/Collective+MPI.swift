@@ -74,6 +74,15 @@ public final class MPICollective: Collective {
         for index in 0..<count { buffer[index] /= divisor }
     }
 
+    /// MPI chooses its algorithm, and so the order of the adds, by the message size:
+    /// the slice is reduced on its own, with the whole call's bits only for two ranks.
+    public func allReduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int, slice: VectorSlice) throws {
+        try slice.check(count: count)
+        try allReduceAverage(buffer, count: count)
+    }
+
+    public var reducesSlicesAsWhole: Bool { worldSize <= 2 }
+
     public func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
         try inPieces(count, "MPI_Allreduce of \(count) floats") { start, length in
             try MPICollective.check(MPI_Allreduce(mae_mpi_in_place(), buffer + start, length, mae_mpi_float(),

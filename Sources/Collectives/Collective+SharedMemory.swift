@@ -154,6 +154,21 @@ public final class SharedMemoryCollective: Collective {
         try perform(.allReduceAverage, UnsafeMutableRawPointer(buffer), count: count, root: 0)
     }
 
+    public func allReduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int, slice: VectorSlice) throws {
+        try slice.check(count: count)
+        try perform(.allReduceAverage, UnsafeMutableRawPointer(buffer), count: count, root: 0, slice: slice)
+    }
+
+    /// Each element's sum starts at the rank that the whole vector's ring chunk says.
+    public var reducesSlicesAsWhole: Bool { true }
+
+    /// The TCP ring's shards, so that ownership does not depend on the transport (the
+    /// reduce-scatter is the all-reduce, the all-gather broadcasts: the defaults).
+    public func shard(count: Int, rank: Int) -> [Range<Int>] {
+        ringShard(count: count, world: worldSize, rank: rank,
+                  lanes: lanesUsed(count: count, elementBytes: 4, lanes: lanes, minimumLaneBytes: minimumLaneBytes))
+    }
+
     public func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
         try perform(.allReduceSum, UnsafeMutableRawPointer(buffer), count: count, root: 0)
     }
@@ -195,13 +210,15 @@ public final class SharedMemoryCollective: Collective {
 
     // MARK: One call
 
-    private func perform(_ operation: Operation, _ buffer: UnsafeMutableRawPointer, count: Int, root: Int) throws {
+    private func perform(_ operation: Operation, _ buffer: UnsafeMutableRawPointer, count: Int, root: Int,
+                         slice: VectorSlice? = nil) throws {
         guard count >= 0 else { throw CollectiveError.invalidArgument("count \(count) is negative") }
         try callLock.withLock {
             if let failure { throw CollectiveError.closed(failure) }
             guard worldSize > 1 else { return }
             sequence += 1
-            let header = CallHeader(operation: operation, sequence: sequence, count: UInt64(count), root: UInt32(root))
+            let header = CallHeader(operation: operation, sequence: sequence, count: UInt64(count), root: UInt32(root),
+                                    offset: UInt64(slice?.offset ?? 0), wholeCount: UInt64(slice?.wholeCount ?? count))
             do {
                 try move(header, buffer)
             } catch {
@@ -218,9 +235,12 @@ public final class SharedMemoryCollective: Collective {
         let count = Int(header.count), world = worldSize
         let pieceElements = layout.slotBytes / elementBytes
         let pieces = max(1, (count + pieceElements - 1) / pieceElements)
-        let chunks = RingChunks(count: count, world: world,
-                                lanes: lanesUsed(count: count, elementBytes: elementBytes, lanes: lanes,
-                                                 minimumLaneBytes: minimumLaneBytes))
+        // The chunks of the whole vector that the call is a slice of, in the call's element numbers.
+        let wholeCount = Int(header.wholeCount)
+        let chunks = RingChunks(count: wholeCount, world: world,
+                                lanes: lanesUsed(count: wholeCount, elementBytes: elementBytes, lanes: lanes,
+                                                 minimumLaneBytes: minimumLaneBytes),
+                                offset: Int(header.offset))
         let isBroadcast = header.operation == .broadcast, root = Int(header.root)
         writeCallHeader(header)
         for index in 0..<pieces {
@@ -337,6 +357,8 @@ public final class SharedMemoryCollective: Collective {
         entry.storeBytes(of: header.root, toByteOffset: CallHeaderField.root, as: UInt32.self)
         entry.storeBytes(of: header.sequence, toByteOffset: CallHeaderField.sequence, as: UInt64.self)
         entry.storeBytes(of: header.count, toByteOffset: CallHeaderField.count, as: UInt64.self)
+        entry.storeBytes(of: header.offset, toByteOffset: CallHeaderField.offset, as: UInt64.self)
+        entry.storeBytes(of: header.wholeCount, toByteOffset: CallHeaderField.wholeCount, as: UInt64.self)
     }
 
     /// Where `owner` keeps the header of call `sequence`: two entries, by the sequence's parity.
@@ -353,7 +375,9 @@ public final class SharedMemoryCollective: Collective {
             let theirs = operation.map {
                 CallHeader(operation: $0, sequence: entry.load(fromByteOffset: CallHeaderField.sequence, as: UInt64.self),
                            count: entry.load(fromByteOffset: CallHeaderField.count, as: UInt64.self),
-                           root: entry.load(fromByteOffset: CallHeaderField.root, as: UInt32.self))
+                           root: entry.load(fromByteOffset: CallHeaderField.root, as: UInt32.self),
+                           offset: entry.load(fromByteOffset: CallHeaderField.offset, as: UInt64.self),
+                           wholeCount: entry.load(fromByteOffset: CallHeaderField.wholeCount, as: UInt64.self))
             }
             guard theirs == header else {
                 throw CollectiveError.mismatch("rank \(owner) called \(theirs.map { "\($0)" } ?? "an unknown operation") "
@@ -415,21 +439,23 @@ public final class SharedMemoryCollective: Collective {
 
 /// Which TCP-ring chunk each element of a call falls in: lane l of K owns elements
 /// [l·n/K, (l+1)·n/K), and chunk c of a lane of m elements is its [c·m/N, (c+1)·m/N).
-/// The chunk decides at which rank the ring starts the element's sum.
+/// The chunk decides at which rank the ring starts the element's sum. For a call that
+/// is a slice of a longer vector, n is the whole's length and element numbers are the
+/// call's (the whole's minus `offset`).
 struct RingChunks {
-    /// Chunk starts in increasing order, with the chunk index of each, and `count` at the end.
+    /// Chunk starts in increasing order, with the chunk index of each, and the end at the end.
     private var starts: [Int] = []
     private var indices: [Int] = []
 
-    init(count: Int, world: Int, lanes: Int) {
+    init(count: Int, world: Int, lanes: Int, offset: Int = 0) {
         for lane in 0..<lanes {
             let slice = laneSlice(lane, count: count, lanesUsed: lanes)
             for chunk in 0..<world {
-                starts.append(slice.start + chunk * slice.count / world)
+                starts.append(slice.start + chunk * slice.count / world - offset)
                 indices.append(chunk)
             }
         }
-        starts.append(count)
+        starts.append(count - offset)
     }
 
     /// The chunk of `element` and the first element after it that is in another chunk.

@@ -13,6 +13,13 @@ public final class SingleProcessCollective: Collective {
         try check(count: count)
     }
 
+    public func allReduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int, slice: VectorSlice) throws {
+        try check(count: count)
+        try slice.check(count: count)
+    }
+
+    public var reducesSlicesAsWhole: Bool { true }
+
     public func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
         try check(count: count)
     }

@@ -28,6 +28,10 @@
 /// a call uses; calls shorter than `minimumLaneBytes` per lane use fewer lanes. The
 /// division depends only on n, K and N, so results stay deterministic.
 ///
+/// Slices: a call that is a slice of a longer vector (a gradient bucket) is divided over
+/// the lanes and chunks of the whole vector, so its elements are summed as in one call
+/// over the whole; the reduce-scatter and all-gather are the two halves of the all-reduce.
+///
 /// Every call starts with a small header (operation, sequence number, count,
 /// root) that each rank checks against its own, so calls that differ between
 /// ranks fail loudly instead of mixing data.
@@ -219,6 +223,30 @@ public final class TCPRingCollective: Collective {
         try perform(.allReduceAverage, UnsafeMutableRawPointer(buffer), count: count, root: 0)
     }
 
+    public func allReduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int, slice: VectorSlice) throws {
+        try slice.check(count: count)
+        try perform(.allReduceAverage, UnsafeMutableRawPointer(buffer), count: count, root: 0, slice: slice)
+    }
+
+    /// The lanes and chunks of a slice are those of the whole vector.
+    public var reducesSlicesAsWhole: Bool { true }
+
+    /// Chunk (rank + 1) of each lane, where the ring's reduce-scatter leaves the sums.
+    public func shard(count: Int, rank: Int) -> [Range<Int>] {
+        ringShard(count: count, world: worldSize, rank: rank,
+                  lanes: lanesUsed(count: count, elementBytes: 4, lanes: lanes.count, minimumLaneBytes: minimumLaneBytes))
+    }
+
+    /// The first half of the ring all-reduce: the same sums, half the bytes.
+    public func reduceScatterAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+        try perform(.reduceScatterAverage, UnsafeMutableRawPointer(buffer), count: count, root: 0)
+    }
+
+    /// The second half of the ring all-reduce.
+    public func allGather(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+        try perform(.allGather, UnsafeMutableRawPointer(buffer), count: count, root: 0)
+    }
+
     public func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
         try perform(.allReduceSum, UnsafeMutableRawPointer(buffer), count: count, root: 0)
     }
@@ -258,15 +286,33 @@ public final class TCPRingCollective: Collective {
     // MARK: One call
 
     /// Runs one collective call on the ring; on any error closes the connections for good.
-    private func perform(_ operation: Operation, _ buffer: UnsafeMutableRawPointer, count: Int, root: Int) throws {
+    /// A call that is `slice` of a longer vector divides its elements over the lanes, and
+    /// each lane's over the chunks, as a call of the whole vector would.
+    private func perform(_ operation: Operation, _ buffer: UnsafeMutableRawPointer, count: Int, root: Int,
+                         slice: VectorSlice? = nil) throws {
         guard count >= 0 else { throw CollectiveError.invalidArgument("count \(count) is negative") }
         try callLock.withLock {
             if let failure { throw CollectiveError.closed(failure) }
             guard worldSize > 1 else { return }
             sequence += 1
             let elementBytes = operation == .allReduceScalars ? 8 : 4
-            let used = lanesUsed(count: count, elementBytes: elementBytes, lanes: lanes.count,
+            let whole = slice ?? VectorSlice(offset: 0, wholeCount: count)
+            let used = lanesUsed(count: whole.wholeCount, elementBytes: elementBytes, lanes: lanes.count,
                                  minimumLaneBytes: minimumLaneBytes)
+            // Each lane's part of this call: the call's elements within the lane's part of the whole.
+            var parts: [(lane: Int, header: CallHeader, start: Int)] = []
+            for index in 0..<used {
+                let lane = laneSlice(index, count: whole.wholeCount, lanesUsed: used)
+                let first = max(lane.start, whole.offset), end = min(lane.start + lane.count, whole.offset + count)
+                guard end > first else { continue }
+                parts.append((index, CallHeader(operation: operation, sequence: sequence, count: UInt64(end - first),
+                                                root: UInt32(root), offset: UInt64(first - lane.start),
+                                                wholeCount: UInt64(lane.count)), first - whole.offset))
+            }
+            // A call of no elements still meets the other ranks on lane 0.
+            if parts.isEmpty {
+                parts = [(0, CallHeader(operation: operation, sequence: sequence, count: 0, root: UInt32(root)), 0)]
+            }
             do {
                 // The first lane to fail records its error (the cause) and shuts every
                 // lane down, so the others fail at once with consequences, not causes.
@@ -275,26 +321,19 @@ public final class TCPRingCollective: Collective {
                     firstFailure.record(error)
                     for lane in lanes { lane.shutdown() }
                 }
-                // Lanes 1… run on their workers while this thread runs lane 0.
-                for index in stride(from: used - 1, to: 0, by: -1) {
-                    let lane = lanes[index]
-                    let slice = laneSlice(index, count: count, lanesUsed: used)
-                    let header = CallHeader(operation: operation, sequence: sequence, count: UInt64(slice.count),
-                                            root: UInt32(root))
-                    let start = buffer + slice.start * elementBytes
+                // Other parts run on their lanes' workers while this thread runs the first.
+                for part in parts.dropFirst().reversed() {
+                    let lane = lanes[part.lane], start = buffer + part.start * elementBytes
                     lane.worker!.submit { [self] in
-                        do { try transfer(on: lane, header, start, count: slice.count) } catch { fail(error) }
+                        do { try transfer(on: lane, part.header, start) } catch { fail(error) }
                     }
                 }
                 do {
-                    let slice = laneSlice(0, count: count, lanesUsed: used)
-                    let header = CallHeader(operation: operation, sequence: sequence, count: UInt64(slice.count),
-                                            root: UInt32(root))
-                    try transfer(on: lanes[0], header, buffer, count: slice.count)
+                    try transfer(on: lanes[parts[0].lane], parts[0].header, buffer + parts[0].start * elementBytes)
                 } catch {
                     fail(error)
                 }
-                for index in 1..<max(used, 1) { try? lanes[index].worker!.wait() }
+                for part in parts.dropFirst() { try? lanes[part.lane].worker!.wait() }
                 if let error = firstFailure.error { throw error }
             } catch {
                 failure = "an earlier call failed: \(error)"
@@ -306,12 +345,13 @@ public final class TCPRingCollective: Collective {
 
     /// Moves the call's bytes. With a sender thread, it sends while this thread
     /// receives and reduces; without one, this thread alternates between the two.
-    private func transfer(on lane: RingLane, _ header: CallHeader, _ buffer: UnsafeMutableRawPointer, count: Int) throws {
+    private func transfer(on lane: RingLane, _ header: CallHeader, _ buffer: UnsafeMutableRawPointer) throws {
         let sendSocket = lane.sendSocket, receiveSocket = lane.receiveSocket
         guard sendSocket.isOpen, receiveSocket.isOpen else { throw CollectiveError.closed("the ring connections are closed") }
         let headerOut = lane.headerOut, headerIn = lane.headerIn, scratch = lane.scratch, pollEntries = lane.pollEntries
-        let plan = RingPlan(operation: header.operation, rank: rank, world: worldSize, count: count,
-                            elementBytes: header.operation == .allReduceScalars ? 8 : 4, root: Int(header.root))
+        let plan = RingPlan(operation: header.operation, rank: rank, world: worldSize, count: Int(header.count),
+                            elementBytes: header.operation == .allReduceScalars ? 8 : 4, root: Int(header.root),
+                            offset: Int(header.offset), wholeCount: Int(header.wholeCount))
         let left = (rank + worldSize - 1) % worldSize, right = (rank + 1) % worldSize
         header.encode(into: headerOut)
         var sendHalf = SendHalf(plan: plan, buffer: buffer, header: headerOut, segmentBytes: segmentBytes)

@@ -24,6 +24,26 @@ public protocol Collective: AnyObject {
     /// Replaces `buffer[0..<count]` by the element-wise mean over all ranks, in place.
     /// Pass `base + offset` to reduce a slice. Every rank gets the same bits.
     func allReduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws
+    /// Replaces `buffer[0..<count]`, elements `slice.offset..<slice.offset + count` of a
+    /// vector of `slice.wholeCount` elements, by the element-wise mean over all ranks,
+    /// with each element summed in the order that one `allReduceAverage` of the whole
+    /// vector uses, where `reducesSlicesAsWhole` is true: so a vector reduced bucket by
+    /// bucket gets the same bits as in one call, whatever the bucket boundaries.
+    func allReduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int, slice: VectorSlice) throws
+    /// Whether `allReduceAverage(_:count:slice:)` gives the whole call's bits (true for
+    /// the ring, shared memory and one process; MPI only for two ranks, whose sums have
+    /// one order).
+    var reducesSlicesAsWhole: Bool { get }
+    /// The elements of a vector of `count` that `rank` owns in `reduceScatterAverage` and
+    /// `allGather`: the ranks' shards are disjoint and cover 0..<count, the same on every rank.
+    func shard(count: Int, rank: Int) -> [Range<Int>]
+    /// Replaces this rank's shard of `buffer[0..<count]` by the element-wise mean over all
+    /// ranks, with the bits `allReduceAverage` gives there; the rest of the buffer is left
+    /// in an unspecified state (ZeRO's reduce-scatter of the gradients).
+    func reduceScatterAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws
+    /// Copies every rank's shard of `buffer[0..<count]` into the buffers of all other ranks
+    /// (ZeRO's all-gather of the parameters each rank updated).
+    func allGather(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws
     /// Replaces `buffer[0..<count]` by the element-wise sum over all ranks, in place.
     func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws
     /// Copies `buffer[0..<count]` of rank `root` into the buffer of every other rank.
@@ -34,6 +54,59 @@ public protocol Collective: AnyObject {
     func barrier() throws
     /// Releases connections and resources; later calls throw. Safe to call twice.
     func close()
+}
+
+extension Collective {
+    /// Contiguous shards: rank r owns [r·n/N, (r+1)·n/N).
+    public func shard(count: Int, rank: Int) -> [Range<Int>] {
+        [(rank * count / worldSize)..<((rank + 1) * count / worldSize)]
+    }
+
+    /// An all-reduce, which also leaves the other shards reduced (for backends without a
+    /// reduce-scatter of their own).
+    public func reduceScatterAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+        try allReduceAverage(buffer, count: count)
+    }
+
+    /// One broadcast per range of each rank's shard, from that rank.
+    public func allGather(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+        for owner in 0..<worldSize {
+            for range in shard(count: count, rank: owner) {
+                try broadcast(buffer + range.lowerBound, count: range.count, root: owner)
+            }
+        }
+    }
+}
+
+/// The TCP ring's shards: in lane l of K (elements [l·n/K, (l+1)·n/K), m of them), rank r
+/// owns chunk (r + 1) mod N, [c·m/N, (c+1)·m/N), where its reduce-scatter ends.
+func ringShard(count: Int, world: Int, rank: Int, lanes: Int) -> [Range<Int>] {
+    let chunk = (rank + 1) % world
+    return (0..<lanes).compactMap { lane in
+        let slice = laneSlice(lane, count: count, lanesUsed: lanes)
+        let first = slice.start + chunk * slice.count / world, end = slice.start + (chunk + 1) * slice.count / world
+        return end > first ? first..<end : nil
+    }
+}
+
+/// Where a call's elements lie in a longer vector that is reduced in several calls.
+public struct VectorSlice: Sendable, Equatable {
+    /// The first element of the call in the whole vector.
+    public let offset: Int
+    /// The whole vector's length.
+    public let wholeCount: Int
+
+    public init(offset: Int, wholeCount: Int) {
+        self.offset = offset
+        self.wholeCount = wholeCount
+    }
+
+    /// Throws unless `count` elements from `offset` fit in the whole.
+    func check(count: Int) throws {
+        guard offset >= 0, count >= 0, offset <= wholeCount - count else {
+            throw CollectiveError.invalidArgument("a slice of \(count) elements at \(offset) does not fit a vector of \(wholeCount)")
+        }
+    }
 }
 
 /// What went wrong in a collective call, as one line that says what to do.

@@ -11,6 +11,8 @@ import Glibc
 /// The kinds of call, as they travel in the call header.
 enum Operation: UInt32, CustomStringConvertible {
     case allReduceSum = 1, allReduceAverage = 2, broadcast = 3, allReduceScalars = 4, barrier = 5
+    /// The first and the second half of an all-reduce average.
+    case reduceScatterAverage = 6, allGather = 7
 
     var description: String {
         switch self {
@@ -19,25 +21,34 @@ enum Operation: UInt32, CustomStringConvertible {
         case .broadcast: return "broadcast"
         case .allReduceScalars: return "allReduceScalars"
         case .barrier: return "barrier"
+        case .reduceScatterAverage: return "reduceScatterAverage"
+        case .allGather: return "allGather"
         }
     }
 }
 
 /// The first bytes of every call on the wire; each rank checks its left neighbour's.
 struct CallHeader: Equatable, CustomStringConvertible {
-    static let bytes = 28
+    static let bytes = 44
     static let magic: UInt32 = 0x4D41_4543  // "MAEC"
 
     var operation: Operation
     var sequence: UInt64
     var count: UInt64
     var root: UInt32
+    /// Where the call's elements lie in the vector whose ring chunks decide the order of
+    /// the sums (`RingPlan`): its first element there, and that vector's length.
+    var offset: UInt64
+    var wholeCount: UInt64
 
-    init(operation: Operation, sequence: UInt64, count: UInt64, root: UInt32) {
+    init(operation: Operation, sequence: UInt64, count: UInt64, root: UInt32, offset: UInt64 = 0,
+         wholeCount: UInt64? = nil) {
         self.operation = operation
         self.sequence = sequence
         self.count = count
         self.root = root
+        self.offset = offset
+        self.wholeCount = wholeCount ?? count
     }
 
     init(decoding bytes: UnsafeRawBufferPointer) throws {
@@ -49,6 +60,8 @@ struct CallHeader: Equatable, CustomStringConvertible {
         sequence = try reader.uint64()
         count = try reader.uint64()
         root = try reader.uint32()
+        offset = try reader.uint64()
+        wholeCount = try reader.uint64()
     }
 
     /// Writes the `bytes` encoded bytes to `destination`.
@@ -59,12 +72,15 @@ struct CallHeader: Equatable, CustomStringConvertible {
         writer.append(sequence)
         writer.append(count)
         writer.append(root)
+        writer.append(offset)
+        writer.append(wholeCount)
         writer.bytes.withUnsafeBytes { destination.copyMemory(from: $0.baseAddress!, byteCount: Self.bytes) }
     }
 
     var description: String {
-        operation == .broadcast ? "\(operation) #\(sequence) of \(count) elements from root \(root)"
-            : "\(operation) #\(sequence) of \(count) elements"
+        let placement = count == wholeCount ? "" : " at \(offset) of \(wholeCount)"
+        return operation == .broadcast ? "\(operation) #\(sequence) of \(count) elements from root \(root)"
+            : "\(operation) #\(sequence) of \(count) elements" + placement
     }
 }
 
@@ -76,34 +92,58 @@ struct RingPlan {
     let count: Int
     let elementBytes: Int
     let root: Int
+    /// The call is elements [offset, offset + count) of a vector of `wholeCount`, whose
+    /// chunks are the ring's: the call's chunk c is its part of the whole's chunk c.
+    var offset = 0
+    var wholeCount: Int
+
+    init(operation: Operation, rank: Int, world: Int, count: Int, elementBytes: Int, root: Int,
+         offset: Int = 0, wholeCount: Int? = nil) {
+        self.operation = operation
+        self.rank = rank
+        self.world = world
+        self.count = count
+        self.elementBytes = elementBytes
+        self.root = root
+        self.offset = offset
+        self.wholeCount = wholeCount ?? count
+    }
 
     /// Position in the broadcast chain, 0 at the root.
     var chainPosition: Int { (rank - root + world) % world }
 
     var sendSteps: Int {
         if operation == .broadcast { return chainPosition == world - 1 ? 0 : 1 }
-        return 2 * (world - 1)
+        return isHalf ? world - 1 : 2 * (world - 1)
     }
 
     var receiveSteps: Int {
         if operation == .broadcast { return chainPosition == 0 ? 0 : 1 }
-        return 2 * (world - 1)
+        return isHalf ? world - 1 : 2 * (world - 1)
     }
 
-    /// Byte range [start, start + length) of chunk `chunk`: elements [c·n/N, (c+1)·n/N).
+    /// A reduce-scatter or an all-gather: the first or the second N − 1 steps of an all-reduce.
+    var isHalf: Bool { operation == .reduceScatterAverage || operation == .allGather }
+
+    /// The all-reduce step that step `step` of this call is.
+    private func allReduceStep(_ step: Int) -> Int { operation == .allGather ? step + world - 1 : step }
+
+    /// Byte range [start, start + length) of chunk `chunk`: the call's part of the whole's
+    /// elements [c·n/N, (c+1)·n/N) (all of them when the call is the whole).
     func chunkBytes(_ chunk: Int) -> (start: Int, length: Int) {
-        let first = chunk * count / world, end = (chunk + 1) * count / world
+        func clamped(_ element: Int) -> Int { min(max(element - offset, 0), count) }
+        let first = clamped(chunk * wholeCount / world), end = clamped((chunk + 1) * wholeCount / world)
         return (first * elementBytes, (end - first) * elementBytes)
     }
 
     func sendRange(_ step: Int) -> (start: Int, length: Int) {
         if operation == .broadcast { return (0, count * elementBytes) }
-        return chunkBytes(((rank - step) % world + world) % world)
+        return chunkBytes(((rank - allReduceStep(step)) % world + world) % world)
     }
 
     func receiveRange(_ step: Int) -> (start: Int, length: Int) {
         if operation == .broadcast { return (0, count * elementBytes) }
-        return chunkBytes(((rank - step - 1) % world + world) % world)
+        return chunkBytes(((rank - allReduceStep(step) - 1) % world + world) % world)
     }
 
     /// The receive step whose bytes send step `step` forwards (nil: own data).
@@ -113,10 +153,12 @@ struct RingPlan {
     }
 
     /// Receive steps of the reduce-scatter add into the buffer; the others store.
-    func receiveReduces(_ step: Int) -> Bool { operation != .broadcast && step < world - 1 }
+    func receiveReduces(_ step: Int) -> Bool { operation != .broadcast && allReduceStep(step) < world - 1 }
 
     /// The last add of a mean divides by the world size.
-    func receiveDivides(_ step: Int) -> Bool { operation == .allReduceAverage && step == world - 2 }
+    func receiveDivides(_ step: Int) -> Bool {
+        (operation == .allReduceAverage || operation == .reduceScatterAverage) && step == world - 2
+    }
 }
 
 /// How far the receive half is: the current step, and how many of its bytes are

@@ -14,11 +14,11 @@ import Glibc
 /// Where things are in the segment. Every field is at a fixed offset; the control
 /// block of each rank is written only by that rank.
 struct SegmentLayout {
-    static let magic: UInt64 = 0x4D41_4553_484D_0001    // "MAESHM", version 1
+    static let magic: UInt64 = 0x4D41_4553_484D_0002    // "MAESHM", version 2
     static let headerBytes = 4096
-    /// One rank's control block: counters and pid (line 0), call headers (line 1), failure message (lines 2–3).
-    static let controlBytes = 256
-    static let messageOffset = 128
+    /// One rank's control block: counters and pid (line 0), call headers (lines 1–2), failure message (lines 3–4).
+    static let controlBytes = 320
+    static let messageOffset = 192
     static let messageBytes = 128
     /// Pieces in flight: a rank may fill the next piece's slot while others still read the last one.
     static let slots = 2
@@ -56,11 +56,13 @@ enum HeaderField {
 
 /// One call header in a control block (byte offsets from the entry), as the ranks compare them.
 enum CallHeaderField {
-    static let entryBytes = 32
+    static let entryBytes = 48
     static let operation = 0       // UInt32
     static let root = 4            // UInt32
     static let sequence = 8        // UInt64
     static let count = 16          // UInt64
+    static let offset = 24         // UInt64
+    static let wholeCount = 32     // UInt64
 }
 
 /// Other fields of a control block (byte offsets).
@@ -68,7 +70,7 @@ enum ControlField {
     static let sleepers = 12       // UInt32: ranks sleeping on this block's counters
     static let state = 16          // UInt32: `RankState`
     static let processID = 20      // UInt32
-    static let callHeaders = 64    // two `CallHeader`s of 32 bytes, by sequence parity
+    static let callHeaders = 64    // two `CallHeader`s of 48 bytes, by sequence parity
 }
 
 /// A rank's state as its peers see it.

@@ -136,17 +136,24 @@ public final class MAEModel {
     /// - Parameters:
     ///   - images: [N, 3, S, S], already normalised.
     ///   - noise: [N, L]; its ascending argsort decides the mask (small noise = kept).
+    ///   - backwardProgress: called on this thread as the backward finishes tensors, with
+    ///     an offset o of the flat layout: the gradients of elements o..<table.count get no
+    ///     more adds in this call (the backward runs from the end of the layout to its
+    ///     start, one block at a time), last with 0. With several batch shards it is called
+    ///     once, with 0, after the shards' gradients are added.
     public func forwardBackward(images: UnsafePointer<Float>, noise: UnsafePointer<Float>, batchSize: Int,
-                                maskRatio: Double, normPixLoss: Bool, gradientScale: Float = 1) -> Float {
+                                maskRatio: Double, normPixLoss: Bool, gradientScale: Float = 1,
+                                backwardProgress: ((Int) -> Void)? = nil) -> Float {
         let a = prepare(batchSize: batchSize, maskRatio: maskRatio)
-        return runShards(a, images: images, noise: noise, normPixLoss: normPixLoss, gradientScale: gradientScale)
+        return runShards(a, images: images, noise: noise, normPixLoss: normPixLoss, gradientScale: gradientScale,
+                         progress: backwardProgress)
     }
 
     /// Forward only (evaluation); returns the loss. `prediction` and `mask` are updated.
     public func forward(images: UnsafePointer<Float>, noise: UnsafePointer<Float>, batchSize: Int,
                         maskRatio: Double, normPixLoss: Bool) -> Float {
         let a = prepare(batchSize: batchSize, maskRatio: maskRatio)
-        return runShards(a, images: images, noise: noise, normPixLoss: normPixLoss, gradientScale: nil)
+        return runShards(a, images: images, noise: noise, normPixLoss: normPixLoss, gradientScale: nil, progress: nil)
     }
 
     /// The encoder's representation of each image, as k-NN and linear probing read it:
@@ -180,13 +187,14 @@ public final class MAEModel {
     /// the batch, then adds the shards' gradients into `gradients` in shard order.
     /// Returns the loss over the whole batch.
     private func runShards(_ a: Activations, images: UnsafePointer<Float>, noise: UnsafePointer<Float>,
-                           normPixLoss: Bool, gradientScale: Float?) -> Float {
+                           normPixLoss: Bool, gradientScale: Float?, progress: ((Int) -> Void)?) -> Float {
         let shardCount = min(batchShards, a.batch)
         let products = currentProducts()
         guard shardCount > 1 else {
             let loss = runForward(a, products: products, images: images, noise: noise, normPixLoss: normPixLoss)
             if let gradientScale {
-                runBackward(a, products: products, gradients: gradients.pointer, gradientScale: gradientScale)
+                runBackward(a, products: products, gradients: gradients.pointer, gradientScale: gradientScale,
+                            progress: progress)
             }
             return loss
         }
@@ -215,7 +223,8 @@ public final class MAEModel {
                 let share = Float(Double(arena.batch) / Double(batch))
                 let destination = shard == 0 ? self.gradients.pointer : buffers[shard - 1].pointer
                 if shard > 0 { destination.update(repeating: 0, count: self.table.count) }
-                self.runBackward(arena, products: products, gradients: destination, gradientScale: gradientScale * share)
+                self.runBackward(arena, products: products, gradients: destination, gradientScale: gradientScale * share,
+                                 progress: nil)
             }
         }
         if gradientScale != nil {
@@ -225,6 +234,7 @@ public final class MAEModel {
                     accumulate(g + range.lowerBound, buffer.pointer + range.lowerBound, count: range.count)
                 }
             }
+            progress?(0)
         }
         var loss = 0.0
         for (shard, (_, arena)) in arenas.enumerated() { loss += Double(losses[shard]) * Double(arena.batch) }
@@ -366,8 +376,10 @@ public final class MAEModel {
 
     // MARK: - Backward
 
-    /// Adds the parameter gradients of the batch in `a`, times `gradientScale`, into `g`.
-    private func runBackward(_ a: Activations, products x: Products, gradients g: UnsafeMutablePointer<Float>, gradientScale: Float) {
+    /// Adds the parameter gradients of the batch in `a`, times `gradientScale`, into `g`;
+    /// tells `progress` where the finished tail of the layout starts after each stage.
+    private func runBackward(_ a: Activations, products x: Products, gradients g: UnsafeMutablePointer<Float>,
+                             gradientScale: Float, progress: ((Int) -> Void)?) {
         let p = UnsafePointer(parameters.pointer)
         let batch = a.batch, kept = a.keptCount, patchCount = config.patchCount
         let width = config.encoderWidth, decoderWidth = config.decoderWidth
@@ -398,10 +410,12 @@ public final class MAEModel {
                           biasGradient: g + decoderNormBias, outputGradient: d.norm, input: decoderOutput,
                           mean: a.decoderMean, reciprocalStd: a.decoderReciprocalStd, weight: p + decoderNormWeight,
                           residualGradient: nil, rows: batch * decoderTokens, width: decoderWidth)
+        progress?(decoderNormWeight)
         let decoder = decoderShape(a)
         for index in decoderOffsets.indices.reversed() {  // a reversed range allocates nothing
             blockBackward(parameters: p, products: x, gradients: g, offsets: decoderOffsets[index], activations: a.decoderBlocks[index],
                           scratch: d, shape: decoder)
+            progress?(decoderOffsets[index].norm1Weight)
         }
 
         // Decoder input → embedded tokens and the mask token (un-gather).
@@ -432,6 +446,7 @@ public final class MAEModel {
                        biasGradient: g + decoderEmbedBias, outputGradient: embeddedGradient, input: a.encoderNormed,
                        weight: p + decoderEmbedWeight, rows: batch * encoderTokens, inFeatures: width,
                        outFeatures: decoderWidth, precision: x.precision, roundedWeight: x.weight(decoderEmbedWeight))
+        progress?(decoderEmbedWeight)
 
         // Encoder norm and blocks.
         let stream = a.encoderBlocks.first?.input ?? a.encoderNormed
@@ -440,10 +455,12 @@ public final class MAEModel {
                           outputGradient: d.norm, input: encoderOutput, mean: a.encoderMean,
                           reciprocalStd: a.encoderReciprocalStd, weight: p + normWeight, residualGradient: nil,
                           rows: batch * encoderTokens, width: width)
+        progress?(normWeight)
         let encoder = encoderShape(a)
         for index in encoderOffsets.indices.reversed() {
             blockBackward(parameters: p, products: x, gradients: g, offsets: encoderOffsets[index], activations: a.encoderBlocks[index],
                           scratch: d, shape: encoder)
+            progress?(encoderOffsets[index].norm1Weight)
         }
 
         // Encoder input → cls token and the patch embedding.
@@ -461,5 +478,6 @@ public final class MAEModel {
                        outputGradient: tokenGradient, input: a.patches, weight: p + patchEmbedWeight,
                        rows: batch * kept, inFeatures: patchDimension, outFeatures: width,
                        precision: x.precision, roundedWeight: x.weight(patchEmbedWeight))
+        progress?(0)
     }
 }

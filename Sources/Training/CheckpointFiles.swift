@@ -8,6 +8,23 @@ import Model
 struct CheckpointFiles {
     let model: MAEModel
     let optimizer: AdamWOptimizer
+    /// The moments as the files hold them, laid out as the whole layout: the optimizer's
+    /// own, or (sharded optimizer) buffers the session gathers them into.
+    let firstMoment: FloatBuffer
+    let secondMoment: FloatBuffer
+
+    init(model: MAEModel, optimizer: AdamWOptimizer) {
+        self.init(model: model, optimizer: optimizer, firstMoment: optimizer.firstMoment, secondMoment: optimizer.secondMoment)
+    }
+
+    init(model: MAEModel, optimizer: AdamWOptimizer, firstMoment: FloatBuffer, secondMoment: FloatBuffer) {
+        precondition(firstMoment.count == model.table.count && secondMoment.count == model.table.count,
+                     "checkpoint moments are laid out as the whole layout")
+        self.model = model
+        self.optimizer = optimizer
+        self.firstMoment = firstMoment
+        self.secondMoment = secondMoment
+    }
 
     static let modelFileName = "model.safetensors"
     static let optimizerFileName = "optimizer.safetensors"
@@ -21,8 +38,8 @@ struct CheckpointFiles {
                               metadata: ["format": "pt", "step": "\(state.step)", "epoch": "\(state.epoch)"])
         try model.table.writeTensors(
             path: directory + "/" + Self.optimizerFileName,
-            buffers: [(prefix: Self.firstMomentPrefix, buffer: optimizer.firstMoment),
-                      (prefix: Self.secondMomentPrefix, buffer: optimizer.secondMoment)],
+            buffers: [(prefix: Self.firstMomentPrefix, buffer: firstMoment),
+                      (prefix: Self.secondMomentPrefix, buffer: secondMoment)],
             metadata: ["step": "\(optimizer.step)", "optimizer": "AdamW",
                        "betas": "\(optimizer.beta1),\(optimizer.beta2)", "eps": "\(optimizer.epsilon)"])
         return [Self.modelFileName, Self.optimizerFileName]
@@ -33,8 +50,8 @@ struct CheckpointFiles {
         try model.loadWeights(path: directory + "/" + Self.modelFileName)
         let path = directory + "/" + Self.optimizerFileName
         let file = try SafeTensorsFile.read(path: path)
-        try model.table.readTensors(from: file, into: optimizer.firstMoment, prefix: Self.firstMomentPrefix)
-        try model.table.readTensors(from: file, into: optimizer.secondMoment, prefix: Self.secondMomentPrefix)
+        try model.table.readTensors(from: file, into: firstMoment, prefix: Self.firstMomentPrefix)
+        try model.table.readTensors(from: file, into: secondMoment, prefix: Self.secondMomentPrefix)
         let known = Set(file.names.filter { $0.hasPrefix(Self.firstMomentPrefix) || $0.hasPrefix(Self.secondMomentPrefix) })
         if let extra = file.names.first(where: { !known.contains($0) }) {
             throw TrainingError.checkpoint("\(path): unexpected tensor '\(extra)' (not an AdamW moment)")

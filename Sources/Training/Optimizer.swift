@@ -7,17 +7,28 @@ import Model
 ///
 /// Tensors are grouped into contiguous runs that share the decay setting, so the update
 /// is a handful of `adamwUpdate` calls over long ranges.
+///
+/// Sharded (ZeRO stage 1, `--shard-optimizer`), it updates only the ranges of the layout
+/// in `shard` and keeps moments only for them, one after another; AdamW is element-wise,
+/// so those elements get the bits of the whole update.
 public final class AdamWOptimizer {
-    /// A contiguous range of the flat layout with one weight-decay setting.
+    /// A contiguous range of the flat layout with one weight-decay setting, and where its
+    /// moments start (`offset` unless sharded).
     public struct Group: Sendable, Equatable {
         public let offset: Int
         public let count: Int
         public let decays: Bool
+        public let momentOffset: Int
     }
 
+    /// Moments of the elements in `shard`, in layout order (the whole layout unsharded).
     public let firstMoment: FloatBuffer
     public let secondMoment: FloatBuffer
     public let groups: [Group]
+    /// The ranges of the layout this optimizer updates: the whole layout, or a rank's shard.
+    public let shard: [Range<Int>]
+    /// Whether `shard` is less than the whole layout.
+    public let isSharded: Bool
     public var beta1: Float
     public var beta2: Float
     public var epsilon: Float
@@ -25,11 +36,31 @@ public final class AdamWOptimizer {
     /// Steps taken so far (PyTorch's `state['step']`); the next update uses `step + 1`.
     public var step: Int = 0
 
-    public init(table: ParameterTable, beta1: Float = 0.9, beta2: Float = 0.95, epsilon: Float = 1e-8,
-                weightDecay: Float = 0.05) {
-        firstMoment = FloatBuffer(count: table.count)
-        secondMoment = FloatBuffer(count: table.count)
-        groups = Self.groups(of: table)
+    /// `shard`: the ranges of the layout this rank updates (nil: all of it).
+    public init(table: ParameterTable, shard: [Range<Int>]? = nil, beta1: Float = 0.9, beta2: Float = 0.95,
+                epsilon: Float = 1e-8, weightDecay: Float = 0.05) {
+        let whole = Self.groups(of: table)
+        if let shard {
+            var groups: [Group] = [], momentOffset = 0
+            for range in shard {
+                for group in whole {
+                    let first = max(range.lowerBound, group.offset), end = min(range.upperBound, group.offset + group.count)
+                    guard end > first else { continue }
+                    groups.append(Group(offset: first, count: end - first, decays: group.decays, momentOffset: momentOffset))
+                    momentOffset += end - first
+                }
+            }
+            self.groups = groups
+            self.shard = shard
+            isSharded = true
+        } else {
+            groups = whole
+            self.shard = [0..<table.count]
+            isSharded = false
+        }
+        let momentCount = self.shard.reduce(0) { $0 + $1.count }
+        firstMoment = FloatBuffer(count: momentCount)
+        secondMoment = FloatBuffer(count: momentCount)
         self.beta1 = beta1
         self.beta2 = beta2
         self.epsilon = epsilon
@@ -41,24 +72,47 @@ public final class AdamWOptimizer {
         var groups: [Group] = []
         for tensor in table.tensors.sorted(by: { $0.offset < $1.offset }) where tensor.count > 0 {
             if let last = groups.last, last.decays == tensor.decays, last.offset + last.count == tensor.offset {
-                groups[groups.count - 1] = Group(offset: last.offset, count: last.count + tensor.count, decays: last.decays)
+                groups[groups.count - 1] = Group(offset: last.offset, count: last.count + tensor.count, decays: last.decays,
+                                                 momentOffset: last.offset)
             } else {
-                groups.append(Group(offset: tensor.offset, count: tensor.count, decays: tensor.decays))
+                groups.append(Group(offset: tensor.offset, count: tensor.count, decays: tensor.decays,
+                                    momentOffset: tensor.offset))
             }
         }
         return groups
     }
 
-    /// One AdamW step of every parameter with `learningRate`.
+    /// One AdamW step of every parameter (of the shard) with `learningRate`.
     public func update(parameters: FloatBuffer, gradients: FloatBuffer, learningRate: Float) {
-        precondition(parameters.count == firstMoment.count && gradients.count == firstMoment.count,
+        precondition(parameters.count == gradients.count && shard.allSatisfy { $0.upperBound <= parameters.count },
                      "parameters, gradients and moments must share one layout")
         step += 1
         for group in groups {
             adamwUpdate(parameters: parameters.pointer + group.offset, gradients: gradients.pointer + group.offset,
-                        firstMoment: firstMoment.pointer + group.offset, secondMoment: secondMoment.pointer + group.offset,
+                        firstMoment: firstMoment.pointer + group.momentOffset,
+                        secondMoment: secondMoment.pointer + group.momentOffset,
                         count: group.count, learningRate: learningRate, beta1: beta1, beta2: beta2, epsilon: epsilon,
                         weightDecay: group.decays ? weightDecay : 0, step: step)
+        }
+    }
+
+    /// Copies the moments of the shard into `first` and `second`, laid out as the whole layout.
+    public func copyMoments(intoWhole first: UnsafeMutablePointer<Float>, _ second: UnsafeMutablePointer<Float>) {
+        var momentOffset = 0
+        for range in shard {
+            (first + range.lowerBound).update(from: firstMoment.pointer + momentOffset, count: range.count)
+            (second + range.lowerBound).update(from: secondMoment.pointer + momentOffset, count: range.count)
+            momentOffset += range.count
+        }
+    }
+
+    /// Takes the moments of the shard from `first` and `second`, laid out as the whole layout.
+    public func takeMoments(fromWhole first: UnsafePointer<Float>, _ second: UnsafePointer<Float>) {
+        var momentOffset = 0
+        for range in shard {
+            (firstMoment.pointer + momentOffset).update(from: first + range.lowerBound, count: range.count)
+            (secondMoment.pointer + momentOffset).update(from: second + range.lowerBound, count: range.count)
+            momentOffset += range.count
         }
     }
 }

@@ -11,10 +11,13 @@ final class ProgressMeter {
     private var intervalStart: Double
     private var intervalStartStep: Int
     private var intervalDataWait = 0.0
+    private var intervalCommunicationWait = 0.0
 
     struct Interval {
         var imagesPerSecond: Double
         var dataWaitShare: Double
+        /// Mean seconds per step spent waiting for the gradient all-reduce after the backward.
+        var communicationWaitPerStep: Double
         var secondsPerStep: Double
         var etaSeconds: Double
         var elapsedSeconds: Double
@@ -28,7 +31,10 @@ final class ProgressMeter {
         intervalStartStep = startStep
     }
 
-    func record(dataWait: Double) { intervalDataWait += dataWait }
+    func record(dataWait: Double, communicationWait: Double) {
+        intervalDataWait += dataWait
+        intervalCommunicationWait += communicationWait
+    }
 
     func takeInterval(step: Int) -> Interval {
         let now = monotonicSeconds()
@@ -36,12 +42,15 @@ final class ProgressMeter {
         let steps = max(step - intervalStartStep, 1)
         let secondsPerStep = seconds / Double(steps)
         let interval = Interval(imagesPerSecond: Double(steps * imagesPerStep) / seconds,
-                                dataWaitShare: min(1, intervalDataWait / seconds), secondsPerStep: secondsPerStep,
+                                dataWaitShare: min(1, intervalDataWait / seconds),
+                                communicationWaitPerStep: intervalCommunicationWait / Double(steps),
+                                secondsPerStep: secondsPerStep,
                                 etaSeconds: secondsPerStep * Double(max(0, totalSteps - step)),
                                 elapsedSeconds: now - start)
         intervalStart = now
         intervalStartStep = step
         intervalDataWait = 0
+        intervalCommunicationWait = 0
         return interval
     }
 }

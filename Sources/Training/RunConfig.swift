@@ -62,6 +62,16 @@ public struct RunConfig: Codable, Sendable, Equatable {
     /// `--reconstruct-every`: also draw `RUN_DIR/reconstructions/epoch-NNNN.png` every this
     /// many epochs (0 or nil: only at the end of the run).
     public var reconstructEvery: Int?
+    /// `--overlap`: whether the gradient all-reduce runs bucket by bucket during the
+    /// backward (`GradientExchange`); nil: wherever the transport gives the same bits as
+    /// one call after the backward. The bits do not depend on it.
+    public var overlap: Bool?
+    /// `--bucket-mb`: the size of an overlapped bucket in MiB (nil: 25, as DDP).
+    public var bucketMegabytes: Double?
+    /// `--shard-optimizer`: each worker updates and keeps AdamW moments for its shard of
+    /// the parameters only (ZeRO stage 1); nil or false: every worker updates all of them.
+    /// The bits do not depend on it; checkpoints hold the whole moments either way.
+    public var shardOptimizer: Bool?
     /// Tests only: the loss of this optimizer step (1-based) is replaced by NaN, to exercise
     /// the non-finite-loss stop without depending on how a model diverges.
     public var injectNonFiniteLossAtStep: Int?
@@ -75,6 +85,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         case runDirectory = "run_dir", checkpointEvery = "checkpoint_every", keepCheckpoints = "keep_checkpoints"
         case keepEveryEpochs = "keep_every_epochs", resume, maxSteps = "max_steps", printEvery = "print_every"
         case reconstructEvery = "reconstruct_every", initWeights = "init_weights"
+        case overlap, bucketMegabytes = "bucket_mb", shardOptimizer = "shard_optimizer"
     }
 
     public init(dataRoot: String, model: ModelConfig, batchSize: Int = 64, epochs: Int = 800, warmupEpochs: Double = 40,
@@ -83,7 +94,9 @@ public struct RunConfig: Codable, Sendable, Equatable {
                 accumulationSteps: Int = 1, maskRatio: Double = 0.75, masking: MaskingStrategy = .random, normPixLoss: Bool = false, seed: UInt64 = 0,
                 threads: Int = 1, dataThreads: Int = 1, batchShards: Int? = nil, precision: Precision = .fp32, runDirectory: String, checkpointEvery: Int = 0,
                 keepCheckpoints: Int = 3, keepEveryEpochs: Int = 0, resume: String? = nil, maxSteps: Int? = nil,
-                printEvery: Int = 20, reconstructEvery: Int? = nil, initWeights: String? = nil, injectNonFiniteLossAtStep: Int? = nil) {
+                printEvery: Int = 20, reconstructEvery: Int? = nil, initWeights: String? = nil,
+                overlap: Bool? = nil, bucketMegabytes: Double? = nil, shardOptimizer: Bool? = nil,
+                injectNonFiniteLossAtStep: Int? = nil) {
         self.dataRoot = dataRoot
         self.model = model
         self.batchSize = batchSize
@@ -114,6 +127,9 @@ public struct RunConfig: Codable, Sendable, Equatable {
         self.printEvery = printEvery
         self.reconstructEvery = reconstructEvery
         self.initWeights = initWeights
+        self.overlap = overlap
+        self.bucketMegabytes = bucketMegabytes
+        self.shardOptimizer = shardOptimizer
         self.injectNonFiniteLossAtStep = injectNonFiniteLossAtStep
     }
 

@@ -62,8 +62,9 @@ final class TrainingSession {
     let schedule: LearningRateSchedule
     let model: MAEModel
     let optimizer: AdamWOptimizer
+    /// The gradient all-reduce, overlapped with the backward or after it.
+    let exchange: GradientExchange
     let store: CheckpointStore
-    let files: CheckpointFiles
     /// Optimizer steps in an epoch, and where this run stops (epochs or --max-steps).
     let stepsPerEpoch: Int
     let totalSteps: Int
@@ -123,9 +124,25 @@ final class TrainingSession {
             config: config.model, batchSize: config.batchSize, threads: config.threads)
         model.batchShards = self.config.batchShards ?? 1
         model.precision = config.productPrecision
-        optimizer = AdamWOptimizer(table: model.table, beta1: Float(config.beta1), beta2: Float(config.beta2),
+        let sharded = config.shardOptimizer == true && worldSize > 1
+        optimizer = AdamWOptimizer(table: model.table,
+                                   shard: sharded ? collective.shard(count: model.table.count, rank: rank) : nil,
+                                   beta1: Float(config.beta1), beta2: Float(config.beta2),
                                    epsilon: Float(config.epsilon), weightDecay: Float(config.weightDecay))
-        files = CheckpointFiles(model: model, optimizer: optimizer)
+        if config.overlap == true && sharded {
+            throw TrainingError.invalidConfiguration(
+                "--overlap on and --shard-optimizer: the sharded optimizer reduce-scatters after the backward; "
+                + "pass --overlap auto or off with it")
+        }
+        if config.overlap == true && !collective.reducesSlicesAsWhole {
+            throw TrainingError.invalidConfiguration(
+                "--overlap on: this backend (MPI with \(worldSize) workers) sums a bucket in another order than the whole "
+                + "gradient, so the bits would depend on the buckets; pass --overlap auto or off")
+        }
+        exchange = GradientExchange(
+            collective: collective, gradients: model.gradients.pointer, table: model.table,
+            bucketBytes: Int((config.bucketMegabytes ?? GradientExchange.defaultBucketMegabytes) * 1_048_576),
+            overlaps: (config.overlap ?? true) && collective.reducesSlicesAsWhole && !sharded, reduceScatters: sharded)
         noise = FloatBuffer(count: config.batchSize * config.model.patchCount)
     }
 
@@ -145,7 +162,7 @@ final class TrainingSession {
             guard differences.isEmpty else { throw TrainingError.incompatibleResume(differences) }
             let changes = config.resumeChanges(from: found.state.config)
             if !changes.isEmpty { log.warn("warning: resuming with changed settings: " + changes.joined(separator: ", ")) }
-            try files.load(from: found.path, state: found.state)
+            try checkpointFiles().load(from: found.path, state: found.state)
             lastCheckpoint = found.path
             shared = [1] + TrainingPosition(found.state).scalars + [Double(optimizer.step), Double(config.batchShards ?? 1)]
             log.info("resuming from \(found.path): step \(found.state.step), epoch \(found.state.epoch), "
@@ -166,9 +183,12 @@ final class TrainingSession {
             shared = try collective.allReduceScalars(shared)
             try collective.broadcast(model.parameters.pointer, count: model.parameters.count, root: 0)
             model.parametersDidChange()
-            try collective.broadcast(optimizer.firstMoment.pointer, count: optimizer.firstMoment.count, root: 0)
-            try collective.broadcast(optimizer.secondMoment.pointer, count: optimizer.secondMoment.count, root: 0)
+            let moments = wholeMoments()
+            try collective.broadcast(moments.first.pointer, count: moments.first.count, root: 0)
+            try collective.broadcast(moments.second.pointer, count: moments.second.count, root: 0)
+            if optimizer.isSharded { optimizer.takeMoments(fromWhole: moments.first.pointer, moments.second.pointer) }
         }
+        wholeMomentBuffers = nil
         if shared[0] > 0 {
             position = TrainingPosition(scalars: shared[1..<7])
             optimizer.step = Int(shared[7])
@@ -176,6 +196,25 @@ final class TrainingSession {
             model.batchShards = Int(shared[8])
         }
         tensorBoard = try openTensorBoard(resumed: shared[0] > 0)
+    }
+
+    /// The moments laid out as the whole layout: the optimizer's own, or (sharded) fresh
+    /// buffers, which `restore` loads and broadcasts and `writeCheckpoint` gathers into.
+    /// Kept only while a checkpoint is read or written.
+    private var wholeMomentBuffers: (first: FloatBuffer, second: FloatBuffer)?
+
+    func wholeMoments() -> (first: FloatBuffer, second: FloatBuffer) {
+        guard optimizer.isSharded else { return (optimizer.firstMoment, optimizer.secondMoment) }
+        if let buffers = wholeMomentBuffers { return buffers }
+        let buffers = (FloatBuffer(count: model.table.count), FloatBuffer(count: model.table.count))
+        wholeMomentBuffers = buffers
+        return buffers
+    }
+
+    /// The checkpoint's files over `wholeMoments()`.
+    func checkpointFiles() -> CheckpointFiles {
+        let moments = wholeMoments()
+        return CheckpointFiles(model: model, optimizer: optimizer, firstMoment: moments.first, secondMoment: moments.second)
     }
 
     /// The checkpoint `--resume` names, verified; nil for a fresh start.
@@ -205,6 +244,14 @@ final class TrainingSession {
         log.info("effective batch \(effectiveBatch) = \(config.batchSize) × accum \(config.accumulationSteps) × world \(worldSize); "
                  + "lr \(String(format: "%.3e", schedule.peakLearningRate))\(rateRule), warm-up "
                  + "\(formatNumber(config.warmupEpochs)) of \(config.epochs) epochs, \(stepsPerEpoch) steps per epoch")
+        if worldSize > 1 {
+            let bucketMegabytes = formatNumber(config.bucketMegabytes ?? GradientExchange.defaultBucketMegabytes)
+            log.info(exchange.overlaps
+                ? "gradients averaged during the backward in \(exchange.buckets.count) bucket(s) of about \(bucketMegabytes) MiB"
+                : optimizer.isSharded
+                ? "gradients reduce-scattered after the backward; AdamW on this worker's shard (--shard-optimizer)"
+                : "gradients averaged after the backward (--overlap off, or MPI beyond 2 workers)")
+        }
         let trailing = schedule.iterationsPerEpoch % config.accumulationSteps
         if trailing != 0 {
             log.warn("warning: \(trailing) trailing batch(es) of each epoch do not fill an accumulation group of "
@@ -235,7 +282,7 @@ final class TrainingSession {
                         dataWaitSeconds: outcome.dataWait, stepSeconds: seconds))
                 }
                 lastLoss = outcome.loss
-                meter.record(dataWait: outcome.dataWait)
+                meter.record(dataWait: outcome.dataWait, communicationWait: outcome.communicationWait)
                 if position.step % config.printEvery == 0 || position.step == totalSteps {
                     try report(meter.takeInterval(step: position.step), loss: outcome.loss,
                                learningRate: outcome.learningRate)
@@ -289,10 +336,13 @@ final class TrainingSession {
         var checkpointRequested: Bool
         /// Seconds this worker waited for its batches.
         var dataWait: Double
+        /// Seconds this worker waited for the gradient all-reduce after its backward.
+        var communicationWait: Double
     }
 
-    /// One optimizer step: K micro-batches forward and backward, the loss agreed and checked,
-    /// gradients averaged over workers, AdamW; then the position moves on.
+    /// One optimizer step: K micro-batches forward and backward, gradients averaged over
+    /// workers (during the last backward with overlap), the loss agreed and checked, AdamW;
+    /// then the position moves on.
     func step() throws -> StepOutcome {
         let learningRate = schedule.learningRate(epoch: position.epoch, stepInEpoch: position.stepInEpoch)
         let patchCount = config.model.patchCount
@@ -311,12 +361,16 @@ final class TrainingSession {
                                  gridSize: config.model.gridSize, keptCount: keptCount, seed: config.seed,
                                  epoch: position.epoch, sampleIndex: sampleIndex)
             }
+            // Only the last micro-batch's backward finishes gradients, so only it overlaps.
+            let isLast = micro == config.accumulationSteps - 1
             let loss = model.forwardBackward(images: batch.images.pointer, noise: noise.pointer,
                                              batchSize: batch.sampleIndices.count, maskRatio: config.maskRatio,
                                              normPixLoss: config.normPixLoss,
-                                             gradientScale: 1 / Float(config.accumulationSteps))
+                                             gradientScale: 1 / Float(config.accumulationSteps),
+                                             backwardProgress: isLast ? exchange.backwardProgress() : nil)
             localLoss += Double(loss) / Double(config.accumulationSteps)
         }
+        let communicationWait = try exchange.finish()
         if config.injectNonFiniteLossAtStep == position.step + 1 { localLoss = .nan }
 
         // One scalar exchange carries the loss and any stop or checkpoint request, so every worker decides alike.
@@ -328,10 +382,8 @@ final class TrainingSession {
             throw TrainingError.nonFiniteLoss(step: position.step, epoch: position.epoch, loss: loss,
                                               lastCheckpoint: lastCheckpoint)
         }
-        if worldSize > 1 {
-            try collective.allReduceAverage(model.gradients.pointer, count: model.gradients.count)
-        }
         optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: Float(learningRate))
+        if optimizer.isSharded { try collective.allGather(model.parameters.pointer, count: model.parameters.count) }
         model.parametersDidChange()  // the bf16 copy is rounded again once, before the next step
 
         position.step += 1
@@ -340,7 +392,7 @@ final class TrainingSession {
         position.epochLearningRateSum += learningRate
         position.epochStepCount += 1
         return StepOutcome(loss: loss, learningRate: learningRate, stopRequested: reduced[1] > 0,
-                           checkpointRequested: reduced[2] > 0, dataWait: dataWait)
+                           checkpointRequested: reduced[2] > 0, dataWait: dataWait, communicationWait: communicationWait)
     }
 
     /// Moves the position to the next epoch; returns the finished epoch's `log.txt` line
@@ -360,6 +412,14 @@ final class TrainingSession {
     /// Every rank meets before and after; rank 0 writes the checkpoint and prunes old ones.
     func writeCheckpoint(finishedEpoch: EpochSummary?) throws {
         try collective.barrier()
+        if optimizer.isSharded {
+            // Checkpoints hold the whole moments, so that any run can resume them.
+            let moments = wholeMoments()
+            optimizer.copyMoments(intoWhole: moments.first.pointer, moments.second.pointer)
+            try collective.allGather(moments.first.pointer, count: moments.first.count)
+            try collective.allGather(moments.second.pointer, count: moments.second.count)
+        }
+        defer { wholeMomentBuffers = nil }
         if rank == 0 {
             let state = CheckpointState(
                 step: position.step, epoch: position.epoch, stepInEpoch: position.stepInEpoch,
@@ -368,6 +428,7 @@ final class TrainingSession {
                 epochLearningRateSum: position.epochLearningRateSum, epochStepCount: position.epochStepCount,
                 datasetFingerprint: dataset.fingerprint, datasetCount: dataset.count, config: config, schedule: schedule,
                 finishedEpoch: finishedEpoch)
+            let files = checkpointFiles()
             let path = try store.write(state: state) { directory in try files.save(into: directory, state: state) }
             lastCheckpoint = path
             if let control {
@@ -394,6 +455,7 @@ final class TrainingSession {
             ("step", .integer(position.step)), ("epoch", .integer(position.epoch)), ("loss", .number(loss)),
             ("lr", .number(learningRate)), ("images_per_second", .number(interval.imagesPerSecond)),
             ("data_wait_share", .number(interval.dataWaitShare)), ("seconds_per_step", .number(interval.secondsPerStep)),
+            ("communication_wait_seconds", .number(interval.communicationWaitPerStep)),
             ("elapsed_seconds", .number(interval.elapsedSeconds)),
         ])
     }

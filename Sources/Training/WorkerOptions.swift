@@ -115,6 +115,14 @@ public enum WorkerOptions {
                        help: "start a fresh run from these weights (a folder of mae import, a checkpoint, or a model .safetensors)"),
             OptionSpec("reconstruct-every", value: "N", default: "0",
                        help: "also draw RUN_DIR/reconstructions/epoch-NNNN.png every N epochs (0: at the end of the run only)"),
+            OptionSpec("overlap", value: "auto|on|off", default: "auto",
+                       help: "average the gradients bucket by bucket while the backward runs (auto: on, except with "
+                           + "--shard-optimizer and with MPI beyond 2 workers, where the bits would differ); the same bits as off"),
+            OptionSpec("bucket-mb", value: "MB", default: "25",
+                       help: "gradient bucket size of --overlap in MiB (tensors are not cut; as DDP's bucket_cap_mb)"),
+            .flag("shard-optimizer",
+                  help: "ZeRO stage 1: reduce-scatter the gradients, each worker runs AdamW on its shard only (moments "
+                      + "for it alone), all-gather the parameters; the same bits as without, checkpoints whole (turns --overlap off)"),
             OptionSpec("inject-nonfinite-loss-at-step", value: "N",
                        help: "tests: make the loss of step N NaN", visible: false),
         ])
@@ -258,6 +266,15 @@ public enum WorkerOptions {
                        + "pass a smaller --warmup-epochs (e.g. --warmup-epochs \(max(0, epochs / 20)))")
         }
 
+        let overlap: Bool?
+        switch try options.required("overlap") {
+        case "auto": overlap = nil
+        case "on": overlap = true
+        case "off": overlap = false
+        case let other: throw fail("--overlap expects auto, on or off, got '\(other)'")
+        }
+        let bucketMegabytes = try options.double("bucket-mb", expectation: "a positive number of MiB") { $0 > 0 && $0 <= 1_048_576 }
+
         let config = RunConfig(
             dataRoot: dataRoot, model: model,
             batchSize: try options.int("batch-size", in: 1...1_000_000),
@@ -279,6 +296,8 @@ public enum WorkerOptions {
             printEvery: try options.int("print-every", in: 1...Int.max),
             reconstructEvery: try options.int("reconstruct-every", in: 0...1_000_000),
             initWeights: initWeights,
+            overlap: overlap, bucketMegabytes: bucketMegabytes,
+            shardOptimizer: options.flag("shard-optimizer") ? true : nil,
             injectNonFiniteLossAtStep: try options.optionalInt("inject-nonfinite-loss-at-step", in: 1...Int.max))
         return (config, distributed)
     }

@@ -376,3 +376,97 @@ extension WorkerProcessTests {
         }
     }
 }
+
+extension WorkerProcessTests {
+    /// Three workers (where the order of a sum matters) with gradient accumulation: buckets
+    /// of a few tensors averaged during the last backward give the bits of one all-reduce
+    /// after it, on the ring and in shared memory.
+    @Test func overlappedBucketsTrainTheSameBitsAsOneAllReduce() throws {
+        defer { temporary.remove() }
+        let runs = [("ring-off", "ring", "off"), ("ring-on", "ring", "on"), ("shm-on", "shm", "on")]
+        for (name, transport, overlap) in runs {
+            let port = try freeLoopbackPort()
+            let workers = try (0..<3).map { rank in
+                try WorkerProcess(arguments(runDirectory: name, [
+                    "--rank", "\(rank)", "--world-size", "3", "--rendezvous", "127.0.0.1:\(port)", "--job-token", "test-token",
+                    "--transport", transport, "--overlap", overlap, "--bucket-mb", "0.002", "--batch-size", "2",
+                    "--accum-iter", "2", "--max-steps", "2", "--warmup-epochs", "0",
+                ]), logDirectory: temporary.path, name: "\(name)-\(rank)")
+            }
+            for worker in workers {
+                let status = try worker.wait(seconds: 120)
+                #expect(status == 0, "\(name) rank exited \(status): \(worker.errors)")
+            }
+        }
+        let expected = try SafeTensorsFile.read(path: checkpoint("ring-off", step: 2) + "/model.safetensors")
+        #expect(!expected.names.isEmpty)
+        for (name, _, _) in runs.dropFirst() {
+            let actual = try SafeTensorsFile.read(path: checkpoint(name, step: 2) + "/model.safetensors")
+            #expect(actual.names == expected.names)
+            for tensor in expected.names {
+                let values = try actual.floats(named: tensor), reference = try expected.floats(named: tensor)
+                let differing = zip(values, reference).filter { $0.bitPattern != $1.bitPattern }.count
+                #expect(values.count == reference.count && differing == 0,
+                        "\(name) \(tensor): \(differing) of \(reference.count) values differ from one all-reduce after backward")
+            }
+        }
+    }
+}
+
+extension WorkerProcessTests {
+    /// Runs three workers in `runDirectory` with `extra` flags until they exit.
+    func trainThree(_ runDirectory: String, _ extra: [String]) throws {
+        let port = try freeLoopbackPort()
+        let workers = try (0..<3).map { rank in
+            try WorkerProcess(arguments(runDirectory: runDirectory, [
+                "--rank", "\(rank)", "--world-size", "3", "--rendezvous", "127.0.0.1:\(port)", "--job-token", "test-token",
+                "--batch-size", "2", "--warmup-epochs", "0",
+            ] + extra), logDirectory: temporary.path, name: "\(runDirectory)-\(rank)-\(UUID().uuidString.prefix(6))")
+        }
+        for worker in workers {
+            let status = try worker.wait(seconds: 120)
+            #expect(status == 0, "\(runDirectory) rank exited \(status): \(worker.errors)")
+        }
+    }
+
+    /// The number of values of each file of checkpoint `step` of `name` that differ from `reference`'s.
+    func differences(_ name: String, _ reference: String, step: Int) throws -> [String] {
+        var found: [String] = []
+        for file in [CheckpointFiles.modelFileName, CheckpointFiles.optimizerFileName] {
+            let actual = try SafeTensorsFile.read(path: checkpoint(name, step: step) + "/" + file)
+            let expected = try SafeTensorsFile.read(path: checkpoint(reference, step: step) + "/" + file)
+            if actual.names != expected.names || expected.names.isEmpty { found.append("\(file): tensor names differ") }
+            for tensor in expected.names {
+                let values = try actual.floats(named: tensor), wanted = try expected.floats(named: tensor)
+                let differing = zip(values, wanted).filter { $0.bitPattern != $1.bitPattern }.count
+                if differing > 0 || values.count != wanted.count {
+                    found.append("\(name) step \(step) \(tensor): \(differing) of \(wanted.count) values differ from \(reference)")
+                }
+            }
+            if actual.metadata["step"] != expected.metadata["step"] { found.append("\(file): step metadata differs") }
+        }
+        return found
+    }
+
+    /// ZeRO stage 1 on three workers (ring and shared memory): the weights and the (gathered)
+    /// moments of every checkpoint are the unsharded run's bits, and a run resumes across the
+    /// switch either way with the bits of an uninterrupted one.
+    @Test func shardedOptimizerTrainsAndResumesWithTheUnshardedBits() throws {
+        defer { temporary.remove() }
+        let common = ["--checkpoint-every", "2", "--keep-checkpoints", "5"]
+        try trainThree("whole", common + ["--max-steps", "4", "--transport", "ring"])
+        try trainThree("sharded-ring", common + ["--max-steps", "4", "--transport", "ring", "--shard-optimizer"])
+        try trainThree("sharded-shm", common + ["--max-steps", "4", "--transport", "shm", "--shard-optimizer"])
+        // Sharded to step 2, then unsharded; unsharded to step 2, then sharded.
+        try trainThree("to-whole", common + ["--max-steps", "2", "--shard-optimizer"])
+        try trainThree("to-whole", common + ["--max-steps", "4", "--resume", "auto"])
+        try trainThree("to-sharded", common + ["--max-steps", "2"])
+        try trainThree("to-sharded", common + ["--max-steps", "4", "--resume", "auto", "--shard-optimizer"])
+        for name in ["sharded-ring", "sharded-shm", "to-whole", "to-sharded"] {
+            for step in [2, 4] {
+                let found = try differences(name, "whole", step: step)
+                #expect(found.isEmpty, "\(found.prefix(5))")
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Exposed communication of a training step (the time a step waits for the gradient
+# all-reduce after its backward) with and without overlap, by `mae bench step --world N`:
+#   1. WORLD ranks on this machine (--transport auto: shared memory);
+#   2. two "machines" (network namespaces joined by a veth pair) of two ranks each, over
+#      the TCP ring, the link shaped by tc (tbf) to each RATE in turn (and unshaped).
+# Each configuration runs ROUNDS times, overlap off and on back to back; the script prints
+# every run's last lines (median step and exposed communication over its steps, and the
+# parameters' checksum, which must be the same with and without overlap).
+# The kernel here has no netem, so no delay is emulated: a real link's latency adds to
+# every ring step, which overlap hides as well.
+#
+# usage: sudo tools/bench-overlap.sh [ROUNDS]   (namespaces need root; 1. runs without)
+# environment: MODEL (default mae_vit_tiny_patch4), BATCH (16), STEPS (6), WORLD (4),
+#   BUCKET_MB (4: mae_vit_tiny_patch4 has 24.7 MB of gradients, one bucket at 25),
+#   RATES ("1gbit 10gbit"), SKIP_LOCAL / SKIP_NAMESPACES (set to skip), MAE (a built mae
+#   binary to use instead of building .build/release/mae).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+model=${MODEL:-mae_vit_tiny_patch4}
+batch=${BATCH:-16}
+steps=${STEPS:-6}
+world=${WORLD:-4}
+bucket=${BUCKET_MB:-4}
+rates=${RATES:-"1gbit 10gbit"}
+if [ -n "${MAE:-}" ]; then
+    mae=$MAE
+else
+    swift build -c release --product mae >&2
+    mae=$PWD/.build/release/mae
+fi
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(nproc) cores;" \
+     "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset} OPENBLAS_L2_SIZE=${OPENBLAS_L2_SIZE:-unset}"
+common=(bench step --model "$model" --batch "$batch" --steps "$steps" --threads 1 --bucket-mb "$bucket")
+summary() { grep -E '^(world|parameters_fnv1a64|img_per_s)' | tr '\n' ' '; echo; }
+
+if [ -z "${SKIP_LOCAL:-}" ]; then
+    for round in $(seq "$rounds"); do
+        for overlap in off on; do
+            echo "local world $world overlap $overlap round $round: $("$mae" "${common[@]}" --world "$world" --overlap "$overlap" | summary)"
+        done
+    done
+fi
+
+[ -n "${SKIP_NAMESPACES:-}" ] && exit 0
+[ "$(id -u)" = 0 ] || { echo "namespaces need root; skipped" >&2; exit 0; }
+suffix=$$
+machines=(maeA$suffix maeB$suffix)
+links=(vA$suffix vB$suffix)
+addresses=(10.231.0.1 10.231.0.2)
+cleanup() { for machine in "${machines[@]}"; do ip netns delete "$machine" 2>/dev/null || true; done; }
+trap cleanup EXIT
+for machine in "${machines[@]}"; do ip netns add "$machine"; ip -n "$machine" link set lo up; done
+ip -n "${machines[0]}" link add "${links[0]}" type veth peer name "${links[1]}" netns "${machines[1]}"
+for side in 0 1; do
+    ip -n "${machines[$side]}" address add "${addresses[$side]}/24" dev "${links[$side]}"
+    ip -n "${machines[$side]}" link set "${links[$side]}" up
+done
+
+# Ranks 0 and 1 on machine A, 2 and 3 on machine B: the ring crosses the link twice.
+run_two_machines() {
+    local overlap=$1 port=$((20000 + RANDOM % 20000)) pids=() rank side
+    for rank in 0 1 2 3; do
+        side=$((rank / 2))
+        ip netns exec "${machines[$side]}" "$mae" "${common[@]}" --world 4 --rank "$rank" --transport ring \
+            --overlap "$overlap" --rendezvous "${addresses[0]}:$port" --listen-host "${addresses[$side]}" \
+            > "/tmp/bench-overlap-$suffix-$rank.log" 2>&1 &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid"; done
+    summary < "/tmp/bench-overlap-$suffix-0.log"
+    rm -f /tmp/bench-overlap-$suffix-*.log
+}
+
+for rate in unshaped $rates; do
+    for side in 0 1; do
+        ip netns exec "${machines[$side]}" tc qdisc del dev "${links[$side]}" root 2>/dev/null || true
+        if [ "$rate" != unshaped ]; then
+            # A token bucket at RATE each way; the burst holds 1 ms at 10 Gbit/s.
+            ip netns exec "${machines[$side]}" tc qdisc add dev "${links[$side]}" root tbf rate "$rate" \
+                burst 1250kb latency 100ms
+        fi
+    done
+    for round in $(seq "$rounds"); do
+        for overlap in off on; do
+            echo "two machines x 2 ranks, link $rate, overlap $overlap round $round: $(run_two_machines "$overlap")"
+        done
+    done
+done
