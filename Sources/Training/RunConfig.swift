@@ -57,6 +57,9 @@ public struct RunConfig: Codable, Sendable, Equatable {
     /// `--reconstruct-every`: also draw `RUN_DIR/reconstructions/epoch-NNNN.png` every this
     /// many epochs (0 or nil: only at the end of the run).
     public var reconstructEvery: Int?
+    /// `--on-checkpoint-error`: what a checkpoint that cannot be written (a full disk) does to
+    /// the run; nil (a config saved before the option) is `.stop`.
+    public var onCheckpointError: CheckpointErrorPolicy?
     /// Tests only: the loss of this optimizer step (1-based) is replaced by NaN, to exercise
     /// the non-finite-loss stop without depending on how a model diverges.
     public var injectNonFiniteLossAtStep: Int?
@@ -70,6 +73,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         case runDirectory = "run_dir", checkpointEvery = "checkpoint_every", keepCheckpoints = "keep_checkpoints"
         case keepEveryEpochs = "keep_every_epochs", resume, maxSteps = "max_steps", printEvery = "print_every"
         case reconstructEvery = "reconstruct_every", initWeights = "init_weights"
+        case onCheckpointError = "on_checkpoint_error"
     }
 
     public init(dataRoot: String, model: ModelConfig, batchSize: Int = 64, epochs: Int = 800, warmupEpochs: Double = 40,
@@ -144,7 +148,13 @@ public struct RunConfig: Codable, Sendable, Equatable {
         }
         check("--batch-size", saved.batchSize, batchSize)
         check("--accum-iter", saved.accumulationSteps, accumulationSteps)
-        check("world size", savedWorldSize, worldSize)
+        if savedWorldSize != worldSize {
+            // The sampler splits every epoch by world size, so mid-epoch the remaining samples of each
+            // rank differ; and the effective batch (so the learning rate and every step) changes with it.
+            differences.append("world size was \(savedWorldSize), now \(worldSize) (each epoch's split among the workers "
+                               + "and the effective batch depend on it, so the run cannot continue as the same run; "
+                               + "resume with \(savedWorldSize) workers)")
+        }
         check("--seed", saved.seed, seed)
         if savedFingerprint != fingerprint {
             differences.append("the dataset differs (fingerprint \(savedFingerprint.prefix(16)) at save, \(fingerprint.prefix(16)) now)")
@@ -177,4 +187,12 @@ public struct RunConfig: Codable, Sendable, Equatable {
 func describe(_ model: ModelConfig) -> String {
     "\(model.name) (\(model.imageSize) px, patch \(model.patchSize), encoder \(model.encoderWidth)x\(model.encoderDepth)/\(model.encoderHeads), "
         + "decoder \(model.decoderWidth)x\(model.decoderDepth)/\(model.decoderHeads))"
+}
+
+/// What a failed checkpoint write does (`--on-checkpoint-error`).
+public enum CheckpointErrorPolicy: String, Codable, Sendable {
+    /// Every worker stops with the error; the previous checkpoint is intact (resumable).
+    case stop
+    /// A warning, and training goes on until the next checkpoint.
+    case `continue`
 }

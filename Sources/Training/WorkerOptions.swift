@@ -105,6 +105,9 @@ public enum WorkerOptions {
             OptionSpec("run-dir", value: "DIR", default: "runs/mae", help: "checkpoints, log.txt and metrics.jsonl go here"),
             OptionSpec("checkpoint-every", value: "N", default: "0", help: "also checkpoint every N optimizer steps (0: epoch ends only)"),
             OptionSpec("keep-checkpoints", value: "K", default: "3", help: "keep the newest K checkpoints"),
+            OptionSpec("on-checkpoint-error", value: "stop|continue", default: "stop",
+                       help: "when a checkpoint cannot be written (a full disk): stop with the error, the previous checkpoint "
+                           + "intact (resume with --resume auto), or continue with a warning"),
             OptionSpec("keep-every-epochs", value: "N", default: "0", help: "also keep epoch-end checkpoints of every N-th epoch (0: none)"),
             OptionSpec("resume", value: "auto|PATH", help: "continue from the newest checkpoint in --run-dir (auto; none yet: start fresh) or from PATH"),
             OptionSpec("max-steps", value: "N", help: "stop after N optimizer steps in total (writes a checkpoint)"),
@@ -255,7 +258,10 @@ public enum WorkerOptions {
                        + "pass a smaller --warmup-epochs (e.g. --warmup-epochs \(max(0, epochs / 20)))")
         }
 
-        let config = RunConfig(
+        guard let onCheckpointError = CheckpointErrorPolicy(rawValue: try options.required("on-checkpoint-error")) else {
+            throw fail("--on-checkpoint-error expects stop or continue, got '\(options.string("on-checkpoint-error") ?? "")'")
+        }
+        var config = RunConfig(
             dataRoot: dataRoot, model: model,
             batchSize: try options.int("batch-size", in: 1...1_000_000),
             epochs: epochs, warmupEpochs: warmup,
@@ -277,6 +283,7 @@ public enum WorkerOptions {
             reconstructEvery: try options.int("reconstruct-every", in: 0...1_000_000),
             initWeights: initWeights,
             injectNonFiniteLossAtStep: try options.optionalInt("inject-nonfinite-loss-at-step", in: 1...Int.max))
+        config.onCheckpointError = onCheckpointError
         return (config, distributed)
     }
 
