@@ -80,7 +80,7 @@ public enum CoordinatorCommands {
         guard batches >= config.accumulationSteps else {
             throw fail("the dataset's \(dataset.count) images give each of the \(worldSize) workers \(batches) batches of "
                        + "\(config.batchSize) per epoch, fewer than one optimizer step (--accum-iter \(config.accumulationSteps)); "
-                       + "lower --batch-size or --accum-iter")
+                       + "lower --batch-size or --accum-iter, or use fewer workers (--world-size)")
         }
         let schedule = try config.schedule(worldSize: worldSize, iterationsPerEpoch: batches)
         let totalSteps = min(config.epochs * schedule.stepsPerEpoch, config.maxSteps ?? Int.max)

@@ -124,6 +124,10 @@ public struct CheckpointStore: Sendable {
     /// and every file it lists must match their checksums.
     public static func verify(_ path: String) throws -> CheckpointState {
         let markerPath = path + "/" + completeMarkerName
+        guard FileSystem.exists(markerPath) || FileSystem.exists(path + "/" + stateFileName) else {
+            throw TrainingError.checkpoint("\(path) is not a checkpoint (no \(stateFileName), no \(completeMarkerName) marker); "
+                                           + "pass a folder RUN_DIR/checkpoints/step-NNNNNNNN, or --resume auto")
+        }
         guard FileSystem.exists(markerPath) else {
             throw TrainingError.checkpoint("\(path) is not a complete checkpoint (no \(completeMarkerName) marker): "
                                            + "its write did not finish")

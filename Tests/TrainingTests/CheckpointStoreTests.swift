@@ -163,6 +163,14 @@ final class WarningLog: @unchecked Sendable {
         #expect(throws: TrainingError.self) { try CheckpointStore.verify(newest) }
     }
 
+    @Test func aFolderThatIsNoCheckpointSaysSo() throws {
+        let temporary = try TemporaryDirectory()
+        defer { temporary.remove() }
+        #expect { try CheckpointStore.verify(temporary.path) } throws: { error in
+            "\(error)".contains("is not a checkpoint (no state.json, no COMPLETE marker)")
+        }
+    }
+
     /// A tmpfs of 256 KiB mounted by the test (root only; skipped elsewhere): the write fails with
     /// one clear error, leaves nothing behind, and the previous checkpoint still verifies.
     @Test func aFullDiskFailsTheWriteClearlyAndKeepsThePreviousCheckpoint() throws {
