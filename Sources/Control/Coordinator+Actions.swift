@@ -45,6 +45,11 @@ extension Coordinator {
             } catch {
                 print("coordinator: warning: could not prune old checkpoints: \(error)")
             }
+        case .dropAgent(let firstRank):
+            for peer in peers where peer.role == .agent(firstRank: firstRank) {
+                peer.role = .control  // already counted as lost
+                peer.closeReason = "no heartbeat"
+            }
         case .shutdownAgents(let reason):
             for peer in peers {
                 if case .agent = peer.role { send(.shutdown(reason: reason), to: peer) }

@@ -34,6 +34,10 @@ public enum CoordinatorAction: Sendable, Equatable {
     case dropOldWorkers
     case pruneCheckpoints
     case shutdownAgents(reason: String)
+    /// Close the connection of an agent that fell silent: when it can hear us again (a cut link
+    /// restored) it finds the connection closed and joins anew, instead of talking on a
+    /// connection the run no longer counts.
+    case dropAgent(firstRank: Int)
     /// A line for the coordinator's output.
     case log(String)
     /// The run is over with this exit status (the server waits for the agents to go, then exits).
@@ -311,9 +315,11 @@ extension RunState {
         if phase.isFinal { return [] }
         for index in agents.indices where agents[index].connected
             && now - agents[index].lastHeartbeat > policy.heartbeatTimeoutSeconds {
-            return handle(.agentLost(firstRank: agents[index].firstRank,
-                                     reason: "no heartbeat for \(formatSeconds(now - agents[index].lastHeartbeat)) s "
-                                         + "(stopped, hung or cut off)"), now: now)
+            let firstRank = agents[index].firstRank
+            return [.dropAgent(firstRank: firstRank)]
+                + handle(.agentLost(firstRank: firstRank,
+                                    reason: "no heartbeat for \(formatSeconds(now - agents[index].lastHeartbeat)) s "
+                                        + "(stopped, hung or cut off)"), now: now)
         }
         if let decided = decideSuspicions(now: now) { return decided }
         switch phase {
