@@ -1,8 +1,13 @@
+import Collectives
 import Control
+import Kernels
 import Data
 import Foundation
 import Testing
 import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `mae-coordinator fuzz` against a live coordinator: random and mutated control messages,
 /// replayed handshakes and a slow sender are refused and logged with the sender's address,
@@ -43,5 +48,55 @@ import TestSupport
         let state = try run.state()
         #expect(state.restarts == 0 && state.phase == .finished, "\(run.output)")
         #expect(run.liveWorkers().isEmpty)
+    }
+}
+
+/// The other side: what an agent, a worker or a command does when something that is not the
+/// coordinator answers on its address (random bytes, oversized or cut frames, the wrong message,
+/// a welcome that proves nothing, one byte a second). Every case fails within the deadline with an
+/// error; none is taken for the coordinator.
+@Suite struct FakeCoordinatorTests {
+    static func answers(secret: [UInt8], count: Int) throws -> [[UInt8]] {
+        var random = CounterRandom(seed: 9, purpose: .faults)
+        let challenge = Frame.encode(try ControlMessage.challenge(nonce: try Authentication.nonce()).encoded())
+        return try (0..<count).map { index -> [UInt8] in
+            switch index % 6 {
+            case 0: return (0..<random.nextInt(below: 200) + 1).map { _ in UInt8(truncatingIfNeeded: random.nextUInt32()) }
+            case 1: return [0xff, 0xff, 0xff, 0xff] + Array(challenge.dropFirst(4))
+            case 2: return Array(challenge.prefix(random.nextInt(below: challenge.count)))
+            case 3: return challenge + Frame.encode(try ControlMessage.welcome(proof: String(repeating: "ab", count: 32)).encoded())
+            case 4: return Frame.encode(try ControlMessage.welcome(proof: "00").encoded())
+            default:
+                var flipped = challenge + Frame.encode(try ControlMessage.statusRequest.encoded())
+                let bit = random.nextInt(below: flipped.count * 8)
+                flipped[bit / 8] ^= UInt8(1 << (bit % 8))
+                return flipped
+            }
+        }
+    }
+
+    @Test func aFakeCoordinatorIsNeverTakenForTheRealOne() throws {
+        let secret = Array(String(repeating: "5e", count: 32).utf8)
+        let cases = try Self.answers(secret: secret, count: 24)
+        let listener = try Socket.listening(on: SocketAddress(host: "127.0.0.1", port: 0))
+        defer { listener.close() }
+        let address = SocketAddress(host: "127.0.0.1", port: try listener.localPort(context: "test"))
+        let server = Thread {
+            for bytes in cases {
+                guard let connection = try? listener.accept(until: .after(seconds: 10), context: "fake coordinator") else { return }
+                try? connection.sendAll(bytes, until: .after(seconds: 2), context: "fake coordinator")
+                usleep(300_000)  // the client reads what it got before the close
+                connection.close()
+            }
+        }
+        server.start()
+        let introduction = Introduction(role: .agent, proof: "", nonce: "", host: "test", pid: getpid(), rank: 0, rankCount: 1)
+        for (index, _) in cases.enumerated() {
+            let start = monotonicSeconds()
+            #expect(throws: (any Error).self, "case \(index) was taken for the coordinator") {
+                _ = try Authentication.connect(to: address, secret: secret, introduction: introduction, deadline: .after(seconds: 3))
+            }
+            #expect(monotonicSeconds() - start < 4, "case \(index) took \(monotonicSeconds() - start) s")
+        }
     }
 }
