@@ -295,6 +295,11 @@ public final class Socket {
         }
     }
 
+    /// Ends our direction of the stream (the peer reads end of stream); receiving goes on.
+    public func shutdownWriting() {
+        _ = Glibc.shutdown(descriptor, Int32(SHUT_WR))
+    }
+
     // MARK: Whole messages (handshakes, rendezvous)
 
     /// Sends all of `bytes` before `deadline`.

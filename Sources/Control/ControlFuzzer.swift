@@ -167,7 +167,7 @@ public struct ControlFuzzer {
         // The challenge arrives first; then what we send and the end of our stream, then we wait
         // for the close or a refusal (a cut frame is answered by our end of stream, not a timeout).
         try? connection.sendAll(bytes, until: .after(seconds: 2), context: "fuzzer sending \(kind.rawValue)")
-        shutdown(connection.descriptor, Int32(SHUT_WR))
+        connection.shutdownWriting()
         return Self.waitForClose(connection, seconds: 6)
     }
 
@@ -189,7 +189,7 @@ public struct ControlFuzzer {
         }
         try? connection.socket.sendAll(bytes, until: .after(seconds: 2), context: "fuzzer sending after the handshake")
         // A mutation that still decodes as a status request is answered; anything else closes the connection.
-        shutdown(connection.socket.descriptor, Int32(SHUT_WR))
+        connection.socket.shutdownWriting()
         return Self.waitForClose(connection.socket, seconds: 6)
     }
 

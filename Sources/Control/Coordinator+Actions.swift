@@ -91,7 +91,11 @@ extension Coordinator {
         if newest == nil, let last = state.lastCheckpoint {
             print("coordinator: warning: no checkpoint verifies (the last was \(last.path)); the workers start from the beginning")
         }
-        if newest?.path != state.lastCheckpoint?.path { state.lastCheckpoint = newest }
+        if newest?.path != state.lastCheckpoint?.path {
+            print("coordinator: generation \(state.generation) starts from \(newest.map { "the checkpoint of step \($0.step), \($0.path)" } ?? "the beginning") "
+                  + "(the newest on disk that verifies)")
+            state.lastCheckpoint = newest
+        }
     }
 
     func assignment(rank: Int) -> Assignment {

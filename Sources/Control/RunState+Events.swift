@@ -127,6 +127,13 @@ extension RunState {
                 return completeIfDone(now: now)
             }
             let host = ranks[rank].host.isEmpty ? "" : " on \(ranks[rank].host)"
+            if status == TrainingError.checkpointWriteExitStatus {
+                // Every rank stops alike; a restart would run into the same full disk.
+                ranks[rank].state = .stopped
+                return end(.stopped, "rank \(rank)\(host) could not write a checkpoint (--on-checkpoint-error stop; its log says "
+                           + "why, e.g. a full disk); the checkpoints before it are intact: fix the cause, then resume with --resume auto",
+                           now: now)
+            }
             ranks[rank].state = .lost
             if status == 0 {
                 // Its last message may still be on the way: the suspicion ends if it comes (see `workerFinished`).

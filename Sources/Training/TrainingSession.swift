@@ -367,7 +367,7 @@ final class TrainingSession {
         guard try collective.allReduceScalars([failure == nil ? 0 : 1])[0] > 0 else { return }
         let reason = failure?.description ?? "rank 0 could not write the checkpoint of step \(position.step) (see its log)"
         guard config.onCheckpointError == .continue else {
-            throw TrainingError.checkpoint(reason + " (stopping: --on-checkpoint-error stop)")
+            throw TrainingError.checkpointWriteFailed(reason + " (stopping: --on-checkpoint-error stop)")
         }
         log.warn("warning: \(reason); training goes on without it (--on-checkpoint-error continue)")
     }

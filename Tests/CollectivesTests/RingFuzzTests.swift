@@ -43,7 +43,7 @@ import Glibc
         guard let socket = try? Socket.connect(to: address, deadline: .after(seconds: 5), context: "fuzzer") else { return false }
         defer { socket.close() }
         try? socket.sendAll(bytes, until: .after(seconds: 2), context: "fuzzer")
-        shutdown(socket.descriptor, Int32(SHUT_WR))
+        socket.shutdownWriting()
         guard let status = try? socket.receiveExactly(1, until: .after(seconds: 8), context: "fuzzer") else { return true }
         return status[0] == HandshakeReply.rejected
     }

@@ -54,4 +54,39 @@ import Glibc
         }
         #expect(damaged.liveWorkers().isEmpty)
     }
+
+    /// A full disk under a coordinator with `--on-checkpoint-error stop` (the default): every
+    /// worker stops, and the coordinator ends the run as stopped (exit status 3, resumable)
+    /// instead of restarting into the same failure. A tmpfs the test mounts; root only.
+    @Test func aFullDiskStopsTheCoordinatedRunResumably() throws {
+        guard getuid() == 0 else { return }
+        let temporary = try TemporaryDirectory("full-disk")
+        defer { temporary.remove() }
+        let data = temporary.path + "/data", disk = temporary.path + "/disk"
+        try synthesizeDataset(root: data, classes: 2, perClass: 8, valPerClass: 1, size: 24, seed: 11)
+        try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: true)
+        let mount = try TestProcess("/bin/mount", ["-t", "tmpfs", "-o", "size=256k", "tmpfs", disk],
+                                    logDirectory: temporary.path, name: "mount")
+        guard mount.exitStatus(within: 10) == 0 else {
+            print("skipped: cannot mount a tmpfs here: \(mount.output)")
+            return
+        }
+        defer { _ = try? TestProcess("/bin/umount", [disk], logDirectory: temporary.path, name: "umount").exitStatus(within: 10) }
+        let fill = try TestProcess("/bin/dd", ["if=/dev/zero", "of=\(disk)/filler", "bs=64k"], logDirectory: temporary.path, name: "fill")
+        _ = fill.exitStatus(within: 30)
+        let run = CoordinatedRun(root: temporary.path, name: "full")
+        defer { run.stopAll() }
+        try FileManager.default.createDirectory(atPath: run.runDirectory, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: run.runDirectory + "/checkpoints", withDestinationPath: disk)
+        try run.startCoordinator(world: 2, workerFlags: [
+            "--data", data, "--model-shape", "4,16,1,2,8,1,2", "--input-size", "16", "--batch-size", "2", "--epochs", "2",
+            "--warmup-epochs", "1", "--lr", "1e-3", "--seed", "5", "--threads", "1", "--data-threads", "1",
+            "--batch-shards", "1", "--print-every", "1", "--checkpoint-every", "2"])
+        try run.startAgent(count: 2)
+        #expect(run.coordinator?.exitStatus(within: 120) == CoordinatorExit.stopped.rawValue, "\(run.output)")
+        let state = try run.state()
+        #expect(state.phase == .stopped && state.restarts <= 1, "\(run.output)")
+        #expect(run.output.contains("could not write a checkpoint (--on-checkpoint-error stop"), "\(run.output)")
+        #expect(run.liveWorkers().isEmpty)
+    }
 }
