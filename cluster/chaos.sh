@@ -7,8 +7,10 @@
 # usage: cluster/chaos.sh [--seed S] [--faults N] [--kinds K1,K2,...] [--keep]
 #   --seed S     seed of the fault sequence (default: from the clock; always printed, to replay a failure)
 #   --faults N   faults injected into the run (default 4)
-#   --kinds      which faults to draw from (default: kill,stop,link,drop)
+#   --kinds      which faults to draw from (default: kill,stop,link,drop,double)
 #                  kill  SIGKILL of a random worker at a random step
+#                  double  a SIGKILL, then a second one inside the restart: a worker of the next
+#                        generation as soon as it has started
 #                  stop  SIGSTOP of a worker for longer than the heartbeat timeout, then SIGCONT
 #                  link  a machine's link down for 5 s, then up
 #                  drop  nftables drops 5 % of a machine's incoming packets for 5 s
@@ -24,7 +26,7 @@ repo=$(pwd)
 
 seed=$(( $(date +%s) % 1000000 ))
 faults=4
-kinds=kill,stop,link,drop
+kinds=kill,stop,link,drop,double
 keep=0
 fail() { echo "chaos.sh: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -33,7 +35,7 @@ while [ $# -gt 0 ]; do
         --faults) [ $# -ge 2 ] || fail "--faults needs a value"; faults=$2; shift 2 ;;
         --kinds) [ $# -ge 2 ] || fail "--kinds needs a value"; kinds=$2; shift 2 ;;
         --keep) keep=1; shift ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) fail "unknown option $1 (see --help)" ;;
     esac
 done
@@ -41,7 +43,7 @@ case "$seed" in ''|*[!0-9]*) fail "--seed must be a number, got '$seed'" ;; esac
 case "$faults" in ''|*[!0-9]*) fail "--faults must be a number ≥ 0, got '$faults'" ;; esac
 IFS=, read -r -a kind_list <<< "$kinds"
 for kind in "${kind_list[@]}"; do
-    case "$kind" in kill|stop|link|drop) ;; *) fail "unknown fault kind '$kind' (kill, stop, link or drop)" ;; esac
+    case "$kind" in kill|stop|link|drop|double) ;; *) fail "unknown fault kind '$kind' (kill, stop, link, drop or double)" ;; esac
 done
 [ "$(id -u)" -eq 0 ] || fail "needs root (it creates network namespaces)"
 command -v ip >/dev/null || fail "needs iproute2: tools/install-deps.sh --netns"
@@ -159,7 +161,7 @@ echo "chaos.sh: reference run: $total steps in $straight_seconds s"
 start=$SECONDS
 launch chaos
 declare -A injected=()
-certain_restarts=0   # faults that always need a restart (kill, stop longer than the heartbeat timeout)
+certain_restarts=0   # faults that always need a restart (kill, each kill of double, stop longer than the heartbeat timeout)
 possible_restarts=0  # faults that may (a link down, dropped packets)
 lost_report=()
 wait_for 120 reached chaos 2 || true
@@ -177,6 +179,24 @@ for (( fault = 1; fault <= faults; fault++ )); do
         kill)
             [ -n "$pid" ] && [ "$pid" -gt 0 ] && kill -KILL "$pid" 2>/dev/null || { echo "chaos.sh: rank $rank has no process now"; continue; }
             certain_restarts=$(( certain_restarts + 1 ))
+            ;;
+        double)
+            generation=$(state chaos generation)
+            [ -n "$pid" ] && [ "$pid" -gt 0 ] && kill -KILL "$pid" 2>/dev/null || { echo "chaos.sh: rank $rank has no process now"; continue; }
+            certain_restarts=$(( certain_restarts + 1 ))
+            second=$(( RANDOM % 4 ))
+            next_started() {
+                local started
+                started=$(state chaos "ranks.$second.pid")
+                [ "$(state chaos generation)" -gt "$generation" ] 2>/dev/null && [ "${started:-0}" -gt 0 ] 2>/dev/null
+            }
+            if wait_for 60 next_started; then
+                landed=$(state chaos phase)
+                kill -KILL "$(state chaos "ranks.$second.pid")" 2>/dev/null && certain_restarts=$(( certain_restarts + 1 ))
+                echo "chaos.sh: fault $fault: the second kill hit rank $second of generation $(( generation + 1 )) while $landed"
+            else
+                echo "chaos.sh: fault $fault: generation $(( generation + 1 )) never started; no second kill"
+            fi
             ;;
         stop)
             [ -n "$pid" ] && [ "$pid" -gt 0 ] && kill -STOP "$pid" 2>/dev/null || { echo "chaos.sh: rank $rank has no process now"; continue; }
@@ -262,7 +282,7 @@ EOF
 check "every step's line appears once in metrics.jsonl (1...$total)" check_steps
 
 kinds_text=""
-for kind in kill stop link drop; do kinds_text+="$kind ${injected[$kind]:-0}, "; done
+for kind in kill stop link drop double; do kinds_text+="$kind ${injected[$kind]:-0}, "; done
 echo "chaos.sh: seed $seed: faults ${kinds_text%, }; restarts $restarts; lost per fault: ${lost_report[*]:-none};" \
      "reference $straight_seconds s, under faults $chaos_seconds s (+$(( chaos_seconds - straight_seconds )) s);" \
      "coordinator kill: skipped (no re-adoption)"
