@@ -4,7 +4,7 @@
 # the invariants checked at the end. An uninterrupted run of the same settings comes first,
 # as the reference for the final weights.
 #
-# usage: cluster/chaos.sh [--seed S] [--faults N] [--kinds K1,K2,...] [--keep]
+# usage: cluster/chaos.sh [--seed S] [--faults N] [--kinds K1,K2,...] [--heartbeat-timeout S] [--keep]
 #   --seed S     seed of the fault sequence (default: from the clock; always printed, to replay a failure)
 #   --faults N   faults injected into the run (default 4)
 #   --kinds      which faults to draw from (default: kill,stop,link,drop,double)
@@ -14,6 +14,7 @@
 #                  stop  SIGSTOP of a worker for longer than the heartbeat timeout, then SIGCONT
 #                  link  a machine's link down for 5 s, then up
 #                  drop  nftables drops 5 % of a machine's incoming packets for 5 s
+#   --heartbeat-timeout S  silence after which a worker or agent counts as failed (default 3)
 #   --keep       keep the work folder (logs, run directories) instead of removing it
 # The coordinator is not killed: a coordinator started again restarts the workers from the
 # newest checkpoint rather than re-adopting them, which the suite does not cover yet.
@@ -28,12 +29,14 @@ seed=$(( $(date +%s) % 1000000 ))
 faults=4
 kinds=kill,stop,link,drop,double
 keep=0
+heartbeat_timeout=3
 fail() { echo "chaos.sh: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --seed) [ $# -ge 2 ] || fail "--seed needs a value"; seed=$2; shift 2 ;;
         --faults) [ $# -ge 2 ] || fail "--faults needs a value"; faults=$2; shift 2 ;;
         --kinds) [ $# -ge 2 ] || fail "--kinds needs a value"; kinds=$2; shift 2 ;;
+        --heartbeat-timeout) [ $# -ge 2 ] || fail "--heartbeat-timeout needs a value"; heartbeat_timeout=$2; shift 2 ;;
         --keep) keep=1; shift ;;
         -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) fail "unknown option $1 (see --help)" ;;
@@ -41,6 +44,7 @@ while [ $# -gt 0 ]; do
 done
 case "$seed" in ''|*[!0-9]*) fail "--seed must be a number, got '$seed'" ;; esac
 case "$faults" in ''|*[!0-9]*) fail "--faults must be a number ≥ 0, got '$faults'" ;; esac
+case "$heartbeat_timeout" in ''|*[!0-9]*|0) fail "--heartbeat-timeout must be a whole number of seconds ≥ 1, got '$heartbeat_timeout'" ;; esac
 IFS=, read -r -a kind_list <<< "$kinds"
 for kind in "${kind_list[@]}"; do
     case "$kind" in kill|stop|link|drop|double) ;; *) fail "unknown fault kind '$kind' (kill, stop, link, drop or double)" ;; esac
@@ -107,7 +111,6 @@ chmod 755 "$work/netns-ssh"
 # (a fault lasts up to 5 s, during which a fault that needs no restart lets training go on).
 epochs=$(( faults * 5 + 4 ))
 total=$(( epochs * 4 ))
-heartbeat_timeout=3
 flags=(--model-shape 4,16,1,2,8,1,2 --input-size 16 --batch-size 2 --epochs "$epochs" --warmup-epochs 1 --lr 1e-3
        --seed 5 --threads 1 --data-threads 1 --batch-shards 1 --print-every 1 --checkpoint-every 2 --keep-checkpoints 3
        --transport ring)

@@ -22,7 +22,9 @@ import Glibc
         let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().path
         let products = try TestProcess.product("mae-coordinator").replacingOccurrences(of: "/mae-coordinator", with: "")
-        let suite = try TestProcess("/bin/bash", [repository + "/cluster/chaos.sh", "--seed", "1", "--faults", "1", "--kinds", "kill"],
+        let suite = try TestProcess("/bin/bash", [repository + "/cluster/chaos.sh", "--seed", "1", "--faults", "1", "--kinds", "kill",
+                                                        // Only the kill must restart, however busy the test machine.
+                                                        "--heartbeat-timeout", "10"],
                                     logDirectory: temporary.path, name: "chaos", environment: ["MAE_BIN_DIR": products])
         defer { suite.stop() }
         let status = suite.exitStatus(within: 240)
