@@ -118,7 +118,7 @@ let package = Package(
         .testTarget(name: "TrainingTests", dependencies: ["Training", "System", "TestSupport", "Figures", "Data", "Model"],
                     resources: [.copy("Fixtures")],
                     swiftSettings: sharedSwiftSettings),
-        .testTarget(name: "ControlTests", dependencies: ["Control", "Training", "Collectives", "Data", "System", "TestSupport"],
+        .testTarget(name: "ControlTests", dependencies: ["Control", "Training", "Collectives", "Data", "Kernels", "System", "TestSupport"],
                     swiftSettings: sharedSwiftSettings),
     ]
 )

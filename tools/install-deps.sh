@@ -2,7 +2,8 @@
 # Installs the Debian packages the build needs, when they are missing.
 # usage: tools/install-deps.sh [--mpi] [--netns]
 #   --mpi     also Open MPI (libopenmpi-dev, openmpi-bin) for the MPI backend
-#   --netns   also iproute2, for the tests that join ranks across network namespaces
+#   --netns   also iproute2 and nftables, for the tests that join ranks across network namespaces
+#             and the chaos suite (cluster/chaos.sh drops packets with nftables)
 # As root it runs apt-get; otherwise it prints the exact command and stops.
 set -euo pipefail
 
@@ -22,7 +23,10 @@ for argument in "$@"; do
             need libopenmpi-dev pkg-config --exists ompi-c
             need openmpi-bin command -v mpirun
             ;;
-        --netns) need iproute2 command -v ip ;;
+        --netns)
+            need iproute2 command -v ip
+            need nftables command -v nft
+            ;;
         *) echo "install-deps.sh: unknown option $argument (expected --mpi or --netns)" >&2; exit 2 ;;
     esac
 done

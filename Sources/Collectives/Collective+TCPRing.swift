@@ -166,7 +166,7 @@ public final class TCPRingCollective: Collective {
                 try candidate.sendAll([HandshakeReply.accepted] + answer.encoded(), until: deadline, context: context)
                 fromLeft[theirs.lane] = candidate
             } catch {
-                logCollective("rank \(rank) dropped a ring connection: \(error)")
+                logCollective("rank \(rank) dropped a ring connection from \(candidate.peerDescription): \(error)")
                 candidate.close()
             }
         }

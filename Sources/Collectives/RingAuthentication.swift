@@ -53,8 +53,9 @@ struct RingAuthentication {
 
     /// HMAC over the role, every field of the hello but its token, and the nonce.
     private func proof(_ role: String, _ hello: Hello, nonce: [UInt8]) -> [UInt8] {
+        // The host is last before the nonce and its length is in the text, so no two hellos share a message.
         let fields = "mae-ring-2 \(role) generation \(hello.generation) world \(hello.worldSize) rank \(hello.rank) "
-            + "lane \(hello.lane) of \(hello.lanes) "
+            + "lane \(hello.lane) of \(hello.lanes) port \(hello.port) host \(hello.host.utf8.count) \(hello.host) "
         var message = Array(fields.utf8)
         message += nonce
         return HMACSHA256.authenticate(key: key, message: message)

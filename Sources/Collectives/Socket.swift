@@ -109,7 +109,11 @@ public final class Socket {
                 Glibc.bind(socket.descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
             }
         }
-        guard status == 0 else { throw CollectiveError.systemCall(name: "bind", errno: errno, context: context) }
+        guard status == 0 else {
+            let failure = errno
+            let advice = failure == EADDRINUSE ? ", which another process uses; choose another port (port 0 picks a free one)" : ""
+            throw CollectiveError.systemCall(name: "bind", errno: failure, context: context + advice)
+        }
         guard Glibc.listen(socket.descriptor, backlog) == 0 else {
             throw CollectiveError.systemCall(name: "listen", errno: errno, context: context)
         }
@@ -211,7 +215,7 @@ public final class Socket {
     func peerAddress(context: String) throws -> sockaddr_in { try address("getpeername", getpeername, context: context) }
 
     /// The other end as "HOST:PORT" for log lines ("an unknown peer" when the kernel cannot say).
-    var peerDescription: String {
+    public var peerDescription: String {
         guard var peer = try? peerAddress(context: "naming the peer") else { return "an unknown peer" }
         var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
         guard inet_ntop(AF_INET, &peer.sin_addr, &text, socklen_t(text.count)) != nil else { return "an unknown peer" }
@@ -289,6 +293,11 @@ public final class Socket {
             }
             throw CollectiveError.systemCall(name: "recv", errno: failure, context: context())
         }
+    }
+
+    /// Ends our direction of the stream (the peer reads end of stream); receiving goes on.
+    public func shutdownWriting() {
+        _ = Glibc.shutdown(descriptor, Int32(SHUT_WR))
     }
 
     // MARK: Whole messages (handshakes, rendezvous)

@@ -34,7 +34,8 @@ public final class ControlConnection: @unchecked Sendable {
             }
             if count == 0 { break }
             reader.append(Array(chunk[0..<count]))
-            if count < chunk.count { break }
+            // A peer that sends faster than we read cannot grow the buffer beyond one frame's limit.
+            if count < chunk.count || reader.isFull { break }
         }
         var messages: [ControlMessage] = []
         while let payload = try reader.next() { messages.append(try ControlMessage.decode(payload)) }

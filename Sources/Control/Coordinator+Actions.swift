@@ -45,6 +45,11 @@ extension Coordinator {
             } catch {
                 print("coordinator: warning: could not prune old checkpoints: \(error)")
             }
+        case .dropAgent(let firstRank):
+            for peer in peers where peer.role == .agent(firstRank: firstRank) {
+                peer.role = .control  // already counted as lost
+                peer.closeReason = "no heartbeat"
+            }
         case .shutdownAgents(let reason):
             for peer in peers {
                 if case .agent = peer.role { send(.shutdown(reason: reason), to: peer) }
@@ -61,11 +66,36 @@ extension Coordinator {
         peers.filter { if case .worker(_, let generation) = $0.role { generation == state.generation } else { false } }
     }
 
-    /// A checkpoint may be complete on disk before its report arrived (rank 0 killed in
-    /// between): a generation starts from the newest complete one on disk.
+    /// A generation starts from the newest checkpoint on disk that verifies, checked once per
+    /// generation: one may be complete before its report arrived (rank 0 killed in between),
+    /// and one may have been damaged since (a flipped byte, a cut or missing file), which is
+    /// set aside with a warning naming it, so the run falls back to the one before.
     func synchronizeNewestCheckpoint(now: Double) {
-        guard let newest = try? store.completeCheckpoints().last, newest.step > (state.lastCheckpoint?.step ?? -1) else { return }
-        state.lastCheckpoint = CheckpointRecord(path: newest.path, step: newest.step, time: now)
+        guard verifiedGeneration != state.generation else { return }
+        verifiedGeneration = state.generation
+        let found: CheckpointEntry?
+        do { found = try store.newestValid(setAsideDamaged: true)?.entry } catch {
+            print("coordinator: warning: could not check the checkpoints in \(store.directory): \(error)")
+            return
+        }
+        var newest = found.map { CheckpointRecord(path: $0.path, step: $0.step, time: now) }
+        // A --resume checkpoint outside this run's directory stays until this run wrote a newer one.
+        if let last = state.lastCheckpoint, !last.path.hasPrefix(store.directory + "/"), last.step > (newest?.step ?? -1) {
+            do {
+                _ = try CheckpointStore.verify(last.path)
+                newest = last
+            } catch {
+                print("coordinator: warning: skipping checkpoint \(last.path): \(error)")
+            }
+        }
+        if newest == nil, let last = state.lastCheckpoint {
+            print("coordinator: warning: no checkpoint verifies (the last was \(last.path)); the workers start from the beginning")
+        }
+        if newest?.path != state.lastCheckpoint?.path {
+            print("coordinator: generation \(state.generation) starts from \(newest.map { "the checkpoint of step \($0.step), \($0.path)" } ?? "the beginning") "
+                  + "(the newest on disk that verifies)")
+            state.lastCheckpoint = newest
+        }
     }
 
     func assignment(rank: Int) -> Assignment {

@@ -98,7 +98,7 @@ extension Coordinator {
     }
 
     func refuse(_ peer: Peer, _ reason: String) {
-        print("coordinator: refused a connection: \(reason)")
+        print("coordinator: refused a connection from \(peer.address): \(reason)")
         try? peer.connection.send(.refused(reason: reason))
         peer.role = .control  // nothing to report when it closes
         peer.closeReason = reason

@@ -28,6 +28,8 @@ public final class Coordinator {
     /// When the first stop signal came (signals within 1 s of it count as the same one).
     var firstSignalTime: Double?
     let parentAtStart = getppid()
+    /// The generation whose starting checkpoint was last verified (`synchronizeNewestCheckpoint`).
+    var verifiedGeneration: Int?
 
     /// A connected process: not yet authenticated, or a worker, an agent or a command.
     final class Peer {
@@ -40,10 +42,13 @@ public final class Coordinator {
         let connection: ControlConnection
         var role: Role
         var closeReason: String?
+        /// "HOST:PORT" of the other end, for the log lines of refusals.
+        let address: String
 
         init(connection: ControlConnection, role: Role) {
             self.connection = connection
             self.role = role
+            address = connection.socket.peerDescription
         }
     }
 
@@ -73,7 +78,7 @@ public final class Coordinator {
             // A run continued after it ended: its workers' generations stay refused.
             state.generation = previous.map { $0.generation + 1 } ?? 0
             if let resume = configuration.runConfig.resume {
-                let newest = resume == "auto" ? try store.completeCheckpoints().last.map { ($0.path, $0.step) }
+                let newest = resume == "auto" ? try store.newestValid(setAsideDamaged: true).map { ($0.entry.path, $0.entry.step) }
                     : (resume, try CheckpointStore.verify(resume).step)
                 if let newest { state.lastCheckpoint = CheckpointRecord(path: newest.0, step: newest.1, time: now) }
             } else if let existing = try store.completeCheckpoints().last {
@@ -146,8 +151,8 @@ public final class Coordinator {
                 peer.closeReason = "\(error)"
             }
         }
-        // A peer that has not proven the secret within 5 s is dropped.
-        for peer in peers {
+        // A peer that has not proven the secret within 5 s is dropped (a slow or silent sender).
+        for peer in peers where peer.closeReason == nil {
             if case .pending(_, let since) = peer.role, now - since > 5 { peer.closeReason = "no hello within 5 s" }
         }
         removeClosedPeers(now: wallClockSeconds())
@@ -155,7 +160,7 @@ public final class Coordinator {
 
     func acceptPeers(now: Double) {
         while let socket = try? listener.accept(until: .after(seconds: 0), context: "coordinator listener") {
-            let connection = ControlConnection(socket: socket, peer: "a new connection")
+            let connection = ControlConnection(socket: socket, peer: "a new connection from \(socket.peerDescription)")
             do {
                 let nonce = try Authentication.nonce()
                 try connection.send(.challenge(nonce: nonce))
@@ -180,7 +185,10 @@ public final class Coordinator {
                 // Only when no newer connection of that agent replaced this one.
                 let replaced = peers.contains { $0.role == .agent(firstRank: firstRank) }
                 if !replaced { apply(.agentLost(firstRank: firstRank, reason: reason), now: now) }
-            case .pending, .control:
+            case .pending:
+                // Malformed, oversized, out-of-order or slow before proving the secret.
+                print("coordinator: refused a connection from \(peer.address): \(reason)")
+            case .control:
                 break
             }
         }

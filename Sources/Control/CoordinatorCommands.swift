@@ -23,6 +23,7 @@ public enum CoordinatorCommands {
           status      shows a live or finished run (--json for scripts, --watch to follow it)
           stop        ends a run gracefully: a checkpoint, then every process stops
           checkpoint  asks the workers for a checkpoint now
+          fuzz        sends random and mutated control messages to a live coordinator (a robustness test)
 
         'mae-coordinator COMMAND --help' describes a command's options.
         Exit statuses of serve: 0 finished, 1 failed after the restarts ran out, 2 bad configuration,
@@ -79,7 +80,7 @@ public enum CoordinatorCommands {
         guard batches >= config.accumulationSteps else {
             throw fail("the dataset's \(dataset.count) images give each of the \(worldSize) workers \(batches) batches of "
                        + "\(config.batchSize) per epoch, fewer than one optimizer step (--accum-iter \(config.accumulationSteps)); "
-                       + "lower --batch-size or --accum-iter")
+                       + "lower --batch-size or --accum-iter, or use fewer workers (--world-size)")
         }
         let schedule = try config.schedule(worldSize: worldSize, iterationsPerEpoch: batches)
         let totalSteps = min(config.epochs * schedule.stepsPerEpoch, config.maxSteps ?? Int.max)

@@ -27,6 +27,10 @@ public struct FrameReader: Sendable {
     /// Adds received bytes.
     public mutating func append(_ bytes: [UInt8]) { buffer += bytes }
 
+    /// Whether the bytes held exceed what one frame under `limit` may hold, so that
+    /// reading more before cutting frames would only let a peer grow the buffer.
+    public var isFull: Bool { buffer.count > 4 + limit }
+
     /// The next whole frame's payload, nil when it has not fully arrived; throws for a
     /// length of 0 or above `limit`.
     public mutating func next() throws -> [UInt8]? {

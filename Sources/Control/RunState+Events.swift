@@ -34,6 +34,10 @@ public enum CoordinatorAction: Sendable, Equatable {
     case dropOldWorkers
     case pruneCheckpoints
     case shutdownAgents(reason: String)
+    /// Close the connection of an agent that fell silent: when it can hear us again (a cut link
+    /// restored) it finds the connection closed and joins anew, instead of talking on a
+    /// connection the run no longer counts.
+    case dropAgent(firstRank: Int)
     /// A line for the coordinator's output.
     case log(String)
     /// The run is over with this exit status (the server waits for the agents to go, then exits).
@@ -123,6 +127,13 @@ extension RunState {
                 return completeIfDone(now: now)
             }
             let host = ranks[rank].host.isEmpty ? "" : " on \(ranks[rank].host)"
+            if status == TrainingError.checkpointWriteExitStatus {
+                // Every rank stops alike; a restart would run into the same full disk.
+                ranks[rank].state = .stopped
+                return end(.stopped, "rank \(rank)\(host) could not write a checkpoint (--on-checkpoint-error stop; its log says "
+                           + "why, e.g. a full disk); the checkpoints before it are intact: fix the cause, then resume with --resume auto",
+                           now: now)
+            }
             ranks[rank].state = .lost
             if status == 0 {
                 // Its last message may still be on the way: the suspicion ends if it comes (see `workerFinished`).
@@ -311,9 +322,11 @@ extension RunState {
         if phase.isFinal { return [] }
         for index in agents.indices where agents[index].connected
             && now - agents[index].lastHeartbeat > policy.heartbeatTimeoutSeconds {
-            return handle(.agentLost(firstRank: agents[index].firstRank,
-                                     reason: "no heartbeat for \(formatSeconds(now - agents[index].lastHeartbeat)) s "
-                                         + "(stopped, hung or cut off)"), now: now)
+            let firstRank = agents[index].firstRank
+            return [.dropAgent(firstRank: firstRank)]
+                + handle(.agentLost(firstRank: firstRank,
+                                    reason: "no heartbeat for \(formatSeconds(now - agents[index].lastHeartbeat)) s "
+                                        + "(stopped, hung or cut off)"), now: now)
         }
         if let decided = decideSuspicions(now: now) { return decided }
         switch phase {

@@ -20,6 +20,8 @@ public enum RandomPurpose: UInt32, Sendable {
     case maskNoise = 5
     case synthesis = 6
     case test = 7
+    /// Fault injection: the control fuzzer's choices of cases and mutations.
+    case faults = 11
 }
 
 /// One Philox4x32-10 block: four 32-bit outputs for a 128-bit counter and 64-bit key.

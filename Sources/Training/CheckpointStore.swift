@@ -59,6 +59,22 @@ public struct CheckpointStore: Sendable {
         let name = Self.directoryName(step: state.step)
         let temporary = directory + "/" + Self.temporaryPrefix + name + "-\(getpid())"
         let final = directory + "/" + name
+        do {
+            return try write(state: state, temporary: temporary, final: final, writeFiles: writeFiles)
+        } catch {
+            // A full disk or another failure: nothing half-written stays, and the previous checkpoint
+            // is untouched (a directory without the marker would never be loaded, but takes space).
+            try? FileSystem.removeTree(temporary)
+            if !FileSystem.exists(final + "/" + Self.completeMarkerName) { try? FileSystem.removeTree(final) }
+            let previous = (try? completeCheckpoints().last?.path) ?? nil
+            throw TrainingError.checkpoint("could not write the checkpoint of step \(state.step) in \(directory): \(error); "
+                                           + (previous.map { "the previous checkpoint \($0) is intact" } ?? "there is no earlier checkpoint")
+                                           + ". If the disk is full, free space there (or lower --keep-checkpoints), then resume with --resume auto")
+        }
+    }
+
+    private func write(state: CheckpointState, temporary: String, final: String,
+                       writeFiles: (String) throws -> [String]) throws -> String {
         try TrainingError.reportingSystemCalls {
             try FileSystem.makeDirectories(directory)
             try FileSystem.removeTree(temporary)
@@ -108,6 +124,10 @@ public struct CheckpointStore: Sendable {
     /// and every file it lists must match their checksums.
     public static func verify(_ path: String) throws -> CheckpointState {
         let markerPath = path + "/" + completeMarkerName
+        guard FileSystem.exists(markerPath) || FileSystem.exists(path + "/" + stateFileName) else {
+            throw TrainingError.checkpoint("\(path) is not a checkpoint (no \(stateFileName), no \(completeMarkerName) marker); "
+                                           + "pass a folder RUN_DIR/checkpoints/step-NNNNNNNN, or --resume auto")
+        }
         guard FileSystem.exists(markerPath) else {
             throw TrainingError.checkpoint("\(path) is not a complete checkpoint (no \(completeMarkerName) marker): "
                                            + "its write did not finish")
@@ -140,7 +160,12 @@ public struct CheckpointStore: Sendable {
     ///   (kept for inspection, never loaded or pruned), so that a run resuming behind it
     ///   neither counts it among the newest to keep nor trips over it again.
     public func newestValid(setAsideDamaged: Bool = false) throws -> (entry: CheckpointEntry, state: CheckpointState)? {
-        for entry in try completeCheckpoints().reversed() {
+        let complete = try completeCheckpoints()
+        for name in try unfinishedDirectories() where (Self.step(ofDirectoryName: name) ?? 0) > (complete.last?.step ?? -1) {
+            warn("warning: skipping checkpoint \(directory)/\(name): it has no \(Self.completeMarkerName) marker "
+                 + "(its write was interrupted); it is never loaded")
+        }
+        for entry in complete.reversed() {
             do {
                 return (entry, try Self.verify(entry.path))
             } catch let error as TrainingError {
@@ -195,6 +220,14 @@ public struct CheckpointStore: Sendable {
             }
         }
         return removed
+    }
+
+    /// Names of step directories without the marker (torn writes); temporary ones are not listed.
+    func unfinishedDirectories() throws -> [String] {
+        guard FileSystem.isDirectory(directory) else { return [] }
+        return try TrainingError.reportingSystemCalls { try FileSystem.contents(of: directory) }.filter { name in
+            Self.step(ofDirectoryName: name) != nil && !FileSystem.exists(directory + "/" + name + "/" + Self.completeMarkerName)
+        }.sorted()
     }
 
     static func readStateUnverified(_ path: String) throws -> CheckpointState {

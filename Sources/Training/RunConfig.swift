@@ -72,6 +72,9 @@ public struct RunConfig: Codable, Sendable, Equatable {
     /// the parameters only (ZeRO stage 1); nil or false: every worker updates all of them.
     /// The bits do not depend on it; checkpoints hold the whole moments either way.
     public var shardOptimizer: Bool?
+    /// `--on-checkpoint-error`: what a checkpoint that cannot be written (a full disk) does to
+    /// the run; nil (a config saved before the option) is `.stop`.
+    public var onCheckpointError: CheckpointErrorPolicy?
     /// Tests only: the loss of this optimizer step (1-based) is replaced by NaN, to exercise
     /// the non-finite-loss stop without depending on how a model diverges.
     public var injectNonFiniteLossAtStep: Int?
@@ -86,6 +89,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         case keepEveryEpochs = "keep_every_epochs", resume, maxSteps = "max_steps", printEvery = "print_every"
         case reconstructEvery = "reconstruct_every", initWeights = "init_weights"
         case overlap, bucketMegabytes = "bucket_mb", shardOptimizer = "shard_optimizer"
+        case onCheckpointError = "on_checkpoint_error"
     }
 
     public init(dataRoot: String, model: ModelConfig, batchSize: Int = 64, epochs: Int = 800, warmupEpochs: Double = 40,
@@ -169,7 +173,13 @@ public struct RunConfig: Codable, Sendable, Equatable {
         }
         check("--batch-size", saved.batchSize, batchSize)
         check("--accum-iter", saved.accumulationSteps, accumulationSteps)
-        check("world size", savedWorldSize, worldSize)
+        if savedWorldSize != worldSize {
+            // The sampler splits every epoch by world size, so mid-epoch the remaining samples of each
+            // rank differ; and the effective batch (so the learning rate and every step) changes with it.
+            differences.append("world size was \(savedWorldSize), now \(worldSize) (each epoch's split among the workers "
+                               + "and the effective batch depend on it, so the run cannot continue as the same run; "
+                               + "resume with \(savedWorldSize) workers)")
+        }
         check("--seed", saved.seed, seed)
         if savedFingerprint != fingerprint {
             differences.append("the dataset differs (fingerprint \(savedFingerprint.prefix(16)) at save, \(fingerprint.prefix(16)) now)")
@@ -203,4 +213,12 @@ public struct RunConfig: Codable, Sendable, Equatable {
 func describe(_ model: ModelConfig) -> String {
     "\(model.name) (\(model.imageSize) px, patch \(model.patchSize), encoder \(model.encoderWidth)x\(model.encoderDepth)/\(model.encoderHeads), "
         + "decoder \(model.decoderWidth)x\(model.decoderDepth)/\(model.decoderHeads))"
+}
+
+/// What a failed checkpoint write does (`--on-checkpoint-error`).
+public enum CheckpointErrorPolicy: String, Codable, Sendable {
+    /// Every worker stops with the error; the previous checkpoint is intact (resumable).
+    case stop
+    /// A warning, and training goes on until the next checkpoint.
+    case `continue`
 }

@@ -9,6 +9,9 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
     case nonFiniteLoss(step: Int, epoch: Int, loss: Double, lastCheckpoint: String?)
     /// A checkpoint that cannot be used, and why.
     case checkpoint(String)
+    /// A checkpoint that could not be written (a full disk) under `--on-checkpoint-error stop`:
+    /// restarting would not help, so a coordinated worker exits with `checkpointWriteExitStatus`.
+    case checkpointWriteFailed(String)
     /// A resumed run whose settings differ from the checkpoint's in a way that breaks it.
     case incompatibleResume([String])
     /// A system call failed.
@@ -24,7 +27,7 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
             let kept = lastCheckpoint.map { "the last good checkpoint is \($0)" } ?? "no checkpoint was written yet"
             return "the loss is \(loss) at optimizer step \(step + 1) (epoch \(epoch)); stopping without applying it, "
                 + "\(kept). Lower the learning rate (--blr/--lr) or check the data."
-        case .checkpoint(let message):
+        case .checkpoint(let message), .checkpointWriteFailed(let message):
             return message
         case .incompatibleResume(let differences):
             return "cannot resume: the checkpoint was made with different settings: " + differences.joined(separator: "; ")
@@ -39,6 +42,10 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
 }
 
 extension TrainingError {
+    /// The exit status of a worker stopped by `checkpointWriteFailed`: the coordinator stops the
+    /// run (resumable) instead of restarting it into the same failure.
+    public static let checkpointWriteExitStatus: Int32 = 75
+
     /// Runs `body`, reporting a failed system call as `.system`, since Training's API
     /// throws `TrainingError` (and `CheckpointStore` tells damaged checkpoints by it).
     static func reportingSystemCalls<Result>(_ body: () throws -> Result) rethrows -> Result {

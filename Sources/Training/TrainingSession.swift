@@ -410,6 +410,8 @@ final class TrainingSession {
     }
 
     /// Every rank meets before and after; rank 0 writes the checkpoint and prunes old ones.
+    /// A write that fails (a full disk) stops every rank or, with `--on-checkpoint-error
+    /// continue`, is a warning; the previous checkpoint stays intact either way.
     func writeCheckpoint(finishedEpoch: EpochSummary?) throws {
         try collective.barrier()
         if optimizer.isSharded {
@@ -420,28 +422,40 @@ final class TrainingSession {
             try collective.allGather(moments.second.pointer, count: moments.second.count)
         }
         defer { wholeMomentBuffers = nil }
+        var failure: TrainingError?
         if rank == 0 {
-            let state = CheckpointState(
-                step: position.step, epoch: position.epoch, stepInEpoch: position.stepInEpoch,
-                nextBatchIndex: position.stepInEpoch * config.accumulationSteps, isEpochEnd: finishedEpoch != nil,
-                seed: config.seed, worldSize: worldSize, epochLossSum: position.epochLossSum,
-                epochLearningRateSum: position.epochLearningRateSum, epochStepCount: position.epochStepCount,
-                datasetFingerprint: dataset.fingerprint, datasetCount: dataset.count, config: config, schedule: schedule,
-                finishedEpoch: finishedEpoch)
-            let files = checkpointFiles()
-            let path = try store.write(state: state) { directory in try files.save(into: directory, state: state) }
-            lastCheckpoint = path
-            if let control {
-                // The coordinator owns the retention policy; it prunes once it has recorded this one.
-                control.checkpointWritten(path: path, step: position.step)
-            } else {
-                for removed in try store.prune(keepLast: config.keepCheckpoints, keepEveryEpochs: config.keepEveryEpochs) {
-                    log.info("removed old checkpoint \(removed)")
-                }
-            }
-            log.info("checkpoint \(path)")
+            do { try saveCheckpoint(finishedEpoch: finishedEpoch) } catch let error as TrainingError { failure = error }
         }
-        try collective.barrier()
+        // Every rank learns whether the write failed (this exchange is the closing barrier), so all stop or go on alike.
+        guard try collective.allReduceScalars([failure == nil ? 0 : 1])[0] > 0 else { return }
+        let reason = failure?.description ?? "rank 0 could not write the checkpoint of step \(position.step) (see its log)"
+        guard config.onCheckpointError == .continue else {
+            throw TrainingError.checkpointWriteFailed(reason + " (stopping: --on-checkpoint-error stop)")
+        }
+        log.warn("warning: \(reason); training goes on without it (--on-checkpoint-error continue)")
+    }
+
+    /// Rank 0: writes the checkpoint of this step, then reports it (coordinated) or prunes old ones.
+    func saveCheckpoint(finishedEpoch: EpochSummary?) throws {
+        let state = CheckpointState(
+            step: position.step, epoch: position.epoch, stepInEpoch: position.stepInEpoch,
+            nextBatchIndex: position.stepInEpoch * config.accumulationSteps, isEpochEnd: finishedEpoch != nil,
+            seed: config.seed, worldSize: worldSize, epochLossSum: position.epochLossSum,
+            epochLearningRateSum: position.epochLearningRateSum, epochStepCount: position.epochStepCount,
+            datasetFingerprint: dataset.fingerprint, datasetCount: dataset.count, config: config, schedule: schedule,
+            finishedEpoch: finishedEpoch)
+        let files = checkpointFiles()
+        let path = try store.write(state: state) { directory in try files.save(into: directory, state: state) }
+        lastCheckpoint = path
+        if let control {
+            // The coordinator owns the retention policy; it prunes once it has recorded this one.
+            control.checkpointWritten(path: path, step: position.step)
+        } else {
+            for removed in try store.prune(keepLast: config.keepCheckpoints, keepEveryEpochs: config.keepEveryEpochs) {
+                log.info("removed old checkpoint \(removed)")
+            }
+        }
+        log.info("checkpoint \(path)")
     }
 
     /// The progress line and its metrics record.

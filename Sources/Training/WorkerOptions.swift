@@ -107,6 +107,9 @@ public enum WorkerOptions {
             OptionSpec("run-dir", value: "DIR", default: "runs/mae", help: "checkpoints, log.txt and metrics.jsonl go here"),
             OptionSpec("checkpoint-every", value: "N", default: "0", help: "also checkpoint every N optimizer steps (0: epoch ends only)"),
             OptionSpec("keep-checkpoints", value: "K", default: "3", help: "keep the newest K checkpoints"),
+            OptionSpec("on-checkpoint-error", value: "stop|continue", default: "stop",
+                       help: "when a checkpoint cannot be written (a full disk): stop with the error, the previous checkpoint "
+                           + "intact (resume with --resume auto), or continue with a warning"),
             OptionSpec("keep-every-epochs", value: "N", default: "0", help: "also keep epoch-end checkpoints of every N-th epoch (0: none)"),
             OptionSpec("resume", value: "auto|PATH", help: "continue from the newest checkpoint in --run-dir (auto; none yet: start fresh) or from PATH"),
             OptionSpec("max-steps", value: "N", help: "stop after N optimizer steps in total (writes a checkpoint)"),
@@ -274,8 +277,11 @@ public enum WorkerOptions {
         case let other: throw fail("--overlap expects auto, on or off, got '\(other)'")
         }
         let bucketMegabytes = try options.double("bucket-mb", expectation: "a positive number of MiB") { $0 > 0 && $0 <= 1_048_576 }
+        guard let onCheckpointError = CheckpointErrorPolicy(rawValue: try options.required("on-checkpoint-error")) else {
+            throw fail("--on-checkpoint-error expects stop or continue, got '\(options.string("on-checkpoint-error") ?? "")'")
+        }
 
-        let config = RunConfig(
+        var config = RunConfig(
             dataRoot: dataRoot, model: model,
             batchSize: try options.int("batch-size", in: 1...1_000_000),
             epochs: epochs, warmupEpochs: warmup,
@@ -299,6 +305,7 @@ public enum WorkerOptions {
             overlap: overlap, bucketMegabytes: bucketMegabytes,
             shardOptimizer: options.flag("shard-optimizer") ? true : nil,
             injectNonFiniteLossAtStep: try options.optionalInt("inject-nonfinite-loss-at-step", in: 1...Int.max))
+        config.onCheckpointError = onCheckpointError
         return (config, distributed)
     }
 

@@ -30,6 +30,7 @@ let commands: [String: (CommandSpec, (ParsedOptions) throws -> Int32)] = [
     "status": (CoordinatorCommands.statusSpec, CoordinatorCommands.status),
     "stop": (CoordinatorCommands.stopSpec, CoordinatorCommands.stop),
     "checkpoint": (CoordinatorCommands.checkpointSpec, CoordinatorCommands.checkpoint),
+    "fuzz": (CoordinatorCommands.fuzzSpec, CoordinatorCommands.fuzz),
 ]
 
 guard let word = arguments.first, let (spec, body) = commands[word] else {

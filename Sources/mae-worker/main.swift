@@ -34,6 +34,10 @@ do {
         } catch let error as OptionError {
             print("error: \(error)", to: &standardError)
             exit(2)
+        } catch let error as TrainingError {
+            print("error: \(error)", to: &standardError)
+            if case .checkpointWriteFailed = error { exit(TrainingError.checkpointWriteExitStatus) }
+            exit(1)
         } catch {
             print("error: \(error)", to: &standardError)
             exit(1)

@@ -9,6 +9,7 @@ let subcommands: [any Subcommand.Type] = [
     SynthDataCommand.self,
     BenchDataCommand.self,
     BenchAllReduceCommand.self,
+    FuzzRingCommand.self,
     CollectiveWorkerCommand.self,
     ReferenceStepCommand.self,
     CheckDeterminismCommand.self,

@@ -65,6 +65,18 @@ struct RunStateTests {
         #expect(state.workerRefusal(rank: 0, generation: 1) == nil)
     }
 
+    /// A silent agent (its link cut) is lost and its connection dropped, so that once the link is
+    /// back it joins anew; heartbeats on the old connection alone would leave its ranks uncovered.
+    @Test func aSilentAgentIsLostAndItsConnectionDropped() {
+        var state = training()
+        for rank in 0..<4 { _ = state.handle(.heartbeat(rank: rank, report: nil), now: 11.5) }
+        _ = state.handle(.agentHeartbeat(firstRank: 0), now: 11.5)
+        let actions = state.handle(.tick, now: 11.6)
+        #expect(actions.first == .dropAgent(firstRank: 2), "\(actions)")
+        #expect(state.agents.first { $0.firstRank == 2 }?.connected == false)
+        #expect(!state.handle(.tick, now: 11.7).contains(.dropAgent(firstRank: 2)))
+    }
+
     @Test func silenceForTheHeartbeatTimeoutIsAFailureAndTheRestartsRunOut() {
         var state = training()
         for rank in [0, 1, 3] { _ = state.handle(.heartbeat(rank: rank, report: nil), now: 12) }

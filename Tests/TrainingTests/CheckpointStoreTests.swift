@@ -127,3 +127,84 @@ final class WarningLog: @unchecked Sendable {
         #expect(FNV1a64().hex == "cbf29ce484222325")
     }
 }
+
+/// Every kind of damage, after the write or by a kill in the middle of it, and a full disk.
+@Suite(.serialized) struct CheckpointDamageTests {
+    let helper = CheckpointStoreTests()
+
+    enum Damage: String, CaseIterable {
+        case flippedByte = "flipped byte", truncated, missingFile = "missing file", missingState = "missing state.json",
+             emptyMarker = "empty marker", tornWrite = "torn write (no marker)"
+    }
+
+    @Test(arguments: Damage.allCases)
+    func aDamagedNewestCheckpointIsNeverLoadedAndTheWarningNamesIt(_ damage: Damage) throws {
+        let temporary = try TemporaryDirectory()
+        defer { temporary.remove() }
+        let warnings = WarningLog()
+        let store = CheckpointStore(runDirectory: temporary.path, warn: { warnings.append($0) })
+        try helper.write(store, step: 1)
+        let newest = try helper.write(store, step: 2)
+        let data = URL(fileURLWithPath: newest + "/data.bin")
+        switch damage {
+        case .flippedByte:
+            var bytes = try Data(contentsOf: data)
+            bytes[3] ^= 0x10
+            try bytes.write(to: data)
+        case .truncated: try Data(try Data(contentsOf: data).prefix(5)).write(to: data)
+        case .missingFile: try FileManager.default.removeItem(at: data)
+        case .missingState: try FileManager.default.removeItem(atPath: newest + "/state.json")
+        case .emptyMarker: try Data().write(to: URL(fileURLWithPath: newest + "/COMPLETE"))
+        case .tornWrite: try FileManager.default.removeItem(atPath: newest + "/COMPLETE")
+        }
+        let found = try #require(try store.newestValid(setAsideDamaged: true))
+        #expect(found.state.step == 1 && found.entry.path.hasSuffix("step-00000001"))
+        #expect(warnings.all.count == 1 && warnings.all[0].contains("step-00000002"), "\(warnings.all)")
+        #expect(throws: TrainingError.self) { try CheckpointStore.verify(newest) }
+    }
+
+    @Test func aFolderThatIsNoCheckpointSaysSo() throws {
+        let temporary = try TemporaryDirectory()
+        defer { temporary.remove() }
+        #expect { try CheckpointStore.verify(temporary.path) } throws: { error in
+            "\(error)".contains("is not a checkpoint (no state.json, no COMPLETE marker)")
+        }
+    }
+
+    /// A tmpfs of 256 KiB mounted by the test (root only; skipped elsewhere): the write fails with
+    /// one clear error, leaves nothing behind, and the previous checkpoint still verifies.
+    @Test func aFullDiskFailsTheWriteClearlyAndKeepsThePreviousCheckpoint() throws {
+        guard getuid() == 0 else { return }
+        let temporary = try TemporaryDirectory()
+        defer { temporary.remove() }
+        let mountPoint = temporary.path + "/small"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        let mount = try TestProcess("/bin/mount", ["-t", "tmpfs", "-o", "size=256k", "tmpfs", mountPoint],
+                                    logDirectory: temporary.path, name: "mount")
+        guard mount.exitStatus(within: 10) == 0 else {
+            print("skipped: cannot mount a tmpfs here: \(mount.output)")
+            return
+        }
+        defer {
+            let unmount = try? TestProcess("/bin/umount", [mountPoint], logDirectory: temporary.path, name: "umount")
+            _ = unmount?.exitStatus(within: 10)
+        }
+        let store = CheckpointStore(runDirectory: mountPoint, warn: { _ in })
+        let previous = try helper.write(store, step: 1)
+        var message = ""
+        do {
+            try store.write(state: helper.state(step: 2)) { directory in
+                try FileSystem.writeFile(directory + "/data.bin", bytes: [UInt8](repeating: 7, count: 512 << 10))
+                return ["data.bin"]
+            }
+            Issue.record("a 512 KiB checkpoint fit on a 256 KiB disk")
+        } catch {
+            message = "\(error)"
+        }
+        #expect(message.contains("step 2") && message.contains("No space left on device")
+                && message.contains(previous) && message.contains("--resume auto"), "\(message)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: store.directory) == ["step-00000001"])
+        #expect(try CheckpointStore.verify(previous).step == 1)
+        #expect(try store.newestValid()?.state.step == 1)
+    }
+}
