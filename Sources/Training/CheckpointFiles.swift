@@ -16,9 +16,9 @@ struct CheckpointFiles {
 
     /// Writes both files into `directory`; returns their names. Metadata holds no time, so
     /// identical states give identical bytes.
-    func save(into directory: String, state: CheckpointState) throws -> [String] {
+    func save(into directory: String, step: Int, epoch: Int) throws -> [String] {
         try model.saveWeights(path: directory + "/" + Self.modelFileName,
-                              metadata: ["format": "pt", "step": "\(state.step)", "epoch": "\(state.epoch)"])
+                              metadata: ["format": "pt", "step": "\(step)", "epoch": "\(epoch)"])
         try model.table.writeTensors(
             path: directory + "/" + Self.optimizerFileName,
             buffers: [(prefix: Self.firstMomentPrefix, buffer: optimizer.firstMoment),
@@ -29,7 +29,7 @@ struct CheckpointFiles {
     }
 
     /// Loads parameters and moments from a verified checkpoint directory.
-    func load(from directory: String, state: CheckpointState) throws {
+    func load(from directory: String) throws {
         try model.loadWeights(path: directory + "/" + Self.modelFileName)
         let path = directory + "/" + Self.optimizerFileName
         let file = try SafeTensorsFile.read(path: path)

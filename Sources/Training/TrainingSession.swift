@@ -17,11 +17,15 @@ struct TrainingPosition: Equatable {
     var epochLossSum = 0.0
     var epochLearningRateSum = 0.0
     var epochStepCount = 0
+    /// The best `test_acc1` so far (-1 before the first evaluation), which `checkpoint-best` holds.
+    var bestTestAccuracy = -1.0
 
     /// The values as doubles, to travel in one scalar all-reduce.
     var scalars: [Double] {
-        [Double(step), Double(epoch), Double(stepInEpoch), epochLossSum, epochLearningRateSum, Double(epochStepCount)]
+        [Double(step), Double(epoch), Double(stepInEpoch), epochLossSum, epochLearningRateSum, Double(epochStepCount),
+         bestTestAccuracy]
     }
+    static let scalarCount = 7
 
     init() {}
 
@@ -33,6 +37,7 @@ struct TrainingPosition: Equatable {
         epochLossSum = values[3]
         epochLearningRateSum = values[4]
         epochStepCount = Int(values[5])
+        bestTestAccuracy = values[6]
     }
 
     init(_ state: CheckpointState) {
@@ -42,11 +47,13 @@ struct TrainingPosition: Equatable {
         epochLossSum = state.epochLossSum
         epochLearningRateSum = state.epochLearningRateSum
         epochStepCount = state.epochStepCount
+        bestTestAccuracy = state.bestTestAccuracy ?? -1
     }
 }
 
-/// Everything one run of `Trainer` holds: the data, the model and its optimizer, the
-/// schedule, the checkpoint store and the position, with one method per phase.
+/// Everything one run of `Trainer` holds: the data, the task's model and optimizer, the
+/// schedule, the checkpoint store and the position, with one method per phase. The three
+/// tasks share it; what differs lives in the `TaskModel`.
 final class TrainingSession {
     /// The run's settings, with `batchShards` resolved to the count the model uses.
     private(set) var config: RunConfig
@@ -60,15 +67,15 @@ final class TrainingSession {
     let dataset: ImageFolderDataset
     let loader: DataLoader
     let schedule: LearningRateSchedule
-    let model: MAEModel
-    let optimizer: AdamWOptimizer
+    let taskModel: any TaskModel
+    /// The MAE of a pretraining run (reconstruction figures, --init-weights); nil for the other tasks.
+    let model: MAEModel?
+    /// A classifying run's scoring on `val` (nil for pretraining).
+    let evaluator: Evaluator?
     let store: CheckpointStore
-    let files: CheckpointFiles
     /// Optimizer steps in an epoch, and where this run stops (epochs or --max-steps).
     let stepsPerEpoch: Int
     let totalSteps: Int
-    /// Masking noise of one micro-batch, [N, L].
-    let noise: FloatBuffer
     var position = TrainingPosition()
     var lastCheckpoint: String?
     /// The coordinator's hooks (nil without one).
@@ -91,6 +98,9 @@ final class TrainingSession {
         Parallel.setThreads(config.threads)
 
         dataset = try ImageFolderDataset(root: config.dataRoot, split: "train")
+        let task = config.trainingTask
+        var validation: ImageFolderDataset?
+        if task.classifies { validation = try Self.checkClassifierData(config: config, training: dataset) }
         let sampler = DistributedSampler(datasetCount: dataset.count, worldSize: worldSize, rank: rank, seed: config.seed)
         let batchesPerEpoch = sampler.samplesPerRank / config.batchSize
         guard batchesPerEpoch >= config.accumulationSteps else {
@@ -116,16 +126,60 @@ final class TrainingSession {
         }
 
         loader = DataLoader(dataset: dataset, sampler: sampler, batchSize: config.batchSize,
-                            imageSize: config.model.imageSize, seed: config.seed, threads: config.dataThreads)
-        model = MAEModel(config: config.model, seed: config.seed)
+                            imageSize: config.model.imageSize, seed: config.seed, threads: config.dataThreads,
+                            transform: Self.trainingTransform(config))
         requestedBatchShards = config.batchShards
-        self.config.batchShards = config.batchShards ?? MAEModel.automaticBatchShards(
-            config: config.model, batchSize: config.batchSize, threads: config.threads)
-        model.batchShards = self.config.batchShards ?? 1
-        optimizer = AdamWOptimizer(table: model.table, beta1: Float(config.beta1), beta2: Float(config.beta2),
-                                   epsilon: Float(config.epsilon), weightDecay: Float(config.weightDecay))
-        files = CheckpointFiles(model: model, optimizer: optimizer)
-        noise = FloatBuffer(count: config.batchSize * config.model.patchCount)
+        switch task {
+        case .pretrain:
+            self.config.batchShards = config.batchShards ?? MAEModel.automaticBatchShards(
+                config: config.model, batchSize: config.batchSize, threads: config.threads)
+            let pretraining = PretrainingTaskModel(config: config, batchShards: self.config.batchShards ?? 1)
+            (taskModel, model) = (pretraining, pretraining.model)
+        case .linprobe:
+            self.config.batchShards = 1
+            taskModel = LinearProbeTaskModel(config: config, settings: config.downstream!,
+                                             classCount: dataset.classNames.count)
+            model = nil
+        case .finetune:
+            throw TrainingError.invalidConfiguration("--task finetune is not in this build yet")
+        }
+        let (worldSize, rank) = (collective.worldSize, collective.rank)
+        evaluator = validation.map {
+            Evaluator(dataset: $0, worldSize: worldSize, rank: rank, batchSize: config.batchSize,
+                      imageSize: config.model.imageSize, threads: config.dataThreads)
+        }
+    }
+
+    /// The augmentation of the task's training images (main_pretrain.py, main_finetune.py, main_linprobe.py).
+    static func trainingTransform(_ config: RunConfig) -> ImageTransform {
+        switch config.trainingTask {
+        case .pretrain, .linprobe, .finetune: .pretraining
+        }
+    }
+
+    /// A classifying run's `val`, checked against `train`: present, with the same classes, and
+    /// as many as `--nb-classes` says when given. One-line errors before any work.
+    static func checkClassifierData(config: RunConfig, training: ImageFolderDataset) throws -> ImageFolderDataset {
+        let task = config.trainingTask.rawValue
+        guard FileSystem.isDirectory(config.dataRoot + "/val"), FileSystem.isDirectory(config.dataRoot + "/train") else {
+            throw TrainingError.invalidConfiguration(
+                "--task \(task) needs \(config.dataRoot)/train and \(config.dataRoot)/val (ImageNet-style: "
+                + "<split>/<class>/<image>, the same classes in both); make one with 'mae synth-data'")
+        }
+        let validation = try ImageFolderDataset(root: config.dataRoot, split: "val")
+        guard validation.classNames == training.classNames else {
+            let missing = Set(training.classNames).symmetricDifference(validation.classNames).sorted().prefix(3)
+            throw TrainingError.invalidConfiguration(
+                "the classes of \(config.dataRoot)/val (\(validation.classNames.count)) differ from those of train "
+                + "(\(training.classNames.count))" + (missing.isEmpty ? "" : ", e.g. '\(missing.joined(separator: "', '"))'")
+                + "; both need the same class folders")
+        }
+        if let expected = config.downstream?.classCount, expected != training.classNames.count {
+            throw TrainingError.invalidConfiguration(
+                "--nb-classes \(expected) does not match the \(training.classNames.count) classes of \(config.dataRoot)/train; "
+                + "leave it out (the classes come from the data) or point --data at the intended folder")
+        }
+        return validation
     }
 
     /// Rank 0 finds, checks and loads the checkpoint `--resume` names; the position reaches
@@ -133,7 +187,8 @@ final class TrainingSession {
     /// also give a fresh run rank 0's initialisation everywhere, as DDP does).
     func restore() throws {
         // [found, position…, optimizer step, batch shards]: rank 0's values, zeros elsewhere, summed.
-        var shared = [Double](repeating: 0, count: 9)
+        let scalarCount = TrainingPosition.scalarCount
+        var shared = [Double](repeating: 0, count: scalarCount + 3)
         if rank == 0, let found = try findCheckpoint() {
             // An automatic shard count follows the checkpoint, so that the continuation
             // rounds exactly as the run did (whatever the thread count now).
@@ -142,11 +197,15 @@ final class TrainingSession {
                 with: found.state.config, savedWorldSize: found.state.worldSize, worldSize: worldSize,
                 savedFingerprint: found.state.datasetFingerprint, fingerprint: dataset.fingerprint)
             guard differences.isEmpty else { throw TrainingError.incompatibleResume(differences) }
+            if config.trainingTask.classifies, let saved = found.state.classNames, saved != dataset.classNames {
+                throw TrainingError.incompatibleResume(["the checkpoint's \(saved.count) classes differ from the "
+                                                        + "\(dataset.classNames.count) of \(config.dataRoot)/train"])
+            }
             let changes = config.resumeChanges(from: found.state.config)
             if !changes.isEmpty { log.warn("warning: resuming with changed settings: " + changes.joined(separator: ", ")) }
-            try files.load(from: found.path, state: found.state)
+            try taskModel.load(from: found.path)
             lastCheckpoint = found.path
-            shared = [1] + TrainingPosition(found.state).scalars + [Double(optimizer.step), Double(config.batchShards ?? 1)]
+            shared = [1] + TrainingPosition(found.state).scalars + [Double(taskModel.optimizerStep), Double(config.batchShards ?? 1)]
             log.info("resuming from \(found.path): step \(found.state.step), epoch \(found.state.epoch), "
                      + "batch \(found.state.nextBatchIndex) of \(schedule.iterationsPerEpoch)")
             let dropped = try log.dropLines(afterStep: found.state.step, fromEpoch: found.state.epoch)
@@ -158,20 +217,28 @@ final class TrainingSession {
                 log.info("added the log.txt line of epoch \(finished.epoch), which the run was stopped before writing")
             }
         }
-        if rank == 0, shared[0] == 0, let path = config.initWeights {
-            try startFromWeights(path)  // a fresh run only: a resume continues its checkpoint
+        if rank == 0, shared[0] == 0 {
+            // A fresh run only: a resume continues its checkpoint.
+            if let path = config.initWeights { try startFromWeights(path) }
+            if let settings = config.downstream {
+                if settings.pretrained.isEmpty {
+                    log.info("no --finetune: the encoder is randomly initialised (seed \(config.seed))")
+                } else {
+                    try startFromPretrained(settings.pretrained)
+                }
+            }
         }
         if worldSize > 1 {
             shared = try collective.allReduceScalars(shared)
-            try collective.broadcast(model.parameters.pointer, count: model.parameters.count, root: 0)
-            try collective.broadcast(optimizer.firstMoment.pointer, count: optimizer.firstMoment.count, root: 0)
-            try collective.broadcast(optimizer.secondMoment.pointer, count: optimizer.secondMoment.count, root: 0)
+            for buffer in taskModel.sharedBuffers {
+                try collective.broadcast(buffer.pointer, count: buffer.count, root: 0)
+            }
         }
         if shared[0] > 0 {
-            position = TrainingPosition(scalars: shared[1..<7])
-            optimizer.step = Int(shared[7])
-            config.batchShards = Int(shared[8])
-            model.batchShards = Int(shared[8])
+            position = TrainingPosition(scalars: shared[1...scalarCount])
+            taskModel.optimizerStep = Int(shared[scalarCount + 1])
+            config.batchShards = Int(shared[scalarCount + 2])
+            model?.batchShards = Int(shared[scalarCount + 2])
         }
         tensorBoard = try openTensorBoard(resumed: shared[0] > 0)
     }
@@ -195,9 +262,10 @@ final class TrainingSession {
         let rateRule = config.absoluteLearningRate == nil
             ? " (blr \(config.baseLearningRate) × \(effectiveBatch) / 256)" : " (--lr)"
         log.info("mae-worker: \(BLASRuntime.banner), compute threads \(config.threads), data threads \(config.dataThreads), "
-                 + "batch shards \(model.batchShards), \(CPUInfo.summary)")
+                 + "batch shards \(config.batchShards ?? 1), \(CPUInfo.summary)")
         if let note = BLASRuntime.presetCoreNote { log.info("note: " + note) }
-        log.info("model \(describe(config.model)), \(model.table.count) parameters; world size \(worldSize) (rank \(rank))")
+        log.info("task \(config.trainingTask.rawValue): model \(describe(config.model)), \(taskModel.trainableParameterCount) "
+                 + "trainable parameters; world size \(worldSize) (rank \(rank))")
         log.info("dataset \(config.dataRoot): \(dataset.count) images, \(dataset.classNames.count) classes, "
                  + "fingerprint \(dataset.fingerprint.prefix(16))")
         log.info("effective batch \(effectiveBatch) = \(config.batchSize) × accum \(config.accumulationSteps) × world \(worldSize); "
@@ -238,7 +306,7 @@ final class TrainingSession {
                     try report(meter.takeInterval(step: position.step), loss: outcome.loss,
                                learningRate: outcome.learningRate)
                 }
-                let finished = position.stepInEpoch == stepsPerEpoch ? finishEpoch() : nil
+                let finished = position.stepInEpoch == stepsPerEpoch ? try finishEpoch() : nil
                 let periodic = config.checkpointEvery > 0 && position.step % config.checkpointEvery == 0
                 if finished != nil || periodic || outcome.stopRequested || outcome.checkpointRequested
                     || position.step == totalSteps {
@@ -253,9 +321,12 @@ final class TrainingSession {
                     // Numbered from 1 like the progress lines (log.txt keeps the reference's 0-based "epoch").
                     log.info(String(format: "epoch %d/%d done: mean loss %.4f", position.epoch, config.epochs,
                                     finished.loss)
+                             + (finished.evaluation.map { "; " + Self.summary(of: $0, prefix: "val") } ?? "")
                              + (skipped > 0 ? ", \(skipped) unreadable file(s) skipped so far" : ""))
                     let every = config.reconstructEvery ?? 0
-                    if every > 0, position.epoch % every == 0, position.epoch < config.epochs { writeReconstructions() }
+                    if model != nil, every > 0, position.epoch % every == 0, position.epoch < config.epochs {
+                        writeReconstructions()
+                    }
                 }
                 if outcome.stopRequested {
                     log.info("stop requested: stopped after step \(position.step) with a checkpoint")
@@ -266,8 +337,12 @@ final class TrainingSession {
             }
         }
         log.endProgress()
+        if !stoppedBySignal, config.trainingTask.classifies, position.stepInEpoch != 0, let result = try evaluate() {
+            // --max-steps stopped inside an epoch: the model as it ends, scored once more.
+            log.info(Self.summary(of: result, prefix: "final evaluation"))
+        }
         try tensorBoard?.flush()
-        writeReconstructions()
+        if model != nil { writeReconstructions() }
         writeCurves()
         if !stoppedBySignal {
             log.info("done: \(position.step) steps" + (lastCheckpoint.map { ", last checkpoint \($0)" } ?? ""))
@@ -290,11 +365,10 @@ final class TrainingSession {
     }
 
     /// One optimizer step: K micro-batches forward and backward, the loss agreed and checked,
-    /// gradients averaged over workers, AdamW; then the position moves on.
+    /// gradients averaged over workers, the task's optimizer; then the position moves on.
     func step() throws -> StepOutcome {
         let learningRate = schedule.learningRate(epoch: position.epoch, stepInEpoch: position.stepInEpoch)
-        let patchCount = config.model.patchCount
-        model.gradients.zero()
+        taskModel.gradients.zero()
         var localLoss = 0.0
         var dataWait = 0.0
         for micro in 0..<config.accumulationSteps {
@@ -303,17 +377,9 @@ final class TrainingSession {
                                                    batch: position.stepInEpoch * config.accumulationSteps + micro)
             }
             dataWait += batch.dataWaitSeconds
-            let keptCount = config.model.keptCount(maskRatio: config.maskRatio)
-            for (row, sampleIndex) in batch.sampleIndices.enumerated() {
-                fillMaskingNoise(noise.pointer + row * patchCount, strategy: config.maskingStrategy,
-                                 gridSize: config.model.gridSize, keptCount: keptCount, seed: config.seed,
-                                 epoch: position.epoch, sampleIndex: sampleIndex)
-            }
-            let loss = model.forwardBackward(images: batch.images.pointer, noise: noise.pointer,
-                                             batchSize: batch.sampleIndices.count, maskRatio: config.maskRatio,
-                                             normPixLoss: config.normPixLoss,
-                                             gradientScale: 1 / Float(config.accumulationSteps))
-            localLoss += Double(loss) / Double(config.accumulationSteps)
+            let loss = taskModel.forwardBackward(batch: batch, epoch: position.epoch,
+                                                 gradientScale: 1 / Float(config.accumulationSteps))
+            localLoss += loss / Double(config.accumulationSteps)
         }
         if config.injectNonFiniteLossAtStep == position.step + 1 { localLoss = .nan }
 
@@ -327,9 +393,10 @@ final class TrainingSession {
                                               lastCheckpoint: lastCheckpoint)
         }
         if worldSize > 1 {
-            try collective.allReduceAverage(model.gradients.pointer, count: model.gradients.count)
+            try collective.allReduceAverage(taskModel.gradients.pointer, count: taskModel.gradients.count)
         }
-        optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: Float(learningRate))
+        taskModel.update(learningRate: Float(learningRate))
+        try taskModel.synchronise(collective)
 
         position.step += 1
         position.stepInEpoch += 1
@@ -342,10 +409,15 @@ final class TrainingSession {
 
     /// Moves the position to the next epoch; returns the finished epoch's `log.txt` line
     /// (the reference's keys: the epoch's mean rate and loss).
-    func finishEpoch() -> EpochSummary {
-        let record = EpochSummary(epoch: position.epoch,
+    func finishEpoch() throws -> EpochSummary {
+        var record = EpochSummary(epoch: position.epoch,
                                   learningRate: position.epochLearningRateSum / Double(position.epochStepCount),
                                   loss: position.epochLossSum / Double(position.epochStepCount))
+        if let result = try evaluate() {
+            record.evaluation = result
+            record.parameterCount = taskModel.trainableParameterCount
+            position.bestTestAccuracy = max(position.bestTestAccuracy, result.top1)
+        }
         position.epoch += 1
         position.stepInEpoch = 0
         position.epochLossSum = 0
@@ -364,9 +436,15 @@ final class TrainingSession {
                 seed: config.seed, worldSize: worldSize, epochLossSum: position.epochLossSum,
                 epochLearningRateSum: position.epochLearningRateSum, epochStepCount: position.epochStepCount,
                 datasetFingerprint: dataset.fingerprint, datasetCount: dataset.count, config: config, schedule: schedule,
-                finishedEpoch: finishedEpoch)
-            let path = try store.write(state: state) { directory in try files.save(into: directory, state: state) }
+                finishedEpoch: finishedEpoch, classNames: config.trainingTask.classifies ? dataset.classNames : nil,
+                bestTestAccuracy: position.bestTestAccuracy >= 0 ? position.bestTestAccuracy : nil)
+            let path = try store.write(state: state) { directory in
+                try taskModel.save(into: directory, step: state.step, epoch: state.epoch)
+            }
             lastCheckpoint = path
+            if let evaluation = finishedEpoch?.evaluation, evaluation.top1 >= position.bestTestAccuracy {
+                try keepAsBest(path, evaluation: evaluation)
+            }
             if let control {
                 // The coordinator owns the retention policy; it prunes once it has recorded this one.
                 control.checkpointWritten(path: path, step: position.step)
@@ -393,5 +471,51 @@ final class TrainingSession {
             ("data_wait_share", .number(interval.dataWaitShare)), ("seconds_per_step", .number(interval.secondsPerStep)),
             ("elapsed_seconds", .number(interval.elapsedSeconds)),
         ])
+    }
+}
+
+extension TrainingSession {
+    /// `--finetune`: the pretrained encoder a fresh fine-tuning or linear-probing run starts from (rank 0;
+    /// `restore` broadcasts it). WorkerOptions checked that it is a pretraining checkpoint or weights.
+    func startFromPretrained(_ path: String) throws {
+        let pretrained = try TrainedModel.load(path: path, model: config.model)
+        switch taskModel {
+        case let probe as LinearProbeTaskModel: probe.startFrom(pretrained.model)
+        default: break
+        }
+        log.info("starting from the pretrained encoder of \(pretrained.weightsPath)")
+    }
+
+    /// The scoring on `val` of a classifying run (nil for pretraining); logged to TensorBoard by rank 0.
+    func evaluate() throws -> EvaluationResult? {
+        guard let evaluator, let classifier = taskModel as? any ClassifierTaskModel else { return nil }
+        let result = try evaluator.evaluate(classifier, collective: collective)
+        tensorBoard?.addScalars([("perf/test_acc1", result.top1), ("perf/test_acc5", result.top5),
+                                 ("perf/test_loss", result.loss)], step: position.epoch)
+        return result
+    }
+
+    /// "val top1 71.25 % top5 98.00 % loss 0.8123 (800 images)".
+    static func summary(of result: EvaluationResult, prefix: String) -> String {
+        String(format: "%@ top1 %.2f %% top5 %.2f %% loss %.4f (%d images)", prefix, result.top1, result.top5,
+               result.loss, result.count)
+    }
+
+    /// Copies the checkpoint at `path` to `RUN_DIR/checkpoint-best` (rank 0), replacing the
+    /// previous best only once the copy is whole.
+    func keepAsBest(_ path: String, evaluation: EvaluationResult) throws {
+        let best = config.runDirectory + "/checkpoint-best"
+        let temporary = best + ".tmp"
+        try TrainingError.reportingSystemCalls {
+            if FileSystem.exists(temporary) { try FileSystem.removeTree(temporary) }
+            try FileSystem.makeDirectories(temporary)
+            for name in try FileSystem.contents(of: path) {
+                try FileSystem.writeFile(temporary + "/" + name, bytes: try FileSystem.readFile(path + "/" + name),
+                                         synchronize: true)
+            }
+            if FileSystem.exists(best) { try FileSystem.removeTree(best) }
+            try FileSystem.rename(temporary, best)
+        }
+        log.info(String(format: "best top-1 so far (%.2f %%): %@ copied to %@", evaluation.top1, path, best))
     }
 }
