@@ -20,6 +20,8 @@ public enum RandomPurpose: UInt32, Sendable {
     case maskNoise = 5
     case synthesis = 6
     case test = 7
+    /// Stochastic depth of fine-tuning (one draw per sample, block and branch).
+    case dropPath = 16
 }
 
 /// One Philox4x32-10 block: four 32-bit outputs for a 128-bit counter and 64-bit key.

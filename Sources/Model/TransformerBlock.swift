@@ -3,6 +3,8 @@ import Kernels
 /// A pre-norm transformer block (timm's `Block`, as MAE uses it):
 ///   middle = input + proj(attention(norm1(input)))
 ///   output = middle + fc2(GELU(fc1(norm2(middle))))
+/// With drop path (stochastic depth, fine-tuning only) each branch is multiplied per
+/// sample by its scale (0 when dropped, 1/keep otherwise) before the residual add.
 
 /// Where one block's tensors start in the flat parameter (and gradient) buffer.
 struct BlockOffsets {
@@ -50,6 +52,39 @@ struct BlockActivations {
     var output: UnsafeMutablePointer<Float>         // [rows, width] (the next block's input)
 }
 
+/// Per-sample drop-path scales of one block, [batch] each: 0 for a dropped branch,
+/// 1 / (1 − rate) for a kept one (timm's `drop_path`).
+struct DropPathScales {
+    let attention: UnsafePointer<Float>
+    let mlp: UnsafePointer<Float>
+}
+
+/// branch[rows, width] scaled per sample (sample = row / tokens) and added onto
+/// stream: stream += scale[sample] · branch. `output` may be `stream`.
+private func addScaledBranch(output: UnsafeMutablePointer<Float>, stream: UnsafePointer<Float>,
+                             branch: UnsafePointer<Float>, scales: UnsafePointer<Float>, shape s: BlockShape) {
+    parallelFor(s.rows, minimumPerWorker: max(1, 16_384 / max(s.width, 1))) { range in
+        for row in range {
+            let scale = scales[row / s.tokens]
+            let offset = row * s.width
+            for column in 0..<s.width { output[offset + column] = stream[offset + column] + branch[offset + column] * scale }
+        }
+    }
+}
+
+/// output[rows, width] = gradient[rows, width] · scale[sample] (the branch's share of a
+/// drop-path residual's gradient).
+private func scaleRowsPerSample(output: UnsafeMutablePointer<Float>, gradient: UnsafePointer<Float>,
+                                scales: UnsafePointer<Float>, shape s: BlockShape) {
+    parallelFor(s.rows, minimumPerWorker: max(1, 16_384 / max(s.width, 1))) { range in
+        for row in range {
+            let scale = scales[row / s.tokens]
+            let offset = row * s.width
+            for column in 0..<s.width { output[offset + column] = gradient[offset + column] * scale }
+        }
+    }
+}
+
 /// Gradient scratch shared by all blocks of one stack (sized for the largest).
 struct BlockScratch {
     var stream: UnsafeMutablePointer<Float>         // [rows, width]: d output on entry, d input on exit
@@ -60,8 +95,11 @@ struct BlockScratch {
     var probabilities: UnsafeMutablePointer<Float>  // [batch, heads, tokens, tokens]
 }
 
+/// One block's forward; `dropPath` nil is the plain block (pretraining, evaluation).
+/// With drop path, `a.middle` and `a.output` first take the branch alone, then the
+/// scaled residual sum in place (the backward needs only the branch inputs).
 func blockForward(parameters p: UnsafePointer<Float>, offsets o: BlockOffsets,
-                  activations a: BlockActivations, shape s: BlockShape) {
+                  activations a: BlockActivations, shape s: BlockShape, dropPath: DropPathScales? = nil) {
     layerNormForward(output: a.norm1, mean: a.mean1, reciprocalStd: a.reciprocalStd1, input: a.input,
                      weight: p + o.norm1Weight, bias: p + o.norm1Bias, rows: s.rows, width: s.width)
     linearForward(output: a.qkv, input: a.norm1, weight: p + o.qkvWeight, bias: p + o.qkvBias,
@@ -69,8 +107,11 @@ func blockForward(parameters p: UnsafePointer<Float>, offsets o: BlockOffsets,
     attentionForward(output: a.attention, probabilities: a.probabilities, qkv: a.qkv,
                      batch: s.batch, tokens: s.tokens, heads: s.heads, headDimension: s.headDimension)
     linearForward(output: a.middle, input: a.attention, weight: p + o.projectionWeight,
-                  bias: p + o.projectionBias, residual: a.input,
+                  bias: p + o.projectionBias, residual: dropPath == nil ? a.input : nil,
                   rows: s.rows, inFeatures: s.width, outFeatures: s.width)
+    if let dropPath {
+        addScaledBranch(output: a.middle, stream: a.input, branch: a.middle, scales: dropPath.attention, shape: s)
+    }
     layerNormForward(output: a.norm2, mean: a.mean2, reciprocalStd: a.reciprocalStd2, input: a.middle,
                      weight: p + o.norm2Weight, bias: p + o.norm2Bias, rows: s.rows, width: s.width)
     // fc1 without its bias; the bias joins GELU in one pass, which leaves GELU' in `hidden`.
@@ -79,17 +120,26 @@ func blockForward(parameters p: UnsafePointer<Float>, offsets o: BlockOffsets,
     biasGELUForward(activated: a.activated, preActivation: a.hidden, bias: p + o.fc1Bias,
                     rows: s.rows, width: s.hidden)
     linearForward(output: a.output, input: a.activated, weight: p + o.fc2Weight, bias: p + o.fc2Bias,
-                  residual: a.middle, rows: s.rows, inFeatures: s.hidden, outFeatures: s.width)
+                  residual: dropPath == nil ? a.middle : nil, rows: s.rows, inFeatures: s.hidden, outFeatures: s.width)
+    if let dropPath {
+        addScaledBranch(output: a.output, stream: a.middle, branch: a.output, scales: dropPath.mlp, shape: s)
+    }
 }
 
 /// Backward of `blockForward`. On entry `scratch.stream` holds ∂loss/∂output; on
 /// exit it holds ∂loss/∂input. Parameter gradients are added into `g`.
 func blockBackward(parameters p: UnsafePointer<Float>, gradients g: UnsafeMutablePointer<Float>,
                    offsets o: BlockOffsets, activations a: BlockActivations,
-                   scratch d: BlockScratch, shape s: BlockShape) {
-    // MLP branch. The residual passes d output straight to d middle.
+                   scratch d: BlockScratch, shape s: BlockShape, dropPath: DropPathScales? = nil) {
+    // MLP branch. The residual passes d output straight to d middle; with drop path the
+    // branch sees it scaled per sample (in d.attention, free until the attention branch).
+    var mlpGradient = UnsafePointer(d.stream)
+    if let dropPath {
+        scaleRowsPerSample(output: d.attention, gradient: d.stream, scales: dropPath.mlp, shape: s)
+        mlpGradient = UnsafePointer(d.attention)
+    }
     linearBackward(inputGradient: d.hidden, weightGradient: g + o.fc2Weight, biasGradient: g + o.fc2Bias,
-                   outputGradient: d.stream, input: a.activated, weight: p + o.fc2Weight,
+                   outputGradient: mlpGradient, input: a.activated, weight: p + o.fc2Weight,
                    rows: s.rows, inFeatures: s.hidden, outFeatures: s.width)
     geluBackward(inputGradient: d.hidden, outputGradient: d.hidden, derivative: a.hidden, count: s.rows * s.hidden)
     linearBackward(inputGradient: d.norm, weightGradient: g + o.fc1Weight, biasGradient: g + o.fc1Bias,
@@ -98,9 +148,15 @@ func blockBackward(parameters p: UnsafePointer<Float>, gradients g: UnsafeMutabl
     layerNormBackward(inputGradient: d.stream, weightGradient: g + o.norm2Weight, biasGradient: g + o.norm2Bias,
                       outputGradient: d.norm, input: a.middle, mean: a.mean2, reciprocalStd: a.reciprocalStd2,
                       weight: p + o.norm2Weight, residualGradient: d.stream, rows: s.rows, width: s.width)
-    // Attention branch; d middle passes straight to d input.
+    // Attention branch; d middle passes straight to d input (scaled into d.norm, free
+    // until the qkv backward, for drop path).
+    var attentionGradient = UnsafePointer(d.stream)
+    if let dropPath {
+        scaleRowsPerSample(output: d.norm, gradient: d.stream, scales: dropPath.attention, shape: s)
+        attentionGradient = UnsafePointer(d.norm)
+    }
     linearBackward(inputGradient: d.attention, weightGradient: g + o.projectionWeight,
-                   biasGradient: g + o.projectionBias, outputGradient: d.stream, input: a.attention,
+                   biasGradient: g + o.projectionBias, outputGradient: attentionGradient, input: a.attention,
                    weight: p + o.projectionWeight, rows: s.rows, inFeatures: s.width, outFeatures: s.width)
     attentionBackward(qkvGradient: d.qkv, probabilityGradient: d.probabilities, outputGradient: d.attention,
                       qkv: a.qkv, probabilities: a.probabilities,

@@ -6,13 +6,26 @@ import Model
 /// `TensorInfo.decays` is true (not biases, norms or other 1-D tensors).
 ///
 /// Tensors are grouped into contiguous runs that share the decay setting, so the update
-/// is a handful of `adamwUpdate` calls over long ranges.
+/// is a handful of `adamwUpdate` calls over long ranges. Fine-tuning gives each tensor
+/// its own learning-rate scale and weight decay (layer-wise decay, `layerDecaySettings`).
 public final class AdamWOptimizer {
     /// A contiguous range of the flat layout with one weight-decay setting.
     public struct Group: Sendable, Equatable {
         public let offset: Int
         public let count: Int
         public let decays: Bool
+        /// Multiplies the step's learning rate (the official `lr_scale`); 1 in pretraining.
+        public let learningRateScale: Double
+        /// The group's own weight decay, or nil for the optimizer's `weightDecay` where `decays`.
+        public let weightDecay: Float?
+
+        public init(offset: Int, count: Int, decays: Bool, learningRateScale: Double = 1, weightDecay: Float? = nil) {
+            self.offset = offset
+            self.count = count
+            self.decays = decays
+            self.learningRateScale = learningRateScale
+            self.weightDecay = weightDecay
+        }
     }
 
     public let firstMoment: FloatBuffer
@@ -36,6 +49,32 @@ public final class AdamWOptimizer {
         self.weightDecay = weightDecay
     }
 
+    /// AdamW with one learning-rate scale and weight decay per tensor of `table` (in table
+    /// order, as `layerDecaySettings` returns them); `weightDecay` is unused.
+    public init(table: ParameterTable, settings: [ParameterGroupSetting], beta1: Float = 0.9, beta2: Float = 0.999,
+                epsilon: Float = 1e-8) {
+        precondition(settings.count == table.tensors.count, "one setting per tensor")
+        firstMoment = FloatBuffer(count: table.count)
+        secondMoment = FloatBuffer(count: table.count)
+        var groups: [Group] = []
+        for (tensor, setting) in zip(table.tensors, settings) where tensor.count > 0 {
+            let decay = Float(setting.weightDecay)
+            if let last = groups.last, last.learningRateScale == setting.learningRateScale, last.weightDecay == decay,
+               last.offset + last.count == tensor.offset {
+                groups[groups.count - 1] = Group(offset: last.offset, count: last.count + tensor.count, decays: decay != 0,
+                                                 learningRateScale: last.learningRateScale, weightDecay: decay)
+            } else {
+                groups.append(Group(offset: tensor.offset, count: tensor.count, decays: decay != 0,
+                                    learningRateScale: setting.learningRateScale, weightDecay: decay))
+            }
+        }
+        self.groups = groups
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.epsilon = epsilon
+        self.weightDecay = 0
+    }
+
     /// Contiguous runs of tensors sharing `decays`, in layout order.
     public static func groups(of table: ParameterTable) -> [Group] {
         var groups: [Group] = []
@@ -49,7 +88,8 @@ public final class AdamWOptimizer {
         return groups
     }
 
-    /// One AdamW step of every parameter with `learningRate`.
+    /// One AdamW step of every parameter with `learningRate` (times each group's scale,
+    /// in double precision as PyTorch multiplies `lr · lr_scale` in Python).
     public func update(parameters: FloatBuffer, gradients: FloatBuffer, learningRate: Float) {
         precondition(parameters.count == firstMoment.count && gradients.count == firstMoment.count,
                      "parameters, gradients and moments must share one layout")
@@ -57,8 +97,11 @@ public final class AdamWOptimizer {
         for group in groups {
             adamwUpdate(parameters: parameters.pointer + group.offset, gradients: gradients.pointer + group.offset,
                         firstMoment: firstMoment.pointer + group.offset, secondMoment: secondMoment.pointer + group.offset,
-                        count: group.count, learningRate: learningRate, beta1: beta1, beta2: beta2, epsilon: epsilon,
-                        weightDecay: group.decays ? weightDecay : 0, step: step)
+                        count: group.count,
+                        learningRate: group.learningRateScale == 1
+                            ? learningRate : Float(Double(learningRate) * group.learningRateScale),
+                        beta1: beta1, beta2: beta2, epsilon: epsilon,
+                        weightDecay: group.weightDecay ?? (group.decays ? weightDecay : 0), step: step)
         }
     }
 }
