@@ -1,13 +1,31 @@
 import Kernels
 import Model
 
-/// The data files of a checkpoint: `model.safetensors` (the official state-dict names,
+/// The data files of a checkpoint of a model trained with AdamW (pretraining's MAE,
+/// fine-tuning's classifier): `model.safetensors` (the official state-dict names,
 /// strict-loadable by the official PyTorch model) and `optimizer.safetensors` (both AdamW
 /// moments under the same names prefixed `exp_avg.` and `exp_avg_sq.`, the step count in
 /// the metadata).
 struct CheckpointFiles {
-    let model: MAEModel
+    /// The layout of the parameters and the moments.
+    let table: ParameterTable
     let optimizer: AdamWOptimizer
+    /// Writes and strictly reads the model's weights file.
+    let saveWeights: (_ path: String, _ metadata: [String: String]) throws -> Void
+    let loadWeights: (_ path: String) throws -> Void
+
+    init(model: MAEModel, optimizer: AdamWOptimizer) {
+        self.init(table: model.table, optimizer: optimizer, saveWeights: model.saveWeights(path:metadata:),
+                  loadWeights: model.loadWeights(path:))
+    }
+
+    init(table: ParameterTable, optimizer: AdamWOptimizer,
+         saveWeights: @escaping (String, [String: String]) throws -> Void, loadWeights: @escaping (String) throws -> Void) {
+        self.table = table
+        self.optimizer = optimizer
+        self.saveWeights = saveWeights
+        self.loadWeights = loadWeights
+    }
 
     static let modelFileName = "model.safetensors"
     static let optimizerFileName = "optimizer.safetensors"
@@ -17,9 +35,9 @@ struct CheckpointFiles {
     /// Writes both files into `directory`; returns their names. Metadata holds no time, so
     /// identical states give identical bytes.
     func save(into directory: String, step: Int, epoch: Int) throws -> [String] {
-        try model.saveWeights(path: directory + "/" + Self.modelFileName,
-                              metadata: ["format": "pt", "step": "\(step)", "epoch": "\(epoch)"])
-        try model.table.writeTensors(
+        try saveWeights(directory + "/" + Self.modelFileName,
+                               ["format": "pt", "step": "\(step)", "epoch": "\(epoch)"])
+        try table.writeTensors(
             path: directory + "/" + Self.optimizerFileName,
             buffers: [(prefix: Self.firstMomentPrefix, buffer: optimizer.firstMoment),
                       (prefix: Self.secondMomentPrefix, buffer: optimizer.secondMoment)],
@@ -30,11 +48,11 @@ struct CheckpointFiles {
 
     /// Loads parameters and moments from a verified checkpoint directory.
     func load(from directory: String) throws {
-        try model.loadWeights(path: directory + "/" + Self.modelFileName)
+        try loadWeights(directory + "/" + Self.modelFileName)
         let path = directory + "/" + Self.optimizerFileName
         let file = try SafeTensorsFile.read(path: path)
-        try model.table.readTensors(from: file, into: optimizer.firstMoment, prefix: Self.firstMomentPrefix)
-        try model.table.readTensors(from: file, into: optimizer.secondMoment, prefix: Self.secondMomentPrefix)
+        try table.readTensors(from: file, into: optimizer.firstMoment, prefix: Self.firstMomentPrefix)
+        try table.readTensors(from: file, into: optimizer.secondMoment, prefix: Self.secondMomentPrefix)
         let known = Set(file.names.filter { $0.hasPrefix(Self.firstMomentPrefix) || $0.hasPrefix(Self.secondMomentPrefix) })
         if let extra = file.names.first(where: { !known.contains($0) }) {
             throw TrainingError.checkpoint("\(path): unexpected tensor '\(extra)' (not an AdamW moment)")

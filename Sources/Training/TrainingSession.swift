@@ -141,7 +141,9 @@ final class TrainingSession {
                                              classCount: dataset.classNames.count)
             model = nil
         case .finetune:
-            throw TrainingError.invalidConfiguration("--task finetune is not in this build yet")
+            self.config.batchShards = 1
+            taskModel = FineTuningTaskModel(config: config, settings: config.downstream!, classCount: dataset.classNames.count)
+            model = nil
         }
         let (worldSize, rank) = (collective.worldSize, collective.rank)
         evaluator = validation.map {
@@ -478,12 +480,20 @@ extension TrainingSession {
     /// `--finetune`: the pretrained encoder a fresh fine-tuning or linear-probing run starts from (rank 0;
     /// `restore` broadcasts it). WorkerOptions checked that it is a pretraining checkpoint or weights.
     func startFromPretrained(_ path: String) throws {
-        let pretrained = try TrainedModel.load(path: path, model: config.model)
         switch taskModel {
-        case let probe as LinearProbeTaskModel: probe.startFrom(pretrained.model)
-        default: break
+        case let probe as LinearProbeTaskModel:
+            let pretrained = try TrainedModel.load(path: path, model: config.model)
+            probe.startFrom(pretrained.model)
+            log.info("starting from the pretrained encoder of \(pretrained.weightsPath)")
+        case let fineTuning as FineTuningTaskModel:
+            let weights = try TrainedModel.weightsPath(of: path)
+            let loaded = try fineTuning.startFrom(weightsPath: weights)
+            log.info("starting from the pretrained encoder of \(weights); not in the file (initialised): "
+                     + loaded.missing.joined(separator: ", ")
+                     + (loaded.interpolatedGrid.map { "; position embedding interpolated from \($0.from)² to \($0.to)² patches" } ?? ""))
+        default:
+            break
         }
-        log.info("starting from the pretrained encoder of \(pretrained.weightsPath)")
     }
 
     /// The scoring on `val` of a classifying run (nil for pretraining); logged to TensorBoard by rank 0.
