@@ -99,8 +99,7 @@ final class TrainingSession {
 
         dataset = try ImageFolderDataset(root: config.dataRoot, split: "train")
         let task = config.trainingTask
-        var validation: ImageFolderDataset?
-        if task.classifies { validation = try Self.checkClassifierData(config: config, training: dataset) }
+        let validation = try config.validationDataset(training: dataset)
         let sampler = DistributedSampler(datasetCount: dataset.count, worldSize: worldSize, rank: rank, seed: config.seed)
         let batchesPerEpoch = sampler.samplesPerRank / config.batchSize
         guard batchesPerEpoch >= config.accumulationSteps else {
@@ -157,31 +156,6 @@ final class TrainingSession {
         switch config.trainingTask {
         case .pretrain, .linprobe, .finetune: .pretraining
         }
-    }
-
-    /// A classifying run's `val`, checked against `train`: present, with the same classes, and
-    /// as many as `--nb-classes` says when given. One-line errors before any work.
-    static func checkClassifierData(config: RunConfig, training: ImageFolderDataset) throws -> ImageFolderDataset {
-        let task = config.trainingTask.rawValue
-        guard FileSystem.isDirectory(config.dataRoot + "/val"), FileSystem.isDirectory(config.dataRoot + "/train") else {
-            throw TrainingError.invalidConfiguration(
-                "--task \(task) needs \(config.dataRoot)/train and \(config.dataRoot)/val (ImageNet-style: "
-                + "<split>/<class>/<image>, the same classes in both); make one with 'mae synth-data'")
-        }
-        let validation = try ImageFolderDataset(root: config.dataRoot, split: "val")
-        guard validation.classNames == training.classNames else {
-            let missing = Set(training.classNames).symmetricDifference(validation.classNames).sorted().prefix(3)
-            throw TrainingError.invalidConfiguration(
-                "the classes of \(config.dataRoot)/val (\(validation.classNames.count)) differ from those of train "
-                + "(\(training.classNames.count))" + (missing.isEmpty ? "" : ", e.g. '\(missing.joined(separator: "', '"))'")
-                + "; both need the same class folders")
-        }
-        if let expected = config.downstream?.classCount, expected != training.classNames.count {
-            throw TrainingError.invalidConfiguration(
-                "--nb-classes \(expected) does not match the \(training.classNames.count) classes of \(config.dataRoot)/train; "
-                + "leave it out (the classes come from the data) or point --data at the intended folder")
-        }
-        return validation
     }
 
     /// Rank 0 finds, checks and loads the checkpoint `--resume` names; the position reaches

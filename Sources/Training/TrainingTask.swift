@@ -1,3 +1,6 @@
+import Data
+import System
+
 /// What a run trains: MAE pretraining (`main_pretrain.py`), or one of the two protocols that
 /// judge a pretrained encoder, fine-tuning (`main_finetune.py`) and linear probing
 /// (`main_linprobe.py`). The three share the loop, checkpoints, coordinator and restarts.
@@ -78,5 +81,34 @@ public struct DownstreamSettings: Codable, Sendable, Equatable {
         self.reprob = reprob
         self.autoAugment = autoAugment
         self.classCount = classCount
+    }
+}
+
+extension RunConfig {
+    /// A classifying run's `val` (nil for pretraining), checked against `train`: present, with
+    /// the same classes, and as many as `--nb-classes` says when given. One-line errors before any work.
+    public func validationDataset(training: ImageFolderDataset) throws -> ImageFolderDataset? {
+        guard trainingTask.classifies else { return nil }
+        let config = self
+        let task = trainingTask.rawValue
+        guard FileSystem.isDirectory(config.dataRoot + "/val"), FileSystem.isDirectory(config.dataRoot + "/train") else {
+            throw TrainingError.invalidConfiguration(
+                "--task \(task) needs \(config.dataRoot)/train and \(config.dataRoot)/val (ImageNet-style: "
+                + "<split>/<class>/<image>, the same classes in both); make one with 'mae synth-data'")
+        }
+        let validation = try ImageFolderDataset(root: config.dataRoot, split: "val")
+        guard validation.classNames == training.classNames else {
+            let missing = Set(training.classNames).symmetricDifference(validation.classNames).sorted().prefix(3)
+            throw TrainingError.invalidConfiguration(
+                "the classes of \(config.dataRoot)/val (\(validation.classNames.count)) differ from those of train "
+                + "(\(training.classNames.count))" + (missing.isEmpty ? "" : ", e.g. '\(missing.joined(separator: "', '"))'")
+                + "; both need the same class folders")
+        }
+        if let expected = config.downstream?.classCount, expected != training.classNames.count {
+            throw TrainingError.invalidConfiguration(
+                "--nb-classes \(expected) does not match the \(training.classNames.count) classes of \(config.dataRoot)/train; "
+                + "leave it out (the classes come from the data) or point --data at the intended folder")
+        }
+        return validation
     }
 }
