@@ -15,14 +15,27 @@ final class FineTuningTaskModel: ClassifierTaskModel {
     let settings: DownstreamSettings
     let seed: UInt64
     let classCount: Int
+    let imageSize: Int
+    /// Mixup/CutMix with label smoothing; inactive (alphas 0): label smoothing alone.
+    let mixup: MixupSettings
+    /// This worker's place, so that each worker mixes its batches with numbers of its own.
+    let rank: Int, worldSize: Int
     /// Soft targets of one micro-batch, [N, classes].
     private var targets = FloatBuffer(count: 0)
     private var evaluationLogits = FloatBuffer(count: 0)
 
-    init(config: RunConfig, settings: DownstreamSettings, classCount: Int) {
+    init(config: RunConfig, settings: DownstreamSettings, classCount: Int, rank: Int, worldSize: Int) throws {
         self.settings = settings
         self.classCount = classCount
+        self.rank = rank
+        self.worldSize = worldSize
         seed = config.seed
+        imageSize = config.model.imageSize
+        do {
+            mixup = try MixupSettings(mixupAlpha: settings.mixup, cutmixAlpha: settings.cutmix, labelSmoothing: settings.smoothing)
+        } catch {
+            throw TrainingError.invalidConfiguration("\(error)")
+        }
         classifier = VisionTransformerClassifier(config: config.model, numberOfClasses: classCount,
                                                  globalPool: settings.globalPool, dropPath: settings.dropPath, seed: config.seed)
         let groups = layerDecaySettings(table: classifier.table, depth: config.model.encoderDepth,
@@ -47,22 +60,23 @@ final class FineTuningTaskModel: ClassifierTaskModel {
         try classifier.loadPretrainedEncoder(from: WeightsFile.read(path: weightsPath))
     }
 
-    /// The batch's targets: one-hot with label smoothing (timm's Mixup off/on values,
-    /// s / C and 1 − s + s / C, which LabelSmoothingCrossEntropy amounts to as well).
-    private func fillTargets(_ batch: Batch) {
+    /// The batch's targets, its images mixed in place when Mixup/CutMix is on (timm's `Mixup`
+    /// in batch mode, a stream per worker and micro-batch); otherwise one-hot with label
+    /// smoothing (s / C and 1 − s + s / C, what LabelSmoothingCrossEntropy amounts to).
+    private func prepareTargets(_ batch: Batch, epoch: Int) {
         let rows = batch.labels.count
         if targets.count != rows * classCount { targets = FloatBuffer(count: rows * classCount) }
-        let off = Float(settings.smoothing / Double(classCount))
-        let on = Float(1 - settings.smoothing) + off
-        for (row, label) in batch.labels.enumerated() {
-            let target = targets.pointer + row * classCount
-            target.update(repeating: off, count: classCount)
-            target[label] = on
+        if mixup.isActive {
+            mixBatch(images: batch.images.pointer, labels: batch.labels, height: imageSize, width: imageSize,
+                     classCount: classCount, settings: mixup, seed: seed, epoch: epoch,
+                     stream: batch.batchIndex * worldSize + rank, targets: targets.pointer)
+        } else {
+            smoothedTargets(labels: batch.labels, classCount: classCount, smoothing: settings.smoothing, targets: targets.pointer)
         }
     }
 
     func forwardBackward(batch: Batch, epoch: Int, gradientScale: Float) -> Double {
-        fillTargets(batch)
+        prepareTargets(batch, epoch: epoch)
         let key = DropPathKey(seed: seed, epoch: epoch, sampleIndices: batch.sampleIndices)
         return Double(classifier.forwardBackward(images: batch.images.pointer, targets: targets.pointer,
                                                  batchSize: batch.sampleIndices.count, gradientScale: gradientScale,

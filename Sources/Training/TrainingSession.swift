@@ -126,7 +126,7 @@ final class TrainingSession {
 
         loader = DataLoader(dataset: dataset, sampler: sampler, batchSize: config.batchSize,
                             imageSize: config.model.imageSize, seed: config.seed, threads: config.dataThreads,
-                            transform: Self.trainingTransform(config))
+                            transform: try config.trainingTransform())
         requestedBatchShards = config.batchShards
         switch task {
         case .pretrain:
@@ -141,7 +141,8 @@ final class TrainingSession {
             model = nil
         case .finetune:
             self.config.batchShards = 1
-            taskModel = FineTuningTaskModel(config: config, settings: config.downstream!, classCount: dataset.classNames.count)
+            taskModel = try FineTuningTaskModel(config: config, settings: config.downstream!, classCount: dataset.classNames.count,
+                                                rank: collective.rank, worldSize: collective.worldSize)
             model = nil
         }
         let (worldSize, rank) = (collective.worldSize, collective.rank)
@@ -151,12 +152,6 @@ final class TrainingSession {
         }
     }
 
-    /// The augmentation of the task's training images (main_pretrain.py, main_finetune.py, main_linprobe.py).
-    static func trainingTransform(_ config: RunConfig) -> ImageTransform {
-        switch config.trainingTask {
-        case .pretrain, .linprobe, .finetune: .pretraining
-        }
-    }
 
     /// Rank 0 finds, checks and loads the checkpoint `--resume` names; the position reaches
     /// the other ranks by one scalar all-reduce, parameters and moments by broadcasts (which

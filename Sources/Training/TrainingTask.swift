@@ -85,6 +85,23 @@ public struct DownstreamSettings: Codable, Sendable, Equatable {
 }
 
 extension RunConfig {
+    /// The augmentation of the task's training images: main_pretrain.py's RandomResizedCrop
+    /// (0.2–1) + flip, main_linprobe.py's (0.08–1) + flip, main_finetune.py's timm transform
+    /// (RandAugment `--aa`, random erasing `--reprob`). Throws a one-line error for a bad policy.
+    public func trainingTransform() throws -> ImageTransform {
+        switch trainingTask {
+        case .pretrain: return .pretraining
+        case .linprobe: return .linearProbe
+        case .finetune:
+            do {
+                return .finetuning(try FinetuneAugmentationSettings(randAugment: downstream?.autoAugment ?? "none",
+                                                                    reprob: downstream?.reprob ?? 0))
+            } catch {
+                throw TrainingError.invalidConfiguration("\(error)")
+            }
+        }
+    }
+
     /// A classifying run's `val` (nil for pretraining), checked against `train`: present, with
     /// the same classes, and as many as `--nb-classes` says when given. One-line errors before any work.
     public func validationDataset(training: ImageFolderDataset) throws -> ImageFolderDataset? {

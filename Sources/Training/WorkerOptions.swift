@@ -1,4 +1,5 @@
 import Collectives
+import Data
 import Foundation
 import Model
 import Options
@@ -280,6 +281,15 @@ public enum WorkerOptions {
             throw fail("--init-weights continues pretraining from weights; --task \(task.rawValue) starts from --finetune PATH")
         }
         let downstream = try parseDownstream(options, task: task, model: model, fail: fail)
+        if let downstream {
+            // The augmentation and Mixup settings say what is wrong with them now, not after the join.
+            do {
+                _ = try FinetuneAugmentationSettings(randAugment: downstream.autoAugment ?? "none", reprob: downstream.reprob)
+                _ = try MixupSettings(mixupAlpha: downstream.mixup, cutmixAlpha: downstream.cutmix, labelSmoothing: downstream.smoothing)
+            } catch {
+                throw fail("\(error)")
+            }
+        }
         let epochs = try options.optionalInt("epochs", in: 1...1_000_000) ?? defaults.epochs
         let warmup = try options.optionalDouble("warmup-epochs", expectation: "a number ≥ 0") { $0 >= 0 } ?? defaults.warmupEpochs
         guard warmup < Double(epochs) else {
