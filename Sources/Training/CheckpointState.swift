@@ -106,14 +106,20 @@ public struct EpochSummary: Codable, Sendable, Equatable {
     public var epoch: Int
     public var learningRate: Double
     public var loss: Double
+    /// The k-NN top-1 and top-5 accuracy (percent) at the epoch's end, with `--knn-every`.
+    public var knnTop1: Double?
+    public var knnTop5: Double?
 
     private enum CodingKeys: String, CodingKey {
-        case epoch, learningRate = "train_lr", loss = "train_loss"
+        case epoch, learningRate = "train_lr", loss = "train_loss", knnTop1 = "knn_top1", knnTop5 = "knn_top5"
     }
 
-    /// The `log.txt` line's fields, in the reference's order.
+    /// The `log.txt` line's fields, in the reference's order (the k-NN scores, when
+    /// measured, with the other statistics before `epoch`).
     var logFields: [(String, JSONValue)] {
-        [("train_lr", .number(learningRate)), ("train_loss", .number(loss)), ("epoch", .integer(epoch))]
+        var fields: [(String, JSONValue)] = [("train_lr", .number(learningRate)), ("train_loss", .number(loss))]
+        if let knnTop1, let knnTop5 { fields += [("knn_top1", .number(knnTop1)), ("knn_top5", .number(knnTop5))] }
+        return fields + [("epoch", .integer(epoch))]
     }
 }
 

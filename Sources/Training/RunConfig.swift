@@ -57,6 +57,9 @@ public struct RunConfig: Codable, Sendable, Equatable {
     /// `--reconstruct-every`: also draw `RUN_DIR/reconstructions/epoch-NNNN.png` every this
     /// many epochs (0 or nil: only at the end of the run).
     public var reconstructEvery: Int?
+    /// `--knn-every`: score the encoder by k-NN on DATA/train → DATA/val every this many
+    /// epochs and at the last one (0 or nil: never).
+    public var knnEvery: Int?
     /// Tests only: the loss of this optimizer step (1-based) is replaced by NaN, to exercise
     /// the non-finite-loss stop without depending on how a model diverges.
     public var injectNonFiniteLossAtStep: Int?
@@ -69,7 +72,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         case batchShards = "batch_shards"
         case runDirectory = "run_dir", checkpointEvery = "checkpoint_every", keepCheckpoints = "keep_checkpoints"
         case keepEveryEpochs = "keep_every_epochs", resume, maxSteps = "max_steps", printEvery = "print_every"
-        case reconstructEvery = "reconstruct_every", initWeights = "init_weights"
+        case reconstructEvery = "reconstruct_every", knnEvery = "knn_every", initWeights = "init_weights"
     }
 
     public init(dataRoot: String, model: ModelConfig, batchSize: Int = 64, epochs: Int = 800, warmupEpochs: Double = 40,
@@ -78,7 +81,8 @@ public struct RunConfig: Codable, Sendable, Equatable {
                 accumulationSteps: Int = 1, maskRatio: Double = 0.75, masking: MaskingStrategy = .random, normPixLoss: Bool = false, seed: UInt64 = 0,
                 threads: Int = 1, dataThreads: Int = 1, batchShards: Int? = nil, runDirectory: String, checkpointEvery: Int = 0,
                 keepCheckpoints: Int = 3, keepEveryEpochs: Int = 0, resume: String? = nil, maxSteps: Int? = nil,
-                printEvery: Int = 20, reconstructEvery: Int? = nil, initWeights: String? = nil, injectNonFiniteLossAtStep: Int? = nil) {
+                printEvery: Int = 20, reconstructEvery: Int? = nil, knnEvery: Int? = nil, initWeights: String? = nil,
+                injectNonFiniteLossAtStep: Int? = nil) {
         self.dataRoot = dataRoot
         self.model = model
         self.batchSize = batchSize
@@ -107,6 +111,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         self.maxSteps = maxSteps
         self.printEvery = printEvery
         self.reconstructEvery = reconstructEvery
+        self.knnEvery = knnEvery
         self.initWeights = initWeights
         self.injectNonFiniteLossAtStep = injectNonFiniteLossAtStep
     }
