@@ -24,8 +24,8 @@ import Darwin
 /// at random, among clutter (random short strokes and dots in random colours) and noise.
 /// Only the shapes and their arrangement tell classes apart, so pixel statistics (which a
 /// random encoder's features mostly carry) score poorly and learnt features can do better.
-/// Classes beyond 25 repeat the compositions with the small shape on the other side
-/// (`label / 25` picks the side).
+/// Classes 25 to 49 put the small shape at the centre of the large one instead of its rim;
+/// the hard set has at most 50 classes.
 ///
 /// Refuses (throws) to write into a folder that has train/ or val/ content it did not
 /// make (no `SYNTHETIC.txt` marker), so a real dataset is never overwritten.
@@ -36,6 +36,10 @@ public func synthesizeDataset(root: String, classes: Int, perClass: Int, valPerC
     guard classes > 0, perClass > 0, valPerClass >= 0, size >= 8 else {
         throw DataError("synthesizeDataset needs classes ≥ 1, perClass ≥ 1, valPerClass ≥ 0 and size ≥ 8 "
             + "(got \(classes), \(perClass), \(valPerClass), \(size))")
+    }
+    guard difficulty == .easy || classes <= 50 else {
+        throw DataError("the hard synthetic set has at most 50 classes (compositions of two of 5 shapes, "
+            + "at the rim or the centre); got \(classes)")
     }
     let marker = root + "/SYNTHETIC.txt"
     for split in ["train", "val"] where FileSystem.kind(of: root + "/" + split) == .directory {
@@ -164,7 +168,7 @@ private final class SyntheticPainter {
         var random = CounterRandom(seed: seed, purpose: .synthesis, index: index)
         let side = Double(size)
         let bigShape = label % 5, smallShape = (label / 5) % 5
-        let smallOnLeft = (label / 25) % 2 == 1
+        let smallAtCentre = label >= 25
         // Background: a random hue, dark or light, with a gradient in a random direction.
         let background = rgb(hue: random.nextDouble(), saturation: random.nextDouble(in: 0.1..<0.6),
                              value: random.nextDouble(in: 0.15..<0.85))
@@ -175,10 +179,10 @@ private final class SyntheticPainter {
         let rotation = random.nextDouble(in: 0..<(2 * Double.pi))
         let centerX = side * 0.5 + random.nextDouble(in: -0.12..<0.12) * side
         let centerY = side * 0.5 + random.nextDouble(in: -0.12..<0.12) * side
-        let direction = rotation + (smallOnLeft ? Double.pi : 0)
         let smallRadius = radius * random.nextDouble(in: 0.45..<0.6)
-        let smallX = centerX + cos(direction) * (radius + smallRadius * 0.9)
-        let smallY = centerY + sin(direction) * (radius + smallRadius * 0.9)
+        let offset = smallAtCentre ? 0 : radius + smallRadius * 0.9
+        let smallX = centerX + cos(rotation) * offset
+        let smallY = centerY + sin(rotation) * offset
         struct Part { let shape: Int; let x: Double; let y: Double; let radius: Double; let cosine: Double; let sine: Double
                       let colour: (Double, Double, Double); let stripe: (Double, Double); let frequency: Double }
         func part(_ shape: Int, _ x: Double, _ y: Double, _ r: Double, _ angle: Double, random: inout CounterRandom) -> Part {
