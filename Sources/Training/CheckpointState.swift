@@ -117,18 +117,24 @@ public struct EpochSummary: Codable, Sendable, Equatable {
     public var loss: Double
     public var evaluation: EvaluationResult?
     public var parameterCount: Int?
+    /// The k-NN top-1 and top-5 accuracy (percent) at the epoch's end, with `--knn-every`.
+    public var knnTop1: Double?
+    public var knnTop5: Double?
 
     private enum CodingKeys: String, CodingKey {
         case epoch, learningRate = "train_lr", loss = "train_loss", evaluation = "test", parameterCount = "n_parameters"
+        case knnTop1 = "knn_top1", knnTop5 = "knn_top5"
     }
 
-    /// The `log.txt` line's fields, in the reference's order.
+    /// The `log.txt` line's fields, in the reference's order (the k-NN scores, when
+    /// measured, with the other statistics before `epoch`).
     var logFields: [(String, JSONValue)] {
         var fields: [(String, JSONValue)] = [("train_lr", .number(learningRate)), ("train_loss", .number(loss))]
         if let evaluation {
             fields += [("test_loss", .number(evaluation.loss)), ("test_acc1", .number(evaluation.top1)),
                        ("test_acc5", .number(evaluation.top5))]
         }
+        if let knnTop1, let knnTop5 { fields += [("knn_top1", .number(knnTop1)), ("knn_top5", .number(knnTop5))] }
         fields.append(("epoch", .integer(epoch)))
         if let parameterCount { fields.append(("n_parameters", .integer(parameterCount))) }
         return fields

@@ -57,6 +57,9 @@ public struct RunConfig: Codable, Sendable, Equatable {
     /// `--reconstruct-every`: also draw `RUN_DIR/reconstructions/epoch-NNNN.png` every this
     /// many epochs (0 or nil: only at the end of the run).
     public var reconstructEvery: Int?
+    /// `--knn-every`: score the encoder by k-NN on DATA/train → DATA/val every this many
+    /// epochs and at the last one (0 or nil: never).
+    public var knnEvery: Int?
     /// `--task`: what the run trains (nil in configs saved before the option existed: pretraining;
     /// read it through `trainingTask`).
     public var task: TrainingTask?
@@ -74,7 +77,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         case batchShards = "batch_shards"
         case runDirectory = "run_dir", checkpointEvery = "checkpoint_every", keepCheckpoints = "keep_checkpoints"
         case keepEveryEpochs = "keep_every_epochs", resume, maxSteps = "max_steps", printEvery = "print_every"
-        case reconstructEvery = "reconstruct_every", initWeights = "init_weights", task, downstream
+        case reconstructEvery = "reconstruct_every", knnEvery = "knn_every", initWeights = "init_weights", task, downstream
     }
 
     public init(dataRoot: String, model: ModelConfig, batchSize: Int = 64, epochs: Int = 800, warmupEpochs: Double = 40,
@@ -83,8 +86,8 @@ public struct RunConfig: Codable, Sendable, Equatable {
                 accumulationSteps: Int = 1, maskRatio: Double = 0.75, masking: MaskingStrategy = .random, normPixLoss: Bool = false, seed: UInt64 = 0,
                 threads: Int = 1, dataThreads: Int = 1, batchShards: Int? = nil, runDirectory: String, checkpointEvery: Int = 0,
                 keepCheckpoints: Int = 3, keepEveryEpochs: Int = 0, resume: String? = nil, maxSteps: Int? = nil,
-                printEvery: Int = 20, reconstructEvery: Int? = nil, initWeights: String? = nil, task: TrainingTask = .pretrain,
-                downstream: DownstreamSettings? = nil, injectNonFiniteLossAtStep: Int? = nil) {
+                printEvery: Int = 20, reconstructEvery: Int? = nil, knnEvery: Int? = nil, initWeights: String? = nil,
+                task: TrainingTask = .pretrain, downstream: DownstreamSettings? = nil, injectNonFiniteLossAtStep: Int? = nil) {
         self.dataRoot = dataRoot
         self.model = model
         self.batchSize = batchSize
@@ -113,6 +116,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         self.maxSteps = maxSteps
         self.printEvery = printEvery
         self.reconstructEvery = reconstructEvery
+        self.knnEvery = knnEvery
         self.initWeights = initWeights
         self.task = task
         self.downstream = downstream

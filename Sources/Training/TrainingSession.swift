@@ -84,6 +84,8 @@ final class TrainingSession {
     var tensorBoard: TensorBoardWriter?
     /// The fixed images of the run's reconstruction figures and their count, loaded at the first figure.
     var reconstructionImages: (FloatBuffer, Int)?
+    /// `--knn-every`'s scoring of DATA/train → DATA/val (nil without it).
+    let knn: KNNEvaluation?
 
     /// Opens the dataset, starts the loader, builds the model; validates what needs the data.
     init(config: RunConfig, collective: any Collective, log: RunLog, control: (any TrainingControl)? = nil,
@@ -100,6 +102,8 @@ final class TrainingSession {
         dataset = try ImageFolderDataset(root: config.dataRoot, split: "train")
         let task = config.trainingTask
         let validation = try config.validationDataset(training: dataset)
+        // --knn-every needs val/ with train's classes: checked before any work.
+        knn = (config.knnEvery ?? 0) > 0 ? try KNNEvaluation(root: config.dataRoot) : nil
         let sampler = DistributedSampler(datasetCount: dataset.count, worldSize: worldSize, rank: rank, seed: config.seed)
         let batchesPerEpoch = sampler.samplesPerRank / config.batchSize
         guard batchesPerEpoch >= config.accumulationSteps else {
@@ -277,7 +281,12 @@ final class TrainingSession {
                     try report(meter.takeInterval(step: position.step), loss: outcome.loss,
                                learningRate: outcome.learningRate)
                 }
-                let finished = position.stepInEpoch == stepsPerEpoch ? try finishEpoch() : nil
+                var finished = position.stepInEpoch == stepsPerEpoch ? try finishEpoch() : nil
+                if let epoch = finished?.epoch, let accuracy = try scoreKNN(afterEpoch: epoch) {
+                    // In the epoch's summary before its checkpoint, which holds the log.txt line.
+                    finished?.knnTop1 = accuracy.top1
+                    finished?.knnTop5 = accuracy.top5
+                }
                 let periodic = config.checkpointEvery > 0 && position.step % config.checkpointEvery == 0
                 if finished != nil || periodic || outcome.stopRequested || outcome.checkpointRequested
                     || position.step == totalSteps {
@@ -395,6 +404,23 @@ final class TrainingSession {
         position.epochLearningRateSum = 0
         position.epochStepCount = 0
         return record
+    }
+
+    /// With `--knn-every E`, after every E-th epoch and the last: the k-NN score of the
+    /// current encoder, every rank computing the features of its share of the images (see
+    /// `KNNEvaluation.score`). It reads the parameters only, so training goes on exactly as
+    /// without it. Rank 0 logs it and writes it to TensorBoard at the epoch's end.
+    func scoreKNN(afterEpoch epoch: Int) throws -> NearestNeighbours.Accuracy? {
+        guard let knn, let model, let every = config.knnEvery, every > 0,
+              (epoch + 1) % every == 0 || epoch + 1 == config.epochs else { return nil }
+        let started = monotonicSeconds()
+        let accuracy = try knn.score(model: model, collective: collective)
+        log.info(String(format: "epoch %d/%d k-NN (k %d, %d train, %d val images): top1 %.2f %% top5 %.2f %% (%.1f s)",
+                        epoch + 1, config.epochs, knn.k, knn.training.count, knn.evaluation.count,
+                        accuracy.top1, accuracy.top5, monotonicSeconds() - started))
+        // At the epoch's end on train_loss's epoch_1000x axis.
+        tensorBoard?.addScalars([("knn_top1", accuracy.top1), ("knn_top5", accuracy.top5)], step: (epoch + 1) * 1000)
+        return accuracy
     }
 
     /// Every rank meets before and after; rank 0 writes the checkpoint and prunes old ones.

@@ -137,6 +137,9 @@ public enum WorkerOptions {
                        help: "start a fresh run from these weights (a folder of mae import, a checkpoint, or a model .safetensors)"),
             OptionSpec("reconstruct-every", value: "N", default: "0",
                        help: "also draw RUN_DIR/reconstructions/epoch-NNNN.png every N epochs (0: at the end of the run only)"),
+            OptionSpec("knn-every", value: "E", default: "0",
+                       help: "score the encoder by k-NN (k 20, temperature 0.07, class token; DATA/val by DATA/train) every E "
+                           + "epochs and at the last, into log.txt and TensorBoard as knn_top1/knn_top5 (0: never)"),
             OptionSpec("inject-nonfinite-loss-at-step", value: "N",
                        help: "tests: make the loss of step N NaN", visible: false),
         ])
@@ -277,6 +280,9 @@ public enum WorkerOptions {
         if let initWeights, !FileSystem.exists(initWeights) {
             throw fail("--init-weights \(initWeights) does not exist (pass a folder written by 'mae import', a checkpoint, or a .safetensors file)")
         }
+        if task != .pretrain, options.string("knn-every") != "0" {
+            throw fail("--knn-every scores pretraining; --task \(task.rawValue) scores val after every epoch anyway")
+        }
         if initWeights != nil, task != .pretrain {
             throw fail("--init-weights continues pretraining from weights; --task \(task.rawValue) starts from --finetune PATH")
         }
@@ -323,6 +329,7 @@ public enum WorkerOptions {
             maxSteps: try options.optionalInt("max-steps", in: 1...Int.max),
             printEvery: try options.int("print-every", in: 1...Int.max),
             reconstructEvery: try options.int("reconstruct-every", in: 0...1_000_000),
+            knnEvery: try options.int("knn-every", in: 0...1_000_000),
             initWeights: initWeights, task: task, downstream: downstream,
             injectNonFiniteLossAtStep: try options.optionalInt("inject-nonfinite-loss-at-step", in: 1...Int.max))
         return (config, distributed)
