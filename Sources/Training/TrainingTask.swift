@@ -38,9 +38,9 @@ public enum TrainingTask: String, Codable, Sendable, CaseIterable {
         }
     }
 
-    /// "--blr (default: pretrain 1.5e-4, finetune 0.001, linprobe 0.1)" style help of one setting.
-    static func defaultsHelp<Value>(_ value: (Defaults) -> Value) -> String {
-        allCases.map { "\($0.rawValue) \(value($0.defaults))" }.joined(separator: ", ")
+    /// "pretrain 0.00015, finetune 0.001, linprobe 0.1": one setting's default per task, for the help.
+    static func defaultsHelp(_ value: (Defaults) -> Double) -> String {
+        allCases.map { "\($0.rawValue) \(formatNumber(value($0.defaults)))" }.joined(separator: ", ")
     }
 }
 

@@ -104,10 +104,10 @@ public enum WorkerOptions {
             OptionSpec("reprob", value: "X", default: "0.25", help: "finetune: random erasing probability (pixel mode)"),
             OptionSpec("aa", value: "POLICY", default: "rand-m9-mstd0.5-inc1", help: "finetune: RandAugment policy ('none': off)"),
             OptionSpec("batch-size", value: "B", help: "images per worker per micro-batch (default: "
-                           + TrainingTask.defaultsHelp(\.batchSize) + ")"),
-            OptionSpec("epochs", value: "E", help: "epochs to train (default: " + TrainingTask.defaultsHelp(\.epochs) + ")"),
+                           + TrainingTask.defaultsHelp { Double($0.batchSize) } + ")"),
+            OptionSpec("epochs", value: "E", help: "epochs to train (default: " + TrainingTask.defaultsHelp { Double($0.epochs) } + ")"),
             OptionSpec("warmup-epochs", value: "W", help: "epochs of linear learning-rate warm-up (default: "
-                           + TrainingTask.defaultsHelp { formatNumber($0.warmupEpochs) } + ")"),
+                           + TrainingTask.defaultsHelp(\.warmupEpochs) + ")"),
             OptionSpec("blr", value: "X", help: "base learning rate: lr = blr × effective batch / 256 (default: "
                            + TrainingTask.defaultsHelp(\.baseLearningRate) + ")"),
             OptionSpec("lr", value: "X", help: "peak learning rate, overriding --blr"),
