@@ -75,6 +75,11 @@ public struct TrainedModel {
         }
         if FileSystem.isDirectory(checkpoint) {
             let state = try CheckpointStore.verify(checkpoint)
+            guard state.config.trainingTask == .pretrain else {
+                throw TrainingError.invalidConfiguration(
+                    "\(checkpoint) is a \(state.config.trainingTask.rawValue) checkpoint (a classifier), not a pretrained MAE; "
+                    + "pass a pretraining checkpoint or run folder")
+            }
             if let configForFile, configForFile != state.config.model {
                 throw TrainingError.invalidConfiguration(
                     "\(checkpoint) holds \(describe(state.config.model)), not \(describe(configForFile)); "

@@ -156,7 +156,6 @@ final class TrainingSession {
         }
     }
 
-
     /// Rank 0 finds, checks and loads the checkpoint `--resume` names; the position reaches
     /// the other ranks by one scalar all-reduce, parameters and moments by broadcasts (which
     /// also give a fresh run rank 0's initialisation everywhere, as DDP does).

@@ -355,7 +355,7 @@ public enum WorkerOptions {
             pretrained: pretrained ?? "",
             // main_finetune.py pools by default, main_linprobe.py reads the class token.
             globalPool: options.flag("global-pool") || (task == .finetune && !options.flag("cls-token")),
-            dropPath: try fraction("drop-path"), layerDecay: try fraction("layer-decay"), smoothing: try fraction("smoothing"),
+            dropPath: try options.double("drop-path", expectation: "a number in [0, 1)") { $0 >= 0 && $0 < 1 }, layerDecay: try fraction("layer-decay"), smoothing: try fraction("smoothing"),
             mixup: try options.double("mixup", expectation: "a number ≥ 0") { $0 >= 0 },
             cutmix: try options.double("cutmix", expectation: "a number ≥ 0") { $0 >= 0 },
             reprob: try fraction("reprob"), autoAugment: policy == "none" ? nil : policy,

@@ -118,6 +118,11 @@ import TestSupport
         // A probe's checkpoint where a pretraining one is needed.
         try refused("from-probe", ["--task", "finetune", "--finetune", checkpoint("probe", step: 4)],
                     "is a linprobe checkpoint")
+        // ... and where any tool wants an MAE.
+        let knn = try WorkerProcess(["knn", "--checkpoint", checkpoint("probe", step: 4), "--data", data],
+                                    logDirectory: temporary.path, name: "knn-probe", executable: builtExecutable("mae"))
+        #expect(try knn.wait(seconds: 60) != 0)
+        #expect(knn.errors.contains("is a linprobe checkpoint (a classifier), not a pretrained MAE"), "\(knn.errors)")
         // Another model's checkpoint.
         let other = ["--data", data, "--model-shape", "4,32,1,2,8,1,2", "--input-size", "16", "--standalone", "--task", "linprobe",
                      "--finetune", pretrained, "--run-dir", temporary.path + "/other"]
