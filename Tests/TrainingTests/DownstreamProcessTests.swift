@@ -123,6 +123,11 @@ import TestSupport
                                     logDirectory: temporary.path, name: "knn-probe", executable: builtExecutable("mae"))
         #expect(try knn.wait(seconds: 60) != 0)
         #expect(knn.errors.contains("is a linprobe checkpoint (a classifier), not a pretrained MAE"), "\(knn.errors)")
+        // mae inspect describes it as what it is.
+        let inspect = try WorkerProcess(["inspect", checkpoint("probe", step: 4)], logDirectory: temporary.path,
+                                        name: "inspect-probe", executable: builtExecutable("mae"))
+        #expect(try inspect.wait(seconds: 60) == 0)
+        #expect(inspect.output.contains("linprobe checkpoint") && inspect.output.contains("head.1.weight [3, 16]"), "\(inspect.output)")
         // Another model's checkpoint.
         let other = ["--data", data, "--model-shape", "4,32,1,2,8,1,2", "--input-size", "16", "--standalone", "--task", "linprobe",
                      "--finetune", pretrained, "--run-dir", temporary.path + "/other"]
