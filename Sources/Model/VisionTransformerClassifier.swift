@@ -118,6 +118,16 @@ public final class VisionTransformerClassifier {
         return Array(UnsafeBufferPointer(start: a.logits, count: batchSize * numberOfClasses))
     }
 
+    /// The head's input without drop path, [batchSize, encoderWidth]: fc_norm of the mean
+    /// patch token (global pooling) or the class token after norm. This is what the official
+    /// linear probe (`main_linprobe.py`) feeds its BatchNorm and head, the encoder frozen;
+    /// there `fc_norm` keeps its initialisation (weight 1, bias 0) as the checkpoint lacks it.
+    public func features(images: UnsafePointer<Float>, batchSize: Int) -> [Float] {
+        let a = prepare(batchSize: batchSize)
+        runForward(a, images: images, dropPathScales: nil)
+        return Array(UnsafeBufferPointer(start: a.features, count: batchSize * config.encoderWidth))
+    }
+
     /// The arena for this batch size, reallocated only when it changes.
     private func prepare(batchSize: Int) -> ClassifierActivations {
         precondition(batchSize >= 1, "batch size must be at least 1")

@@ -58,6 +58,22 @@ import TestSupport
         let logits = model.logits(images: images.pointer, batchSize: batch)
         expectClose(logits, try expected.floats(named: "logits"), absolute: 1e-5, "evaluation logits")
         #expect(model.gradients.toArray() == before)
+
+        // The features are the head's input: the head applied to them gives the logits.
+        let features = model.features(images: images.pointer, batchSize: batch)
+        let width = model.config.encoderWidth
+        let head = model.table.tensor(named: "head.weight")!, bias = model.table.tensor(named: "head.bias")!
+        var fromFeatures: [Float] = []
+        for sample in 0..<batch {
+            for label in 0..<Self.classes {
+                var sum = Double(model.parameters[bias.offset + label])
+                for index in 0..<width {
+                    sum += Double(features[sample * width + index]) * Double(model.parameters[head.offset + label * width + index])
+                }
+                fromFeatures.append(Float(sum))
+            }
+        }
+        expectClose(fromFeatures, logits, absolute: 1e-5, "head applied to the features")
     }
 
     /// Bicubic resizing of a position embedding as `interpolate_pos_embed` (torch's
