@@ -121,6 +121,20 @@ import TestSupport
         }
     }
 
+    /// The official release layouts (`torch.save` of {"model": ...}): a pretraining
+    /// checkpoint with the decoder, and an encoder-only file like mae_pretrain_vit_base.pth.
+    @Test(arguments: ["micro_checkpoint", "micro_encoder"])
+    func loadsOfficialPthFiles(name: String) throws {
+        let file = try WeightsFile.read(path: try fixturePath(name, "pth"))
+        let model = try Self.classifier(globalPool: true, imageSize: 24)
+        let report = try model.loadPretrainedEncoder(from: file)
+        #expect(Set(report.missing) == model.pretrainedMissingAllowed)
+        #expect(report.interpolatedGrid?.to == 6)
+        let qkv = model.table.tensor(named: "blocks.1.attn.qkv.weight")!
+        #expect(Array(UnsafeBufferPointer(start: model.parameters.pointer + qkv.offset, count: qkv.count))
+                == file.tensor(named: qkv.name)?.values)
+    }
+
     /// A fine-tuned classifier passed where pretraining weights are needed, and weights of
     /// another width, are one-line errors that leave the parameters alone.
     @Test func rejectsWeightsThatAreNotPretrainedEncoders() throws {
