@@ -135,6 +135,20 @@ import TestSupport
                 == file.tensor(named: qkv.name)?.values)
     }
 
+    /// A head of another class count is dropped (main_finetune.py's shape check), after
+    /// which a class-token classifier's file misses exactly the head, as allowed.
+    @Test func dropsAHeadOfAnotherShape() throws {
+        var config = try fixtureConfig()
+        config.imageSize = 16
+        let model = VisionTransformerClassifier(config: config, numberOfClasses: 7, globalPool: false, dropPath: 0, seed: 2)
+        let bias = model.table.tensor(named: "head.bias")!
+        model.parameters[bias.offset] = 0.5
+        let report = try model.loadPretrainedEncoder(from: WeightsFile.read(path: try fixturePath("micro_finetune_weights_cls_token")))
+        #expect(report.droppedHead == ["head.weight", "head.bias"])
+        #expect(report.missing == ["head.weight", "head.bias"] && report.unexpected.isEmpty)
+        #expect(model.parameters[bias.offset] == 0.5, "head.bias keeps its value, as the official code leaves it")
+    }
+
     /// A fine-tuned classifier passed where pretraining weights are needed, and weights of
     /// another width, are one-line errors that leave the parameters alone.
     @Test func rejectsWeightsThatAreNotPretrainedEncoders() throws {
