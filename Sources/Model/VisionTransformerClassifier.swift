@@ -97,24 +97,24 @@ public final class VisionTransformerClassifier {
     public func forwardBackward(images: UnsafePointer<Float>, targets: UnsafePointer<Float>, batchSize: Int,
                                 gradientScale: Float = 1, dropPath: DropPathKey?) -> Float {
         let a = prepare(batchSize: batchSize)
-        var scales: UnsafePointer<Float>?
+        var masks: UnsafePointer<Float>?
         if let dropPath, dropPathRates.contains(where: { $0 > 0 }) {
             precondition(dropPath.sampleIndices.count == batchSize, "one drop-path key per sample")
-            fillDropPathScales(a.dropPathScales, rates: dropPathRates, key: dropPath)
-            scales = UnsafePointer(a.dropPathScales)
+            fillDropPathMasks(a.dropPathMasks, rates: dropPathRates, key: dropPath)
+            masks = UnsafePointer(a.dropPathMasks)
         }
-        runForward(a, images: images, dropPathScales: scales)
+        runForward(a, images: images, dropPathMasks: masks)
         let loss = softTargetCrossEntropy(logits: a.logits, targets: targets, batch: batchSize, classes: numberOfClasses)
         softTargetCrossEntropyBackward(logitsGradient: a.logitsGradient, logits: a.logits, targets: targets,
                                        batch: batchSize, classes: numberOfClasses, scale: gradientScale)
-        runBackward(a, dropPathScales: scales)
+        runBackward(a, dropPathMasks: masks)
         return loss
     }
 
     /// The logits of `images` without drop path (evaluation), [batchSize, numberOfClasses].
     public func logits(images: UnsafePointer<Float>, batchSize: Int) -> [Float] {
         let a = prepare(batchSize: batchSize)
-        runForward(a, images: images, dropPathScales: nil)
+        runForward(a, images: images, dropPathMasks: nil)
         return Array(UnsafeBufferPointer(start: a.logits, count: batchSize * numberOfClasses))
     }
 
@@ -124,7 +124,7 @@ public final class VisionTransformerClassifier {
     /// there `fc_norm` keeps its initialisation (weight 1, bias 0) as the checkpoint lacks it.
     public func features(images: UnsafePointer<Float>, batchSize: Int) -> [Float] {
         let a = prepare(batchSize: batchSize)
-        runForward(a, images: images, dropPathScales: nil)
+        runForward(a, images: images, dropPathMasks: nil)
         return Array(UnsafeBufferPointer(start: a.features, count: batchSize * config.encoderWidth))
     }
 
@@ -143,15 +143,18 @@ public final class VisionTransformerClassifier {
                    heads: config.encoderHeads, hidden: config.encoderWidth * config.mlpRatio)
     }
 
-    /// Drop-path scales of block `block` in the [depth, 2, batch] table.
-    private func blockScales(_ scales: UnsafePointer<Float>?, block: Int, batch: Int) -> DropPathScales? {
-        scales.map { DropPathScales(attention: $0 + 2 * block * batch, mlp: $0 + (2 * block + 1) * batch) }
+    /// Drop path of block `block` from the [depth, 2, batch] mask table; nil (the plain
+    /// block) without masks or where the block's rate is 0, as timm's `nn.Identity`.
+    private func blockDropPath(_ masks: UnsafePointer<Float>?, block: Int, batch: Int) -> BlockDropPath? {
+        guard let masks, dropPathRates[block] > 0 else { return nil }
+        return BlockDropPath(attention: masks + 2 * block * batch, mlp: masks + (2 * block + 1) * batch,
+                              keep: Float(1 - dropPathRates[block]))
     }
 
     // MARK: - Forward
 
     private func runForward(_ a: ClassifierActivations, images: UnsafePointer<Float>,
-                            dropPathScales: UnsafePointer<Float>?) {
+                            dropPathMasks: UnsafePointer<Float>?) {
         let p = UnsafePointer(parameters.pointer)
         let batch = a.batch, patchCount = config.patchCount, tokens = a.tokens
         let width = config.encoderWidth
@@ -175,7 +178,7 @@ public final class VisionTransformerClassifier {
         let shape = blockShape(a)
         for (index, offsets) in blockOffsets.enumerated() {
             blockForward(parameters: p, offsets: offsets, activations: a.blocks[index], shape: shape,
-                         dropPath: blockScales(dropPathScales, block: index, batch: batch))
+                         dropPath: blockDropPath(dropPathMasks, block: index, batch: batch))
         }
 
         // Pooling: the mean of the patch tokens (sum, then divide, as torch's mean), or the class token.
@@ -203,7 +206,7 @@ public final class VisionTransformerClassifier {
     // MARK: - Backward
 
     /// Adds the parameter gradients of `a.logitsGradient` (already scaled) into `gradients`.
-    private func runBackward(_ a: ClassifierActivations, dropPathScales: UnsafePointer<Float>?) {
+    private func runBackward(_ a: ClassifierActivations, dropPathMasks: UnsafePointer<Float>?) {
         let p = UnsafePointer(parameters.pointer), g = gradients.pointer
         let batch = a.batch, patchCount = config.patchCount, tokens = a.tokens
         let width = config.encoderWidth
@@ -241,7 +244,7 @@ public final class VisionTransformerClassifier {
         let shape = blockShape(a)
         for index in blockOffsets.indices.reversed() {
             blockBackward(parameters: p, gradients: g, offsets: blockOffsets[index], activations: a.blocks[index],
-                          scratch: d, shape: shape, dropPath: blockScales(dropPathScales, block: index, batch: batch))
+                          scratch: d, shape: shape, dropPath: blockDropPath(dropPathMasks, block: index, batch: batch))
         }
 
         // Stream → cls token, pos_embed (summed over the batch in sample order) and the patch embedding.
