@@ -97,12 +97,29 @@ public final class VisionTransformerClassifier {
     public func forwardBackward(images: UnsafePointer<Float>, targets: UnsafePointer<Float>, batchSize: Int,
                                 gradientScale: Float = 1, dropPath: DropPathKey?) -> Float {
         let a = prepare(batchSize: batchSize)
-        var masks: UnsafePointer<Float>?
-        if let dropPath, dropPathRates.contains(where: { $0 > 0 }) {
-            precondition(dropPath.sampleIndices.count == batchSize, "one drop-path key per sample")
-            fillDropPathMasks(a.dropPathMasks, rates: dropPathRates, key: dropPath)
-            masks = UnsafePointer(a.dropPathMasks)
+        guard let dropPath, dropPathRates.contains(where: { $0 > 0 }) else {
+            return run(a, images: images, targets: targets, gradientScale: gradientScale, dropPathMasks: nil)
         }
+        precondition(dropPath.sampleIndices.count == batchSize, "one drop-path key per sample")
+        fillDropPathMasks(a.dropPathMasks, rates: dropPathRates, key: dropPath)
+        return run(a, images: images, targets: targets, gradientScale: gradientScale,
+                   dropPathMasks: UnsafePointer(a.dropPathMasks))
+    }
+
+    /// `forwardBackward` with given drop-path masks [depth, 2, batchSize] (1 kept, 0 dropped),
+    /// for comparing with PyTorch given the same masks.
+    func forwardBackward(images: UnsafePointer<Float>, targets: UnsafePointer<Float>, batchSize: Int,
+                         dropPathMasks: [Float]) -> Float {
+        precondition(dropPathMasks.count == config.encoderDepth * 2 * batchSize, "masks are [depth, 2, batch]")
+        let a = prepare(batchSize: batchSize)
+        a.dropPathMasks.update(from: dropPathMasks, count: dropPathMasks.count)
+        return run(a, images: images, targets: targets, gradientScale: 1, dropPathMasks: UnsafePointer(a.dropPathMasks))
+    }
+
+    /// Forward, loss and backward on the arena `a`.
+    private func run(_ a: ClassifierActivations, images: UnsafePointer<Float>, targets: UnsafePointer<Float>,
+                     gradientScale: Float, dropPathMasks masks: UnsafePointer<Float>?) -> Float {
+        let batchSize = a.batch
         runForward(a, images: images, dropPathMasks: masks)
         let loss = softTargetCrossEntropy(logits: a.logits, targets: targets, batch: batchSize, classes: numberOfClasses)
         softTargetCrossEntropyBackward(logitsGradient: a.logitsGradient, logits: a.logits, targets: targets,

@@ -76,6 +76,33 @@ import TestSupport
         expectClose(fromFeatures, logits, absolute: 1e-5, "head applied to the features")
     }
 
+    /// Drop path against timm's DropPath given the same keep masks (drop path 0.5 over two
+    /// blocks: block 0 rate 0, block 1 rate 0.5 with some branches dropped).
+    @Test func dropPathMatchesPyTorchWithTheSameMasks() throws {
+        let model = try Self.classifier(globalPool: true, dropPath: 0.5)
+        #expect(model.dropPathRates == [0, 0.5])
+        try model.loadWeights(path: try fixturePath("micro_finetune_weights_global_pool"))
+        let inputs = try SafeTensorsFile.read(path: try fixturePath("micro_finetune_inputs"))
+        let expected = try SafeTensorsFile.read(path: try fixturePath("micro_finetune_expected_drop_path"))
+        let images = try inputs.floatBuffer(named: "images")
+        let targets = try inputs.floatBuffer(named: "targets")
+        let masks = try expected.floats(named: "drop_path_masks")
+        #expect(masks.contains(0))
+        model.gradients.zero()
+        let loss = model.forwardBackward(images: images.pointer, targets: targets.pointer, batchSize: 3, dropPathMasks: masks)
+        let expectedLoss = try expected.floats(named: "loss")[0]
+        #expect(abs(loss - expectedLoss) <= 1e-6 * abs(expectedLoss), "loss \(loss), expected \(expectedLoss)")
+        try expectMatchesReference(UnsafeBufferPointer(start: model.lastLogits, count: 3 * Self.classes),
+                                   expected, "logits", tolerance: Self.tolerance)
+        for tensor in model.table.tensors {
+            try expectMatchesReference(UnsafeBufferPointer(start: model.gradients.pointer + tensor.offset, count: tensor.count),
+                                       expected, tensor.name, tolerance: Self.tolerance)
+        }
+        // Without masks (evaluation) the result differs: the masks mattered.
+        let plain = try SafeTensorsFile.read(path: try fixturePath("micro_finetune_expected_global_pool"))
+        #expect(abs(expectedLoss - (try plain.floats(named: "loss")[0])) > 1e-3)
+    }
+
     /// Bicubic resizing of a position embedding as `interpolate_pos_embed` (torch's
     /// bicubic, align_corners=False), up and down.
     @Test func positionEmbeddingInterpolationMatchesPyTorch() throws {
