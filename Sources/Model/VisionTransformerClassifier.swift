@@ -25,7 +25,7 @@ public final class VisionTransformerClassifier {
     public let parameters: FloatBuffer
     /// Same layout as `parameters`; `forwardBackward` adds into it.
     public let gradients: FloatBuffer
-    /// The seed of the initialisation (`resetHead` draws the head from it again).
+    /// The seed of the initialisation (`resetHeadWeight` draws the head from it again).
     public let seed: UInt64
 
     let blockOffsets: [BlockOffsets]
@@ -206,7 +206,7 @@ public final class VisionTransformerClassifier {
                 let pooled = a.pooled + sample * width
                 if self.globalPool {
                     pooled.update(from: rows + width, count: width)
-                    for token in 2..<max(tokens, 2) { accumulate(pooled, rows + token * width, count: width) }
+                    for token in 2..<tokens { accumulate(pooled, rows + token * width, count: width) }
                     let count = Float(tokens - 1)
                     for index in 0..<width { pooled[index] /= count }
                 } else {
