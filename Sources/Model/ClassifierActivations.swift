@@ -18,7 +18,7 @@ final class ClassifierActivations {
     let featureMean: UnsafeMutablePointer<Float>      // [batch]
     let featureReciprocalStd: UnsafeMutablePointer<Float>
     let logits: UnsafeMutablePointer<Float>           // [batch, classes]
-    let dropPathScales: UnsafeMutablePointer<Float>   // [depth, 2, batch]
+    let dropPathMasks: UnsafeMutablePointer<Float>   // [depth, 2, batch]
 
     // Backward scratch.
     let scratch: BlockScratch
@@ -73,7 +73,7 @@ final class ClassifierActivations {
         scratch = carved.scratch
         let p = carved.pieces
         patches = p[0]; patchTokens = p[1]; pooled = p[2]; features = p[3]; featureMean = p[4]
-        featureReciprocalStd = p[5]; logits = p[6]; dropPathScales = p[7]; logitsGradient = p[8]
+        featureReciprocalStd = p[5]; logits = p[6]; dropPathMasks = p[7]; logitsGradient = p[8]
         featureGradient = p[9]; pooledGradient = p[10]
 
         patchIndices = .allocate(capacity: max(1, batch * patchCount))

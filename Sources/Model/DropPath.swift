@@ -29,11 +29,11 @@ public func dropPathRates(dropPath: Double, depth: Int) -> [Double] {
     return (0..<depth).map { Double(Float(dropPath * Double($0) / Double(depth - 1))) }
 }
 
-/// Fills scales[block][branch][sample] ([depth, 2, batch]) with 0 (dropped) or
-/// 1 / (1 − rate) (kept): a branch is kept when ⌊(1 − rate) + u⌋ = 1 for its uniform
-/// draw u, as timm binarises `keep_prob + torch.rand`. A rate of 0 keeps every branch
-/// with scale 1 (timm uses `nn.Identity` there).
-func fillDropPathScales(_ scales: UnsafeMutablePointer<Float>, rates: [Double], key: DropPathKey) {
+/// Fills masks[block][branch][sample] ([depth, 2, batch]) with 1 (kept) or 0 (dropped):
+/// a branch is kept when ⌊(1 − rate) + u⌋ = 1 for its uniform draw u, as timm binarises
+/// `keep_prob + torch.rand`. A block of rate 0 keeps every branch (timm's `nn.Identity`);
+/// its draws are taken all the same, so every block's numbers stay at fixed positions.
+func fillDropPathMasks(_ masks: UnsafeMutablePointer<Float>, rates: [Double], key: DropPathKey) {
     let batch = key.sampleIndices.count
     for (sample, index) in key.sampleIndices.enumerated() {
         var random = CounterRandom(seed: key.seed, purpose: .dropPath, epoch: key.epoch, index: index)
@@ -41,8 +41,7 @@ func fillDropPathScales(_ scales: UnsafeMutablePointer<Float>, rates: [Double], 
             let keep = Float(1 - rate)
             for branch in 0..<2 {
                 let draw = random.nextFloat()
-                let scale: Float = rate == 0 ? 1 : ((keep + draw).rounded(.down) >= 1 ? 1 / keep : 0)
-                scales[(block * 2 + branch) * batch + sample] = scale
+                masks[(block * 2 + branch) * batch + sample] = rate == 0 || (keep + draw).rounded(.down) >= 1 ? 1 : 0
             }
         }
     }

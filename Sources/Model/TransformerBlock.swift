@@ -3,8 +3,9 @@ import Kernels
 /// A pre-norm transformer block (timm's `Block`, as MAE uses it):
 ///   middle = input + proj(attention(norm1(input)))
 ///   output = middle + fc2(GELU(fc1(norm2(middle))))
-/// With drop path (stochastic depth, fine-tuning only) each branch is multiplied per
-/// sample by its scale (0 when dropped, 1/keep otherwise) before the residual add.
+/// With drop path (stochastic depth, fine-tuning only) each branch is divided by the keep
+/// probability and multiplied per sample by 0 (dropped) or 1 (kept) before the residual
+/// add, in timm's order `x.div(keep_prob) * random_tensor`.
 
 /// Where one block's tensors start in the flat parameter (and gradient) buffer.
 struct BlockOffsets {
@@ -52,35 +53,39 @@ struct BlockActivations {
     var output: UnsafeMutablePointer<Float>         // [rows, width] (the next block's input)
 }
 
-/// Per-sample drop-path scales of one block, [batch] each: 0 for a dropped branch,
-/// 1 / (1 − rate) for a kept one (timm's `drop_path`).
-struct DropPathScales {
+/// Drop path of one block (timm's `drop_path`): per-sample keep masks, [batch] each
+/// (1 kept, 0 dropped), and the keep probability 1 − rate.
+struct BlockDropPath {
     let attention: UnsafePointer<Float>
     let mlp: UnsafePointer<Float>
+    let keep: Float
 }
 
-/// branch[rows, width] scaled per sample (sample = row / tokens) and added onto
-/// stream: stream += scale[sample] · branch. `output` may be `stream`.
-private func addScaledBranch(output: UnsafeMutablePointer<Float>, stream: UnsafePointer<Float>,
-                             branch: UnsafePointer<Float>, scales: UnsafePointer<Float>, shape s: BlockShape) {
+/// output = stream + (branch / keep) · mask[sample], over [rows, width] with
+/// sample = row / tokens. `output` may be `stream` or `branch`.
+private func addDroppedBranch(output: UnsafeMutablePointer<Float>, stream: UnsafePointer<Float>,
+                              branch: UnsafePointer<Float>, masks: UnsafePointer<Float>, keep: Float,
+                              shape s: BlockShape) {
     parallelFor(s.rows, minimumPerWorker: max(1, 16_384 / max(s.width, 1))) { range in
         for row in range {
-            let scale = scales[row / s.tokens]
+            let mask = masks[row / s.tokens]
             let offset = row * s.width
-            for column in 0..<s.width { output[offset + column] = stream[offset + column] + branch[offset + column] * scale }
+            for column in 0..<s.width {
+                output[offset + column] = stream[offset + column] + branch[offset + column] / keep * mask
+            }
         }
     }
 }
 
-/// output[rows, width] = gradient[rows, width] · scale[sample] (the branch's share of a
-/// drop-path residual's gradient).
-private func scaleRowsPerSample(output: UnsafeMutablePointer<Float>, gradient: UnsafePointer<Float>,
-                                scales: UnsafePointer<Float>, shape s: BlockShape) {
+/// output = gradient · mask[sample] / keep over [rows, width]: the branch's share of a
+/// drop-path residual's gradient (autograd's order for `div` then `mul`).
+private func dropPathGradient(output: UnsafeMutablePointer<Float>, gradient: UnsafePointer<Float>,
+                              masks: UnsafePointer<Float>, keep: Float, shape s: BlockShape) {
     parallelFor(s.rows, minimumPerWorker: max(1, 16_384 / max(s.width, 1))) { range in
         for row in range {
-            let scale = scales[row / s.tokens]
+            let mask = masks[row / s.tokens]
             let offset = row * s.width
-            for column in 0..<s.width { output[offset + column] = gradient[offset + column] * scale }
+            for column in 0..<s.width { output[offset + column] = gradient[offset + column] * mask / keep }
         }
     }
 }
@@ -99,7 +104,7 @@ struct BlockScratch {
 /// With drop path, `a.middle` and `a.output` first take the branch alone, then the
 /// scaled residual sum in place (the backward needs only the branch inputs).
 func blockForward(parameters p: UnsafePointer<Float>, offsets o: BlockOffsets,
-                  activations a: BlockActivations, shape s: BlockShape, dropPath: DropPathScales? = nil) {
+                  activations a: BlockActivations, shape s: BlockShape, dropPath: BlockDropPath? = nil) {
     layerNormForward(output: a.norm1, mean: a.mean1, reciprocalStd: a.reciprocalStd1, input: a.input,
                      weight: p + o.norm1Weight, bias: p + o.norm1Bias, rows: s.rows, width: s.width)
     linearForward(output: a.qkv, input: a.norm1, weight: p + o.qkvWeight, bias: p + o.qkvBias,
@@ -110,7 +115,8 @@ func blockForward(parameters p: UnsafePointer<Float>, offsets o: BlockOffsets,
                   bias: p + o.projectionBias, residual: dropPath == nil ? a.input : nil,
                   rows: s.rows, inFeatures: s.width, outFeatures: s.width)
     if let dropPath {
-        addScaledBranch(output: a.middle, stream: a.input, branch: a.middle, scales: dropPath.attention, shape: s)
+        addDroppedBranch(output: a.middle, stream: a.input, branch: a.middle, masks: dropPath.attention,
+                         keep: dropPath.keep, shape: s)
     }
     layerNormForward(output: a.norm2, mean: a.mean2, reciprocalStd: a.reciprocalStd2, input: a.middle,
                      weight: p + o.norm2Weight, bias: p + o.norm2Bias, rows: s.rows, width: s.width)
@@ -122,7 +128,8 @@ func blockForward(parameters p: UnsafePointer<Float>, offsets o: BlockOffsets,
     linearForward(output: a.output, input: a.activated, weight: p + o.fc2Weight, bias: p + o.fc2Bias,
                   residual: dropPath == nil ? a.middle : nil, rows: s.rows, inFeatures: s.hidden, outFeatures: s.width)
     if let dropPath {
-        addScaledBranch(output: a.output, stream: a.middle, branch: a.output, scales: dropPath.mlp, shape: s)
+        addDroppedBranch(output: a.output, stream: a.middle, branch: a.output, masks: dropPath.mlp,
+                         keep: dropPath.keep, shape: s)
     }
 }
 
@@ -130,12 +137,12 @@ func blockForward(parameters p: UnsafePointer<Float>, offsets o: BlockOffsets,
 /// exit it holds ∂loss/∂input. Parameter gradients are added into `g`.
 func blockBackward(parameters p: UnsafePointer<Float>, gradients g: UnsafeMutablePointer<Float>,
                    offsets o: BlockOffsets, activations a: BlockActivations,
-                   scratch d: BlockScratch, shape s: BlockShape, dropPath: DropPathScales? = nil) {
+                   scratch d: BlockScratch, shape s: BlockShape, dropPath: BlockDropPath? = nil) {
     // MLP branch. The residual passes d output straight to d middle; with drop path the
     // branch sees it scaled per sample (in d.attention, free until the attention branch).
     var mlpGradient = UnsafePointer(d.stream)
     if let dropPath {
-        scaleRowsPerSample(output: d.attention, gradient: d.stream, scales: dropPath.mlp, shape: s)
+        dropPathGradient(output: d.attention, gradient: d.stream, masks: dropPath.mlp, keep: dropPath.keep, shape: s)
         mlpGradient = UnsafePointer(d.attention)
     }
     linearBackward(inputGradient: d.hidden, weightGradient: g + o.fc2Weight, biasGradient: g + o.fc2Bias,
@@ -152,7 +159,7 @@ func blockBackward(parameters p: UnsafePointer<Float>, gradients g: UnsafeMutabl
     // until the qkv backward, for drop path).
     var attentionGradient = UnsafePointer(d.stream)
     if let dropPath {
-        scaleRowsPerSample(output: d.norm, gradient: d.stream, scales: dropPath.attention, shape: s)
+        dropPathGradient(output: d.norm, gradient: d.stream, masks: dropPath.attention, keep: dropPath.keep, shape: s)
         attentionGradient = UnsafePointer(d.norm)
     }
     linearBackward(inputGradient: d.attention, weightGradient: g + o.projectionWeight,

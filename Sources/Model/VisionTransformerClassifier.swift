@@ -25,7 +25,7 @@ public final class VisionTransformerClassifier {
     public let parameters: FloatBuffer
     /// Same layout as `parameters`; `forwardBackward` adds into it.
     public let gradients: FloatBuffer
-    /// The seed of the initialisation (`resetHead` draws the head from it again).
+    /// The seed of the initialisation (`resetHeadWeight` draws the head from it again).
     public let seed: UInt64
 
     let blockOffsets: [BlockOffsets]
@@ -97,25 +97,52 @@ public final class VisionTransformerClassifier {
     public func forwardBackward(images: UnsafePointer<Float>, targets: UnsafePointer<Float>, batchSize: Int,
                                 gradientScale: Float = 1, dropPath: DropPathKey?) -> Float {
         let a = prepare(batchSize: batchSize)
-        var scales: UnsafePointer<Float>?
-        if let dropPath, dropPathRates.contains(where: { $0 > 0 }) {
-            precondition(dropPath.sampleIndices.count == batchSize, "one drop-path key per sample")
-            fillDropPathScales(a.dropPathScales, rates: dropPathRates, key: dropPath)
-            scales = UnsafePointer(a.dropPathScales)
+        guard let dropPath, dropPathRates.contains(where: { $0 > 0 }) else {
+            return run(a, images: images, targets: targets, gradientScale: gradientScale, dropPathMasks: nil)
         }
-        runForward(a, images: images, dropPathScales: scales)
+        precondition(dropPath.sampleIndices.count == batchSize, "one drop-path key per sample")
+        fillDropPathMasks(a.dropPathMasks, rates: dropPathRates, key: dropPath)
+        return run(a, images: images, targets: targets, gradientScale: gradientScale,
+                   dropPathMasks: UnsafePointer(a.dropPathMasks))
+    }
+
+    /// `forwardBackward` with given drop-path masks [depth, 2, batchSize] (1 kept, 0 dropped),
+    /// for comparing with PyTorch given the same masks.
+    func forwardBackward(images: UnsafePointer<Float>, targets: UnsafePointer<Float>, batchSize: Int,
+                         dropPathMasks: [Float]) -> Float {
+        precondition(dropPathMasks.count == config.encoderDepth * 2 * batchSize, "masks are [depth, 2, batch]")
+        let a = prepare(batchSize: batchSize)
+        a.dropPathMasks.update(from: dropPathMasks, count: dropPathMasks.count)
+        return run(a, images: images, targets: targets, gradientScale: 1, dropPathMasks: UnsafePointer(a.dropPathMasks))
+    }
+
+    /// Forward, loss and backward on the arena `a`.
+    private func run(_ a: ClassifierActivations, images: UnsafePointer<Float>, targets: UnsafePointer<Float>,
+                     gradientScale: Float, dropPathMasks masks: UnsafePointer<Float>?) -> Float {
+        let batchSize = a.batch
+        runForward(a, images: images, dropPathMasks: masks)
         let loss = softTargetCrossEntropy(logits: a.logits, targets: targets, batch: batchSize, classes: numberOfClasses)
         softTargetCrossEntropyBackward(logitsGradient: a.logitsGradient, logits: a.logits, targets: targets,
                                        batch: batchSize, classes: numberOfClasses, scale: gradientScale)
-        runBackward(a, dropPathScales: scales)
+        runBackward(a, dropPathMasks: masks)
         return loss
     }
 
     /// The logits of `images` without drop path (evaluation), [batchSize, numberOfClasses].
     public func logits(images: UnsafePointer<Float>, batchSize: Int) -> [Float] {
         let a = prepare(batchSize: batchSize)
-        runForward(a, images: images, dropPathScales: nil)
+        runForward(a, images: images, dropPathMasks: nil)
         return Array(UnsafeBufferPointer(start: a.logits, count: batchSize * numberOfClasses))
+    }
+
+    /// The head's input without drop path, [batchSize, encoderWidth]: fc_norm of the mean
+    /// patch token (global pooling) or the class token after norm. This is what the official
+    /// linear probe (`main_linprobe.py`) feeds its BatchNorm and head, the encoder frozen;
+    /// there `fc_norm` keeps its initialisation (weight 1, bias 0) as the checkpoint lacks it.
+    public func features(images: UnsafePointer<Float>, batchSize: Int) -> [Float] {
+        let a = prepare(batchSize: batchSize)
+        runForward(a, images: images, dropPathMasks: nil)
+        return Array(UnsafeBufferPointer(start: a.features, count: batchSize * config.encoderWidth))
     }
 
     /// The arena for this batch size, reallocated only when it changes.
@@ -133,15 +160,18 @@ public final class VisionTransformerClassifier {
                    heads: config.encoderHeads, hidden: config.encoderWidth * config.mlpRatio)
     }
 
-    /// Drop-path scales of block `block` in the [depth, 2, batch] table.
-    private func blockScales(_ scales: UnsafePointer<Float>?, block: Int, batch: Int) -> DropPathScales? {
-        scales.map { DropPathScales(attention: $0 + 2 * block * batch, mlp: $0 + (2 * block + 1) * batch) }
+    /// Drop path of block `block` from the [depth, 2, batch] mask table; nil (the plain
+    /// block) without masks or where the block's rate is 0, as timm's `nn.Identity`.
+    private func blockDropPath(_ masks: UnsafePointer<Float>?, block: Int, batch: Int) -> BlockDropPath? {
+        guard let masks, dropPathRates[block] > 0 else { return nil }
+        return BlockDropPath(attention: masks + 2 * block * batch, mlp: masks + (2 * block + 1) * batch,
+                              keep: Float(1 - dropPathRates[block]))
     }
 
     // MARK: - Forward
 
     private func runForward(_ a: ClassifierActivations, images: UnsafePointer<Float>,
-                            dropPathScales: UnsafePointer<Float>?) {
+                            dropPathMasks: UnsafePointer<Float>?) {
         let p = UnsafePointer(parameters.pointer)
         let batch = a.batch, patchCount = config.patchCount, tokens = a.tokens
         let width = config.encoderWidth
@@ -165,7 +195,7 @@ public final class VisionTransformerClassifier {
         let shape = blockShape(a)
         for (index, offsets) in blockOffsets.enumerated() {
             blockForward(parameters: p, offsets: offsets, activations: a.blocks[index], shape: shape,
-                         dropPath: blockScales(dropPathScales, block: index, batch: batch))
+                         dropPath: blockDropPath(dropPathMasks, block: index, batch: batch))
         }
 
         // Pooling: the mean of the patch tokens (sum, then divide, as torch's mean), or the class token.
@@ -176,7 +206,7 @@ public final class VisionTransformerClassifier {
                 let pooled = a.pooled + sample * width
                 if self.globalPool {
                     pooled.update(from: rows + width, count: width)
-                    for token in 2..<max(tokens, 2) { accumulate(pooled, rows + token * width, count: width) }
+                    for token in 2..<tokens { accumulate(pooled, rows + token * width, count: width) }
                     let count = Float(tokens - 1)
                     for index in 0..<width { pooled[index] /= count }
                 } else {
@@ -193,7 +223,7 @@ public final class VisionTransformerClassifier {
     // MARK: - Backward
 
     /// Adds the parameter gradients of `a.logitsGradient` (already scaled) into `gradients`.
-    private func runBackward(_ a: ClassifierActivations, dropPathScales: UnsafePointer<Float>?) {
+    private func runBackward(_ a: ClassifierActivations, dropPathMasks: UnsafePointer<Float>?) {
         let p = UnsafePointer(parameters.pointer), g = gradients.pointer
         let batch = a.batch, patchCount = config.patchCount, tokens = a.tokens
         let width = config.encoderWidth
@@ -231,7 +261,7 @@ public final class VisionTransformerClassifier {
         let shape = blockShape(a)
         for index in blockOffsets.indices.reversed() {
             blockBackward(parameters: p, gradients: g, offsets: blockOffsets[index], activations: a.blocks[index],
-                          scratch: d, shape: shape, dropPath: blockScales(dropPathScales, block: index, batch: batch))
+                          scratch: d, shape: shape, dropPath: blockDropPath(dropPathMasks, block: index, batch: batch))
         }
 
         // Stream → cls token, pos_embed (summed over the batch in sample order) and the patch embedding.

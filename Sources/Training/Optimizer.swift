@@ -50,7 +50,9 @@ public final class AdamWOptimizer {
     }
 
     /// AdamW with one learning-rate scale and weight decay per tensor of `table` (in table
-    /// order, as `layerDecaySettings` returns them); `weightDecay` is unused.
+    /// order, as `layerDecaySettings` returns them). The `weightDecay` property does not
+    /// apply to these groups (each carries its own); β2 defaults to torch's 0.999, as
+    /// `main_finetune.py` builds AdamW without betas.
     public init(table: ParameterTable, settings: [ParameterGroupSetting], beta1: Float = 0.9, beta2: Float = 0.999,
                 epsilon: Float = 1e-8) {
         precondition(settings.count == table.tensors.count, "one setting per tensor")

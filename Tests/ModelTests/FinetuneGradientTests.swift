@@ -63,15 +63,16 @@ import TestSupport
     @Test(arguments: [true, false])
     func dropPathBackwardMatchesFiniteDifferences(globalPool: Bool) throws {
         // A key whose draws drop some branches of the last block and keep others (or the
-        // check proves little); the first block's rate is 0, so it keeps all.
-        let scales = FloatBuffer(count: 2 * 2 * Self.batch)
+        // check proves little); the first block's rate is 0, so it keeps all. Kept
+        // branches are scaled by 1/0.4 inside the block.
+        let masks = FloatBuffer(count: 2 * 2 * Self.batch)
         let key = try #require((0..<64).lazy.map { DropPathKey(seed: UInt64($0), epoch: 2, sampleIndices: [4, 17, 30]) }
             .first { key in
-                fillDropPathScales(scales.pointer, rates: dropPathRates(dropPath: 0.6, depth: 2), key: key)
-                let lastBlock = scales.toArray()[(2 * Self.batch)...]
-                return lastBlock.contains(0) && lastBlock.contains { abs($0 - 2.5) < 1e-3 }
+                fillDropPathMasks(masks.pointer, rates: dropPathRates(dropPath: 0.6, depth: 2), key: key)
+                let lastBlock = masks.toArray()[(2 * Self.batch)...]
+                return lastBlock.contains(0) && lastBlock.contains(1)
             })
-        #expect(scales.toArray()[..<(2 * Self.batch)].allSatisfy { $0 == 1 }, "rate 0 in the first block")
+        #expect(masks.toArray()[..<(2 * Self.batch)].allSatisfy { $0 == 1 }, "rate 0 in the first block")
         try Self.checkGradients(globalPool: globalPool, dropPath: 0.6, key: key)
     }
 
@@ -93,10 +94,10 @@ import TestSupport
 
         // Over many samples, the last block keeps a branch with probability 1 − rate.
         let samples = 2_000
-        let scales = FloatBuffer(count: 2 * 2 * samples)
-        fillDropPathScales(scales.pointer, rates: dropPathRates(dropPath: 0.6, depth: 2),
+        let masks = FloatBuffer(count: 2 * 2 * samples)
+        fillDropPathMasks(masks.pointer, rates: dropPathRates(dropPath: 0.6, depth: 2),
                            key: DropPathKey(seed: 3, epoch: 0, sampleIndices: Array(0..<samples)))
-        let kept = scales.toArray()[(2 * samples)...].filter { $0 != 0 }.count
+        let kept = masks.toArray()[(2 * samples)...].filter { $0 != 0 }.count
         #expect(abs(Double(kept) / Double(2 * samples) - 0.4) < 0.03, "kept \(kept) of \(2 * samples)")
     }
 }

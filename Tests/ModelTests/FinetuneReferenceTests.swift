@@ -58,6 +58,49 @@ import TestSupport
         let logits = model.logits(images: images.pointer, batchSize: batch)
         expectClose(logits, try expected.floats(named: "logits"), absolute: 1e-5, "evaluation logits")
         #expect(model.gradients.toArray() == before)
+
+        // The features are the head's input: the head applied to them gives the logits.
+        let features = model.features(images: images.pointer, batchSize: batch)
+        let width = model.config.encoderWidth
+        let head = model.table.tensor(named: "head.weight")!, bias = model.table.tensor(named: "head.bias")!
+        var fromFeatures: [Float] = []
+        for sample in 0..<batch {
+            for label in 0..<Self.classes {
+                var sum = Double(model.parameters[bias.offset + label])
+                for index in 0..<width {
+                    sum += Double(features[sample * width + index]) * Double(model.parameters[head.offset + label * width + index])
+                }
+                fromFeatures.append(Float(sum))
+            }
+        }
+        expectClose(fromFeatures, logits, absolute: 1e-5, "head applied to the features")
+    }
+
+    /// Drop path against timm's DropPath given the same keep masks (drop path 0.5 over two
+    /// blocks: block 0 rate 0, block 1 rate 0.5 with some branches dropped).
+    @Test func dropPathMatchesPyTorchWithTheSameMasks() throws {
+        let model = try Self.classifier(globalPool: true, dropPath: 0.5)
+        #expect(model.dropPathRates == [0, 0.5])
+        try model.loadWeights(path: try fixturePath("micro_finetune_weights_global_pool"))
+        let inputs = try SafeTensorsFile.read(path: try fixturePath("micro_finetune_inputs"))
+        let expected = try SafeTensorsFile.read(path: try fixturePath("micro_finetune_expected_drop_path"))
+        let images = try inputs.floatBuffer(named: "images")
+        let targets = try inputs.floatBuffer(named: "targets")
+        let masks = try expected.floats(named: "drop_path_masks")
+        #expect(masks.contains(0))
+        model.gradients.zero()
+        let loss = model.forwardBackward(images: images.pointer, targets: targets.pointer, batchSize: 3, dropPathMasks: masks)
+        let expectedLoss = try expected.floats(named: "loss")[0]
+        #expect(abs(loss - expectedLoss) <= 1e-6 * abs(expectedLoss), "loss \(loss), expected \(expectedLoss)")
+        try expectMatchesReference(UnsafeBufferPointer(start: model.lastLogits, count: 3 * Self.classes),
+                                   expected, "logits", tolerance: Self.tolerance)
+        for tensor in model.table.tensors {
+            try expectMatchesReference(UnsafeBufferPointer(start: model.gradients.pointer + tensor.offset, count: tensor.count),
+                                       expected, tensor.name, tolerance: Self.tolerance)
+        }
+        // Without masks (evaluation) the result differs: the masks mattered.
+        let plain = try SafeTensorsFile.read(path: try fixturePath("micro_finetune_expected_global_pool"))
+        #expect(abs(expectedLoss - (try plain.floats(named: "loss")[0])) > 1e-3)
     }
 
     /// Bicubic resizing of a position embedding as `interpolate_pos_embed` (torch's
@@ -103,6 +146,34 @@ import TestSupport
             let head = Array(UnsafeBufferPointer(start: model.parameters.pointer + initialHead.offset, count: initialHead.count))
             #expect(head == headBefore && head.allSatisfy { abs($0) < 2e-4 } && head.contains { $0 != 0 })
         }
+    }
+
+    /// The official release layouts (`torch.save` of {"model": ...}): a pretraining
+    /// checkpoint with the decoder, and an encoder-only file like mae_pretrain_vit_base.pth.
+    @Test(arguments: ["micro_checkpoint", "micro_encoder"])
+    func loadsOfficialPthFiles(name: String) throws {
+        let file = try WeightsFile.read(path: try fixturePath(name, "pth"))
+        let model = try Self.classifier(globalPool: true, imageSize: 24)
+        let report = try model.loadPretrainedEncoder(from: file)
+        #expect(Set(report.missing) == model.pretrainedMissingAllowed)
+        #expect(report.interpolatedGrid?.to == 6)
+        let qkv = model.table.tensor(named: "blocks.1.attn.qkv.weight")!
+        #expect(Array(UnsafeBufferPointer(start: model.parameters.pointer + qkv.offset, count: qkv.count))
+                == file.tensor(named: qkv.name)?.values)
+    }
+
+    /// A head of another class count is dropped (main_finetune.py's shape check), after
+    /// which a class-token classifier's file misses exactly the head, as allowed.
+    @Test func dropsAHeadOfAnotherShape() throws {
+        var config = try fixtureConfig()
+        config.imageSize = 16
+        let model = VisionTransformerClassifier(config: config, numberOfClasses: 7, globalPool: false, dropPath: 0, seed: 2)
+        let bias = model.table.tensor(named: "head.bias")!
+        model.parameters[bias.offset] = 0.5
+        let report = try model.loadPretrainedEncoder(from: WeightsFile.read(path: try fixturePath("micro_finetune_weights_cls_token")))
+        #expect(report.droppedHead == ["head.weight", "head.bias"])
+        #expect(report.missing == ["head.weight", "head.bias"] && report.unexpected.isEmpty)
+        #expect(model.parameters[bias.offset] == 0.5, "head.bias keeps its value, as the official code leaves it")
     }
 
     /// A fine-tuned classifier passed where pretraining weights are needed, and weights of
