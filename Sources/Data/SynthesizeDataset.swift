@@ -23,7 +23,7 @@ import Darwin
 /// with a small one (`(label / 5) % 5`) attached at its rim, the pair rotated, scaled and placed
 /// at random, among clutter (random short strokes and dots in random colours) and noise.
 /// Only the shapes and their arrangement tell classes apart, so pixel statistics (which a
-/// random encoder's features mostly carry) score poorly and learnt features can do better.
+/// random encoder's features mostly carry) score poorly (docs/DATA.md has the measurements).
 /// Classes 25 to 49 put the small shape at the centre of the large one instead of its rim;
 /// the hard set has at most 50 classes.
 ///
