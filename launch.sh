@@ -14,6 +14,10 @@
 # --precision bf16 (bf16 matrix products with fp32 sums, on CPUs with AVX512_BF16); among them the
 # gradient exchange's: --overlap auto|on|off (all-reduce bucket by bucket during the backward,
 # default auto: on), --bucket-mb MB (25), --shard-optimizer (ZeRO stage 1); none changes the bits.
+# Fine-tuning and linear probing of a pretrained encoder run the same way:
+#   ./launch.sh --nodes 2 --task finetune --finetune RUN_DIR|CHECKPOINT [--data ROOT] ...
+#   ./launch.sh --nodes 2 --task linprobe --finetune RUN_DIR|CHECKPOINT [--data ROOT] ...
+# (ROOT needs train/ and val/; without --data the demo dataset, which has both).
 # Exit status: 0 finished, 1 failed after the restarts ran out, 2 bad configuration,
 # 3 stopped on request (Ctrl-C, SIGTERM, mae-coordinator stop; resumable with --resume auto).
 set -euo pipefail
@@ -26,6 +30,7 @@ transport=auto
 data=""
 model=""
 run_dir=""
+finetune=""
 threads=""
 max_restarts=3
 heartbeat_timeout=10
@@ -36,7 +41,7 @@ hostfile=""
 ssh_command=ssh
 coordinator_host=""
 worker_flags=()
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
 fail() { echo "launch.sh: $*" >&2; exit 2; }
 # The value of the flag in $1, or a clear error when it is missing ($2 is the next argument).
 value() { [ $# -ge 2 ] && [ -n "$2" ] && [ "${2#--}" = "$2" ] || fail "$1 needs a value (see --help)"; }
@@ -48,6 +53,7 @@ while [ $# -gt 0 ]; do
         --data) value "$@"; data=$2; shift 2 ;;
         --model) value "$@"; model=$2; shift 2 ;;
         --run-dir) value "$@"; run_dir=$2; shift 2 ;;
+        --finetune) value "$@"; finetune=$2; shift 2 ;;
         --threads) value "$@"; threads=$2; shift 2 ;;
         --max-restarts) value "$@"; max_restarts=$2; shift 2 ;;
         --heartbeat-timeout) value "$@"; heartbeat_timeout=$2; shift 2 ;;
@@ -72,6 +78,7 @@ case "$port" in ''|*[!0-9]*) fail "--port must be a port number, got '$port'" ;;
 [ "$port" -le 65535 ] || fail "--port must be at most 65535, got $port"
 case "$metrics_addr" in *:*) ;; *) fail "--metrics-addr must be HOST:PORT, got '$metrics_addr'" ;; esac
 [ -z "$threads" ] || positive --threads "$threads"
+[ -z "$finetune" ] || [ -e "$finetune" ] || fail "--finetune $finetune does not exist (a pretraining checkpoint or run folder, or weights)"
 [ -z "$data" ] || [ -d "$data" ] || fail "--data $data is not a folder (an ImageNet-style ROOT/train/<class>/<image>, or make one with 'mae synth-data')"
 known_models=$(grep -o '"mae_vit_[a-z0-9_]*"' Sources/Model/ModelConfig.swift | tr -d '"' | awk '!seen[$0]++' | tr '\n' ' ')
 if [ -n "$model" ]; then
@@ -169,6 +176,11 @@ common=(--data "$data")
 [ -z "$model" ] || common+=(--model "$model")
 # Without --threads each worker takes its share of its machine's cores.
 [ -z "$threads" ] || common+=(--threads "$threads")
+# The pretrained encoder of --task finetune|linprobe, by an absolute path like --data (workers may start elsewhere).
+if [ -n "$finetune" ]; then
+    case "$finetune" in /*) ;; *) finetune=$repo/$finetune ;; esac
+    common+=(--finetune "$finetune")
+fi
 
 # The coordinator listens on loopback for a run on this machine, else on this machine's
 # address toward the hosts (--coordinator-host overrides it).

@@ -3,6 +3,11 @@
     swift build -c release
     /work/torchvenv/bin/python tools/compare_reference_step.py --model mae_vit_tiny_patch4 --batch 2
     /work/torchvenv/bin/python tools/compare_reference_step.py --model mae_vit_base_patch16 --batch 2 --threads 2
+    /work/torchvenv/bin/python tools/compare_reference_step.py --task finetune --model mae_vit_base_patch16 --classes 1000
+
+With --task finetune the model is the fine-tuning classifier (tools/pytorch_vit.py, the official
+models_vit.VisionTransformer; global pooling, or --cls-token), the inputs random images and
+label-smoothed soft targets (--smoothing), drop path off; the outputs loss, logits and every gradient.
 
 Seeded official weights (every trainable tensor perturbed by --perturb × N(0,1) so that biases and
 LayerNorm parameters are non-trivial), random normalised images and uniform masking noise are
@@ -31,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pytorch_mae import CONFIGS, build_model, config_dict, load_config  # noqa: E402
+from pytorch_vit import build_classifier, smoothed_targets, soft_target_cross_entropy  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
@@ -49,6 +55,16 @@ def step(model, images, noise, mask_ratio, norm_pix_loss):
     loss, pred, mask = model(images, mask_ratio=mask_ratio, noise=noise)
     loss.backward()
     outputs = {"loss": loss.detach().reshape(1), "pred": pred.detach(), "mask": mask.detach()}
+    outputs.update({name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad})
+    return outputs
+
+
+def finetune_step(model, images, targets):
+    model.zero_grad(set_to_none=True)
+    logits = model(images)
+    loss = soft_target_cross_entropy(logits, targets)
+    loss.backward()
+    outputs = {"loss": loss.detach().reshape(1), "logits": logits.detach()}
     outputs.update({name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad})
     return outputs
 
@@ -75,6 +91,10 @@ def main():
     parser.add_argument("--mae", default=default_binary(), help="the mae executable (default: .build/release/mae)")
     parser.add_argument("--work", default=None, help="keep the safetensors files in this folder")
     parser.add_argument("--all", action="store_true", help="list every gradient, not only the worst ten")
+    parser.add_argument("--task", choices=["pretrain", "finetune"], default="pretrain")
+    parser.add_argument("--classes", type=int, default=10, help="finetune: number of classes")
+    parser.add_argument("--smoothing", type=float, default=0.1, help="finetune: label smoothing of the targets")
+    parser.add_argument("--cls-token", action="store_true", help="finetune: the class token instead of global pooling")
     args = parser.parse_args()
     if (args.model is None) == (args.config is None):
         parser.error("give exactly one of --model and --config")
@@ -84,7 +104,8 @@ def main():
     config = load_config(args.config) if args.config else config_dict(args.model, args.input_size)
     if args.config and args.input_size:
         config["image_size"] = args.input_size
-    model = build_model(config)
+    model = (build_classifier(config, args.classes, not args.cls_token) if args.task == "finetune"
+             else build_model(config))
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.requires_grad:
@@ -92,6 +113,8 @@ def main():
     side, patch = config["image_size"], config["patch_size"]
     images = torch.randn(args.batch, 3, side, side)
     noise = torch.rand(args.batch, (side // patch) ** 2)
+    if args.task == "finetune":  # the soft targets take the noise's place
+        noise = smoothed_targets(torch.randint(args.classes, (args.batch,)), args.classes, args.smoothing)
 
     work = args.work or tempfile.mkdtemp(prefix="mae-compare-")
     os.makedirs(work, exist_ok=True)
@@ -109,8 +132,13 @@ def compare(args, config, model, images, noise, work):
     save_file({"images": images}, paths["images"])
     save_file({"noise": noise}, paths["noise"])
     command = [args.mae, "reference-step", "--weights", paths["weights"], "--images", paths["images"],
-               "--noise", paths["noise"], "--out", paths["out"], "--mask-ratio", str(args.mask_ratio),
-               "--threads", str(args.threads), "--save-weights", paths["saved"], "--precision", args.precision]
+               "--out", paths["out"], "--threads", str(args.threads), "--save-weights", paths["saved"],
+               "--precision", args.precision]
+    if args.task == "finetune":
+        save_file({"targets": noise}, paths["noise"])
+        command += ["--task", "finetune", "--targets", paths["noise"]] + (["--cls-token"] if args.cls_token else [])
+    else:
+        command += ["--noise", paths["noise"], "--mask-ratio", str(args.mask_ratio)]
     if args.config:
         config_path = os.path.join(work, "config.json")
         with open(config_path, "w") as file:
@@ -127,9 +155,15 @@ def compare(args, config, model, images, noise, work):
 
     start = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-        torch32 = step(model, images, noise, args.mask_ratio, args.norm_pix_loss)
+        if args.task == "finetune":
+            torch32 = finetune_step(model, images, noise)
+        else:
+            torch32 = step(model, images, noise, args.mask_ratio, args.norm_pix_loss)
     torch_seconds = time.perf_counter() - start
-    exact = step(copy.deepcopy(model).double(), images.double(), noise.double(), args.mask_ratio, args.norm_pix_loss)
+    if args.task == "finetune":
+        exact = finetune_step(copy.deepcopy(model).double(), images.double(), noise.double())
+    else:
+        exact = step(copy.deepcopy(model).double(), images.double(), noise.double(), args.mask_ratio, args.norm_pix_loss)
 
     missing = sorted(set(exact) - set(ours))
     extra = sorted(set(ours) - set(exact))
@@ -142,24 +176,29 @@ def compare(args, config, model, images, noise, work):
         rows.append((name, *difference(ours[name], reference), *difference(torch32[name], reference)))
 
     name = config.get("name", args.model)
-    print(f"model={name} input={side} batch={args.batch} mask_ratio={args.mask_ratio} "
-          f"norm_pix_loss={args.norm_pix_loss} threads={args.threads} precision={args.precision} "
+    setting = (f"task=finetune classes={args.classes} global_pool={not args.cls_token} smoothing={args.smoothing}"
+               if args.task == "finetune" else f"mask_ratio={args.mask_ratio} norm_pix_loss={args.norm_pix_loss}")
+    print(f"model={name} input={side} batch={args.batch} {setting} threads={args.threads} precision={args.precision} "
           f"(mae reference-step {swift_seconds:.2f} s incl. start-up, torch {args.precision} {torch_seconds:.2f} s)")
     print(f"loss: float64 {exact['loss'].item():.9f}  ours {ours['loss'].item():.9f}  torch {args.precision} {torch32['loss'].item():.9f}")
     header = f"{'tensor':42s} {'ours abs':>10s} {'ours rel':>10s} {'torch abs':>11s} {'torch rel':>11s}"
     print(header)
-    outputs = [r for r in rows if r[0] in ("loss", "pred", "mask")]
-    gradients = sorted((r for r in rows if r[0] not in ("loss", "pred", "mask")), key=lambda r: -r[2])
+    output_names = ("loss", "logits", "pred", "mask")
+    outputs = [r for r in rows if r[0] in output_names]
+    gradients = sorted((r for r in rows if r[0] not in output_names), key=lambda r: -r[2])
     for row in outputs + (gradients if args.all else gradients[:10]):
         print(f"{row[0]:42s} {row[1]:10.3e} {row[2]:10.3e} {row[3]:11.3e} {row[4]:11.3e}")
     worst_ours = max(gradients, key=lambda r: r[2])
     worst_torch = max(gradients, key=lambda r: r[4])
     print(f"gradients: {len(gradients)} tensors; worst relative difference ours {worst_ours[2]:.3e} ({worst_ours[0]}), "
           f"torch {args.precision} {worst_torch[4]:.3e} ({worst_torch[0]})")
-    print(f"mask identical: {bool(torch.equal(ours['mask'].double(), exact['mask']))}")
+    if args.task == "finetune":
+        reloaded = build_classifier(config, args.classes, not args.cls_token)
+    else:
+        print(f"mask identical: {bool(torch.equal(ours['mask'].double(), exact['mask']))}")
+        reloaded = build_model(config)
 
     # The weights as saveWeights writes them must load strictly into the official model, unchanged.
-    reloaded = build_model(config)
     reloaded.load_state_dict(load_file(paths["saved"]), strict=True)
     same = all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), model.state_dict().values()))
     print(f"saveWeights file loads strictly into the official model: True; tensors bitwise equal: {same}")

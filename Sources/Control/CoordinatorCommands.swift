@@ -75,6 +75,11 @@ public enum CoordinatorCommands {
         let peerTimeout = try workerOptions.double("peer-timeout", expectation: "a positive number of seconds") { $0 > 0 }
 
         let dataset = try ImageFolderDataset(root: config.dataRoot, split: "train")
+        do {
+            _ = try config.validationDataset(training: dataset)  // fine-tuning and probing: val present, same classes
+        } catch let error as TrainingError {
+            throw fail("\(error)")
+        }
         let sampler = DistributedSampler(datasetCount: dataset.count, worldSize: worldSize, rank: 0, seed: config.seed)
         let batches = sampler.samplesPerRank / config.batchSize
         guard batches >= config.accumulationSteps else {

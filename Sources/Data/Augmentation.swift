@@ -22,11 +22,24 @@ public enum ImageTransform: Sendable, Equatable {
     /// side to `Int(S / cropFraction)` (cropFraction 224/256 when S ≤ 224, else 1) with Pillow
     /// bicubic, then the central S×S crop; no randomness.
     case evaluation
+    /// Fine-tuning (main_finetune.py): RandomResizedCrop with scale (0.08, 1) + flip, then
+    /// RandAugment on the bytes, normalisation, and random erasing (see
+    /// `FinetuneAugmentationSettings`).
+    case finetuning(FinetuneAugmentationSettings)
+    /// Linear probing (main_linprobe.py): RandomResizedCrop with scale (0.08, 1) + flip.
+    case linearProbe
+
+    /// RandomResizedCrop's area fraction range: (0.2, 1) for pre-training, else torchvision's
+    /// and timm's default (0.08, 1).
+    public var cropScale: (lower: Double, upper: Double) {
+        self == .pretraining ? (0.2, 1.0) : (0.08, 1.0)
+    }
 }
 
 /// The MAE pre-training augmentation (and, with `.evaluation`, the evaluation transform), torchvision's
 /// `Compose([RandomResizedCrop(S, scale=(0.2, 1.0), interpolation=BICUBIC), RandomHorizontalFlip(),
-/// ToTensor(), Normalize(mean, std)])` on a PIL RGB image:
+/// ToTensor(), Normalize(mean, std)])` on a PIL RGB image (`.linearProbe` and `.finetuning`
+/// crop with scale (0.08, 1.0); `.finetuning` adds RandAugment and random erasing):
 ///
 /// - crop: `RandomResizedCrop.get_params` exactly (10 attempts with area fraction uniform
 ///   in the scale range and log-uniform aspect ratio, `w = round(sqrt(area·ratio))`,
@@ -41,7 +54,7 @@ public struct Augmentation: Sendable {
     /// Output side length S.
     public let imageSize: Int
     /// Area fraction range of RandomResizedCrop.
-    public let scale: (lower: Double, upper: Double) = (0.2, 1.0)
+    public var scale: (lower: Double, upper: Double) { transform.cropScale }
     /// Aspect ratio (width / height) range of RandomResizedCrop.
     public let ratio: (lower: Double, upper: Double) = (3.0 / 4.0, 4.0 / 3.0)
     /// ImageNet channel means and standard deviations (RGB).
@@ -51,7 +64,8 @@ public struct Augmentation: Sendable {
     /// The value each byte of each channel becomes: [3, 256].
     private let normalised: [Float]
 
-    /// `.pretraining` (random crop and flip) or `.evaluation` (resize and central crop).
+    /// `.pretraining`, `.linearProbe` (random crop and flip), `.finetuning` (and RandAugment,
+    /// random erasing) or `.evaluation` (resize and central crop).
     public let transform: ImageTransform
 
     public init(imageSize: Int, transform: ImageTransform = .pretraining) {
@@ -127,7 +141,31 @@ public struct Augmentation: Sendable {
         resampler.resize(output: resized, outputWidth: side, outputHeight: side,
                          input: image.pixels + (box.top * image.width + box.left) * 3,
                          inputWidth: box.width, inputHeight: box.height, inputRowStride: image.width * 3)
-        normalise(output: output, resized: resized, rowStride: side * 3, flip: flip)
+        guard case .finetuning(let settings) = transform else {
+            normalise(output: output, resized: resized, rowStride: side * 3, flip: flip)
+            return
+        }
+        // timm flips the PIL image before RandAugment (whose shears and translations are not
+        // symmetric), so the bytes are flipped here rather than while normalising.
+        if flip { flipRows(resized, width: side, height: side) }
+        if let randAugment = settings.randAugment {
+            randAugment.apply(resized, width: side, height: side, seed: seed, epoch: epoch, index: index,
+                              scratch: scratch.operations(count: side * side * 3))
+        }
+        normalise(output: output, resized: resized, rowStride: side * 3, flip: false)
+        settings.randomErasing?.apply(output, width: side, height: side, seed: seed, epoch: epoch, index: index)
+    }
+
+    // pixels: [height, width, 3], mirrored left to right in place
+    func flipRows(_ pixels: UnsafeMutablePointer<UInt8>, width: Int, height: Int) {
+        for row in 0..<height {
+            var left = pixels + row * width * 3, right = left + (width - 1) * 3
+            while left < right {
+                for channel in 0..<3 { swap(&left[channel], &right[channel]) }
+                left += 3
+                right -= 3
+            }
+        }
     }
 
     /// The evaluation resize: torchvision's `Resize(size)` with an int size, which sets the
@@ -172,9 +210,15 @@ public struct Augmentation: Sendable {
 /// Per-thread scratch memory of the augmentation.
 public final class AugmentationScratch {
     private let bytes = ByteBuffer()
+    private let operationBytes = ByteBuffer()
     public init() {}
     func resized(count: Int) -> UnsafeMutablePointer<UInt8> {
         bytes.reserve(count)
         return bytes.pointer
+    }
+    /// A second buffer for RandAugment's operations that cannot work in place.
+    func operations(count: Int) -> UnsafeMutablePointer<UInt8> {
+        operationBytes.reserve(count)
+        return operationBytes.pointer
     }
 }

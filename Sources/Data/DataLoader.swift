@@ -20,7 +20,7 @@ public struct Batch {
 ///
 /// The batches of an epoch are the sampler's indices for this rank cut into
 /// `batchesPerEpoch = samplesPerRank / batchSize` batches (drop_last). Sample `i` of
-/// epoch `e` is augmented with `CounterRandom(seed, .crop/.flip, epoch: e, index: i)`,
+/// epoch `e` is augmented with `CounterRandom(seed, .crop/.flip/.randAugment/.randomErasing, epoch: e, index: i)`,
 /// so batches are identical whatever the thread count, timing, or resume point.
 ///
 /// A file that cannot be read or decoded is reported once on standard error, counted in
@@ -40,8 +40,10 @@ public final class DataLoader {
     private let pipeline: Pipeline
 
     /// Starts `threads` worker threads (at least 1); they idle until `startEpoch`.
-    /// `transform` is `.pretraining` for training; for evaluation pass `.evaluation`, a sampler
-    /// with `shuffle: false`, and `dropLast: false` (the last batch is then smaller).
+    /// `transform` is `.pretraining` for pre-training, `.finetuning(settings)` or `.linearProbe`
+    /// for those tasks (Mixup/CutMix is per batch: `mixBatch` on the batch `next()` returns);
+    /// for evaluation pass `.evaluation`, a sampler with `shuffle: false`, and `dropLast: false`
+    /// (the last batch is then smaller).
     public init(dataset: ImageFolderDataset, sampler: DistributedSampler, batchSize: Int, imageSize: Int,
                 seed: UInt64, threads: Int, prefetchBatches: Int = 4,
                 transform: ImageTransform = .pretraining, dropLast: Bool = true) {

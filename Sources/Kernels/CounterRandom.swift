@@ -20,8 +20,16 @@ public enum RandomPurpose: UInt32, Sendable {
     case maskNoise = 5
     case synthesis = 6
     case test = 7
+    /// RandAugment's choice of operations and their magnitudes (fine-tuning).
+    case randAugment = 8
+    /// Random erasing's box and noise (fine-tuning).
+    case randomErasing = 9
+    /// Mixup / CutMix of a batch (fine-tuning).
+    case mixup = 10
     /// Fault injection: the control fuzzer's choices of cases and mutations.
     case faults = 11
+    /// Stochastic depth of fine-tuning (one draw per sample, block and branch).
+    case dropPath = 16
 }
 
 /// One Philox4x32-10 block: four 32-bit outputs for a 128-bit counter and 64-bit key.

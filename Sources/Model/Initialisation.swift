@@ -47,3 +47,50 @@ private func initialiseTensor(_ number: Int, _ parameters: UnsafeMutablePointer<
         fill(0)
     }
 }
+
+/// timm's ViT initialisation with the fine-tuning head (see `VisionTransformerClassifier.init`),
+/// each tensor from CounterRandom(seed, .initialisation, index: its number in the table).
+func initialiseClassifierParameters(_ parameters: UnsafeMutablePointer<Float>, table: ParameterTable, seed: UInt64) {
+    parallelFor(table.tensors.count) { numbers in
+        for number in numbers { initialiseClassifierTensor(number, parameters, table: table, seed: seed) }
+    }
+}
+
+/// Fills tensor `number` of a classifier table.
+func initialiseClassifierTensor(_ number: Int, _ parameters: UnsafeMutablePointer<Float>, table: ParameterTable,
+                                seed: UInt64) {
+    let tensor = table.tensors[number]
+    var random = CounterRandom(seed: seed, purpose: .initialisation, index: number)
+    let values = parameters + tensor.offset
+    let name = tensor.name
+    func truncatedNormal(_ std: Double) {
+        for index in 0..<tensor.count { values[index] = Float(random.nextTruncatedNormal(std: std)) }
+    }
+    if name == "patch_embed.proj.weight" || name == "patch_embed.proj.bias" {
+        // Conv2d's default: kaiming_uniform(a = √5) = U(±1/√fan_in), its bias the same bound.
+        let weight = table.tensor(named: "patch_embed.proj.weight")!
+        let bound = 1 / Double(weight.count / weight.shape[0]).squareRoot()
+        for index in 0..<tensor.count { values[index] = Float(random.nextDouble(in: -bound..<bound)) }
+    } else if name == "head.weight" {
+        truncatedNormal(2e-5)
+    } else if name == "cls_token" || name == "pos_embed" || tensor.shape.count == 2 {
+        truncatedNormal(0.02)
+    } else if name.hasSuffix("norm1.weight") || name.hasSuffix("norm2.weight") || name == "norm.weight"
+                || name == "fc_norm.weight" {
+        values.update(repeating: 1, count: tensor.count)
+    } else {
+        values.update(repeating: 0, count: tensor.count)
+    }
+}
+
+extension CounterRandom {
+    /// A normal sample with mean 0 and standard deviation `std`, drawn again while outside
+    /// [−2, 2] (timm's `trunc_normal_` bounds are absolute, not in standard deviations).
+    mutating func nextTruncatedNormal(std: Double) -> Double {
+        for _ in 0..<1_000 {
+            let value = std * nextNormal()
+            if value >= -2 && value <= 2 { return value }
+        }
+        return 0  // unreachable for std ≤ 1 (each draw lands inside with probability > 0.95)
+    }
+}

@@ -183,6 +183,27 @@ public final class MAEModel {
         }
     }
 
+    /// The mean of the encoder's patch tokens before its final norm, [N, encoderWidth], every
+    /// patch visible: what the official `VisionTransformer(global_pool=True)` hands to its
+    /// `fc_norm` (`x[:, 1:, :].mean(dim=1)`), the linear probe's `--global-pool` features.
+    public func encoderPatchMean(images: UnsafePointer<Float>, batchSize: Int, into features: UnsafeMutablePointer<Float>) {
+        let a = prepare(batchSize: batchSize, maskRatio: 0)
+        let noise = FloatBuffer(count: batchSize * config.patchCount)
+        runEncoder(a, products: currentProducts(), images: images, noise: noise.pointer)
+        let width = config.encoderWidth, tokens = a.encoderTokens
+        let stream = a.encoderBlocks.last?.output ?? a.encoderBlocks.first?.input ?? a.encoderNormed
+        parallelFor(batchSize) { samples in
+            for sample in samples {
+                let rows = UnsafePointer(stream + sample * tokens * width)
+                let output = features + sample * width
+                output.initialize(repeating: 0, count: width)
+                for token in 1..<tokens { addVectors(output, UnsafePointer(output), rows + token * width, count: width) }
+                let scale = 1 / Float(tokens - 1)
+                for index in 0..<width { output[index] *= scale }
+            }
+        }
+    }
+
     /// Runs the forward (and, given a gradient scale, the backward) of every shard of
     /// the batch, then adds the shards' gradients into `gradients` in shard order.
     /// Returns the loss over the whole batch.

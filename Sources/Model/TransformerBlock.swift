@@ -3,6 +3,9 @@ import Kernels
 /// A pre-norm transformer block (timm's `Block`, as MAE uses it):
 ///   middle = input + proj(attention(norm1(input)))
 ///   output = middle + fc2(GELU(fc1(norm2(middle))))
+/// With drop path (stochastic depth, fine-tuning only) each branch is divided by the keep
+/// probability and multiplied per sample by 0 (dropped) or 1 (kept) before the residual
+/// add, in timm's order `x.div(keep_prob) * random_tensor`.
 
 /// Where one block's tensors start in the flat parameter (and gradient) buffer.
 struct BlockOffsets {
@@ -34,6 +37,9 @@ struct Products {
 
     /// The rounded weight at `offset` of the parameter layout; nil in fp32.
     func weight(_ offset: Int) -> UnsafePointer<UInt16>? { roundedParameters.map { $0 + offset } }
+
+    /// Every product in fp32 (the fine-tuning classifier, which has no bf16 path yet).
+    static let fp32 = Products(precision: .fp32, roundedParameters: nil)
 }
 
 /// The sizes a block runs at.
@@ -61,6 +67,43 @@ struct BlockActivations {
     var output: UnsafeMutablePointer<Float>         // [rows, width] (the next block's input)
 }
 
+/// Drop path of one block (timm's `drop_path`): per-sample keep masks, [batch] each
+/// (1 kept, 0 dropped), and the keep probability 1 − rate.
+struct BlockDropPath {
+    let attention: UnsafePointer<Float>
+    let mlp: UnsafePointer<Float>
+    let keep: Float
+}
+
+/// output = stream + (branch / keep) · mask[sample], over [rows, width] with
+/// sample = row / tokens. `output` may be `stream` or `branch`.
+private func addDroppedBranch(output: UnsafeMutablePointer<Float>, stream: UnsafePointer<Float>,
+                              branch: UnsafePointer<Float>, masks: UnsafePointer<Float>, keep: Float,
+                              shape s: BlockShape) {
+    parallelFor(s.rows, minimumPerWorker: max(1, 16_384 / max(s.width, 1))) { range in
+        for row in range {
+            let mask = masks[row / s.tokens]
+            let offset = row * s.width
+            for column in 0..<s.width {
+                output[offset + column] = stream[offset + column] + branch[offset + column] / keep * mask
+            }
+        }
+    }
+}
+
+/// output = gradient · mask[sample] / keep over [rows, width]: the branch's share of a
+/// drop-path residual's gradient (autograd's order for `div` then `mul`).
+private func dropPathGradient(output: UnsafeMutablePointer<Float>, gradient: UnsafePointer<Float>,
+                              masks: UnsafePointer<Float>, keep: Float, shape s: BlockShape) {
+    parallelFor(s.rows, minimumPerWorker: max(1, 16_384 / max(s.width, 1))) { range in
+        for row in range {
+            let mask = masks[row / s.tokens]
+            let offset = row * s.width
+            for column in 0..<s.width { output[offset + column] = gradient[offset + column] * mask / keep }
+        }
+    }
+}
+
 /// Gradient scratch shared by all blocks of one stack (sized for the largest).
 struct BlockScratch {
     var stream: UnsafeMutablePointer<Float>         // [rows, width]: d output on entry, d input on exit
@@ -71,8 +114,11 @@ struct BlockScratch {
     var probabilities: UnsafeMutablePointer<Float>  // [batch, heads, tokens, tokens]
 }
 
+/// One block's forward; `dropPath` nil is the plain block (pretraining, evaluation).
+/// With drop path, `a.middle` and `a.output` first take the branch alone, then the
+/// scaled residual sum in place (the backward needs only the branch inputs).
 func blockForward(parameters p: UnsafePointer<Float>, products x: Products, offsets o: BlockOffsets,
-                  activations a: BlockActivations, shape s: BlockShape) {
+                  activations a: BlockActivations, shape s: BlockShape, dropPath: BlockDropPath? = nil) {
     layerNormForward(output: a.norm1, mean: a.mean1, reciprocalStd: a.reciprocalStd1, input: a.input,
                      weight: p + o.norm1Weight, bias: p + o.norm1Bias, rows: s.rows, width: s.width)
     linearForward(output: a.qkv, input: a.norm1, weight: p + o.qkvWeight, bias: p + o.qkvBias,
@@ -82,9 +128,13 @@ func blockForward(parameters p: UnsafePointer<Float>, products x: Products, offs
                      batch: s.batch, tokens: s.tokens, heads: s.heads, headDimension: s.headDimension,
                      precision: x.precision)
     linearForward(output: a.middle, input: a.attention, weight: p + o.projectionWeight,
-                  bias: p + o.projectionBias, residual: a.input,
+                  bias: p + o.projectionBias, residual: dropPath == nil ? a.input : nil,
                   rows: s.rows, inFeatures: s.width, outFeatures: s.width,
                   precision: x.precision, roundedWeight: x.weight(o.projectionWeight))
+    if let dropPath {
+        addDroppedBranch(output: a.middle, stream: a.input, branch: a.middle, masks: dropPath.attention,
+                         keep: dropPath.keep, shape: s)
+    }
     layerNormForward(output: a.norm2, mean: a.mean2, reciprocalStd: a.reciprocalStd2, input: a.middle,
                      weight: p + o.norm2Weight, bias: p + o.norm2Bias, rows: s.rows, width: s.width)
     // fc1 without its bias; the bias joins GELU in one pass, which leaves GELU' in `hidden`.
@@ -94,18 +144,28 @@ func blockForward(parameters p: UnsafePointer<Float>, products x: Products, offs
     biasGELUForward(activated: a.activated, preActivation: a.hidden, bias: p + o.fc1Bias,
                     rows: s.rows, width: s.hidden)
     linearForward(output: a.output, input: a.activated, weight: p + o.fc2Weight, bias: p + o.fc2Bias,
-                  residual: a.middle, rows: s.rows, inFeatures: s.hidden, outFeatures: s.width,
+                  residual: dropPath == nil ? a.middle : nil, rows: s.rows, inFeatures: s.hidden, outFeatures: s.width,
                   precision: x.precision, roundedWeight: x.weight(o.fc2Weight))
+    if let dropPath {
+        addDroppedBranch(output: a.output, stream: a.middle, branch: a.output, masks: dropPath.mlp,
+                         keep: dropPath.keep, shape: s)
+    }
 }
 
 /// Backward of `blockForward`. On entry `scratch.stream` holds ∂loss/∂output; on
 /// exit it holds ∂loss/∂input. Parameter gradients are added into `g`.
 func blockBackward(parameters p: UnsafePointer<Float>, products x: Products, gradients g: UnsafeMutablePointer<Float>,
                    offsets o: BlockOffsets, activations a: BlockActivations,
-                   scratch d: BlockScratch, shape s: BlockShape) {
-    // MLP branch. The residual passes d output straight to d middle.
+                   scratch d: BlockScratch, shape s: BlockShape, dropPath: BlockDropPath? = nil) {
+    // MLP branch. The residual passes d output straight to d middle; with drop path the
+    // branch sees it scaled per sample (in d.attention, free until the attention branch).
+    var mlpGradient = UnsafePointer(d.stream)
+    if let dropPath {
+        dropPathGradient(output: d.attention, gradient: d.stream, masks: dropPath.mlp, keep: dropPath.keep, shape: s)
+        mlpGradient = UnsafePointer(d.attention)
+    }
     linearBackward(inputGradient: d.hidden, weightGradient: g + o.fc2Weight, biasGradient: g + o.fc2Bias,
-                   outputGradient: d.stream, input: a.activated, weight: p + o.fc2Weight,
+                   outputGradient: mlpGradient, input: a.activated, weight: p + o.fc2Weight,
                    rows: s.rows, inFeatures: s.hidden, outFeatures: s.width,
                    precision: x.precision, roundedWeight: x.weight(o.fc2Weight))
     geluBackward(inputGradient: d.hidden, outputGradient: d.hidden, derivative: a.hidden, count: s.rows * s.hidden)
@@ -116,9 +176,15 @@ func blockBackward(parameters p: UnsafePointer<Float>, products x: Products, gra
     layerNormBackward(inputGradient: d.stream, weightGradient: g + o.norm2Weight, biasGradient: g + o.norm2Bias,
                       outputGradient: d.norm, input: a.middle, mean: a.mean2, reciprocalStd: a.reciprocalStd2,
                       weight: p + o.norm2Weight, residualGradient: d.stream, rows: s.rows, width: s.width)
-    // Attention branch; d middle passes straight to d input.
+    // Attention branch; d middle passes straight to d input (scaled into d.norm, free
+    // until the qkv backward, for drop path).
+    var attentionGradient = UnsafePointer(d.stream)
+    if let dropPath {
+        dropPathGradient(output: d.norm, gradient: d.stream, masks: dropPath.attention, keep: dropPath.keep, shape: s)
+        attentionGradient = UnsafePointer(d.norm)
+    }
     linearBackward(inputGradient: d.attention, weightGradient: g + o.projectionWeight,
-                   biasGradient: g + o.projectionBias, outputGradient: d.stream, input: a.attention,
+                   biasGradient: g + o.projectionBias, outputGradient: attentionGradient, input: a.attention,
                    weight: p + o.projectionWeight, rows: s.rows, inFeatures: s.width, outFeatures: s.width,
                    precision: x.precision, roundedWeight: x.weight(o.projectionWeight))
     attentionBackward(qkvGradient: d.qkv, probabilityGradient: d.probabilities, outputGradient: d.attention,

@@ -30,6 +30,10 @@ public struct CheckpointState: Codable, Sendable, Equatable {
     /// before it was recorded), so a resume can write its `log.txt` line when the run was
     /// killed between the checkpoint and that line.
     public var finishedEpoch: EpochSummary?
+    /// The class folder names of a classifying run's `train`, in label order (nil for pretraining).
+    public var classNames: [String]?
+    /// The best `test_acc1` of the run's evaluations so far (nil before the first, and for pretraining).
+    public var bestTestAccuracy: Double?
     /// File name → "fnv1a64:<hex>" of each file in the checkpoint besides `state.json`.
     public var checksums: [String: String]
     /// When the checkpoint was written (UTC, ISO 8601); informational.
@@ -43,12 +47,14 @@ public struct CheckpointState: Codable, Sendable, Equatable {
         case epochLossSum = "epoch_loss_sum", epochLearningRateSum = "epoch_lr_sum", epochStepCount = "epoch_step_count"
         case datasetFingerprint = "dataset_fingerprint", datasetCount = "dataset_count", config, schedule
         case checksums, createdAt = "created_at", finishedEpoch = "finished_epoch"
+        case classNames = "class_names", bestTestAccuracy = "best_test_acc1"
     }
 
     public init(step: Int, epoch: Int, stepInEpoch: Int, nextBatchIndex: Int, isEpochEnd: Bool, seed: UInt64,
                 worldSize: Int, epochLossSum: Double, epochLearningRateSum: Double, epochStepCount: Int,
                 datasetFingerprint: String, datasetCount: Int, config: RunConfig, schedule: LearningRateSchedule,
-                finishedEpoch: EpochSummary? = nil, checksums: [String: String] = [:],
+                finishedEpoch: EpochSummary? = nil, classNames: [String]? = nil, bestTestAccuracy: Double? = nil,
+                checksums: [String: String] = [:],
                 createdAt: String = CheckpointState.now()) {
         formatVersion = Self.currentFormatVersion
         self.step = step
@@ -66,6 +72,8 @@ public struct CheckpointState: Codable, Sendable, Equatable {
         self.config = config
         self.schedule = schedule
         self.finishedEpoch = finishedEpoch
+        self.classNames = classNames
+        self.bestTestAccuracy = bestTestAccuracy
         self.checksums = checksums
         self.createdAt = createdAt
     }
@@ -100,20 +108,36 @@ public struct CheckpointState: Codable, Sendable, Equatable {
     }
 }
 
-/// One finished epoch as `log.txt` records it: the means over its steps (the reference's keys).
+/// One finished epoch as `log.txt` records it: the means over its steps, and for fine-tuning
+/// and linear probing the evaluation on `val` and the trainable parameter count (the reference's keys).
 public struct EpochSummary: Codable, Sendable, Equatable {
     /// The epoch, 0-based like the reference's `log.txt`.
     public var epoch: Int
     public var learningRate: Double
     public var loss: Double
+    public var evaluation: EvaluationResult?
+    public var parameterCount: Int?
+    /// The k-NN top-1 and top-5 accuracy (percent) at the epoch's end, with `--knn-every`.
+    public var knnTop1: Double?
+    public var knnTop5: Double?
 
     private enum CodingKeys: String, CodingKey {
-        case epoch, learningRate = "train_lr", loss = "train_loss"
+        case epoch, learningRate = "train_lr", loss = "train_loss", evaluation = "test", parameterCount = "n_parameters"
+        case knnTop1 = "knn_top1", knnTop5 = "knn_top5"
     }
 
-    /// The `log.txt` line's fields, in the reference's order.
+    /// The `log.txt` line's fields, in the reference's order (the k-NN scores, when
+    /// measured, with the other statistics before `epoch`).
     var logFields: [(String, JSONValue)] {
-        [("train_lr", .number(learningRate)), ("train_loss", .number(loss)), ("epoch", .integer(epoch))]
+        var fields: [(String, JSONValue)] = [("train_lr", .number(learningRate)), ("train_loss", .number(loss))]
+        if let evaluation {
+            fields += [("test_loss", .number(evaluation.loss)), ("test_acc1", .number(evaluation.top1)),
+                       ("test_acc5", .number(evaluation.top5))]
+        }
+        if let knnTop1, let knnTop5 { fields += [("knn_top1", .number(knnTop1)), ("knn_top5", .number(knnTop5))] }
+        fields.append(("epoch", .integer(epoch)))
+        if let parameterCount { fields.append(("n_parameters", .integer(parameterCount))) }
+        return fields
     }
 }
 

@@ -75,6 +75,14 @@ public struct RunConfig: Codable, Sendable, Equatable {
     /// `--on-checkpoint-error`: what a checkpoint that cannot be written (a full disk) does to
     /// the run; nil (a config saved before the option) is `.stop`.
     public var onCheckpointError: CheckpointErrorPolicy?
+    /// `--knn-every`: score the encoder by k-NN on DATA/train → DATA/val every this many
+    /// epochs and at the last one (0 or nil: never).
+    public var knnEvery: Int?
+    /// `--task`: what the run trains (nil in configs saved before the option existed: pretraining;
+    /// read it through `trainingTask`).
+    public var task: TrainingTask?
+    /// Fine-tuning and linear probing's settings (nil for pretraining).
+    public var downstream: DownstreamSettings?
     /// Tests only: the loss of this optimizer step (1-based) is replaced by NaN, to exercise
     /// the non-finite-loss stop without depending on how a model diverges.
     public var injectNonFiniteLossAtStep: Int?
@@ -87,7 +95,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         case batchShards = "batch_shards", precision
         case runDirectory = "run_dir", checkpointEvery = "checkpoint_every", keepCheckpoints = "keep_checkpoints"
         case keepEveryEpochs = "keep_every_epochs", resume, maxSteps = "max_steps", printEvery = "print_every"
-        case reconstructEvery = "reconstruct_every", initWeights = "init_weights"
+        case reconstructEvery = "reconstruct_every", knnEvery = "knn_every", initWeights = "init_weights", task, downstream
         case overlap, bucketMegabytes = "bucket_mb", shardOptimizer = "shard_optimizer"
         case onCheckpointError = "on_checkpoint_error"
     }
@@ -98,9 +106,9 @@ public struct RunConfig: Codable, Sendable, Equatable {
                 accumulationSteps: Int = 1, maskRatio: Double = 0.75, masking: MaskingStrategy = .random, normPixLoss: Bool = false, seed: UInt64 = 0,
                 threads: Int = 1, dataThreads: Int = 1, batchShards: Int? = nil, precision: Precision = .fp32, runDirectory: String, checkpointEvery: Int = 0,
                 keepCheckpoints: Int = 3, keepEveryEpochs: Int = 0, resume: String? = nil, maxSteps: Int? = nil,
-                printEvery: Int = 20, reconstructEvery: Int? = nil, initWeights: String? = nil,
+                printEvery: Int = 20, reconstructEvery: Int? = nil, knnEvery: Int? = nil, initWeights: String? = nil,
                 overlap: Bool? = nil, bucketMegabytes: Double? = nil, shardOptimizer: Bool? = nil,
-                injectNonFiniteLossAtStep: Int? = nil) {
+                task: TrainingTask = .pretrain, downstream: DownstreamSettings? = nil, injectNonFiniteLossAtStep: Int? = nil) {
         self.dataRoot = dataRoot
         self.model = model
         self.batchSize = batchSize
@@ -130,12 +138,18 @@ public struct RunConfig: Codable, Sendable, Equatable {
         self.maxSteps = maxSteps
         self.printEvery = printEvery
         self.reconstructEvery = reconstructEvery
+        self.knnEvery = knnEvery
         self.initWeights = initWeights
         self.overlap = overlap
         self.bucketMegabytes = bucketMegabytes
         self.shardOptimizer = shardOptimizer
+        self.task = task
+        self.downstream = downstream
         self.injectNonFiniteLossAtStep = injectNonFiniteLossAtStep
     }
+
+    /// What the run trains: `task`, or pretraining for a run saved before the option existed.
+    public var trainingTask: TrainingTask { task ?? .pretrain }
 
     /// The masking strategy: `masking`, or random for a run saved before the option existed.
     public var maskingStrategy: MaskingStrategy { masking ?? .random }
@@ -168,6 +182,8 @@ public struct RunConfig: Codable, Sendable, Equatable {
         func check<Value: Equatable>(_ name: String, _ old: Value, _ new: Value) {
             if old != new { differences.append("\(name) was \(old), now \(new)") }
         }
+        check("--task", saved.trainingTask.rawValue, trainingTask.rawValue)
+        check("--global-pool", saved.downstream?.globalPool ?? false, downstream?.globalPool ?? false)
         if saved.model != model {
             differences.append("model was \(describe(saved.model)), now \(describe(model))")
         }
@@ -202,6 +218,15 @@ public struct RunConfig: Codable, Sendable, Equatable {
         note("--mask-ratio", saved.maskRatio, maskRatio)
         note("--masking", saved.maskingStrategy.rawValue, maskingStrategy.rawValue)
         note("--norm-pix-loss", saved.normPixLoss, normPixLoss)
+        if let old = saved.downstream, let new = downstream {
+            note("--drop-path", old.dropPath, new.dropPath)
+            note("--layer-decay", old.layerDecay, new.layerDecay)
+            note("--smoothing", old.smoothing, new.smoothing)
+            note("--mixup", old.mixup, new.mixup)
+            note("--cutmix", old.cutmix, new.cutmix)
+            note("--reprob", old.reprob, new.reprob)
+            note("--aa", old.autoAugment ?? "none", new.autoAugment ?? "none")
+        }
         // Another shard count rounds the gradients differently from here on.
         note("--batch-shards", saved.batchShards ?? 1, batchShards ?? 1)
         note("--precision", saved.productPrecision.rawValue, productPrecision.rawValue)

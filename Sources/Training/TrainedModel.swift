@@ -21,6 +21,21 @@ public struct TrainedModel {
     /// source says (a checkpoint, an imported folder); nil for a bare weights file.
     public var normPixLoss: Bool? { runConfig?.normPixLoss ?? importedNormPixLoss }
 
+    /// The weights file `path` stands for: a checkpoint's or an imported folder's
+    /// `model.safetensors`, a run folder's newest complete checkpoint's, or `path` itself.
+    public static func weightsPath(of path: String) throws -> String {
+        let trimmed = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
+        guard FileSystem.isDirectory(trimmed) else { return trimmed }
+        if FileSystem.exists(trimmed + "/" + WeightsExchange.importedFileName)
+            || FileSystem.exists(trimmed + "/" + CheckpointStore.stateFileName) {
+            return trimmed + "/" + CheckpointFiles.modelFileName
+        }
+        guard let newest = try CheckpointStore(runDirectory: trimmed, warn: { _ in }).newestValid()?.entry.path else {
+            throw TrainingError.invalidConfiguration("\(path) holds no complete checkpoint")
+        }
+        return newest + "/" + CheckpointFiles.modelFileName
+    }
+
     /// Loads `path`. A checkpoint's checksums are verified and its own configuration used;
     /// a weights file needs `model` (the name, and the image size when not the default).
     /// Throws a one-line error naming the problem (another model's weights, a damaged
@@ -60,6 +75,11 @@ public struct TrainedModel {
         }
         if FileSystem.isDirectory(checkpoint) {
             let state = try CheckpointStore.verify(checkpoint)
+            guard state.config.trainingTask == .pretrain else {
+                throw TrainingError.invalidConfiguration(
+                    "\(checkpoint) is a \(state.config.trainingTask.rawValue) checkpoint (a classifier), not a pretrained MAE; "
+                    + "pass a pretraining checkpoint or run folder")
+            }
             if let configForFile, configForFile != state.config.model {
                 throw TrainingError.invalidConfiguration(
                     "\(checkpoint) holds \(describe(state.config.model)), not \(describe(configForFile)); "

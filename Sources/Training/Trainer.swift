@@ -12,12 +12,13 @@ public struct TrainingSummary: Sendable {
     public let lastLoss: Double
 }
 
-/// The data-parallel training loop of MAE pretraining (facebookresearch/mae,
-/// `main_pretrain.py` and `engine_pretrain.py`).
+/// The data-parallel training loop of MAE pretraining, fine-tuning and linear probing
+/// (facebookresearch/mae, `main_pretrain.py`, `main_finetune.py`, `main_linprobe.py` and their engines).
 ///
 /// Each optimizer step: `accumulationSteps` micro-batches of forward and backward (the
 /// gradients summed with scale 1/K), the loss averaged over workers and checked, the flat
-/// gradient vector averaged over workers, one AdamW update with the schedule's rate. Rank 0
+/// gradient vector averaged over workers, one update of the task's optimizer (AdamW; LARS for
+/// the linear probe) with the schedule's rate. Classifying tasks score `val` after each epoch. Rank 0
 /// logs and writes checkpoints; every rank meets at a barrier around each checkpoint.
 public final class Trainer {
     public let config: RunConfig
@@ -41,11 +42,14 @@ public final class Trainer {
         log = RunLog(rank: collective.rank, runDirectory: config.runDirectory, outputIsCaptured: control != nil)
     }
 
-    /// Trains until the last epoch, `--max-steps`, or a stop signal.
+    /// Trains until the last epoch, `--max-steps`, or a stop signal (classifying tasks score `val` after each epoch).
     public func run() throws -> TrainingSummary {
         let session = try TrainingSession(config: config, collective: collective, log: log, control: control,
                                           expectedSchedule: expectedSchedule)
-        defer { session.loader.stop() }
+        defer {
+            session.loader.stop()
+            session.evaluator?.stop()
+        }
         try session.restore()
         session.printBanner()
         return try session.train()

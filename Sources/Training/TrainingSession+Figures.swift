@@ -32,7 +32,7 @@ extension TrainingSession {
     /// Draws the reconstruction figure of the current model into
     /// `RUN_DIR/reconstructions/epoch-NNNN.png` (NNNN: epochs completed). Rank 0 only.
     func writeReconstructions() {
-        guard rank == 0 else { return }
+        guard rank == 0, let model else { return }
         do {
             if reconstructionImages == nil {
                 let paths = try Reconstruction.datasetImagePaths(root: config.dataRoot, split: nil,

@@ -17,11 +17,15 @@ struct TrainingPosition: Equatable {
     var epochLossSum = 0.0
     var epochLearningRateSum = 0.0
     var epochStepCount = 0
+    /// The best `test_acc1` so far (-1 before the first evaluation), which `checkpoint-best` holds.
+    var bestTestAccuracy = -1.0
 
     /// The values as doubles, to travel in one scalar all-reduce.
     var scalars: [Double] {
-        [Double(step), Double(epoch), Double(stepInEpoch), epochLossSum, epochLearningRateSum, Double(epochStepCount)]
+        [Double(step), Double(epoch), Double(stepInEpoch), epochLossSum, epochLearningRateSum, Double(epochStepCount),
+         bestTestAccuracy]
     }
+    static let scalarCount = 7
 
     init() {}
 
@@ -33,6 +37,7 @@ struct TrainingPosition: Equatable {
         epochLossSum = values[3]
         epochLearningRateSum = values[4]
         epochStepCount = Int(values[5])
+        bestTestAccuracy = values[6]
     }
 
     init(_ state: CheckpointState) {
@@ -42,11 +47,13 @@ struct TrainingPosition: Equatable {
         epochLossSum = state.epochLossSum
         epochLearningRateSum = state.epochLearningRateSum
         epochStepCount = state.epochStepCount
+        bestTestAccuracy = state.bestTestAccuracy ?? -1
     }
 }
 
-/// Everything one run of `Trainer` holds: the data, the model and its optimizer, the
-/// schedule, the checkpoint store and the position, with one method per phase.
+/// Everything one run of `Trainer` holds: the data, the task's model and optimizer, the
+/// schedule, the checkpoint store and the position, with one method per phase. The three
+/// tasks share it; what differs lives in the `TaskModel`.
 final class TrainingSession {
     /// The run's settings, with `batchShards` resolved to the count the model uses.
     private(set) var config: RunConfig
@@ -60,16 +67,17 @@ final class TrainingSession {
     let dataset: ImageFolderDataset
     let loader: DataLoader
     let schedule: LearningRateSchedule
-    let model: MAEModel
-    let optimizer: AdamWOptimizer
+    let taskModel: any TaskModel
     /// The gradient all-reduce, overlapped with the backward or after it.
     let exchange: GradientExchange
+    /// The MAE of a pretraining run (reconstruction figures, --init-weights); nil for the other tasks.
+    let model: MAEModel?
+    /// A classifying run's scoring on `val` (nil for pretraining).
+    let evaluator: Evaluator?
     let store: CheckpointStore
     /// Optimizer steps in an epoch, and where this run stops (epochs or --max-steps).
     let stepsPerEpoch: Int
     let totalSteps: Int
-    /// Masking noise of one micro-batch, [N, L].
-    let noise: FloatBuffer
     var position = TrainingPosition()
     var lastCheckpoint: String?
     /// The coordinator's hooks (nil without one).
@@ -78,6 +86,8 @@ final class TrainingSession {
     var tensorBoard: TensorBoardWriter?
     /// The fixed images of the run's reconstruction figures and their count, loaded at the first figure.
     var reconstructionImages: (FloatBuffer, Int)?
+    /// `--knn-every`'s scoring of DATA/train → DATA/val (nil without it).
+    let knn: KNNEvaluation?
 
     /// Opens the dataset, starts the loader, builds the model; validates what needs the data.
     init(config: RunConfig, collective: any Collective, log: RunLog, control: (any TrainingControl)? = nil,
@@ -92,6 +102,10 @@ final class TrainingSession {
         Parallel.setThreads(config.threads)
 
         dataset = try ImageFolderDataset(root: config.dataRoot, split: "train")
+        let task = config.trainingTask
+        let validation = try config.validationDataset(training: dataset)
+        // --knn-every needs val/ with train's classes: checked before any work.
+        knn = (config.knnEvery ?? 0) > 0 ? try KNNEvaluation(root: config.dataRoot) : nil
         let sampler = DistributedSampler(datasetCount: dataset.count, worldSize: worldSize, rank: rank, seed: config.seed)
         let batchesPerEpoch = sampler.samplesPerRank / config.batchSize
         guard batchesPerEpoch >= config.accumulationSteps else {
@@ -117,18 +131,30 @@ final class TrainingSession {
         }
 
         loader = DataLoader(dataset: dataset, sampler: sampler, batchSize: config.batchSize,
-                            imageSize: config.model.imageSize, seed: config.seed, threads: config.dataThreads)
-        model = MAEModel(config: config.model, seed: config.seed)
+                            imageSize: config.model.imageSize, seed: config.seed, threads: config.dataThreads,
+                            transform: try config.trainingTransform())
         requestedBatchShards = config.batchShards
-        self.config.batchShards = config.batchShards ?? MAEModel.automaticBatchShards(
-            config: config.model, batchSize: config.batchSize, threads: config.threads)
-        model.batchShards = self.config.batchShards ?? 1
-        model.precision = config.productPrecision
+        switch task {
+        case .pretrain:
+            self.config.batchShards = config.batchShards ?? MAEModel.automaticBatchShards(
+                config: config.model, batchSize: config.batchSize, threads: config.threads)
+            let pretraining = PretrainingTaskModel(
+                config: config, batchShards: self.config.batchShards ?? 1,
+                shardingOver: config.shardOptimizer == true && collective.worldSize > 1 ? collective : nil)
+            (taskModel, model) = (pretraining, pretraining.model)
+        case .linprobe:
+            self.config.batchShards = 1
+            taskModel = LinearProbeTaskModel(config: config, settings: config.downstream!,
+                                             classCount: dataset.classNames.count)
+            model = nil
+        case .finetune:
+            self.config.batchShards = 1
+            taskModel = try FineTuningTaskModel(config: config, settings: config.downstream!, classCount: dataset.classNames.count,
+                                                rank: collective.rank, worldSize: collective.worldSize)
+            model = nil
+        }
+        let (worldSize, rank) = (collective.worldSize, collective.rank)
         let sharded = config.shardOptimizer == true && worldSize > 1
-        optimizer = AdamWOptimizer(table: model.table,
-                                   shard: sharded ? collective.shard(count: model.table.count, rank: rank) : nil,
-                                   beta1: Float(config.beta1), beta2: Float(config.beta2),
-                                   epsilon: Float(config.epsilon), weightDecay: Float(config.weightDecay))
         if config.overlap == true && sharded {
             throw TrainingError.invalidConfiguration(
                 "--overlap on and --shard-optimizer: the sharded optimizer reduce-scatters after the backward; "
@@ -139,11 +165,16 @@ final class TrainingSession {
                 "--overlap on: this backend (MPI with \(worldSize) workers) sums a bucket in another order than the whole "
                 + "gradient, so the bits would depend on the buckets; pass --overlap auto or off")
         }
+        // Only the MAE's backward reports finished tensors, so only pretraining overlaps.
         exchange = GradientExchange(
-            collective: collective, gradients: model.gradients.pointer, table: model.table,
+            collective: collective, gradients: taskModel.gradients.pointer, table: taskModel.gradientTable,
             bucketBytes: Int((config.bucketMegabytes ?? GradientExchange.defaultBucketMegabytes) * 1_048_576),
-            overlaps: (config.overlap ?? true) && collective.reducesSlicesAsWhole && !sharded, reduceScatters: sharded)
-        noise = FloatBuffer(count: config.batchSize * config.model.patchCount)
+            overlaps: (config.overlap ?? true) && task == .pretrain && collective.reducesSlicesAsWhole && !sharded,
+            reduceScatters: sharded)
+        evaluator = validation.map {
+            Evaluator(dataset: $0, worldSize: worldSize, rank: rank, batchSize: config.batchSize,
+                      imageSize: config.model.imageSize, threads: config.dataThreads)
+        }
     }
 
     /// Rank 0 finds, checks and loads the checkpoint `--resume` names; the position reaches
@@ -151,7 +182,8 @@ final class TrainingSession {
     /// also give a fresh run rank 0's initialisation everywhere, as DDP does).
     func restore() throws {
         // [found, position…, optimizer step, batch shards]: rank 0's values, zeros elsewhere, summed.
-        var shared = [Double](repeating: 0, count: 9)
+        let scalarCount = TrainingPosition.scalarCount
+        var shared = [Double](repeating: 0, count: scalarCount + 3)
         if rank == 0, let found = try findCheckpoint() {
             // An automatic shard count follows the checkpoint, so that the continuation
             // rounds exactly as the run did (whatever the thread count now).
@@ -160,11 +192,15 @@ final class TrainingSession {
                 with: found.state.config, savedWorldSize: found.state.worldSize, worldSize: worldSize,
                 savedFingerprint: found.state.datasetFingerprint, fingerprint: dataset.fingerprint)
             guard differences.isEmpty else { throw TrainingError.incompatibleResume(differences) }
+            if config.trainingTask.classifies, let saved = found.state.classNames, saved != dataset.classNames {
+                throw TrainingError.incompatibleResume(["the checkpoint's \(saved.count) classes differ from the "
+                                                        + "\(dataset.classNames.count) of \(config.dataRoot)/train"])
+            }
             let changes = config.resumeChanges(from: found.state.config)
             if !changes.isEmpty { log.warn("warning: resuming with changed settings: " + changes.joined(separator: ", ")) }
-            try checkpointFiles().load(from: found.path, state: found.state)
+            try taskModel.load(from: found.path)
             lastCheckpoint = found.path
-            shared = [1] + TrainingPosition(found.state).scalars + [Double(optimizer.step), Double(config.batchShards ?? 1)]
+            shared = [1] + TrainingPosition(found.state).scalars + [Double(taskModel.optimizerStep), Double(config.batchShards ?? 1)]
             log.info("resuming from \(found.path): step \(found.state.step), epoch \(found.state.epoch), "
                      + "batch \(found.state.nextBatchIndex) of \(schedule.iterationsPerEpoch)")
             let dropped = try log.dropLines(afterStep: found.state.step, fromEpoch: found.state.epoch)
@@ -176,45 +212,31 @@ final class TrainingSession {
                 log.info("added the log.txt line of epoch \(finished.epoch), which the run was stopped before writing")
             }
         }
-        if rank == 0, shared[0] == 0, let path = config.initWeights {
-            try startFromWeights(path)  // a fresh run only: a resume continues its checkpoint
+        if rank == 0, shared[0] == 0 {
+            // A fresh run only: a resume continues its checkpoint.
+            if let path = config.initWeights { try startFromWeights(path) }
+            if let settings = config.downstream {
+                if settings.pretrained.isEmpty {
+                    log.info("no --finetune: the encoder is randomly initialised (seed \(config.seed))")
+                } else {
+                    try startFromPretrained(settings.pretrained)
+                }
+            }
         }
         if worldSize > 1 {
             shared = try collective.allReduceScalars(shared)
-            try collective.broadcast(model.parameters.pointer, count: model.parameters.count, root: 0)
-            model.parametersDidChange()
-            let moments = wholeMoments()
-            try collective.broadcast(moments.first.pointer, count: moments.first.count, root: 0)
-            try collective.broadcast(moments.second.pointer, count: moments.second.count, root: 0)
-            if optimizer.isSharded { optimizer.takeMoments(fromWhole: moments.first.pointer, moments.second.pointer) }
+            for buffer in taskModel.sharedBuffers {
+                try collective.broadcast(buffer.pointer, count: buffer.count, root: 0)
+            }
         }
-        wholeMomentBuffers = nil
+        taskModel.sharedBuffersDidChange()
         if shared[0] > 0 {
-            position = TrainingPosition(scalars: shared[1..<7])
-            optimizer.step = Int(shared[7])
-            config.batchShards = Int(shared[8])
-            model.batchShards = Int(shared[8])
+            position = TrainingPosition(scalars: shared[1...scalarCount])
+            taskModel.optimizerStep = Int(shared[scalarCount + 1])
+            config.batchShards = Int(shared[scalarCount + 2])
+            model?.batchShards = Int(shared[scalarCount + 2])
         }
         tensorBoard = try openTensorBoard(resumed: shared[0] > 0)
-    }
-
-    /// The moments laid out as the whole layout: the optimizer's own, or (sharded) fresh
-    /// buffers, which `restore` loads and broadcasts and `writeCheckpoint` gathers into.
-    /// Kept only while a checkpoint is read or written.
-    private var wholeMomentBuffers: (first: FloatBuffer, second: FloatBuffer)?
-
-    func wholeMoments() -> (first: FloatBuffer, second: FloatBuffer) {
-        guard optimizer.isSharded else { return (optimizer.firstMoment, optimizer.secondMoment) }
-        if let buffers = wholeMomentBuffers { return buffers }
-        let buffers = (FloatBuffer(count: model.table.count), FloatBuffer(count: model.table.count))
-        wholeMomentBuffers = buffers
-        return buffers
-    }
-
-    /// The checkpoint's files over `wholeMoments()`.
-    func checkpointFiles() -> CheckpointFiles {
-        let moments = wholeMoments()
-        return CheckpointFiles(model: model, optimizer: optimizer, firstMoment: moments.first, secondMoment: moments.second)
     }
 
     /// The checkpoint `--resume` names, verified; nil for a fresh start.
@@ -236,9 +258,10 @@ final class TrainingSession {
         let rateRule = config.absoluteLearningRate == nil
             ? " (blr \(config.baseLearningRate) × \(effectiveBatch) / 256)" : " (--lr)"
         log.info("mae-worker: \(BLASRuntime.banner), compute threads \(config.threads), data threads \(config.dataThreads), "
-                 + "batch shards \(model.batchShards), precision \(model.precision.rawValue), \(CPUInfo.summary)")
+                 + "batch shards \(config.batchShards ?? 1), precision \(config.productPrecision.rawValue), \(CPUInfo.summary)")
         if let note = BLASRuntime.presetCoreNote { log.info("note: " + note) }
-        log.info("model \(describe(config.model)), \(model.table.count) parameters; world size \(worldSize) (rank \(rank))")
+        log.info("task \(config.trainingTask.rawValue): model \(describe(config.model)), \(taskModel.trainableParameterCount) "
+                 + "trainable parameters; world size \(worldSize) (rank \(rank))")
         log.info("dataset \(config.dataRoot): \(dataset.count) images, \(dataset.classNames.count) classes, "
                  + "fingerprint \(dataset.fingerprint.prefix(16))")
         log.info("effective batch \(effectiveBatch) = \(config.batchSize) × accum \(config.accumulationSteps) × world \(worldSize); "
@@ -248,9 +271,9 @@ final class TrainingSession {
             let bucketMegabytes = formatNumber(config.bucketMegabytes ?? GradientExchange.defaultBucketMegabytes)
             log.info(exchange.overlaps
                 ? "gradients averaged during the backward in \(exchange.buckets.count) bucket(s) of about \(bucketMegabytes) MiB"
-                : optimizer.isSharded
+                : exchange.reduceScatters
                 ? "gradients reduce-scattered after the backward; AdamW on this worker's shard (--shard-optimizer)"
-                : "gradients averaged after the backward (--overlap off, or MPI beyond 2 workers)")
+                : "gradients averaged after the backward")
         }
         let trailing = schedule.iterationsPerEpoch % config.accumulationSteps
         if trailing != 0 {
@@ -287,7 +310,12 @@ final class TrainingSession {
                     try report(meter.takeInterval(step: position.step), loss: outcome.loss,
                                learningRate: outcome.learningRate)
                 }
-                let finished = position.stepInEpoch == stepsPerEpoch ? finishEpoch() : nil
+                var finished = position.stepInEpoch == stepsPerEpoch ? try finishEpoch() : nil
+                if let epoch = finished?.epoch, let accuracy = try scoreKNN(afterEpoch: epoch) {
+                    // In the epoch's summary before its checkpoint, which holds the log.txt line.
+                    finished?.knnTop1 = accuracy.top1
+                    finished?.knnTop5 = accuracy.top5
+                }
                 let periodic = config.checkpointEvery > 0 && position.step % config.checkpointEvery == 0
                 if finished != nil || periodic || outcome.stopRequested || outcome.checkpointRequested
                     || position.step == totalSteps {
@@ -302,9 +330,12 @@ final class TrainingSession {
                     // Numbered from 1 like the progress lines (log.txt keeps the reference's 0-based "epoch").
                     log.info(String(format: "epoch %d/%d done: mean loss %.4f", position.epoch, config.epochs,
                                     finished.loss)
+                             + (finished.evaluation.map { "; " + Self.summary(of: $0, prefix: "val") } ?? "")
                              + (skipped > 0 ? ", \(skipped) unreadable file(s) skipped so far" : ""))
                     let every = config.reconstructEvery ?? 0
-                    if every > 0, position.epoch % every == 0, position.epoch < config.epochs { writeReconstructions() }
+                    if model != nil, every > 0, position.epoch % every == 0, position.epoch < config.epochs {
+                        writeReconstructions()
+                    }
                 }
                 if outcome.stopRequested {
                     log.info("stop requested: stopped after step \(position.step) with a checkpoint")
@@ -315,8 +346,12 @@ final class TrainingSession {
             }
         }
         log.endProgress()
+        if !stoppedBySignal, config.trainingTask.classifies, position.stepInEpoch != 0, let result = try evaluate() {
+            // --max-steps stopped inside an epoch: the model as it ends, scored once more.
+            log.info(Self.summary(of: result, prefix: "final evaluation"))
+        }
         try tensorBoard?.flush()
-        writeReconstructions()
+        if model != nil { writeReconstructions() }
         writeCurves()
         if !stoppedBySignal {
             log.info("done: \(position.step) steps" + (lastCheckpoint.map { ", last checkpoint \($0)" } ?? ""))
@@ -340,13 +375,11 @@ final class TrainingSession {
         var communicationWait: Double
     }
 
-    /// One optimizer step: K micro-batches forward and backward, gradients averaged over
-    /// workers (during the last backward with overlap), the loss agreed and checked, AdamW;
-    /// then the position moves on.
+    /// One optimizer step: K micro-batches forward and backward, the loss agreed and checked,
+    /// gradients averaged over workers, the task's optimizer; then the position moves on.
     func step() throws -> StepOutcome {
         let learningRate = schedule.learningRate(epoch: position.epoch, stepInEpoch: position.stepInEpoch)
-        let patchCount = config.model.patchCount
-        model.gradients.zero()
+        taskModel.gradients.zero()
         var localLoss = 0.0
         var dataWait = 0.0
         for micro in 0..<config.accumulationSteps {
@@ -355,20 +388,12 @@ final class TrainingSession {
                                                    batch: position.stepInEpoch * config.accumulationSteps + micro)
             }
             dataWait += batch.dataWaitSeconds
-            let keptCount = config.model.keptCount(maskRatio: config.maskRatio)
-            for (row, sampleIndex) in batch.sampleIndices.enumerated() {
-                fillMaskingNoise(noise.pointer + row * patchCount, strategy: config.maskingStrategy,
-                                 gridSize: config.model.gridSize, keptCount: keptCount, seed: config.seed,
-                                 epoch: position.epoch, sampleIndex: sampleIndex)
-            }
             // Only the last micro-batch's backward finishes gradients, so only it overlaps.
             let isLast = micro == config.accumulationSteps - 1
-            let loss = model.forwardBackward(images: batch.images.pointer, noise: noise.pointer,
-                                             batchSize: batch.sampleIndices.count, maskRatio: config.maskRatio,
-                                             normPixLoss: config.normPixLoss,
-                                             gradientScale: 1 / Float(config.accumulationSteps),
-                                             backwardProgress: isLast ? exchange.backwardProgress() : nil)
-            localLoss += Double(loss) / Double(config.accumulationSteps)
+            let loss = taskModel.forwardBackward(batch: batch, epoch: position.epoch,
+                                                 gradientScale: 1 / Float(config.accumulationSteps),
+                                                 backwardProgress: isLast ? exchange.backwardProgress() : nil)
+            localLoss += loss / Double(config.accumulationSteps)
         }
         let communicationWait = try exchange.finish()
         if config.injectNonFiniteLossAtStep == position.step + 1 { localLoss = .nan }
@@ -382,9 +407,8 @@ final class TrainingSession {
             throw TrainingError.nonFiniteLoss(step: position.step, epoch: position.epoch, loss: loss,
                                               lastCheckpoint: lastCheckpoint)
         }
-        optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: Float(learningRate))
-        if optimizer.isSharded { try collective.allGather(model.parameters.pointer, count: model.parameters.count) }
-        model.parametersDidChange()  // the bf16 copy is rounded again once, before the next step
+        taskModel.update(learningRate: Float(learningRate))
+        try taskModel.synchronise(collective)
 
         position.step += 1
         position.stepInEpoch += 1
@@ -397,10 +421,15 @@ final class TrainingSession {
 
     /// Moves the position to the next epoch; returns the finished epoch's `log.txt` line
     /// (the reference's keys: the epoch's mean rate and loss).
-    func finishEpoch() -> EpochSummary {
-        let record = EpochSummary(epoch: position.epoch,
+    func finishEpoch() throws -> EpochSummary {
+        var record = EpochSummary(epoch: position.epoch,
                                   learningRate: position.epochLearningRateSum / Double(position.epochStepCount),
                                   loss: position.epochLossSum / Double(position.epochStepCount))
+        if let result = try evaluate() {
+            record.evaluation = result
+            record.parameterCount = taskModel.trainableParameterCount
+            position.bestTestAccuracy = max(position.bestTestAccuracy, result.top1)
+        }
         position.epoch += 1
         position.stepInEpoch = 0
         position.epochLossSum = 0
@@ -409,19 +438,31 @@ final class TrainingSession {
         return record
     }
 
+    /// With `--knn-every E`, after every E-th epoch and the last: the k-NN score of the
+    /// current encoder, every rank computing the features of its share of the images (see
+    /// `KNNEvaluation.score`). It reads the parameters only, so training goes on exactly as
+    /// without it. Rank 0 logs it and writes it to TensorBoard at the epoch's end.
+    func scoreKNN(afterEpoch epoch: Int) throws -> NearestNeighbours.Accuracy? {
+        guard let knn, let model, let every = config.knnEvery, every > 0,
+              (epoch + 1) % every == 0 || epoch + 1 == config.epochs else { return nil }
+        let started = monotonicSeconds()
+        let accuracy = try knn.score(model: model, collective: collective)
+        log.info(String(format: "epoch %d/%d k-NN (k %d, %d train, %d val images): top1 %.2f %% top5 %.2f %% (%.1f s)",
+                        epoch + 1, config.epochs, knn.k, knn.training.count, knn.evaluation.count,
+                        accuracy.top1, accuracy.top5, monotonicSeconds() - started))
+        // At the epoch's end on train_loss's epoch_1000x axis.
+        tensorBoard?.addScalars([("knn_top1", accuracy.top1), ("knn_top5", accuracy.top5)], step: (epoch + 1) * 1000)
+        return accuracy
+    }
+
     /// Every rank meets before and after; rank 0 writes the checkpoint and prunes old ones.
     /// A write that fails (a full disk) stops every rank or, with `--on-checkpoint-error
     /// continue`, is a warning; the previous checkpoint stays intact either way.
     func writeCheckpoint(finishedEpoch: EpochSummary?) throws {
         try collective.barrier()
-        if optimizer.isSharded {
-            // Checkpoints hold the whole moments, so that any run can resume them.
-            let moments = wholeMoments()
-            optimizer.copyMoments(intoWhole: moments.first.pointer, moments.second.pointer)
-            try collective.allGather(moments.first.pointer, count: moments.first.count)
-            try collective.allGather(moments.second.pointer, count: moments.second.count)
-        }
-        defer { wholeMomentBuffers = nil }
+        // Checkpoints hold whole optimizer state (a sharded optimizer's moments gathered), so any run can resume them.
+        try taskModel.gatherForCheckpoint(collective)
+        defer { taskModel.checkpointWritten() }
         var failure: TrainingError?
         if rank == 0 {
             do { try saveCheckpoint(finishedEpoch: finishedEpoch) } catch let error as TrainingError { failure = error }
@@ -443,10 +484,15 @@ final class TrainingSession {
             seed: config.seed, worldSize: worldSize, epochLossSum: position.epochLossSum,
             epochLearningRateSum: position.epochLearningRateSum, epochStepCount: position.epochStepCount,
             datasetFingerprint: dataset.fingerprint, datasetCount: dataset.count, config: config, schedule: schedule,
-            finishedEpoch: finishedEpoch)
-        let files = checkpointFiles()
-        let path = try store.write(state: state) { directory in try files.save(into: directory, state: state) }
+            finishedEpoch: finishedEpoch, classNames: config.trainingTask.classifies ? dataset.classNames : nil,
+            bestTestAccuracy: position.bestTestAccuracy >= 0 ? position.bestTestAccuracy : nil)
+        let path = try store.write(state: state) { directory in
+            try taskModel.save(into: directory, step: state.step, epoch: state.epoch)
+        }
         lastCheckpoint = path
+        if let evaluation = finishedEpoch?.evaluation, evaluation.top1 >= position.bestTestAccuracy {
+            try keepAsBest(path, evaluation: evaluation)
+        }
         if let control {
             // The coordinator owns the retention policy; it prunes once it has recorded this one.
             control.checkpointWritten(path: path, step: position.step)
@@ -472,5 +518,59 @@ final class TrainingSession {
             ("communication_wait_seconds", .number(interval.communicationWaitPerStep)),
             ("elapsed_seconds", .number(interval.elapsedSeconds)),
         ])
+    }
+}
+
+extension TrainingSession {
+    /// `--finetune`: the pretrained encoder a fresh fine-tuning or linear-probing run starts from (rank 0;
+    /// `restore` broadcasts it). WorkerOptions checked that it is a pretraining checkpoint or weights.
+    func startFromPretrained(_ path: String) throws {
+        switch taskModel {
+        case let probe as LinearProbeTaskModel:
+            let pretrained = try TrainedModel.load(path: path, model: config.model)
+            probe.startFrom(pretrained.model)
+            log.info("starting from the pretrained encoder of \(pretrained.weightsPath)")
+        case let fineTuning as FineTuningTaskModel:
+            let weights = try TrainedModel.weightsPath(of: path)
+            let loaded = try fineTuning.startFrom(weightsPath: weights)
+            log.info("starting from the pretrained encoder of \(weights); not in the file (initialised): "
+                     + loaded.missing.joined(separator: ", ")
+                     + (loaded.interpolatedGrid.map { "; position embedding interpolated from \($0.from)² to \($0.to)² patches" } ?? ""))
+        default:
+            break
+        }
+    }
+
+    /// The scoring on `val` of a classifying run (nil for pretraining); logged to TensorBoard by rank 0.
+    func evaluate() throws -> EvaluationResult? {
+        guard let evaluator, let classifier = taskModel as? any ClassifierTaskModel else { return nil }
+        let result = try evaluator.evaluate(classifier, collective: collective)
+        tensorBoard?.addScalars([("perf/test_acc1", result.top1), ("perf/test_acc5", result.top5),
+                                 ("perf/test_loss", result.loss)], step: position.epoch)
+        return result
+    }
+
+    /// "val top1 71.25 % top5 98.00 % loss 0.8123 (800 images)".
+    static func summary(of result: EvaluationResult, prefix: String) -> String {
+        String(format: "%@ top1 %.2f %% top5 %.2f %% loss %.4f (%d images)", prefix, result.top1, result.top5,
+               result.loss, result.count)
+    }
+
+    /// Copies the checkpoint at `path` to `RUN_DIR/checkpoint-best` (rank 0), replacing the
+    /// previous best only once the copy is whole.
+    func keepAsBest(_ path: String, evaluation: EvaluationResult) throws {
+        let best = config.runDirectory + "/checkpoint-best"
+        let temporary = best + ".tmp"
+        try TrainingError.reportingSystemCalls {
+            if FileSystem.exists(temporary) { try FileSystem.removeTree(temporary) }
+            try FileSystem.makeDirectories(temporary)
+            for name in try FileSystem.contents(of: path) {
+                try FileSystem.writeFile(temporary + "/" + name, bytes: try FileSystem.readFile(path + "/" + name),
+                                         synchronize: true)
+            }
+            if FileSystem.exists(best) { try FileSystem.removeTree(best) }
+            try FileSystem.rename(temporary, best)
+        }
+        log.info(String(format: "best top-1 so far (%.2f %%): %@ copied to %@", evaluation.top1, path, best))
     }
 }

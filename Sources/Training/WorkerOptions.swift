@@ -1,4 +1,5 @@
 import Collectives
+import Data
 import Foundation
 import Kernels
 import Model
@@ -51,7 +52,8 @@ public struct DistributedSettings: Sendable, Equatable {
 public enum WorkerOptions {
     public static let spec = CommandSpec(
         name: "mae-worker",
-        summary: "Pretrains a Masked Autoencoder (He et al. 2021) on an image folder, as one process of a "
+        summary: "Pretrains a Masked Autoencoder (He et al. 2021) on an image folder, or fine-tunes or linearly probes its "
+            + "encoder (--task), as one process of a "
             + "data-parallel job (--rank/--world-size/--rendezvous/--job-token) or alone (--standalone). "
             + "Checkpoints go to RUN_DIR/checkpoints; --resume auto continues exactly where the newest one stopped.",
         options: [
@@ -85,13 +87,35 @@ public enum WorkerOptions {
             OptionSpec("model-shape", value: "P,D,DEPTH,HEADS,DD,DDEPTH,DHEADS",
                        help: "a custom model shape instead of --model (tests and experiments)", visible: false),
             OptionSpec("input-size", value: "S", help: "image side in pixels (default: the model's own: 32 for tiny, 64 for small, 224 otherwise)"),
-            OptionSpec("batch-size", value: "B", default: "64", help: "images per worker per micro-batch"),
-            OptionSpec("epochs", value: "E", default: "800", help: "epochs to train"),
-            OptionSpec("warmup-epochs", value: "W", default: "40", help: "epochs of linear learning-rate warm-up"),
-            OptionSpec("blr", value: "X", default: "1.5e-4", help: "base learning rate: lr = blr × effective batch / 256"),
+            OptionSpec("task", value: "pretrain|finetune|linprobe", default: "pretrain",
+                       help: "what to train: MAE pretraining, fine-tuning of a pretrained encoder with a classification head "
+                           + "(main_finetune.py), or a linear probe of the frozen encoder (main_linprobe.py); the last two "
+                           + "need ROOT/train and ROOT/val and score val after every epoch"),
+            OptionSpec("finetune", value: "PATH",
+                       help: "finetune/linprobe: the pretraining checkpoint, run folder, 'mae import' folder or .safetensors "
+                           + "whose encoder to start from (without it: a randomly initialised encoder)"),
+            OptionSpec("nb-classes", value: "N", help: "finetune/linprobe: the number of classes, only checked against ROOT/train's"),
+            .flag("global-pool", help: "finetune/linprobe: the head reads the mean of the patch tokens (default for finetune)"),
+            .flag("cls-token", help: "finetune/linprobe: the head reads the class token (default for linprobe)"),
+            OptionSpec("drop-path", value: "X", default: "0.1", help: "finetune: stochastic depth rate (linear over the blocks)"),
+            OptionSpec("layer-decay", value: "X", default: "0.75", help: "finetune: layer-wise learning-rate decay"),
+            OptionSpec("smoothing", value: "X", default: "0.1", help: "finetune: label smoothing"),
+            OptionSpec("mixup", value: "X", default: "0", help: "finetune: Mixup alpha (0: off; the ViT-B recipe uses 0.8)"),
+            OptionSpec("cutmix", value: "X", default: "0", help: "finetune: CutMix alpha (0: off; the ViT-B recipe uses 1.0)"),
+            OptionSpec("reprob", value: "X", default: "0.25", help: "finetune: random erasing probability (pixel mode)"),
+            OptionSpec("aa", value: "POLICY", default: "rand-m9-mstd0.5-inc1", help: "finetune: RandAugment policy ('none': off)"),
+            OptionSpec("batch-size", value: "B", help: "images per worker per micro-batch (default: "
+                           + TrainingTask.defaultsHelp { Double($0.batchSize) } + ")"),
+            OptionSpec("epochs", value: "E", help: "epochs to train (default: " + TrainingTask.defaultsHelp { Double($0.epochs) } + ")"),
+            OptionSpec("warmup-epochs", value: "W", help: "epochs of linear learning-rate warm-up (default: "
+                           + TrainingTask.defaultsHelp(\.warmupEpochs) + ")"),
+            OptionSpec("blr", value: "X", help: "base learning rate: lr = blr × effective batch / 256 (default: "
+                           + TrainingTask.defaultsHelp(\.baseLearningRate) + ")"),
             OptionSpec("lr", value: "X", help: "peak learning rate, overriding --blr"),
-            OptionSpec("min-lr", value: "X", default: "0", help: "floor of the cosine schedule"),
-            OptionSpec("weight-decay", value: "X", default: "0.05", help: "AdamW weight decay (not for biases and 1-D tensors)"),
+            OptionSpec("min-lr", value: "X", help: "floor of the cosine schedule (default: "
+                           + TrainingTask.defaultsHelp(\.minimumLearningRate) + ")"),
+            OptionSpec("weight-decay", value: "X", help: "weight decay, not for biases and 1-D tensors: AdamW, LARS for linprobe "
+                           + "(default: " + TrainingTask.defaultsHelp(\.weightDecay) + ")"),
             OptionSpec("accum-iter", value: "K", default: "1", help: "micro-batches accumulated per optimizer step"),
             OptionSpec("mask-ratio", value: "R", default: "0.75", help: "share of patches removed, in (0, 1)"),
             OptionSpec("masking", value: "random|block|grid", default: "random", help: MaskingStrategy.optionHelp),
@@ -126,6 +150,9 @@ public enum WorkerOptions {
             .flag("shard-optimizer",
                   help: "ZeRO stage 1: reduce-scatter the gradients, each worker runs AdamW on its shard only (moments "
                       + "for it alone), all-gather the parameters; the same bits as without, checkpoints whole (turns --overlap off)"),
+            OptionSpec("knn-every", value: "E", default: "0",
+                       help: "score the encoder by k-NN (k 20, temperature 0.07, class token; DATA/val by DATA/train) every E "
+                           + "epochs and at the last, into log.txt and TensorBoard as knn_top1/knn_top5 (0: never)"),
             OptionSpec("inject-nonfinite-loss-at-step", value: "N",
                        help: "tests: make the loss of step N NaN", visible: false),
         ])
@@ -258,12 +285,33 @@ public enum WorkerOptions {
         if let resume, resume != "auto", !FileSystem.isDirectory(resume) {
             throw fail("--resume \(resume) is not a checkpoint folder (pass 'auto' or RUN_DIR/checkpoints/step-NNNNNNNN)")
         }
+        let taskText = try options.required("task")
+        guard let task = TrainingTask(rawValue: taskText) else {
+            throw fail("--task expects pretrain, finetune or linprobe, got '\(taskText)'")
+        }
+        let defaults = task.defaults
         let initWeights = options.string("init-weights")
         if let initWeights, !FileSystem.exists(initWeights) {
             throw fail("--init-weights \(initWeights) does not exist (pass a folder written by 'mae import', a checkpoint, or a .safetensors file)")
         }
-        let epochs = try options.int("epochs", in: 1...1_000_000)
-        let warmup = try options.double("warmup-epochs", expectation: "a number ≥ 0") { $0 >= 0 }
+        if task != .pretrain, options.string("knn-every") != "0" {
+            throw fail("--knn-every scores pretraining; --task \(task.rawValue) scores val after every epoch anyway")
+        }
+        if initWeights != nil, task != .pretrain {
+            throw fail("--init-weights continues pretraining from weights; --task \(task.rawValue) starts from --finetune PATH")
+        }
+        let downstream = try parseDownstream(options, task: task, model: model, fail: fail)
+        if let downstream {
+            // The augmentation and Mixup settings say what is wrong with them now, not after the join.
+            do {
+                _ = try FinetuneAugmentationSettings(randAugment: downstream.autoAugment ?? "none", reprob: downstream.reprob)
+                _ = try MixupSettings(mixupAlpha: downstream.mixup, cutmixAlpha: downstream.cutmix, labelSmoothing: downstream.smoothing)
+            } catch {
+                throw fail("\(error)")
+            }
+        }
+        let epochs = try options.optionalInt("epochs", in: 1...1_000_000) ?? defaults.epochs
+        let warmup = try options.optionalDouble("warmup-epochs", expectation: "a number ≥ 0") { $0 >= 0 } ?? defaults.warmupEpochs
         guard warmup < Double(epochs) else {
             throw fail("--warmup-epochs \(formatNumber(warmup)) must be smaller than --epochs \(epochs); "
                        + "pass a smaller --warmup-epochs (e.g. --warmup-epochs \(max(0, epochs / 20)))")
@@ -280,15 +328,26 @@ public enum WorkerOptions {
         guard let onCheckpointError = CheckpointErrorPolicy(rawValue: try options.required("on-checkpoint-error")) else {
             throw fail("--on-checkpoint-error expects stop or continue, got '\(options.string("on-checkpoint-error") ?? "")'")
         }
+        if task != .pretrain {
+            // The classifier's products and optimizer have neither yet.
+            if precision != .fp32 { throw fail("--precision \(precision.rawValue) is for --task pretrain only; drop it") }
+            if options.flag("shard-optimizer") { throw fail("--shard-optimizer is for --task pretrain only; drop it") }
+        }
 
+        let batchSize = try options.optionalInt("batch-size", in: 1...1_000_000) ?? defaults.batchSize
+        if task == .linprobe, batchSize < 2 {
+            throw fail("--task linprobe needs --batch-size of at least 2 (BatchNorm1d normalises by the batch's statistics)")
+        }
         var config = RunConfig(
             dataRoot: dataRoot, model: model,
-            batchSize: try options.int("batch-size", in: 1...1_000_000),
+            batchSize: batchSize,
             epochs: epochs, warmupEpochs: warmup,
-            baseLearningRate: try options.double("blr", expectation: "a number ≥ 0") { $0 >= 0 },
+            baseLearningRate: try options.optionalDouble("blr", expectation: "a number ≥ 0") { $0 >= 0 } ?? defaults.baseLearningRate,
             absoluteLearningRate: try options.optionalDouble("lr", expectation: "a number ≥ 0") { $0 >= 0 },
-            minimumLearningRate: try options.double("min-lr", expectation: "a number ≥ 0") { $0 >= 0 },
-            weightDecay: try options.double("weight-decay", expectation: "a number ≥ 0") { $0 >= 0 },
+            minimumLearningRate: try options.optionalDouble("min-lr", expectation: "a number ≥ 0") { $0 >= 0 }
+                ?? defaults.minimumLearningRate,
+            weightDecay: try options.optionalDouble("weight-decay", expectation: "a number ≥ 0") { $0 >= 0 } ?? defaults.weightDecay,
+            beta2: defaults.beta2,
             accumulationSteps: try options.int("accum-iter", in: 1...1_000_000),
             maskRatio: maskRatio, masking: masking, normPixLoss: options.flag("norm-pix-loss"),
             seed: try parseSeed(options.required("seed"), fail: fail),
@@ -301,12 +360,77 @@ public enum WorkerOptions {
             maxSteps: try options.optionalInt("max-steps", in: 1...Int.max),
             printEvery: try options.int("print-every", in: 1...Int.max),
             reconstructEvery: try options.int("reconstruct-every", in: 0...1_000_000),
+            knnEvery: try options.int("knn-every", in: 0...1_000_000),
             initWeights: initWeights,
             overlap: overlap, bucketMegabytes: bucketMegabytes,
             shardOptimizer: options.flag("shard-optimizer") ? true : nil,
+            task: task, downstream: downstream,
             injectNonFiniteLossAtStep: try options.optionalInt("inject-nonfinite-loss-at-step", in: 1...Int.max))
         config.onCheckpointError = onCheckpointError
         return (config, distributed)
+    }
+
+    /// The settings of fine-tuning and linear probing (nil for pretraining), with `--finetune`
+    /// checked: a pretraining checkpoint (or weights) of this model.
+    static func parseDownstream(_ options: ParsedOptions, task: TrainingTask, model: ModelConfig,
+                                fail: (String) -> OptionError) throws -> DownstreamSettings? {
+        let downstreamFlags = ["finetune", "nb-classes", "global-pool", "cls-token"].filter { options.string($0) != nil || options.flag($0) }
+        guard task != .pretrain else {
+            if let first = downstreamFlags.first { throw fail("--\(first) is for --task finetune or linprobe") }
+            return nil
+        }
+        if options.flag("global-pool"), options.flag("cls-token") { throw fail("--global-pool and --cls-token exclude each other") }
+        func fraction(_ name: String) throws -> Double {
+            try options.double(name, expectation: "a number in [0, 1]") { $0 >= 0 && $0 <= 1 }
+        }
+        let pretrained = options.string("finetune")
+        if let pretrained { try checkPretrained(pretrained, task: task, model: model, fail: fail) }
+        let policy = try options.required("aa")
+        return DownstreamSettings(
+            pretrained: pretrained ?? "",
+            // main_finetune.py pools by default, main_linprobe.py reads the class token.
+            globalPool: options.flag("global-pool") || (task == .finetune && !options.flag("cls-token")),
+            dropPath: try options.double("drop-path", expectation: "a number in [0, 1)") { $0 >= 0 && $0 < 1 }, layerDecay: try fraction("layer-decay"), smoothing: try fraction("smoothing"),
+            mixup: try options.double("mixup", expectation: "a number ≥ 0") { $0 >= 0 },
+            cutmix: try options.double("cutmix", expectation: "a number ≥ 0") { $0 >= 0 },
+            reprob: try fraction("reprob"), autoAugment: policy == "none" ? nil : policy,
+            classCount: try options.optionalInt("nb-classes", in: 1...1_000_000))
+    }
+
+    /// `--finetune PATH` must hold a pretraining checkpoint or weights of `model`: a
+    /// fine-tuned or probed checkpoint, or another model's, is a one-line error.
+    static func checkPretrained(_ path: String, task: TrainingTask, model: ModelConfig,
+                                fail: (String) -> OptionError) throws {
+        guard FileSystem.exists(path) else {
+            throw fail("--finetune \(path) does not exist (pass a pretraining checkpoint or run folder, a folder of "
+                       + "'mae import', or a .safetensors file)")
+        }
+        var checkpoint: String?
+        if FileSystem.exists(path + "/" + CheckpointStore.stateFileName) {
+            checkpoint = path
+        } else if FileSystem.isDirectory(path), !FileSystem.exists(path + "/" + WeightsExchange.importedFileName) {
+            checkpoint = try CheckpointStore(runDirectory: path, warn: { _ in }).newestValid()?.entry.path
+        }
+        if let checkpoint {
+            let state = try CheckpointStore.verify(checkpoint)
+            guard state.config.trainingTask == .pretrain else {
+                throw fail("--finetune \(checkpoint) is a \(state.config.trainingTask.rawValue) checkpoint; --task \(task.rawValue) "
+                           + "starts from a pretraining one (to continue that run, pass its --run-dir with --resume auto)")
+            }
+            // Fine-tuning interpolates the position embedding to another input size; everything else must match.
+            var saved = state.config.model
+            if task == .finetune { saved.imageSize = model.imageSize }
+            guard saved == model else {
+                throw fail("--finetune \(checkpoint) holds \(describe(state.config.model)), not --model's "
+                           + "\(describe(model)); pass --model \(state.config.model.name)")
+            }
+            return
+        }
+        do {
+            _ = try TrainedModel.load(path: path, model: model)
+        } catch {
+            throw fail("--finetune \(path): \(error)")
+        }
     }
 
     /// Workers sharing this machine: LOCAL_WORLD_SIZE (torchrun) or OMPI_COMM_WORLD_LOCAL_SIZE

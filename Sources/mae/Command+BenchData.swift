@@ -17,6 +17,9 @@ struct BenchDataCommand: Subcommand {
             OptionSpec("batches", value: "K", default: "50", help: "batches to time (epochs repeat as needed)"),
             OptionSpec("prefetch", value: "P", default: "4", help: "batches decoded ahead"),
             OptionSpec("seed", value: "S", default: "0", help: "random seed"),
+            OptionSpec("transform", value: "NAME", default: "pretraining",
+                       help: "pretraining, linprobe (crop scale 0.08-1 + flip), finetuning (the official "
+                           + "rand-m9-mstd0.5-inc1 RandAugment and random erasing 0.25 too) or evaluation"),
         ])
 
     static func run(_ options: ParsedOptions) throws {
@@ -27,16 +30,26 @@ struct BenchDataCommand: Subcommand {
         let batches = try options.int("batches", in: 1...1_000_000)
         let prefetch = try options.int("prefetch", in: 1...1024)
         let seed = UInt64(try options.int("seed", in: 0...Int.max))
+        let transformName = options.string("transform") ?? "pretraining"
+        let transform: ImageTransform
+        switch transformName {
+        case "pretraining": transform = .pretraining
+        case "linprobe": transform = .linearProbe
+        case "finetuning": transform = .finetuning(.official)
+        case "evaluation": transform = .evaluation
+        default:
+            throw OptionError("mae bench data: --transform \(transformName) is not one of pretraining, linprobe, finetuning, evaluation")
+        }
         let dataset = try ImageFolderDataset(root: root)
         let sampler = DistributedSampler(datasetCount: dataset.count, worldSize: 1, rank: 0, seed: seed)
         guard sampler.samplesPerRank >= batchSize else {
             throw OptionError("mae bench data: --batch \(batchSize) is larger than the dataset (\(dataset.count) images)")
         }
         let loader = DataLoader(dataset: dataset, sampler: sampler, batchSize: batchSize, imageSize: imageSize,
-                                seed: seed, threads: threads, prefetchBatches: prefetch)
+                                seed: seed, threads: threads, prefetchBatches: prefetch, transform: transform)
         defer { loader.stop() }
         print("dataset \(dataset.directory): \(dataset.count) images, \(dataset.classNames.count) classes; "
-              + "batch \(batchSize), \(imageSize) px, \(threads) thread(s), prefetch \(prefetch)")
+              + "batch \(batchSize), \(imageSize) px, \(threads) thread(s), prefetch \(prefetch), transform \(transformName)")
         var epoch = 0
         loader.startEpoch(epoch)
         func nextBatch() throws -> Batch {

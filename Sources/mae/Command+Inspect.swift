@@ -18,6 +18,22 @@ struct InspectCommand: Subcommand {
         guard options.positional.count == 1, let path = options.positional.first else {
             throw OptionError("mae inspect: expected one checkpoint folder or weights file (see --help)")
         }
+        if FileSystem.exists(path + "/" + CheckpointStore.stateFileName),
+           case let state = try CheckpointStore.verify(path), state.config.trainingTask != .pretrain {
+            // A fine-tuned or probed classifier: its settings and the tensors of its files.
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            print("\(state.config.trainingTask.rawValue) checkpoint \(path) (checksums verified): step \(state.step), epoch \(state.epoch)"
+                  + (state.bestTestAccuracy.map { ", best test_acc1 \($0)" } ?? ""))
+            print("classes: " + (state.classNames ?? []).joined(separator: ", "))
+            print("config: " + String(decoding: try encoder.encode(state.config), as: UTF8.self))
+            for name in state.checksums.keys.sorted() where name.hasSuffix(".safetensors") {
+                let file = try WeightsFile.read(path: path + "/" + name)
+                print("\(name): \(file.tensors.count) tensors, \(file.tensors.reduce(0) { $0 + $1.values.count }) values")
+                for tensor in file.tensors { print("  \(tensor.name) \(tensor.shape)") }
+            }
+            return
+        }
         if FileSystem.isDirectory(path) {
             let trained = try TrainedModel.load(path: path, model: nil)
             let config = trained.model.config

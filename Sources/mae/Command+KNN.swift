@@ -48,15 +48,10 @@ struct KNNCommand: Subcommand {
         }
 
         // The data first: a folder without val, or with other classes there, is an error before any work.
-        guard FileSystem.isDirectory(root + "/val") else {
-            throw fail("\(root) has no val/ folder: k-NN classifies ROOT/val by ROOT/train")
-        }
-        let training = try ImageFolderDataset(root: root, split: "train")
-        let evaluation = try ImageFolderDataset(root: root, split: "val")
-        guard training.classNames == evaluation.classNames else {
-            throw fail("the classes of \(root)/val (\(evaluation.classNames.count)) differ from those of train "
-                       + "(\(training.classNames.count)); both need the same class folders")
-        }
+        let scoring: KNNEvaluation
+        do {
+            scoring = try KNNEvaluation(root: root, k: k, temperature: temperature, globalPool: globalPool, batch: batch)
+        } catch let error as TrainingError { throw fail("\(error)") }
         let model: MAEModel, source: String
         if let checkpoint {
             let trained = try TrainedModel.load(path: checkpoint, model: fileModel)
@@ -66,36 +61,15 @@ struct KNNCommand: Subcommand {
             let seed = try options.int("seed", in: 0...Int.max)
             (model, source) = (MAEModel(config: fileModel, seed: UInt64(seed)), "freshly initialised (seed \(seed))")
         }
-        let width = model.config.encoderWidth
         Parallel.setThreads(threads)
-        print("model \(model.config.name) \(source); \(training.count) train and \(evaluation.count) val "
-              + "images, \(training.classNames.count) classes; features: \(globalPool ? "mean of the patch tokens" : "class token")")
-
-        func features(of dataset: ImageFolderDataset, name: String) throws -> FloatBuffer {
-            let result = FloatBuffer(count: dataset.count * width)
-            var start = 0, reported = 0
-            while start < dataset.count {
-                let count = min(batch, dataset.count - start)
-                let images = try Reconstruction.loadImages(paths: (start..<(start + count)).map(dataset.path(of:)),
-                                                           imageSize: model.config.imageSize)
-                model.encoderFeatures(images: images.pointer, batchSize: count, globalPool: globalPool,
-                                      into: result.pointer + start * width)
-                start += count
-                // A line per tenth of the work, plain text (no redrawing): logs stay readable.
-                if start * 10 / dataset.count > reported || start == dataset.count {
-                    reported = start * 10 / dataset.count
-                    print("features \(name): \(start) of \(dataset.count)")
-                }
-            }
-            NearestNeighbours.normalizeRows(result.pointer, rows: dataset.count, width: width)
-            return result
+        print("model \(model.config.name) \(source); \(scoring.training.count) train and \(scoring.evaluation.count) val "
+              + "images, \(scoring.training.classNames.count) classes; features: \(globalPool ? "mean of the patch tokens" : "class token")")
+        // A line per tenth of the work, plain text (no redrawing): logs stay readable.
+        var reported = 0
+        let accuracy = try scoring.score(model: model) { name, done, total in
+            if done == 0 || done == total || done * 10 / total > reported { print("features \(name): \(done) of \(total)") }
+            reported = done == total ? 0 : done * 10 / total
         }
-        let trainingFeatures = try features(of: training, name: "train")
-        let evaluationFeatures = try features(of: evaluation, name: "val")
-        let accuracy = NearestNeighbours.accuracy(
-            training: trainingFeatures.pointer, trainingLabels: training.labels,
-            evaluation: evaluationFeatures.pointer, evaluationLabels: evaluation.labels,
-            width: width, classCount: training.classNames.count, k: k, temperature: temperature)
         print("k \(k), temperature \(temperature)")
         print("top1=\(format(accuracy.top1)) top5=\(format(accuracy.top5))")
     }

@@ -5,8 +5,8 @@ import Options
 import Training
 
 /// `mae reference-step`: one forward and backward pass on given weights, images and
-/// masking noise, written out for comparison with the official PyTorch model
-/// (tools/compare_reference_step.py).
+/// masking noise (or, with `--task finetune`, soft targets), written out for comparison
+/// with the official PyTorch model (tools/compare_reference_step.py).
 struct ReferenceStepCommand: Subcommand {
     static let words = ["reference-step"]
 
@@ -22,15 +22,22 @@ struct ReferenceStepCommand: Subcommand {
             sizes, such as the test fixtures' micro model: {"name": "mae_micro_patch4", \
             "image_size": 16, "patch_size": 4, "channels": 3, "encoder_width": 32, \
             "encoder_depth": 2, "encoder_heads": 2, "decoder_width": 16, "decoder_depth": 1, \
-            "decoder_heads": 2, "mlp_ratio": 4}.
+            "decoder_heads": 2, "mlp_ratio": 4}. With --task finetune the model is the fine-tuning \
+            classifier (the official models_vit.VisionTransformer: global pooling + fc_norm, or the \
+            class token with --cls-token), --weights its state_dict (the class count is read from \
+            head.weight), --targets the soft targets [N,C] (tensor 'targets' or the only one) instead \
+            of --noise; drop path is off; it writes 'loss' [1], 'logits' [N,C] and every gradient.
             """,
         options: [
+            OptionSpec("task", value: "TASK", default: "pretrain", help: "pretrain (the MAE) or finetune (the classifier)"),
             OptionSpec("model", value: "NAME", help: "model: " + ModelConfig.knownNames.joined(separator: ", ")),
             OptionSpec("config", value: "FILE", help: "a ModelConfig JSON file instead of --model"),
             OptionSpec("input-size", value: "S", help: "image side in pixels (default: the model's)"),
             OptionSpec("weights", value: "FILE", help: "weights, safetensors with official names"),
             OptionSpec("images", value: "FILE", help: "images [N,3,S,S], safetensors"),
             OptionSpec("noise", value: "FILE", help: "masking noise [N,L], safetensors; argsort ascending keeps the smallest"),
+            OptionSpec("targets", value: "FILE", help: "finetune: soft targets [N,C], safetensors"),
+            .flag("cls-token", help: "finetune: classify the class token after norm instead of global pooling + fc_norm"),
             OptionSpec("out", value: "FILE", help: "output safetensors file"),
             OptionSpec("mask-ratio", value: "R", default: "0.75", help: "fraction of patches removed"),
             .flag("norm-pix-loss", help: "normalise each target patch by its mean and unbiased variance"),
@@ -42,6 +49,23 @@ struct ReferenceStepCommand: Subcommand {
         ])
 
     static func run(_ options: ParsedOptions) throws {
+        switch options.string("task") ?? "pretrain" {
+        case "pretrain":
+            for name in ["targets"] where options.has(name) {
+                throw OptionError("mae reference-step: --\(name) belongs to --task finetune")
+            }
+            if options.flag("cls-token") { throw OptionError("mae reference-step: --cls-token belongs to --task finetune") }
+            try runPretrain(options)
+        case "finetune":
+            if options.has("noise") { throw OptionError("mae reference-step: --task finetune takes --targets, not --noise") }
+            if options.flag("norm-pix-loss") { throw OptionError("mae reference-step: --norm-pix-loss belongs to --task pretrain") }
+            try runFinetune(options)
+        case let task:
+            throw OptionError("mae reference-step: unknown --task '\(task)'; use pretrain or finetune")
+        }
+    }
+
+    private static func runPretrain(_ options: ParsedOptions) throws {
         let config = try modelConfig(options)
         let weightsPath = try options.required("weights")
         let imagesPath = try options.required("images")
@@ -109,7 +133,7 @@ struct ReferenceStepCommand: Subcommand {
     }
 
     /// The model from --model (with --input-size) or --config, exactly one of them.
-    private static func modelConfig(_ options: ParsedOptions) throws -> ModelConfig {
+    static func modelConfig(_ options: ParsedOptions) throws -> ModelConfig {
         let inputSize = try options.optionalInt("input-size", in: 1 ... 100_000)
         var config: ModelConfig
         switch (options.string("model"), options.string("config")) {
@@ -136,7 +160,7 @@ struct ReferenceStepCommand: Subcommand {
     }
 
     /// The tensor called `name`, or the file's only tensor.
-    private static func onlyTensor(_ file: SafeTensorsFile, preferring name: String) throws -> SafeTensorsFile.Tensor {
+    static func onlyTensor(_ file: SafeTensorsFile, preferring name: String) throws -> SafeTensorsFile.Tensor {
         if let tensor = file.tensor(named: name) { return tensor }
         guard file.tensors.count == 1 else {
             throw OptionError("\(file.path): expected a tensor named '\(name)' or a single tensor, found \(file.tensors.count): \(file.names.prefix(5).joined(separator: ", "))")

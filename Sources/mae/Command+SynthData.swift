@@ -8,7 +8,8 @@ struct SynthDataCommand: Subcommand {
     static let spec = CommandSpec(
         name: "mae synth-data",
         summary: "Writes a deterministic ImageNet-style dataset of real JPEG files (DIR/train/<class>/, DIR/val/<class>/): "
-            + "each class has its own shape, hue and texture; the same seed gives byte-identical files.",
+            + "each class has its own shape, hue and texture (--difficulty easy), or only its own composition of two shapes "
+            + "among random colours, clutter and noise (--difficulty hard); the same seed gives byte-identical files.",
         usage: "DIR",
         options: [
             OptionSpec("classes", value: "N", default: "10", help: "number of classes"),
@@ -16,6 +17,9 @@ struct SynthDataCommand: Subcommand {
             OptionSpec("val-per-class", value: "N", default: "20", help: "validation images per class"),
             OptionSpec("size", value: "PX", default: "64", help: "image side in pixels"),
             OptionSpec("seed", value: "S", default: "0", help: "random seed"),
+            OptionSpec("difficulty", value: "LEVEL", default: "easy",
+                       help: "easy (classes differ in colour too: a random encoder's k-NN separates them) or hard "
+                           + "(same colour statistics for every class: only shape composition tells them apart)"),
         ])
 
     static func run(_ options: ParsedOptions) throws {
@@ -27,12 +31,16 @@ struct SynthDataCommand: Subcommand {
         let valPerClass = try options.int("val-per-class", in: 0...1_000_000)
         let size = try options.int("size", in: 8...4096)
         let seed = try options.int("seed", in: 0...Int.max)
+        let difficultyName = options.string("difficulty") ?? "easy"
+        guard let difficulty = SyntheticDifficulty(rawValue: difficultyName) else {
+            throw OptionError("mae synth-data: --difficulty \(difficultyName) is not one of easy, hard")
+        }
         let started = Double(DispatchTime.now().uptimeNanoseconds) * 1e-9
         // Large datasets take a while: a plain line every tenth of the way (not for small ones).
         let images = classes * (perClass + valPerClass)
         var reported = 0
         try synthesizeDataset(root: directory, classes: classes, perClass: perClass, valPerClass: valPerClass,
-                              size: size, seed: UInt64(seed)) { written, total in
+                              size: size, seed: UInt64(seed), difficulty: difficulty) { written, total in
             guard total >= 10_000, written * 10 / total > reported, written < total else { return }
             reported = written * 10 / total
             print("synth-data: \(written)/\(total) images written")

@@ -52,6 +52,32 @@ private func epochBatches(_ loader: DataLoader, epoch: Int, fromBatch: Int = 0) 
         #expect(epoch0[0].images != epoch1[0].images)
     }
 
+    /// The fine-tuning transform through the loader: the same batches with one and three
+    /// threads and after a resume, and the images differ from the linear-probe transform's
+    /// (RandAugment and erasing ran).
+    @Test func finetuningBatchesAreThreadIndependentAndResumable() throws {
+        let folder = try TemporaryFolder()
+        defer { folder.remove() }
+        try synthesizeDataset(root: folder.path, classes: 2, perClass: 8, valPerClass: 0, size: 24, seed: 4)
+        let dataset = try ImageFolderDataset(root: folder.path)
+        let sampler = DistributedSampler(datasetCount: dataset.count, worldSize: 1, rank: 0, seed: 2)
+        let transform = ImageTransform.finetuning(.official)
+        let single = DataLoader(dataset: dataset, sampler: sampler, batchSize: 4, imageSize: 16, seed: 2, threads: 1,
+                                transform: transform)
+        let triple = DataLoader(dataset: dataset, sampler: sampler, batchSize: 4, imageSize: 16, seed: 2, threads: 3,
+                                transform: transform)
+        let probe = DataLoader(dataset: dataset, sampler: sampler, batchSize: 4, imageSize: 16, seed: 2, threads: 1,
+                               transform: .linearProbe)
+        defer { single.stop(); triple.stop(); probe.stop() }
+        let one = try epochBatches(single, epoch: 1), three = try epochBatches(triple, epoch: 1)
+        #expect(one.count == 4)
+        for (a, b) in zip(one, three) { #expect(a.indices == b.indices && a.images == b.images) }
+        let resumed = try epochBatches(triple, epoch: 1, fromBatch: 2)
+        for (a, b) in zip(one.suffix(2), resumed) { #expect(a.indices == b.indices && a.images == b.images) }
+        let plain = try epochBatches(probe, epoch: 1)
+        #expect(zip(one, plain).filter { $0.images != $1.images }.count >= 3, "RandAugment and erasing change most batches")
+    }
+
     @Test func batchHoldsTheAugmentedSamples() throws {
         let folder = try TemporaryFolder()
         defer { folder.remove() }

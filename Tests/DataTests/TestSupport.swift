@@ -59,3 +59,9 @@ func smoothPattern(width: Int, height: Int) -> [UInt8] {
 func encoded(_ pixels: [UInt8], width: Int, height: Int, format: ImageFileFormat) throws -> [UInt8] {
     try pixels.withUnsafeBufferPointer { try encodeImage(rgb: $0.baseAddress!, width: width, height: height, format: format) }
 }
+
+/// `testPattern` squeezed into 60...174 (no channel reaches 0 or 255), for autocontrast and
+/// equalize; the same formula as tools/make_pillow_operation_fixtures.py.
+func lowContrastPattern(width: Int, height: Int) -> [UInt8] {
+    testPattern(width: width, height: height).enumerated().map { UInt8(60 + Int($0.element) % 97 + ($0.offset % 3) * 9) }
+}

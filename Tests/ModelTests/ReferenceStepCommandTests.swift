@@ -66,6 +66,39 @@ private func runMae(_ arguments: [String], in directory: TemporaryDirectory,
         }
     }
 
+    /// `--task finetune` reproduces the fine-tuning fixtures (both poolings) end to end.
+    @Test(arguments: [true, false])
+    func finetuneMatchesTheFixtureEndToEnd(globalPool: Bool) throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let out = directory.file("out.safetensors")
+        let suffix = FinetuneReferenceTests.suffix(globalPool)
+        let inputs = try fixturePath("micro_finetune_inputs")
+        let result = try runMae(["reference-step", "--task", "finetune", "--config", try fixturePath("micro_config", "json"),
+                                 "--weights", try fixturePath("micro_finetune_weights_" + suffix), "--images", inputs,
+                                 "--targets", inputs, "--out", out, "--threads", "2"] + (globalPool ? [] : ["--cls-token"]),
+                                in: directory)
+        #expect(result.status == 0, "stderr: \(result.error)")
+        guard result.status == 0 else { return }
+        #expect(result.output.contains("task=finetune") && result.output.contains("classes=5"))
+        let ours = try SafeTensorsFile.read(path: out)
+        let expected = try SafeTensorsFile.read(path: try fixturePath("micro_finetune_expected_" + suffix))
+        #expect(Set(ours.names) == Set(expected.names))
+        for tensor in ours.tensors {
+            let values = try ours.floats(named: tensor.name)
+            try values.withUnsafeBufferPointer {
+                try expectMatchesReference($0, expected, tensor.name, tolerance: FinetuneReferenceTests.tolerance)
+            }
+        }
+
+        // The other pooling's flag is a one-line error that says what to do.
+        let wrong = try runMae(["reference-step", "--task", "finetune", "--config", try fixturePath("micro_config", "json"),
+                                "--weights", try fixturePath("micro_finetune_weights_" + suffix), "--images", inputs,
+                                "--targets", inputs, "--out", out] + (globalPool ? ["--cls-token"] : []), in: directory)
+        #expect(wrong.status != 0 && wrong.error.contains("cls-token"), "\(wrong.error)")
+        #expect(wrong.error.trimmingCharacters(in: .newlines).split(separator: "\n").count == 1)
+    }
+
     @Test func badInputIsOneLineAndNonZeroExit() throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }

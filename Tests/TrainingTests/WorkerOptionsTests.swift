@@ -34,6 +34,37 @@ import Collectives
         #expect(config.threads >= 1 && config.dataThreads >= 1)
     }
 
+    /// main_finetune.py's and main_linprobe.py's defaults, each flag still overriding them.
+    @Test func eachTaskHasTheOfficialScriptsDefaults() throws {
+        let temporary = try TemporaryDirectory()
+        defer { temporary.remove() }
+        func parse(_ extra: [String]) throws -> RunConfig {
+            let options = try #require(try WorkerOptions.spec.parse(["--standalone", "--data", temporary.path, "--model",
+                                                                      "mae_vit_tiny_patch4"] + extra))
+            return try WorkerOptions.parse(options).0
+        }
+        let finetune = try parse(["--task", "finetune"])
+        #expect(finetune.trainingTask == .finetune && finetune.batchSize == 64 && finetune.epochs == 50)
+        #expect(finetune.warmupEpochs == 5 && finetune.baseLearningRate == 1e-3 && finetune.minimumLearningRate == 1e-6)
+        #expect(finetune.weightDecay == 0.05 && finetune.beta2 == 0.999)
+        let settings = try #require(finetune.downstream)
+        #expect(settings.globalPool && settings.dropPath == 0.1 && settings.layerDecay == 0.75 && settings.smoothing == 0.1)
+        #expect(settings.mixup == 0 && settings.cutmix == 0 && settings.reprob == 0.25 && settings.autoAugment == "rand-m9-mstd0.5-inc1")
+        #expect(try parse(["--task", "finetune", "--cls-token"]).downstream?.globalPool == false)
+        let probe = try parse(["--task", "linprobe", "--blr", "0.2"])
+        #expect(probe.batchSize == 512 && probe.epochs == 90 && probe.warmupEpochs == 10 && probe.baseLearningRate == 0.2)
+        #expect(probe.weightDecay == 0 && probe.minimumLearningRate == 0 && probe.downstream?.globalPool == false)
+        #expect(try parse(["--task", "linprobe", "--global-pool"]).downstream?.globalPool == true)
+        #expect(try parse([]).downstream == nil)
+        for (extra, message) in [(["--task", "probe"], "--task expects"), (["--finetune", temporary.path], "is for --task"),
+                                 (["--task", "finetune", "--aa", "bogus"], "must start with 'rand'"),
+                                 (["--task", "linprobe", "--global-pool", "--cls-token"], "exclude each other"),
+                                 (["--task", "finetune", "--knn-every", "1"], "--knn-every scores pretraining")] {
+            #expect(throws: OptionError.self, "\(extra)") { try parse(extra) }
+            do { _ = try parse(extra) } catch { #expect("\(error)".contains(message), "\(extra): \(error)") }
+        }
+    }
+
     @Test func acceptsAMultiProcessWorker() throws {
         let temporary = try TemporaryDirectory()
         defer { temporary.remove() }
@@ -99,10 +130,14 @@ import Collectives
                      "--epochs E", "--warmup-epochs W", "--blr X", "--lr X", "--min-lr X", "--weight-decay X",
                      "--accum-iter K", "--mask-ratio R", "--norm-pix-loss", "--seed S", "--threads T", "--data-threads T",
                      "--run-dir DIR", "--checkpoint-every N", "--keep-checkpoints K", "--keep-every-epochs N",
-                     "--resume", "--max-steps N", "--print-every N"] {
+                     "--resume", "--max-steps N", "--print-every N", "--task pretrain|finetune|linprobe", "--finetune PATH",
+                     "--nb-classes N", "--global-pool", "--cls-token", "--drop-path X", "--layer-decay X", "--smoothing X",
+                     "--mixup X", "--cutmix X", "--reprob X", "--aa POLICY"] {
             #expect(help.contains(flag), "help lacks \(flag)")
         }
-        for defaultText in ["(default: 1.5e-4)", "(default: 0.75)", "(default: 40)", "(default: 0.05)", "(default: 3)"] {
+        for defaultText in ["(default: pretrain 0.00015, finetune 0.001, linprobe 0.1)", "(default: 0.75)",
+                            "(default: pretrain 40, finetune 5, linprobe 10)", "(default: pretrain 64, finetune 64, linprobe 512)",
+                            "(default: pretrain 0.05, finetune 0.05, linprobe 0)", "(default: 3)", "(default: pretrain)"] {
             #expect(help.contains(defaultText), "help lacks \(defaultText)")
         }
         #expect(!help.contains("--model-shape"))
