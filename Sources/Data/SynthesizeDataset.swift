@@ -27,6 +27,12 @@ import Darwin
 /// Classes 25 to 49 put the small shape at the centre of the large one instead of its rim;
 /// the hard set has at most 50 classes.
 ///
+/// `difficulty: .medium` sits between the two: colour gives nothing away, as in the hard set (the
+/// background and the shape draw their own colours, the shape a clearly lighter or darker value
+/// than its background), but a class is one large shape (`label % 5`), plain for classes 0–4 and
+/// striped for classes 5–9, placed, scaled and rotated at random, with pixel noise and no clutter.
+/// At most 10 classes.
+///
 /// Refuses (throws) to write into a folder that has train/ or val/ content it did not
 /// make (no `SYNTHETIC.txt` marker), so a real dataset is never overwritten.
 /// `progress`, when given, is called after each class folder with (images written, images in all).
@@ -37,9 +43,12 @@ public func synthesizeDataset(root: String, classes: Int, perClass: Int, valPerC
         throw DataError("synthesizeDataset needs classes ≥ 1, perClass ≥ 1, valPerClass ≥ 0 and size ≥ 8 "
             + "(got \(classes), \(perClass), \(valPerClass), \(size))")
     }
-    guard difficulty == .easy || classes <= 50 else {
+    guard difficulty != .hard || classes <= 50 else {
         throw DataError("the hard synthetic set has at most 50 classes (compositions of two of 5 shapes, "
             + "at the rim or the centre); got \(classes)")
+    }
+    guard difficulty != .medium || classes <= 10 else {
+        throw DataError("the medium synthetic set has at most 10 classes (5 shapes, plain or striped); got \(classes)")
     }
     let marker = root + "/SYNTHETIC.txt"
     for split in ["train", "val"] where FileSystem.kind(of: root + "/" + split) == .directory {
@@ -51,7 +60,7 @@ public func synthesizeDataset(root: String, classes: Int, perClass: Int, valPerC
     }
     try DataError.reportingSystemCalls { try FileSystem.makeDirectories(root) }
     let description = "synthetic MAE dataset: classes=\(classes) per-class=\(perClass) val-per-class=\(valPerClass) "
-        + "size=\(size) seed=\(seed)" + (difficulty == .hard ? " difficulty=hard" : "") + "\n"
+        + "size=\(size) seed=\(seed)" + (difficulty == .easy ? "" : " difficulty=\(difficulty.rawValue)") + "\n"
     try DataError.reportingSystemCalls { try FileSystem.writeFile(marker, bytes: Array(description.utf8)) }
 
     let painter = SyntheticPainter(size: size, seed: seed)
@@ -66,6 +75,7 @@ public func synthesizeDataset(root: String, classes: Int, perClass: Int, valPerC
                 let index = firstIndex + label * count + number
                 switch difficulty {
                 case .easy: painter.paint(label: label, index: index)
+                case .medium: painter.paintMedium(label: label, index: index)
                 case .hard: painter.paintHard(label: label, index: index)
                 }
                 try writeImage(path: folder + "/" + className + "_" + zeroPadded(number, width: 5) + ".JPEG",
@@ -81,6 +91,8 @@ public func synthesizeDataset(root: String, classes: Int, perClass: Int, valPerC
 public enum SyntheticDifficulty: String, Sendable, CaseIterable {
     /// Each class its own shape, hue and stripe texture: a random encoder separates them.
     case easy
+    /// Same colour statistics for every class; each class one shape, plain or striped, without clutter.
+    case medium
     /// Same colour statistics for every class; classes differ only by a composition of shapes.
     case hard
 }
@@ -159,6 +171,52 @@ private final class SyntheticPainter {
         case 2: return v <= 0.6 && abs(u) <= (v + 1) * 0.6
         case 3: let r2 = u * u + v * v; return r2 <= 1 && r2 >= 0.35
         default: return (abs(u) <= 1 && abs(v) <= 0.3) || (abs(v) <= 1 && abs(u) <= 0.3)
+        }
+    }
+
+    /// One image of the medium set (see `synthesizeDataset`). Draw order: background, the
+    /// shape's placement, its colour and stripes, then the noise.
+    func paintMedium(label: Int, index: Int) {
+        var random = CounterRandom(seed: seed, purpose: .synthesis, index: index)
+        let side = Double(size)
+        let shape = label % 5, striped = label >= 5
+        let backgroundValue = random.nextDouble(in: 0.15..<0.85)
+        let background = rgb(hue: random.nextDouble(), saturation: random.nextDouble(in: 0.1..<0.6), value: backgroundValue)
+        let gradientAngle = random.nextDouble(in: 0..<(2 * Double.pi))
+        let gradient = (x: cos(gradientAngle) * 0.3 / side, y: sin(gradientAngle) * 0.3 / side)
+        let radius = side * random.nextDouble(in: 0.24..<0.36)
+        let rotation = random.nextDouble(in: 0..<(2 * Double.pi))
+        let centerX = side * (0.5 + random.nextDouble(in: -0.12..<0.12))
+        let centerY = side * (0.5 + random.nextDouble(in: -0.12..<0.12))
+        // A random colour, but a value clearly apart from the background's so the outline shows.
+        let contrast = random.nextDouble(in: 0.35..<0.5)
+        let foreground = rgb(hue: random.nextDouble(), saturation: random.nextDouble(in: 0.3..<0.9),
+                             value: backgroundValue >= 0.5 ? backgroundValue - contrast : backgroundValue + contrast)
+        let stripeAngle = random.nextDouble(in: 0..<(2 * Double.pi))
+        let stripe = (x: cos(stripeAngle), y: sin(stripeAngle))
+        let noiseAmplitude = random.nextDouble(in: 4..<12)
+        let (cosine, sine) = (cos(rotation), sin(rotation))
+
+        for y in 0..<size {
+            for x in 0..<size {
+                let dx = Double(x) + 0.5 - centerX, dy = Double(y) + 0.5 - centerY
+                let u = (cosine * dx + sine * dy) / radius
+                let v = (-sine * dx + cosine * dy) / radius
+                var colour: (Double, Double, Double)
+                if Self.isInside(shape: shape, u: u, v: v) {
+                    // Stripes of period 0.8 radius, dark to full: a texture the plain classes lack.
+                    let texture = striped ? 0.55 + 0.45 * sin((stripe.x * dx + stripe.y * dy) / radius * 2.5 * Double.pi) : 1
+                    colour = (foreground.0 * texture, foreground.1 * texture, foreground.2 * texture)
+                } else {
+                    let shade = 1 + gradient.x * dx + gradient.y * dy
+                    colour = (background.0 * shade, background.1 * shade, background.2 * shade)
+                }
+                let noise = (Double(random.nextUInt32() >> 8) / 16_777_216.0 - 0.5) * 2 * noiseAmplitude
+                let pixel = pixels + (y * size + x) * 3
+                pixel[0] = byte(colour.0 * 255 + noise)
+                pixel[1] = byte(colour.1 * 255 + noise)
+                pixel[2] = byte(colour.2 * 255 + noise)
+            }
         }
     }
 

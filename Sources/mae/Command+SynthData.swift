@@ -8,7 +8,8 @@ struct SynthDataCommand: Subcommand {
     static let spec = CommandSpec(
         name: "mae synth-data",
         summary: "Writes a deterministic ImageNet-style dataset of real JPEG files (DIR/train/<class>/, DIR/val/<class>/): "
-            + "each class has its own shape, hue and texture (--difficulty easy), or only its own composition of two shapes "
+            + "each class has its own shape, hue and texture (--difficulty easy), its own shape, plain or striped, in random "
+            + "colours (--difficulty medium, at most 10 classes), or only its own composition of two shapes "
             + "among random colours, clutter and noise (--difficulty hard); the same seed gives byte-identical files.",
         usage: "DIR",
         options: [
@@ -18,7 +19,8 @@ struct SynthDataCommand: Subcommand {
             OptionSpec("size", value: "PX", default: "64", help: "image side in pixels"),
             OptionSpec("seed", value: "S", default: "0", help: "random seed"),
             OptionSpec("difficulty", value: "LEVEL", default: "easy",
-                       help: "easy (classes differ in colour too: a random encoder's k-NN separates them) or hard "
+                       help: "easy (classes differ in colour too: a random encoder's k-NN separates them), medium "
+                           + "(random colours; one shape, plain or striped, per class; at most 10 classes) or hard "
                            + "(same colour statistics for every class: only shape composition tells them apart)"),
         ])
 
@@ -33,7 +35,7 @@ struct SynthDataCommand: Subcommand {
         let seed = try options.int("seed", in: 0...Int.max)
         let difficultyName = options.string("difficulty") ?? "easy"
         guard let difficulty = SyntheticDifficulty(rawValue: difficultyName) else {
-            throw OptionError("mae synth-data: --difficulty \(difficultyName) is not one of easy, hard")
+            throw OptionError("mae synth-data: --difficulty \(difficultyName) is not one of easy, medium, hard")
         }
         let started = Double(DispatchTime.now().uptimeNanoseconds) * 1e-9
         // Large datasets take a while: a plain line every tenth of the way (not for small ones).

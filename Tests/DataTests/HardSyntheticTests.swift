@@ -64,4 +64,21 @@ import Testing
             try synthesizeDataset(root: hard.path, classes: 51, perClass: 1, valPerClass: 0, size: 16, seed: 1, difficulty: .hard)
         }
     }
+
+    /// The medium set: colour alone hardly better than chance (1/10); plain and striped classes of
+    /// the same shape differ inside the shape; same arguments give the same bytes; at most 10 classes.
+    @Test func mediumClassesShareTheirColourStatistics() throws {
+        let medium = try TemporaryFolder(), again = try TemporaryFolder()
+        defer { medium.remove(); again.remove() }
+        try synthesizeDataset(root: medium.path, classes: 10, perClass: 24, valPerClass: 0, size: 24, seed: 1, difficulty: .medium)
+        try synthesizeDataset(root: again.path, classes: 10, perClass: 24, valPerClass: 0, size: 24, seed: 1, difficulty: .medium)
+        let accuracy = try colourAccuracy(root: medium.path, classes: 10)
+        #expect(accuracy < 0.25, "medium: colour alone classifies \(accuracy)")
+        let files = try ImageFolderDataset(root: medium.path).files
+        for file in files.prefix(10) { #expect(try medium.read("train/" + file) == again.read("train/" + file)) }
+        #expect(String(decoding: try medium.read("SYNTHETIC.txt"), as: UTF8.self).contains("difficulty=medium"))
+        #expect(throws: DataError.self) {
+            try synthesizeDataset(root: medium.path, classes: 11, perClass: 1, valPerClass: 0, size: 16, seed: 1, difficulty: .medium)
+        }
+    }
 }
