@@ -21,7 +21,7 @@ protocol TaskModel: AnyObject {
     var trainableParameterCount: Int { get }
     /// Forward and backward of one micro-batch: gradients ADDED, scaled by `gradientScale`.
     /// Returns the micro-batch's loss. A model that can tells `backwardProgress` where the
-    /// finished tail of the gradient layout starts, so that the exchange overlaps; others ignore it.
+    /// finished tail of the gradient layout starts (see `reportsBackwardProgress`); others ignore it.
     func forwardBackward(batch: Batch, epoch: Int, gradientScale: Float, backwardProgress: ((Int) -> Void)?) -> Double
     /// The optimizer step with the averaged gradients.
     func update(learningRate: Float)
@@ -39,12 +39,16 @@ protocol TaskModel: AnyObject {
     func checkpointWritten()
     /// Every rank, once `restore` has loaded or broadcast `sharedBuffers`.
     func sharedBuffersDidChange()
+    /// Whether `forwardBackward` reports backward progress, so that the gradient exchange
+    /// can overlap with it.
+    var reportsBackwardProgress: Bool { get }
 }
 
 extension TaskModel {
     func gatherForCheckpoint(_ collective: any Collective) throws {}
     func checkpointWritten() {}
     func sharedBuffersDidChange() {}
+    var reportsBackwardProgress: Bool { false }
 }
 
 /// A task that classifies: logits for evaluation.
@@ -83,6 +87,8 @@ final class PretrainingTaskModel: TaskModel {
 
     var gradients: FloatBuffer { model.gradients }
     var gradientTable: ParameterTable { model.table }
+    /// The MAE's backward reports each finished block.
+    var reportsBackwardProgress: Bool { true }
     var sharedBuffers: [FloatBuffer] {
         let moments = wholeMoments()
         return [model.parameters, moments.first, moments.second]

@@ -134,13 +134,15 @@ final class TrainingSession {
                             imageSize: config.model.imageSize, seed: config.seed, threads: config.dataThreads,
                             transform: try config.trainingTransform())
         requestedBatchShards = config.batchShards
+        // ZeRO stage 1 only where there is more than one worker to shard over.
+        let sharded = config.shardOptimizer == true && collective.worldSize > 1
         switch task {
         case .pretrain:
             self.config.batchShards = config.batchShards ?? MAEModel.automaticBatchShards(
                 config: config.model, batchSize: config.batchSize, threads: config.threads)
             let pretraining = PretrainingTaskModel(
                 config: config, batchShards: self.config.batchShards ?? 1,
-                shardingOver: config.shardOptimizer == true && collective.worldSize > 1 ? collective : nil)
+                shardingOver: sharded ? collective : nil)
             (taskModel, model) = (pretraining, pretraining.model)
         case .linprobe:
             self.config.batchShards = 1
@@ -154,7 +156,6 @@ final class TrainingSession {
             model = nil
         }
         let (worldSize, rank) = (collective.worldSize, collective.rank)
-        let sharded = config.shardOptimizer == true && worldSize > 1
         if config.overlap == true && sharded {
             throw TrainingError.invalidConfiguration(
                 "--overlap on and --shard-optimizer: the sharded optimizer reduce-scatters after the backward; "
@@ -165,11 +166,11 @@ final class TrainingSession {
                 "--overlap on: this backend (MPI with \(worldSize) workers) sums a bucket in another order than the whole "
                 + "gradient, so the bits would depend on the buckets; pass --overlap auto or off")
         }
-        // Only the MAE's backward reports finished tensors, so only pretraining overlaps.
         exchange = GradientExchange(
             collective: collective, gradients: taskModel.gradients.pointer, table: taskModel.gradientTable,
             bucketBytes: Int((config.bucketMegabytes ?? GradientExchange.defaultBucketMegabytes) * 1_048_576),
-            overlaps: (config.overlap ?? true) && task == .pretrain && collective.reducesSlicesAsWhole && !sharded,
+            overlaps: (config.overlap ?? true) && taskModel.reportsBackwardProgress && collective.reducesSlicesAsWhole
+                && !sharded,
             reduceScatters: sharded)
         evaluator = validation.map {
             Evaluator(dataset: $0, worldSize: worldSize, rank: rank, batchSize: config.batchSize,
