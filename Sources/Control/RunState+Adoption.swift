@@ -36,11 +36,13 @@ extension RunState {
     }
 
     /// An agent back while adopting: with its workers of this generation it is counted on;
-    /// without them (they ended, or it is a new agent) adoption cannot succeed.
+    /// without them (they ended, or it is a new agent) adoption cannot succeed, unless its
+    /// workers were adopted already and exited since (their exit reports follow its hello).
     mutating func agentRejoined(firstRank: Int, runningGeneration: Int?, now: Double) -> [CoordinatorAction] {
-        guard runningGeneration == generation else {
+        let agent = agents.first { $0.firstRank == firstRank }
+        let waiting = agent.map { $0.ranks.filter { ranks[$0].state == .reconnecting } } ?? []
+        guard runningGeneration == generation || waiting.isEmpty else {
             let what = runningGeneration.map { "workers of generation \($0), not \(generation)" } ?? "no running workers"
-            let agent = agents.first { $0.firstRank == firstRank }
             let name = agent.map { "the agent on \($0.host) (ranks \($0.firstRank)..<\($0.firstRank + $0.rankCount))" } ?? "an agent"
             return abandonAdoption("\(name) came back with \(what)", now: now)
         }
