@@ -223,6 +223,8 @@ for (( fault = 1; fault <= faults; fault++ )); do
             # launch.sh starts it again; it must adopt the running generation without a restart.
             back() { exited || { [ "$(state chaos coordinatorPid)" != "$coordinator" ] && [ "$(state chaos phase)" != adopting ]; }; }
             wait_for 120 back || echo "chaos.sh: fault $fault: no coordinator adopted the run within 120 s"
+            echo "chaos.sh: fault $fault: the workers trained $(( $(steps chaos) - before )) step(s) until a coordinator had" \
+                 "adopted them, $(python3 -c "import time; print('%.1f' % (time.time() - $fault_start))") s after the kill"
             if ! exited && { [ "$(state chaos generation)" != "$generation" ] || [ "$(state chaos restarts)" != "$restarts_before" ]; }; then
                 unadopted+=("fault $fault: generation $generation -> $(state chaos generation), restarts $restarts_before -> $(state chaos restarts)")
             fi

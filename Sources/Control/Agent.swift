@@ -56,7 +56,7 @@ public struct AgentConfiguration: Sendable {
 /// process that signals workers.
 ///
 /// When the coordinator goes away the workers train on: the agent keeps them, keeps their
-/// exit reports, and tries to reconnect to the same address (backing off up to 2 s) for
+/// exit reports, and tries to reconnect to the same address (backing off up to 1 s) for
 /// `reconnectSeconds`. A coordinator started again on the run directory adopts it together
 /// with its workers (`RunState+Adoption.swift`): its hello names the generation they run,
 /// and it re-sends their pids and the reports the old coordinator missed. When no
@@ -126,7 +126,7 @@ public final class Agent {
                 if now >= nextConnectAttempt {
                     connect()
                     nextConnectAttempt = monotonicSeconds() + connectBackoff
-                    connectBackoff = min(connectBackoff * 2, 2)
+                    connectBackoff = min(connectBackoff * 2, 1)
                 }
                 if connection == nil && exitAfterStop == nil && monotonicSeconds() >= reconnectDeadline {
                     let waited = "no coordinator at \(configuration.coordinator) for \(formatSeconds(configuration.reconnectSeconds)) s"

@@ -91,7 +91,7 @@ public final class Coordinator {
         state.totalSteps = configuration.totalSteps
         // Agents and workers that outlived the previous coordinator reconnect to its address:
         // port 0 (a free one) means that port again when the run is carried on.
-        let carriedOn = previous != nil && !(previous?.phase.isFinal ?? true)
+        let carriedOn = previous.map { !$0.phase.isFinal } ?? false
         let previousPort = { (text: String?) in carriedOn ? text.flatMap { try? SocketAddress(parsing: $0) }?.port : nil }
         var listenAddress = configuration.listenAddress
         if listenAddress.port == 0, let port = previousPort(previous?.address) { listenAddress.port = port }

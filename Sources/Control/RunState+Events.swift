@@ -205,10 +205,10 @@ extension RunState {
             return []
 
         case let .checkpointWritten(path, step):
+            if phase == .checkpointing { phase = .training }
             // Workers report their newest checkpoint again when they reconnect: the same one changes nothing.
             guard lastCheckpoint?.path != path else { return [] }
             lastCheckpoint = CheckpointRecord(path: path, step: step, time: now)
-            if phase == .checkpointing { phase = .training }
             return [.pruneCheckpoints]
 
         case let .workerFinished(rank):
@@ -389,8 +389,7 @@ extension RunState {
         case .adopting:
             if let deadline = phaseDeadline, now >= deadline {
                 let missing = ranks.filter { $0.state == .reconnecting }.map(\.rank)
-                let absentAgents = uncoveredRanks
-                let what = missing.isEmpty ? "no agent came back for ranks \(absentAgents)" : "ranks \(missing) did not reconnect"
+                let what = missing.isEmpty ? "no agent came back for ranks \(uncoveredRanks)" : "ranks \(missing) did not reconnect"
                 return abandonAdoption("\(what) within \(formatSeconds(adoptionTimeoutSeconds ?? 0)) s (--adopt-timeout)", now: now)
             }
         case .finished, .failed, .stopped:

@@ -12,7 +12,7 @@ import Glibc
 /// requests; the training thread only reads and writes values under a lock.
 ///
 /// When the coordinator goes away the worker trains on through its ring: the heartbeat
-/// thread reconnects (backing off up to 2 s between tries) as a worker of the same rank and
+/// thread reconnects (backing off up to 1 s between tries) as a worker of the same rank and
 /// generation, to be adopted by a coordinator started again on the run directory, and then
 /// sends again what the new coordinator cannot know: its latest step report and its newest
 /// checkpoint. Nothing else is lost: rank 0 writes `log.txt`, `metrics.jsonl` and the
@@ -97,7 +97,7 @@ public final class WorkerLink: TrainingControl, @unchecked Sendable {
                     nextBeat = 0
                 } else {
                     usleep(useconds_t(backoff * 1_000_000))
-                    backoff = min(backoff * 2, 2)
+                    backoff = min(backoff * 2, 1)
                 }
                 continue
             }

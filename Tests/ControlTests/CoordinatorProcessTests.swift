@@ -227,6 +227,7 @@ import Glibc
         }.last ?? -1
         #expect(resumedStep >= savedCheckpoint.step, "resumed from step \(resumedStep), the coordinator had recorded \(savedCheckpoint.step)")
         #expect(FileManager.default.fileExists(atPath: run.runDirectory + "/checkpoints/step-00000080/COMPLETE"), "\(run.output)")
+        #expect(run.metrics().map(\.step) == Array(1...total), "\(run.metrics().map(\.step))")
         for file in ["model.safetensors", "optimizer.safetensors"] {
             #expect(try run.checkpointFile(step: total, file) == straight.checkpointFile(step: total, file), "\(file) differs")
         }
