@@ -61,12 +61,13 @@ extension RunState {
     /// Training again once every rank reconnected and every rank's agent is back.
     mutating func completeAdoptionIfReady(now: Double) -> [CoordinatorAction] {
         guard phase == .adopting, !ranks.contains(where: { $0.state == .reconnecting }), uncoveredRanks.isEmpty else { return [] }
+        let startedAgain = (phaseDeadline ?? now) - (adoptionTimeoutSeconds ?? 0)
         phase = .training
         phaseDeadline = nil
         adoptionTimeoutSeconds = nil
         for index in ranks.indices where ranks[index].state == .training { ranks[index].lastHeartbeat = now }
-        return [.log("generation \(generation): adopted all \(ranks.count) workers and their agents; training goes on "
-                     + "(no restart)")] + completeIfDone(now: now)
+        return [.log("generation \(generation): adopted all \(ranks.count) workers and their agents "
+                     + "\(formatSeconds(now - startedAgain)) s after starting again; training goes on (no restart)")] + completeIfDone(now: now)
     }
 
     /// Gives up adopting: the generation's workers are stopped and the next one starts from the

@@ -172,7 +172,7 @@ struct RunStateTests {
         #expect(resumed.workerRefusal(rank: 0, generation: 0, reconnecting: true) != nil, "adopted twice")
         #expect(resumed.handle(.agentJoined(firstRank: 0, rankCount: 2, host: "a", pid: 10, runningGeneration: 0), now: 102).count == 1)
         let adopted = resumed.handle(.agentJoined(firstRank: 2, rankCount: 2, host: "b", pid: 11, runningGeneration: 0), now: 102)
-        #expect(adopted.contains { if case .log(let line) = $0 { line.contains("adopted all 4 workers") } else { false } }, "\(adopted)")
+        #expect(adopted.contains { if case .log(let line) = $0 { line.contains("adopted all 4 workers and their agents 2.0 s after starting again") } else { false } }, "\(adopted)")
         #expect(!adopted.contains { if case .startWorkers = $0 { true } else { false } })
         #expect(resumed.phase == .training && resumed.generation == 0 && resumed.restarts == 0 && resumed.failures.isEmpty)
         #expect(resumed.ranks.map(\.pid) == [100, 101, 102, 103] && resumed.lastCheckpoint?.step == 6)
