@@ -61,7 +61,7 @@ public struct AgentConfiguration: Sendable {
 /// with its workers (`RunState+Adoption.swift`): its hello names the generation they run,
 /// and it re-sends their pids and the reports the old coordinator missed. When no
 /// coordinator comes back in time it stops its workers (SIGTERM: they finish the step and
-/// write a checkpoint, so the run resumes with `--resume auto`) and exits 1.
+/// write a checkpoint, from which a coordinator started again resumes) and exits 1.
 public final class Agent {
     let configuration: AgentConfiguration
     let secret: [UInt8]
@@ -135,7 +135,7 @@ public final class Agent {
                         return 1
                     }
                     log("\(waited) (--reconnect-timeout): stopping the workers (they finish their step and write a "
-                        + "checkpoint; continue with --resume auto) and exiting")
+                        + "checkpoint, from which a coordinator started again on the run directory resumes) and exiting")
                     beginStop(generation: Int.max, now: now)
                     exitAfterStop = 1
                 }

@@ -233,6 +233,73 @@ import Glibc
         }
     }
 
+    /// Workers that finish while no coordinator runs wait for one to adopt them, so that the
+    /// run's end is not lost: the coordinator started again hears them finish and ends the run.
+    @Test func workersThatFinishWhileTheCoordinatorIsAwayWaitForTheNextOne() throws {
+        defer { temporary.remove() }
+        let epochs = 40, total = 160
+        let run = CoordinatedRun(root: temporary.path, name: "late")
+        defer { run.stopAll() }
+        try run.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs))
+        try run.startAgent(count: 2)
+        guard waitUntil(seconds: 120, { run.loggedSteps() >= total - 30 }) else { throw TestFailure("no step \(total - 30): \(run.output)") }
+        run.coordinator?.send(SIGKILL)
+        _ = run.coordinator?.exitStatus(within: 10)
+        let saved = try run.state()
+        #expect(run.loggedSteps() < total, "the run ended before the coordinator was killed; nothing tested")
+        // The last step is logged and the final checkpoint written, yet the workers stay to say so.
+        #expect(waitUntil(seconds: 60) { FileManager.default.fileExists(atPath: run.runDirectory + "/checkpoints/step-00000160/COMPLETE") },
+                "\(run.output)")
+        usleep(1_000_000)
+        #expect(saved.ranks.map(\.pid).allSatisfy(isAlive), "workers exited without reporting the end: \(run.output)")
+        try run.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs))
+        #expect(run.coordinator?.exitStatus(within: 60) == 0, "\(run.output)")
+        let final = try run.state()
+        #expect(final.phase == .finished && final.restarts == 0 && final.generation == saved.generation, "\(run.output)")
+        #expect(final.lastCheckpoint?.step == total, "the final checkpoint's report, made while no coordinator ran, was lost")
+        #expect(run.metrics().map(\.step) == Array(1...total))
+        #expect(run.agents[0].exitStatus(within: 20) == 0, "\(run.agents[0].output)")
+    }
+
+    /// No coordinator comes back: after --reconnect-timeout the agent stops its workers, which
+    /// write a checkpoint first, and exits 1; a coordinator started later on the run directory
+    /// resumes from that checkpoint and the run ends with the uninterrupted run's weights.
+    @Test func anAgentWithoutACoordinatorStopsItsWorkersAfterACheckpoint() throws {
+        defer { temporary.remove() }
+        let epochs = 100, total = 400
+        let straight = CoordinatedRun(root: temporary.path, name: "reference")
+        defer { straight.stopAll() }
+        try straight.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs))
+        try straight.startAgent(count: 2)
+        #expect(straight.coordinator?.exitStatus(within: 300) == 0, "\(straight.output)")
+
+        let run = CoordinatedRun(root: temporary.path, name: "abandoned")
+        defer { run.stopAll() }
+        try run.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs))
+        let agent = try run.startAgent(count: 2, extra: ["--reconnect-timeout", "2"])
+        guard waitUntil(seconds: 60, { run.loggedSteps() >= 6 && run.currentState()?.phase == .training }) else {
+            throw TestFailure("step 6 never came: \(run.output)")
+        }
+        run.coordinator?.send(SIGKILL)
+        _ = run.coordinator?.exitStatus(within: 10)
+        #expect(agent.exitStatus(within: 30) == 1, "\(agent.output)")
+        #expect(agent.output.contains("(--reconnect-timeout): stopping the workers"), "\(agent.output)")
+        #expect(run.liveWorkers().isEmpty)
+        // The stop wrote a checkpoint of the last step trained.
+        let stoppedAt = run.loggedSteps()
+        #expect(stoppedAt < total, "the run ended before the agent gave up; nothing tested")
+        #expect(FileManager.default.fileExists(atPath: run.runDirectory + "/checkpoints/" + String(format: "step-%08d", stoppedAt)
+                                               + "/COMPLETE"), "no checkpoint of step \(stoppedAt): \(run.output)")
+        try run.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs), serveFlags: ["--adopt-timeout", "1"])
+        try run.startAgent(count: 2)
+        #expect(run.coordinator?.exitStatus(within: 300) == 0, "\(run.output)")
+        #expect(try run.state().restarts == 0)
+        #expect(run.metrics().map(\.step) == Array(1...total))
+        for file in ["model.safetensors", "optimizer.safetensors"] {
+            #expect(try run.checkpointFile(step: total, file) == straight.checkpointFile(step: total, file), "\(file) differs")
+        }
+    }
+
     /// With --max-restarts 0 the first failure ends the run: exit 1, a summary naming the
     /// rank and its status, and no process left.
     @Test func withoutRestartsTheFirstFailureEndsTheRunWithASummary() throws {
