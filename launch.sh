@@ -284,7 +284,7 @@ while true; do
     wait "$coordinator_pid"; status=$?
     case $status in 0|1|2|3) break ;; esac
     if [ $coordinator_restarts -ge $max_coordinator_restarts ]; then
-        echo "launch.sh: the coordinator ended abnormally (exit status $status) for the $((coordinator_restarts + 1))th time; giving up" >&2
+        echo "launch.sh: the coordinator ended abnormally again (exit status $status) after $coordinator_restarts start(s) of it; giving up" >&2
         break
     fi
     coordinator_restarts=$((coordinator_restarts + 1))
