@@ -265,8 +265,17 @@ done
 check "every coordinator kill adopted (generation and restarts unchanged): ${injected[coordinator]:-0} kill(s)${unadopted[*]:+; not: ${unadopted[*]}}" \
     [ ${#unadopted[@]} -eq 0 ]
 check "final weights and optimizer state equal the uninterrupted run's ($final)" [ "$same_weights" = 2 ]
-sleep 1
-check "no process left behind" [ -z "$(suite_pids | tr -d '\n')" ]
+# Processes that launch.sh stopped may take a moment to be gone on a loaded machine: wait up
+# to 10 s, then name whatever is left.
+left=""
+for _ in $(seq 1 20); do
+    left=$(suite_pids | tr '\n' ' ')
+    [ -n "${left// /}" ] || break
+    sleep 0.5
+done
+left=$(echo $left)
+check "no process left behind${left:+ (pids $left)}" [ -z "$left" ]
+for pid in $left; do echo "  left behind: pid $pid: $(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)"; done
 check_checkpoints() {
     python3 - "$work/chaos/checkpoints" <<'EOF'
 import json, os, sys
