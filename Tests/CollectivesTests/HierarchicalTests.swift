@@ -72,12 +72,14 @@ func naiveHierarchicalSum(_ inputs: [[Float]], machines: [[Int]], lanes: Int) ->
 
     /// A vector reduced bucket by bucket (at boundaries that cut columns, lanes and ring
     /// chunks) has the bits of one call of the whole, and a repeated run the same bits again.
+    /// Three machines of three ranks: with two, a sum of two has one order and could not
+    /// tell a wrong order from the right one.
     @Test(arguments: [1, 2])
     func bucketsAndRepeatedRunsGiveTheWholeCallsBits(lanes: Int) throws {
-        let hosts = machineHosts(machines: 2, perMachine: 2, interleaved: true)
+        let hosts = machineHosts(machines: 3, perMachine: 3, interleaved: true)
         let count = 250_001
-        let boundaries = [0, 1, 4_999, 62_500, 62_501, 125_000, 190_000, 250_000, count]
-        let outcomes = try withSharedMemory(4, lanes: lanes, transport: .hierarchical,
+        let boundaries = [0, 1, 4_999, 62_500, 62_501, 83_334, 125_000, 190_000, 250_000, count]
+        let outcomes = try withSharedMemory(9, lanes: lanes, transport: .hierarchical,
                                             listenHosts: hosts) { collective -> [[Float]] in
             var runs: [[Float]] = []
             for _ in 0..<2 {
@@ -95,17 +97,17 @@ func naiveHierarchicalSum(_ inputs: [[Float]], machines: [[Int]], lanes: Int) ->
             return runs + [bucketed]
         }
         let reference = try outcomes[0].get()[0]
-        for rank in 0..<4 {
+        for rank in 0..<9 {
             let results = try outcomes[rank].get()
             expectSameBits(results[0], reference, "lanes \(lanes), rank \(rank): whole call")
             expectSameBits(results[1], reference, "lanes \(lanes), rank \(rank): repeated whole call")
             expectSameBits(results[2], reference, "lanes \(lanes), rank \(rank): bucket by bucket")
         }
-        // Ranks 0 and 2 share machine 127.0.0.1, ranks 1 and 3 machine 127.0.0.2.
+        // Ranks 0, 3 and 6 share machine 127.0.0.1, and so on.
         let machines = MachinePlacement(rankHosts: hosts).machines
-        #expect(machines == [[0, 2], [1, 3]])
-        let inputs = (0..<4).map { randomInput(rank: $0, count: count, seed: 41) }
-        expectSameBits(reference, naiveHierarchicalSum(inputs, machines: machines, lanes: lanes).map { $0 / 4 },
+        #expect(machines == [[0, 3, 6], [1, 4, 7], [2, 5, 8]])
+        let inputs = (0..<9).map { randomInput(rank: $0, count: count, seed: 41) }
+        expectSameBits(reference, naiveHierarchicalSum(inputs, machines: machines, lanes: lanes).map { $0 / 9 },
                        "lanes \(lanes): naive hierarchical mean")
     }
 
