@@ -129,8 +129,9 @@ import Testing
     }
 
     /// The worker's own check of every operation, over real processes and the
-    /// bench's code path (rank 0 hosts the rendezvous itself).
-    @Test(arguments: ["ring", "shm"])
+    /// bench's code path (rank 0 hosts the rendezvous itself); every rank ends with the same
+    /// bits of a mean whose bits depend on the order of the adds.
+    @Test(arguments: ["ring", "shm", "hierarchical"])
     func workerProcessesPassTheirChecks(transport: String) throws {
         let mae = try maeExecutable()
         let directory = try temporaryDirectory("check")
@@ -140,18 +141,27 @@ import Testing
         let port = try probe.localPort(context: "test")
         probe.close()
         let token = uniqueToken("check")
+        // Hierarchical: two "machines" (loopback addresses) of two ranks each.
+        let hosts = transport == "hierarchical" ? machineHosts(machines: 2, perMachine: 2) : ["127.0.0.1", "127.0.0.1", "127.0.0.1"]
+        let kind = ["ring": "TCPRingCollective", "shm": "SharedMemoryCollective", "hierarchical": "HierarchicalCollective"][transport]!
         var children: [Child] = []
         defer { for child in children { child.stop() } }
-        for rank in 0..<3 {
+        for rank in hosts.indices {
             children.append(try Child(mae, ["collective-worker", "--backend", "tcp", "--transport", transport,
-                                             "--mode", "check", "--rank", String(rank),
-                                             "--world", "3", "--address", "127.0.0.1:\(port)", "--token", token,
+                                             "--mode", "check", "--rank", String(rank), "--listen-host", hosts[rank],
+                                             "--world", String(hosts.count), "--address", "127.0.0.1:\(port)", "--token", token,
                                              "--timeout", "20"], directory: directory, name: "rank\(rank)"))
         }
+        var digests: Set<String> = []
         for (rank, child) in children.enumerated() {
             let status = child.exitStatus(within: 60)
             #expect(status == 0, "rank \(rank) \(status == nil ? "did not finish" : "failed"): \(child.errorOutput)")
-            #expect(child.output.contains("check ok rank=\(rank) world=3"), "rank \(rank): \(child.output)")
+            #expect(child.output.contains("check ok rank=\(rank) world=\(hosts.count)"), "rank \(rank): \(child.output)")
+            #expect(child.output.contains("kind=\(kind) "), "rank \(rank): \(child.output)")
+            for line in child.output.split(separator: "\n") where line.hasPrefix("collective ") {
+                digests.insert(String(line.split(separator: " ").last!))
+            }
         }
+        #expect(digests.count == 1, "the ranks' means differ: \(digests)")
     }
 }
