@@ -155,9 +155,14 @@ public final class HierarchicalCollective: Collective {
             .map { ($0.lowerBound + column.lowerBound)..<($0.upperBound + column.lowerBound) }
     }
 
-    // `reduceScatterAverage` is the protocol's default, a whole all-reduce: the ring has no
-    // reduce-scatter that sums without dividing by its own world size, and dividing twice
-    // (by M, then by L) would not give `allReduceAverage`'s bits.
+    /// The all-reduce's first three steps: this rank's whole column ends reduced, its shard
+    /// included, and the machine's gather of columns is left out. Across machines it is a
+    /// whole all-reduce of the column: the ring has no reduce-scatter that sums without
+    /// dividing by its own world size, and dividing twice (by M, then by L) would not give
+    /// `allReduceAverage`'s bits.
+    public func reduceScatterAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+        try reduce(buffer, count: count, slice: VectorSlice(offset: 0, wholeCount: count), divides: true, gathers: false)
+    }
 
     public func allGather(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
         guard count >= 0 else { throw CollectiveError.invalidArgument("count \(count) is negative") }
@@ -221,9 +226,10 @@ public final class HierarchicalCollective: Collective {
         everyRank.close()
     }
 
-    /// The three steps of an all-reduce of `buffer[0..<count]`, the elements at `slice.offset`
-    /// of a vector of `slice.wholeCount`.
-    private func reduce(_ buffer: UnsafeMutablePointer<Float>, count: Int, slice: VectorSlice, divides: Bool) throws {
+    /// The steps of an all-reduce of `buffer[0..<count]`, the elements at `slice.offset` of a
+    /// vector of `slice.wholeCount`; without `gathers`, each rank ends with its column only.
+    private func reduce(_ buffer: UnsafeMutablePointer<Float>, count: Int, slice: VectorSlice, divides: Bool,
+                        gathers: Bool = true) throws {
         guard count >= 0 else { throw CollectiveError.invalidArgument("count \(count) is negative") }
         try slice.check(count: count)
         try perform {
@@ -242,7 +248,7 @@ public final class HierarchicalCollective: Collective {
                 let divisor = Float(worldSize)
                 for index in mine { buffer[index] /= divisor }
             }
-            try local.gather(buffer, count: count, slice: slice, owned: owned)
+            if gathers { try local.gather(buffer, count: count, slice: slice, owned: owned) }
         }
     }
 
