@@ -42,8 +42,9 @@ public final class HierarchicalCollective: Collective {
     public let worldSize: Int
     /// Which ranks share a machine.
     public let placement: MachinePlacement
-    /// This rank's machine (in `placement.machines`) and its index among the machine's ranks.
+    /// This rank's machine: its index in `placement.machines`.
     public let machine: Int
+    /// This rank's index among its machine's ranks; it drives column `localRank` across machines.
     public let localRank: Int
     /// The flat ring of every rank: scalars and barriers.
     private let everyRank: TCPRingCollective
@@ -275,6 +276,7 @@ public struct MachinePlacement: Equatable, Sendable, CustomStringConvertible {
     /// The ranks of each machine in increasing order; machines in the order of their lowest rank.
     public let machines: [[Int]]
 
+    /// Groups ranks by the host each announced (`rankHosts[rank]`).
     public init(rankHosts: [String]) {
         var machines: [[Int]] = []
         var machineOfHost: [String: Int] = [:]
