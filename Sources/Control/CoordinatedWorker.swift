@@ -79,7 +79,8 @@ public enum CoordinatedWorker {
         }
         defer { collective.close() }
         if rank == 0 {
-            print("rank 0 of \(assignment.worldSize): generation \(generation) joined the coordinator at \(address)")
+            print("rank 0 of \(assignment.worldSize): generation \(generation) joined the coordinator at \(address) "
+                + "(collective: \(type(of: collective)))")
             fflush(stdout)
         }
         let link = WorkerLink(connection: connection, rank: rank)
