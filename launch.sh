@@ -8,7 +8,7 @@
 # usage: ./launch.sh [--nodes N] [--data ROOT] [--model NAME] [--run-dir DIR] [--threads T]
 #                    [--max-restarts K] [--heartbeat-timeout S] [--port P] [--metrics-addr HOST:PORT]
 #                    [--hosts H1[:K],H2[:K],...| --hostfile FILE] [--ssh CMD] [--coordinator-host ADDR]
-#                    [--backend tcp|mpi] [--transport auto|ring|shm] [worker flags ...]
+#                    [--backend tcp|mpi] [--transport auto|ring|shm|hierarchical] [worker flags ...]
 # Every flag this script does not know is passed to each mae-worker unchanged
 # (see `.build/release/mae-worker --help`), e.g. --epochs 10 --resume auto, or
 # --precision bf16 (bf16 matrix products with fp32 sums, on CPUs with AVX512_BF16); among them the
@@ -73,7 +73,7 @@ done
 # Every check that needs no build, before anything starts or is written.
 positive() { case "$2" in ''|*[!0-9]*|0) fail "$1 must be a positive integer, got '$2'" ;; esac; }
 case "$backend" in tcp|mpi) ;; *) fail "--backend must be tcp or mpi, got '$backend'" ;; esac
-case "$transport" in auto|ring|shm) ;; *) fail "--transport must be auto, ring or shm, got '$transport'" ;; esac
+case "$transport" in auto|ring|shm|hierarchical) ;; *) fail "--transport must be auto, ring, shm or hierarchical, got '$transport'" ;; esac
 case "$max_restarts" in ''|*[!0-9]*) fail "--max-restarts must be an integer ≥ 0, got '$max_restarts'" ;; esac
 case "$heartbeat_timeout" in ''|*[!0-9.]*|.|*.*.*) fail "--heartbeat-timeout must be a number of seconds, got '$heartbeat_timeout'" ;; esac
 case "$port" in ''|*[!0-9]*) fail "--port must be a port number, got '$port'" ;; esac

@@ -3,7 +3,9 @@
 # all-reduce after its backward) with and without overlap, by `mae bench step --world N`:
 #   1. WORLD ranks on this machine (--transport auto: shared memory);
 #   2. two "machines" (network namespaces joined by a veth pair) of two ranks each, over
-#      the TCP ring, the link shaped by tc (tbf) to each RATE in turn (and unshaped).
+#      each of TRANSPORTS (the flat TCP ring, or hierarchical: shared memory inside each
+#      namespace, a TCP ring per local rank across), the link shaped by tc (tbf) to each RATE
+#      in turn (and unshaped).
 # Each configuration runs ROUNDS times, overlap off and on back to back; the script prints
 # every run's last lines (median step and exposed communication over its steps, and the
 # parameters' checksum, which must be the same with and without overlap).
@@ -13,8 +15,9 @@
 # usage: sudo tools/bench-overlap.sh [ROUNDS]   (namespaces need root; 1. runs without)
 # environment: MODEL (default mae_vit_tiny_patch4), BATCH (16), STEPS (6), WORLD (4),
 #   BUCKET_MB (4: mae_vit_tiny_patch4 has 24.7 MB of gradients, one bucket at 25),
-#   RATES ("1gbit 10gbit"), SKIP_LOCAL / SKIP_NAMESPACES (set to skip), MAE (a built mae
-#   binary to use instead of building .build/release/mae).
+#   RATES ("1gbit 10gbit"), TRANSPORTS ("ring"; "ring hierarchical" compares them), SKIP_LOCAL /
+#   SKIP_NAMESPACES (set to skip), MAE (a built mae binary to use instead of building
+#   .build/release/mae).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -24,6 +27,7 @@ steps=${STEPS:-6}
 world=${WORLD:-4}
 bucket=${BUCKET_MB:-4}
 rates=${RATES:-"1gbit 10gbit"}
+transports=${TRANSPORTS:-ring}
 if [ -n "${MAE:-}" ]; then
     mae=$MAE
 else
@@ -60,10 +64,10 @@ done
 
 # Ranks 0 and 1 on machine A, 2 and 3 on machine B: the ring crosses the link twice.
 run_two_machines() {
-    local overlap=$1 port=$((20000 + RANDOM % 20000)) pids=() rank side
+    local transport=$1 overlap=$2 port=$((20000 + RANDOM % 20000)) pids=() rank side
     for rank in 0 1 2 3; do
         side=$((rank / 2))
-        ip netns exec "${machines[$side]}" "$mae" "${common[@]}" --world 4 --rank "$rank" --transport ring \
+        ip netns exec "${machines[$side]}" "$mae" "${common[@]}" --world 4 --rank "$rank" --transport "$transport" \
             --overlap "$overlap" --rendezvous "${addresses[0]}:$port" --listen-host "${addresses[$side]}" \
             > "/tmp/bench-overlap-$suffix-$rank.log" 2>&1 &
         pids+=($!)
@@ -83,8 +87,11 @@ for rate in unshaped $rates; do
         fi
     done
     for round in $(seq "$rounds"); do
-        for overlap in off on; do
-            echo "two machines x 2 ranks, link $rate, overlap $overlap round $round: $(run_two_machines "$overlap")"
+        for transport in $transports; do
+            for overlap in off on; do
+                echo "two machines x 2 ranks, $transport, link $rate, overlap $overlap round $round:" \
+                     "$(run_two_machines "$transport" "$overlap")"
+            done
         done
     done
 done

@@ -208,10 +208,31 @@ public final class SharedMemoryCollective: Collective {
         }
     }
 
+    // MARK: Halves for the hierarchical collective
+
+    /// Sums `buffer[0..<count]`, a slice of a longer vector, over every rank in the order
+    /// the whole vector's sum takes (as `allReduceAverage(_:count:slice:)`), but leaves
+    /// each rank only its `owned[rank]` (call elements) finished: the reduce-scatter of
+    /// `HierarchicalCollective`, which skips copying out what other ranks carry on with.
+    func reduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, count: Int, slice: VectorSlice,
+                          owned: [Range<Int>]) throws {
+        try slice.check(count: count)
+        try perform(.allReduceSum, UnsafeMutableRawPointer(buffer), count: count, root: 0, slice: slice, owned: owned)
+    }
+
+    /// Copies `buffer[owned[r]]` of every rank r into the buffers of all others (`owned`
+    /// in call elements, disjoint): the all-gather of `HierarchicalCollective`.
+    func gather(_ buffer: UnsafeMutablePointer<Float>, count: Int, slice: VectorSlice, owned: [Range<Int>]) throws {
+        try slice.check(count: count)
+        try perform(.allGather, UnsafeMutableRawPointer(buffer), count: count, root: 0, slice: slice, owned: owned)
+    }
+
     // MARK: One call
 
+    /// `owned`: for a sum, the elements each rank ends with (nil: all); for `.allGather`,
+    /// the elements each rank contributes.
     private func perform(_ operation: Operation, _ buffer: UnsafeMutableRawPointer, count: Int, root: Int,
-                         slice: VectorSlice? = nil) throws {
+                         slice: VectorSlice? = nil, owned: [Range<Int>]? = nil) throws {
         guard count >= 0 else { throw CollectiveError.invalidArgument("count \(count) is negative") }
         try callLock.withLock {
             if let failure { throw CollectiveError.closed(failure) }
@@ -220,7 +241,12 @@ public final class SharedMemoryCollective: Collective {
             let header = CallHeader(operation: operation, sequence: sequence, count: UInt64(count), root: UInt32(root),
                                     offset: UInt64(slice?.offset ?? 0), wholeCount: UInt64(slice?.wholeCount ?? count))
             do {
-                try move(header, buffer)
+                guard owned.map({ $0.count == worldSize && $0.allSatisfy { $0.lowerBound >= 0 && $0.upperBound <= count } })
+                    ?? true else {
+                    throw CollectiveError.invalidArgument("owned ranges \(owned!) do not give each of \(worldSize) ranks "
+                        + "elements within 0..<\(count)")
+                }
+                try move(header, buffer, owned: owned)
             } catch {
                 failure = "an earlier call failed: \(error)"
                 announce(.failed, message: "\(error)")
@@ -230,7 +256,7 @@ public final class SharedMemoryCollective: Collective {
     }
 
     /// Moves one call's elements through the segment, piece by piece.
-    private func move(_ header: CallHeader, _ buffer: UnsafeMutableRawPointer) throws {
+    private func move(_ header: CallHeader, _ buffer: UnsafeMutableRawPointer, owned: [Range<Int>]?) throws {
         let elementBytes = header.operation == .allReduceScalars ? 8 : 4
         let count = Int(header.count), world = worldSize
         let pieceElements = layout.slotBytes / elementBytes
@@ -242,6 +268,7 @@ public final class SharedMemoryCollective: Collective {
                                                  minimumLaneBytes: minimumLaneBytes),
                                 offset: Int(header.offset))
         let isBroadcast = header.operation == .broadcast, root = Int(header.root)
+        let isGather = header.operation == .allGather
         writeCallHeader(header)
         for index in 0..<pieces {
             let number = piece &+ 1
@@ -252,12 +279,21 @@ public final class SharedMemoryCollective: Collective {
                 return (first, end - first)
             }
             func region(_ owner: Int) -> UnsafeMutableRawPointer { segment.base + layout.input(slot: slot, rank: owner) }
+            /// The elements of `owner`'s owned range in this piece.
+            func ownedPart(_ owner: Int) -> (start: Int, count: Int) {
+                let first = max(start, owned![owner].lowerBound), end = min(start + length, owned![owner].upperBound)
+                return (first, max(0, end - first))
+            }
             let result = segment.base + layout.result(slot: slot)
 
             // The slot's last use (two pieces ago) must be over on every rank.
             try waitForAll(.departed, atLeast: number &- UInt32(SegmentLayout.slots), header)
             if isBroadcast {
                 if rank == root { region(rank).copyMemory(from: buffer + start * elementBytes, byteCount: length * elementBytes) }
+            } else if isGather {
+                let (first, elements) = ownedPart(rank)
+                (region(rank) + (first - start) * elementBytes)
+                    .copyMemory(from: buffer + first * elementBytes, byteCount: elements * elementBytes)
             } else {
                 for owner in 0..<world where owner != rank {
                     let (first, elements) = part(owner)
@@ -274,6 +310,13 @@ public final class SharedMemoryCollective: Collective {
                     (buffer + start * elementBytes).copyMemory(from: region(root), byteCount: length * elementBytes)
                 }
                 publish(.reduced, number)
+            } else if isGather {
+                for owner in 0..<world where owner != rank {
+                    let (first, elements) = ownedPart(owner)
+                    (buffer + first * elementBytes)
+                        .copyMemory(from: region(owner) + (first - start) * elementBytes, byteCount: elements * elementBytes)
+                }
+                publish(.reduced, number)
             } else {
                 let (first, elements) = part(rank)
                 reduce(first: first, count: elements, pieceStart: start, elementBytes: elementBytes, chunks: chunks,
@@ -282,7 +325,13 @@ public final class SharedMemoryCollective: Collective {
                 publish(.reduced, number)
                 try waitForAll(.reduced, atLeast: number, header)
                 for owner in 0..<world where owner != rank {
-                    let (first, elements) = part(owner)
+                    var (first, elements) = part(owner)
+                    if let owned {
+                        // Only what this rank keeps: the others' parts are theirs to carry on with.
+                        let end = min(first + elements, owned[rank].upperBound)
+                        first = max(first, owned[rank].lowerBound)
+                        elements = max(0, end - first)
+                    }
                     (buffer + first * elementBytes)
                         .copyMemory(from: result + (first - start) * elementBytes, byteCount: elements * elementBytes)
                 }

@@ -51,6 +51,9 @@ public final class TCPRingCollective: Collective {
     let spinsBeforeSleeping: Int
     /// Ranks (this one included) that announced this rank's host: they share its machine.
     public let ranksOnThisHost: Int
+    /// The host each rank announced, indexed by rank (this rank's own `listenHost` for a
+    /// world of one): ranks with the same host share a machine.
+    public let rankHosts: [String]
     /// The rings a call's elements are divided over; one unless `config.lanes` > 1.
     private var lanes: [RingLane] = []
     private let callLock = Lock()
@@ -183,19 +186,21 @@ public final class TCPRingCollective: Collective {
             }
             if let reason { throw CollectiveError.handshakeRejected("\(rightContext): \(reason)") }
         }
-        // Ranks that announced this rank's host share its cores.
-        let ranksOnThisHost = addresses.filter { $0.host == addresses[rank].host }.count
         return try TCPRingCollective(config: config, connections: zip(toRight, fromLeft).map { ($0, $1!) },
-                                     ranksOnThisHost: ranksOnThisHost)
+                                     rankHosts: addresses.map(\.host))
     }
 
     private init(config: RendezvousConfig, connections: [(toRight: Socket, fromLeft: Socket)],
-                 ranksOnThisHost: Int = 1) throws {
+                 rankHosts: [String]? = nil) throws {
         rank = config.rank
         worldSize = config.worldSize
         timeoutSeconds = config.timeoutSeconds
         segmentBytes = config.segmentBytes
         minimumLaneBytes = config.minimumLaneBytes
+        let hosts = rankHosts ?? [config.listenHost]
+        self.rankHosts = hosts
+        // Ranks that announced this rank's host share its cores.
+        let ranksOnThisHost = hosts.filter { $0 == hosts[config.rank] }.count
         self.ranksOnThisHost = ranksOnThisHost
         let hasCoreEach = ranksOnThisHost * config.lanes <= Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         spinsBeforeSleeping = config.spinsBeforeSleeping ?? (hasCoreEach ? RendezvousConfig.automaticSpins : 0)
@@ -249,6 +254,13 @@ public final class TCPRingCollective: Collective {
 
     public func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
         try perform(.allReduceSum, UnsafeMutableRawPointer(buffer), count: count, root: 0)
+    }
+
+    /// `allReduceSum` of a slice of a longer vector, summed in the whole vector's order (as
+    /// `allReduceAverage(_:count:slice:)`): the hierarchical collective's step across machines.
+    func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int, slice: VectorSlice) throws {
+        try slice.check(count: count)
+        try perform(.allReduceSum, UnsafeMutableRawPointer(buffer), count: count, root: 0, slice: slice)
     }
 
     public func broadcast(_ buffer: UnsafeMutablePointer<Float>, count: Int, root: Int) throws {

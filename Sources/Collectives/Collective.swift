@@ -2,9 +2,11 @@
 ///
 /// Workers hold one flat Float buffer of gradients; after backward every worker
 /// calls `allReduceAverage` on it (or on slices of it, bucket by bucket) and all
-/// of them end with the same bits. Three implementations share this interface:
+/// of them end with the same bits. These implementations share this interface:
 /// `SingleProcessCollective` (world 1), `TCPRingCollective` (a ring over TCP,
-/// our own) and `MPICollective` (Open MPI, behind the package trait `MPI`).
+/// our own), `SharedMemoryCollective` (every rank on one machine),
+/// `HierarchicalCollective` (shared memory inside machines, TCP rings across) and
+/// `MPICollective` (Open MPI, behind the package trait `MPI`).
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -31,8 +33,8 @@ public protocol Collective: AnyObject {
     /// bucket gets the same bits as in one call, whatever the bucket boundaries.
     func allReduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int, slice: VectorSlice) throws
     /// Whether `allReduceAverage(_:count:slice:)` gives the whole call's bits (true for
-    /// the ring, shared memory and one process; MPI only for two ranks, whose sums have
-    /// one order).
+    /// the ring, shared memory, the hierarchy and one process; MPI only for two ranks,
+    /// whose sums have one order).
     var reducesSlicesAsWhole: Bool { get }
     /// The elements of a vector of `count` that `rank` owns in `reduceScatterAverage` and
     /// `allGather`: the ranks' shards are disjoint and cover 0..<count, the same on every rank.

@@ -80,7 +80,8 @@ public enum CoordinatedWorker {
         }
         defer { collective.close() }
         if rank == 0 {
-            print("rank 0 of \(assignment.worldSize): generation \(generation) joined the coordinator at \(address)")
+            print("rank 0 of \(assignment.worldSize): generation \(generation) joined the coordinator at \(address) "
+                + "(collective: \(type(of: collective)))")
             fflush(stdout)
         }
         // Should the coordinator go away, the worker trains on and comes back as this rank of this generation.

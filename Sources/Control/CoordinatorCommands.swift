@@ -129,8 +129,9 @@ public enum CoordinatorCommands {
             OptionSpec("listen-host", value: "ADDRESS",
                        help: "address the workers' ring listeners use (default: this machine's address toward the coordinator)"),
             OptionSpec("congestion-control", value: "auto|system|NAME", default: "auto", help: "passed to the workers"),
-            OptionSpec("transport", value: "auto|ring|shm", default: "auto",
-                       help: "passed to the workers: shm (shared memory, every worker on one machine), ring (TCP) or auto"),
+            OptionSpec("transport", value: "auto|ring|shm|hierarchical", default: "auto",
+                       help: "passed to the workers: shm (shared memory, every worker on one machine), ring (TCP), "
+                           + "hierarchical (shared memory inside machines, TCP across) or auto"),
             OptionSpec("grace", value: "SECONDS", default: "5", help: "seconds between SIGTERM and SIGKILL when stopping workers"),
             OptionSpec("reconnect-timeout", value: "SECONDS", default: "60",
                        help: "how long to wait for a coordinator that is not up yet, or went away (the workers train on "

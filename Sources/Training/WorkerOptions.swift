@@ -76,9 +76,12 @@ public enum WorkerOptions {
                        help: "address this worker's ring listener binds to and announces (default: this machine's address toward the rendezvous host)"),
             OptionSpec("congestion-control", value: "auto|system|NAME", default: "auto",
                        help: CongestionControl.optionHelp),
-            OptionSpec("transport", value: "auto|ring|shm", default: "auto",
+            OptionSpec("transport", value: "auto|ring|shm|hierarchical", default: "auto",
                        help: "how the tcp backend moves gradients: shm (one shared-memory segment, every worker on this machine), "
-                           + "ring (TCP), auto (shm when every worker announced this machine's address, else ring)"),
+                           + "ring (TCP), hierarchical (shared memory inside each machine, a TCP ring per local worker "
+                           + "across machines; machines with equally many workers), auto (shm when every worker announced "
+                           + "this machine's address, hierarchical when several machines have equally many workers, two or "
+                           + "more each, else ring)"),
             OptionSpec("peer-timeout", value: "SECONDS", default: "300",
                        help: "how long a worker waits for its peers, to join and at every collective (a checkpoint write included)"),
             OptionSpec("data", value: "ROOT", help: "image folder: ROOT/train/<class>/<image> or ROOT/<class>/<image> (required)"),

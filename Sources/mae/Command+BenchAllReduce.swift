@@ -18,6 +18,10 @@ struct BenchAllReduceCommand: Subcommand {
             OptionSpec("backend", value: "NAME", default: "tcp", help: "tcp (our ring) or mpi (Open MPI under mpirun)"),
             OptionSpec("mpi-btl", value: "LIST", default: "tcp,self", help: "Open MPI transports for --backend mpi"),
             OptionSpec("timeout", value: "SECONDS", default: "60", help: "collective timeout (tcp)"),
+            OptionSpec("machines", value: "M", default: "1",
+                       help: "pretend the workers are on M machines (tcp): rank r announces the loopback address "
+                           + "127.0.0.(1 + r·M/WORLD), so ranks with different addresses count as on different machines "
+                           + "(for --transport hierarchical on one machine; the bytes still move over loopback)"),
         ] + ringTuningOptions)
 
     static func run(_ options: ParsedOptions) throws {
@@ -27,7 +31,8 @@ struct BenchAllReduceCommand: Subcommand {
         let workload = ["--mode", "bench", "--floats", String(floats), "--iters", String(iterations)]
         let backend = try options.required("backend")
         let congestion = try congestionControl(options)
-        let transport = backend == "tcp" ? " transport=\(try options.required("transport"))" : ""
+        let machines = try options.int("machines", in: 1...world)
+        let transport = backend == "tcp" ? " transport=\(try options.required("transport")) machines=\(machines)" : ""
         print("all-reduce benchmark: backend=\(backend)\(transport) world=\(world) floats=\(floats) bytes=\(floats * 4) iters=\(iterations)")
         print(CPUInfo.summary)
 
@@ -44,6 +49,7 @@ struct BenchAllReduceCommand: Subcommand {
                 launches.append([executable, "collective-worker", "--backend", "tcp", "--rank", String(rank),
                                  "--world", String(world), "--address", server!.address.description,
                                  "--host-rendezvous", "no", "--token", token, "--timeout", String(timeout),
+                                 "--listen-host", "127.0.0.\(1 + rank * machines / world)",
                                  "--segment-bytes", try options.required("segment-bytes"),
                                  "--socket-buffer-bytes", try options.required("socket-buffer-bytes"),
                                  "--lanes", try options.required("lanes"), "--sender-thread", String(try yesOrNo(options, "sender-thread") ? "yes" : "no"),

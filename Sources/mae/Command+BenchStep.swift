@@ -39,7 +39,7 @@ struct BenchStepCommand: Subcommand {
             OptionSpec("world", value: "N", default: "1",
                        help: "processes training together (N > 1: this command starts them on this machine, each with "
                            + "its own images, unless --rank is given); the last line adds exposed_comm_ms"),
-            OptionSpec("transport", value: "auto|ring|shm", default: "auto", help: "how the processes exchange gradients"),
+            OptionSpec("transport", value: "auto|ring|shm|hierarchical", default: "auto", help: "how the processes exchange gradients"),
             OptionSpec("overlap", value: "on|off", default: "on",
                        help: "average the gradients bucket by bucket during the backward (on) or after it (off)"),
             OptionSpec("bucket-mb", value: "MB", default: "25", help: "gradient bucket size of --overlap on, in MiB"),

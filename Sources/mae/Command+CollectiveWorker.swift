@@ -116,6 +116,7 @@ struct CollectiveWorkerCommand: Subcommand {
             // CPU time (all threads, user + system) says how much work a byte costs, which
             // a busy shared machine distorts less than wall time.
             print("rank0_cpu_ms_per_iteration=\(fixed(cpuSeconds * 1000, 2))")
+            print("rank0_collective=\(type(of: collective))")
             if let ring = collective as? TCPRingCollective, let lane = try ring.congestionControls().first {
                 print("rank0_congestion_control=\(lane.toRight)")   // what paces rank 0's sends
             }
@@ -178,6 +179,15 @@ struct CollectiveWorkerCommand: Subcommand {
         let expected = [Double(world), Double(world * (world - 1) / 2), 0.5 * Double(world)]
         guard scalars == expected else { throw OptionError("scalars are \(scalars), expected \(expected)") }
         try collective.barrier()
+        // Random values, whose sums depend on the order of the adds: every rank must print
+        // the same digest (and a transport the same one run after run).
+        let random = FloatBuffer(count: 100_003)
+        var generator = CounterRandom(seed: 7, purpose: .test, index: rank)
+        for index in 0..<random.count { random[index] = generator.nextFloat() * 2 - 1 }
+        try collective.allReduceAverage(random.pointer, count: random.count)
+        var digest = FNV1a64()
+        digest.update(UnsafeRawBufferPointer(start: random.pointer, count: random.count * 4))
+        print("collective rank=\(rank) kind=\(type(of: collective)) mean_digest=\(digest.hex)")
         if let ring = collective as? TCPRingCollective {
             for (lane, algorithms) in try ring.congestionControls().enumerated() {
                 print("congestion_control rank=\(rank) lane=\(lane) to_right=\(algorithms.toRight) from_left=\(algorithms.fromLeft)")
@@ -233,9 +243,11 @@ func fixed(_ value: Double, _ digits: Int) -> String {
 let ringTuningOptions: [OptionSpec] = {
     let defaults = RendezvousConfig(rank: 0, worldSize: 1, jobToken: "defaults")
     return [
-        OptionSpec("transport", value: "auto|ring|shm", default: "auto",
-                   help: "shm: one shared-memory segment (every rank on this machine); ring: TCP; auto: shm when every "
-                       + "rank announced this machine's address (tcp)"),
+        OptionSpec("transport", value: "auto|ring|shm|hierarchical", default: "auto",
+                   help: "shm: one shared-memory segment (every rank on this machine); ring: TCP; hierarchical: shared "
+                       + "memory inside each machine, a TCP ring per local rank across machines; auto: shm when every "
+                       + "rank announced this machine's address, hierarchical when several machines have equally many "
+                       + "ranks (two or more each), else ring (tcp)"),
         OptionSpec("shm-slot-bytes", value: "B", default: String(SharedMemoryCollective.defaultSlotBytes),
                    help: "bytes of one rank's region per piece in flight, a multiple of 64 (shm)"),
         OptionSpec("segment-bytes", value: "B", default: String(defaults.segmentBytes), help: "bytes per send/receive (tcp)"),

@@ -41,9 +41,12 @@ import Testing
 
     /// Starts `world` worker processes that all-reduce in a loop over `transport`, waits
     /// until all are running, runs `whileRunning` with their pids, applies `signal` to
-    /// rank 1, and returns the other ranks' ends.
-    func signalOneWorker(_ signal: Int32, transport: String, world: Int = 3, timeout: Double = 2,
+    /// rank 1, and returns the other ranks' ends. `hierarchical` runs 4 ranks on two
+    /// "machines" (loopback addresses 127.0.0.1 and 127.0.0.2) of two each.
+    func signalOneWorker(_ signal: Int32, transport: String, timeout: Double = 2,
                          whileRunning: ([Int32]) -> Void = { _ in }) throws -> [(rank: Int, exited: Bool, status: Int32, error: String)] {
+        let hosts = transport == "hierarchical" ? machineHosts(machines: 2, perMachine: 2) : ["127.0.0.1", "127.0.0.1", "127.0.0.1"]
+        let world = hosts.count
         let mae = try maeExecutable()
         let directory = try temporaryDirectory("signal\(signal)")
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -58,6 +61,7 @@ import Testing
                                              "--mode", "loop", "--rank", String(rank),
                                              "--world", String(world), "--address", server.address.description,
                                              "--host-rendezvous", "no", "--token", token, "--timeout", String(timeout),
+                                             "--listen-host", hosts[rank],
                                              "--floats", "600000", "--iters", "100000", "--pause-ms", "20"],
                                       directory: directory, name: "rank\(rank)"))
         }
@@ -67,14 +71,14 @@ import Testing
         whileRunning(children.map(\.pid))
         kill(children[1].pid, signal)
         var ends: [(rank: Int, exited: Bool, status: Int32, error: String)] = []
-        for rank in [0, 2] {
+        for rank in 0..<world where rank != 1 {
             let exited = children[rank].waitForExit(seconds: timeout + 15)
             ends.append((rank, exited, exited ? children[rank].process.terminationStatus : 0, children[rank].errorOutput))
         }
         return ends
     }
 
-    @Test(arguments: ["ring", "shm"])
+    @Test(arguments: ["ring", "shm", "hierarchical"])
     func killingAPeerMakesEveryOtherRankFail(transport: String) throws {
         let start = monotonicSeconds()
         for end in try signalOneWorker(SIGKILL, transport: transport) {
@@ -89,7 +93,7 @@ import Testing
         #expect(monotonicSeconds() - start < 60)
     }
 
-    @Test(arguments: ["ring", "shm"])
+    @Test(arguments: ["ring", "shm", "hierarchical"])
     func stoppingAPeerMakesEveryOtherRankFailWithinTheTimeout(transport: String) throws {
         for end in try signalOneWorker(SIGSTOP, transport: transport) {
             #expect(end.exited, "rank \(end.rank) still runs after its peer was stopped")
@@ -125,8 +129,9 @@ import Testing
     }
 
     /// The worker's own check of every operation, over real processes and the
-    /// bench's code path (rank 0 hosts the rendezvous itself).
-    @Test(arguments: ["ring", "shm"])
+    /// bench's code path (rank 0 hosts the rendezvous itself); every rank ends with the same
+    /// bits of a mean whose bits depend on the order of the adds.
+    @Test(arguments: ["ring", "shm", "hierarchical"])
     func workerProcessesPassTheirChecks(transport: String) throws {
         let mae = try maeExecutable()
         let directory = try temporaryDirectory("check")
@@ -136,18 +141,27 @@ import Testing
         let port = try probe.localPort(context: "test")
         probe.close()
         let token = uniqueToken("check")
+        // Hierarchical: two "machines" (loopback addresses) of two ranks each.
+        let hosts = transport == "hierarchical" ? machineHosts(machines: 2, perMachine: 2) : ["127.0.0.1", "127.0.0.1", "127.0.0.1"]
+        let kind = ["ring": "TCPRingCollective", "shm": "SharedMemoryCollective", "hierarchical": "HierarchicalCollective"][transport]!
         var children: [Child] = []
         defer { for child in children { child.stop() } }
-        for rank in 0..<3 {
+        for rank in hosts.indices {
             children.append(try Child(mae, ["collective-worker", "--backend", "tcp", "--transport", transport,
-                                             "--mode", "check", "--rank", String(rank),
-                                             "--world", "3", "--address", "127.0.0.1:\(port)", "--token", token,
+                                             "--mode", "check", "--rank", String(rank), "--listen-host", hosts[rank],
+                                             "--world", String(hosts.count), "--address", "127.0.0.1:\(port)", "--token", token,
                                              "--timeout", "20"], directory: directory, name: "rank\(rank)"))
         }
+        var digests: Set<String> = []
         for (rank, child) in children.enumerated() {
             let status = child.exitStatus(within: 60)
             #expect(status == 0, "rank \(rank) \(status == nil ? "did not finish" : "failed"): \(child.errorOutput)")
-            #expect(child.output.contains("check ok rank=\(rank) world=3"), "rank \(rank): \(child.output)")
+            #expect(child.output.contains("check ok rank=\(rank) world=\(hosts.count)"), "rank \(rank): \(child.output)")
+            #expect(child.output.contains("kind=\(kind) "), "rank \(rank): \(child.output)")
+            for line in child.output.split(separator: "\n") where line.hasPrefix("collective ") {
+                digests.insert(String(line.split(separator: " ").last!))
+            }
         }
+        #expect(digests.count == 1, "the ranks' means differ: \(digests)")
     }
 }

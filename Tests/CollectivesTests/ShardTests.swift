@@ -52,6 +52,17 @@ import Testing
                        "shared memory world \(world) lanes \(lanes)")
     }
 
+    /// Two and three "machines" (loopback addresses) of two ranks: shards are pieces of
+    /// each local rank's column that its cross-machine ring owns.
+    @Test(arguments: [2, 3], [1, 2])
+    func hierarchicalHalves(machines: Int, lanes: Int) throws {
+        let hosts = machineHosts(machines: machines, perMachine: 2)
+        try Self.check(try withSharedMemory(hosts.count, lanes: lanes, transport: .hierarchical, listenHosts: hosts) {
+            #expect($0 is HierarchicalCollective)
+            return try Self.exercise($0)
+        }, "hierarchical \(machines) machines lanes \(lanes)")
+    }
+
     @Test func oneProcessOwnsEverything() throws {
         #expect(try Self.exercise(SingleProcessCollective()).isEmpty)
     }

@@ -37,12 +37,11 @@ import Glibc
         }
     }
 
-    @Test(.enabled(if: canCreateNamespaces, "creating network namespaces needs root and iproute2"))
-    func aRunAcrossTwoMachinesSurvivesLosingOneOfThem() throws {
-        let temporary = try TemporaryDirectory("two-machines")
-        defer { temporary.remove() }
-        let data = temporary.path + "/data"
-        try synthesizeDataset(root: data, classes: 2, perClass: 16, valPerClass: 1, size: 24, seed: 11)
+    /// Creates two namespaces ("machines") joined by a veth pair and an ssh-like wrapper around
+    /// `ip netns exec` in `directory`, runs `body` with the machines, their addresses and the
+    /// wrapper, and deletes the namespaces again.
+    static func withTwoMachines(_ directory: String,
+                                _ body: (_ machines: [String], _ addresses: [String], _ wrapper: String) throws -> Void) throws {
         let tag = String(getpid() % 100_000)
         let machines = ["mae-ca-\(tag)", "mae-cb-\(tag)"]
         let subnet = "10.232.\(getpid() % 250 + 1)"
@@ -50,59 +49,104 @@ import Glibc
         let links = ["mca\(tag)", "mcb\(tag)"]
 
         var created: [String] = []
-        defer { for machine in created { try? Self.ip(["netns", "delete", machine], directory: temporary.path) } }
+        defer { for machine in created { try? ip(["netns", "delete", machine], directory: directory) } }
         for machine in machines {
-            try Self.ip(["netns", "add", machine], directory: temporary.path)
+            try ip(["netns", "add", machine], directory: directory)
             created.append(machine)
-            try Self.ip(["-n", machine, "link", "set", "lo", "up"], directory: temporary.path)
+            try ip(["-n", machine, "link", "set", "lo", "up"], directory: directory)
         }
-        try Self.ip(["-n", machines[0], "link", "add", links[0], "type", "veth", "peer", "name", links[1], "netns", machines[1]],
-                    directory: temporary.path)
+        try ip(["-n", machines[0], "link", "add", links[0], "type", "veth", "peer", "name", links[1], "netns", machines[1]],
+               directory: directory)
         for side in 0..<2 {
-            try Self.ip(["-n", machines[side], "address", "add", addresses[side] + "/24", "dev", links[side]], directory: temporary.path)
-            try Self.ip(["-n", machines[side], "link", "set", links[side], "up"], directory: temporary.path)
+            try ip(["-n", machines[side], "address", "add", addresses[side] + "/24", "dev", links[side]], directory: directory)
+            try ip(["-n", machines[side], "link", "set", links[side], "up"], directory: directory)
         }
         // What `ssh HOST 'COMMAND'` does, for a "host" that is a namespace.
-        let wrapper = temporary.path + "/netns-ssh"
-        try "#!/bin/sh\nexec \(Self.ip!) netns exec \"$1\" /bin/sh -c \"$2\"\n".write(toFile: wrapper, atomically: true, encoding: .utf8)
+        let wrapper = directory + "/netns-ssh"
+        try "#!/bin/sh\nexec \(ip!) netns exec \"$1\" /bin/sh -c \"$2\"\n".write(toFile: wrapper, atomically: true, encoding: .utf8)
         chmod(wrapper, 0o755)
+        try body(machines, addresses, wrapper)
+    }
 
-        let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().path
-        let runDirectory = temporary.path + "/run"
-        let products = try TestProcess.product("mae-coordinator").replacingOccurrences(of: "/mae-coordinator", with: "")
-        let launcher = try TestProcess("/usr/bin/env", [
-            "MAE_BIN_DIR=\(products)", Self.ip!, "netns", "exec", machines[0], "/bin/bash", repository + "/launch.sh",
-            "--hosts", "\(machines[0]):1,\(machines[1]):1", "--ssh", wrapper, "--coordinator-host", addresses[0],
-            "--run-dir", runDirectory, "--data", data, "--max-restarts", "2", "--heartbeat-timeout", "3",
-            "--model-shape", "4,16,1,2,8,1,2", "--input-size", "16", "--batch-size", "4", "--epochs", "20",
-            "--warmup-epochs", "1", "--lr", "1e-3", "--threads", "1", "--data-threads", "1", "--print-every", "1",
-            "--checkpoint-every", "2",
-        ], logDirectory: temporary.path, name: "launch")
-        defer {
-            launcher.send(SIGTERM)
-            if launcher.exitStatus(within: 20) == nil { launcher.stop() }
-            for pid in Self.processes(containing: [runDirectory]) { kill(pid, SIGKILL) }
+    @Test(.enabled(if: canCreateNamespaces, "creating network namespaces needs root and iproute2"))
+    func aRunAcrossTwoMachinesSurvivesLosingOneOfThem() throws {
+        let temporary = try TemporaryDirectory("two-machines")
+        defer { temporary.remove() }
+        let data = temporary.path + "/data"
+        try synthesizeDataset(root: data, classes: 2, perClass: 16, valPerClass: 1, size: 24, seed: 11)
+        try Self.withTwoMachines(temporary.path) { machines, addresses, wrapper in
+            let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .deletingLastPathComponent().path
+            let runDirectory = temporary.path + "/run"
+            let products = try TestProcess.product("mae-coordinator").replacingOccurrences(of: "/mae-coordinator", with: "")
+            let launcher = try TestProcess("/usr/bin/env", [
+                "MAE_BIN_DIR=\(products)", Self.ip!, "netns", "exec", machines[0], "/bin/bash", repository + "/launch.sh",
+                "--hosts", "\(machines[0]):1,\(machines[1]):1", "--ssh", wrapper, "--coordinator-host", addresses[0],
+                "--run-dir", runDirectory, "--data", data, "--max-restarts", "2", "--heartbeat-timeout", "3",
+                "--model-shape", "4,16,1,2,8,1,2", "--input-size", "16", "--batch-size", "4", "--epochs", "20",
+                "--warmup-epochs", "1", "--lr", "1e-3", "--threads", "1", "--data-threads", "1", "--print-every", "1",
+                "--checkpoint-every", "2",
+            ], logDirectory: temporary.path, name: "launch")
+            defer {
+                launcher.send(SIGTERM)
+                if launcher.exitStatus(within: 20) == nil { launcher.stop() }
+                for pid in Self.processes(containing: [runDirectory]) { kill(pid, SIGKILL) }
+            }
+            let statePath = runDirectory + "/" + Coordinator.stateFileName
+            func state() -> RunState? { try? Coordinator.readState(statePath) }
+            func steps() -> Int { readText(runDirectory + "/metrics.jsonl").split(separator: "\n").count }
+            guard waitUntil(seconds: 90, { steps() >= 8 }) else {
+                throw TestFailure("the run did not reach step 8: \(launcher.output)")
+            }
+            let running = try #require(state())
+            #expect(running.ranks.map(\.host) == machines, "\(running.ranks)")
+            #expect(running.ranks[1].ringAddress?.hasPrefix(addresses[1] + ":") == true, "rank 1's ring listener: \(running.ranks)")
+            // The second machine is lost: its agent dies, and with it its worker.
+            let agents = Self.processes(containing: ["mae-coordinator", "agent", "--host-name", machines[1], runDirectory])
+                .filter { !Self.processes(containing: ["netns-ssh"]).contains($0) }
+            #expect(!agents.isEmpty, "no agent of \(machines[1]) found")
+            for pid in agents { kill(pid, SIGKILL) }
+            #expect(launcher.exitStatus(within: 120) == 0, "\(launcher.output)")
+            let final = try #require(state())
+            #expect(final.phase == .finished && final.restarts == 1, "\(final.failures)")
+            #expect(final.failures.first?.what.contains("lost the agent on \(machines[1])") == true, "\(final.failures)")
+            #expect(launcher.output.contains("the agent of \(machines[1]) ended; starting it again"), "\(launcher.output)")
+            #expect(Self.processes(containing: [runDirectory]).isEmpty)
         }
-        let statePath = runDirectory + "/" + Coordinator.stateFileName
-        func state() -> RunState? { try? Coordinator.readState(statePath) }
-        func steps() -> Int { readText(runDirectory + "/metrics.jsonl").split(separator: "\n").count }
-        guard waitUntil(seconds: 90, { steps() >= 8 }) else {
-            throw TestFailure("the run did not reach step 8: \(launcher.output)")
+    }
+
+    /// Two machines of two workers each under the coordinator: `--transport auto` picks the
+    /// hierarchical collective from the coordinator's table (each worker announces its
+    /// machine's address), and the run trains to its end.
+    @Test(.enabled(if: canCreateNamespaces, "creating network namespaces needs root and iproute2"))
+    func twoWorkersPerMachineUseTheHierarchy() throws {
+        let temporary = try TemporaryDirectory("two-machines-hierarchy")
+        defer { temporary.remove() }
+        let data = temporary.path + "/data"
+        try synthesizeDataset(root: data, classes: 2, perClass: 16, valPerClass: 1, size: 24, seed: 11)
+        try Self.withTwoMachines(temporary.path) { machines, addresses, wrapper in
+            let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .deletingLastPathComponent().path
+            let runDirectory = temporary.path + "/run"
+            let products = try TestProcess.product("mae-coordinator").replacingOccurrences(of: "/mae-coordinator", with: "")
+            let launcher = try TestProcess("/usr/bin/env", [
+                "MAE_BIN_DIR=\(products)", Self.ip!, "netns", "exec", machines[0], "/bin/bash", repository + "/launch.sh",
+                "--hosts", "\(machines[0]):2,\(machines[1]):2", "--ssh", wrapper, "--coordinator-host", addresses[0],
+                "--run-dir", runDirectory, "--data", data, "--max-restarts", "0", "--heartbeat-timeout", "10",
+                "--model-shape", "4,16,1,2,8,1,2", "--input-size", "16", "--batch-size", "2", "--epochs", "2",
+                "--warmup-epochs", "1", "--lr", "1e-3", "--threads", "1", "--data-threads", "1", "--print-every", "1",
+            ], logDirectory: temporary.path, name: "launch")
+            defer {
+                launcher.send(SIGTERM)
+                if launcher.exitStatus(within: 20) == nil { launcher.stop() }
+                for pid in Self.processes(containing: [runDirectory]) { kill(pid, SIGKILL) }
+            }
+            #expect(launcher.exitStatus(within: 180) == 0, "\(launcher.output)")
+            let rankZero = readText(runDirectory + "/logs/rank-0.log")
+            #expect(rankZero.contains("(collective: HierarchicalCollective)"), "rank 0: \(rankZero)")
+            let final = try #require(try? Coordinator.readState(runDirectory + "/" + Coordinator.stateFileName))
+            #expect(final.phase == .finished && final.restarts == 0, "\(final.failures)")
+            #expect(final.ranks.map(\.host) == [machines[0], machines[0], machines[1], machines[1]], "\(final.ranks)")
         }
-        let running = try #require(state())
-        #expect(running.ranks.map(\.host) == machines, "\(running.ranks)")
-        #expect(running.ranks[1].ringAddress?.hasPrefix(addresses[1] + ":") == true, "rank 1's ring listener: \(running.ranks)")
-        // The second machine is lost: its agent dies, and with it its worker.
-        let agents = Self.processes(containing: ["mae-coordinator", "agent", "--host-name", machines[1], runDirectory])
-            .filter { !Self.processes(containing: ["netns-ssh"]).contains($0) }
-        #expect(!agents.isEmpty, "no agent of \(machines[1]) found")
-        for pid in agents { kill(pid, SIGKILL) }
-        #expect(launcher.exitStatus(within: 120) == 0, "\(launcher.output)")
-        let final = try #require(state())
-        #expect(final.phase == .finished && final.restarts == 1, "\(final.failures)")
-        #expect(final.failures.first?.what.contains("lost the agent on \(machines[1])") == true, "\(final.failures)")
-        #expect(launcher.output.contains("the agent of \(machines[1]) ended; starting it again"), "\(launcher.output)")
-        #expect(Self.processes(containing: [runDirectory]).isEmpty)
     }
 }

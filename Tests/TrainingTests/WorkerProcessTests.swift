@@ -411,6 +411,37 @@ extension WorkerProcessTests {
             }
         }
     }
+
+    /// The hierarchical transport (six workers on two "machines", loopback addresses
+    /// 127.0.0.1 and 127.0.0.2, three each: a local sum of three has an order to get wrong)
+    /// trains the same bits bucket by bucket during the backward, and with the sharded
+    /// optimizer (weights and gathered moments), as in one all-reduce after the backward.
+    @Test func hierarchicalOverlapAndShardingTrainTheSameBitsAsOneAllReduce() throws {
+        defer { temporary.remove() }
+        let runs = [("hierarchical-off", ["--overlap", "off"]), ("hierarchical-on", ["--overlap", "on"]),
+                    ("hierarchical-sharded", ["--shard-optimizer"])]
+        for (name, flags) in runs {
+            let port = try freeLoopbackPort()
+            let workers = try (0..<6).map { rank in
+                try WorkerProcess(arguments(runDirectory: name, [
+                    "--rank", "\(rank)", "--world-size", "6", "--rendezvous", "127.0.0.1:\(port)", "--job-token", "test-token",
+                    "--listen-host", "127.0.0.\(1 + rank / 3)", "--transport", "hierarchical",
+                    "--bucket-mb", "0.002", "--batch-size", "1", "--accum-iter", "2", "--max-steps", "2",
+                    "--warmup-epochs", "0", "--checkpoint-every", "2",
+                ] + flags), logDirectory: temporary.path, name: "\(name)-\(rank)")
+            }
+            for (rank, worker) in workers.enumerated() {
+                let status = try worker.wait(seconds: 180)
+                #expect(status == 0, "\(name) rank \(rank) exited \(status): \(worker.errors)")
+                // A fall-back to another transport is logged by rank 0.
+                #expect(!worker.errors.contains("--transport hierarchical:"), "\(name): \(worker.errors)")
+            }
+        }
+        for name in ["hierarchical-on", "hierarchical-sharded"] {
+            let found = try differences(name, "hierarchical-off", step: 2)
+            #expect(found.isEmpty, "\(found.prefix(5))")
+        }
+    }
 }
 
 extension WorkerProcessTests {
