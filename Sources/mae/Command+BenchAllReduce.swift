@@ -28,7 +28,9 @@ struct BenchAllReduceCommand: Subcommand {
         let backend = try options.required("backend")
         let congestion = try congestionControl(options)
         let transport = backend == "tcp" ? " transport=\(try options.required("transport"))" : ""
-        print("all-reduce benchmark: backend=\(backend)\(transport) world=\(world) floats=\(floats) bytes=\(floats * 4) iters=\(iterations)")
+        let wire = try CollectiveWorkerCommand.wire(options)
+        print("all-reduce benchmark: backend=\(backend)\(transport) world=\(world) floats=\(floats) bytes=\(floats * 4) "
+              + "gradient_wire=\(wire) iters=\(iterations)")
         print(CPUInfo.summary)
 
         var launches: [[String]] = []
@@ -50,6 +52,7 @@ struct BenchAllReduceCommand: Subcommand {
                                  "--spins", try options.required("spins"),
                                  "--congestion-control", congestion.description,
                                  "--transport", try options.required("transport"),
+                                 "--gradient-wire", try options.required("gradient-wire"),
                                  "--shm-slot-bytes", try options.required("shm-slot-bytes")] + workload)
             }
         case "mpi":
