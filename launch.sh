@@ -42,7 +42,7 @@ hostfile=""
 ssh_command=ssh
 coordinator_host=""
 worker_flags=()
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
 fail() { echo "launch.sh: $*" >&2; exit 2; }
 # The value of the flag in $1, or a clear error when it is missing ($2 is the next argument).
 value() { [ $# -ge 2 ] && [ -n "$2" ] && [ "${2#--}" = "$2" ] || fail "$1 needs a value (see --help)"; }
