@@ -399,12 +399,14 @@ public final class SharedMemoryCollective: Collective {
             let entry = callHeaderEntry(of: owner, header.sequence)
             let operation = Operation(rawValue: entry.load(fromByteOffset: CallHeaderField.operation, as: UInt32.self))
             let wire = GradientWire(wireCode: entry.load(fromByteOffset: CallHeaderField.wire, as: UInt32.self))
-            let theirs = operation.flatMap { operation in wire.map { (operation, $0) } }.map {
-                CallHeader(operation: $0.0, sequence: entry.load(fromByteOffset: CallHeaderField.sequence, as: UInt64.self),
+            let theirs: CallHeader? = if let operation, let wire {
+                CallHeader(operation: operation, sequence: entry.load(fromByteOffset: CallHeaderField.sequence, as: UInt64.self),
                            count: entry.load(fromByteOffset: CallHeaderField.count, as: UInt64.self),
                            root: entry.load(fromByteOffset: CallHeaderField.root, as: UInt32.self),
                            offset: entry.load(fromByteOffset: CallHeaderField.offset, as: UInt64.self),
-                           wholeCount: entry.load(fromByteOffset: CallHeaderField.wholeCount, as: UInt64.self), wire: $0.1)
+                           wholeCount: entry.load(fromByteOffset: CallHeaderField.wholeCount, as: UInt64.self), wire: wire)
+            } else {
+                nil
             }
             guard theirs == header else {
                 throw CollectiveError.mismatch("rank \(owner) called \(theirs.map { "\($0)" } ?? "an unknown operation") "
