@@ -57,7 +57,7 @@ public final class TCPRingCollective: Collective {
     /// Ranks (this one included) that announced this rank's host: they share its machine.
     public let ranksOnThisHost: Int
     /// The rings a call's elements are divided over; one unless `config.lanes` > 1.
-    private var lanes: [RingLane] = []
+    private(set) var lanes: [RingLane] = []
     private let callLock = Lock()
     private var sequence: UInt64 = 0
     private var failure: String?

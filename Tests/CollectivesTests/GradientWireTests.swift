@@ -346,3 +346,52 @@ func wireInput(rank: Int, count: Int) -> [Float] {
         #expect(rounded > floats / 2)
     }
 }
+
+// MARK: - Bytes on the wire
+
+/// The kernel's count of payload bytes received on `descriptor` (tcp_info.tcpi_bytes_received,
+/// at byte 128 of Linux's struct tcp_info; glibc's copy of the struct predates the field).
+func bytesReceived(_ descriptor: Int32) throws -> UInt64 {
+    var information = [UInt8](repeating: 0, count: 232)
+    var length = socklen_t(information.count)
+    guard getsockopt(descriptor, Int32(IPPROTO_TCP), TCP_INFO, &information, &length) == 0, length >= 136 else {
+        throw CollectiveError.systemCall(name: "getsockopt(TCP_INFO)", errno: errno, context: "test: reading tcp_info")
+    }
+    return information.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 128, as: UInt64.self) }
+}
+
+@Suite(.serialized) struct GradientWireBytesTests {
+    /// At world 2 each rank receives the whole vector once (its peer's chunk to reduce, then
+    /// the other chunk finished), after a 48-byte call header: 4 bytes a float on the fp32
+    /// wire, 2 on the bf16 wire. The count starts before a barrier, so the peer cannot have
+    /// started the call, and ends after the call; besides the call it may include the peer's
+    /// barrier before (a header and one float, 52 bytes; it may also have come earlier) and
+    /// the next barrier's bytes, which the peer may already have sent.
+    @Test func theBF16WireHalvesTheBytes() throws {
+        let count = 1_000_003
+        let outcomes = try withRing(2) { ring -> [UInt64] in
+            var received: [UInt64] = []
+            for wire in [GradientWire.fp32, .bf16] {
+                var values = randomInput(rank: ring.rank, count: count, seed: 5)
+                let before = try bytesReceived(ring.lanes[0].receiveSocket.descriptor)
+                try ring.barrier()
+                try values.withUnsafeMutableBufferPointer {
+                    try ring.allReduceAverage($0.baseAddress!, count: count, slice: VectorSlice(offset: 0, wholeCount: count),
+                                              wire: wire)
+                }
+                received.append(try bytesReceived(ring.lanes[0].receiveSocket.descriptor) - before)
+            }
+            try ring.barrier()
+            return received
+        }
+        let barrier = CallHeader.bytes + 4
+        for (rank, outcome) in outcomes.enumerated() {
+            let received = try outcome.get().map(Int.init)
+            for (index, bytesPerFloat) in [4, 2].enumerated() {
+                let call = CallHeader.bytes + bytesPerFloat * count
+                #expect(call...(call + 2 * barrier) ~= received[index],
+                        "rank \(rank), \(bytesPerFloat) bytes a float: received \(received[index]) bytes")
+            }
+        }
+    }
+}
