@@ -29,6 +29,9 @@ struct BenchAllReduceCommand: Subcommand {
         let congestion = try congestionControl(options)
         let transport = backend == "tcp" ? " transport=\(try options.required("transport"))" : ""
         let wire = try CollectiveWorkerCommand.wire(options)
+        if backend == "mpi" && wire != .fp32 {
+            throw OptionError("mae bench allreduce: --gradient-wire \(wire) needs --backend tcp (MPI sums in an order of its own)")
+        }
         print("all-reduce benchmark: backend=\(backend)\(transport) world=\(world) floats=\(floats) bytes=\(floats * 4) "
               + "gradient_wire=\(wire) iters=\(iterations)")
         print(CPUInfo.summary)
