@@ -21,6 +21,8 @@
 # (ROOT needs train/ and val/; without --data the demo dataset, which has both).
 # Exit status: 0 finished, 1 failed after the restarts ran out, 2 bad configuration,
 # 3 stopped on request (Ctrl-C, SIGTERM, mae-coordinator stop; resumable with --resume auto).
+# A coordinator killed by a signal or crashed is started again on the run directory (at most
+# max(3, --max-restarts) times); the agents and workers train on and it adopts them.
 set -euo pipefail
 cd "$(dirname "$0")"
 repo=$(pwd)
@@ -42,7 +44,7 @@ hostfile=""
 ssh_command=ssh
 coordinator_host=""
 worker_flags=()
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
 fail() { echo "launch.sh: $*" >&2; exit 2; }
 # The value of the flag in $1, or a clear error when it is missing ($2 is the next argument).
 value() { [ $# -ge 2 ] && [ -n "$2" ] && [ "${2#--}" = "$2" ] || fail "$1 needs a value (see --help)"; }
@@ -213,16 +215,23 @@ on_signal() {
 trap on_signal INT TERM
 trap cleanup EXIT
 
+# start_coordinator HOST:PORT: starts `serve` in the background, sets coordinator_pid, and waits
+# (at most 60 s) until it listens; false when it ended first.
+start_coordinator() {
+    rm -f "$port_file"
+    "$bin/mae-coordinator" serve --world-size "$nodes" --addr "$1" --metrics-addr "$metrics_addr" \
+        --max-restarts "$max_restarts" --heartbeat-timeout "$heartbeat_timeout" --port-file "$port_file" --exit-with-parent \
+        -- --run-dir "$run_dir" "${common[@]}" "${worker_flags[@]+"${worker_flags[@]}"}" &
+    coordinator_pid=$!
+    for _ in $(seq 1 600); do
+        [ -s "$port_file" ] && return 0
+        kill -0 "$coordinator_pid" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
 # Port 0 lets the kernel choose a free port in the coordinator's own bind: no race.
-"$bin/mae-coordinator" serve --world-size "$nodes" --addr "$coordinator_host:$port" --metrics-addr "$metrics_addr" \
-    --max-restarts "$max_restarts" --heartbeat-timeout "$heartbeat_timeout" --port-file "$port_file" --exit-with-parent \
-    -- --run-dir "$run_dir" "${common[@]}" "${worker_flags[@]+"${worker_flags[@]}"}" &
-coordinator_pid=$!
-for _ in $(seq 1 600); do
-    [ -s "$port_file" ] && break
-    kill -0 "$coordinator_pid" 2>/dev/null || break
-    sleep 0.1
-done
+start_coordinator "$coordinator_host:$port" || true
 if [ ! -s "$port_file" ]; then
     set +e; wait "$coordinator_pid"; status=$?; set -e
     coordinator_pid=""
@@ -255,19 +264,39 @@ start_agent() {
 }
 for index in "${!placement_hosts[@]}"; do start_agent "$index"; done
 
+# A coordinator that dies by a signal or a crash (any status but its own 0-3) is started
+# again on the run directory and its address: the agents keep their workers training
+# meanwhile and reconnect, and it adopts them (docs/DISTRIBUTED.md).
+coordinator_restarts=0
+max_coordinator_restarts=$(( max_restarts > 3 ? max_restarts : 3 ))
 set +e
-while kill -0 "$coordinator_pid" 2>/dev/null; do
-    sleep 0.5
-    kill -0 "$coordinator_pid" 2>/dev/null || break
-    for index in "${!agent_pids[@]}"; do
-        kill -0 "${agent_pids[$index]}" 2>/dev/null && continue
-        if [ "${agent_starts[$index]}" -le "$max_restarts" ]; then
-            echo "launch.sh: the agent of ${placement_hosts[$index]:-this machine} ended; starting it again" >&2
-            start_agent "$index"
-        fi
+while true; do
+    while kill -0 "$coordinator_pid" 2>/dev/null; do
+        sleep 0.5
+        kill -0 "$coordinator_pid" 2>/dev/null || break
+        for index in "${!agent_pids[@]}"; do
+            kill -0 "${agent_pids[$index]}" 2>/dev/null && continue
+            if [ "${agent_starts[$index]}" -le "$max_restarts" ]; then
+                echo "launch.sh: the agent of ${placement_hosts[$index]:-this machine} ended; starting it again" >&2
+                start_agent "$index"
+            fi
+        done
     done
+    wait "$coordinator_pid"; status=$?
+    case $status in 0|1|2|3) break ;; esac
+    if [ $coordinator_restarts -ge $max_coordinator_restarts ]; then
+        echo "launch.sh: the coordinator ended abnormally again (exit status $status) after $coordinator_restarts start(s) of it; giving up" >&2
+        break
+    fi
+    coordinator_restarts=$((coordinator_restarts + 1))
+    echo "launch.sh: the coordinator ended abnormally (exit status $status); starting it again on $run_dir" \
+         "($coordinator_restarts of $max_coordinator_restarts), to adopt the agents and workers that train on" >&2
+    if ! start_coordinator "$address"; then
+        wait "$coordinator_pid"; status=$?
+        echo "launch.sh: the coordinator started again did not listen (exit status $status)" >&2
+        break
+    fi
 done
-wait "$coordinator_pid"; status=$?
 set -e
 coordinator_pid=""
 # The agents exit once the coordinator shut them down; give them their grace period.

@@ -14,10 +14,11 @@
 #                  stop  SIGSTOP of a worker for longer than the heartbeat timeout, then SIGCONT
 #                  link  a machine's link down for 5 s, then up
 #                  drop  nftables drops 5 % of a machine's incoming packets for 5 s
+#                  coordinator  SIGKILL of the coordinator: launch.sh starts it again, and it
+#                        adopts the agents and workers that trained on (no restart counted;
+#                        the generation stays)
 #   --heartbeat-timeout S  silence after which a worker or agent counts as failed (default 3)
 #   --keep       keep the work folder (logs, run directories) instead of removing it
-# The coordinator is not killed: a coordinator started again restarts the workers from the
-# newest checkpoint rather than re-adopting them, which the suite does not cover yet.
 # Needs root, iproute2 and nftables (tools/install-deps.sh --netns). MAE_BIN_DIR selects the
 # executables (default: a release build, made when missing).
 # Exit status: 0 every invariant held, 1 one failed (the lines starting 'FAILED' say which), 2 bad usage.
@@ -38,7 +39,7 @@ while [ $# -gt 0 ]; do
         --kinds) [ $# -ge 2 ] || fail "--kinds needs a value"; kinds=$2; shift 2 ;;
         --heartbeat-timeout) [ $# -ge 2 ] || fail "--heartbeat-timeout needs a value"; heartbeat_timeout=$2; shift 2 ;;
         --keep) keep=1; shift ;;
-        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) fail "unknown option $1 (see --help)" ;;
     esac
 done
@@ -47,7 +48,7 @@ case "$faults" in ''|*[!0-9]*) fail "--faults must be a number ≥ 0, got '$faul
 case "$heartbeat_timeout" in ''|*[!0-9]*|0) fail "--heartbeat-timeout must be a whole number of seconds ≥ 1, got '$heartbeat_timeout'" ;; esac
 IFS=, read -r -a kind_list <<< "$kinds"
 for kind in "${kind_list[@]}"; do
-    case "$kind" in kill|stop|link|drop|double) ;; *) fail "unknown fault kind '$kind' (kill, stop, link, drop or double)" ;; esac
+    case "$kind" in kill|stop|link|drop|double|coordinator) ;; *) fail "unknown fault kind '$kind' (kill, stop, link, drop, double or coordinator)" ;; esac
 done
 [ "$(id -u)" -eq 0 ] || fail "needs root (it creates network namespaces)"
 command -v ip >/dev/null || fail "needs iproute2: tools/install-deps.sh --netns"
@@ -166,6 +167,7 @@ launch chaos
 declare -A injected=()
 certain_restarts=0   # faults that always need a restart (kill, each kill of double, stop longer than the heartbeat timeout)
 possible_restarts=0  # faults that may (a link down, dropped packets)
+unadopted=()         # coordinator kills after which the generation or the restart count changed (none may)
 lost_report=()
 wait_for 120 reached chaos 2 || true
 for (( fault = 1; fault <= faults; fault++ )); do
@@ -213,6 +215,20 @@ for (( fault = 1; fault <= faults; fault++ )); do
             ip -n "${machines[$rank]}" link set eth0 up
             possible_restarts=$(( possible_restarts + 2 ))
             ;;
+        coordinator)
+            generation=$(state chaos generation)
+            restarts_before=$(state chaos restarts)
+            coordinator=$(state chaos coordinatorPid)
+            [ -n "$coordinator" ] && [ "$coordinator" -gt 0 ] && kill -KILL "$coordinator" 2>/dev/null || { echo "chaos.sh: no coordinator to kill"; continue; }
+            # launch.sh starts it again; it must adopt the running generation without a restart.
+            back() { exited || { [ "$(state chaos coordinatorPid)" != "$coordinator" ] && [ "$(state chaos phase)" != adopting ]; }; }
+            wait_for 120 back || echo "chaos.sh: fault $fault: no coordinator adopted the run within 120 s"
+            echo "chaos.sh: fault $fault: the workers trained $(( $(steps chaos) - before )) step(s) until a coordinator had" \
+                 "adopted them, $(python3 -c "import time; print('%.1f' % (time.time() - $fault_start))") s after the kill"
+            if ! exited && { [ "$(state chaos generation)" != "$generation" ] || [ "$(state chaos restarts)" != "$restarts_before" ]; }; then
+                unadopted+=("fault $fault: generation $generation -> $(state chaos generation), restarts $restarts_before -> $(state chaos restarts)")
+            fi
+            ;;
         drop)
             ip netns exec "${machines[$rank]}" nft add table inet chaos
             ip netns exec "${machines[$rank]}" nft 'add chain inet chaos input { type filter hook input priority 0; }'
@@ -246,6 +262,8 @@ same_weights=0
 for file in model.safetensors optimizer.safetensors; do
     cmp -s "$work/straight/checkpoints/$final/$file" "$work/chaos/checkpoints/$final/$file" && same_weights=$(( same_weights + 1 ))
 done
+check "every coordinator kill adopted (generation and restarts unchanged): ${injected[coordinator]:-0} kill(s)${unadopted[*]:+; not: ${unadopted[*]}}" \
+    [ ${#unadopted[@]} -eq 0 ]
 check "final weights and optimizer state equal the uninterrupted run's ($final)" [ "$same_weights" = 2 ]
 sleep 1
 check "no process left behind" [ -z "$(suite_pids | tr -d '\n')" ]
@@ -285,10 +303,9 @@ EOF
 check "every step's line appears once in metrics.jsonl (1...$total)" check_steps
 
 kinds_text=""
-for kind in kill stop link drop double; do kinds_text+="$kind ${injected[$kind]:-0}, "; done
+for kind in kill stop link drop double coordinator; do kinds_text+="$kind ${injected[$kind]:-0}, "; done
 echo "chaos.sh: seed $seed: faults ${kinds_text%, }; restarts $restarts; lost per fault: ${lost_report[*]:-none};" \
-     "reference $straight_seconds s, under faults $chaos_seconds s (+$(( chaos_seconds - straight_seconds )) s);" \
-     "coordinator kill: skipped (no re-adoption)"
+     "reference $straight_seconds s, under faults $chaos_seconds s (+$(( chaos_seconds - straight_seconds )) s)"
 if [ "$failures" -gt 0 ]; then
     echo "chaos.sh: $failures invariant(s) FAILED (seed $seed); logs in $work"
     keep=1

@@ -1,9 +1,10 @@
 /// The handshake that every ring and rendezvous connection starts with: both
 /// sides prove that they belong to the same job (a shared token) and the same
 /// generation (a restart counter), so that a process of another job or a stale
-/// process of an earlier attempt never joins a ring. The token is compared in
-/// constant time. The token travels in clear: it keeps jobs and generations
-/// apart on a trusted network; it is not encryption.
+/// process of an earlier attempt never joins a ring. The token never travels:
+/// ring and rendezvous hellos carry a nonce and an HMAC proof of it in their token
+/// field (`RingAuthentication`). This keeps jobs, generations and strangers apart;
+/// it is not encryption, and messages after the handshake are not signed.
 
 /// Little-endian encoding of handshake messages.
 struct WireWriter {
@@ -69,7 +70,8 @@ struct Hello: Equatable {
         /// Version 2: the token field carries a nonce and a proof, never the key
         /// (`RingAuthentication`).
         case ring = "MAERING2"
-        case rendezvous = "MAERDZV1"
+        /// Version 2: registrations and the service's answer carry proofs, never the key.
+        case rendezvous = "MAERDZV2"
         var magic: [UInt8] { Array(rawValue.utf8) }
     }
 

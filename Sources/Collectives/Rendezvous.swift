@@ -2,10 +2,12 @@
 ///
 /// Rank 0 (or the launcher) hosts a tiny service at a known address. Every rank
 /// binds its ring listener on a port the kernel picks, registers (rank, host, port)
-/// there with the job token and generation, and receives the full table once all
-/// ranks have registered. A registration with a wrong token, an old generation,
-/// another world size or a rank that is already taken is refused and logged; the
-/// service keeps waiting for the real rank. Everything has a timeout.
+/// there with the generation and a proof of the job token (`RingAuthentication`: a
+/// nonce and an HMAC; the token never crosses the wire), and receives the full table
+/// once all ranks have registered, with the service's proof over its nonce and the
+/// table. A registration without the proof, a replayed one, an old generation, another
+/// world size or a rank that is already taken is refused and logged; the service
+/// keeps waiting for the real rank. Everything has a timeout.
 import Dispatch
 import Kernels
 #if canImport(Glibc)
@@ -123,7 +125,7 @@ public final class RendezvousServer: @unchecked Sendable {
     public let address: SocketAddress
     private let listener: Socket
     private let worldSize: Int
-    private let token: [UInt8]
+    private var authentication: RingAuthentication
     private let generation: UInt64
     private let timeoutSeconds: Double
     private let finished = DispatchSemaphore(value: 0)
@@ -135,7 +137,7 @@ public final class RendezvousServer: @unchecked Sendable {
         listener = try Socket.listening(on: address)
         self.address = SocketAddress(host: address.host, port: try listener.localPort(context: "rendezvous service"))
         self.worldSize = worldSize
-        token = Array(jobToken.utf8)
+        authentication = RingAuthentication(key: Array(jobToken.utf8), domain: RingAuthentication.rendezvousDomain)
         self.generation = UInt64(generation)
         self.timeoutSeconds = timeoutSeconds
         DispatchQueue.global().async { [self] in
@@ -161,6 +163,8 @@ public final class RendezvousServer: @unchecked Sendable {
         let socket: Socket
         let host: String
         let port: Int
+        /// The registrant's nonce, which the service's proof answers.
+        let nonce: [UInt8]
     }
 
     private func serve() throws {
@@ -185,7 +189,15 @@ public final class RendezvousServer: @unchecked Sendable {
             let context = "rendezvous registration"
             do {
                 let hello = try Hello.read(.rendezvous, from: connection, until: helloDeadline, context: context)
-                var reason = hello.rejection(token: token, generation: generation, worldSize: worldSize, expectedRank: nil)
+                // The proof first: a stranger learns nothing about the job from the answer.
+                var reason: String?, nonce: [UInt8] = []
+                switch authentication.admit(hello) {
+                case let .success(admitted): nonce = admitted
+                case let .failure(failure): reason = failure.description
+                }
+                if reason == nil {
+                    reason = hello.rejection(token: nil, generation: generation, worldSize: worldSize, expectedRank: nil)
+                }
                 if reason == nil, registered[hello.rank] != nil { reason = "rank \(hello.rank) has already registered" }
                 if reason == nil, !(1...65535).contains(hello.port) { reason = "listener port \(hello.port) is invalid" }
                 if let reason {
@@ -194,39 +206,52 @@ public final class RendezvousServer: @unchecked Sendable {
                     connection.close()
                     continue
                 }
-                registered[hello.rank] = Registration(socket: connection, host: hello.host, port: hello.port)
+                registered[hello.rank] = Registration(socket: connection, host: hello.host, port: hello.port, nonce: nonce)
             } catch {
                 logCollective("rendezvous dropped a connection: \(error)")
                 connection.close()
             }
         }
-        var table = WireWriter()
-        table.append(HandshakeReply.accepted)
-        table.append(bytes: Hello(purpose: .rendezvous, generation: generation, worldSize: worldSize, rank: 0,
-                                  token: token).encoded())
-        table.append(UInt32(worldSize))
+        let table = encodedRendezvousTable(registered.compactMap { $0 }.map { SocketAddress(host: $0.host, port: $0.port) })
         for case let registration? in registered {
-            table.append(string: Array(registration.host.utf8))
-            table.append(UInt16(registration.port))
-        }
-        for case let registration? in registered {
+            var answer = Hello(purpose: .rendezvous, generation: generation, worldSize: worldSize, rank: 0, token: [])
+            answer.token = authentication.acceptToken(for: answer, connectorNonce: registration.nonce, payload: table)
+            var message = WireWriter()
+            message.append(HandshakeReply.accepted)
+            message.append(bytes: answer.encoded())
+            message.append(bytes: table)
             // A rank that died meanwhile fails here; the others notice when they build the ring.
-            try? registration.socket.sendAll(table.bytes, until: deadline, context: "rendezvous table")
+            try? registration.socket.sendAll(message.bytes, until: deadline, context: "rendezvous table")
             registration.socket.close()
         }
     }
 }
 
+/// The rendezvous table as it travels (and as the service's proof covers it): the count,
+/// then each rank's host and port.
+func encodedRendezvousTable(_ addresses: [SocketAddress]) -> [UInt8] {
+    var table = WireWriter()
+    table.append(UInt32(addresses.count))
+    for address in addresses {
+        table.append(string: Array(address.host.utf8))
+        table.append(UInt16(address.port))
+    }
+    return table.bytes
+}
+
 /// Registers this rank's ring listener with the rendezvous service and returns
-/// every rank's ring address, indexed by rank.
+/// every rank's ring address, indexed by rank. The table is taken only with the
+/// service's proof of the job token over this registration's nonce and the table.
 func exchangeRingAddresses(_ config: RendezvousConfig, listenerPort: Int, deadline: Deadline) throws -> [SocketAddress] {
     let service = try SocketAddress(parsing: config.address)
     let context = "rank \(config.rank) registering with the rendezvous at \(service)"
-    let token = Array(config.jobToken.utf8)
+    let authentication = RingAuthentication(key: Array(config.jobToken.utf8), domain: RingAuthentication.rendezvousDomain)
     let socket = try Socket.connect(to: service, deadline: deadline, context: context)
     defer { socket.close() }
-    let hello = Hello(purpose: .rendezvous, generation: UInt64(config.generation), worldSize: config.worldSize,
-                      rank: config.rank, token: token, host: config.listenHost, port: listenerPort)
+    var hello = Hello(purpose: .rendezvous, generation: UInt64(config.generation), worldSize: config.worldSize,
+                      rank: config.rank, token: [], host: config.listenHost, port: listenerPort)
+    hello.token = try authentication.connectToken(for: hello)
+    let nonce = Array(hello.token.prefix(RingAuthentication.nonceBytes))
     try socket.sendAll(hello.encoded(), until: deadline, context: context)
     do {
         try HandshakeReply.readStatus(from: socket, until: deadline, context: context)
@@ -234,8 +259,8 @@ func exchangeRingAddresses(_ config: RendezvousConfig, listenerPort: Int, deadli
         throw CollectiveError.rendezvous(reason)
     }
     let serviceHello = try Hello.read(.rendezvous, from: socket, until: deadline, context: context)
-    if let reason = serviceHello.rejection(token: token, generation: UInt64(config.generation),
-                                       worldSize: config.worldSize, expectedRank: nil) {
+    if let reason = serviceHello.rejection(token: nil, generation: UInt64(config.generation),
+                                           worldSize: config.worldSize, expectedRank: nil) {
         throw CollectiveError.handshakeRejected("\(context): the service is not of this job: \(reason)")
     }
     var countReader = WireReader(try socket.receiveExactly(4, until: deadline, context: context))
@@ -253,6 +278,10 @@ func exchangeRingAddresses(_ config: RendezvousConfig, listenerPort: Int, deadli
         let host = String(decoding: try socket.receiveExactly(length, until: deadline, context: context), as: UTF8.self)
         var portReader = WireReader(try socket.receiveExactly(2, until: deadline, context: context))
         addresses.append(SocketAddress(host: host, port: Int(try portReader.uint16())))
+    }
+    guard authentication.verifyAccept(serviceHello, connectorNonce: nonce, payload: encodedRendezvousTable(addresses)) else {
+        throw CollectiveError.handshakeRejected(
+            "\(context): the service's answer does not prove the job token (another job's service, or a forged table)")
     }
     return addresses
 }

@@ -1,6 +1,6 @@
 import System
 
-/// Proof of the job's key on ring connections, without sending it.
+/// Proof of the job's key on ring connections and rendezvous registrations, without sending it.
 ///
 /// The key is the ring's job token: under a coordinator a per-generation key derived from
 /// the run's secret (`Authentication.ringToken`), so a stale worker of an earlier generation
@@ -14,10 +14,20 @@ import System
 /// another's handshake before accepting. Messages after the handshake are not signed: this
 /// keeps other jobs, stale workers and strangers out of the ring; it is no defence against
 /// someone who can rewrite traffic on the network.
+///
+/// The rendezvous of workers started by hand uses the same exchange in its own `domain`
+/// (so a registration's proof is no ring hello's), and its answer's proof also covers the
+/// address table that follows it.
 struct RingAuthentication {
     static let nonceBytes = 32
     static let proofBytes = 32
+    /// The domain of ring connections.
+    static let ringDomain = "mae-ring-2"
+    /// The domain of rendezvous registrations (`exchangeRingAddresses`, `RendezvousServer`).
+    static let rendezvousDomain = "mae-rendezvous-2"
     let key: [UInt8]
+    /// The protocol the proofs belong to; it opens every proven message.
+    let domain: String
 
     /// The token field of a connecting rank's hello: a fresh nonce, then its proof.
     func connectToken(for hello: Hello) throws -> [UInt8] {
@@ -28,7 +38,10 @@ struct RingAuthentication {
     /// Nonces of the hellos admitted so far (by one listener while its ring forms).
     private var admittedNonces = Set<[UInt8]>()
 
-    init(key: [UInt8]) { self.key = key }
+    init(key: [UInt8], domain: String = RingAuthentication.ringDomain) {
+        self.key = key
+        self.domain = domain
+    }
 
     /// The accepting rank's check of a connecting rank's hello: its proof, then that its
     /// nonce is new. Returns the nonce, or why the hello is refused.
@@ -41,23 +54,27 @@ struct RingAuthentication {
         return .success(nonce)
     }
 
-    /// The token field of the accepting rank's answer: its proof over the connector's nonce.
-    func acceptToken(for answer: Hello, connectorNonce: [UInt8]) -> [UInt8] {
-        proof("accept", answer, nonce: connectorNonce)
+    /// The token field of the accepting side's answer: its proof over the connector's nonce
+    /// and the `payload` that follows the answer (the rendezvous table; empty on the ring).
+    func acceptToken(for answer: Hello, connectorNonce: [UInt8], payload: [UInt8] = []) -> [UInt8] {
+        proof("accept", answer, nonce: connectorNonce, payload: payload)
     }
 
-    /// Whether the accepting rank's answer proves the key for our nonce.
-    func verifyAccept(_ answer: Hello, connectorNonce: [UInt8]) -> Bool {
-        HMACSHA256.constantTimeEqual(answer.token, proof("accept", answer, nonce: connectorNonce))
+    /// Whether the accepting side's answer proves the key for our nonce and `payload`.
+    func verifyAccept(_ answer: Hello, connectorNonce: [UInt8], payload: [UInt8] = []) -> Bool {
+        HMACSHA256.constantTimeEqual(answer.token, proof("accept", answer, nonce: connectorNonce, payload: payload))
     }
 
-    /// HMAC over the role, every field of the hello but its token, and the nonce.
-    private func proof(_ role: String, _ hello: Hello, nonce: [UInt8]) -> [UInt8] {
-        // The host is last before the nonce and its length is in the text, so no two hellos share a message.
-        let fields = "mae-ring-2 \(role) generation \(hello.generation) world \(hello.worldSize) rank \(hello.rank) "
+    /// HMAC over the domain, the role, every field of the hello but its token, the nonce and
+    /// the payload.
+    private func proof(_ role: String, _ hello: Hello, nonce: [UInt8], payload: [UInt8] = []) -> [UInt8] {
+        // The host is last before the nonce and its length is in the text, so no two hellos share a message;
+        // the nonce has a fixed length, so the payload after it cannot be confused with it.
+        let fields = "\(domain) \(role) generation \(hello.generation) world \(hello.worldSize) rank \(hello.rank) "
             + "lane \(hello.lane) of \(hello.lanes) port \(hello.port) host \(hello.host.utf8.count) \(hello.host) "
         var message = Array(fields.utf8)
         message += nonce
+        message += payload
         return HMACSHA256.authenticate(key: key, message: message)
     }
 }

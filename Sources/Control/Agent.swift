@@ -23,7 +23,8 @@ public struct AgentConfiguration: Sendable {
     public var workerArguments: [String]
     /// Seconds between SIGTERM and SIGKILL when stopping workers.
     public var graceSeconds: Double
-    /// How long the agent tries to reach a coordinator that went away before it gives up.
+    /// How long the agent tries to reach a coordinator that is not up yet or went away before
+    /// it gives up (stopping its workers, which write a checkpoint, and exiting 1).
     public var reconnectSeconds: Double
     public var heartbeatSeconds: Double
     /// With the MPI backend: the mpirun command line (without -np) that starts all of this
@@ -52,9 +53,15 @@ public struct AgentConfiguration: Sendable {
 /// output (rank 0 to this terminal, every rank to RUN_DIR/logs/rank-N.log, other ranks'
 /// warnings and errors to standard error with their rank), reports every exit with its
 /// status, and stops workers (SIGTERM, then SIGKILL after the grace period). It is the only
-/// process that signals workers. When the coordinator goes away it stops its workers at
-/// once and waits `reconnectSeconds` for a coordinator on the same address (one started
-/// again on the run directory) before it exits.
+/// process that signals workers.
+///
+/// When the coordinator goes away the workers train on: the agent keeps them, keeps their
+/// exit reports, and tries to reconnect to the same address (backing off up to 1 s) for
+/// `reconnectSeconds`. A coordinator started again on the run directory adopts it together
+/// with its workers (`RunState+Adoption.swift`): its hello names the generation they run,
+/// and it re-sends their pids and the reports the old coordinator missed. When no
+/// coordinator comes back in time it stops its workers (SIGTERM: they finish the step and
+/// write a checkpoint, from which a coordinator started again resumes) and exits 1.
 public final class Agent {
     let configuration: AgentConfiguration
     let secret: [UInt8]
@@ -64,8 +71,14 @@ public final class Agent {
     var stopping: (generation: Int, since: Double)?
     var exitAfterStop: Int32?
     var lastHeartbeat = 0.0
-    /// While no coordinator is connected: when the agent gives up.
+    /// While no coordinator is connected: when the agent gives up, and when it tries next.
     var reconnectDeadline = 0.0
+    var nextConnectAttempt = 0.0
+    var connectBackoff = 0.2
+    /// Reports made while no coordinator was connected, sent to the next one.
+    var undelivered: [ControlMessage] = []
+    /// A start that came while workers were still being stopped: done once they are gone.
+    var deferredStart: (generation: Int, ranks: [Int])?
 
     /// One running worker process (or one mpirun of all this machine's ranks) and where its output goes.
     final class Worker {
@@ -109,19 +122,22 @@ public final class Agent {
                 exitAfterStop = 0
             }
             if connection == nil && exitAfterStop == nil {
-                // Without a coordinator no worker may keep running; a new connection waits until they are gone.
-                if !workers.isEmpty && stopping == nil { beginStop(generation: Int.max, now: now) }
-                if workers.isEmpty {
+                // The workers train on meanwhile; their output is still forwarded between tries.
+                if now >= nextConnectAttempt {
                     connect()
-                    if connection == nil {
-                        if now >= reconnectDeadline {
-                            log("no coordinator at \(configuration.coordinator) for "
-                                + "\(formatSeconds(configuration.reconnectSeconds)) s; exiting")
-                            return 1
-                        }
-                        usleep(200_000)
-                        continue
+                    nextConnectAttempt = monotonicSeconds() + connectBackoff
+                    connectBackoff = min(connectBackoff * 2, 1)
+                }
+                if connection == nil && exitAfterStop == nil && monotonicSeconds() >= reconnectDeadline {
+                    let waited = "no coordinator at \(configuration.coordinator) for \(formatSeconds(configuration.reconnectSeconds)) s"
+                    if workers.isEmpty {
+                        log("\(waited); exiting")
+                        return 1
                     }
+                    log("\(waited) (--reconnect-timeout): stopping the workers (they finish their step and write a "
+                        + "checkpoint, from which a coordinator started again on the run directory resumes) and exiting")
+                    beginStop(generation: Int.max, now: now)
+                    exitAfterStop = 1
                 }
             }
             pollOnce(now: now)
@@ -143,18 +159,51 @@ public final class Agent {
         print("agent \(configuration.host): \(line)", to: &standardError)
     }
 
+    /// One try to reach the coordinator. With workers running, the hello names their
+    /// generation, so that a coordinator started again can adopt them; their pids and the
+    /// reports kept while no coordinator listened follow the welcome.
     func connect() {
+        let running = workers.filter { !$0.reported }
+        let generation = running.map(\.generation).max()
         let introduction = Introduction(role: .agent, proof: "", nonce: "", host: configuration.host, pid: getpid(),
-                                        rank: configuration.firstRank, rankCount: configuration.rankCount)
+                                        rank: configuration.firstRank, generation: generation ?? 0,
+                                        rankCount: configuration.rankCount, reconnecting: generation != nil)
         do {
-            connection = try Authentication.connect(to: configuration.coordinator, secret: secret, introduction: introduction,
-                                                    deadline: .after(seconds: 2))
+            // Short while workers run: their output waits for this loop.
+            let fresh = try Authentication.connect(to: configuration.coordinator, secret: secret, introduction: introduction,
+                                                   deadline: .after(seconds: running.isEmpty ? 2 : 0.5))
+            connection = fresh
             lastHeartbeat = 0
-        } catch let error as ControlError where error.description.contains("refused us") {
-            log("\(error)")
+            connectBackoff = 0.2
+            var messages: [ControlMessage] = []
+            for worker in running {
+                for rank in worker.ranks {
+                    messages.append(.workerStarted(rank: rank, generation: worker.generation, pid: worker.process.pid))
+                }
+            }
+            messages += undelivered
+            undelivered = []
+            if !messages.isEmpty { log("reconnected to the coordinator with \(running.count) running worker(s)") }
+            for message in messages { report(message) }
+        } catch let error as ControlError where error.isRefusal {
+            log("\(error); stopping the workers and exiting")
+            beginStop(generation: Int.max, now: monotonicSeconds())
             exitAfterStop = 1
         } catch {
             connection = nil
+        }
+    }
+
+    /// Sends a report to the coordinator, or keeps it for the next one while none is connected.
+    func report(_ message: ControlMessage) {
+        guard let connection else {
+            // Bounded: exits and stops of a few generations, not an unbounded log.
+            if undelivered.count < 1000 { undelivered.append(message) }
+            return
+        }
+        do { try connection.send(message) } catch {
+            undelivered.append(message)
+            lose("\(error)")
         }
     }
 
@@ -163,7 +212,11 @@ public final class Agent {
         lost.close()
         connection = nil
         reconnectDeadline = monotonicSeconds() + configuration.reconnectSeconds
-        if exitAfterStop == nil { log("lost the coordinator (\(reason)); stopping the workers") }
+        nextConnectAttempt = 0
+        if exitAfterStop == nil {
+            log("lost the coordinator (\(reason)); " + (workers.isEmpty ? "reconnecting" : "the workers train on; reconnecting")
+                + " for up to \(formatSeconds(configuration.reconnectSeconds)) s")
+        }
     }
 
     func pollOnce(now: Double) {
@@ -189,10 +242,12 @@ public final class Agent {
         switch message {
         case let .startWorkers(generation, ranks):
             if stopping != nil { reapWorkers() }
-            if let mpirun = configuration.mpirun {
-                startMPI(mpirun, ranks: ranks, generation: generation)
+            // Workers still being stopped (a stale generation found on reconnecting) go first:
+            // the stop's SIGKILL must not reach the new ones.
+            if stopping != nil {
+                deferredStart = (generation, ranks)
             } else {
-                for rank in ranks { start(rank: rank, generation: generation) }
+                startWorkers(generation: generation, ranks: ranks)
             }
         case .stopWorkers(let generation):
             beginStop(generation: generation, now: now)
@@ -210,6 +265,14 @@ public final class Agent {
 
     // MARK: Workers
 
+    func startWorkers(generation: Int, ranks: [Int]) {
+        if let mpirun = configuration.mpirun {
+            startMPI(mpirun, ranks: ranks, generation: generation)
+        } else {
+            for rank in ranks { start(rank: rank, generation: generation) }
+        }
+    }
+
     func start(rank: Int, generation: Int) {
         let arguments = ["--coordinator", configuration.coordinator.description, "--secret-file", configuration.secretPath,
                          "--rank", String(rank), "--generation", String(generation),
@@ -223,11 +286,10 @@ public final class Agent {
             let process = try ChildProcess(executable: configuration.workerExecutable, arguments: arguments,
                                            environment: environment)
             workers.append(Worker(rank: rank, generation: generation, process: process, logDescriptor: logDescriptor))
-            try? connection?.send(.workerStarted(rank: rank, generation: generation, pid: process.pid))
+            report(.workerStarted(rank: rank, generation: generation, pid: process.pid))
         } catch {
             log("could not start rank \(rank): \(error)")
-            try? connection?.send(.workerExited(rank: rank, generation: generation, pid: 0, status: 127,
-                                                description: "could not be started: \(error)"))
+            report(.workerExited(rank: rank, generation: generation, pid: 0, status: 127, description: "could not be started: \(error)"))
         }
     }
 
@@ -247,12 +309,11 @@ public final class Agent {
             let worker = Worker(rank: ranks.first ?? 0, generation: generation, process: process, logDescriptor: logDescriptor)
             worker.ranks = ranks
             workers.append(worker)
-            for rank in ranks { try? connection?.send(.workerStarted(rank: rank, generation: generation, pid: process.pid)) }
+            for rank in ranks { report(.workerStarted(rank: rank, generation: generation, pid: process.pid)) }
         } catch {
             log("could not start mpirun: \(error)")
             for rank in ranks {
-                try? connection?.send(.workerExited(rank: rank, generation: generation, pid: 0, status: 127,
-                                                    description: "could not be started: \(error)"))
+                report(.workerExited(rank: rank, generation: generation, pid: 0, status: 127, description: "could not be started: \(error)"))
             }
         }
     }
@@ -302,8 +363,8 @@ public final class Agent {
             }
             for rank in worker.ranks {
                 let description = configuration.mpirun == nil ? termination.description : "(\(what)) \(termination)"
-                try? connection?.send(.workerExited(rank: rank, generation: worker.generation, pid: worker.process.pid,
-                                                    status: termination.shellStatus, description: description))
+                report(.workerExited(rank: rank, generation: worker.generation, pid: worker.process.pid,
+                                     status: termination.shellStatus, description: description))
             }
         }
         workers.removeAll { $0.reported }
@@ -328,6 +389,10 @@ public final class Agent {
             return
         }
         stopping = nil
-        if current.generation != Int.max { try? connection?.send(.workersStopped(generation: current.generation)) }
+        if current.generation != Int.max { report(.workersStopped(generation: current.generation)) }
+        if let start = deferredStart, exitAfterStop == nil {
+            deferredStart = nil
+            startWorkers(generation: start.generation, ranks: start.ranks)
+        }
     }
 }

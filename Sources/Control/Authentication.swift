@@ -63,7 +63,7 @@ public enum Authentication {
                 throw ControlError("the coordinator at \(address) does not know this run's secret (another run on that port?)")
             }
         case .refused(let reason)?:
-            throw ControlError("the coordinator at \(address) refused us: \(reason)")
+            throw ControlError("the coordinator at \(address) refused us: \(reason)", isRefusal: true)
         case let other?:
             throw ControlError("the coordinator at \(address) answered \(other.name) instead of welcome")
         case nil:

@@ -71,9 +71,13 @@ public struct Introduction: Codable, Sendable, Equatable {
     public var rank: Int = 0
     public var generation: Int = 0
     public var rankCount: Int = 0
+    /// True when the peer ran under a coordinator of this run that went away and comes back
+    /// to be adopted: a worker that trained on in its ring, or an agent whose workers of
+    /// `generation` still run (see `RunState+Adoption.swift`).
+    public var reconnecting = false
 
     public init(role: Role, proof: String, nonce: String, host: String, pid: Int32, rank: Int = 0, generation: Int = 0,
-                rankCount: Int = 0) {
+                rankCount: Int = 0, reconnecting: Bool = false) {
         self.role = role
         self.proof = proof
         self.nonce = nonce
@@ -82,6 +86,7 @@ public struct Introduction: Codable, Sendable, Equatable {
         self.rank = rank
         self.generation = generation
         self.rankCount = rankCount
+        self.reconnecting = reconnecting
     }
 }
 

@@ -8,7 +8,8 @@ import Training
 /// `mae-worker --coordinator HOST:PORT --secret-file F --rank R --generation G`: a worker
 /// that an agent started. It proves the job secret, receives its assignment (the run config,
 /// the schedule, the checkpoint to start from), forms the ring with the addresses the
-/// coordinator hands out, and trains with heartbeats.
+/// coordinator hands out, and trains with heartbeats (`WorkerLink`, which also carries the
+/// worker through a coordinator that goes away and comes back).
 public enum CoordinatedWorker {
     /// The flags of this mode (the run's own flags go to `mae-coordinator serve`).
     public static let flags: Set<String> = ["coordinator", "secret-file", "rank", "generation", "local-workers",
@@ -82,7 +83,12 @@ public enum CoordinatedWorker {
             print("rank 0 of \(assignment.worldSize): generation \(generation) joined the coordinator at \(address)")
             fflush(stdout)
         }
-        let link = WorkerLink(connection: connection, rank: rank)
+        // Should the coordinator go away, the worker trains on and comes back as this rank of this generation.
+        var reconnecting = introduction
+        reconnecting.reconnecting = true
+        let link = WorkerLink(connection: connection, rank: rank) {
+            try Authentication.connect(to: address, secret: secret, introduction: reconnecting, deadline: .after(seconds: 1))
+        }
         link.startHeartbeats(every: assignment.heartbeatSeconds)
         let distributed = DistributedSettings(rank: rank, worldSize: assignment.worldSize, rendezvous: address.description,
                                               jobToken: assignment.ringToken, generation: generation, backend: backend,
@@ -91,7 +97,6 @@ public enum CoordinatedWorker {
         let summary = try Trainer(config: config, distributed: distributed, collective: collective, control: link,
                                   expectedSchedule: assignment.schedule).run()
         link.finish(steps: summary.steps, stoppedOnRequest: summary.stoppedBySignal)
-        connection.close()
         return 0
     }
 }

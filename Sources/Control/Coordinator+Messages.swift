@@ -66,7 +66,8 @@ extension Coordinator {
         peer.connection.reader.limit = Frame.maximumBytes
         switch introduction.role {
         case .worker:
-            if let reason = state.workerRefusal(rank: introduction.rank, generation: introduction.generation) {
+            if let reason = state.workerRefusal(rank: introduction.rank, generation: introduction.generation,
+                                                reconnecting: introduction.reconnecting) {
                 refuse(peer, reason)
                 return
             }
@@ -74,7 +75,7 @@ extension Coordinator {
             peer.connection.peer = "rank \(introduction.rank) on \(introduction.host)"
             send(welcome, to: peer)
             apply(.workerJoined(rank: introduction.rank, generation: introduction.generation, pid: introduction.pid,
-                                host: introduction.host), now: now)
+                                host: introduction.host, reconnecting: introduction.reconnecting), now: now)
         case .agent:
             if let reason = state.agentRefusal(firstRank: introduction.rank, rankCount: introduction.rankCount) {
                 refuse(peer, reason)
@@ -89,7 +90,8 @@ extension Coordinator {
             peer.connection.peer = "the agent on \(introduction.host)"
             send(welcome, to: peer)
             apply(.agentJoined(firstRank: introduction.rank, rankCount: introduction.rankCount, host: introduction.host,
-                               pid: introduction.pid), now: now)
+                               pid: introduction.pid, runningGeneration: introduction.reconnecting ? introduction.generation : nil),
+                  now: now)
         case .control:
             peer.role = .control
             peer.connection.peer = "a command"

@@ -45,7 +45,7 @@ extension Coordinator {
         }
         metric("mae_up", "1 while the coordinator runs.", [("", 1)])
         metric("mae_state", "1 for the run's current state.",
-               [RunPhase.rendezvous, .training, .checkpointing, .restarting, .stopping, .finished, .failed, .stopped].map {
+               [RunPhase.rendezvous, .adopting, .training, .checkpointing, .restarting, .stopping, .finished, .failed, .stopped].map {
                    ("state=\"\($0.rawValue)\"", $0 == state.phase ? 1 : 0)
                })
         metric("mae_generation", "Restart generation of the workers.", [("", Double(state.generation))])

@@ -68,11 +68,13 @@ public final class Coordinator {
             guard loaded.policy.worldSize == configuration.policy.worldSize else {
                 throw ControlError("\(statePath) is a run of world size \(loaded.policy.worldSize), not \(configuration.policy.worldSize)")
             }
-            loaded.resumeAfterCoordinatorRestart(now: now)
+            loaded.resumeAfterCoordinatorRestart(now: now, adoptSeconds: configuration.adoptTimeoutSeconds)
             loaded.policy = configuration.policy
             state = loaded
             print("coordinator: carrying on the run in \(configuration.runDirectory): generation \(state.generation), "
-                  + "restarts \(state.restarts), last checkpoint \(state.lastCheckpoint?.path ?? "none")")
+                  + "restarts \(state.restarts), last checkpoint \(state.lastCheckpoint?.path ?? "none")"
+                  + (state.phase == .adopting ? "; waiting up to \(formatSeconds(configuration.adoptTimeoutSeconds)) s for its "
+                     + "agents and workers to reconnect (--adopt-timeout)" : ""))
         } else {
             state = RunState(policy: configuration.policy, totalSteps: configuration.totalSteps, now: now)
             // A run continued after it ended: its workers' generations stay refused.
@@ -87,8 +89,17 @@ public final class Coordinator {
             }
         }
         state.totalSteps = configuration.totalSteps
-        listener = try Socket.listening(on: configuration.listenAddress)
-        metricsListener = try Socket.listening(on: configuration.metricsAddress)
+        // Agents and workers that outlived the previous coordinator reconnect to its address:
+        // port 0 (a free one) means that port again when the run is carried on.
+        let carriedOn = previous.map { !$0.phase.isFinal } ?? false
+        let previousPort = { (text: String?) in carriedOn ? text.flatMap { try? SocketAddress(parsing: $0) }?.port : nil }
+        var listenAddress = configuration.listenAddress
+        if listenAddress.port == 0, let port = previousPort(previous?.address) { listenAddress.port = port }
+        listener = try Socket.listening(on: listenAddress)
+        var metricsAddress = configuration.metricsAddress
+        if metricsAddress.port == 0, let port = previousPort(previous?.metricsAddress) { metricsAddress.port = port }
+        // /metrics is only read: when its old port is taken, any free one does.
+        metricsListener = try (try? Socket.listening(on: metricsAddress)) ?? Socket.listening(on: configuration.metricsAddress)
         state.address = SocketAddress(host: configuration.listenAddress.host,
                                       port: try listener.localPort(context: "coordinator listener")).description
         state.metricsAddress = SocketAddress(host: configuration.metricsAddress.host,

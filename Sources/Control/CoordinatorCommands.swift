@@ -50,6 +50,9 @@ public enum CoordinatorCommands {
             OptionSpec("stop-grace", value: "SECONDS", default: "5", help: "seconds agents wait between SIGTERM and SIGKILL"),
             OptionSpec("stop-timeout", value: "SECONDS", default: "300",
                        help: "how long a graceful stop (finish the step, write a checkpoint) may take"),
+            OptionSpec("adopt-timeout", value: "SECONDS", default: "30",
+                       help: "started again on a run that was training: how long to wait for its agents and workers to "
+                           + "reconnect and be adopted before restarting them from the newest checkpoint"),
             OptionSpec("port-file", value: "PATH", help: "write HOST:PORT here once listening (for launchers)"),
             .flag("exit-with-parent", help: "stop gracefully when the process that started the coordinator ends"),
         ])
@@ -106,7 +109,7 @@ public enum CoordinatorCommands {
             automaticThreads: workerOptions.string("threads") == "auto",
             automaticDataThreads: workerOptions.string("data-threads") == "auto", schedule: schedule, totalSteps: totalSteps,
             peerTimeoutSeconds: peerTimeout, heartbeatSeconds: heartbeat, exitWithParent: options.flag("exit-with-parent"),
-            portFile: options.string("port-file"))
+            portFile: options.string("port-file"), adoptTimeoutSeconds: try seconds("adopt-timeout"))
     }
 
     // MARK: agent
@@ -114,8 +117,8 @@ public enum CoordinatorCommands {
     public static let agentSpec = CommandSpec(
         name: "mae-coordinator agent", summary: "Starts and watches this machine's workers (ranks --first-rank ..< "
             + "--first-rank + --nproc) for the coordinator: forwards their output (rank 0 to this terminal, every rank to "
-            + "RUN_DIR/logs/rank-N.log), reports their exits, and stops them (SIGTERM, then SIGKILL) when told or when "
-            + "the coordinator goes away.", options: [
+            + "RUN_DIR/logs/rank-N.log), reports their exits, and stops them (SIGTERM, then SIGKILL) when told, or when "
+            + "the coordinator stays away longer than --reconnect-timeout.", options: [
             OptionSpec("coordinator", value: "HOST:PORT", help: "the coordinator's address (required)"),
             OptionSpec("run-dir", value: "DIR", help: "the run directory (required): logs go to DIR/logs"),
             OptionSpec("secret-file", value: "PATH", help: "the job secret (default: RUN_DIR/job.secret)"),
@@ -129,8 +132,9 @@ public enum CoordinatorCommands {
             OptionSpec("transport", value: "auto|ring|shm", default: "auto",
                        help: "passed to the workers: shm (shared memory, every worker on one machine), ring (TCP) or auto"),
             OptionSpec("grace", value: "SECONDS", default: "5", help: "seconds between SIGTERM and SIGKILL when stopping workers"),
-            OptionSpec("reconnect-timeout", value: "SECONDS", default: "30",
-                       help: "how long to wait for a coordinator that went away (or is not up yet)"),
+            OptionSpec("reconnect-timeout", value: "SECONDS", default: "60",
+                       help: "how long to wait for a coordinator that is not up yet, or went away (the workers train on "
+                           + "meanwhile; then they are stopped, after a checkpoint)"),
             OptionSpec("heartbeat-interval", value: "SECONDS", default: "1", help: "seconds between heartbeats"),
             OptionSpec("backend", value: "tcp|mpi", default: "tcp",
                        help: "mpi: start this machine's ranks as one mpirun job (a build with --traits MPI; one agent per run)"),

@@ -24,10 +24,13 @@ public struct CoordinatorConfiguration: Sendable {
     public var exitWithParent: Bool
     /// Where the port the coordinator listens on is written once it listens (for launch.sh), or nil.
     public var portFile: String?
+    /// How long a coordinator started again on a training run waits for its workers to reconnect.
+    public var adoptTimeoutSeconds: Double
 
     public init(runDirectory: String, listenAddress: SocketAddress, metricsAddress: SocketAddress, policy: CoordinatorPolicy,
                 runConfig: RunConfig, automaticThreads: Bool, automaticDataThreads: Bool, schedule: LearningRateSchedule,
-                totalSteps: Int, peerTimeoutSeconds: Double, heartbeatSeconds: Double, exitWithParent: Bool, portFile: String?) {
+                totalSteps: Int, peerTimeoutSeconds: Double, heartbeatSeconds: Double, exitWithParent: Bool, portFile: String?,
+                adoptTimeoutSeconds: Double = 30) {
         self.runDirectory = runDirectory
         self.listenAddress = listenAddress
         self.metricsAddress = metricsAddress
@@ -41,5 +44,6 @@ public struct CoordinatorConfiguration: Sendable {
         self.heartbeatSeconds = heartbeatSeconds
         self.exitWithParent = exitWithParent
         self.portFile = portFile
+        self.adoptTimeoutSeconds = adoptTimeoutSeconds
     }
 }

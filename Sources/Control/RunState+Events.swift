@@ -4,13 +4,16 @@ import Training
 /// What happens to a run; the coordinator's server turns messages, lost connections and
 /// its clock into these.
 public enum CoordinatorEvent: Sendable, Equatable {
-    case agentJoined(firstRank: Int, rankCount: Int, host: String, pid: Int32)
+    /// `runningGeneration`: the generation of the workers the agent still runs when it
+    /// reconnects (its coordinator went away while they trained); nil when it runs none.
+    case agentJoined(firstRank: Int, rankCount: Int, host: String, pid: Int32, runningGeneration: Int? = nil)
     case agentLost(firstRank: Int, reason: String)
     case agentHeartbeat(firstRank: Int)
     case workersStopped(firstRank: Int, generation: Int)
     case workerStarted(rank: Int, generation: Int, pid: Int32)
     case workerExited(rank: Int, generation: Int, pid: Int32, status: Int32, description: String)
-    case workerJoined(rank: Int, generation: Int, pid: Int32, host: String)
+    /// `reconnecting`: a worker that trained under the coordinator that went away, back to be adopted.
+    case workerJoined(rank: Int, generation: Int, pid: Int32, host: String, reconnecting: Bool = false)
     case workerLost(rank: Int, generation: Int, reason: String)
     case ringListener(rank: Int, address: String)
     case heartbeat(rank: Int, report: StepReport?)
@@ -47,11 +50,19 @@ public enum CoordinatorAction: Sendable, Equatable {
 extension RunState {
     // MARK: Admission (before an event is accepted)
 
-    /// Why a worker may not join now, or nil when it may.
-    public func workerRefusal(rank: Int, generation: Int) -> String? {
+    /// Why a worker may not join now, or nil when it may: a new worker during its generation's
+    /// rendezvous, a `reconnecting` one while a coordinator started again adopts its generation.
+    public func workerRefusal(rank: Int, generation: Int, reconnecting: Bool = false) -> String? {
         guard ranks.indices.contains(rank) else { return "rank \(rank) is outside 0..<\(ranks.count)" }
         guard generation == self.generation else {
             return "generation \(generation) is not the current generation \(self.generation) (a stale worker)"
+        }
+        if reconnecting {
+            guard phase == .adopting, ranks[rank].state == .reconnecting else {
+                return "rank \(rank) of generation \(generation) reconnects, but no coordinator started again is adopting "
+                    + "its generation (state \(ranks[rank].state.rawValue), run \(phase.rawValue))"
+            }
+            return nil
         }
         guard phase == .rendezvous, generationStarted, ranks[rank].state == .starting else {
             return "rank \(rank) of generation \(generation) is not expected now (state \(ranks[rank].state.rawValue), "
@@ -84,12 +95,20 @@ extension RunState {
     public mutating func handle(_ event: CoordinatorEvent, now: Double) -> [CoordinatorAction] {
         updatedAt = now
         switch event {
-        case let .agentJoined(firstRank, rankCount, host, pid):
+        case let .agentJoined(firstRank, rankCount, host, pid, runningGeneration):
             agents.removeAll { $0.firstRank == firstRank || $0.ranks.overlaps(firstRank..<firstRank + rankCount) }
+            // An agent without workers has nothing to stop before a restart goes on.
             agents.append(AgentRecord(firstRank: firstRank, rankCount: rankCount, host: host, pid: pid, connected: true,
-                                      lastHeartbeat: now, stoppedGeneration: nil))
+                                      lastHeartbeat: now, stoppedGeneration: runningGeneration == nil ? generation - 1 : nil))
             agents.sort { $0.firstRank < $1.firstRank }
-            var actions: [CoordinatorAction] = [.log("agent on \(host) (pid \(pid)) joined for ranks \(firstRank)..<\(firstRank + rankCount)")]
+            var actions: [CoordinatorAction] = [.log("agent on \(host) (pid \(pid)) joined for ranks \(firstRank)..<\(firstRank + rankCount)"
+                                                     + (runningGeneration.map { " with its workers of generation \($0)" } ?? ""))]
+            if phase == .adopting { return actions + agentRejoined(firstRank: firstRank, runningGeneration: runningGeneration, now: now) }
+            if let runningGeneration {
+                // Workers this run no longer counts (their generation is over, or was never adopted):
+                // stopped before the agent starts any other (it defers a start until they are gone).
+                actions.append(.stopWorkers(agent: firstRank, generation: max(runningGeneration, generation - 1)))
+            }
             if phase == .rendezvous, !generationStarted, uncoveredRanks.isEmpty { actions += startGeneration(now: now) }
             return actions
 
@@ -142,8 +161,9 @@ extension RunState {
             }
             return suspect("rank \(rank)\(host) (pid \(pid)) \(description)", rank: rank, priority: status >= 128 ? 3 : 2, now: now)
 
-        case let .workerJoined(rank, joinedGeneration, pid, host):
-            guard workerRefusal(rank: rank, generation: joinedGeneration) == nil else { return [] }
+        case let .workerJoined(rank, joinedGeneration, pid, host, reconnecting):
+            guard workerRefusal(rank: rank, generation: joinedGeneration, reconnecting: reconnecting) == nil else { return [] }
+            if reconnecting { return workerRejoined(rank: rank, pid: pid, host: host, now: now) }
             ranks[rank].state = .joined
             ranks[rank].pid = pid
             ranks[rank].host = host
@@ -185,8 +205,10 @@ extension RunState {
             return []
 
         case let .checkpointWritten(path, step):
-            lastCheckpoint = CheckpointRecord(path: path, step: step, time: now)
             if phase == .checkpointing { phase = .training }
+            // Workers report their newest checkpoint again when they reconnect: the same one changes nothing.
+            guard lastCheckpoint?.path != path else { return [] }
+            lastCheckpoint = CheckpointRecord(path: path, step: step, time: now)
             return [.pruneCheckpoints]
 
         case let .workerFinished(rank):
@@ -252,6 +274,18 @@ extension RunState {
             return end(.failed, "failure: \(what); no restarts left (--max-restarts \(policy.maxRestarts))", now: now)
         }
         restarts += 1
+        return [.log("failure: \(what); restart \(restarts) of \(policy.maxRestarts): generation \(generation + 1) "
+                     + "resumes from \(resumePointDescription)")] + raiseGeneration(now: now)
+    }
+
+    /// "the checkpoint of step 6", or "the start (no checkpoint yet)": where the next generation resumes.
+    var resumePointDescription: String {
+        lastCheckpoint.map { "the checkpoint of step \($0.step)" } ?? "the start (no checkpoint yet)"
+    }
+
+    /// Ends the current generation: its workers are stopped (and refused from now on), and the
+    /// next one starts from the newest checkpoint once every connected agent reported them gone.
+    mutating func raiseGeneration(now: Double) -> [CoordinatorAction] {
         let old = generation
         generation += 1
         generationStarted = false
@@ -261,10 +295,7 @@ extension RunState {
             ranks[index].state = .stopped
             ranks[index].ringAddress = nil
         }
-        let from = lastCheckpoint.map { "the checkpoint of step \($0.step)" } ?? "the start (no checkpoint yet)"
-        return [.log("failure: \(what); restart \(restarts) of \(policy.maxRestarts): generation \(generation) "
-                     + "resumes from \(from)"), .dropOldWorkers]
-            + agents.filter(\.connected).map { .stopWorkers(agent: $0.firstRank, generation: old) }
+        return [.dropOldWorkers] + agents.filter(\.connected).map { .stopWorkers(agent: $0.firstRank, generation: old) }
             + finishRestartIfReady(now: now)
     }
 
@@ -355,24 +386,16 @@ extension RunState {
             }
         case .restarting:
             return finishRestartIfReady(now: now)
+        case .adopting:
+            if let deadline = phaseDeadline, now >= deadline {
+                let missing = ranks.filter { $0.state == .reconnecting }.map(\.rank)
+                let what = missing.isEmpty ? "no agent came back for ranks \(uncoveredRanks)" : "ranks \(missing) did not reconnect"
+                return abandonAdoption("\(what) within \(formatSeconds(adoptionTimeoutSeconds ?? 0)) s (--adopt-timeout)", now: now)
+            }
         case .finished, .failed, .stopped:
             break
         }
         return []
-    }
-
-    /// A coordinator started again on this run directory: workers of the old coordinator
-    /// are stopped by their agents when it went away, so a new generation starts from the
-    /// newest complete checkpoint as soon as the agents are back. Not counted as a restart.
-    public mutating func resumeAfterCoordinatorRestart(now: Double) {
-        generation += 1
-        generationStarted = false
-        phase = .rendezvous
-        phaseDeadline = now + policy.rendezvousTimeoutSeconds
-        stopRequested = false
-        for index in agents.indices { agents[index].connected = false }
-        for index in ranks.indices { ranks[index] = RankRecord(rank: index) }
-        updatedAt = now
     }
 }
 

@@ -11,6 +11,9 @@ public enum RunPhase: String, Codable, Sendable {
     case restarting
     /// A graceful stop: the workers finish their step and write a checkpoint.
     case stopping
+    /// A coordinator started again on the run directory waits for the agents and workers of
+    /// the generation that was training to reconnect, to adopt them (`RunState+Adoption.swift`).
+    case adopting
     case finished, failed, stopped
 
     /// True once the run is over.
@@ -34,6 +37,8 @@ public struct RankRecord: Codable, Sendable, Equatable {
         case failed
         /// Not running: between generations.
         case stopped
+        /// Training when the coordinator went away; a coordinator started again waits for it to reconnect.
+        case reconnecting
     }
     public var rank: Int
     public var host = ""
@@ -142,8 +147,10 @@ public struct RunState: Codable, Sendable, Equatable {
     public var progress: StepReport?
     /// Steps of the whole run, computed from the dataset size, world size and --accum-iter.
     public var totalSteps: Int
-    /// When the current phase gives up waiting (rendezvous, restarting, stopping).
+    /// When the current phase gives up waiting (rendezvous, adopting, restarting, stopping).
     public var phaseDeadline: Double?
+    /// How long a coordinator started again waits for the running generation to reconnect (set while adopting).
+    public var adoptionTimeoutSeconds: Double?
     public var stopRequested = false
     /// Set when the run is over.
     public var exitCode: Int32?

@@ -147,4 +147,68 @@ import Testing
                 "an answer for another nonce was accepted")
         #expect(!RingAuthentication(key: Array("another job".utf8)).verifyAccept(answer, connectorNonce: nonce))
     }
+
+    /// A stand-in rendezvous service on a free port: accepts one registration, hands its hello
+    /// (as read) to `answer`, sends what that returns, and gives back the hello.
+    static func fakeService(token: String, answer: @escaping (Hello) -> [UInt8],
+                            register: @escaping (String) -> Error?) throws -> (Hello?, Error?) {
+        let listener = try Socket.listening(on: SocketAddress(host: "127.0.0.1", port: 0))
+        let address = "127.0.0.1:\(try listener.localPort(context: "fake service"))"
+        let outcomes = runRanks(2, limitSeconds: 20) { index -> (Hello?, Error?) in
+            if index == 1 { return (nil, register(address)) }
+            defer { listener.close() }
+            let deadline = Deadline.after(seconds: 10)
+            guard let connection = try listener.accept(until: deadline, context: "fake service") else { return (nil, nil) }
+            defer { connection.close() }
+            let hello = try Hello.read(.rendezvous, from: connection, until: deadline, context: "fake service")
+            try connection.sendAll(answer(hello), until: deadline, context: "fake service")
+            return (hello, nil)
+        }
+        return (try outcomes[0].get().0, try outcomes[1].get().1)
+    }
+
+    /// A registration proves the token without carrying it, a recorded one played back is
+    /// refused, and a table whose answer does not prove the token is not taken.
+    @Test func rendezvousRegistrationsProveTheTokenWithoutSendingIt() throws {
+        let token = uniqueToken("rendezvous-proof")
+        let register = { (address: String) in Self.register(address: address, token: token, generation: 5, rank: 1, world: 2) }
+        // A service without the token answers with a well-formed table and a made-up proof.
+        let forged: (Hello) -> [UInt8] = { hello in
+            var answer = Hello(purpose: .rendezvous, generation: 5, worldSize: 2, rank: 0,
+                               token: Array(repeating: 9, count: RingAuthentication.proofBytes))
+            var message = WireWriter()
+            message.append(HandshakeReply.accepted)
+            message.append(bytes: answer.encoded())
+            message.append(bytes: encodedRendezvousTable([SocketAddress(host: "127.0.0.1", port: 1),
+                                                          SocketAddress(host: hello.host, port: hello.port)]))
+            answer.rank = 0
+            return message.bytes
+        }
+        let (recorded, refusal) = try Self.fakeService(token: token, answer: forged, register: register)
+        let hello = try #require(recorded)
+        let wire = hello.encoded(), secret = Array(token.utf8)
+        #expect(!(0...(wire.count - secret.count)).contains { Array(wire[$0..<($0 + secret.count)]) == secret },
+                "the job token travels in the registration")
+        #expect("\(refusal.map { "\($0)" } ?? "accepted")".contains("does not prove the job token"), "\(String(describing: refusal))")
+
+        // The recorded registration, played back twice to the real service: the second is a replay.
+        let server = try RendezvousServer(address: SocketAddress(host: "127.0.0.1", port: 0), worldSize: 2,
+                                          jobToken: token, generation: 5, timeoutSeconds: 20)
+        defer { server.close() }
+        let deadline = Deadline.after(seconds: 10)
+        let first = try Socket.connect(to: server.address, deadline: deadline, context: "replay")
+        defer { first.close() }
+        try first.sendAll(wire, until: deadline, context: "replay")
+        let second = try Socket.connect(to: server.address, deadline: deadline, context: "replay")
+        defer { second.close() }
+        try second.sendAll(wire, until: deadline, context: "replay")
+        let answer: String
+        do {
+            try HandshakeReply.readStatus(from: second, until: deadline, context: "replay")
+            answer = "accepted"
+        } catch {
+            answer = "\(error)"
+        }
+        #expect(answer.contains("replayed"), "\(answer)")
+    }
 }

@@ -130,11 +130,65 @@ import Glibc
         #expect(try run.state().restarts == 1)
     }
 
-    /// The coordinator SIGKILLed mid-run and started again on the same run directory and
-    /// address: the agent stops its workers when the coordinator goes, reconnects, and the
-    /// next generation resumes from the newest complete checkpoint; no checkpoint is lost and
-    /// the run ends with the uninterrupted run's weights.
-    @Test func aCoordinatorKilledAndStartedAgainCarriesOnFromTheCheckpoint() throws {
+    /// The coordinator SIGKILLed mid-run: its workers train on through their ring (rank 0 keeps
+    /// logging steps), and a coordinator started again on the run directory (port 0: it takes
+    /// the old port from the state file) adopts them: the same generation and pids, no restart,
+    /// `status` answers, and the run ends with the uninterrupted run's weights, every step logged once.
+    @Test func aCoordinatorKilledMidRunAdoptsItsWorkersWhenStartedAgain() throws {
+        defer { temporary.remove() }
+        // Long enough that the workers are still training when the coordinator is back (about 20 ms a step).
+        let epochs = 100, total = 400
+        let straight = CoordinatedRun(root: temporary.path, name: "reference")
+        defer { straight.stopAll() }
+        try straight.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs))
+        try straight.startAgent(count: 2)
+        #expect(straight.coordinator?.exitStatus(within: 300) == 0, "\(straight.output)")
+
+        let run = CoordinatedRun(root: temporary.path, name: "phoenix")
+        defer { run.stopAll() }
+        try run.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs))
+        let address = run.address
+        try run.startAgent(count: 2)
+        guard waitUntil(seconds: 60, { run.loggedSteps() >= 6 && run.currentState()?.phase == .training }) else {
+            throw TestFailure("step 6 never came: \(run.output)")
+        }
+        run.coordinator?.send(SIGKILL)
+        _ = run.coordinator?.exitStatus(within: 10)
+        let saved = try run.state()
+        let pids = saved.ranks.map(\.pid)
+        // Without a coordinator the workers train on.
+        let stepsAtKill = run.loggedSteps()
+        #expect(waitUntil(seconds: 30) { run.loggedSteps() >= stepsAtKill + 2 }, "training stalled without the coordinator: \(run.output)")
+        #expect(pids.allSatisfy(isAlive), "workers exited without their coordinator: \(run.output)")
+        try run.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs))
+        #expect(run.address == address, "started again on \(run.address), not the old address \(address)")
+        guard waitUntil(seconds: 30, { run.currentState()?.phase != .adopting }) else {
+            throw TestFailure("the workers were not adopted within 30 s: \(run.output)")
+        }
+        let report = try status(run)
+        #expect(report["live"] as? Bool == true && report["generation"] as? Int == saved.generation, "\(report)")
+        #expect(report["restarts"] as? Int == 0 && ["training", "checkpointing"].contains(report["state"] as? String),
+                "\(report)")
+        #expect((report["step"] as? Int ?? 0) > stepsAtKill && (report["step"] as? Int ?? total) < total, "\(report)")
+        #expect((report["ranks"] as? [[String: Any]])?.compactMap { ($0["pid"] as? Int).map(Int32.init) } == pids, "\(report)")
+        #expect(run.coordinator?.exitStatus(within: 300) == 0, "\(run.output)")
+        let final = try run.state()
+        #expect(final.phase == .finished && final.restarts == 0 && final.generation == saved.generation && final.failures.isEmpty,
+                "\(run.output)")
+        #expect(run.coordinator?.output.contains("adopted all 2 workers") == true, "\(run.output)")
+        #expect(run.metrics().map(\.step) == Array(1...total), "\(run.metrics().map(\.step))")
+        for file in ["model.safetensors", "optimizer.safetensors"] {
+            #expect(try run.checkpointFile(step: total, file) == straight.checkpointFile(step: total, file), "\(file) differs")
+        }
+        #expect(run.agents[0].exitStatus(within: 20) == 0, "\(run.agents[0].output)")
+        #expect(run.liveWorkers().isEmpty)
+    }
+
+    /// The coordinator and the agent (so its workers too) killed: a coordinator started again
+    /// waits --adopt-timeout for them, then falls back to a new generation from the newest
+    /// checkpoint as soon as an agent is back. Not counted as a restart; no checkpoint is
+    /// lost and the run ends with the uninterrupted run's weights.
+    @Test func workersThatDoNotComeBackAreRestartedFromTheNewestCheckpoint() throws {
         defer { temporary.remove() }
         let epochs = 20, total = 80
         let straight = CoordinatedRun(root: temporary.path, name: "reference")
@@ -143,31 +197,104 @@ import Glibc
         try straight.startAgent(count: 2)
         #expect(straight.coordinator?.exitStatus(within: 120) == 0, "\(straight.output)")
 
-        let run = CoordinatedRun(root: temporary.path, name: "phoenix")
+        let run = CoordinatedRun(root: temporary.path, name: "orphaned")
         defer { run.stopAll() }
         try run.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs))
-        let address = run.address
         try run.startAgent(count: 2)
         guard waitUntil(seconds: 60, { (run.currentState()?.lastCheckpoint?.step ?? 0) >= 6 }) else {
             throw TestFailure("no checkpoint of step 6 came: \(run.output)")
         }
         run.coordinator?.send(SIGKILL)
         _ = run.coordinator?.exitStatus(within: 10)
+        run.agents[0].send(SIGKILL)
+        _ = run.agents[0].exitStatus(within: 10)
         let saved = try run.state()
         let savedCheckpoint = try #require(saved.lastCheckpoint)
-        #expect(FileManager.default.fileExists(atPath: savedCheckpoint.path + "/COMPLETE"))
-        // Without a coordinator the workers stop at once.
-        #expect(waitUntil(seconds: 10) { run.liveWorkers().isEmpty }, "workers outlived their coordinator")
-        try run.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs), addr: address)
+        // Workers whose agent went away exit.
+        #expect(waitUntil(seconds: 15) { run.liveWorkers().isEmpty }, "workers outlived their agent")
+        try run.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs), serveFlags: ["--adopt-timeout", "2"])
+        guard waitUntil(seconds: 20, { run.coordinator?.output.contains("cannot adopt generation") == true }) else {
+            throw TestFailure("no fallback after the adoption timeout: \(run.output)")
+        }
+        #expect(run.coordinator?.output.contains("ranks [0, 1] did not reconnect within 2.0 s (--adopt-timeout)") == true,
+                "\(run.output)")
+        try run.startAgent(count: 2)
         #expect(run.coordinator?.exitStatus(within: 120) == 0, "\(run.output)")
         let final = try run.state()
         #expect(final.phase == .finished && final.restarts == 0 && final.generation == saved.generation + 1)
-        #expect(run.agents[0].output.contains("resuming from \(run.runDirectory)/checkpoints/"), "\(run.agents[0].output)")
-        let resumedStep = run.agents[0].output.components(separatedBy: "resuming from ").dropFirst().compactMap {
+        let resumedStep = run.agents[1].output.components(separatedBy: "resuming from ").dropFirst().compactMap {
             Int($0.prefix { $0 != ":" }.suffix(8))
         }.last ?? -1
         #expect(resumedStep >= savedCheckpoint.step, "resumed from step \(resumedStep), the coordinator had recorded \(savedCheckpoint.step)")
         #expect(FileManager.default.fileExists(atPath: run.runDirectory + "/checkpoints/step-00000080/COMPLETE"), "\(run.output)")
+        #expect(run.metrics().map(\.step) == Array(1...total), "\(run.metrics().map(\.step))")
+        for file in ["model.safetensors", "optimizer.safetensors"] {
+            #expect(try run.checkpointFile(step: total, file) == straight.checkpointFile(step: total, file), "\(file) differs")
+        }
+    }
+
+    /// Workers that finish while no coordinator runs wait for one to adopt them, so that the
+    /// run's end is not lost: the coordinator started again hears them finish and ends the run.
+    @Test func workersThatFinishWhileTheCoordinatorIsAwayWaitForTheNextOne() throws {
+        defer { temporary.remove() }
+        let epochs = 40, total = 160
+        let run = CoordinatedRun(root: temporary.path, name: "late")
+        defer { run.stopAll() }
+        try run.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs))
+        try run.startAgent(count: 2)
+        guard waitUntil(seconds: 120, { run.loggedSteps() >= total - 30 }) else { throw TestFailure("no step \(total - 30): \(run.output)") }
+        run.coordinator?.send(SIGKILL)
+        _ = run.coordinator?.exitStatus(within: 10)
+        let saved = try run.state()
+        #expect(run.loggedSteps() < total, "the run ended before the coordinator was killed; nothing tested")
+        // The last step is logged and the final checkpoint written, yet the workers stay to say so.
+        #expect(waitUntil(seconds: 60) { FileManager.default.fileExists(atPath: run.runDirectory + "/checkpoints/step-00000160/COMPLETE") },
+                "\(run.output)")
+        usleep(1_000_000)
+        #expect(saved.ranks.map(\.pid).allSatisfy(isAlive), "workers exited without reporting the end: \(run.output)")
+        try run.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs))
+        #expect(run.coordinator?.exitStatus(within: 60) == 0, "\(run.output)")
+        let final = try run.state()
+        #expect(final.phase == .finished && final.restarts == 0 && final.generation == saved.generation, "\(run.output)")
+        #expect(final.lastCheckpoint?.step == total, "the final checkpoint's report, made while no coordinator ran, was lost")
+        #expect(run.metrics().map(\.step) == Array(1...total))
+        #expect(run.agents[0].exitStatus(within: 20) == 0, "\(run.agents[0].output)")
+    }
+
+    /// No coordinator comes back: after --reconnect-timeout the agent stops its workers, which
+    /// write a checkpoint first, and exits 1; a coordinator started later on the run directory
+    /// resumes from that checkpoint and the run ends with the uninterrupted run's weights.
+    @Test func anAgentWithoutACoordinatorStopsItsWorkersAfterACheckpoint() throws {
+        defer { temporary.remove() }
+        let epochs = 100, total = 400
+        let straight = CoordinatedRun(root: temporary.path, name: "reference")
+        defer { straight.stopAll() }
+        try straight.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs))
+        try straight.startAgent(count: 2)
+        #expect(straight.coordinator?.exitStatus(within: 300) == 0, "\(straight.output)")
+
+        let run = CoordinatedRun(root: temporary.path, name: "abandoned")
+        defer { run.stopAll() }
+        try run.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs))
+        let agent = try run.startAgent(count: 2, extra: ["--reconnect-timeout", "2"])
+        guard waitUntil(seconds: 60, { run.loggedSteps() >= 6 && run.currentState()?.phase == .training }) else {
+            throw TestFailure("step 6 never came: \(run.output)")
+        }
+        run.coordinator?.send(SIGKILL)
+        _ = run.coordinator?.exitStatus(within: 10)
+        #expect(agent.exitStatus(within: 30) == 1, "\(agent.output)")
+        #expect(agent.output.contains("(--reconnect-timeout): stopping the workers"), "\(agent.output)")
+        #expect(run.liveWorkers().isEmpty)
+        // The stop wrote a checkpoint of the last step trained.
+        let stoppedAt = run.loggedSteps()
+        #expect(stoppedAt < total, "the run ended before the agent gave up; nothing tested")
+        #expect(FileManager.default.fileExists(atPath: run.runDirectory + "/checkpoints/" + String(format: "step-%08d", stoppedAt)
+                                               + "/COMPLETE"), "no checkpoint of step \(stoppedAt): \(run.output)")
+        try run.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs), serveFlags: ["--adopt-timeout", "1"])
+        try run.startAgent(count: 2)
+        #expect(run.coordinator?.exitStatus(within: 300) == 0, "\(run.output)")
+        #expect(try run.state().restarts == 0)
+        #expect(run.metrics().map(\.step) == Array(1...total))
         for file in ["model.safetensors", "optimizer.safetensors"] {
             #expect(try run.checkpointFile(step: total, file) == straight.checkpointFile(step: total, file), "\(file) differs")
         }

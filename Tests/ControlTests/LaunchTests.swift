@@ -9,8 +9,8 @@ import Glibc
 #endif
 
 /// `launch.sh` with the built executables (MAE_BIN_DIR): SIGTERM stops the run after a
-/// checkpoint with exit status 3, and when launch.sh itself is killed nothing it started keeps
-/// running.
+/// checkpoint with exit status 3, when launch.sh itself is killed nothing it started keeps
+/// running, and a killed coordinator is started again and adopts the run.
 @Suite(.serialized) struct LaunchTests {
     let temporary: TemporaryDirectory
     let data: String
@@ -40,13 +40,13 @@ import Glibc
         func stop() { if child.poll() == nil { child.signal(SIGKILL); _ = child.poll(waitSeconds: 5) } }
     }
 
-    func launch(_ name: String) throws -> (process: Launcher, runDirectory: String) {
+    func launch(_ name: String, epochs: Int = 500) throws -> (process: Launcher, runDirectory: String) {
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().path + "/launch.sh"
         let products = try TestProcess.product("mae-coordinator").replacingOccurrences(of: "/mae-coordinator", with: "")
         let runDirectory = temporary.path + "/" + name
         let process = try Launcher(["/usr/bin/env", "MAE_BIN_DIR=\(products)", "/bin/bash", script, "--nodes", "2", "--run-dir", runDirectory, "--data", data,
-            "--model-shape", "4,16,1,2,8,1,2", "--input-size", "16", "--batch-size", "2", "--epochs", "500",
+            "--model-shape", "4,16,1,2,8,1,2", "--input-size", "16", "--batch-size", "2", "--epochs", String(epochs),
             "--warmup-epochs", "1", "--lr", "1e-3", "--threads", "1", "--data-threads", "1", "--print-every", "1"],
                                    logPath: temporary.path + "/\(name).log")
         return (process, runDirectory)
@@ -92,5 +92,29 @@ import Glibc
         #expect(waitUntil(seconds: 40) { processes(of: runDirectory).isEmpty }, "left running: \(processes(of: runDirectory))")
         let state = try Coordinator.readState(runDirectory + "/" + Coordinator.stateFileName)
         #expect(state.phase == .stopped, "\(state.phase)")
+    }
+
+    /// A coordinator killed with SIGKILL: launch.sh says so and starts it again; it adopts the
+    /// workers, which trained on, and the run finishes with no restart and every step logged once.
+    @Test func aKilledCoordinatorIsStartedAgainAndAdoptsTheRun() throws {
+        defer { temporary.remove() }
+        // 16 images, 2 workers of batch 2: 4 steps an epoch.
+        let (launcher, runDirectory) = try launch("phoenix", epochs: 100)
+        defer { launcher.stop(); for pid in processes(of: runDirectory) { kill(pid, SIGKILL) } }
+        let statePath = runDirectory + "/" + Coordinator.stateFileName
+        #expect(waitUntil(seconds: 60) { steps(runDirectory) >= 3 && (try? Coordinator.readState(statePath))?.phase == .training },
+                "\(launcher.output)")
+        let before = try Coordinator.readState(statePath)
+        kill(before.coordinatorPid, SIGKILL)
+        #expect(launcher.exitStatus(within: 240) == CoordinatorExit.finished.rawValue, "\(launcher.output)")
+        #expect(launcher.output.contains("the coordinator ended abnormally (exit status 137); starting it again"), "\(launcher.output)")
+        let state = try Coordinator.readState(statePath)
+        #expect(state.phase == .finished && state.restarts == 0 && state.generation == before.generation, "\(launcher.output)")
+        #expect(state.coordinatorPid != before.coordinatorPid)
+        let logged = readText(runDirectory + "/metrics.jsonl").split(separator: "\n").compactMap {
+            (try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["step"] as? Int
+        }
+        #expect(logged == Array(1...400), "\(logged.count) lines")
+        #expect(waitUntil(seconds: 10) { processes(of: runDirectory).isEmpty }, "left running: \(processes(of: runDirectory))")
     }
 }

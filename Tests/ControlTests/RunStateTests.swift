@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import Training
 @testable import Control
@@ -146,17 +147,85 @@ struct RunStateTests {
         #expect(state.phase == .stopped && state.exitCode == CoordinatorExit.stopped.rawValue)
     }
 
-    @Test func aCoordinatorStartedAgainKeepsTheCheckpointAndRestartsCountButNotItsWorkers() throws {
+    /// A coordinator started again on a training run (the state read back from its file).
+    func adopting(_ state: RunState) throws -> RunState {
+        var resumed = try JSONDecoder().decode(RunState.self, from: JSONEncoder().encode(state))
+        #expect(resumed == state)
+        resumed.resumeAfterCoordinatorRestart(now: 100, adoptSeconds: 30)
+        #expect(resumed.phase == .adopting && resumed.generation == state.generation && resumed.restarts == 0)
+        #expect(resumed.ranks.allSatisfy { $0.state == .reconnecting } && resumed.agents.allSatisfy { !$0.connected })
+        return resumed
+    }
+
+    @Test func aCoordinatorStartedAgainAdoptsTheWorkersThatTrainedOn() throws {
         var state = training()
         _ = state.handle(.checkpointWritten(path: "p", step: 6), now: 6)
-        let saved = try JSONDecoder().decode(RunState.self, from: JSONEncoder().encode(state))
-        #expect(saved == state)
-        var resumed = saved
-        resumed.resumeAfterCoordinatorRestart(now: 100)
-        #expect(resumed.generation == 1 && resumed.restarts == 0 && resumed.lastCheckpoint?.step == 6)
-        #expect(resumed.phase == .rendezvous && resumed.agents.allSatisfy { !$0.connected })
+        var resumed = try adopting(state)
+        // Only reconnecting workers of the running generation are adopted; a new one is not expected.
         #expect(resumed.workerRefusal(rank: 0, generation: 0) != nil)
+        #expect(resumed.workerRefusal(rank: 0, generation: 0, reconnecting: true) == nil)
+        #expect(resumed.workerRefusal(rank: 0, generation: 1, reconnecting: true)?.contains("stale") == true)
+        for rank in 0..<4 {
+            #expect(resumed.handle(.workerJoined(rank: rank, generation: 0, pid: Int32(100 + rank), host: "a", reconnecting: true),
+                                   now: 101).isEmpty)
+        }
+        #expect(resumed.workerRefusal(rank: 0, generation: 0, reconnecting: true) != nil, "adopted twice")
+        #expect(resumed.handle(.agentJoined(firstRank: 0, rankCount: 2, host: "a", pid: 10, runningGeneration: 0), now: 102).count == 1)
+        let adopted = resumed.handle(.agentJoined(firstRank: 2, rankCount: 2, host: "b", pid: 11, runningGeneration: 0), now: 102)
+        #expect(adopted.contains { if case .log(let line) = $0 { line.contains("adopted all 4 workers and their agents 2.0 s after starting again") } else { false } }, "\(adopted)")
+        #expect(!adopted.contains { if case .startWorkers = $0 { true } else { false } })
+        #expect(resumed.phase == .training && resumed.generation == 0 && resumed.restarts == 0 && resumed.failures.isEmpty)
+        #expect(resumed.ranks.map(\.pid) == [100, 101, 102, 103] && resumed.lastCheckpoint?.step == 6)
+        // The newest checkpoint, reported again by rank 0 after reconnecting, changes nothing.
+        #expect(resumed.handle(.checkpointWritten(path: "p", step: 6), now: 103).isEmpty)
+        // The run goes on as before: a failure now is a restart like any other.
+        _ = resumed.handle(.workerExited(rank: 1, generation: 0, pid: 101, status: 137, description: "killed"), now: 104)
+        #expect(resumed.restarts == 1 && resumed.generation == 1)
+    }
+
+    @Test func workersThatDoNotComeBackInTimeAreRestartedFromTheCheckpointWithoutCountingARestart() throws {
+        var state = training()
+        _ = state.handle(.checkpointWritten(path: "p", step: 6), now: 6)
+        var resumed = try adopting(state)
+        _ = resumed.handle(.agentJoined(firstRank: 0, rankCount: 2, host: "a", pid: 10, runningGeneration: 0), now: 101)
+        _ = resumed.handle(.workerJoined(rank: 0, generation: 0, pid: 100, host: "a", reconnecting: true), now: 101)
+        _ = resumed.handle(.agentHeartbeat(firstRank: 0), now: 125)
+        #expect(resumed.handle(.tick, now: 129.9).isEmpty && resumed.phase == .adopting)
+        let fallback = resumed.handle(.tick, now: 130.1)
+        #expect(fallback.contains { if case .log(let line) = $0 {
+            line.contains("cannot adopt generation 0: ranks [1, 2, 3] did not reconnect within 30.0 s")
+                && line.contains("resumes from the checkpoint of step 6")
+        } else { false } }, "\(fallback)")
+        #expect(fallback.contains(.stopWorkers(agent: 0, generation: 0)) && fallback.contains(.dropOldWorkers))
+        #expect(resumed.generation == 1 && resumed.restarts == 0 && resumed.failures.isEmpty && resumed.phase == .restarting)
+        // The agent that came back stops its workers; the one of ranks 2 and 3 joins without any: the generation starts.
+        _ = resumed.handle(.workersStopped(firstRank: 0, generation: 0), now: 131)
+        let start = resumed.handle(.agentJoined(firstRank: 2, rankCount: 2, host: "b", pid: 12), now: 132)
+        #expect(start.contains(.startWorkers(agent: 0, generation: 1, ranks: [0, 1])) && start.contains(.startWorkers(agent: 2, generation: 1, ranks: [2, 3])),
+                "\(start)")
+    }
+
+    @Test func anAgentBackWithoutItsWorkersEndsTheAdoptionAtOnce() throws {
+        var resumed = try adopting(training())
+        let fallback = resumed.handle(.agentJoined(firstRank: 2, rankCount: 2, host: "b", pid: 12), now: 101)
+        #expect(fallback.contains { if case .log(let line) = $0 { line.contains("the agent on b (ranks 2..<4) came back with no running workers") } else { false } },
+                "\(fallback)")
+        #expect(resumed.generation == 1 && resumed.restarts == 0 && resumed.phase == .restarting)
+        // Later, an agent whose workers of the old generation still run is told to stop them first.
+        let stale = resumed.handle(.agentJoined(firstRank: 0, rankCount: 2, host: "a", pid: 10, runningGeneration: 0), now: 102)
+        #expect(stale.contains(.stopWorkers(agent: 0, generation: 0)), "\(stale)")
+        #expect(resumed.handle(.workersStopped(firstRank: 2, generation: 0), now: 102).isEmpty)
+        #expect(resumed.handle(.workersStopped(firstRank: 0, generation: 0), now: 103)
+            .contains(.startWorkers(agent: 0, generation: 1, ranks: [0, 1])))
+    }
+
+    @Test func aRunThatWasNotTrainingStartsANewGenerationWhenTheCoordinatorComesBack() throws {
+        var state = training()
+        _ = state.handle(.workerExited(rank: 1, generation: 0, pid: 101, status: 137, description: "killed"), now: 5)
+        #expect(state.phase == .restarting)
+        var resumed = try JSONDecoder().decode(RunState.self, from: JSONEncoder().encode(state))
+        resumed.resumeAfterCoordinatorRestart(now: 100, adoptSeconds: 30)
+        #expect(resumed.phase == .rendezvous && resumed.generation == 2 && resumed.restarts == 1)
+        #expect(resumed.workerRefusal(rank: 0, generation: 1, reconnecting: true)?.contains("stale") == true)
     }
 }
-
-import Foundation
