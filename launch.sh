@@ -44,7 +44,8 @@ hostfile=""
 ssh_command=ssh
 coordinator_host=""
 worker_flags=()
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+# The comment block above, to its first line that is not a comment (no line numbers to keep up to date).
+usage() { awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$0"; }
 fail() { echo "launch.sh: $*" >&2; exit 2; }
 # The value of the flag in $1, or a clear error when it is missing ($2 is the next argument).
 value() { [ $# -ge 2 ] && [ -n "$2" ] && [ "${2#--}" = "$2" ] || fail "$1 needs a value (see --help)"; }
