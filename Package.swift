@@ -80,7 +80,7 @@ let package = Package(
         .target(name: "Figures", dependencies: ["Kernels", "Model", "Data", "System"],
                 swiftSettings: sharedSwiftSettings),
         .target(name: "Collectives",
-                dependencies: ["Kernels", "System", "CSharedMemory", .target(name: "CMPI", condition: .when(traits: ["MPI"]))],
+                dependencies: ["Kernels", "System", "CSharedMemory", "CSupport", .target(name: "CMPI", condition: .when(traits: ["MPI"]))],
                 swiftSettings: sharedSwiftSettings),
         .target(name: "Training", dependencies: ["Model", "Data", "Figures", "Collectives", "Options", "System"],
                 swiftSettings: sharedSwiftSettings),

@@ -13,7 +13,8 @@
 # (see `.build/release/mae-worker --help`), e.g. --epochs 10 --resume auto, or
 # --precision bf16 (bf16 matrix products with fp32 sums, on CPUs with AVX512_BF16); among them the
 # gradient exchange's: --overlap auto|on|off (all-reduce bucket by bucket during the backward,
-# default auto: on), --bucket-mb MB (25), --shard-optimizer (ZeRO stage 1); none changes the bits.
+# default auto: on), --bucket-mb MB (25), --shard-optimizer (ZeRO stage 1); none changes the bits;
+# --gradient-wire bf16 sends the gradients rounded to bf16 (half the bytes, summed in fp32), which does.
 # Fine-tuning and linear probing of a pretrained encoder run the same way:
 #   ./launch.sh --nodes 2 --task finetune --finetune RUN_DIR|CHECKPOINT [--data ROOT] ...
 #   ./launch.sh --nodes 2 --task linprobe --finetune RUN_DIR|CHECKPOINT [--data ROOT] ...
@@ -43,7 +44,8 @@ hostfile=""
 ssh_command=ssh
 coordinator_host=""
 worker_flags=()
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+# The comment block above, to its first line that is not a comment (no line numbers to keep up to date).
+usage() { awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$0"; }
 fail() { echo "launch.sh: $*" >&2; exit 2; }
 # The value of the flag in $1, or a clear error when it is missing ($2 is the next argument).
 value() { [ $# -ge 2 ] && [ -n "$2" ] && [ "${2#--}" = "$2" ] || fail "$1 needs a value (see --help)"; }

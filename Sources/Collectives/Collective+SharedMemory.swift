@@ -16,7 +16,9 @@
 /// Determinism: the sum of each element is taken in the TCP ring's order for the same
 /// world size and lanes, ((x_c + x_{c+1}) + …) + x_{c−1} where c is the ring chunk of
 /// the element (`RingChunks`), and a mean divides that sum by N. So the results are the
-/// same bits run to run, on every rank, and as `TCPRingCollective`'s.
+/// same bits run to run, on every rank, and as `TCPRingCollective`'s. A mean with the
+/// bf16 gradient wire rounds as the ring's wire does (`GradientWire`): there is no wire
+/// here and no byte is saved, but the results do not depend on the transport.
 ///
 /// Waiting: a rank waits on another's counter by spinning (only where each rank has a
 /// core, as the ring decides), then sleeping on it with futex, in slices of at most
@@ -24,6 +26,7 @@
 /// reported a failure; a wait with no progress for `timeoutSeconds` fails, naming the
 /// rank. A rank that fails marks its control block so the others fail at once.
 import CSharedMemory
+import CSupport
 import Kernels
 #if canImport(Glibc)
 import Glibc
@@ -159,6 +162,20 @@ public final class SharedMemoryCollective: Collective {
         try perform(.allReduceAverage, UnsafeMutableRawPointer(buffer), count: count, root: 0, slice: slice)
     }
 
+    public func allReduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int, slice: VectorSlice,
+                                 wire: GradientWire) throws {
+        try slice.check(count: count)
+        try perform(.allReduceAverage, UnsafeMutableRawPointer(buffer), count: count, root: 0, slice: slice, wire: wire)
+    }
+
+    /// The all-reduce, which leaves every shard reduced.
+    public func reduceScatterAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int, wire: GradientWire) throws {
+        try perform(.allReduceAverage, UnsafeMutableRawPointer(buffer), count: count, root: 0, wire: wire)
+    }
+
+    /// Both: the bf16 wire's rounding is applied to the sums (`GradientWire`).
+    public func carries(_ wire: GradientWire) -> Bool { true }
+
     /// Each element's sum starts at the rank that the whole vector's ring chunk says.
     public var reducesSlicesAsWhole: Bool { true }
 
@@ -232,14 +249,15 @@ public final class SharedMemoryCollective: Collective {
     /// `owned`: for a sum, the elements each rank ends with (nil: all); for `.allGather`,
     /// the elements each rank contributes.
     private func perform(_ operation: Operation, _ buffer: UnsafeMutableRawPointer, count: Int, root: Int,
-                         slice: VectorSlice? = nil, owned: [Range<Int>]? = nil) throws {
+                         slice: VectorSlice? = nil, owned: [Range<Int>]? = nil, wire: GradientWire = .fp32) throws {
         guard count >= 0 else { throw CollectiveError.invalidArgument("count \(count) is negative") }
         try callLock.withLock {
             if let failure { throw CollectiveError.closed(failure) }
             guard worldSize > 1 else { return }
             sequence += 1
             let header = CallHeader(operation: operation, sequence: sequence, count: UInt64(count), root: UInt32(root),
-                                    offset: UInt64(slice?.offset ?? 0), wholeCount: UInt64(slice?.wholeCount ?? count))
+                                    offset: UInt64(slice?.offset ?? 0), wholeCount: UInt64(slice?.wholeCount ?? count),
+                                    wire: wire)
             do {
                 guard owned.map({ $0.count == worldSize && $0.allSatisfy { $0.lowerBound >= 0 && $0.upperBound <= count } })
                     ?? true else {
@@ -320,7 +338,7 @@ public final class SharedMemoryCollective: Collective {
             } else {
                 let (first, elements) = part(rank)
                 reduce(first: first, count: elements, pieceStart: start, elementBytes: elementBytes, chunks: chunks,
-                       divides: header.operation == .allReduceAverage,
+                       divides: header.operation == .allReduceAverage, wire: header.wire,
                        buffer: buffer, regions: region, result: result)
                 publish(.reduced, number)
                 try waitForAll(.reduced, atLeast: number, header)
@@ -343,9 +361,9 @@ public final class SharedMemoryCollective: Collective {
 
     /// Sums elements [first, first + count) of the call over every rank, in the ring's
     /// order, into this rank's buffer and the result region (which holds the piece that
-    /// starts at element `pieceStart`).
+    /// starts at element `pieceStart`), rounded between the adds as the ring's bf16 wire does.
     private func reduce(first: Int, count: Int, pieceStart: Int, elementBytes: Int, chunks: RingChunks, divides: Bool,
-                        buffer: UnsafeMutableRawPointer, regions: (Int) -> UnsafeMutableRawPointer,
+                        wire: GradientWire, buffer: UnsafeMutableRawPointer, regions: (Int) -> UnsafeMutableRawPointer,
                         result: UnsafeMutableRawPointer) {
         var element = first
         let end = first + count
@@ -363,6 +381,13 @@ public final class SharedMemoryCollective: Collective {
             if elementBytes == 8 {
                 sumDoublesInOrder(sources, sourceCount: worldSize, into: ownDestination, sharedDestination,
                                   count: stop - element)
+            } else if wire == .bf16 {
+                // Only means travel as bf16; the sources are Float memory (the rebound view is for C).
+                sources.withMemoryRebound(to: UnsafePointer<Float>?.self, capacity: worldSize) {
+                    mae_wire_mean_in_order_bf16($0, worldSize, ownDestination.assumingMemoryBound(to: Float.self),
+                                                sharedDestination.assumingMemoryBound(to: Float.self), stop - element,
+                                                Float(worldSize))
+                }
             } else {
                 sumFloatsInOrder(sources, sourceCount: worldSize, into: ownDestination, sharedDestination,
                                  count: stop - element, divisor: divides ? Float(worldSize) : nil)
@@ -408,6 +433,7 @@ public final class SharedMemoryCollective: Collective {
         entry.storeBytes(of: header.count, toByteOffset: CallHeaderField.count, as: UInt64.self)
         entry.storeBytes(of: header.offset, toByteOffset: CallHeaderField.offset, as: UInt64.self)
         entry.storeBytes(of: header.wholeCount, toByteOffset: CallHeaderField.wholeCount, as: UInt64.self)
+        entry.storeBytes(of: header.wire.wireCode, toByteOffset: CallHeaderField.wire, as: UInt32.self)
     }
 
     /// Where `owner` keeps the header of call `sequence`: two entries, by the sequence's parity.
@@ -421,12 +447,15 @@ public final class SharedMemoryCollective: Collective {
         for owner in 0..<worldSize where owner != rank {
             let entry = callHeaderEntry(of: owner, header.sequence)
             let operation = Operation(rawValue: entry.load(fromByteOffset: CallHeaderField.operation, as: UInt32.self))
-            let theirs = operation.map {
-                CallHeader(operation: $0, sequence: entry.load(fromByteOffset: CallHeaderField.sequence, as: UInt64.self),
+            let wire = GradientWire(wireCode: entry.load(fromByteOffset: CallHeaderField.wire, as: UInt32.self))
+            let theirs: CallHeader? = if let operation, let wire {
+                CallHeader(operation: operation, sequence: entry.load(fromByteOffset: CallHeaderField.sequence, as: UInt64.self),
                            count: entry.load(fromByteOffset: CallHeaderField.count, as: UInt64.self),
                            root: entry.load(fromByteOffset: CallHeaderField.root, as: UInt32.self),
                            offset: entry.load(fromByteOffset: CallHeaderField.offset, as: UInt64.self),
-                           wholeCount: entry.load(fromByteOffset: CallHeaderField.wholeCount, as: UInt64.self))
+                           wholeCount: entry.load(fromByteOffset: CallHeaderField.wholeCount, as: UInt64.self), wire: wire)
+            } else {
+                nil
             }
             guard theirs == header else {
                 throw CollectiveError.mismatch("rank \(owner) called \(theirs.map { "\($0)" } ?? "an unknown operation") "

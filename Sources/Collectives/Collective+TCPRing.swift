@@ -22,6 +22,11 @@
 /// The order depends only on N and the element's position, so results are the
 /// same bits run to run and on every rank.
 ///
+/// bf16 wire (`GradientWire`, averages of gradients only): each hop sends its floats
+/// rounded to bf16 (half the bytes) and the receiver adds them in fp32; the rank that
+/// finishes a chunk's mean rounds it, keeps the rounded value and forwards it, so every
+/// rank still ends with the same bits.
+///
 /// Lanes: a call's elements can be split over several independent rings (lanes,
 /// each with its own connections and threads), like NCCL's socket striping, so that
 /// more cores copy at once. Lane l reduces elements [l·n/K, (l+1)·n/K) of the K lanes
@@ -55,7 +60,7 @@ public final class TCPRingCollective: Collective {
     /// world of one): ranks with the same host share a machine.
     public let rankHosts: [String]
     /// The rings a call's elements are divided over; one unless `config.lanes` > 1.
-    private var lanes: [RingLane] = []
+    private(set) var lanes: [RingLane] = []
     private let callLock = Lock()
     private var sequence: UInt64 = 0
     private var failure: String?
@@ -233,6 +238,15 @@ public final class TCPRingCollective: Collective {
         try perform(.allReduceAverage, UnsafeMutableRawPointer(buffer), count: count, root: 0, slice: slice)
     }
 
+    public func allReduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int, slice: VectorSlice,
+                                 wire: GradientWire) throws {
+        try slice.check(count: count)
+        try perform(.allReduceAverage, UnsafeMutableRawPointer(buffer), count: count, root: 0, slice: slice, wire: wire)
+    }
+
+    /// Both wires: bf16 sends each hop's floats rounded (`GradientWire`).
+    public func carries(_ wire: GradientWire) -> Bool { true }
+
     /// The lanes and chunks of a slice are those of the whole vector.
     public var reducesSlicesAsWhole: Bool { true }
 
@@ -245,6 +259,10 @@ public final class TCPRingCollective: Collective {
     /// The first half of the ring all-reduce: the same sums, half the bytes.
     public func reduceScatterAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
         try perform(.reduceScatterAverage, UnsafeMutableRawPointer(buffer), count: count, root: 0)
+    }
+
+    public func reduceScatterAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int, wire: GradientWire) throws {
+        try perform(.reduceScatterAverage, UnsafeMutableRawPointer(buffer), count: count, root: 0, wire: wire)
     }
 
     /// The second half of the ring all-reduce.
@@ -301,7 +319,7 @@ public final class TCPRingCollective: Collective {
     /// A call that is `slice` of a longer vector divides its elements over the lanes, and
     /// each lane's over the chunks, as a call of the whole vector would.
     private func perform(_ operation: Operation, _ buffer: UnsafeMutableRawPointer, count: Int, root: Int,
-                         slice: VectorSlice? = nil) throws {
+                         slice: VectorSlice? = nil, wire: GradientWire = .fp32) throws {
         guard count >= 0 else { throw CollectiveError.invalidArgument("count \(count) is negative") }
         try callLock.withLock {
             if let failure { throw CollectiveError.closed(failure) }
@@ -319,11 +337,11 @@ public final class TCPRingCollective: Collective {
                 guard end > first else { continue }
                 parts.append((index, CallHeader(operation: operation, sequence: sequence, count: UInt64(end - first),
                                                 root: UInt32(root), offset: UInt64(first - lane.start),
-                                                wholeCount: UInt64(lane.count)), first - whole.offset))
+                                                wholeCount: UInt64(lane.count), wire: wire), first - whole.offset))
             }
             // A call of no elements still meets the other ranks on lane 0.
             if parts.isEmpty {
-                parts = [(0, CallHeader(operation: operation, sequence: sequence, count: 0, root: UInt32(root)), 0)]
+                parts = [(0, CallHeader(operation: operation, sequence: sequence, count: 0, root: UInt32(root), wire: wire), 0)]
             }
             do {
                 // The first lane to fail records its error (the cause) and shuts every
@@ -363,10 +381,11 @@ public final class TCPRingCollective: Collective {
         let headerOut = lane.headerOut, headerIn = lane.headerIn, scratch = lane.scratch, pollEntries = lane.pollEntries
         let plan = RingPlan(operation: header.operation, rank: rank, world: worldSize, count: Int(header.count),
                             elementBytes: header.operation == .allReduceScalars ? 8 : 4, root: Int(header.root),
-                            offset: Int(header.offset), wholeCount: Int(header.wholeCount))
+                            offset: Int(header.offset), wholeCount: Int(header.wholeCount), wire: header.wire)
         let left = (rank + worldSize - 1) % worldSize, right = (rank + 1) % worldSize
         header.encode(into: headerOut)
-        var sendHalf = SendHalf(plan: plan, buffer: buffer, header: headerOut, segmentBytes: segmentBytes)
+        var sendHalf = SendHalf(plan: plan, buffer: buffer, header: headerOut, segmentBytes: segmentBytes,
+                                staging: lane.staging)
         var receiveHalf = ReceiveHalf(plan: plan, buffer: buffer, expectedHeader: header, headerBuffer: headerIn,
                                       scratch: scratch, segmentBytes: segmentBytes, left: left)
         let sendContext = "rank \(rank) sending to rank \(right) (lane \(lane.index))"

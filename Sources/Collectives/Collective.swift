@@ -32,6 +32,15 @@ public protocol Collective: AnyObject {
     /// vector uses, where `reducesSlicesAsWhole` is true: so a vector reduced bucket by
     /// bucket gets the same bits as in one call, whatever the bucket boundaries.
     func allReduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int, slice: VectorSlice) throws
+    /// `allReduceAverage(_:count:slice:)` with the values carried between ranks as `wire`
+    /// says (`GradientWire`: bf16 rounds what travels); `.fp32` is that call itself.
+    /// Throws for a wire this collective does not `carry`.
+    func allReduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int, slice: VectorSlice, wire: GradientWire) throws
+    /// `reduceScatterAverage(_:count:)` with the values carried as `wire` says: this rank's
+    /// shard gets the bits of `allReduceAverage(_:count:slice:wire:)` there.
+    func reduceScatterAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int, wire: GradientWire) throws
+    /// Whether the calls with a `wire` accept this one (every collective carries fp32).
+    func carries(_ wire: GradientWire) -> Bool
     /// Whether `allReduceAverage(_:count:slice:)` gives the whole call's bits (true for
     /// the ring, shared memory, the hierarchy and one process; MPI only for two ranks,
     /// whose sums have one order).
@@ -68,6 +77,28 @@ extension Collective {
     /// reduce-scatter of their own).
     public func reduceScatterAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
         try allReduceAverage(buffer, count: count)
+    }
+
+    /// fp32 only, and anything with one rank, where nothing travels.
+    public func carries(_ wire: GradientWire) -> Bool { wire == .fp32 || worldSize == 1 }
+
+    public func allReduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int, slice: VectorSlice,
+                                 wire: GradientWire) throws {
+        try checkCarries(wire)
+        try allReduceAverage(buffer, count: count, slice: slice)
+    }
+
+    public func reduceScatterAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int, wire: GradientWire) throws {
+        try checkCarries(wire)
+        try reduceScatterAverage(buffer, count: count)
+    }
+
+    /// Throws unless `carries(wire)`.
+    func checkCarries(_ wire: GradientWire) throws {
+        guard carries(wire) else {
+            throw CollectiveError.invalidArgument("\(type(of: self)) does not carry gradients as \(wire) (--gradient-wire \(wire) "
+                + "needs the tcp backend: the ring or shared memory); use --gradient-wire fp32")
+        }
     }
 
     /// One broadcast per range of each rank's shard, from that rank.

@@ -82,6 +82,9 @@ final class RingLane {
     let receiveSocket: Socket    // from rank − 1
     /// Receives land here before they are added into the buffer; `segmentBytes` long.
     let scratch: UnsafeMutableRawPointer
+    /// Sends of the bf16 wire are rounded into this first; `segmentBytes` long (its pages
+    /// are only touched by bf16 calls).
+    let staging: UnsafeMutableRawPointer
     let headerOut = UnsafeMutableRawPointer.allocate(byteCount: CallHeader.bytes, alignment: 8)
     let headerIn = UnsafeMutableRawPointer.allocate(byteCount: CallHeader.bytes, alignment: 8)
     let pollEntries = UnsafeMutablePointer<pollfd>.allocate(capacity: 2)
@@ -95,6 +98,7 @@ final class RingLane {
         self.sendSocket = sendSocket
         self.receiveSocket = receiveSocket
         scratch = UnsafeMutableRawPointer.allocate(byteCount: config.segmentBytes, alignment: 64)
+        staging = UnsafeMutableRawPointer.allocate(byteCount: config.segmentBytes, alignment: 64)
         for (socket, context) in [(sendSocket, "ring connection to the right"), (receiveSocket, "ring connection from the left")] {
             try socket.configureForBulkTransfer(bufferBytes: config.socketBufferBytes, context: context)
             try socket.applyCongestionControl(config.congestionControl, context: context)
@@ -109,6 +113,7 @@ final class RingLane {
     deinit {
         close()
         scratch.deallocate()
+        staging.deallocate()
         headerOut.deallocate()
         headerIn.deallocate()
         pollEntries.deallocate()

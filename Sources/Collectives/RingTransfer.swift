@@ -4,6 +4,7 @@
 /// driven by one thread (alternating) or by two (the send half on the ring's
 /// sender thread). The send half may only forward bytes that the receive half has
 /// finished: `ReceiveProgress` is what connects them.
+import CSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -29,7 +30,7 @@ enum Operation: UInt32, CustomStringConvertible {
 
 /// The first bytes of every call on the wire; each rank checks its left neighbour's.
 struct CallHeader: Equatable, CustomStringConvertible {
-    static let bytes = 44
+    static let bytes = 48
     static let magic: UInt32 = 0x4D41_4543  // "MAEC"
 
     var operation: Operation
@@ -40,15 +41,18 @@ struct CallHeader: Equatable, CustomStringConvertible {
     /// the sums (`RingPlan`): its first element there, and that vector's length.
     var offset: UInt64
     var wholeCount: UInt64
+    /// How the values travel (bf16 only for the averages of `GradientWire`).
+    var wire: GradientWire
 
     init(operation: Operation, sequence: UInt64, count: UInt64, root: UInt32, offset: UInt64 = 0,
-         wholeCount: UInt64? = nil) {
+         wholeCount: UInt64? = nil, wire: GradientWire = .fp32) {
         self.operation = operation
         self.sequence = sequence
         self.count = count
         self.root = root
         self.offset = offset
         self.wholeCount = wholeCount ?? count
+        self.wire = wire
     }
 
     init(decoding bytes: UnsafeRawBufferPointer) throws {
@@ -62,6 +66,10 @@ struct CallHeader: Equatable, CustomStringConvertible {
         root = try reader.uint32()
         offset = try reader.uint64()
         wholeCount = try reader.uint64()
+        guard let wire = GradientWire(wireCode: try reader.uint32()) else {
+            throw CollectiveError.mismatch("the left neighbour sent a call header with an unknown gradient wire")
+        }
+        self.wire = wire
     }
 
     /// Writes the `bytes` encoded bytes to `destination`.
@@ -74,13 +82,15 @@ struct CallHeader: Equatable, CustomStringConvertible {
         writer.append(root)
         writer.append(offset)
         writer.append(wholeCount)
+        writer.append(wire.wireCode)
         writer.bytes.withUnsafeBytes { destination.copyMemory(from: $0.baseAddress!, byteCount: Self.bytes) }
     }
 
     var description: String {
         let placement = count == wholeCount ? "" : " at \(offset) of \(wholeCount)"
+        let format = wire == .fp32 ? "" : " as \(wire)"
         return operation == .broadcast ? "\(operation) #\(sequence) of \(count) elements from root \(root)"
-            : "\(operation) #\(sequence) of \(count) elements" + placement
+            : "\(operation) #\(sequence) of \(count) elements" + placement + format
     }
 }
 
@@ -96,9 +106,12 @@ struct RingPlan {
     /// chunks are the ring's: the call's chunk c is its part of the whole's chunk c.
     var offset = 0
     var wholeCount: Int
+    /// bf16: every step sends its floats rounded to bf16 and receives bf16 (`GradientWire`);
+    /// byte ranges and progress still count the buffer's 4-byte floats.
+    var wire: GradientWire
 
     init(operation: Operation, rank: Int, world: Int, count: Int, elementBytes: Int, root: Int,
-         offset: Int = 0, wholeCount: Int? = nil) {
+         offset: Int = 0, wholeCount: Int? = nil, wire: GradientWire = .fp32) {
         self.operation = operation
         self.rank = rank
         self.world = world
@@ -107,7 +120,11 @@ struct RingPlan {
         self.root = root
         self.offset = offset
         self.wholeCount = wholeCount ?? count
+        self.wire = wire
     }
+
+    /// The bytes on the wire of `length` bytes of the buffer.
+    func wireBytes(_ length: Int) -> Int { wire == .fp32 ? length : length / elementBytes * wire.elementBytes }
 
     /// Position in the broadcast chain, 0 at the root.
     var chainPosition: Int { (rank - root + world) % world }
@@ -182,15 +199,21 @@ struct SendHalf {
     let buffer: UnsafeMutableRawPointer
     let header: UnsafeRawPointer      // CallHeader.bytes
     let segmentBytes: Int
+    /// bf16 wire: the piece being sent, rounded (segmentBytes); not used for fp32.
+    let staging: UnsafeMutableRawPointer
     private var headerSent = 0
     private var step = 0
-    private var sent = 0              // bytes of the current step already sent
+    private var sent = 0              // bytes of the current step already sent (buffer bytes)
+    private var staged = 0            // bf16 wire: bytes of the rounded piece in `staging`
+    private var stagedSent = 0        // … of which sent
 
-    init(plan: RingPlan, buffer: UnsafeMutableRawPointer, header: UnsafeRawPointer, segmentBytes: Int) {
+    init(plan: RingPlan, buffer: UnsafeMutableRawPointer, header: UnsafeRawPointer, segmentBytes: Int,
+         staging: UnsafeMutableRawPointer) {
         self.plan = plan
         self.buffer = buffer
         self.header = header
         self.segmentBytes = segmentBytes
+        self.staging = staging
     }
 
     /// Sends what is ready, once, without blocking.
@@ -208,11 +231,36 @@ struct SendHalf {
         if let dependency = plan.sendDependency(step) {
             available = progress.step > dependency ? range.length : (progress.step == dependency ? progress.ready : 0)
         }
+        if plan.wire == .bf16 { return try moveRounded(socket, range: range, available: available, context: context()) }
         let length = min(available - sent, segmentBytes)
         guard length > 0 else { return .waiting }
         let count = try socket.sendSome(buffer + range.start + sent, count: length, context: context())
         sent += count
         if sent == range.length { step += 1; sent = 0 }
+        return count > 0 ? .moved : .blocked
+    }
+
+    /// The bf16 wire's move: rounds the next piece of at most `segmentBytes` on the wire
+    /// into `staging` once the last one is sent, then sends from there. (Received bytes
+    /// become ready in whole floats on this wire, so pieces are whole floats.)
+    private mutating func moveRounded(_ socket: Socket, range: (start: Int, length: Int), available: Int,
+                                      context: String) throws -> Move {
+        if staged == 0 {
+            let elements = min(available - sent, plan.elementBytes * segmentBytes / GradientWire.bf16.elementBytes)
+                / plan.elementBytes
+            guard elements > 0 else { return .waiting }
+            mae_wire_round_to_bf16(staging.assumingMemoryBound(to: UInt16.self),
+                                   (buffer + range.start + sent).assumingMemoryBound(to: Float.self), elements)
+            staged = elements * GradientWire.bf16.elementBytes
+            stagedSent = 0
+        }
+        let count = try socket.sendSome(staging + stagedSent, count: staged - stagedSent, context: context)
+        stagedSent += count
+        if stagedSent == staged {
+            sent += staged / GradientWire.bf16.elementBytes * plan.elementBytes
+            staged = 0
+            if sent == range.length { step += 1; sent = 0 }
+        }
         return count > 0 ? .moved : .blocked
     }
 }
@@ -228,7 +276,7 @@ struct ReceiveHalf {
     let left: Int
     private var headerReceived = 0
     private(set) var progress = ReceiveProgress()
-    private var received = 0                    // bytes of the current step received
+    private var received = 0                    // bytes of the current step received (wire bytes)
     private var pending = 0                     // received bytes in `scratch` short of a whole element
 
     init(plan: RingPlan, buffer: UnsafeMutableRawPointer, expectedHeader: CallHeader, headerBuffer: UnsafeMutableRawPointer,
@@ -249,7 +297,7 @@ struct ReceiveHalf {
         var step = progress.step
         while step < plan.receiveSteps && plan.receiveRange(step).length == 0 { step += 1 }
         guard step < plan.receiveSteps else { return 0 }
-        return plan.receiveRange(step).length - (step == progress.step ? received : 0)
+        return plan.wireBytes(plan.receiveRange(step).length) - (step == progress.step ? received : 0)
     }
 
     /// Receives what has arrived, once, without blocking, and stores or reduces it.
@@ -269,6 +317,7 @@ struct ReceiveHalf {
         while progress.step < plan.receiveSteps && plan.receiveRange(progress.step).length == 0 { progress.step += 1 }
         guard progress.step < plan.receiveSteps else { return .done }
         let range = plan.receiveRange(progress.step)
+        if plan.wire == .bf16 { return try moveRounded(socket, range: range, context: context()) }
         var count = 0
         if plan.receiveReduces(progress.step) {
             let length = min(segmentBytes - pending, range.length - received)
@@ -296,6 +345,38 @@ struct ReceiveHalf {
         }
         received += count
         if received == range.length {
+            progress = ReceiveProgress(step: progress.step + 1, ready: 0)
+            received = 0
+        }
+        return count > 0 ? .moved : .blocked
+    }
+
+    /// The bf16 wire's move: every step receives bf16 into `scratch`, then widens whole
+    /// elements into the buffer: adds them (reduce-scatter), adds, divides and rounds them
+    /// (the mean's last add, `GradientWire`), or stores them (all-gather).
+    private mutating func moveRounded(_ socket: Socket, range: (start: Int, length: Int), context: String) throws -> Move {
+        let wireElementBytes = GradientWire.bf16.elementBytes, wireLength = plan.wireBytes(range.length)
+        let count = try socket.receiveSome(scratch + pending, count: min(segmentBytes - pending, wireLength - received),
+                                           context: context)
+        pending += count
+        let whole = pending / wireElementBytes
+        if whole > 0 {
+            let destination = (buffer + range.start + progress.ready).assumingMemoryBound(to: Float.self)
+            let source = scratch.assumingMemoryBound(to: UInt16.self)
+            if !plan.receiveReduces(progress.step) {
+                mae_wire_widen_bf16(destination, source, whole)
+            } else if plan.receiveDivides(progress.step) {
+                mae_wire_add_bf16_mean(destination, source, whole, Float(plan.world))
+            } else {
+                mae_wire_add_bf16(destination, source, whole)
+            }
+            progress.ready += whole * plan.elementBytes
+            let used = whole * wireElementBytes
+            pending -= used
+            if pending > 0 { scratch.copyMemory(from: scratch + used, byteCount: pending) }
+        }
+        received += count
+        if received == wireLength {
             progress = ReceiveProgress(step: progress.step + 1, ready: 0)
             received = 0
         }

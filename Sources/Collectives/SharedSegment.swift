@@ -63,6 +63,7 @@ enum CallHeaderField {
     static let count = 16          // UInt64
     static let offset = 24         // UInt64
     static let wholeCount = 32     // UInt64
+    static let wire = 40           // UInt32: `GradientWire.wireCode`
 }
 
 /// Other fields of a control block (byte offsets).

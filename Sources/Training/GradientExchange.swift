@@ -12,7 +12,8 @@ import Model
 /// each bucket inside it while the backward goes on; `finish` waits for the last one.
 /// Every bucket is reduced as a slice of the whole vector (`VectorSlice`), so each element
 /// is summed in the order one call over the whole vector uses: the result has the same
-/// bits with or without overlap, whatever the bucket size.
+/// bits with or without overlap, whatever the bucket size. With the bf16 wire
+/// (`GradientWire`) too: its rounding depends only on each element's place in the whole.
 ///
 /// Calls come from one thread (the step's); the communication thread only reduces
 /// buckets between `backwardProgress()` and `finish()`, when the step makes no other
@@ -30,12 +31,15 @@ public final class GradientExchange {
     public let overlaps: Bool
     /// Whether `finish` reduce-scatters instead (the sharded optimizer needs only its shard).
     public let reduceScatters: Bool
+    /// How the gradients travel between the workers (`--gradient-wire`).
+    public let wire: GradientWire
 
     /// What the step's thread and the communication thread share (the fields below the
     /// condition only under it).
     private final class Queue: @unchecked Sendable {
         let collective: any Collective
         let gradients: UnsafeMutablePointer<Float>
+        let wire: GradientWire
         let condition = NSCondition()
         /// Buckets handed to the communication thread in this step, and those it finished.
         var queued = 0
@@ -43,24 +47,28 @@ public final class GradientExchange {
         var failure: Error?
         var stopping = false
 
-        init(collective: any Collective, gradients: UnsafeMutablePointer<Float>) {
+        init(collective: any Collective, gradients: UnsafeMutablePointer<Float>, wire: GradientWire) {
             self.collective = collective
             self.gradients = gradients
+            self.wire = wire
         }
     }
     private let queue: Queue
     private var threadStarted = false
 
     /// `overlaps` must only be true where the collective reduces slices as the whole;
-    /// `reduceScatters` (one reduce-scatter after the backward) excludes it.
+    /// `reduceScatters` (one reduce-scatter after the backward) excludes it; the collective
+    /// must carry `wire`.
     public init(collective: any Collective, gradients: UnsafeMutablePointer<Float>, table: ParameterTable,
-                bucketBytes: Int, overlaps: Bool, reduceScatters: Bool = false) {
+                bucketBytes: Int, overlaps: Bool, reduceScatters: Bool = false, wire: GradientWire = .fp32) {
         precondition(!overlaps || collective.reducesSlicesAsWhole, "overlap needs slices reduced as the whole vector")
         precondition(!(overlaps && reduceScatters), "a reduce-scatter is not overlapped")
+        precondition(collective.carries(wire), "the collective does not carry gradients as \(wire)")
         self.reduceScatters = reduceScatters
+        self.wire = wire
         self.collective = collective
         self.gradients = gradients
-        queue = Queue(collective: collective, gradients: gradients)
+        queue = Queue(collective: collective, gradients: gradients, wire: wire)
         count = table.count
         buckets = Self.buckets(of: table, bucketBytes: bucketBytes)
         self.overlaps = overlaps && collective.worldSize > 1
@@ -119,9 +127,10 @@ public final class GradientExchange {
         guard collective.worldSize > 1 else { return 0 }
         guard overlaps else {
             if reduceScatters {
-                try collective.reduceScatterAverage(gradients, count: count)
+                try collective.reduceScatterAverage(gradients, count: count, wire: wire)
             } else {
-                try collective.allReduceAverage(gradients, count: count)
+                try collective.allReduceAverage(gradients, count: count, slice: VectorSlice(offset: 0, wholeCount: count),
+                                                wire: wire)
             }
             return monotonicSeconds() - start
         }
@@ -156,7 +165,8 @@ public final class GradientExchange {
                 if !failed {
                     do {
                         try queue.collective.allReduceAverage(queue.gradients + bucket.lowerBound, count: bucket.count,
-                                                        slice: VectorSlice(offset: bucket.lowerBound, wholeCount: count))
+                                                        slice: VectorSlice(offset: bucket.lowerBound, wholeCount: count),
+                                                        wire: queue.wire)
                     } catch {
                         thrown = error
                     }

@@ -1,3 +1,4 @@
+import Collectives
 import Foundation
 import Kernels
 import Model
@@ -68,6 +69,12 @@ public struct RunConfig: Codable, Sendable, Equatable {
     public var overlap: Bool?
     /// `--bucket-mb`: the size of an overlapped bucket in MiB (nil: 25, as DDP).
     public var bucketMegabytes: Double?
+    /// `--gradient-wire`: the number format gradients travel in between workers (nil in
+    /// checkpoints made before the option existed, which sent fp32: read it through
+    /// `gradientWireFormat`). Checkpoints hold fp32 weights and moments either way, so a
+    /// run may resume with the other one (a warning says so: the steps from there on
+    /// round differently); resumed with the same one, it continues bit for bit.
+    public var gradientWire: GradientWire?
     /// `--shard-optimizer`: each worker updates and keeps AdamW moments for its shard of
     /// the parameters only (ZeRO stage 1); nil or false: every worker updates all of them.
     /// The bits do not depend on it; checkpoints hold the whole moments either way.
@@ -96,7 +103,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         case runDirectory = "run_dir", checkpointEvery = "checkpoint_every", keepCheckpoints = "keep_checkpoints"
         case keepEveryEpochs = "keep_every_epochs", resume, maxSteps = "max_steps", printEvery = "print_every"
         case reconstructEvery = "reconstruct_every", knnEvery = "knn_every", initWeights = "init_weights", task, downstream
-        case overlap, bucketMegabytes = "bucket_mb", shardOptimizer = "shard_optimizer"
+        case overlap, bucketMegabytes = "bucket_mb", shardOptimizer = "shard_optimizer", gradientWire = "gradient_wire"
         case onCheckpointError = "on_checkpoint_error"
     }
 
@@ -108,7 +115,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
                 keepCheckpoints: Int = 3, keepEveryEpochs: Int = 0, resume: String? = nil, maxSteps: Int? = nil,
                 printEvery: Int = 20, reconstructEvery: Int? = nil, knnEvery: Int? = nil, initWeights: String? = nil,
                 overlap: Bool? = nil, bucketMegabytes: Double? = nil, shardOptimizer: Bool? = nil,
-                task: TrainingTask = .pretrain, downstream: DownstreamSettings? = nil, injectNonFiniteLossAtStep: Int? = nil) {
+                gradientWire: GradientWire = .fp32, task: TrainingTask = .pretrain, downstream: DownstreamSettings? = nil, injectNonFiniteLossAtStep: Int? = nil) {
         self.dataRoot = dataRoot
         self.model = model
         self.batchSize = batchSize
@@ -143,6 +150,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         self.overlap = overlap
         self.bucketMegabytes = bucketMegabytes
         self.shardOptimizer = shardOptimizer
+        self.gradientWire = gradientWire
         self.task = task
         self.downstream = downstream
         self.injectNonFiniteLossAtStep = injectNonFiniteLossAtStep
@@ -156,6 +164,9 @@ public struct RunConfig: Codable, Sendable, Equatable {
 
     /// The products' precision: `precision`, or fp32 for a run saved before the option existed.
     public var productPrecision: Precision { precision ?? .fp32 }
+
+    /// The gradients' wire: `gradientWire`, or fp32 for a run saved before the option existed.
+    public var gradientWireFormat: GradientWire { gradientWire ?? .fp32 }
 
     /// Images per optimizer step over all workers: batch × accum-iter × world size.
     public func effectiveBatchSize(worldSize: Int) -> Int { batchSize * accumulationSteps * worldSize }
@@ -230,6 +241,7 @@ public struct RunConfig: Codable, Sendable, Equatable {
         // Another shard count rounds the gradients differently from here on.
         note("--batch-shards", saved.batchShards ?? 1, batchShards ?? 1)
         note("--precision", saved.productPrecision.rawValue, productPrecision.rawValue)
+        note("--gradient-wire", saved.gradientWireFormat.rawValue, gradientWireFormat.rawValue)
         return changes
     }
 }

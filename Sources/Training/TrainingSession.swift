@@ -166,12 +166,17 @@ final class TrainingSession {
                 "--overlap on: this backend (MPI with \(worldSize) workers) sums a bucket in another order than the whole "
                 + "gradient, so the bits would depend on the buckets; pass --overlap auto or off")
         }
+        if !collective.carries(config.gradientWireFormat) {
+            throw TrainingError.invalidConfiguration(
+                "--gradient-wire \(config.gradientWireFormat): the \(type(of: collective)) sums in an order of its own and "
+                + "cannot round as the bf16 wire does; use --backend tcp (the ring or shared memory) or --gradient-wire fp32")
+        }
         exchange = GradientExchange(
             collective: collective, gradients: taskModel.gradients.pointer, table: taskModel.gradientTable,
             bucketBytes: Int((config.bucketMegabytes ?? GradientExchange.defaultBucketMegabytes) * 1_048_576),
             overlaps: (config.overlap ?? true) && taskModel.reportsBackwardProgress && collective.reducesSlicesAsWhole
                 && !sharded,
-            reduceScatters: sharded)
+            reduceScatters: sharded, wire: config.gradientWireFormat)
         evaluator = validation.map {
             Evaluator(dataset: $0, worldSize: worldSize, rank: rank, batchSize: config.batchSize,
                       imageSize: config.model.imageSize, threads: config.dataThreads)
@@ -270,11 +275,12 @@ final class TrainingSession {
                  + "\(formatNumber(config.warmupEpochs)) of \(config.epochs) epochs, \(stepsPerEpoch) steps per epoch")
         if worldSize > 1 {
             let bucketMegabytes = formatNumber(config.bucketMegabytes ?? GradientExchange.defaultBucketMegabytes)
-            log.info(exchange.overlaps
+            log.info((exchange.overlaps
                 ? "gradients averaged during the backward in \(exchange.buckets.count) bucket(s) of about \(bucketMegabytes) MiB"
                 : exchange.reduceScatters
                 ? "gradients reduce-scattered after the backward; AdamW on this worker's shard (--shard-optimizer)"
                 : "gradients averaged after the backward")
+                + (exchange.wire == .fp32 ? "" : ", carried as \(exchange.wire) between workers (--gradient-wire)"))
         }
         let trailing = schedule.iterationsPerEpoch % config.accumulationSteps
         if trailing != 0 {

@@ -127,6 +127,7 @@ public enum WorkerOptions {
             OptionSpec("threads", value: "T", default: "auto",
                        help: "compute threads (auto: cores, divided among workers on this machine)"),
             OptionSpec("precision", value: "fp32|bf16", default: "fp32", help: Precision.optionHelp),
+            OptionSpec("gradient-wire", value: "fp32|bf16", default: "fp32", help: GradientWire.optionHelp),
             OptionSpec("data-threads", value: "T", default: "auto", help: "image decoding threads (auto: 1 per 4 compute threads, at least 1)"),
             OptionSpec("batch-shards", value: "N", default: "auto",
                        help: "parts of each batch, each run whole by one compute thread (1: every kernel split over the "
@@ -367,6 +368,7 @@ public enum WorkerOptions {
             initWeights: initWeights,
             overlap: overlap, bucketMegabytes: bucketMegabytes,
             shardOptimizer: options.flag("shard-optimizer") ? true : nil,
+            gradientWire: try GradientWire.parse(options.required("gradient-wire"), fail: fail),
             task: task, downstream: downstream,
             injectNonFiniteLossAtStep: try options.optionalInt("inject-nonfinite-loss-at-step", in: 1...Int.max))
         config.onCheckpointError = onCheckpointError

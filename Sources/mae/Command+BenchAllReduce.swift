@@ -33,7 +33,12 @@ struct BenchAllReduceCommand: Subcommand {
         let congestion = try congestionControl(options)
         let machines = try options.int("machines", in: 1...world)
         let transport = backend == "tcp" ? " transport=\(try options.required("transport")) machines=\(machines)" : ""
-        print("all-reduce benchmark: backend=\(backend)\(transport) world=\(world) floats=\(floats) bytes=\(floats * 4) iters=\(iterations)")
+        let wire = try CollectiveWorkerCommand.wire(options)
+        if backend == "mpi" && wire != .fp32 {
+            throw OptionError("mae bench allreduce: --gradient-wire \(wire) needs --backend tcp (MPI sums in an order of its own)")
+        }
+        print("all-reduce benchmark: backend=\(backend)\(transport) world=\(world) floats=\(floats) bytes=\(floats * 4) "
+              + "gradient_wire=\(wire) iters=\(iterations)")
         print(CPUInfo.summary)
 
         var launches: [[String]] = []
@@ -56,6 +61,7 @@ struct BenchAllReduceCommand: Subcommand {
                                  "--spins", try options.required("spins"),
                                  "--congestion-control", congestion.description,
                                  "--transport", try options.required("transport"),
+                                 "--gradient-wire", try options.required("gradient-wire"),
                                  "--shm-slot-bytes", try options.required("shm-slot-bytes")] + workload)
             }
         case "mpi":

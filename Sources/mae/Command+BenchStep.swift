@@ -43,6 +43,7 @@ struct BenchStepCommand: Subcommand {
             OptionSpec("overlap", value: "on|off", default: "on",
                        help: "average the gradients bucket by bucket during the backward (on) or after it (off)"),
             OptionSpec("bucket-mb", value: "MB", default: "25", help: "gradient bucket size of --overlap on, in MiB"),
+            OptionSpec("gradient-wire", value: "fp32|bf16", default: "fp32", help: GradientWire.optionHelp),
             .flag("shard-optimizer",
                   help: "ZeRO stage 1: reduce-scatter, AdamW on this rank's shard, all-gather (turns --overlap off); "
                       + "the last lines add adamw_ms and moment_mb per rank"),
@@ -97,10 +98,14 @@ struct BenchStepCommand: Subcommand {
         }
         let bucketMegabytes = try options.double("bucket-mb", expectation: "a positive number of MiB") { $0 > 0 && $0 <= 1_048_576 }
         let sharded = options.flag("shard-optimizer") && world > 1
+        let wire = try CollectiveWorkerCommand.wire(options)
+        guard collective.carries(wire) else {
+            throw OptionError("mae bench step: \(type(of: collective)) cannot carry gradients as \(wire)")
+        }
         let exchange = GradientExchange(collective: collective, gradients: model.gradients.pointer, table: model.table,
                                         bucketBytes: Int(bucketMegabytes * 1_048_576),
                                         overlaps: overlapText == "on" && collective.reducesSlicesAsWhole && !sharded,
-                                        reduceScatters: sharded)
+                                        reduceScatters: sharded, wire: wire)
         let optimizer = AdamWOptimizer(table: model.table,
                                        shard: sharded ? collective.shard(count: model.table.count, rank: collective.rank) : nil)
         func say(_ line: String) { if isReporter { print(line) } }
@@ -112,7 +117,7 @@ struct BenchStepCommand: Subcommand {
             + "batch \(batch) mask_ratio \(maskRatio) masking \(masking.rawValue) norm_pix_loss \(normPixLoss) threads \(threads) batch_shards \(batchShards) precision \(precision.rawValue) steps \(steps)")
         if world > 1 {
             say("world \(world) collective \(type(of: collective)) overlap \(exchange.overlaps ? "on" : "off") "
-                + "buckets \(exchange.buckets.count) bucket_mb \(bucketMegabytes) shard_optimizer \(sharded)")
+                + "buckets \(exchange.buckets.count) bucket_mb \(bucketMegabytes) shard_optimizer \(sharded) gradient_wire \(wire)")
         }
 
         // Random images, standard normal like ImageNet-normalised pixels (each rank its own).

@@ -1,4 +1,5 @@
 import Collectives
+import Foundation
 import Kernels
 import Options
 import Training
@@ -15,10 +16,13 @@ struct CollectiveWorkerCommand: Subcommand {
         name: "mae collective-worker",
         summary: "Internal: one rank of a collective benchmark or test (started by 'mae bench allreduce', "
             + "mpirun and the tests). Modes: bench (time all-reduces, rank 0 prints busbw), check (verify every "
-            + "operation against exact expectations), loop (all-reduce repeatedly, printing each iteration).",
+            + "operation against exact expectations), loop (all-reduce repeatedly, printing each iteration), dump "
+            + "(average random floats whole and in buckets, write input and results to --output).",
         options: [
             OptionSpec("backend", value: "NAME", default: "tcp", help: "tcp or mpi (mpi: rank and world come from mpirun)"),
-            OptionSpec("mode", value: "MODE", default: "bench", help: "bench, check or loop"),
+            OptionSpec("mode", value: "MODE", default: "bench", help: "bench, check, loop or dump"),
+            OptionSpec("output", value: "PATH", help: "dump: the file for this rank's input and results (raw floats)"),
+            OptionSpec("seed", value: "S", default: "0", help: "dump: the seed of the random input"),
             OptionSpec("rank", value: "R", default: "0", help: "this rank (tcp)"),
             OptionSpec("world", value: "N", default: "1", help: "number of ranks (tcp)"),
             OptionSpec("address", value: "HOST:PORT", default: "127.0.0.1:29500", help: "rendezvous address (tcp)"),
@@ -42,7 +46,8 @@ struct CollectiveWorkerCommand: Subcommand {
         case "bench": try runBenchmark(collective, options)
         case "check": try runChecks(collective)
         case "loop": try runLoop(collective, options)
-        case let other: throw OptionError("mae collective-worker: --mode must be bench, check or loop, got '\(other)'")
+        case "dump": try runDump(collective, options)
+        case let other: throw OptionError("mae collective-worker: --mode must be bench, check, loop or dump, got '\(other)'")
         }
     }
 
@@ -92,26 +97,45 @@ struct CollectiveWorkerCommand: Subcommand {
     /// The mean of `fill` over `world` ranks at element k.
     static func expectedMean(_ index: Int, world: Int) -> Float { Float(world + 1) / 2 * Float(index % 7 + 1) }
 
-    static func verifyMean(_ buffer: FloatBuffer, world: Int, _ what: String) throws {
-        for index in 0..<buffer.count where buffer[index] != expectedMean(index, world: world) {
-            throw OptionError("\(what): element \(index) is \(buffer[index]), expected \(expectedMean(index, world: world))")
+    /// Checks the mean of `fill`, exactly or within `relativeTolerance`.
+    static func verifyMean(_ buffer: FloatBuffer, world: Int, relativeTolerance: Float = 0, _ what: String) throws {
+        for index in 0..<buffer.count {
+            let expected = expectedMean(index, world: world)
+            if !(abs(buffer[index] - expected) <= relativeTolerance * expected) {
+                throw OptionError("\(what): element \(index) is \(buffer[index]), expected \(expected)")
+            }
         }
+    }
+
+    /// The `--gradient-wire` of the averages.
+    static func wire(_ options: ParsedOptions) throws -> GradientWire {
+        try GradientWire.parse(try options.required("gradient-wire")) { OptionError("\(options.command): \($0)") }
+    }
+
+    /// A mean of the whole buffer as the gradient exchange makes it, on `wire`.
+    static func average(_ collective: any Collective, _ buffer: FloatBuffer, wire: GradientWire) throws {
+        try collective.allReduceAverage(buffer.pointer, count: buffer.count,
+                                        slice: VectorSlice(offset: 0, wholeCount: buffer.count), wire: wire)
     }
 
     static func runBenchmark(_ collective: any Collective, _ options: ParsedOptions) throws {
         let floats = try options.int("floats", in: 1...(1 << 31)), iterations = try options.int("iters", in: 1...100_000)
-        let world = collective.worldSize
+        let world = collective.worldSize, wire = try wire(options)
         let buffer = FloatBuffer(count: floats)
         fill(buffer, rank: collective.rank)
-        try collective.allReduceAverage(buffer.pointer, count: floats)  // warm-up, checked
-        try verifyMean(buffer, world: world, "warm-up all-reduce")
+        // On the bf16 wire one mean of `fill` is exact up to 8 ranks (every partial sum is an
+        // integer below 256); beyond, and for means of means, each rounding (N − 1 partial
+        // sums and the mean per call) may move it by 2⁻⁹ relative.
+        let perCall: Float = wire == .bf16 ? Float(world) / 512 : 0
+        try average(collective, buffer, wire: wire)  // warm-up, checked
+        try verifyMean(buffer, world: world, relativeTolerance: world <= 8 ? 0 : perCall, "warm-up all-reduce")
         try collective.barrier()
         let start = monotonicNow(), cpuStart = processCPUSeconds()
-        for _ in 0..<iterations { try collective.allReduceAverage(buffer.pointer, count: floats) }
+        for _ in 0..<iterations { try average(collective, buffer, wire: wire) }
         try collective.barrier()
         let seconds = (monotonicNow() - start) / Double(iterations)
         let cpuSeconds = (processCPUSeconds() - cpuStart) / Double(iterations)
-        try verifyMean(buffer, world: world, "timed all-reduces")
+        try verifyMean(buffer, world: world, relativeTolerance: perCall * Float(iterations + 1), "timed all-reduces")
         if collective.rank == 0 {
             // CPU time (all threads, user + system) says how much work a byte costs, which
             // a busy shared machine distorts less than wall time.
@@ -140,6 +164,36 @@ struct CollectiveWorkerCommand: Subcommand {
             fflush(stdout)
             if pause > 0 { usleep(UInt32(pause) * 1000) }
         }
+    }
+
+    /// Averages random floats of full mantissas and mixed magnitudes on `--gradient-wire`,
+    /// once whole and once in buckets (slices of the whole, from its end to its start, as
+    /// the overlapped exchange does), and writes [input, whole result, bucketed result] as
+    /// raw floats to `--output`, for a test to compare with its own reference.
+    static func runDump(_ collective: any Collective, _ options: ParsedOptions) throws {
+        guard let path = options.string("output") else { throw OptionError("mae collective-worker: --mode dump needs --output PATH") }
+        let floats = try options.int("floats", in: 1...(1 << 28)), wire = try wire(options)
+        var random = CounterRandom(seed: UInt64(try options.int("seed", in: 0...Int.max)), purpose: .test, epoch: 0,
+                                   index: collective.rank)
+        let input = FloatBuffer(count: floats)
+        for index in 0..<floats { input[index] = (random.nextFloat() * 2 - 1) * Float(1 + index % 97) / 16 }
+        let whole = FloatBuffer(count: floats), bucketed = FloatBuffer(count: floats)
+        whole.pointer.update(from: input.pointer, count: floats)
+        bucketed.pointer.update(from: input.pointer, count: floats)
+        try average(collective, whole, wire: wire)
+        let boundaries = [floats, floats * 3 / 4 + 1, floats / 3, floats / 3, min(7, floats / 3), 0]
+        for (end, start) in zip(boundaries, boundaries.dropFirst()) {
+            try collective.allReduceAverage(bucketed.pointer + start, count: end - start,
+                                            slice: VectorSlice(offset: start, wholeCount: floats), wire: wire)
+        }
+        var bytes: [UInt8] = []
+        for buffer in [input, whole, bucketed] {
+            bytes += UnsafeRawBufferPointer(start: buffer.pointer, count: floats * 4)
+        }
+        guard FileManager.default.createFile(atPath: path, contents: Data(bytes)) else {
+            throw OptionError("mae collective-worker: cannot write \(path)")
+        }
+        print("dump ok rank=\(collective.rank)")
     }
 
     /// Exercises every operation with lengths that do not divide by the world size.
@@ -243,6 +297,8 @@ func fixed(_ value: Double, _ digits: Int) -> String {
 let ringTuningOptions: [OptionSpec] = {
     let defaults = RendezvousConfig(rank: 0, worldSize: 1, jobToken: "defaults")
     return [
+        OptionSpec("gradient-wire", value: "fp32|bf16", default: "fp32",
+                   help: "number format of the averaged floats between ranks (bf16: rounded on every hop, summed in fp32)"),
         OptionSpec("transport", value: "auto|ring|shm|hierarchical", default: "auto",
                    help: "shm: one shared-memory segment (every rank on this machine); ring: TCP; hierarchical: shared "
                        + "memory inside each machine, a TCP ring per local rank across machines; auto: shm when every "

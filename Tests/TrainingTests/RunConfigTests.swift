@@ -57,4 +57,21 @@ import Testing
         #expect(older.masking == nil && older.maskingStrategy == .random)
         #expect(blockConfig.resumeChanges(from: older) == ["--masking random -> block"])
     }
+
+    /// The gradient wire is saved; a state.json from before it read as fp32; a switch on
+    /// resume is allowed and reported (the checkpoint holds fp32 weights and moments either way).
+    @Test func gradientWireIsSavedAndOlderCheckpointsReadAsFP32() throws {
+        var wireConfig = config
+        wireConfig.gradientWire = .bf16
+        let data = try JSONEncoder().encode(wireConfig)
+        #expect(String(decoding: data, as: UTF8.self).contains("\"gradient_wire\":\"bf16\""))
+        #expect(try JSONDecoder().decode(RunConfig.self, from: data).gradientWireFormat == .bf16)
+        var object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        object.removeValue(forKey: "gradient_wire")
+        let older = try JSONDecoder().decode(RunConfig.self, from: JSONSerialization.data(withJSONObject: object))
+        #expect(older.gradientWire == nil && older.gradientWireFormat == .fp32)
+        #expect(wireConfig.resumeChanges(from: older) == ["--gradient-wire fp32 -> bf16"])
+        #expect(wireConfig.resumeIncompatibilities(with: older, savedWorldSize: 2, worldSize: 2, savedFingerprint: "f",
+                                                   fingerprint: "f").isEmpty)
+    }
 }

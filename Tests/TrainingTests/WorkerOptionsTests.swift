@@ -32,6 +32,9 @@ import Collectives
         #expect(config.model.imageSize == 32)
         #expect(config.maskingStrategy == .random)
         #expect(config.threads >= 1 && config.dataThreads >= 1)
+        #expect(config.gradientWire == .fp32 && config.gradientWireFormat == .fp32)
+        let bf16 = try #require(try WorkerOptions.spec.parse(["--standalone", "--data", temporary.path, "--gradient-wire", "bf16"]))
+        #expect(try WorkerOptions.parse(bf16).0.gradientWireFormat == .bf16)
     }
 
     /// main_finetune.py's and main_linprobe.py's defaults, each flag still overriding them.
@@ -111,6 +114,7 @@ import Collectives
             (["--standalone", "--data", temporary.path, "--model", "mae_vit_tiny_patch4", "--input-size", "30"], "multiple of the patch size"),
             (base + ["--resume", temporary.path + "/nothing"], "--resume"),
             (base + ["--seed", "-1"], "--seed"),
+            (base + ["--gradient-wire", "fp16"], "--gradient-wire expects fp32 or bf16, got 'fp16'"),
             (["--rank", "0", "--world-size", "2", "--rendezvous", "127.0.0.1:1", "--job-token", "t",
               "--data", temporary.path, "--congestion-control", "Reno!"], "--congestion-control expects"),
             (["--rank", "0", "--world-size", "2", "--rendezvous", "127.0.0.1:1", "--job-token", "t",

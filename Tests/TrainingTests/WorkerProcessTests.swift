@@ -446,7 +446,8 @@ extension WorkerProcessTests {
 
 extension WorkerProcessTests {
     /// Runs three workers in `runDirectory` with `extra` flags until they exit.
-    func trainThree(_ runDirectory: String, _ extra: [String]) throws {
+    @discardableResult
+    func trainThree(_ runDirectory: String, _ extra: [String]) throws -> [WorkerProcess] {
         let port = try freeLoopbackPort()
         let workers = try (0..<3).map { rank in
             try WorkerProcess(arguments(runDirectory: runDirectory, [
@@ -458,6 +459,7 @@ extension WorkerProcessTests {
             let status = try worker.wait(seconds: 120)
             #expect(status == 0, "\(runDirectory) rank exited \(status): \(worker.errors)")
         }
+        return workers
     }
 
     /// The number of values of each file of checkpoint `step` of `name` that differ from `reference`'s.
@@ -499,5 +501,36 @@ extension WorkerProcessTests {
                 #expect(found.isEmpty, "\(found.prefix(5))")
             }
         }
+    }
+}
+
+extension WorkerProcessTests {
+    /// `--gradient-wire bf16` on three workers: one all-reduce after the backward, buckets
+    /// during it, shared memory and the sharded optimizer train the same bits, and a run
+    /// stopped at step 2 resumes to the bits of an uninterrupted one. The wire changes the
+    /// bits (against fp32), and a resume that switches the wire says so.
+    @Test func theBF16WireTrainsTheSameBitsEverywhereAndResumesExactly() throws {
+        defer { temporary.remove() }
+        let common = ["--gradient-wire", "bf16", "--checkpoint-every", "2", "--keep-checkpoints", "5"]
+        try trainThree("wire", common + ["--max-steps", "4", "--transport", "ring", "--overlap", "off"])
+        try trainThree("wire-buckets", common + ["--max-steps", "4", "--transport", "ring", "--overlap", "on",
+                                                 "--bucket-mb", "0.002"])
+        try trainThree("wire-shm", common + ["--max-steps", "4", "--transport", "shm", "--overlap", "on", "--bucket-mb", "0.002"])
+        try trainThree("wire-sharded", common + ["--max-steps", "4", "--transport", "ring", "--shard-optimizer"])
+        try trainThree("wire-resumed", common + ["--max-steps", "2"])
+        try trainThree("wire-resumed", common + ["--max-steps", "4", "--resume", "auto"])
+        for name in ["wire-buckets", "wire-shm", "wire-sharded", "wire-resumed"] {
+            for step in [2, 4] {
+                let found = try differences(name, "wire", step: step)
+                #expect(found.isEmpty, "\(found.prefix(5))")
+            }
+        }
+        // fp32 to step 2, then bf16: step 2 differs from the bf16 run's, and the resume warns.
+        try trainThree("switched", ["--checkpoint-every", "2", "--max-steps", "2"])
+        let switched = try trainThree("switched", common + ["--max-steps", "4", "--resume", "auto"])
+        #expect(!(try differences("switched", "wire", step: 2)).isEmpty, "the bf16 wire trained fp32's bits")
+        let said = switched.map { $0.output + $0.errors }.joined()
+        #expect(said.contains("--gradient-wire fp32 -> bf16"), "\(said.suffix(2000))")
+        #expect(said.contains("carried as bf16"), "the banner names the wire")
     }
 }

@@ -24,4 +24,7 @@ static inline void mae_cpu_relax(void) {
 #endif
 }
 
+// bf16 gradients on the wire (--gradient-wire bf16).
+#include "CSupportWire.h"
+
 #endif
