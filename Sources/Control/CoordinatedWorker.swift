@@ -88,7 +88,7 @@ public enum CoordinatedWorker {
         var reconnecting = introduction
         reconnecting.reconnecting = true
         let link = WorkerLink(connection: connection, rank: rank) {
-            try Authentication.connect(to: address, secret: secret, introduction: reconnecting, deadline: .after(seconds: 1))
+            try Authentication.connect(to: address, secret: secret, introduction: reconnecting, deadline: .after(seconds: 5))
         }
         link.startHeartbeats(every: assignment.heartbeatSeconds)
         let distributed = DistributedSettings(rank: rank, worldSize: assignment.worldSize, rendezvous: address.description,

@@ -67,11 +67,17 @@ extension Coordinator {
         switch introduction.role {
         case .worker:
             if let reason = state.workerRefusal(rank: introduction.rank, generation: introduction.generation,
-                                                reconnecting: introduction.reconnecting) {
+                                                reconnecting: introduction.reconnecting, pid: introduction.pid) {
                 refuse(peer, reason)
                 return
             }
-            peer.role = .worker(rank: introduction.rank, generation: introduction.generation)
+            // A worker that reconnects again replaces its old connection, which it has given up.
+            let role = Peer.Role.worker(rank: introduction.rank, generation: introduction.generation)
+            for other in peers where other !== peer && other.role == role {
+                other.role = .control
+                other.closeReason = "replaced by a new connection"
+            }
+            peer.role = role
             peer.connection.peer = "rank \(introduction.rank) on \(introduction.host)"
             send(welcome, to: peer)
             apply(.workerJoined(rank: introduction.rank, generation: introduction.generation, pid: introduction.pid,

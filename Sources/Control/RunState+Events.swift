@@ -51,13 +51,18 @@ extension RunState {
     // MARK: Admission (before an event is accepted)
 
     /// Why a worker may not join now, or nil when it may: a new worker during its generation's
-    /// rendezvous, a `reconnecting` one while a coordinator started again adopts its generation.
-    public func workerRefusal(rank: Int, generation: Int, reconnecting: Bool = false) -> String? {
+    /// rendezvous, a `reconnecting` one while a coordinator started again adopts its generation,
+    /// or a `reconnecting` one that this coordinator counts as training already, when it is the
+    /// same process (`pid`): its previous connection is gone for it (a welcome that came after
+    /// its deadline on a loaded machine, a dropped link), and the new one replaces it.
+    public func workerRefusal(rank: Int, generation: Int, reconnecting: Bool = false, pid: Int32? = nil) -> String? {
         guard ranks.indices.contains(rank) else { return "rank \(rank) is outside 0..<\(ranks.count)" }
         guard generation == self.generation else {
             return "generation \(generation) is not the current generation \(self.generation) (a stale worker)"
         }
         if reconnecting {
+            let running = phase == .adopting || phase == .training || phase == .checkpointing
+            if running, ranks[rank].state == .training, let pid, ranks[rank].pid == pid { return nil }
             guard phase == .adopting, ranks[rank].state == .reconnecting else {
                 return "rank \(rank) of generation \(generation) reconnects, but no coordinator started again is adopting "
                     + "its generation (state \(ranks[rank].state.rawValue), run \(phase.rawValue))"
@@ -162,7 +167,7 @@ extension RunState {
             return suspect("rank \(rank)\(host) (pid \(pid)) \(description)", rank: rank, priority: status >= 128 ? 3 : 2, now: now)
 
         case let .workerJoined(rank, joinedGeneration, pid, host, reconnecting):
-            guard workerRefusal(rank: rank, generation: joinedGeneration, reconnecting: reconnecting) == nil else { return [] }
+            guard workerRefusal(rank: rank, generation: joinedGeneration, reconnecting: reconnecting, pid: pid) == nil else { return [] }
             if reconnecting { return workerRejoined(rank: rank, pid: pid, host: host, now: now) }
             ranks[rank].state = .joined
             ranks[rank].pid = pid
