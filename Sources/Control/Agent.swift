@@ -169,9 +169,10 @@ public final class Agent {
                                         rank: configuration.firstRank, generation: generation ?? 0,
                                         rankCount: configuration.rankCount, reconnecting: generation != nil)
         do {
-            // Short while workers run: their output waits for this loop.
+            // Their output waits for this loop meanwhile, in its pipes. Not shorter: a coordinator
+            // that was just started on a loaded machine may take a while to answer.
             let fresh = try Authentication.connect(to: configuration.coordinator, secret: secret, introduction: introduction,
-                                                   deadline: .after(seconds: running.isEmpty ? 2 : 0.5))
+                                                   deadline: .after(seconds: 2))
             connection = fresh
             lastHeartbeat = 0
             connectBackoff = 0.2
