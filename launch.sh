@@ -218,8 +218,8 @@ wait_gone() {
     [ -z "$(alive "$@")" ]
 }
 # Ends every agent still running, by pid: SIGTERM (it stops its workers: SIGTERM, then SIGKILL
-# after the coordinator's --stop-grace of 5 s), then SIGKILL once that time is over (a worker
-# whose agent is gone exits by itself within a second). Bounded: about 10 s.
+# after its --grace of 5 s), then SIGKILL once 10 s are over (a worker whose agent is gone exits
+# by itself within a second). Bounded: about 12 s.
 stop_agents() {
     local pid left
     left=$(alive "${agent_pids[@]+"${agent_pids[@]}"}")
@@ -340,7 +340,7 @@ done
 set -e
 coordinator_pid=""
 # The agents exit once the coordinator shut them down (after stopping their workers: at most
-# its --stop-grace of 5 s); any still running then is stopped, so that nothing this script
+# their --grace of 5 s); any still running then is stopped, so that nothing this script
 # started outlives it.
 wait_gone 15 "${agent_pids[@]}" || stop_agents
 case $status in
