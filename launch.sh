@@ -201,13 +201,44 @@ port_directory=$(mktemp -d "${TMPDIR:-/tmp}/mae-launch.XXXXXX")
 port_file=$port_directory/port
 coordinator_pid=""
 agent_pids=()
+# alive PID...: the pids among them that still run (a child that ended but is not reaped yet, a
+# zombie, does not).
+alive() {
+    local pid
+    for pid in "$@"; do
+        kill -0 "$pid" 2>/dev/null && [ "$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)" != Z ] && echo "$pid"
+    done
+    return 0
+}
+# wait_gone SECONDS PID...: polls until none of them runs, at most SECONDS; false when some still do.
+wait_gone() {
+    local limit=$1; shift
+    local i
+    for ((i = 0; i < limit * 10; i++)); do [ -n "$(alive "$@")" ] || return 0; sleep 0.1; done
+    [ -z "$(alive "$@")" ]
+}
+# Ends every agent still running, by pid: SIGTERM (it stops its workers: SIGTERM, then SIGKILL
+# after its --grace of 5 s), then SIGKILL once 10 s are over (a worker whose agent is gone exits
+# by itself within a second). Bounded: about 12 s.
+stop_agents() {
+    local pid left
+    left=$(alive "${agent_pids[@]+"${agent_pids[@]}"}")
+    [ -n "$left" ] || return 0
+    for pid in $left; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait_gone 10 $left && return 0
+    for pid in $(alive $left); do
+        echo "launch.sh: the agent with pid $pid did not stop within 10 s of SIGTERM; killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    wait_gone 2 $left || true
+}
 # Whatever happens to this script, nothing it started keeps running: the coordinator
 # stops gracefully when it sees us gone (--exit-with-parent) and its agents stop their
 # workers; this trap also stops what is left by pid.
 cleanup() {
-    local pid
     rm -rf "$port_directory"
-    for pid in $coordinator_pid "${agent_pids[@]+"${agent_pids[@]}"}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    [ -z "$coordinator_pid" ] || kill -TERM "$coordinator_pid" 2>/dev/null || true
+    stop_agents
 }
 on_signal() {
     echo "launch.sh: stopping the run (the workers finish their step and write a checkpoint; signal again to stop at once)" >&2
@@ -243,10 +274,12 @@ address=$(cat "$port_file")
 echo "Run directory: $run_dir (logs: $run_dir/logs/rank-N.log)"
 echo "Status:        $bin/mae-coordinator status --run-dir $(printf '%q' "$run_dir") [--watch] [--json]"
 
-# One agent per machine. An agent that ends while the run goes on (its ssh connection or
+# One agent per machine. An agent that fails while the run goes on (its ssh connection or
 # machine was lost, or it was killed) is started again, a few times, so that the machine
-# rejoins the next generation.
+# rejoins the next generation. One that exits 0 was told that the run is over (or got
+# SIGTERM): it is not started again, even though the coordinator is still finishing.
 agent_starts=()
+agent_ended=()
 start_agent() {
     local index=$1 host=${placement_hosts[$1]} slots=${placement_slots[$1]} first=0 i launcher remote
     for ((i = 0; i < index; i++)); do first=$((first + placement_slots[i])); done
@@ -256,7 +289,9 @@ start_agent() {
         "${agent[@]}" &
     else
         # One string for the remote shell with every word quoted: host names and paths cannot run commands.
-        remote=$(printf '%q ' "${agent[@]}" --host-name "$host")
+        # `exec`: the agent replaces the remote shell, so that a wrapper that runs the command on
+        # this machine (a namespace, a container) leaves the agent itself behind the pid we keep.
+        remote="exec $(printf '%q ' "${agent[@]}" --host-name "$host")"
         read -r -a launcher <<< "$ssh_command"
         "${launcher[@]}" "$host" "$remote" < /dev/null &
     fi
@@ -276,10 +311,14 @@ while true; do
         sleep 0.5
         kill -0 "$coordinator_pid" 2>/dev/null || break
         for index in "${!agent_pids[@]}"; do
+            [ -z "${agent_ended[$index]:-}" ] || continue
             kill -0 "${agent_pids[$index]}" 2>/dev/null && continue
-            if [ "${agent_starts[$index]}" -le "$max_restarts" ]; then
-                echo "launch.sh: the agent of ${placement_hosts[$index]:-this machine} ended; starting it again" >&2
+            wait "${agent_pids[$index]}"; agent_status=$?
+            if [ "$agent_status" -ne 0 ] && [ "${agent_starts[$index]}" -le "$max_restarts" ]; then
+                echo "launch.sh: the agent of ${placement_hosts[$index]:-this machine} ended; starting it again (exit status $agent_status)" >&2
                 start_agent "$index"
+            else
+                agent_ended[$index]=1
             fi
         done
     done
@@ -300,13 +339,10 @@ while true; do
 done
 set -e
 coordinator_pid=""
-# The agents exit once the coordinator shut them down; give them their grace period.
-for _ in $(seq 1 150); do
-    alive=0
-    for pid in "${agent_pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ $alive -eq 1 ] || break
-    sleep 0.1
-done
+# The agents exit once the coordinator shut them down (after stopping their workers: at most
+# their --grace of 5 s); any still running then is stopped, so that nothing this script
+# started outlives it.
+wait_gone 15 "${agent_pids[@]}" || stop_agents
 case $status in
     0) meaning="finished" ;;
     1) meaning="failed after the restarts ran out" ;;

@@ -136,7 +136,8 @@ public final class Agent {
                     }
                     log("\(waited) (--reconnect-timeout): stopping the workers (they finish their step and write a "
                         + "checkpoint, from which a coordinator started again on the run directory resumes) and exiting")
-                    beginStop(generation: Int.max, now: now)
+                    // The grace period counts from now, not from before the connection tries.
+                    beginStop(generation: Int.max, now: monotonicSeconds())
                     exitAfterStop = 1
                 }
             }
@@ -169,7 +170,8 @@ public final class Agent {
                                         rank: configuration.firstRank, generation: generation ?? 0,
                                         rankCount: configuration.rankCount, reconnecting: generation != nil)
         do {
-            // Short while workers run: their output waits for this loop.
+            // Short while workers run: their output and a stop wait for this loop. Giving up before the
+            // hello is harmless; once it is sent, the answer is awaited longer (`Authentication.answerSeconds`).
             let fresh = try Authentication.connect(to: configuration.coordinator, secret: secret, introduction: introduction,
                                                    deadline: .after(seconds: running.isEmpty ? 2 : 0.5))
             connection = fresh

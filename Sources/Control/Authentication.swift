@@ -43,8 +43,15 @@ public enum Authentication {
     /// 32 random bytes from the kernel, as hex.
     public static func nonce() throws -> String { hexString(try secureRandomBytes(32)) }
 
+    /// Once the hello is sent, the answer is awaited at least this long, whatever the caller's
+    /// deadline: the coordinator counts the peer as joined when it reads the hello, so a peer
+    /// that gave up then would leave it a connection that closes at once (a lost agent or
+    /// worker, and a restart). Only a coordinator that hangs or is cut off makes it wait so long.
+    public static let answerSeconds = 10.0
+
     /// Connects to the coordinator at `address` and proves the secret; returns the
-    /// authenticated connection. Refused connections (nothing listens yet) are retried until `deadline`.
+    /// authenticated connection. Refused connections (nothing listens yet) are retried until
+    /// `deadline`; the answer to the hello is awaited at least `answerSeconds`.
     public static func connect(to address: SocketAddress, secret: [UInt8], introduction: Introduction,
                                deadline: Deadline) throws -> ControlConnection {
         let connection = ControlConnection(socket: try Socket.connect(to: address, deadline: deadline,
@@ -57,7 +64,7 @@ public enum Authentication {
         hello.proof = proof(secret: secret, nonce: nonce, role: introduction.role)
         hello.nonce = try Authentication.nonce()
         try connection.send(.hello(hello))
-        switch try connection.receive(until: deadline) {
+        switch try connection.receive(until: Deadline(time: max(deadline.time, monotonicSeconds() + answerSeconds))) {
         case .welcome(let answer)?:
             guard verify(answer, expected: welcomeProof(secret: secret, nonce: hello.nonce)) else {
                 throw ControlError("the coordinator at \(address) does not know this run's secret (another run on that port?)")

@@ -83,7 +83,8 @@ extension Coordinator {
             apply(.workerJoined(rank: introduction.rank, generation: introduction.generation, pid: introduction.pid,
                                 host: introduction.host, reconnecting: introduction.reconnecting), now: now)
         case .agent:
-            if let reason = state.agentRefusal(firstRank: introduction.rank, rankCount: introduction.rankCount) {
+            if let reason = state.agentRefusal(firstRank: introduction.rank, rankCount: introduction.rankCount,
+                                               host: introduction.host, pid: introduction.pid) {
                 refuse(peer, reason)
                 return
             }

@@ -76,13 +76,18 @@ extension RunState {
         return nil
     }
 
-    /// Why an agent may not join, or nil when it may.
-    public func agentRefusal(firstRank: Int, rankCount: Int) -> String? {
+    /// Why an agent may not join, or nil when it may. The same agent (host and pid) reconnecting
+    /// while its old connection still counts (closed on its side, not yet seen here) may: the
+    /// new connection replaces the old one.
+    public func agentRefusal(firstRank: Int, rankCount: Int, host: String = "", pid: Int32 = 0) -> String? {
         guard rankCount >= 1, firstRank >= 0, firstRank + rankCount <= policy.worldSize else {
             return "ranks \(firstRank)..<\(firstRank + rankCount) are outside the world of \(policy.worldSize)"
         }
         guard !phase.isFinal else { return "the run is over (\(phase.rawValue))" }
-        for agent in agents where agent.connected && agent.ranks.overlaps(firstRank..<firstRank + rankCount) {
+        let itself = { (agent: AgentRecord) in
+            agent.firstRank == firstRank && agent.rankCount == rankCount && agent.host == host && agent.pid == pid && pid > 0
+        }
+        for agent in agents where agent.connected && !itself(agent) && agent.ranks.overlaps(firstRank..<firstRank + rankCount) {
             return "ranks \(firstRank)..<\(firstRank + rankCount) overlap those of the agent on \(agent.host) "
                 + "(\(agent.firstRank)..<\(agent.firstRank + agent.rankCount)), which is connected"
         }
@@ -101,6 +106,15 @@ extension RunState {
         updatedAt = now
         switch event {
         case let .agentJoined(firstRank, rankCount, host, pid, runningGeneration):
+            // The same agent on a new connection while its old one still counted (`agentRefusal`):
+            // it was never lost, so its workers of this generation train on.
+            if phase != .adopting, runningGeneration == generation,
+               let index = agents.firstIndex(where: { $0.connected && $0.firstRank == firstRank && $0.rankCount == rankCount
+                                                      && $0.host == host && $0.pid == pid }) {
+                agents[index].lastHeartbeat = now
+                return [.log("agent on \(host) (pid \(pid)) reconnected for ranks \(firstRank)..<\(firstRank + rankCount); "
+                             + "its workers of generation \(generation) train on")]
+            }
             agents.removeAll { $0.firstRank == firstRank || $0.ranks.overlaps(firstRank..<firstRank + rankCount) }
             // An agent without workers has nothing to stop before a restart goes on.
             agents.append(AgentRecord(firstRank: firstRank, rankCount: rankCount, host: host, pid: pid, connected: true,

@@ -42,9 +42,12 @@ import Testing
     /// Starts `world` worker processes that all-reduce in a loop over `transport`, waits
     /// until all are running, runs `whileRunning` with their pids, applies `signal` to
     /// rank 1, and returns the other ranks' ends. `hierarchical` runs 4 ranks on two
-    /// "machines" (loopback addresses 127.0.0.1 and 127.0.0.2) of two each.
-    func signalOneWorker(_ signal: Int32, transport: String, timeout: Double = 2,
-                         whileRunning: ([Int32]) -> Void = { _ in }) throws -> [(rank: Int, exited: Bool, status: Int32, error: String)] {
+    /// "machines" (loopback addresses 127.0.0.1 and 127.0.0.2) of two each. `timeout` bounds
+    /// forming the ring too, from each process's start: on a loaded machine the processes
+    /// start seconds apart, so it is not shorter than 5 s.
+    func signalOneWorker(_ signal: Int32, transport: String, timeout: Double,
+                         whileRunning: ([Int32]) -> Void = { _ in })
+        throws -> [(rank: Int, exited: Bool, status: Int32, error: String, seconds: Double)] {
         let hosts = transport == "hierarchical" ? machineHosts(machines: 2, perMachine: 2) : ["127.0.0.1", "127.0.0.1", "127.0.0.1"]
         let world = hosts.count
         let mae = try maeExecutable()
@@ -70,10 +73,12 @@ import Testing
         guard running else { return [] }
         whileRunning(children.map(\.pid))
         kill(children[1].pid, signal)
-        var ends: [(rank: Int, exited: Bool, status: Int32, error: String)] = []
+        let signalled = monotonicSeconds()
+        var ends: [(rank: Int, exited: Bool, status: Int32, error: String, seconds: Double)] = []
         for rank in 0..<world where rank != 1 {
             let exited = children[rank].waitForExit(seconds: timeout + 15)
-            ends.append((rank, exited, exited ? children[rank].process.terminationStatus : 0, children[rank].errorOutput))
+            ends.append((rank, exited, exited ? children[rank].process.terminationStatus : 0, children[rank].errorOutput,
+                         monotonicSeconds() - signalled))
         }
         return ends
     }
@@ -81,7 +86,10 @@ import Testing
     @Test(arguments: ["ring", "shm", "hierarchical"])
     func killingAPeerMakesEveryOtherRankFail(transport: String) throws {
         let start = monotonicSeconds()
-        for end in try signalOneWorker(SIGKILL, transport: transport) {
+        // A killed peer's connections close: the others fail at once, well before their timeout.
+        let timeout = 10.0
+        for end in try signalOneWorker(SIGKILL, transport: transport, timeout: timeout) {
+            #expect(end.seconds < timeout, "rank \(end.rank) ended only \(end.seconds) s after the kill (its timeout?)")
             #expect(end.exited, "rank \(end.rank) still runs after its peer was killed")
             #expect(end.status != 0, "rank \(end.rank) exited with success")
             #expect(end.error.contains("collective"), "rank \(end.rank): \(end.error)")
@@ -95,7 +103,7 @@ import Testing
 
     @Test(arguments: ["ring", "shm", "hierarchical"])
     func stoppingAPeerMakesEveryOtherRankFailWithinTheTimeout(transport: String) throws {
-        for end in try signalOneWorker(SIGSTOP, transport: transport) {
+        for end in try signalOneWorker(SIGSTOP, transport: transport, timeout: 5) {
             #expect(end.exited, "rank \(end.rank) still runs after its peer was stopped")
             #expect(end.status != 0, "rank \(end.rank) exited with success")
             #expect(end.error.contains("timed out") || end.error.contains("peer lost"), "rank \(end.rank): \(end.error)")
@@ -111,7 +119,7 @@ import Testing
     @Test func theSharedSegmentHasNoNameAndNoDescriptor() throws {
         let namedBefore = Set((try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm")) ?? [])
         var checked = 0
-        _ = try signalOneWorker(SIGKILL, transport: "shm") { pids in
+        _ = try signalOneWorker(SIGKILL, transport: "shm", timeout: 10) { pids in
             for pid in pids {
                 let maps = (try? String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8)) ?? ""
                 #expect(maps.contains("/memfd:mae-collective (deleted)"), "rank process \(pid) has not mapped the segment")

@@ -53,7 +53,9 @@ func withRing<Value: Sendable>(_ world: Int, segmentBytes: Int = 1 << 20, timeou
                                       jobToken: token, generation: 3, timeoutSeconds: timeoutSeconds)
     defer { server.close() }
     let address = server.address.description
-    return runRanks(world, limitSeconds: timeoutSeconds * 3) { rank in
+    // The ranks' own timeouts bound every call; the limit only catches a hang, with room for a
+    // loaded machine (where forming the ring alone may take seconds).
+    return runRanks(world, limitSeconds: timeoutSeconds * 3 + 30) { rank in
         let config = RendezvousConfig(rank: rank, worldSize: world, address: address, jobToken: token, generation: 3,
                                       timeoutSeconds: timeoutSeconds, hostsRendezvous: false, segmentBytes: segmentBytes,
                                       sendsOnSeparateThread: senderThread, lanes: lanes,

@@ -115,6 +115,31 @@ struct RunStateTests {
         #expect(back.contains(.startWorkers(agent: 2, generation: 1, ranks: [2, 3])))
     }
 
+    /// An agent that gave up on a handshake the coordinator had already counted (or whose side
+    /// of the connection broke first) connects again while its old connection still counts:
+    /// the same agent (host and pid) replaces it, its workers train on, nothing restarts. Another
+    /// process claiming its ranks is still refused.
+    @Test func theSameAgentReconnectingWhileItsOldConnectionCountsIsNotLost() throws {
+        var state = training()
+        #expect(state.agentRefusal(firstRank: 2, rankCount: 2, host: "b", pid: 11) == nil)
+        #expect(state.agentRefusal(firstRank: 2, rankCount: 2, host: "b", pid: 99)?.contains("overlap") == true)
+        #expect(state.agentRefusal(firstRank: 2, rankCount: 2, host: "c", pid: 11)?.contains("overlap") == true)
+        let back = state.handle(.agentJoined(firstRank: 2, rankCount: 2, host: "b", pid: 11, runningGeneration: 0), now: 5)
+        #expect(!back.contains { if case .stopWorkers = $0 { true } else { false } }, "\(back)")
+        #expect(state.phase == .training && state.generation == 0 && state.restarts == 0)
+        #expect(state.agents.first { $0.firstRank == 2 }?.connected == true)
+        // While adopting, the same agent joining twice (its first handshake given up) still completes the adoption.
+        var resumed = try adopting(state)
+        for rank in 0..<4 {
+            _ = resumed.handle(.workerJoined(rank: rank, generation: 0, pid: Int32(100 + rank), host: "a", reconnecting: true), now: 101)
+        }
+        _ = resumed.handle(.agentJoined(firstRank: 0, rankCount: 2, host: "a", pid: 10, runningGeneration: 0), now: 101)
+        _ = resumed.handle(.agentJoined(firstRank: 2, rankCount: 2, host: "b", pid: 11, runningGeneration: 0), now: 101)
+        #expect(resumed.agentRefusal(firstRank: 2, rankCount: 2, host: "b", pid: 11) == nil)
+        _ = resumed.handle(.agentJoined(firstRank: 2, rankCount: 2, host: "b", pid: 11, runningGeneration: 0), now: 102)
+        #expect(resumed.phase == .training && resumed.generation == 0 && resumed.restarts == 0 && resumed.failures.isEmpty)
+    }
+
     @Test func workersThatFinishEndTheRunWhateverOrderTheirReportsArriveIn() {
         var state = training()
         for rank in 0..<4 {

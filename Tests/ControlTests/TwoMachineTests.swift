@@ -115,6 +115,54 @@ import Glibc
         }
     }
 
+    /// The coordinator killed more often than launch.sh starts it again: launch.sh gives up, and
+    /// before it exits, every agent it started through the ssh wrapper, and their workers, are
+    /// gone, though the agents would look for a coordinator for a minute (`--reconnect-timeout`).
+    /// The SIGTERM must reach the agent itself, not the wrapper's shell (the remote command `exec`s).
+    @Test(.enabled(if: canCreateNamespaces, "creating network namespaces needs root and iproute2"))
+    func launchStopsItsAgentsWhenItGivesUpOnTheCoordinator() throws {
+        let temporary = try TemporaryDirectory("two-machines-give-up")
+        defer { temporary.remove() }
+        let data = temporary.path + "/data"
+        try synthesizeDataset(root: data, classes: 2, perClass: 16, valPerClass: 1, size: 24, seed: 11)
+        try Self.withTwoMachines(temporary.path) { machines, addresses, wrapper in
+            let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .deletingLastPathComponent().path
+            let runDirectory = temporary.path + "/run"
+            let products = try TestProcess.product("mae-coordinator").replacingOccurrences(of: "/mae-coordinator", with: "")
+            let launcher = try TestProcess("/usr/bin/env", [
+                "MAE_BIN_DIR=\(products)", Self.ip!, "netns", "exec", machines[0], "/bin/bash", repository + "/launch.sh",
+                "--hosts", "\(machines[0]):1,\(machines[1]):1", "--ssh", wrapper, "--coordinator-host", addresses[0],
+                "--run-dir", runDirectory, "--data", data, "--max-restarts", "0", "--heartbeat-timeout", "10",
+                "--model-shape", "4,16,1,2,8,1,2", "--input-size", "16", "--batch-size", "2", "--epochs", "400",
+                "--warmup-epochs", "1", "--lr", "1e-3", "--threads", "1", "--data-threads", "1", "--print-every", "1",
+            ], logDirectory: temporary.path, name: "launch")
+            defer {
+                launcher.send(SIGTERM)
+                if launcher.exitStatus(within: 20) == nil { launcher.stop() }
+                for pid in Self.processes(containing: [runDirectory]) { kill(pid, SIGKILL) }
+            }
+            let statePath = runDirectory + "/" + Coordinator.stateFileName
+            func state() -> RunState? { try? Coordinator.readState(statePath) }
+            guard waitUntil(seconds: 90, { state()?.phase == .training }) else {
+                throw TestFailure("the run did not start training: \(launcher.output)")
+            }
+            // launch.sh starts a coordinator again at most max(3, --max-restarts) times (and not after
+            // one that was killed before it listened): at most four kills.
+            for _ in 1...4 where launcher.isRunning {
+                let coordinator = try #require(state()).coordinatorPid
+                kill(coordinator, SIGKILL)
+                _ = waitUntil(seconds: 60) { !launcher.isRunning || (state()?.coordinatorPid ?? coordinator) != coordinator }
+            }
+            // 15 s for the agents to go by themselves, then SIGTERM and their 5 s grace: well within
+            // the 60 s after which the agents would give up by themselves.
+            #expect(launcher.exitStatus(within: 45) == 137, "\(launcher.output)")
+            #expect(launcher.output.contains("agent \(machines[1]): SIGTERM: stopping the workers"), "\(launcher.output)")
+            let left = Self.processes(containing: [runDirectory])
+            #expect(left.isEmpty, "left running after launch.sh exited: \(left): \(launcher.output)")
+        }
+    }
+
     /// Two machines of two workers each under the coordinator: `--transport auto` picks the
     /// hierarchical collective from the coordinator's table (each worker announces its
     /// machine's address), and the run trains to its end.
