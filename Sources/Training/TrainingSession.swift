@@ -167,9 +167,14 @@ final class TrainingSession {
                 + "gradient, so the bits would depend on the buckets; pass --overlap auto or off")
         }
         if !collective.carries(config.gradientWireFormat) {
+            // The hierarchy is a TCP transport too, so "--backend tcp" would not help there.
+            let instead = collective is HierarchicalCollective
+                ? "the hierarchical collective (--transport hierarchical, or auto on machines of two or more workers each) "
+                    + "does not round as the bf16 wire does; pass --transport ring"
+                : "the \(type(of: collective)) sums in an order of its own and cannot round as the bf16 wire does; "
+                    + "use --backend tcp (the ring or shared memory)"
             throw TrainingError.invalidConfiguration(
-                "--gradient-wire \(config.gradientWireFormat): the \(type(of: collective)) sums in an order of its own and "
-                + "cannot round as the bf16 wire does; use --backend tcp (the ring or shared memory) or --gradient-wire fp32")
+                "--gradient-wire \(config.gradientWireFormat): \(instead) or --gradient-wire fp32")
         }
         exchange = GradientExchange(
             collective: collective, gradients: taskModel.gradients.pointer, table: taskModel.gradientTable,

@@ -442,6 +442,27 @@ extension WorkerProcessTests {
             #expect(found.isEmpty, "\(found.prefix(5))")
         }
     }
+
+    /// The hierarchy does not carry the bf16 wire: four workers on two "machines" of two,
+    /// where `--transport auto` picks it, stop before training with a line that names the
+    /// transport that does (not the backend, which is already TCP).
+    @Test func theHierarchyRefusesTheBF16WireNamingTheRing() throws {
+        defer { temporary.remove() }
+        let port = try freeLoopbackPort()
+        let workers = try (0..<4).map { rank in
+            try WorkerProcess(arguments(runDirectory: "hierarchical-bf16", [
+                "--rank", "\(rank)", "--world-size", "4", "--rendezvous", "127.0.0.1:\(port)", "--job-token", "test-token",
+                "--listen-host", "127.0.0.\(1 + rank / 2)", "--gradient-wire", "bf16",
+                "--batch-size", "1", "--max-steps", "1", "--warmup-epochs", "0",
+            ]), logDirectory: temporary.path, name: "hierarchical-bf16-\(rank)")
+        }
+        for (rank, worker) in workers.enumerated() {
+            let status = try worker.wait(seconds: 120)
+            #expect(status != 0, "rank \(rank) trained on a wire the hierarchy does not carry")
+            #expect(worker.errors.contains("hierarchical collective") && worker.errors.contains("pass --transport ring"),
+                    "rank \(rank): \(worker.errors)")
+        }
+    }
 }
 
 extension WorkerProcessTests {
