@@ -203,18 +203,24 @@ coordinator_pid=""
 agent_pids=()
 # alive PID...: the pids among them that still run (a child that ended but is not reaped yet, a
 # zombie, does not).
+# No programs are started for it (bash builtins only): on a loaded machine every fork counts.
 alive() {
-    local pid
+    local pid stat
     for pid in "$@"; do
-        kill -0 "$pid" 2>/dev/null && [ "$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)" != Z ] && echo "$pid"
+        kill -0 "$pid" 2>/dev/null || continue
+        stat=""
+        read -r stat < "/proc/$pid/stat" 2>/dev/null || continue
+        stat=${stat##*) }
+        [ "${stat%% *}" != Z ] && echo "$pid"
     done
     return 0
 }
-# wait_gone SECONDS PID...: polls until none of them runs, at most SECONDS; false when some still do.
+# wait_gone SECONDS PID...: polls until none of them runs, at most SECONDS of wall time (not a
+# count of polls, which a loaded machine would stretch); false when some still do.
 wait_gone() {
     local limit=$1; shift
-    local i
-    for ((i = 0; i < limit * 10; i++)); do [ -n "$(alive "$@")" ] || return 0; sleep 0.1; done
+    local end=$(( SECONDS + limit ))
+    while [ "$SECONDS" -lt "$end" ]; do [ -n "$(alive "$@")" ] || return 0; sleep 0.2; done
     [ -z "$(alive "$@")" ]
 }
 # Ends every agent still running, by pid: SIGTERM (it stops its workers: SIGTERM, then SIGKILL
@@ -255,12 +261,13 @@ start_coordinator() {
         --max-restarts "$max_restarts" --heartbeat-timeout "$heartbeat_timeout" --port-file "$port_file" --exit-with-parent \
         -- --run-dir "$run_dir" "${common[@]}" "${worker_flags[@]+"${worker_flags[@]}"}" &
     coordinator_pid=$!
-    for _ in $(seq 1 600); do
+    local end=$(( SECONDS + 60 ))
+    while [ "$SECONDS" -lt "$end" ]; do
         [ -s "$port_file" ] && return 0
-        kill -0 "$coordinator_pid" 2>/dev/null || return 1
+        [ -n "$(alive "$coordinator_pid")" ] || return 1
         sleep 0.1
     done
-    return 1
+    [ -s "$port_file" ]
 }
 # Port 0 lets the kernel choose a free port in the coordinator's own bind: no race.
 start_coordinator "$coordinator_host:$port" || true
