@@ -68,30 +68,41 @@ import Glibc
         try body(machines, addresses, wrapper)
     }
 
-    @Test(.enabled(if: canCreateNamespaces, "creating network namespaces needs root and iproute2"))
-    func aRunAcrossTwoMachinesSurvivesLosingOneOfThem() throws {
-        let temporary = try TemporaryDirectory("two-machines")
+    /// Runs `launch.sh` in the first of two namespace machines with `slots` workers on each, the
+    /// test's tiny model and data, and `flags`; hands `body` the launcher, the machines, their
+    /// addresses and the run directory, then stops whatever is left of the run by pid.
+    static func launchOnTwoMachines(_ name: String, slots: Int, flags: [String],
+                                    _ body: (_ launcher: TestProcess, _ machines: [String], _ addresses: [String],
+                                             _ runDirectory: String) throws -> Void) throws {
+        let temporary = try TemporaryDirectory(name)
         defer { temporary.remove() }
         let data = temporary.path + "/data"
         try synthesizeDataset(root: data, classes: 2, perClass: 16, valPerClass: 1, size: 24, seed: 11)
-        try Self.withTwoMachines(temporary.path) { machines, addresses, wrapper in
+        try withTwoMachines(temporary.path) { machines, addresses, wrapper in
             let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
                 .deletingLastPathComponent().path
             let runDirectory = temporary.path + "/run"
             let products = try TestProcess.product("mae-coordinator").replacingOccurrences(of: "/mae-coordinator", with: "")
             let launcher = try TestProcess("/usr/bin/env", [
-                "MAE_BIN_DIR=\(products)", Self.ip!, "netns", "exec", machines[0], "/bin/bash", repository + "/launch.sh",
-                "--hosts", "\(machines[0]):1,\(machines[1]):1", "--ssh", wrapper, "--coordinator-host", addresses[0],
-                "--run-dir", runDirectory, "--data", data, "--max-restarts", "2", "--heartbeat-timeout", "3",
-                "--model-shape", "4,16,1,2,8,1,2", "--input-size", "16", "--batch-size", "4", "--epochs", "20",
+                "MAE_BIN_DIR=\(products)", ip!, "netns", "exec", machines[0], "/bin/bash", repository + "/launch.sh",
+                "--hosts", "\(machines[0]):\(slots),\(machines[1]):\(slots)", "--ssh", wrapper, "--coordinator-host", addresses[0],
+                "--run-dir", runDirectory, "--data", data, "--model-shape", "4,16,1,2,8,1,2", "--input-size", "16",
                 "--warmup-epochs", "1", "--lr", "1e-3", "--threads", "1", "--data-threads", "1", "--print-every", "1",
-                "--checkpoint-every", "2",
-            ], logDirectory: temporary.path, name: "launch")
+            ] + flags, logDirectory: temporary.path, name: "launch")
             defer {
                 launcher.send(SIGTERM)
                 if launcher.exitStatus(within: 20) == nil { launcher.stop() }
-                for pid in Self.processes(containing: [runDirectory]) { kill(pid, SIGKILL) }
+                for pid in processes(containing: [runDirectory]) { kill(pid, SIGKILL) }
             }
+            try body(launcher, machines, addresses, runDirectory)
+        }
+    }
+
+    @Test(.enabled(if: canCreateNamespaces, "creating network namespaces needs root and iproute2"))
+    func aRunAcrossTwoMachinesSurvivesLosingOneOfThem() throws {
+        try Self.launchOnTwoMachines("two-machines", slots: 1, flags: [
+            "--max-restarts", "2", "--heartbeat-timeout", "3", "--batch-size", "4", "--epochs", "20", "--checkpoint-every", "2",
+        ]) { launcher, machines, addresses, runDirectory in
             let statePath = runDirectory + "/" + Coordinator.stateFileName
             func state() -> RunState? { try? Coordinator.readState(statePath) }
             func steps() -> Int { readText(runDirectory + "/metrics.jsonl").split(separator: "\n").count }
@@ -121,27 +132,9 @@ import Glibc
     /// The SIGTERM must reach the agent itself, not the wrapper's shell (the remote command `exec`s).
     @Test(.enabled(if: canCreateNamespaces, "creating network namespaces needs root and iproute2"))
     func launchStopsItsAgentsWhenItGivesUpOnTheCoordinator() throws {
-        let temporary = try TemporaryDirectory("two-machines-give-up")
-        defer { temporary.remove() }
-        let data = temporary.path + "/data"
-        try synthesizeDataset(root: data, classes: 2, perClass: 16, valPerClass: 1, size: 24, seed: 11)
-        try Self.withTwoMachines(temporary.path) { machines, addresses, wrapper in
-            let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-                .deletingLastPathComponent().path
-            let runDirectory = temporary.path + "/run"
-            let products = try TestProcess.product("mae-coordinator").replacingOccurrences(of: "/mae-coordinator", with: "")
-            let launcher = try TestProcess("/usr/bin/env", [
-                "MAE_BIN_DIR=\(products)", Self.ip!, "netns", "exec", machines[0], "/bin/bash", repository + "/launch.sh",
-                "--hosts", "\(machines[0]):1,\(machines[1]):1", "--ssh", wrapper, "--coordinator-host", addresses[0],
-                "--run-dir", runDirectory, "--data", data, "--max-restarts", "0", "--heartbeat-timeout", "10",
-                "--model-shape", "4,16,1,2,8,1,2", "--input-size", "16", "--batch-size", "2", "--epochs", "400",
-                "--warmup-epochs", "1", "--lr", "1e-3", "--threads", "1", "--data-threads", "1", "--print-every", "1",
-            ], logDirectory: temporary.path, name: "launch")
-            defer {
-                launcher.send(SIGTERM)
-                if launcher.exitStatus(within: 20) == nil { launcher.stop() }
-                for pid in Self.processes(containing: [runDirectory]) { kill(pid, SIGKILL) }
-            }
+        try Self.launchOnTwoMachines("two-machines-give-up", slots: 1, flags: [
+            "--max-restarts", "0", "--heartbeat-timeout", "10", "--batch-size", "2", "--epochs", "400",
+        ]) { launcher, machines, addresses, runDirectory in
             let statePath = runDirectory + "/" + Coordinator.stateFileName
             func state() -> RunState? { try? Coordinator.readState(statePath) }
             guard waitUntil(seconds: 90, { state()?.phase == .training }) else {
@@ -168,27 +161,9 @@ import Glibc
     /// machine's address), and the run trains to its end.
     @Test(.enabled(if: canCreateNamespaces, "creating network namespaces needs root and iproute2"))
     func twoWorkersPerMachineUseTheHierarchy() throws {
-        let temporary = try TemporaryDirectory("two-machines-hierarchy")
-        defer { temporary.remove() }
-        let data = temporary.path + "/data"
-        try synthesizeDataset(root: data, classes: 2, perClass: 16, valPerClass: 1, size: 24, seed: 11)
-        try Self.withTwoMachines(temporary.path) { machines, addresses, wrapper in
-            let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-                .deletingLastPathComponent().path
-            let runDirectory = temporary.path + "/run"
-            let products = try TestProcess.product("mae-coordinator").replacingOccurrences(of: "/mae-coordinator", with: "")
-            let launcher = try TestProcess("/usr/bin/env", [
-                "MAE_BIN_DIR=\(products)", Self.ip!, "netns", "exec", machines[0], "/bin/bash", repository + "/launch.sh",
-                "--hosts", "\(machines[0]):2,\(machines[1]):2", "--ssh", wrapper, "--coordinator-host", addresses[0],
-                "--run-dir", runDirectory, "--data", data, "--max-restarts", "0", "--heartbeat-timeout", "10",
-                "--model-shape", "4,16,1,2,8,1,2", "--input-size", "16", "--batch-size", "2", "--epochs", "2",
-                "--warmup-epochs", "1", "--lr", "1e-3", "--threads", "1", "--data-threads", "1", "--print-every", "1",
-            ], logDirectory: temporary.path, name: "launch")
-            defer {
-                launcher.send(SIGTERM)
-                if launcher.exitStatus(within: 20) == nil { launcher.stop() }
-                for pid in Self.processes(containing: [runDirectory]) { kill(pid, SIGKILL) }
-            }
+        try Self.launchOnTwoMachines("two-machines-hierarchy", slots: 2, flags: [
+            "--max-restarts", "0", "--heartbeat-timeout", "10", "--batch-size", "2", "--epochs", "2",
+        ]) { launcher, machines, addresses, runDirectory in
             #expect(launcher.exitStatus(within: 180) == 0, "\(launcher.output)")
             let rankZero = readText(runDirectory + "/logs/rank-0.log")
             #expect(rankZero.contains("(collective: HierarchicalCollective)"), "rank 0: \(rankZero)")
