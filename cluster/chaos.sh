@@ -7,13 +7,16 @@
 # usage: cluster/chaos.sh [--seed S] [--faults N] [--kinds K1,K2,...] [--heartbeat-timeout S] [--keep]
 #   --seed S     seed of the fault sequence (default: from the clock; always printed, to replay a failure)
 #   --faults N   faults injected into the run (default 4)
-#   --kinds      which faults to draw from (default: kill,stop,link,drop,double)
+#   --kinds      which faults to draw from (default: kill,stop,link,drop,slow,double)
 #                  kill  SIGKILL of a random worker at a random step
 #                  double  a SIGKILL, then a second one inside the restart: a worker of the next
 #                        generation as soon as it has started
 #                  stop  SIGSTOP of a worker for longer than the heartbeat timeout, then SIGCONT
 #                  link  a machine's link down for 5 s, then up
 #                  drop  nftables drops 5 % of a machine's incoming packets for 5 s
+#                  slow  a slow, lossy link for 5 s: the machine's outgoing traffic limited to
+#                        20 Mbit/s (tc tbf) and 5 % of its incoming packets dropped (nftables);
+#                        this kernel has no netem, so there is no added delay
 #                  coordinator  SIGKILL of the coordinator: launch.sh starts it again, and it
 #                        adopts the agents and workers that trained on (no restart counted;
 #                        the generation stays)
@@ -28,7 +31,7 @@ repo=$(pwd)
 
 seed=$(( $(date +%s) % 1000000 ))
 faults=4
-kinds=kill,stop,link,drop,double
+kinds=kill,stop,link,drop,slow,double
 keep=0
 heartbeat_timeout=3
 fail() { echo "chaos.sh: $*" >&2; exit 2; }
@@ -48,7 +51,7 @@ case "$faults" in ''|*[!0-9]*) fail "--faults must be a number ≥ 0, got '$faul
 case "$heartbeat_timeout" in ''|*[!0-9]*|0) fail "--heartbeat-timeout must be a whole number of seconds ≥ 1, got '$heartbeat_timeout'" ;; esac
 IFS=, read -r -a kind_list <<< "$kinds"
 for kind in "${kind_list[@]}"; do
-    case "$kind" in kill|stop|link|drop|double|coordinator) ;; *) fail "unknown fault kind '$kind' (kill, stop, link, drop, double or coordinator)" ;; esac
+    case "$kind" in kill|stop|link|drop|slow|double|coordinator) ;; *) fail "unknown fault kind '$kind' (kill, stop, link, drop, slow, double or coordinator)" ;; esac
 done
 [ "$(id -u)" -eq 0 ] || fail "needs root (it creates network namespaces)"
 command -v ip >/dev/null || fail "needs iproute2: tools/install-deps.sh --netns"
@@ -229,6 +232,16 @@ for (( fault = 1; fault <= faults; fault++ )); do
                 unadopted+=("fault $fault: generation $generation -> $(state chaos generation), restarts $restarts_before -> $(state chaos restarts)")
             fi
             ;;
+        slow)
+            tc -n "${machines[$rank]}" qdisc add dev eth0 root tbf rate 20mbit burst 32kb latency 400ms
+            ip netns exec "${machines[$rank]}" nft add table inet chaos
+            ip netns exec "${machines[$rank]}" nft 'add chain inet chaos input { type filter hook input priority 0; }'
+            ip netns exec "${machines[$rank]}" nft add rule inet chaos input numgen random mod 100 \< 5 drop
+            sleep 5
+            ip netns exec "${machines[$rank]}" nft delete table inet chaos
+            tc -n "${machines[$rank]}" qdisc del dev eth0 root
+            possible_restarts=$(( possible_restarts + 1 ))
+            ;;
         drop)
             ip netns exec "${machines[$rank]}" nft add table inet chaos
             ip netns exec "${machines[$rank]}" nft 'add chain inet chaos input { type filter hook input priority 0; }'
@@ -312,7 +325,7 @@ EOF
 check "every step's line appears once in metrics.jsonl (1...$total)" check_steps
 
 kinds_text=""
-for kind in kill stop link drop double coordinator; do kinds_text+="$kind ${injected[$kind]:-0}, "; done
+for kind in kill stop link drop slow double coordinator; do kinds_text+="$kind ${injected[$kind]:-0}, "; done
 echo "chaos.sh: seed $seed: faults ${kinds_text%, }; restarts $restarts; lost per fault: ${lost_report[*]:-none};" \
      "reference $straight_seconds s, under faults $chaos_seconds s (+$(( chaos_seconds - straight_seconds )) s)"
 if [ "$failures" -gt 0 ]; then
