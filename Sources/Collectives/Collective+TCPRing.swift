@@ -234,8 +234,7 @@ public final class TCPRingCollective: Collective {
     }
 
     public func allReduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int, slice: VectorSlice) throws {
-        try slice.check(count: count)
-        try perform(.allReduceAverage, UnsafeMutableRawPointer(buffer), count: count, root: 0, slice: slice)
+        try allReduceAverage(buffer, count: count, slice: slice, wire: .fp32)
     }
 
     public func allReduceAverage(_ buffer: UnsafeMutablePointer<Float>, count: Int, slice: VectorSlice,

@@ -34,21 +34,10 @@ func widened(_ value: UInt16) -> Float { Float(bitPattern: UInt32(value) << 16) 
 /// (each at least `laneBytes`), chunk c of a lane starting at rank c;
 /// s = x_c, s = widen(round(s)) + x_(c+k), mean = widen(round(s / N)).
 func referenceWireMean(_ inputs: [[Float]], lanes: Int = 1, laneBytes: Int = testLaneBytes) -> [Float] {
-    let world = inputs.count, count = inputs[0].count
-    let used = max(1, min(lanes, count * 4 / laneBytes))
-    var result = [Float](repeating: 0, count: count)
-    for lane in 0..<used {
-        let laneStart = lane * count / used, laneCount = (lane + 1) * count / used - laneStart
-        for chunk in 0..<world {
-            for local in (chunk * laneCount / world)..<((chunk + 1) * laneCount / world) {
-                let element = laneStart + local
-                var sum = inputs[chunk][element]
-                for step in 1..<world { sum = widened(referenceBFloat16(sum)) + inputs[(chunk + step) % world][element] }
-                result[element] = widened(referenceBFloat16(sum / Float(world)))
-            }
-        }
+    ringOrderReduce(inputs, lanes: lanes, laneBytes: laneBytes) { values in
+        let sum = values.dropFirst().reduce(values[0]) { widened(referenceBFloat16($0)) + $1 }
+        return widened(referenceBFloat16(sum / Float(values.count)))
     }
-    return result
 }
 
 /// Rank `rank`'s input: full mantissas over eight binary orders of magnitude, a bf16 tie

@@ -93,26 +93,30 @@ func randomInput(rank: Int, count: Int, seed: UInt64) -> [Float] {
 /// Lanes in the tests get used from this many bytes on, so short buffers exercise them.
 let testLaneBytes = 4096
 
-/// The ring's sum, computed naively. With K lanes in use (each gets at least
-/// `testLaneBytes`), lane l owns elements [l·n/K, (l+1)·n/K); within a lane of m
-/// elements, element e of chunk c (lane elements [c·m/N, (c+1)·m/N)) is
-/// ((x_c + x_{c+1}) + …) + x_{c−1}, ranks in ring order from c.
-func naiveRingSum(_ inputs: [[Float]], lanes: Int = 1) -> [Float] {
+/// Each element of the ranks' `inputs` reduced in the TCP ring's order: with K lanes in use
+/// (each gets at least `laneBytes`), lane l owns elements [l·n/K, (l+1)·n/K); within a lane of
+/// m elements, element e of chunk c (lane elements [c·m/N, (c+1)·m/N)) is `reduce` of the
+/// values x_c, x_{c+1}, …, x_{c−1}, ranks in ring order from c.
+func ringOrderReduce(_ inputs: [[Float]], lanes: Int = 1, laneBytes: Int = testLaneBytes,
+                     _ reduce: ([Float]) -> Float) -> [Float] {
     let world = inputs.count, count = inputs[0].count
-    let used = max(1, min(lanes, count * 4 / testLaneBytes))
+    let used = max(1, min(lanes, count * 4 / laneBytes))
     var result = [Float](repeating: 0, count: count)
     for lane in 0..<used {
         let laneStart = lane * count / used, laneCount = (lane + 1) * count / used - laneStart
         for chunk in 0..<world {
             for local in (chunk * laneCount / world)..<((chunk + 1) * laneCount / world) {
                 let element = laneStart + local
-                var sum = inputs[chunk][element]
-                for step in 1..<max(world, 1) { sum += inputs[(chunk + step) % world][element] }
-                result[element] = sum
+                result[element] = reduce((0..<world).map { inputs[(chunk + $0) % world][element] })
             }
         }
     }
     return result
+}
+
+/// The ring's sum, computed naively: ((x_c + x_{c+1}) + …) + x_{c−1} (`ringOrderReduce`).
+func naiveRingSum(_ inputs: [[Float]], lanes: Int = 1) -> [Float] {
+    ringOrderReduce(inputs, lanes: lanes) { values in values.dropFirst().reduce(values[0], +) }
 }
 
 /// The built `mae` executable next to the test bundle (`swift build --build-tests` builds both).
