@@ -173,6 +173,13 @@ possible_restarts=0  # faults that may (a link down, dropped packets)
 unadopted=()         # coordinator kills after which the generation or the restart count changed (none may)
 lost_report=()
 wait_for 120 reached chaos 2 || true
+# drop_incoming MACHINE: nftables drops 5 % of the packets MACHINE receives, until its table
+# `inet chaos` is deleted.
+drop_incoming() {
+    ip netns exec "$1" nft add table inet chaos
+    ip netns exec "$1" nft 'add chain inet chaos input { type filter hook input priority 0; }'
+    ip netns exec "$1" nft add rule inet chaos input numgen random mod 100 \< 5 drop
+}
 for (( fault = 1; fault <= faults; fault++ )); do
     kind=${kind_list[$(( RANDOM % ${#kind_list[@]} ))]}
     rank=$(( RANDOM % 4 ))
@@ -234,18 +241,14 @@ for (( fault = 1; fault <= faults; fault++ )); do
             ;;
         slow)
             tc -n "${machines[$rank]}" qdisc add dev eth0 root tbf rate 20mbit burst 32kb latency 400ms
-            ip netns exec "${machines[$rank]}" nft add table inet chaos
-            ip netns exec "${machines[$rank]}" nft 'add chain inet chaos input { type filter hook input priority 0; }'
-            ip netns exec "${machines[$rank]}" nft add rule inet chaos input numgen random mod 100 \< 5 drop
+            drop_incoming "${machines[$rank]}"
             sleep 5
             ip netns exec "${machines[$rank]}" nft delete table inet chaos
             tc -n "${machines[$rank]}" qdisc del dev eth0 root
             possible_restarts=$(( possible_restarts + 1 ))
             ;;
         drop)
-            ip netns exec "${machines[$rank]}" nft add table inet chaos
-            ip netns exec "${machines[$rank]}" nft 'add chain inet chaos input { type filter hook input priority 0; }'
-            ip netns exec "${machines[$rank]}" nft add rule inet chaos input numgen random mod 100 \< 5 drop
+            drop_incoming "${machines[$rank]}"
             sleep 5
             ip netns exec "${machines[$rank]}" nft delete table inet chaos
             possible_restarts=$(( possible_restarts + 1 ))
