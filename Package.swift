@@ -60,7 +60,7 @@ let package = Package(
         .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
         .target(name: "CSupport", cSettings: cpuLevelDefines),
         // oneDNN's matmul primitives behind two C calls (products.c says why in C).
-        .target(name: "CProducts", dependencies: ["CDNNL", "CBLAS"], linkerSettings: [.linkedLibrary("dnnl")]),
+        .target(name: "CProducts", dependencies: ["CDNNL", "CBLAS", "CSupport"], linkerSettings: [.linkedLibrary("dnnl")]),
         // Atomics, futex, memfd and pidfd for the shared-memory collective (syscall() is variadic).
         .target(name: "CSharedMemory"),
         // JPEG/PNG codecs behind setjmp, apart from CSupport so Kernels links no image library.

@@ -1,4 +1,5 @@
 #include "CProducts.h"
+#include "CSupportBFloat16.h"
 #include <oneapi/dnnl/dnnl.h>
 #include <cblas.h>
 #include <dlfcn.h>
@@ -63,19 +64,6 @@ static void use_one_openmp_thread(void) {
     if (set_threads) set_threads(1);
 }
 
-// value rounded to bf16, to nearest with ties to even; a NaN keeps its sign and becomes a
-// quiet NaN rather than rounding into infinity.
-static inline uint16_t round_one(float value) {
-    uint32_t bits;
-    memcpy(&bits, &value, 4);
-    uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-    return (uint16_t)(((bits & 0x7FFFFFFFu) > 0x7F800000u) ? ((bits >> 16) | 0x0040u) : rounded);
-}
-
-void mae_round_to_bf16(uint16_t *destination, const float *source, long count) {
-    for (long index = 0; index < count; index++) destination[index] = round_one(source[index]);
-}
-
 static uint16_t *reserve(uint16_t **buffer, size_t *capacity, size_t count) {
     if (count > *capacity) {
         free(*buffer);
@@ -105,23 +93,12 @@ static void create_engine(void) { engine_status = dnnl_engine_create(&engine, dn
 // The transpose of the operand's stored matrix (rows × columns, leading dimension ld)
 // rounded into a compact bf16 buffer [columns, rows]: oneDNN's kernels run a row-major
 // op(a) markedly faster than a transposed one (the weight-gradient products dyᵀ·x), and
-// rounding reads the operand anyway. In tiles of 16 × 16 so that reads and writes both
-// stay in a few cache lines.
+// rounding reads the operand anyway.
 static const uint16_t *rounded_transpose(uint16_t **buffer, size_t *capacity, const float *source,
                                          long rows, long columns, long ld) {
     uint16_t *destination = reserve(buffer, capacity, (size_t)(rows * columns));
     if (!destination) return NULL;
-    for (long row0 = 0; row0 < rows; row0 += 16) {
-        long row1 = row0 + 16 < rows ? row0 + 16 : rows;
-        for (long column0 = 0; column0 < columns; column0 += 16) {
-            long column1 = column0 + 16 < columns ? column0 + 16 : columns;
-            for (long column = column0; column < column1; column++) {
-                for (long row = row0; row < row1; row++) {
-                    destination[column * rows + row] = round_one(source[row * ld + column]);
-                }
-            }
-        }
-    }
+    mae_round_to_bf16_transposed(destination, source, rows, columns, ld);
     return destination;
 }
 
@@ -150,20 +127,8 @@ static const float *rounded_floats(float **buffer, size_t *capacity, const void 
     float *destination = reserve_floats(buffer, capacity, (size_t)(rows * columns));
     if (!destination) return NULL;
     for (long row = 0; row < rows; row++) {
-        float *out = destination + row * columns;
-        if (is_bf16) {
-            const uint16_t *in = (const uint16_t *)source + row * ld;
-            for (long column = 0; column < columns; column++) {
-                uint32_t bits = (uint32_t)in[column] << 16;
-                memcpy(&out[column], &bits, 4);
-            }
-        } else {
-            const float *in = (const float *)source + row * ld;
-            for (long column = 0; column < columns; column++) {
-                uint32_t bits = (uint32_t)round_one(in[column]) << 16;
-                memcpy(&out[column], &bits, 4);
-            }
-        }
+        if (is_bf16) mae_widen_bf16(destination + row * columns, (const uint16_t *)source + row * ld, columns);
+        else mae_round_trip_bf16(destination + row * columns, (const float *)source + row * ld, columns);
     }
     return destination;
 }

@@ -249,7 +249,7 @@ struct SendHalf {
             let elements = min(available - sent, plan.elementBytes * segmentBytes / GradientWire.bf16.elementBytes)
                 / plan.elementBytes
             guard elements > 0 else { return .waiting }
-            mae_wire_round_to_bf16(staging.assumingMemoryBound(to: UInt16.self),
+            mae_round_to_bf16(staging.assumingMemoryBound(to: UInt16.self),
                                    (buffer + range.start + sent).assumingMemoryBound(to: Float.self), elements)
             staged = elements * GradientWire.bf16.elementBytes
             stagedSent = 0
@@ -364,7 +364,7 @@ struct ReceiveHalf {
             let destination = (buffer + range.start + progress.ready).assumingMemoryBound(to: Float.self)
             let source = scratch.assumingMemoryBound(to: UInt16.self)
             if !plan.receiveReduces(progress.step) {
-                mae_wire_widen_bf16(destination, source, whole)
+                mae_widen_bf16(destination, source, whole)
             } else if plan.receiveDivides(progress.step) {
                 mae_wire_add_bf16_mean(destination, source, whole, Float(plan.world))
             } else {

@@ -1,4 +1,5 @@
 import CProducts
+import CSupport
 
 /// The number format of the matrix products of the linear layers and attention.
 public enum Precision: String, CaseIterable, Codable, Sendable {

@@ -86,7 +86,7 @@ func wireInput(rank: Int, count: Int) -> [Float] {
             let inputs = (0..<4).flatMap { _ in table }.prefix(66).map { Float(bitPattern: $0.0) }
             let expected = (0..<4).flatMap { _ in table }.prefix(66).map(\.1)
             var output = [UInt16](repeating: 0xDEAD, count: inputs.count)
-            mae_wire_round_to_bf16(&output, inputs, inputs.count)
+            mae_round_to_bf16(&output, inputs, inputs.count)
             for index in inputs.indices where output[index] != expected[index] {
                 let input = String(inputs[index].bitPattern, radix: 16), got = String(output[index], radix: 16)
                 #expect(output[index] == expected[index], "\(input) at \(index) rounded to \(got)")
@@ -104,7 +104,7 @@ func wireInput(rank: Int, count: Int) -> [Float] {
             Float(bitPattern: value.bitPattern &+ UInt32(index % 3) << 15) * Float(1 << (index % 20)) / 1024
         } + Self.roundings.map { Float(bitPattern: $0.0) }
         var wire = [UInt16](repeating: 0, count: values.count), products = wire
-        mae_wire_round_to_bf16(&wire, values, values.count)
+        mae_round_to_bf16(&wire, values, values.count)
         values.withUnsafeBufferPointer { source in
             products.withUnsafeMutableBufferPointer { roundToBFloat16($0.baseAddress!, source.baseAddress!, count: values.count) }
         }
@@ -115,7 +115,7 @@ func wireInput(rank: Int, count: Int) -> [Float] {
     @Test func wideningIsExact() {
         let inputs: [UInt16] = [0x3F81, 0x8000, 0x0001, 0x7F80, 0xFF80, 0x7FC1, 0xFFE0] + (0..<16).map { UInt16($0 * 4099) }
         var output = [Float](repeating: 1, count: inputs.count)
-        mae_wire_widen_bf16(&output, inputs, inputs.count)
+        mae_widen_bf16(&output, inputs, inputs.count)
         #expect(output.map(\.bitPattern) == inputs.map { UInt32($0) << 16 })
         #expect(output[0] == 1.0078125)
     }

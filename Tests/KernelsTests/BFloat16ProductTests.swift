@@ -1,3 +1,4 @@
+import CSupport
 import Kernels
 import Testing
 import TestSupport
@@ -29,6 +30,31 @@ import TestSupport
         let nan = FloatBuffer([Float.nan])
         roundToBFloat16(destination, nan.pointer, count: 1)
         #expect(Float(bitPattern: UInt32(destination[0]) << 16).isNaN)
+    }
+
+    /// The transposing rounding (the weight-gradient products' dy) gives, element by element,
+    /// the bits of the plain rounding, on shapes with and without whole 16 × 16 tiles, a padded
+    /// leading dimension, and NaNs, infinities and subnormals among the values.
+    @Test(arguments: [(16, 16), (48, 32), (37, 50), (5, 70), (200, 17)])
+    func transposedRoundingIsTheRoundingTransposed(rows: Int, columns: Int) {
+        let ld = columns + 3
+        var random = CounterRandom(seed: 7, purpose: .test, epoch: rows, index: columns)
+        var source = (0..<(rows * ld)).map { _ in Float(random.nextNormal()) * 100 }
+        let specials: [Float] = [.nan, -.nan, .infinity, -.infinity, 0x1p-140, -0x1p-130, 3.4e38, 1 + 0x1p-8]
+        for (index, special) in specials.enumerated() { source[(index * 7919) % source.count] = special }
+        var transposed = [UInt16](repeating: 0, count: rows * columns)
+        var plain = [UInt16](repeating: 0, count: rows * ld)
+        mae_round_to_bf16_transposed(&transposed, source, rows, columns, ld)
+        mae_round_to_bf16(&plain, source, rows * ld)
+        var mismatches = 0
+        for row in 0..<rows {
+            for column in 0..<columns where transposed[column * rows + row] != plain[row * ld + column] { mismatches += 1 }
+        }
+        #expect(mismatches == 0, "\(mismatches) of \(rows * columns) elements differ from the plain rounding")
+        // The plain rounding, vectorised or not, against the reference of this file.
+        for index in 0..<source.count where !source[index].isNaN {
+            #expect(Double(Float(bitPattern: UInt32(plain[index]) << 16)) == Self.bfloat16(source[index]))
+        }
     }
 
     /// The forms the model uses (x Wᵀ, dy W, dyᵀ x and attention's), at sizes cut into

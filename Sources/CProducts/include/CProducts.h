@@ -31,9 +31,6 @@ int mae_bf16_matmul(float *c, long ldc,
 int mae_f32_matmul_onednn(float *c, long ldc, const float *a, long lda, int transpose_a,
                           const float *b, long ldb, int transpose_b, long m, long n, long k, float alpha, float beta);
 
-/// destination[count] = source rounded to bf16, to nearest with ties to even (NaN stays NaN).
-void mae_round_to_bf16(uint16_t *destination, const float *source, long count);
-
 /// A buffer of `count` bf16 values belonging to the calling thread, valid until its next
 /// call here: where a caller rounds an operand once for products its workers share.
 /// NULL when memory runs out.
