@@ -16,11 +16,15 @@ extension TrainingSession {
     var reconstructionDirectory: String { config.runDirectory + "/reconstructions" }
     var curvesPath: String { config.runDirectory + "/curves.png" }
 
-    /// The official x axis of the step that starts at the current position.
+    /// The official x axis of the step that starts at the current position. Counted in samples
+    /// over all workers, the same ratio as in batches per worker (so the same value) for an epoch
+    /// of one world size, and the share of the epoch's samples after a resume with another one.
     var nextTensorBoardStep: Int {
-        TensorBoardWriter.epoch1000x(epoch: position.epoch,
-                                     lastBatch: (position.stepInEpoch + 1) * config.accumulationSteps - 1,
-                                     batchesPerEpoch: schedule.iterationsPerEpoch)
+        let split = epochSplit
+        return TensorBoardWriter.epoch1000x(
+            epoch: position.epoch,
+            lastBatch: split.samplesDone(beforeStep: position.stepInEpoch, micro: config.accumulationSteps - 1),
+            batchesPerEpoch: split.epochSamples)
     }
 
     /// Opens rank 0's event file; a resumed run marks a restart at its first step.
