@@ -9,8 +9,13 @@ public struct Batch {
     public let sampleIndices: [Int]
     /// The class label of each image.
     public let labels: [Int]
-    /// The batch's position in the epoch, 0..<batchesPerEpoch.
+    /// The batch's position in the epoch, 0..<batchesPerEpoch (counted from the split's start
+    /// after a resume with another world size, see `DataLoader.startEpoch`).
     public let batchIndex: Int
+    /// The position in the epoch's permutation where this micro-batch of all ranks begins:
+    /// splitStart + batchIndex × batch × world size. The same on every rank, and distinct for
+    /// every micro-batch of the epoch, also across a resume with another world size.
+    public let epochPosition: Int
     /// How long `next()` waited for this batch (0 when it was ready).
     public let dataWaitSeconds: Double
 }
@@ -57,7 +62,7 @@ public final class DataLoader {
         self.threads = max(1, threads)
         self.prefetchBatches = max(1, prefetchBatches)
         self.dropLast = dropLast
-        pipeline = Pipeline(dataset: dataset, batchSize: batchSize,
+        pipeline = Pipeline(dataset: dataset, batchSize: batchSize, worldSize: sampler.worldSize,
                             augmentation: Augmentation(imageSize: imageSize, transform: transform), seed: seed,
                             prefetchBatches: self.prefetchBatches, dropLast: dropLast)
         pipeline.startWorkers(self.threads)
@@ -83,7 +88,7 @@ public final class DataLoader {
         precondition(epoch >= 0, "epoch must not be negative")
         let batches = batchesPerEpoch(splitFrom: start)
         precondition(fromBatch >= 0 && fromBatch <= batches, "fromBatch \(fromBatch) is outside 0...\(batches)")
-        pipeline.startEpoch(epoch, order: sampler.indices(epoch: epoch, from: start), fromBatch: fromBatch)
+        pipeline.startEpoch(epoch, order: sampler.indices(epoch: epoch, from: start), splitStart: start, fromBatch: fromBatch)
     }
 
     /// The next batch of the epoch, waiting for it if needed; nil after the last one.
@@ -103,6 +108,7 @@ public final class DataLoader {
 private final class Pipeline: @unchecked Sendable {
     let dataset: ImageFolderDataset
     let batchSize: Int
+    let worldSize: Int
     let augmentation: Augmentation
     let seed: UInt64
     let prefetchBatches: Int
@@ -113,6 +119,7 @@ private final class Pipeline: @unchecked Sendable {
     private var generation = 0
     private var epoch = -1
     private var order: [Int] = []
+    private var splitStart = 0
     /// The current epoch's batches, and the samples they hold: all of the rank's samples,
     /// or only full batches.
     private var batchesPerEpoch = 0
@@ -125,10 +132,11 @@ private final class Pipeline: @unchecked Sendable {
     private var stopping = false
     private var runningWorkers = 0
 
-    init(dataset: ImageFolderDataset, batchSize: Int, augmentation: Augmentation,
+    init(dataset: ImageFolderDataset, batchSize: Int, worldSize: Int, augmentation: Augmentation,
          seed: UInt64, prefetchBatches: Int, dropLast: Bool) {
         self.dataset = dataset
         self.batchSize = batchSize
+        self.worldSize = worldSize
         self.augmentation = augmentation
         self.seed = seed
         self.prefetchBatches = prefetchBatches
@@ -157,12 +165,13 @@ private final class Pipeline: @unchecked Sendable {
         }
     }
 
-    func startEpoch(_ newEpoch: Int, order newOrder: [Int], fromBatch: Int) {
+    func startEpoch(_ newEpoch: Int, order newOrder: [Int], splitStart start: Int, fromBatch: Int) {
         let batchCount = batches(samples: newOrder.count)
         condition.lock()
         generation += 1
         epoch = newEpoch
         order = newOrder
+        splitStart = start
         batchesPerEpoch = batchCount
         samplesPerEpoch = dropLast ? batchCount * batchSize : newOrder.count
         consumerBatch = fromBatch
@@ -194,6 +203,7 @@ private final class Pipeline: @unchecked Sendable {
         condition.broadcast()   // room to prefetch one more batch
         return Batch(images: pending.images, sampleIndices: pending.sampleIndices,
                      labels: pending.sampleIndices.map { dataset.labels[$0] }, batchIndex: batchIndex,
+                     epochPosition: splitStart + batchIndex * batchSize * worldSize,
                      dataWaitSeconds: waited ? monotonicSeconds() - started : 0)
     }
 

@@ -173,7 +173,7 @@ final class TrainingSession {
         case .finetune:
             self.config.batchShards = 1
             taskModel = try FineTuningTaskModel(config: config, settings: config.downstream!, classCount: dataset.classNames.count,
-                                                rank: collective.rank, worldSize: collective.worldSize)
+                                                rank: collective.rank)
             model = nil
         }
         let (worldSize, rank) = (collective.worldSize, collective.rank)
@@ -232,6 +232,11 @@ final class TrainingSession {
             try taskModel.load(from: found.path)
             lastCheckpoint = found.path
             let resumed = TrainingPosition(found.state, worldSize: worldSize)
+            guard resumed.splitStart < dataset.count, resumed.splitFirstStep <= resumed.stepInEpoch else {
+                throw TrainingError.checkpoint("\(found.path)/state.json: epoch_samples_done \(found.state.samplesDoneInEpoch) and "
+                                               + "epoch_split_start \(found.state.epochSplitStart ?? 0) do not fit an epoch of "
+                                               + "\(dataset.count) images; the state was edited or damaged: resume an older checkpoint")
+            }
             shared = [1] + resumed.scalars + [Double(taskModel.optimizerStep), Double(config.batchShards ?? 1)]
             log.info("resuming from \(found.path): step \(found.state.step), epoch \(found.state.epoch), "
                      + "batch \(found.state.nextBatchIndex) of \(found.state.schedule.iterationsPerEpoch)")
