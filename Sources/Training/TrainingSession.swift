@@ -290,6 +290,7 @@ final class TrainingSession {
     /// How the current epoch is split among this run's workers (`EpochSplit`).
     var epochSplit: EpochSplit { epochSplit(at: position) }
 
+    /// How the epoch of `position` is split among this run's workers.
     func epochSplit(at position: TrainingPosition) -> EpochSplit {
         EpochSplit(start: position.splitStart, firstStep: position.splitFirstStep,
                    batchesPerWorker: loader.batchesPerEpoch(splitFrom: position.splitStart),

@@ -64,12 +64,14 @@ extension WorkerProcessTests {
 
     /// Two workers with --accum-iter 2 stop after one step (8 images); three cannot fill an
     /// optimizer step with the other 8 (one batch each), so epoch 1 ends there; one worker
-    /// takes them in two steps. Both run on to the end.
+    /// takes them in two steps. Both run on to the end. One worker stopped inside its split of
+    /// the epoch and resumed again by one ends with the same bits as without the stop.
     @Test func aResumeWithAccumulationEndsTheEpochWhereTheRestFillsNoStep() throws {
         defer { temporary.remove() }
         let common = ["--epochs", "2", "--accum-iter", "2", "--batch-size", "2"]
         try train(workers: 2, "two", common + ["--max-steps", "1"])
         try copyRun("two", to: "one")
+        try copyRun("two", to: "one-stopped")
         let three = try train(workers: 3, "two", common + ["--resume", "auto"])
         #expect(three[0].output.contains("the rest of epoch 1 fills no optimizer step of 3 workers"), "\(three[0].output)")
         // Epoch 2: 6 images per worker, 3 batches, 1 step (the third batch fills no group).
@@ -84,5 +86,12 @@ extension WorkerProcessTests {
         #expect(records.map(\.step) == Array(1...7) && records.map(\.epoch) == [0, 0, 0, 1, 1, 1, 1], "\(records.map(\.step))")
         #expect(records.allSatisfy { $0.loss.isFinite })
         #expect(fileExists(checkpoint("one", step: 7) + "/COMPLETE"))
+
+        try run("one-stopped", common + ["--resume", "auto", "--max-steps", "2"])
+        let stopped = try CheckpointStore.verify(checkpoint("one-stopped", step: 2))
+        #expect(stopped.epochSamplesDone == 12 && stopped.epochSplitStart == 8 && stopped.nextBatchIndex == 2)
+        try run("one-stopped", common + ["--resume", "auto"])
+        let found = try differences("one-stopped", "one", step: 7)
+        #expect(found.isEmpty, "\(found.prefix(5))")
     }
 }
