@@ -22,6 +22,9 @@ public struct CheckpointState: Codable, Sendable, Equatable {
     /// The positions taken before the current world size split the epoch (`EpochSplit.start`):
     /// 0, or nil, unless the run was resumed with another world size inside the epoch.
     public var epochSplitStart: Int?
+    /// The share of the epoch done when that split began (`EpochSplit.startFraction`): 0, or nil,
+    /// unless the run was resumed with another world size inside the epoch.
+    public var epochSplitFraction: Double?
     /// True for the checkpoint written when an epoch ended.
     public var isEpochEnd: Bool
     public var seed: UInt64
@@ -52,6 +55,7 @@ public struct CheckpointState: Codable, Sendable, Equatable {
     private enum CodingKeys: String, CodingKey {
         case formatVersion = "format_version", step, epoch, stepInEpoch = "step_in_epoch"
         case nextBatchIndex = "next_batch_index", epochSamplesDone = "epoch_samples_done", epochSplitStart = "epoch_split_start"
+        case epochSplitFraction = "epoch_split_fraction"
         case isEpochEnd = "epoch_end", seed, worldSize = "world_size"
         case epochLossSum = "epoch_loss_sum", epochLearningRateSum = "epoch_lr_sum", epochStepCount = "epoch_step_count"
         case datasetFingerprint = "dataset_fingerprint", datasetCount = "dataset_count", config, schedule
@@ -60,7 +64,7 @@ public struct CheckpointState: Codable, Sendable, Equatable {
     }
 
     public init(step: Int, epoch: Int, stepInEpoch: Int, nextBatchIndex: Int, epochSamplesDone: Int? = nil,
-                epochSplitStart: Int? = nil, isEpochEnd: Bool, seed: UInt64,
+                epochSplitStart: Int? = nil, epochSplitFraction: Double? = nil, isEpochEnd: Bool, seed: UInt64,
                 worldSize: Int, epochLossSum: Double, epochLearningRateSum: Double, epochStepCount: Int,
                 datasetFingerprint: String, datasetCount: Int, config: RunConfig, schedule: LearningRateSchedule,
                 finishedEpoch: EpochSummary? = nil, classNames: [String]? = nil, bestTestAccuracy: Double? = nil,
@@ -73,6 +77,7 @@ public struct CheckpointState: Codable, Sendable, Equatable {
         self.nextBatchIndex = nextBatchIndex
         self.epochSamplesDone = epochSamplesDone
         self.epochSplitStart = epochSplitStart
+        self.epochSplitFraction = epochSplitFraction
         self.isEpochEnd = isEpochEnd
         self.seed = seed
         self.worldSize = worldSize

@@ -75,15 +75,6 @@ public struct LearningRateSchedule: Codable, Sendable, Equatable {
         return learningRate(atFractionalEpoch: Double(epoch) + Double(boundary) / Double(iterationsPerEpoch))
     }
 
-    /// The rate of the optimizer step that begins after `samplesDone` of the `epochSamples`
-    /// samples `epoch` takes over all workers: the fractional epoch in samples. For an epoch
-    /// run by one world size throughout, it is `learningRate(epoch:stepInEpoch:)` bit for bit
-    /// (the same ratio of integers, divided with one rounding); after a resume with another
-    /// world size inside the epoch, the rate goes on from the share of the epoch's samples taken.
-    public func learningRate(epoch: Int, samplesDone: Int, epochSamples: Int) -> Double {
-        learningRate(atFractionalEpoch: Double(epoch) + Double(samplesDone) / Double(epochSamples))
-    }
-
     /// Optimizer steps per epoch: trailing micro-batches that cannot fill a whole
     /// accumulation group are not used (see docs/TRAINING.md).
     public var stepsPerEpoch: Int { iterationsPerEpoch / accumulationSteps }

@@ -20,17 +20,18 @@ struct TrainingPosition: Equatable {
     /// The best `test_acc1` so far (-1 before the first evaluation), which `checkpoint-best` holds.
     var bestTestAccuracy = -1.0
     /// Where the current world size's split of the epoch began (`EpochSplit`): the positions of
-    /// the epoch's permutation and the steps done before; 0 unless the run was resumed with
-    /// another world size inside this epoch.
+    /// the epoch's permutation, the steps and the share of the epoch done before; 0 unless the
+    /// run was resumed with another world size inside this epoch.
     var splitStart = 0
     var splitFirstStep = 0
+    var splitFraction = 0.0
 
     /// The values as doubles, to travel in one scalar all-reduce.
     var scalars: [Double] {
         [Double(step), Double(epoch), Double(stepInEpoch), epochLossSum, epochLearningRateSum, Double(epochStepCount),
-         bestTestAccuracy, Double(splitStart), Double(splitFirstStep)]
+         bestTestAccuracy, Double(splitStart), Double(splitFirstStep), splitFraction]
     }
-    static let scalarCount = 9
+    static let scalarCount = 10
 
     init() {}
 
@@ -45,6 +46,7 @@ struct TrainingPosition: Equatable {
         bestTestAccuracy = values[6]
         splitStart = Int(values[7])
         splitFirstStep = Int(values[8])
+        splitFraction = values[9]
     }
 
     /// The position of a checkpoint, continued by `worldSize` workers: the checkpoint's split of
@@ -59,13 +61,17 @@ struct TrainingPosition: Equatable {
         epochStepCount = state.epochStepCount
         bestTestAccuracy = state.bestTestAccuracy ?? -1
         let done = state.samplesDoneInEpoch
+        let saved = EpochSplit(datasetCount: state.datasetCount, worldSize: state.worldSize, batchSize: state.config.batchSize,
+                               accumulationSteps: state.config.accumulationSteps, start: state.epochSplitStart ?? 0,
+                               startFraction: state.epochSplitFraction ?? 0)
         if worldSize == state.worldSize {
-            splitStart = state.epochSplitStart ?? 0
-            let samplesPerStep = state.config.batchSize * state.config.accumulationSteps * state.worldSize
-            splitFirstStep = stepInEpoch - (done - splitStart) / samplesPerStep
+            splitStart = saved.start
+            splitFirstStep = stepInEpoch - (done - saved.start) / (saved.samplesPerBatch * saved.accumulationSteps)
+            splitFraction = saved.startFraction
         } else {
             splitStart = done
             splitFirstStep = stepInEpoch
+            splitFraction = saved.fraction(samplesDone: done)
         }
     }
 }
@@ -292,9 +298,9 @@ final class TrainingSession {
 
     /// How the epoch of `position` is split among this run's workers.
     func epochSplit(at position: TrainingPosition) -> EpochSplit {
-        EpochSplit(start: position.splitStart, firstStep: position.splitFirstStep,
-                   batchesPerWorker: loader.batchesPerEpoch(splitFrom: position.splitStart),
-                   samplesPerBatch: config.batchSize * worldSize, accumulationSteps: config.accumulationSteps)
+        EpochSplit(datasetCount: dataset.count, worldSize: worldSize, batchSize: config.batchSize,
+                   accumulationSteps: config.accumulationSteps, start: position.splitStart,
+                   firstStep: position.splitFirstStep, startFraction: position.splitFraction)
     }
 
     /// Rank 0, resuming a checkpoint of another world size: one line on what changes.
@@ -470,8 +476,8 @@ final class TrainingSession {
     /// gradients averaged over workers, the task's optimizer; then the position moves on.
     func step() throws -> StepOutcome {
         let split = epochSplit
-        let learningRate = schedule.learningRate(epoch: position.epoch, samplesDone: split.samplesDone(beforeStep: position.stepInEpoch),
-                                                 epochSamples: split.epochSamples)
+        let fraction = split.fraction(samplesDone: split.samplesDone(beforeStep: position.stepInEpoch))
+        let learningRate = schedule.learningRate(atFractionalEpoch: Double(position.epoch) + fraction)
         taskModel.gradients.zero()
         var localLoss = 0.0
         var dataWait = 0.0
@@ -529,6 +535,7 @@ final class TrainingSession {
         position.epochStepCount = 0
         position.splitStart = 0
         position.splitFirstStep = 0
+        position.splitFraction = 0
         return record
     }
 
@@ -577,6 +584,7 @@ final class TrainingSession {
             step: position.step, epoch: position.epoch, stepInEpoch: position.stepInEpoch,
             nextBatchIndex: split.firstBatch(ofStep: position.stepInEpoch),
             epochSamplesDone: split.samplesDone(beforeStep: position.stepInEpoch), epochSplitStart: position.splitStart,
+            epochSplitFraction: position.splitFraction,
             isEpochEnd: finishedEpoch != nil,
             seed: config.seed, worldSize: worldSize, epochLossSum: position.epochLossSum,
             epochLearningRateSum: position.epochLearningRateSum, epochStepCount: position.epochStepCount,

@@ -48,11 +48,11 @@ extension WorkerProcessTests {
         #expect(records.map(\.step) == Array(1...6), "\(records.map(\.step))")
         #expect(records.map(\.epoch) == [0, 0, 0, 1, 1, 1])
         #expect(records.allSatisfy { $0.loss.isFinite })
-        // Warm-up of 1 epoch (the arguments' default): lr = peak × the share of the epoch's samples taken.
-        // Two workers: 16 samples an epoch, 0 and 4 taken; three: 8 + 6 samples, 8 taken; then the
-        // cosine over epoch 2's 18 samples, 0, 6 and 12 taken.
+        // Warm-up of 1 epoch (the arguments' default): lr = peak × the share of the epoch done. Two
+        // workers: 0 and 4 of 16 samples; three go on from 8 of 16; then the cosine over epoch 2's
+        // 18 samples, 0, 6 and 12 taken.
         let (peakTwo, peakThree) = (0.1 * 4 / 256, 0.1 * 6 / 256)
-        let expected = [0, peakTwo * 4 / 16, peakThree * 8 / 14, peakThree, peakThree * 0.75, peakThree * 0.25]
+        let expected = [0, peakTwo * 4 / 16, peakThree * 8 / 16, peakThree, peakThree * 0.75, peakThree * 0.25]
         for (record, rate) in zip(records, expected) {
             #expect(abs(record.learningRate - rate) <= 1e-9 * peakThree, "step \(record.step): lr \(record.learningRate), expected \(rate)")
         }
