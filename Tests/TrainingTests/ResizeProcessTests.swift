@@ -23,8 +23,8 @@ extension WorkerProcessTests {
     /// (batch 2: 4 steps of 4 images), three resume: the other 8 images give each of them 3
     /// (padded by one), one batch, so epoch 1 ends after 1 more step; epoch 2 has 3 steps of 6.
     /// Resumed twice unsharded and once sharded, the weights are the same bits; the steps are
-    /// logged once each, in order, and the rate is the scaling rule's for 6 images at the
-    /// share of the epoch's samples taken.
+    /// logged once each, in order (metrics.jsonl and TensorBoard's epoch_1000x), and the rate
+    /// is the scaling rule's for 6 images at the share of the epoch done.
     @Test func twoWorkersResumeAsThreeDeterministically() throws {
         defer { temporary.remove() }
         let common = ["--epochs", "2", "--no-lr", "--blr", "0.1"]
@@ -56,6 +56,10 @@ extension WorkerProcessTests {
         for (record, rate) in zip(records, expected) {
             #expect(abs(record.learningRate - rate) <= 1e-9 * peakThree, "step \(record.step): lr \(record.learningRate), expected \(rate)")
         }
+        // epoch_1000x: 0 and 4 of 16 samples, then from 8 of 16 (0.5) on, then 0, 6 and 12 of 18.
+        let events = try TensorBoardReader.read(directory: temporary.path + "/three/tensorboard")
+        #expect(events.count == 2)
+        #expect(events.flatMap { $0.filter { !$0.scalars.isEmpty } }.map(\.step) == [0, 250, 500, 1000, 1333, 1666])
         let lines = readText(temporary.path + "/three/log.txt").split(separator: "\n")
         #expect(lines.count == 2 && lines.first?.contains("\"epoch\": 0") == true, "\(lines)")
         let epochEnd = try CheckpointStore.verify(checkpoint("three", step: 3))
