@@ -66,7 +66,13 @@ public final class Coordinator {
         }
         if var loaded = previous, !loaded.phase.isFinal {
             guard loaded.policy.worldSize == configuration.policy.worldSize else {
-                throw ControlError("\(statePath) is a run of world size \(loaded.policy.worldSize), not \(configuration.policy.worldSize)")
+                // Carrying a run on adopts its workers, which may still be training: that needs their world.
+                // Once it has stopped, it resumes with any number of workers.
+                throw ControlError("\(statePath) is a run of \(loaded.policy.worldSize) workers that has not ended (its "
+                                   + "workers may still be training), not \(configuration.policy.worldSize): carry it on with "
+                                   + "--world-size \(loaded.policy.worldSize) (launch.sh --nodes \(loaded.policy.worldSize)), "
+                                   + "stop it with mae-coordinator stop, then resume it with \(configuration.policy.worldSize) "
+                                   + "workers and --resume auto")
             }
             loaded.resumeAfterCoordinatorRestart(now: now, adoptSeconds: configuration.adoptTimeoutSeconds)
             loaded.policy = configuration.policy

@@ -219,7 +219,12 @@ extension RunState {
             ranks[rank].lastHeartbeat = now
             if let report {
                 ranks[rank].step = report.step
-                if rank == 0 { progress = report }
+                if rank == 0 {
+                    progress = report
+                    // The workers count the run's steps from their checkpoint: a run resumed with another
+                    // world size had epochs of another length before.
+                    totalSteps = report.totalSteps
+                }
             }
             return []
 

@@ -145,7 +145,8 @@ public struct RunState: Codable, Sendable, Equatable {
     public var suspects: [SuspectedFailure] = []
     /// Rank 0's last step report: the run's step, epoch, loss, lr and speed.
     public var progress: StepReport?
-    /// Steps of the whole run, computed from the dataset size, world size and --accum-iter.
+    /// Steps of the whole run, computed from the dataset size, world size and --accum-iter, then
+    /// as rank 0 reports it (a run resumed with another world size counts its earlier epochs as run).
     public var totalSteps: Int
     /// When the current phase gives up waiting (rendezvous, adopting, restarting, stopping).
     public var phaseDeadline: Double?

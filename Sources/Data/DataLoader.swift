@@ -9,8 +9,13 @@ public struct Batch {
     public let sampleIndices: [Int]
     /// The class label of each image.
     public let labels: [Int]
-    /// The batch's position in the epoch, 0..<batchesPerEpoch.
+    /// The batch's position in the epoch, 0..<batchesPerEpoch (counted from the split's start
+    /// after a resume with another world size, see `DataLoader.startEpoch`).
     public let batchIndex: Int
+    /// The position in the epoch's permutation where this micro-batch of all ranks begins:
+    /// splitStart + batchIndex × batch × world size. The same on every rank, and distinct for
+    /// every micro-batch of the epoch, also across a resume with another world size.
+    public let epochPosition: Int
     /// How long `next()` waited for this batch (0 when it was ready).
     public let dataWaitSeconds: Double
 }
@@ -57,7 +62,7 @@ public final class DataLoader {
         self.threads = max(1, threads)
         self.prefetchBatches = max(1, prefetchBatches)
         self.dropLast = dropLast
-        pipeline = Pipeline(dataset: dataset, sampler: sampler, batchSize: batchSize,
+        pipeline = Pipeline(dataset: dataset, batchSize: batchSize, worldSize: sampler.worldSize,
                             augmentation: Augmentation(imageSize: imageSize, transform: transform), seed: seed,
                             prefetchBatches: self.prefetchBatches, dropLast: dropLast)
         pipeline.startWorkers(self.threads)
@@ -67,14 +72,23 @@ public final class DataLoader {
 
     /// Batches per epoch for this rank: samplesPerRank / batchSize with `dropLast`
     /// (training), rounded up without.
-    public var batchesPerEpoch: Int { pipeline.batchesPerEpoch }
+    public var batchesPerEpoch: Int { pipeline.batches(samples: sampler.samplesPerRank) }
+
+    /// Batches for this rank of an epoch split from position `start` on
+    /// (`DistributedSampler.indices(epoch:from:)`); `batchesPerEpoch` for 0.
+    public func batchesPerEpoch(splitFrom start: Int) -> Int {
+        pipeline.batches(samples: sampler.samplesPerRank(from: start))
+    }
 
     /// Begins `epoch` at batch `fromBatch` (0 for a new epoch; k to resume exactly where
-    /// a run stopped after k batches). Work prefetched for another epoch is discarded.
-    public func startEpoch(_ epoch: Int, fromBatch: Int = 0) {
+    /// a run stopped after k batches). `splitFrom` is 0, or the positions of the epoch's
+    /// permutation taken before a resume with another world size; batches then count from
+    /// there. Work prefetched for another epoch is discarded.
+    public func startEpoch(_ epoch: Int, splitFrom start: Int = 0, fromBatch: Int = 0) {
         precondition(epoch >= 0, "epoch must not be negative")
-        precondition(fromBatch >= 0 && fromBatch <= batchesPerEpoch, "fromBatch \(fromBatch) is outside 0...\(batchesPerEpoch)")
-        pipeline.startEpoch(epoch, fromBatch: fromBatch)
+        let batches = batchesPerEpoch(splitFrom: start)
+        precondition(fromBatch >= 0 && fromBatch <= batches, "fromBatch \(fromBatch) is outside 0...\(batches)")
+        pipeline.startEpoch(epoch, order: sampler.indices(epoch: epoch, from: start), splitStart: start, fromBatch: fromBatch)
     }
 
     /// The next batch of the epoch, waiting for it if needed; nil after the last one.
@@ -93,20 +107,23 @@ public final class DataLoader {
 /// threads do not keep the loader alive (its deinit stops them).
 private final class Pipeline: @unchecked Sendable {
     let dataset: ImageFolderDataset
-    let sampler: DistributedSampler
     let batchSize: Int
+    let worldSize: Int
     let augmentation: Augmentation
     let seed: UInt64
     let prefetchBatches: Int
-    let batchesPerEpoch: Int
-    /// Samples the epoch's batches hold: all of the rank's samples, or only full batches.
-    let samplesPerEpoch: Int
+    let dropLast: Bool
 
     /// Guards everything below; workers and consumer wait on it.
     private let condition = NSCondition()
     private var generation = 0
     private var epoch = -1
     private var order: [Int] = []
+    private var splitStart = 0
+    /// The current epoch's batches, and the samples they hold: all of the rank's samples,
+    /// or only full batches.
+    private var batchesPerEpoch = 0
+    private var samplesPerEpoch = 0
     private var consumerBatch = 0
     private var nextUnit = 0
     private var batches: [Int: PendingBatch] = [:]
@@ -115,17 +132,20 @@ private final class Pipeline: @unchecked Sendable {
     private var stopping = false
     private var runningWorkers = 0
 
-    init(dataset: ImageFolderDataset, sampler: DistributedSampler, batchSize: Int, augmentation: Augmentation,
+    init(dataset: ImageFolderDataset, batchSize: Int, worldSize: Int, augmentation: Augmentation,
          seed: UInt64, prefetchBatches: Int, dropLast: Bool) {
         self.dataset = dataset
-        self.sampler = sampler
         self.batchSize = batchSize
+        self.worldSize = worldSize
         self.augmentation = augmentation
         self.seed = seed
         self.prefetchBatches = prefetchBatches
-        let samples = sampler.samplesPerRank
-        batchesPerEpoch = dropLast ? samples / batchSize : (samples + batchSize - 1) / batchSize
-        samplesPerEpoch = dropLast ? batchesPerEpoch * batchSize : samples
+        self.dropLast = dropLast
+    }
+
+    /// Batches of a rank's `samples`: only full ones with `dropLast`.
+    func batches(samples: Int) -> Int {
+        dropLast ? samples / batchSize : (samples + batchSize - 1) / batchSize
     }
 
     var skippedFiles: Int {
@@ -145,12 +165,15 @@ private final class Pipeline: @unchecked Sendable {
         }
     }
 
-    func startEpoch(_ newEpoch: Int, fromBatch: Int) {
-        let newOrder = sampler.indices(epoch: newEpoch)
+    func startEpoch(_ newEpoch: Int, order newOrder: [Int], splitStart start: Int, fromBatch: Int) {
+        let batchCount = batches(samples: newOrder.count)
         condition.lock()
         generation += 1
         epoch = newEpoch
         order = newOrder
+        splitStart = start
+        batchesPerEpoch = batchCount
+        samplesPerEpoch = dropLast ? batchCount * batchSize : newOrder.count
         consumerBatch = fromBatch
         nextUnit = fromBatch * batchSize
         batches = [:]
@@ -180,6 +203,7 @@ private final class Pipeline: @unchecked Sendable {
         condition.broadcast()   // room to prefetch one more batch
         return Batch(images: pending.images, sampleIndices: pending.sampleIndices,
                      labels: pending.sampleIndices.map { dataset.labels[$0] }, batchIndex: batchIndex,
+                     epochPosition: splitStart + batchIndex * batchSize * worldSize,
                      dataWaitSeconds: waited ? monotonicSeconds() - started : 0)
     }
 

@@ -12,6 +12,11 @@ import Kernels
 ///
 /// Every rank computes the same permutation, so no communication is needed, and the
 /// result depends only on (seed, epoch, count, world size, rank).
+///
+/// After k batches of B on every rank, the ranks together have taken exactly the positions
+/// 0..<k·B·W of the permutation, whatever W is. So a run resumed with another world size
+/// W' inside an epoch splits the rest of it from there (`indices(epoch:from:)`): rank r
+/// takes positions start + r, start + r + W', ..., padded as above to a multiple of W'.
 public struct DistributedSampler: Sendable {
     public let datasetCount: Int
     public let worldSize: Int
@@ -51,13 +56,25 @@ public struct DistributedSampler: Sendable {
         return order
     }
 
-    /// This rank's dataset indices for `epoch`, in order (length `samplesPerRank`).
-    public func indices(epoch: Int) -> [Int] {
+    /// Every rank's share of the epoch's positions from `start` on: ceil((count - start) / worldSize).
+    public func samplesPerRank(from start: Int) -> Int {
+        precondition(start >= 0 && start < datasetCount, "start \(start) is outside the epoch's 0..<\(datasetCount) positions")
+        return (datasetCount - start + worldSize - 1) / worldSize
+    }
+
+    /// This rank's dataset indices for `epoch`, in order: the positions start + rank,
+    /// start + rank + W, ... of the permutation, padded to `samplesPerRank(from: start)`
+    /// each by wrapping to its start. `start` is 0 for a whole epoch (then the length is
+    /// `samplesPerRank`), or the positions other ranks took before this world size split the
+    /// epoch (a run resumed with another world size).
+    public func indices(epoch: Int, from start: Int = 0) -> [Int] {
         let order = permutation(epoch: epoch)
+        let count = samplesPerRank(from: start)
         var result: [Int] = []
-        result.reserveCapacity(samplesPerRank)
-        var position = rank
-        while position < totalSize {
+        result.reserveCapacity(count)
+        var position = start + rank
+        let end = start + count * worldSize
+        while position < end {
             result.append(order[position % datasetCount])   // padding wraps to the start
             position += worldSize
         }

@@ -14,6 +14,17 @@ public struct CheckpointState: Codable, Sendable, Equatable {
     public var stepInEpoch: Int
     /// The next micro-batch within `epoch` for `DataLoader.startEpoch(_:fromBatch:)`.
     public var nextBatchIndex: Int
+    /// Positions of the epoch's permutation the workers have taken (`DistributedSampler`):
+    /// nextBatchIndex × batch × world size, unless the run was resumed with another world
+    /// size inside the epoch. nil in checkpoints written before it was recorded: read it
+    /// through `samplesDoneInEpoch`.
+    public var epochSamplesDone: Int?
+    /// The positions taken before the current world size split the epoch (`EpochSplit.start`):
+    /// 0, or nil, unless the run was resumed with another world size inside the epoch.
+    public var epochSplitStart: Int?
+    /// The share of the epoch done when that split began (`EpochSplit.startFraction`): 0, or nil,
+    /// unless the run was resumed with another world size inside the epoch.
+    public var epochSplitFraction: Double?
     /// True for the checkpoint written when an epoch ended.
     public var isEpochEnd: Bool
     public var seed: UInt64
@@ -43,14 +54,17 @@ public struct CheckpointState: Codable, Sendable, Equatable {
 
     private enum CodingKeys: String, CodingKey {
         case formatVersion = "format_version", step, epoch, stepInEpoch = "step_in_epoch"
-        case nextBatchIndex = "next_batch_index", isEpochEnd = "epoch_end", seed, worldSize = "world_size"
+        case nextBatchIndex = "next_batch_index", epochSamplesDone = "epoch_samples_done", epochSplitStart = "epoch_split_start"
+        case epochSplitFraction = "epoch_split_fraction"
+        case isEpochEnd = "epoch_end", seed, worldSize = "world_size"
         case epochLossSum = "epoch_loss_sum", epochLearningRateSum = "epoch_lr_sum", epochStepCount = "epoch_step_count"
         case datasetFingerprint = "dataset_fingerprint", datasetCount = "dataset_count", config, schedule
         case checksums, createdAt = "created_at", finishedEpoch = "finished_epoch"
         case classNames = "class_names", bestTestAccuracy = "best_test_acc1"
     }
 
-    public init(step: Int, epoch: Int, stepInEpoch: Int, nextBatchIndex: Int, isEpochEnd: Bool, seed: UInt64,
+    public init(step: Int, epoch: Int, stepInEpoch: Int, nextBatchIndex: Int, epochSamplesDone: Int? = nil,
+                epochSplitStart: Int? = nil, epochSplitFraction: Double? = nil, isEpochEnd: Bool, seed: UInt64,
                 worldSize: Int, epochLossSum: Double, epochLearningRateSum: Double, epochStepCount: Int,
                 datasetFingerprint: String, datasetCount: Int, config: RunConfig, schedule: LearningRateSchedule,
                 finishedEpoch: EpochSummary? = nil, classNames: [String]? = nil, bestTestAccuracy: Double? = nil,
@@ -61,6 +75,9 @@ public struct CheckpointState: Codable, Sendable, Equatable {
         self.epoch = epoch
         self.stepInEpoch = stepInEpoch
         self.nextBatchIndex = nextBatchIndex
+        self.epochSamplesDone = epochSamplesDone
+        self.epochSplitStart = epochSplitStart
+        self.epochSplitFraction = epochSplitFraction
         self.isEpochEnd = isEpochEnd
         self.seed = seed
         self.worldSize = worldSize
@@ -76,6 +93,12 @@ public struct CheckpointState: Codable, Sendable, Equatable {
         self.bestTestAccuracy = bestTestAccuracy
         self.checksums = checksums
         self.createdAt = createdAt
+    }
+
+    /// Positions of the epoch's permutation taken: `epochSamplesDone`, or for a checkpoint written
+    /// before it was recorded (when a world size ran whole epochs) nextBatchIndex × batch × world size.
+    public var samplesDoneInEpoch: Int {
+        epochSamplesDone ?? nextBatchIndex * config.batchSize * worldSize
     }
 
     /// The current time as ISO 8601 UTC.

@@ -19,16 +19,15 @@ final class FineTuningTaskModel: ClassifierTaskModel {
     /// Mixup/CutMix with label smoothing; inactive (alphas 0): label smoothing alone.
     let mixup: MixupSettings
     /// This worker's place, so that each worker mixes its batches with numbers of its own.
-    let rank: Int, worldSize: Int
+    let rank: Int
     /// Soft targets of one micro-batch, [N, classes].
     private var targets = FloatBuffer(count: 0)
     private var evaluationLogits = FloatBuffer(count: 0)
 
-    init(config: RunConfig, settings: DownstreamSettings, classCount: Int, rank: Int, worldSize: Int) throws {
+    init(config: RunConfig, settings: DownstreamSettings, classCount: Int, rank: Int) throws {
         self.settings = settings
         self.classCount = classCount
         self.rank = rank
-        self.worldSize = worldSize
         seed = config.seed
         imageSize = config.model.imageSize
         do {
@@ -62,7 +61,9 @@ final class FineTuningTaskModel: ClassifierTaskModel {
     }
 
     /// The batch's targets, its images mixed in place when Mixup/CutMix is on (timm's `Mixup`
-    /// in batch mode, a stream per worker and micro-batch); otherwise one-hot with label
+    /// in batch mode, a stream per worker and micro-batch of the epoch: epochPosition / batch +
+    /// rank, which is batchIndex × world size + rank and takes no stream twice in an epoch, also
+    /// across a resume with another world size); otherwise one-hot with label
     /// smoothing (s / C and 1 − s + s / C, what LabelSmoothingCrossEntropy amounts to).
     private func prepareTargets(_ batch: Batch, epoch: Int) {
         let rows = batch.labels.count
@@ -70,7 +71,7 @@ final class FineTuningTaskModel: ClassifierTaskModel {
         if mixup.isActive {
             mixBatch(images: batch.images.pointer, labels: batch.labels, height: imageSize, width: imageSize,
                      classCount: classCount, settings: mixup, seed: seed, epoch: epoch,
-                     stream: batch.batchIndex * worldSize + rank, targets: targets.pointer)
+                     stream: batch.epochPosition / rows + rank, targets: targets.pointer)
         } else {
             smoothedTargets(labels: batch.labels, classCount: classCount, smoothing: settings.smoothing, targets: targets.pointer)
         }

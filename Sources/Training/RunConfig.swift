@@ -186,9 +186,10 @@ public struct RunConfig: Codable, Sendable, Equatable {
     }
 
     /// The settings a resumed run must share with its checkpoint, or the continuation would not
-    /// be the same run: one line per difference, empty when compatible.
-    public func resumeIncompatibilities(with saved: RunConfig, savedWorldSize: Int, worldSize: Int,
-                                        savedFingerprint: String, fingerprint: String) -> [String] {
+    /// be the same run: one line per difference, empty when compatible. The world size may
+    /// differ: the rest of the epoch is split among the new workers and the rate follows the
+    /// new effective batch (`TrainingPosition.init(_:worldSize:)`, docs/CHECKPOINTS.md).
+    public func resumeIncompatibilities(with saved: RunConfig, savedFingerprint: String, fingerprint: String) -> [String] {
         var differences: [String] = []
         func check<Value: Equatable>(_ name: String, _ old: Value, _ new: Value) {
             if old != new { differences.append("\(name) was \(old), now \(new)") }
@@ -200,13 +201,6 @@ public struct RunConfig: Codable, Sendable, Equatable {
         }
         check("--batch-size", saved.batchSize, batchSize)
         check("--accum-iter", saved.accumulationSteps, accumulationSteps)
-        if savedWorldSize != worldSize {
-            // The sampler splits every epoch by world size, so mid-epoch the remaining samples of each
-            // rank differ; and the effective batch (so the learning rate and every step) changes with it.
-            differences.append("world size was \(savedWorldSize), now \(worldSize) (each epoch's split among the workers "
-                               + "and the effective batch depend on it, so the run cannot continue as the same run; "
-                               + "resume with \(savedWorldSize) workers)")
-        }
         check("--seed", saved.seed, seed)
         if savedFingerprint != fingerprint {
             differences.append("the dataset differs (fingerprint \(savedFingerprint.prefix(16)) at save, \(fingerprint.prefix(16)) now)")

@@ -87,7 +87,12 @@ public final class TensorBoardWriter {
     ///   - lastBatch: the 0-based index in the epoch of the step's last micro-batch.
     ///   - batchesPerEpoch: micro-batches per epoch per worker (`len(data_loader)`).
     public static func epoch1000x(epoch: Int, lastBatch: Int, batchesPerEpoch: Int) -> Int {
-        Int((Double(lastBatch) / Double(batchesPerEpoch) + Double(epoch)) * 1000)
+        epoch1000x(epoch: epoch, fraction: Double(lastBatch) / Double(batchesPerEpoch))
+    }
+
+    /// The same axis at a fraction of the epoch (`EpochSplit.fraction(samplesDone:)`).
+    public static func epoch1000x(epoch: Int, fraction: Double) -> Int {
+        Int((fraction + Double(epoch)) * 1000)
     }
 
     private func append(record data: [UInt8]) {

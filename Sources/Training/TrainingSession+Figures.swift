@@ -16,11 +16,13 @@ extension TrainingSession {
     var reconstructionDirectory: String { config.runDirectory + "/reconstructions" }
     var curvesPath: String { config.runDirectory + "/curves.png" }
 
-    /// The official x axis of the step that starts at the current position.
+    /// The official x axis of the step that starts at the current position, at its last
+    /// micro-batch: the share of the epoch's samples taken before it (the official batch ratio
+    /// for an epoch of one world size; continued across a resume with another one).
     var nextTensorBoardStep: Int {
-        TensorBoardWriter.epoch1000x(epoch: position.epoch,
-                                     lastBatch: (position.stepInEpoch + 1) * config.accumulationSteps - 1,
-                                     batchesPerEpoch: schedule.iterationsPerEpoch)
+        let split = epochSplit
+        let samples = split.samplesDone(beforeStep: position.stepInEpoch, micro: config.accumulationSteps - 1)
+        return TensorBoardWriter.epoch1000x(epoch: position.epoch, fraction: split.fraction(samplesDone: samples))
     }
 
     /// Opens rank 0's event file; a resumed run marks a restart at its first step.

@@ -19,13 +19,19 @@ struct TrainingPosition: Equatable {
     var epochStepCount = 0
     /// The best `test_acc1` so far (-1 before the first evaluation), which `checkpoint-best` holds.
     var bestTestAccuracy = -1.0
+    /// Where the current world size's split of the epoch began (`EpochSplit`): the positions of
+    /// the epoch's permutation, the steps and the share of the epoch done before; 0 unless the
+    /// run was resumed with another world size inside this epoch.
+    var splitStart = 0
+    var splitFirstStep = 0
+    var splitFraction = 0.0
 
     /// The values as doubles, to travel in one scalar all-reduce.
     var scalars: [Double] {
         [Double(step), Double(epoch), Double(stepInEpoch), epochLossSum, epochLearningRateSum, Double(epochStepCount),
-         bestTestAccuracy]
+         bestTestAccuracy, Double(splitStart), Double(splitFirstStep), splitFraction]
     }
-    static let scalarCount = 7
+    static let scalarCount = 10
 
     init() {}
 
@@ -38,9 +44,15 @@ struct TrainingPosition: Equatable {
         epochLearningRateSum = values[4]
         epochStepCount = Int(values[5])
         bestTestAccuracy = values[6]
+        splitStart = Int(values[7])
+        splitFirstStep = Int(values[8])
+        splitFraction = values[9]
     }
 
-    init(_ state: CheckpointState) {
+    /// The position of a checkpoint, continued by `worldSize` workers: the checkpoint's split of
+    /// the epoch when it is the world size that wrote it, else the rest of the epoch split
+    /// among the new workers from the samples taken so far.
+    init(_ state: CheckpointState, worldSize: Int) {
         step = state.step
         epoch = state.epoch
         stepInEpoch = state.stepInEpoch
@@ -48,6 +60,19 @@ struct TrainingPosition: Equatable {
         epochLearningRateSum = state.epochLearningRateSum
         epochStepCount = state.epochStepCount
         bestTestAccuracy = state.bestTestAccuracy ?? -1
+        let done = state.samplesDoneInEpoch
+        let saved = EpochSplit(datasetCount: state.datasetCount, worldSize: state.worldSize, batchSize: state.config.batchSize,
+                               accumulationSteps: state.config.accumulationSteps, start: state.epochSplitStart ?? 0,
+                               startFraction: state.epochSplitFraction ?? 0)
+        if worldSize == state.worldSize {
+            splitStart = saved.start
+            splitFirstStep = stepInEpoch - (done - saved.start) / (saved.samplesPerBatch * saved.accumulationSteps)
+            splitFraction = saved.startFraction
+        } else {
+            splitStart = done
+            splitFirstStep = stepInEpoch
+            splitFraction = saved.fraction(samplesDone: done)
+        }
     }
 }
 
@@ -75,9 +100,11 @@ final class TrainingSession {
     /// A classifying run's scoring on `val` (nil for pretraining).
     let evaluator: Evaluator?
     let store: CheckpointStore
-    /// Optimizer steps in an epoch, and where this run stops (epochs or --max-steps).
+    /// Optimizer steps in an epoch of this world size, and where this run stops (epochs or
+    /// --max-steps; `restore` counts it from the checkpoint's position, since epochs of another
+    /// world size had another number of steps).
     let stepsPerEpoch: Int
-    let totalSteps: Int
+    private(set) var totalSteps: Int
     var position = TrainingPosition()
     var lastCheckpoint: String?
     /// The coordinator's hooks (nil without one).
@@ -152,7 +179,7 @@ final class TrainingSession {
         case .finetune:
             self.config.batchShards = 1
             taskModel = try FineTuningTaskModel(config: config, settings: config.downstream!, classCount: dataset.classNames.count,
-                                                rank: collective.rank, worldSize: collective.worldSize)
+                                                rank: collective.rank)
             model = nil
         }
         let (worldSize, rank) = (collective.worldSize, collective.rank)
@@ -200,8 +227,7 @@ final class TrainingSession {
             // rounds exactly as the run did (whatever the thread count now).
             if requestedBatchShards == nil { config.batchShards = found.state.config.batchShards ?? 1 }
             let differences = config.resumeIncompatibilities(
-                with: found.state.config, savedWorldSize: found.state.worldSize, worldSize: worldSize,
-                savedFingerprint: found.state.datasetFingerprint, fingerprint: dataset.fingerprint)
+                with: found.state.config, savedFingerprint: found.state.datasetFingerprint, fingerprint: dataset.fingerprint)
             guard differences.isEmpty else { throw TrainingError.incompatibleResume(differences) }
             if config.trainingTask.classifies, let saved = found.state.classNames, saved != dataset.classNames {
                 throw TrainingError.incompatibleResume(["the checkpoint's \(saved.count) classes differ from the "
@@ -211,9 +237,16 @@ final class TrainingSession {
             if !changes.isEmpty { log.warn("warning: resuming with changed settings: " + changes.joined(separator: ", ")) }
             try taskModel.load(from: found.path)
             lastCheckpoint = found.path
-            shared = [1] + TrainingPosition(found.state).scalars + [Double(taskModel.optimizerStep), Double(config.batchShards ?? 1)]
+            let resumed = TrainingPosition(found.state, worldSize: worldSize)
+            guard resumed.splitStart < dataset.count, resumed.splitFirstStep <= resumed.stepInEpoch else {
+                throw TrainingError.checkpoint("\(found.path)/state.json: epoch_samples_done \(found.state.samplesDoneInEpoch) and "
+                                               + "epoch_split_start \(found.state.epochSplitStart ?? 0) do not fit an epoch of "
+                                               + "\(dataset.count) images; the state was edited or damaged: resume an older checkpoint")
+            }
+            shared = [1] + resumed.scalars + [Double(taskModel.optimizerStep), Double(config.batchShards ?? 1)]
             log.info("resuming from \(found.path): step \(found.state.step), epoch \(found.state.epoch), "
-                     + "batch \(found.state.nextBatchIndex) of \(schedule.iterationsPerEpoch)")
+                     + "batch \(found.state.nextBatchIndex) of \(found.state.schedule.iterationsPerEpoch)")
+            if found.state.worldSize != worldSize { logResize(from: found.state, to: resumed) }
             let dropped = try log.dropLines(afterStep: found.state.step, fromEpoch: found.state.epoch)
             if dropped > 0 {
                 log.info("dropped \(dropped) line(s) of metrics.jsonl and log.txt written after that checkpoint; "
@@ -246,8 +279,46 @@ final class TrainingSession {
             taskModel.optimizerStep = Int(shared[scalarCount + 1])
             config.batchShards = Int(shared[scalarCount + 2])
             model?.batchShards = Int(shared[scalarCount + 2])
+            totalSteps = countTotalSteps()
         }
         tensorBoard = try openTensorBoard(resumed: shared[0] > 0)
+    }
+
+    /// The run's optimizer steps in all, counted from the current position: those done, the
+    /// rest of this epoch's, and `stepsPerEpoch` for each later one; --max-steps caps it. A
+    /// fresh run (or one that always had this world size) gets epochs × `stepsPerEpoch`.
+    func countTotalSteps() -> Int {
+        let toTheEnd = position.epoch >= config.epochs ? position.step
+            : position.step + (epochSplit.stepCount - position.stepInEpoch) + (config.epochs - position.epoch - 1) * stepsPerEpoch
+        return min(toTheEnd, config.maxSteps ?? Int.max)
+    }
+
+    /// How the current epoch is split among this run's workers (`EpochSplit`).
+    var epochSplit: EpochSplit { epochSplit(at: position) }
+
+    /// How the epoch of `position` is split among this run's workers.
+    func epochSplit(at position: TrainingPosition) -> EpochSplit {
+        EpochSplit(datasetCount: dataset.count, worldSize: worldSize, batchSize: config.batchSize,
+                   accumulationSteps: config.accumulationSteps, start: position.splitStart,
+                   firstStep: position.splitFirstStep, startFraction: position.splitFraction)
+    }
+
+    /// Rank 0, resuming a checkpoint of another world size: one line on what changes.
+    func logResize(from saved: CheckpointState, to resumed: TrainingPosition) {
+        let rate = { (value: Double) in String(format: "%.3e", value) }
+        let rates = "peak lr \(rate(saved.schedule.peakLearningRate)) -> \(rate(schedule.peakLearningRate))"
+            + (config.absoluteLearningRate == nil
+                ? " (effective batch \(config.effectiveBatchSize(worldSize: saved.worldSize)) -> "
+                    + "\(config.effectiveBatchSize(worldSize: worldSize)))" : " (--lr)")
+        let start = "resuming with \(worldSize) workers; the checkpoint was written by \(saved.worldSize): "
+        guard resumed.stepInEpoch > 0 else {
+            log.info(start + "epochs from \(resumed.epoch + 1) on are split among \(worldSize) (\(stepsPerEpoch) steps each), " + rates)
+            return
+        }
+        let steps = epochSplit(at: resumed).stepCount - resumed.stepInEpoch
+        log.info(start + "the rest of epoch \(resumed.epoch + 1) (\(dataset.count - resumed.splitStart) of its "
+                 + "\(dataset.count) samples) is split among \(worldSize): \(steps) more step(s), then \(stepsPerEpoch) "
+                 + "per epoch; " + rates)
     }
 
     /// The checkpoint `--resume` names, verified; nil for a fresh start.
@@ -302,8 +373,17 @@ final class TrainingSession {
         var lastLoss = Double.nan
         var stoppedBySignal = false
         training: while position.epoch < config.epochs && position.step < totalSteps {
-            loader.startEpoch(position.epoch, fromBatch: position.stepInEpoch * config.accumulationSteps)
-            while position.stepInEpoch < stepsPerEpoch && position.step < totalSteps {
+            let split = epochSplit
+            if position.stepInEpoch == split.stepCount {
+                // Only after a resume with more workers near an epoch's end: the rest of the epoch fills
+                // no optimizer step of theirs, and is left out as drop_last leaves out what fills no batch.
+                log.info("the rest of epoch \(position.epoch + 1) fills no optimizer step of \(worldSize) workers; "
+                         + "the epoch ends here")
+                try closeStep(epochEnds: true, checkpointRequested: false)
+                continue training
+            }
+            loader.startEpoch(position.epoch, splitFrom: split.start, fromBatch: split.firstBatch(ofStep: position.stepInEpoch))
+            while position.stepInEpoch < split.stepCount && position.step < totalSteps {
                 let stepStart = monotonicSeconds()
                 let tensorBoardStep = nextTensorBoardStep
                 let outcome = try step()
@@ -322,39 +402,15 @@ final class TrainingSession {
                     try report(meter.takeInterval(step: position.step), loss: outcome.loss,
                                learningRate: outcome.learningRate)
                 }
-                var finished = position.stepInEpoch == stepsPerEpoch ? try finishEpoch() : nil
-                if let epoch = finished?.epoch, let accuracy = try scoreKNN(afterEpoch: epoch) {
-                    // In the epoch's summary before its checkpoint, which holds the log.txt line.
-                    finished?.knnTop1 = accuracy.top1
-                    finished?.knnTop5 = accuracy.top5
-                }
-                let periodic = config.checkpointEvery > 0 && position.step % config.checkpointEvery == 0
-                if finished != nil || periodic || outcome.stopRequested || outcome.checkpointRequested
-                    || position.step == totalSteps {
-                    try tensorBoard?.flush()
-                    try writeCheckpoint(finishedEpoch: finished)
-                }
-                if let finished {
-                    // Logged once the epoch's checkpoint is durable, as the reference logs after saving;
-                    // the checkpoint holds the line too, for a resume after a kill in between.
-                    try log.appendEpochLog(finished.logFields)
-                    let skipped = loader.skippedFiles
-                    // Numbered from 1 like the progress lines (log.txt keeps the reference's 0-based "epoch").
-                    log.info(String(format: "epoch %d/%d done: mean loss %.4f", position.epoch, config.epochs,
-                                    finished.loss)
-                             + (finished.evaluation.map { "; " + Self.summary(of: $0, prefix: "val") } ?? "")
-                             + (skipped > 0 ? ", \(skipped) unreadable file(s) skipped so far" : ""))
-                    let every = config.reconstructEvery ?? 0
-                    if model != nil, every > 0, position.epoch % every == 0, position.epoch < config.epochs {
-                        writeReconstructions()
-                    }
-                }
+                let epochEnded = position.stepInEpoch == split.stepCount
+                try closeStep(epochEnds: epochEnded,
+                              checkpointRequested: outcome.stopRequested || outcome.checkpointRequested)
                 if outcome.stopRequested {
                     log.info("stop requested: stopped after step \(position.step) with a checkpoint")
                     stoppedBySignal = true
                     break training
                 }
-                if finished != nil { continue training }  // the next epoch starts the loader anew
+                if epochEnded { continue training }  // the next epoch starts the loader anew
             }
         }
         log.endProgress()
@@ -370,6 +426,35 @@ final class TrainingSession {
         }
         return TrainingSummary(steps: position.step, lastCheckpoint: lastCheckpoint, stoppedBySignal: stoppedBySignal,
                                lastLoss: lastLoss)
+    }
+
+    /// After a step: the epoch's end when `epochEnds` (its summary, k-NN, checkpoint, `log.txt`
+    /// line and figures), and a checkpoint when one is due or requested.
+    func closeStep(epochEnds: Bool, checkpointRequested: Bool) throws {
+        var finished = epochEnds ? try finishEpoch() : nil
+        if let epoch = finished?.epoch, let accuracy = try scoreKNN(afterEpoch: epoch) {
+            // In the epoch's summary before its checkpoint, which holds the log.txt line.
+            finished?.knnTop1 = accuracy.top1
+            finished?.knnTop5 = accuracy.top5
+        }
+        let periodic = config.checkpointEvery > 0 && position.step % config.checkpointEvery == 0
+        if finished != nil || periodic || checkpointRequested || position.step == totalSteps {
+            try tensorBoard?.flush()
+            try writeCheckpoint(finishedEpoch: finished)
+        }
+        guard let finished else { return }
+        // Logged once the epoch's checkpoint is durable, as the reference logs after saving;
+        // the checkpoint holds the line too, for a resume after a kill in between.
+        try log.appendEpochLog(finished.logFields)
+        let skipped = loader.skippedFiles
+        // Numbered from 1 like the progress lines (log.txt keeps the reference's 0-based "epoch").
+        log.info(String(format: "epoch %d/%d done: mean loss %.4f", position.epoch, config.epochs, finished.loss)
+                 + (finished.evaluation.map { "; " + Self.summary(of: $0, prefix: "val") } ?? "")
+                 + (skipped > 0 ? ", \(skipped) unreadable file(s) skipped so far" : ""))
+        let every = config.reconstructEvery ?? 0
+        if model != nil, every > 0, position.epoch % every == 0, position.epoch < config.epochs {
+            writeReconstructions()
+        }
     }
 
     /// What one optimizer step produced.
@@ -390,14 +475,15 @@ final class TrainingSession {
     /// One optimizer step: K micro-batches forward and backward, the loss agreed and checked,
     /// gradients averaged over workers, the task's optimizer; then the position moves on.
     func step() throws -> StepOutcome {
-        let learningRate = schedule.learningRate(epoch: position.epoch, stepInEpoch: position.stepInEpoch)
+        let split = epochSplit
+        let fraction = split.fraction(samplesDone: split.samplesDone(beforeStep: position.stepInEpoch))
+        let learningRate = schedule.learningRate(atFractionalEpoch: Double(position.epoch) + fraction)
         taskModel.gradients.zero()
         var localLoss = 0.0
         var dataWait = 0.0
         for micro in 0..<config.accumulationSteps {
             guard let batch = try loader.next() else {
-                throw TrainingError.dataEndedEarly(epoch: position.epoch,
-                                                   batch: position.stepInEpoch * config.accumulationSteps + micro)
+                throw TrainingError.dataEndedEarly(epoch: position.epoch, batch: split.firstBatch(ofStep: position.stepInEpoch) + micro)
             }
             dataWait += batch.dataWaitSeconds
             // Only the last micro-batch's backward finishes gradients, so only it overlaps.
@@ -447,6 +533,9 @@ final class TrainingSession {
         position.epochLossSum = 0
         position.epochLearningRateSum = 0
         position.epochStepCount = 0
+        position.splitStart = 0
+        position.splitFirstStep = 0
+        position.splitFraction = 0
         return record
     }
 
@@ -490,9 +579,13 @@ final class TrainingSession {
 
     /// Rank 0: writes the checkpoint of this step, then reports it (coordinated) or prunes old ones.
     func saveCheckpoint(finishedEpoch: EpochSummary?) throws {
+        let split = epochSplit
         let state = CheckpointState(
             step: position.step, epoch: position.epoch, stepInEpoch: position.stepInEpoch,
-            nextBatchIndex: position.stepInEpoch * config.accumulationSteps, isEpochEnd: finishedEpoch != nil,
+            nextBatchIndex: split.firstBatch(ofStep: position.stepInEpoch),
+            epochSamplesDone: split.samplesDone(beforeStep: position.stepInEpoch), epochSplitStart: position.splitStart,
+            epochSplitFraction: position.splitFraction,
+            isEpochEnd: finishedEpoch != nil,
             seed: config.seed, worldSize: worldSize, epochLossSum: position.epochLossSum,
             epochLearningRateSum: position.epochLearningRateSum, epochStepCount: position.epochStepCount,
             datasetFingerprint: dataset.fingerprint, datasetCount: dataset.count, config: config, schedule: schedule,

@@ -139,7 +139,8 @@ public enum WorkerOptions {
                        help: "when a checkpoint cannot be written (a full disk): stop with the error, the previous checkpoint "
                            + "intact (resume with --resume auto), or continue with a warning"),
             OptionSpec("keep-every-epochs", value: "N", default: "0", help: "also keep epoch-end checkpoints of every N-th epoch (0: none)"),
-            OptionSpec("resume", value: "auto|PATH", help: "continue from the newest checkpoint in --run-dir (auto; none yet: start fresh) or from PATH"),
+            OptionSpec("resume", value: "auto|PATH", help: "continue from the newest checkpoint in --run-dir (auto; none yet: start fresh) or from PATH; "
+                       + "another world size splits the rest of the epoch among the new workers"),
             OptionSpec("max-steps", value: "N", help: "stop after N optimizer steps in total (writes a checkpoint)"),
             OptionSpec("print-every", value: "N", default: "20", help: "progress line and metrics every N optimizer steps"),
             OptionSpec("init-weights", value: "DIR|FILE",

@@ -300,6 +300,33 @@ import Glibc
         }
     }
 
+    /// A run of 2 workers (launch.sh --nodes 2) that ended at step 3, in the middle of epoch 1
+    /// (32 images, batch 2: 8 steps of 4), resumed by a coordinator of 3: the other 20 images give
+    /// each new worker 7, 3 batches, so epoch 1 ends after 3 more steps and epoch 2 has 5; the
+    /// coordinator reports the workers' count of the run's steps.
+    @Test func aRunOfTwoWorkersResumesWithThree() throws {
+        defer { temporary.remove() }
+        let two = CoordinatedRun(root: temporary.path, name: "resized")
+        defer { two.stopAll() }
+        try two.startCoordinator(world: 2, workerFlags: workerFlags(batch: 2, epochs: 2, ["--max-steps", "3"]))
+        try two.startAgent(count: 2)
+        #expect(two.coordinator?.exitStatus(within: 60) == 0, "\(two.output)")
+
+        let three = CoordinatedRun(root: temporary.path, name: "resized")
+        defer { three.stopAll() }
+        try three.startCoordinator(world: 3, workerFlags: workerFlags(batch: 2, epochs: 2, ["--resume", "auto"]))
+        try three.startAgent(count: 3)
+        #expect(three.coordinator?.exitStatus(within: 60) == 0, "\(three.output)")
+        #expect(three.output.contains("resuming with 3 workers; the checkpoint was written by 2: the rest of epoch 1 "
+                                      + "(20 of its 32 samples) is split among 3: 3 more step(s), then 5 per epoch"),
+                "\(three.output)")
+        let report = try status(three)
+        #expect(report["state"] as? String == "finished")
+        #expect(report["step"] as? Int == 11 && report["total_steps"] as? Int == 11, "\(report)")
+        #expect(three.metrics().map(\.step) == Array(1...11))
+        #expect(three.liveWorkers().isEmpty)
+    }
+
     /// With --max-restarts 0 the first failure ends the run: exit 1, a summary naming the
     /// rank and its status, and no process left.
     @Test func withoutRestartsTheFirstFailureEndsTheRunWithASummary() throws {

@@ -4,10 +4,11 @@ import TestSupport
 @testable import Data
 
 /// Every batch of one epoch: images as arrays, and the sample indices.
-private func epochBatches(_ loader: DataLoader, epoch: Int, fromBatch: Int = 0) throws -> [(images: [Float], indices: [Int], batchIndex: Int)] {
-    loader.startEpoch(epoch, fromBatch: fromBatch)
+private func epochBatches(_ loader: DataLoader, epoch: Int, splitFrom start: Int = 0,
+                          fromBatch: Int = 0) throws -> [(images: [Float], indices: [Int], batchIndex: Int)] {
+    loader.startEpoch(epoch, splitFrom: start, fromBatch: fromBatch)
     var batches: [(images: [Float], indices: [Int], batchIndex: Int)] = []
-    for _ in 0..<(loader.batchesPerEpoch + 1) {   // bounded: one more call must return nil
+    for _ in 0..<(loader.batchesPerEpoch(splitFrom: start) + 1) {   // bounded: one more call must return nil
         guard let batch = try loader.next() else { break }
         #expect(batch.dataWaitSeconds >= 0)
         #expect(batch.labels.count == batch.sampleIndices.count)
@@ -50,6 +51,44 @@ private func epochBatches(_ loader: DataLoader, epoch: Int, fromBatch: Int = 0) 
         // Different epochs give different augmentations of the same sample.
         let epoch0 = try epochBatches(single, epoch: 0), epoch1 = try epochBatches(single, epoch: 1)
         #expect(epoch0[0].images != epoch1[0].images)
+    }
+
+    /// Two workers take two batches each, then three split the rest of the epoch: together
+    /// they load every sample of the epoch once, each with the augmentation one worker alone
+    /// gives it (it depends on the seed, the epoch and the sample only).
+    @Test func threeWorkersLoadTheRestOfAnEpochTwoWorkersBegan() throws {
+        let folder = try TemporaryFolder()
+        defer { folder.remove() }
+        try synthesizeDataset(root: folder.path, classes: 4, perClass: 10, valPerClass: 0, size: 24, seed: 3)
+        let dataset = try ImageFolderDataset(root: folder.path)
+        func loaders(world: Int) -> [DataLoader] {
+            (0..<world).map {
+                DataLoader(dataset: dataset, sampler: DistributedSampler(datasetCount: dataset.count, worldSize: world, rank: $0, seed: 6),
+                           batchSize: 4, imageSize: 16, seed: 6, threads: 1)
+            }
+        }
+        let two = loaders(world: 2), three = loaders(world: 3), alone = loaders(world: 1)
+        defer { (two + three + alone).forEach { $0.stop() } }
+        var images: [Int: [Float]] = [:]
+        for batch in try epochBatches(alone[0], epoch: 1) {
+            for (slot, index) in batch.indices.enumerated() {
+                images[index] = Array(batch.images[(slot * 768)..<((slot + 1) * 768)])   // 3 × 16 × 16
+            }
+        }
+        #expect(images.count == 40)
+        var seen: [Int] = []
+        for loader in two { seen += try epochBatches(loader, epoch: 1).prefix(2).flatMap(\.indices) }
+        #expect(seen.count == 16)
+        for loader in three {
+            #expect(loader.batchesPerEpoch(splitFrom: 16) == 2)   // 24 left / 3 workers / batch 4
+            for batch in try epochBatches(loader, epoch: 1, splitFrom: 16) {
+                seen += batch.indices
+                for (slot, index) in batch.indices.enumerated() {
+                    #expect(Array(batch.images[(slot * 768)..<((slot + 1) * 768)]) == images[index], "sample \(index)")
+                }
+            }
+        }
+        #expect(seen.sorted() == Array(0..<40), "every sample of the epoch once")
     }
 
     /// The fine-tuning transform through the loader: the same batches with one and three

@@ -469,11 +469,17 @@ extension WorkerProcessTests {
     /// Runs three workers in `runDirectory` with `extra` flags until they exit.
     @discardableResult
     func trainThree(_ runDirectory: String, _ extra: [String]) throws -> [WorkerProcess] {
+        try train(workers: 3, runDirectory, ["--warmup-epochs", "0"] + extra)
+    }
+
+    /// Runs `count` workers of batch 2 over loopback TCP in `runDirectory` with `extra` flags until they exit.
+    @discardableResult
+    func train(workers count: Int, _ runDirectory: String, _ extra: [String]) throws -> [WorkerProcess] {
         let port = try freeLoopbackPort()
-        let workers = try (0..<3).map { rank in
+        let workers = try (0..<count).map { rank in
             try WorkerProcess(arguments(runDirectory: runDirectory, [
-                "--rank", "\(rank)", "--world-size", "3", "--rendezvous", "127.0.0.1:\(port)", "--job-token", "test-token",
-                "--batch-size", "2", "--warmup-epochs", "0",
+                "--rank", "\(rank)", "--world-size", "\(count)", "--rendezvous", "127.0.0.1:\(port)", "--job-token", "test-token",
+                "--batch-size", "2",
             ] + extra), logDirectory: temporary.path, name: "\(runDirectory)-\(rank)-\(UUID().uuidString.prefix(6))")
         }
         for worker in workers {
