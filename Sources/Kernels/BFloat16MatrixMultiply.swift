@@ -65,60 +65,119 @@ public func singleThreadedMatrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: 
     }
 }
 
-/// The bf16 product, cut into blocks of `bfloat16RowBlock` rows of c spread over our
-/// workers, each one oneDNN call on its worker (`bfloat16Product`).
+/// The bf16 product, cut into blocks of rows or of columns of c (`bfloat16Blocks`) spread
+/// over our workers, each one oneDNN call on its worker (`bfloat16Product`).
 ///
 /// The blocks depend on the shape alone, never on the thread count, so every element of
 /// c comes from the same oneDNN call (same kernel, same blocking of k) whatever the
 /// number of threads: results are independent of it by construction, whatever rules
-/// oneDNN's kernels (brgemm) follow inside a call. An fp32 b is rounded once, into the
-/// caller's buffer, for all blocks.
+/// oneDNN's kernels (brgemm) follow inside a call.
+///
+/// oneDNN packs the b operand of every call into its own layout (pairs of k interleaved)
+/// before its kernel runs, so each block of rows packs the whole of b again (on ViT-B's
+/// step, 6 % of the time went to the repeated packing at 8 blocks). A block of columns
+/// packs only its own columns of b, but writes c through a buffer, since oneDNN's fast
+/// kernels take a dense c only (products.c). `bfloat16Blocks` weighs the two. In both, an
+/// fp32 operand that every block reads whole (b for rows, a for columns) is rounded once,
+/// into the caller's buffer (a transposed into rows, as oneDNN's kernels run a row-major
+/// a fastest).
 public func bfloat16MatrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
                                    _ a: UnsafePointer<Float>, lda: Int, transposeA: Bool = false,
                                    _ b: UnsafePointer<Float>, ldb: Int, transposeB: Bool = false,
                                    roundedB: UnsafePointer<UInt16>? = nil,
                                    m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0) {
-    let block = bfloat16RowBlock(m: m, n: n, k: k)
-    let blocks = (m + block - 1) / block
-    var bRounded = roundedB.map { UnsafeRawPointer($0) }
-    var roundedLDB = ldb
-    if bRounded == nil && blocks > 1 {
-        // The stored b: [k, n], or [n, k] when transposed.
-        let rows = transposeB ? n : k, columns = transposeB ? k : n
-        guard let buffer = mae_bf16_thread_buffer(rows * columns) else {
-            preconditionFailure("out of memory for a bf16 operand of \(rows)×\(columns)")
+    let (cut, block) = bfloat16Blocks(m: m, n: n, k: k, accumulates: beta != 0)
+    switch cut {
+    case .whole:
+        if let roundedB {
+            bfloat16Product(c, ldc: ldc, a, isRounded: false, lda: lda, transposeA: transposeA,
+                            roundedB, isRounded: true, ldb: ldb, transposeB: transposeB,
+                            m: m, n: n, k: k, alpha: alpha, beta: beta)
+        } else {
+            bfloat16Product(c, ldc: ldc, a, isRounded: false, lda: lda, transposeA: transposeA,
+                            b, isRounded: false, ldb: ldb, transposeB: transposeB,
+                            m: m, n: n, k: k, alpha: alpha, beta: beta)
         }
-        parallelFor(rows, minimumPerWorker: max(1, 65_536 / max(1, columns))) { range in
-            for row in range { mae_round_to_bf16(buffer + row * columns, b + row * ldb, columns) }
+    case .rows:
+        var bRounded = roundedB
+        var roundedLDB = ldb
+        if bRounded == nil {
+            // The stored b: [k, n], or [n, k] when transposed.
+            let rows = transposeB ? n : k, columns = transposeB ? k : n
+            let buffer = threadBuffer(rows * columns)
+            parallelFor(rows, minimumPerWorker: max(1, 65_536 / max(1, columns))) { range in
+                for row in range { mae_round_to_bf16(buffer + row * columns, b + row * ldb, columns) }
+            }
+            bRounded = UnsafePointer(buffer)
+            roundedLDB = columns
         }
-        bRounded = UnsafeRawPointer(buffer)
-        roundedLDB = columns
-    }
-    parallelFor(blocks, minimumPerWorker: 1, rangesPerWorker: 4) { range in
-        for index in range {
-            let first = index * block, count = min(m, first + block) - first
-            let aBlock = transposeA ? a + first : a + first * lda
-            if let bRounded {
-                bfloat16Product(c + first * ldc, ldc: ldc, aBlock, isRounded: false, lda: lda, transposeA: transposeA,
-                                bRounded, isRounded: true, ldb: roundedLDB, transposeB: transposeB,
-                                m: count, n: n, k: k, alpha: alpha, beta: beta)
-            } else {
-                bfloat16Product(c + first * ldc, ldc: ldc, aBlock, isRounded: false, lda: lda, transposeA: transposeA,
-                                b, isRounded: false, ldb: ldb, transposeB: transposeB,
-                                m: count, n: n, k: k, alpha: alpha, beta: beta)
+        parallelFor((m + block - 1) / block, minimumPerWorker: 1, rangesPerWorker: 4) { range in
+            for index in range {
+                let first = index * block, count = min(m, first + block) - first
+                bfloat16Product(c + first * ldc, ldc: ldc, transposeA ? a + first : a + first * lda, isRounded: false,
+                                lda: lda, transposeA: transposeA, bRounded!, isRounded: true, ldb: roundedLDB,
+                                transposeB: transposeB, m: count, n: n, k: k, alpha: alpha, beta: beta)
+            }
+        }
+    case .columns:
+        // op(a) rounded once into a compact row-major [m, k] matrix.
+        let roundedA = threadBuffer(m * k)
+        if transposeA {
+            // The stored a is [k, m]: its columns are the rows of op(a).
+            parallelFor(m, minimumPerWorker: max(16, 65_536 / max(1, k))) { range in
+                mae_round_to_bf16_transposed(roundedA + range.lowerBound * k, a + range.lowerBound, k, range.count, lda)
+            }
+        } else {
+            parallelFor(m, minimumPerWorker: max(1, 65_536 / max(1, k))) { range in
+                for row in range { mae_round_to_bf16(roundedA + row * k, a + row * lda, k) }
+            }
+        }
+        parallelFor((n + block - 1) / block, minimumPerWorker: 1, rangesPerWorker: 4) { range in
+            for index in range {
+                let first = index * block, count = min(n, first + block) - first
+                // The stored b: [k, n], or [n, k] when transposed; the block of op(b)'s columns.
+                let offset = transposeB ? first * ldb : first
+                if let roundedB {
+                    bfloat16Product(c + first, ldc: ldc, roundedA, isRounded: true, lda: k, transposeA: false,
+                                    roundedB + offset, isRounded: true, ldb: ldb, transposeB: transposeB,
+                                    m: m, n: count, k: k, alpha: alpha, beta: beta)
+                } else {
+                    bfloat16Product(c + first, ldc: ldc, roundedA, isRounded: true, lda: k, transposeA: false,
+                                    b + offset, isRounded: false, ldb: ldb, transposeB: transposeB,
+                                    m: m, n: count, k: k, alpha: alpha, beta: beta)
+                }
             }
         }
     }
 }
 
-/// The rows of c per oneDNN call of `bfloat16MatrixMultiply`: a function of the shape
-/// alone (see there). Products under 2²¹ multiply-adds run whole; larger ones are cut into
-/// at most 8 blocks of a multiple of 16 rows: enough parts for a few threads to share, each
-/// tall enough that the kernel runs at full speed.
-public func bfloat16RowBlock(m: Int, n: Int, k: Int) -> Int {
-    guard m * n * k >= 1 << 21, m > 16 else { return max(1, m) }
-    let perBlock = (m + 7) / 8
-    return max(16, (perBlock + 15) / 16 * 16)
+/// How `bfloat16MatrixMultiply` cuts a product.
+public enum BFloat16Cut: Sendable { case whole, rows, columns }
+
+/// The cut of a product and the rows or columns of c per oneDNN call: a function of the
+/// shape alone (see `bfloat16MatrixMultiply`). Products under 2²¹ multiply-adds run whole;
+/// larger ones are cut into at most 8 blocks of a multiple of 16 rows or columns: enough
+/// parts for a few threads to share. Rows cost 7 extra packings of b (k × n each);
+/// columns pass c (m × n, fp32) through a buffer, and once more when they add to c
+/// (`accumulates`). Columns therefore when m < 2k, or m < 1.25k when adding: thresholds
+/// measured on ViT-B's products (`mae bench products`; docs/PERFORMANCE.md), where the
+/// encoder's (400 rows) gain 10–25 % from columns and the decoder's forward products
+/// (1,576 rows, k = 512) and the weight gradients of few rows (dyᵀ·x) keep rows.
+public func bfloat16Blocks(m: Int, n: Int, k: Int, accumulates: Bool = false) -> (cut: BFloat16Cut, size: Int) {
+    guard m * n * k >= 1 << 21 else { return (.whole, 0) }
+    func block(_ length: Int) -> Int { max(16, ((length + 7) / 8 + 15) / 16 * 16) }
+    let columns = accumulates ? 4 * m < 5 * k : m < 2 * k
+    if columns, n > 16 { return (.columns, block(n)) }
+    if m > 16 { return (.rows, block(m)) }
+    return (.whole, 0)
+}
+
+/// The calling thread's bf16 buffer of `count` values (`mae_bf16_thread_buffer`).
+private func threadBuffer(_ count: Int) -> UnsafeMutablePointer<UInt16> {
+    guard let buffer = mae_bf16_thread_buffer(count) else {
+        preconditionFailure("out of memory for a bf16 operand of \(count) values")
+    }
+    return buffer
 }
 
 /// One bf16 product on the calling thread (a oneDNN call; OpenBLAS on the rounded operands

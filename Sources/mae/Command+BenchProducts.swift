@@ -53,7 +53,8 @@ struct BenchProductsCommand: Subcommand {
             let roundedB = UnsafeMutablePointer<UInt16>.allocate(capacity: b.count)
             defer { roundedB.deallocate() }
             roundToBFloat16(roundedB, b.pointer, count: b.count)
-            // The model passes its weights pre-rounded (forward and input-gradient forms).
+            // The model passes its weights pre-rounded (forward and input-gradient forms), and adds
+            // the weight-gradient form (tn) to the gradients.
             let weightOperand = shape.transposeA ? nil : UnsafePointer(roundedB)
             func rate(_ precision: Precision?) -> Double {
                 func once() {
@@ -67,7 +68,7 @@ struct BenchProductsCommand: Subcommand {
                     matrixMultiply(c.pointer, ldc: n, a.pointer, lda: shape.transposeA ? m : k, transposeA: shape.transposeA,
                                    b.pointer, ldb: shape.transposeB ? k : n, transposeB: shape.transposeB,
                                    roundedB: precision == .bf16 ? weightOperand : nil,
-                                   m: m, n: n, k: k, precision: precision)
+                                   m: m, n: n, k: k, beta: shape.transposeA ? 1 : 0, precision: precision)
                 }
                 once()  // creates oneDNN's primitive, warms the caches
                 var best = Double.infinity, spent = 0.0
@@ -82,10 +83,10 @@ struct BenchProductsCommand: Subcommand {
             }
             let fp32 = rate(.fp32), bf16 = rate(.bf16)
             let oneDNNFP32 = threads == 1 ? format(rate(nil), 11) : "          -"
-            let block = bfloat16RowBlock(m: m, n: n, k: k)
+            let (cut, block) = bfloat16Blocks(m: m, n: n, k: k, accumulates: shape.transposeA)
             let kernel = m * n * k <= Int(MAE_BF16_SMALL_PRODUCT_LIMIT) ? "OpenBLAS on bf16-rounded operands (small)"
-                : bfloat16ProductImplementation(m: block, n: n, k: k, transposeA: shape.transposeA,
-                                                       transposeB: shape.transposeB)
+                : bfloat16ProductImplementation(m: cut == .rows ? block : m, n: cut == .columns ? block : n, k: k,
+                                                transposeA: shape.transposeA && cut != .columns, transposeB: shape.transposeB)
             let name = "\(m)×\(n)×\(k) " + (shape.transposeA ? "tn" : shape.transposeB ? "nt" : "nn")
             print(name.padding(toLength: 20, withPad: " ", startingAt: 0)
                   + "  " + format(fp32, 12) + "  " + format(bf16, 12) + "  " + format(bf16 / fp32, 9) + "  " + oneDNNFP32 + "  " + kernel)

@@ -144,7 +144,7 @@ import TestSupport
         #expect(lossOne.isFinite && lossOne > 0)
     }
 
-    /// In bf16 too, the thread count changes no bit (the products' row blocks depend on the
+    /// In bf16 too, the thread count changes no bit (the products' blocks depend on the
     /// shape alone), and the rounded weights follow `parametersDidChange()`.
     @Test(arguments: [1, 3])
     func bf16StepIsIndependentOfTheThreadCount(batchShards: Int) throws {
