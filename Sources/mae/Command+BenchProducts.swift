@@ -83,7 +83,7 @@ struct BenchProductsCommand: Subcommand {
             let fp32 = rate(.fp32), bf16 = rate(.bf16)
             let oneDNNFP32 = threads == 1 ? format(rate(nil), 11) : "          -"
             let block = bfloat16RowBlock(m: m, n: n, k: k)
-            let kernel = m * n * k <= Int(MAE_BF16_SMALL_PRODUCT_LIMIT) ? "OpenBLAS on bf16-rounded operands (small)"
+            let kernel = m * n * k <= Int(MAE_BF16_SMALL_PRODUCT_LIMIT) ? String(cString: mae_bf16_small_product_implementation())
                 : bfloat16ProductImplementation(m: block, n: n, k: k, transposeA: shape.transposeA,
                                                        transposeB: shape.transposeB)
             let name = "\(m)×\(n)×\(k) " + (shape.transposeA ? "tn" : shape.transposeB ? "nt" : "nn")
