@@ -108,7 +108,8 @@ BF16_KERNEL static void pack_along_rows(uint32_t *packed, long stride, const voi
     long pairs = (k + 1) / 2;
     for (long index0 = 0; index0 < stride; index0 += 16) {
         for (long pair0 = 0; pair0 < pairs; pair0 += 16) {
-            __m512i words[16];
+            __m512i words[16];  // in registers: every loop over it unrolled
+#pragma GCC unroll 16
             for (int row = 0; row < 16; row++) {
                 const char *stored = (const char *)source + (size_t)(index0 + row) * row_bytes;
                 words[row] = index0 + row < width ? load_pairs(stored, is_bf16, 2 * pair0, k - 2 * pair0)
@@ -116,7 +117,23 @@ BF16_KERNEL static void pack_along_rows(uint32_t *packed, long stride, const voi
             }
             transpose16x16_epi32(words);  // words[q]: pair pair0 + q of the 16 indices
             long count = pairs - pair0 < 16 ? pairs - pair0 : 16;
-            for (long q = 0; q < count; q++) _mm512_store_si512(packed + (pair0 + q) * stride + index0, words[q]);
+#pragma GCC unroll 16
+            for (int q = 0; q < 16; q++) {
+                if (q < count) _mm512_store_si512(packed + (pair0 + q) * stride + index0, words[q]);
+            }
+        }
+    }
+}
+
+// An operand stored [rows][ld] (k along the rows), each row packed into its own pairs:
+// packed[row · stride + pair], stride a multiple of 16 words.
+BF16_KERNEL static void pack_rows(uint32_t *packed, long stride, const void *source, int is_bf16, long ld,
+                                  long k, long rows) {
+    size_t row_bytes = (size_t)ld * (is_bf16 ? 2 : 4);
+    for (long row = 0; row < rows; row++) {
+        const char *stored = (const char *)source + (size_t)row * row_bytes;
+        for (long pair0 = 0; pair0 < (k + 1) / 2; pair0 += 16) {
+            _mm512_store_si512(packed + row * stride + pair0, load_pairs(stored, is_bf16, 2 * pair0, k - 2 * pair0));
         }
     }
 }
@@ -125,24 +142,30 @@ BF16_KERNEL static void pack_along_rows(uint32_t *packed, long stride, const voi
 // masked by `last`), from a's packed words (rows side by side) and b's; `rows` and
 // `vectors` are constants at every call (run_tile), so the accumulators stay in registers.
 BF16_KERNEL static inline __attribute__((always_inline))
-void tile(const int rows, const int vectors, const uint32_t *a, long a_stride, const uint32_t *b, long b_stride,
-          long pairs, float *c, long ldc, __mmask16 last, float alpha, int accumulate) {
+void tile(const int rows, const int vectors, const int a_by_rows, const uint32_t *a, long a_stride,
+          const uint32_t *b, long b_stride, long pairs, float *c, long ldc, __mmask16 last, float alpha,
+          int accumulate) {
     __m512 sum[tile_rows][2];
+#pragma GCC unroll 12
     for (int row = 0; row < rows; row++) {
         for (int vector = 0; vector < vectors; vector++) sum[row][vector] = _mm512_setzero_ps();
     }
     for (long pair = 0; pair < pairs; pair++) {
-        const uint32_t *b_words = b + pair * b_stride, *a_words = a + pair * a_stride;
+        const uint32_t *b_words = b + pair * b_stride;
         __m512bh b0 = (__m512bh)_mm512_load_si512(b_words);
         __m512bh b1 = vectors == 2 ? (__m512bh)_mm512_load_si512(b_words + 16) : b0;
+#pragma GCC unroll 12
         for (int row = 0; row < rows; row++) {
-            __m512bh a_pair = (__m512bh)_mm512_set1_epi32((int)a_words[row]);
+            uint32_t a_word = a_by_rows ? a[row * a_stride + pair] : a[pair * a_stride + row];
+            __m512bh a_pair = (__m512bh)_mm512_set1_epi32((int)a_word);
             sum[row][0] = _mm512_dpbf16_ps(sum[row][0], b0, a_pair);
             if (vectors == 2) sum[row][1] = _mm512_dpbf16_ps(sum[row][1], b1, a_pair);
         }
     }
     __m512 scale = _mm512_set1_ps(alpha);
+#pragma GCC unroll 12
     for (int row = 0; row < rows; row++) {
+#pragma GCC unroll 2
         for (int vector = 0; vector < vectors; vector++) {
             __mmask16 mask = vector == vectors - 1 ? last : (__mmask16)0xFFFF;
             float *out = c + row * ldc + 16 * vector;
@@ -153,13 +176,15 @@ void tile(const int rows, const int vectors, const uint32_t *a, long a_stride, c
     }
 }
 
-BF16_KERNEL static void run_tile(long rows, int vectors, const uint32_t *a, long a_stride, const uint32_t *b,
-                                 long b_stride, long pairs, float *c, long ldc, __mmask16 last, float alpha,
-                                 int accumulate) {
+BF16_KERNEL static void run_tile(long rows, int vectors, int a_by_rows, const uint32_t *a, long a_stride,
+                                 const uint32_t *b, long b_stride, long pairs, float *c, long ldc, __mmask16 last,
+                                 float alpha, int accumulate) {
 #define TILE_CASE(R) \
     case R: \
-        if (vectors == 2) tile(R, 2, a, a_stride, b, b_stride, pairs, c, ldc, last, alpha, accumulate); \
-        else tile(R, 1, a, a_stride, b, b_stride, pairs, c, ldc, last, alpha, accumulate); \
+        if (a_by_rows && vectors == 2) tile(R, 2, 1, a, a_stride, b, b_stride, pairs, c, ldc, last, alpha, accumulate); \
+        else if (a_by_rows) tile(R, 1, 1, a, a_stride, b, b_stride, pairs, c, ldc, last, alpha, accumulate); \
+        else if (vectors == 2) tile(R, 2, 0, a, a_stride, b, b_stride, pairs, c, ldc, last, alpha, accumulate); \
+        else tile(R, 1, 0, a, a_stride, b, b_stride, pairs, c, ldc, last, alpha, accumulate); \
         break;
     switch (rows) {
         TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6)
@@ -178,14 +203,17 @@ BF16_KERNEL int mae_bf16_small_product_avx512(float *c, long ldc,
         return 0;
     }
     long pairs = (k + 1) / 2;
-    long a_stride = (m + 15) / 16 * 16, b_stride = (n + 15) / 16 * 16;
-    uint32_t *a_packed = reserve_packed(&packed_a, &packed_a_capacity, (size_t)(pairs * a_stride));
+    // a stored [k][lda] when transposed: packed as op(a)ᵀ[k, m] (pairs of k, then rows);
+    // [m][lda] otherwise: each row's pairs in turn (no transpose), the tile reading a's
+    // words row by row.
+    int a_by_rows = !transpose_a;
+    long a_stride = a_by_rows ? (pairs + 15) / 16 * 16 : (m + 15) / 16 * 16, b_stride = (n + 15) / 16 * 16;
+    uint32_t *a_packed = reserve_packed(&packed_a, &packed_a_capacity, (size_t)((a_by_rows ? m : pairs) * a_stride));
     uint32_t *b_packed = reserve_packed(&packed_b, &packed_b_capacity, (size_t)(pairs * b_stride));
     if (!a_packed || !b_packed) return -1;
-    // op(a)ᵀ[k, m]: a stored [k][lda] when transposed, [m][lda] otherwise; op(b)[k, n]: b
-    // stored [n][ldb] when transposed, [k][ldb] otherwise.
     if (transpose_a) pack_down_rows(a_packed, a_stride, a, a_is_bf16, lda, k, m);
-    else pack_along_rows(a_packed, a_stride, a, a_is_bf16, lda, k, m);
+    else pack_rows(a_packed, a_stride, a, a_is_bf16, lda, k, m);
+    // op(b)[k, n]: b stored [n][ldb] when transposed, [k][ldb] otherwise.
     if (transpose_b) pack_along_rows(b_packed, b_stride, b, b_is_bf16, ldb, k, n);
     else pack_down_rows(b_packed, b_stride, b, b_is_bf16, ldb, k, n);
     // Row blocks of at most tile_rows, as even as they come (17 rows: 9 and 8).
@@ -197,7 +225,8 @@ BF16_KERNEL int mae_bf16_small_product_avx512(float *c, long ldc,
         long row0 = 0;
         for (long block = 0; block < row_blocks; block++) {
             long rows = m / row_blocks + (block < m % row_blocks ? 1 : 0);
-            run_tile(rows, vectors, a_packed + row0, a_stride, b_packed + column0, b_stride, pairs,
+            run_tile(rows, vectors, a_by_rows, a_packed + (a_by_rows ? row0 * a_stride : row0), a_stride,
+                     b_packed + column0, b_stride, pairs,
                      c + row0 * ldc + column0, ldc, last, alpha, beta != 0.0f);
             row0 += rows;
         }
