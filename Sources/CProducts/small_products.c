@@ -3,25 +3,27 @@
 //
 // Each call packs both operands into per-thread buffers, rounding them to bf16 as it
 // goes (no separate rounding pass), in the layout VDPBF16PS reads, then sums tiles of c
-// in fp32 registers:
+// in fp32 registers. The packed unit is a 32-bit word holding a pair of consecutive k
+// side by side (the "VNNI" layout), k padded with a zero when odd:
 //
-//   packed[pair · stride + index] = the 32-bit word (bf16 op(x)[2·pair][index] in its low half,
-//                                   bf16 op(x)[2·pair + 1][index] in its high half)
+//   word(x, pair, index) = bf16 x[2·pair][index] (low half) | bf16 x[2·pair + 1][index] (high half)
 //
-// for op(b)[k, n] (index = column j < n) and op(a)ᵀ[k, m] (index = row i < m) alike:
-// pairs of consecutive k side by side (the "VNNI" layout), k padded with a zero row when
-// odd, stride = the index count rounded up to 16 words (one cache line), padding zero.
-// An operand stored with k down its rows (b of nn and tn, a of tn and tt) packs 16
-// indices at a time from two stored rows, interleaving their halves; one stored with k
-// along its rows (b of nt and tt, a of nn and nt) packs 16 × 16 words at a time: 16
-// stored rows of 32 values rounded into 16 pairs each, then transposed.
+// op(b)[k, n] is packed as b_packed[pair · stride + j], stride = n rounded up to 16 words
+// (one cache line; the padding is zero): from b stored with k down its rows (nn, tn), 16
+// columns at a time from two stored rows, interleaving their halves; from b stored with k
+// along its rows (nt, tt), 16 × 16 words at a time: 16 stored rows of 32 values rounded
+// into 16 pairs each, then transposed. op(a)[m, k] stored with k down its rows (tn, tt) is
+// packed the same way, a_packed[pair · stride + i]; stored with k along its rows (nn, nt)
+// it is packed row by row without a transpose, a_packed[i · stride + pair], stride = the
+// pairs rounded up to 16 words.
 //
 // A tile is up to 12 rows × 32 columns of c (24 accumulators of 16 floats): for each
 // pair, the two vectors of 16 columns of b's packed row and, for each row, a's word
 // broadcast, VDPBF16PS adding both products into the row's accumulators. Every element
 // of c is thus summed over k in one fixed order (pairs in order, from 0), whatever the
-// tiling and the thread count: results depend on k alone. Then c = alpha · sum (beta 0)
-// or alpha · sum + c in one fused multiply-add (beta 1), only the columns < n stored.
+// tiling, the leading dimensions and the thread count: its bits depend on its inputs
+// alone. Then c = alpha · sum (beta 0) or alpha · sum + c in one fused multiply-add
+// (beta 1), only the columns < n stored.
 //
 // VDPBF16PS is the instruction oneDNN's brgemm kernels (brg:avx512_core_bf16) use for
 // the larger bf16 products, with its rules: bf16 inputs that are subnormal count as 0,
@@ -139,8 +141,9 @@ BF16_KERNEL static void pack_rows(uint32_t *packed, long stride, const void *sou
 }
 
 // One tile of `rows` rows × `vectors` vectors of 16 columns of c (the last one's columns
-// masked by `last`), from a's packed words (rows side by side) and b's; `rows` and
-// `vectors` are constants at every call (run_tile), so the accumulators stay in registers.
+// masked by `last`), from a's packed words (a pair's rows side by side, or each row's
+// pairs side by side when `a_by_rows`) and b's; `rows`, `vectors` and `a_by_rows` are
+// constants at every call (run_tile), so the accumulators stay in registers.
 BF16_KERNEL static inline __attribute__((always_inline))
 void tile(const int rows, const int vectors, const int a_by_rows, const uint32_t *a, long a_stride,
           const uint32_t *b, long b_stride, long pairs, float *c, long ldc, __mmask16 last, float alpha,
