@@ -1,5 +1,6 @@
 #include "CProducts.h"
 #include "CSupportBFloat16.h"
+#include "small_products.h"
 #include <oneapi/dnnl/dnnl.h>
 #include <cblas.h>
 #include <dlfcn.h>
@@ -114,10 +115,13 @@ static const uint16_t *rounded_transpose(uint16_t **buffer, size_t *capacity, co
 // Products of at most this many multiply-adds (m·n·k) skip oneDNN: a call costs it a few
 // microseconds of set-up (memory objects, stream), more than such a product takes, and
 // attention's per-head products are this small in the small models (mae_vit_tiny_patch4:
-// 17×17×64, 65×65×32). Their operands are rounded to bf16 values held in fp32, and
-// OpenBLAS's fp32 kernel sums them: the product of two bf16 values is exact in fp32, so
-// this is the same bf16-input, fp32-sum product, only summed in another order. The choice
-// depends on the shape alone, so results stay independent of the thread count.
+// 17×17×64, 65×65×32). They run on our own VDPBF16PS kernel (small_products.c), which
+// rounds the operands while packing them. Where the CPU lacks AVX512_BF16 (bf16 training
+// refuses to start there; this path stays for completeness), their operands are rounded
+// to bf16 values held in fp32 and OpenBLAS's fp32 kernel sums them: the product of two
+// bf16 values is exact in fp32, so this is the same bf16-input, fp32-sum product, only
+// summed in another order. The choice depends on the shape and the CPU alone, so results
+// stay independent of the thread count.
 enum { small_product_limit = MAE_BF16_SMALL_PRODUCT_LIMIT };
 
 static float *reserve_floats(float **buffer, size_t *capacity, size_t count) {
@@ -237,6 +241,10 @@ static product_key make_key(long m, long n, long k, long lda, int transpose_a, l
     return key;
 }
 
+const char *mae_bf16_small_product_implementation(void) {
+    return mae_bf16_small_kernel_available() ? "our vdpbf16ps kernel (small)" : "OpenBLAS on bf16-rounded operands (small)";
+}
+
 const char *mae_bf16_matmul_implementation(long m, long n, long k, int transpose_a, int transpose_b) {
     product_key key = make_key(m, n, k, transpose_a ? m : k, transpose_a, transpose_b ? k : n, transpose_b, n, 1, 0);
     product_entry *entry = entry_for(&key);
@@ -295,6 +303,14 @@ int mae_bf16_matmul(float *c, long ldc,
     }
     if (m == 0 || n == 0) return 0;
     if (m * n * k <= small_product_limit) {
+        if (mae_bf16_small_kernel_available()) {
+            if (mae_bf16_small_product_avx512(c, ldc, a, a_is_bf16, lda, transpose_a, b, b_is_bf16, ldb, transpose_b,
+                                              m, n, k, alpha, beta)) {
+                snprintf(error_message, sizeof error_message, "out of memory for the packed operands of a small product");
+                return -1;
+            }
+            return 0;
+        }
         return small_product(c, ldc, a, a_is_bf16, lda, transpose_a, b, b_is_bf16, ldb, transpose_b, m, n, k, alpha, beta);
     }
     use_one_openmp_thread();

@@ -34,37 +34,14 @@ AVX512 static long widen_avx512(float *destination, const uint16_t *source, long
 }
 
 // One 16 × 16 tile: source rows row0… (leading dimension ld) from column0, rounded, written
-// as the 16 destination rows column0… (leading dimension rows) from row0. After rounding,
-// the 32-bit lanes are transposed in three rounds: pairs of rows interleaved by 32 bits,
-// then by 64 bits (each 128-bit lane then holds one column of four rows), then 128-bit
-// lanes gathered across the four groups of four rows.
+// as the 16 destination rows column0… (leading dimension rows) from row0.
 AVX512 static void round_transposed_tile(uint16_t *destination, const float *source, long rows, long ld,
                                          long row0, long column0) {
-    __m512i r[16], t[16];
+    __m512i r[16];
     for (int row = 0; row < 16; row++) r[row] = round16(_mm512_loadu_ps(source + (row0 + row) * ld + column0));
-    for (int pair = 0; pair < 16; pair += 2) {
-        t[pair] = _mm512_unpacklo_epi32(r[pair], r[pair + 1]);
-        t[pair + 1] = _mm512_unpackhi_epi32(r[pair], r[pair + 1]);
-    }
-    for (int group = 0; group < 16; group += 4) {
-        r[group] = _mm512_unpacklo_epi64(t[group], t[group + 2]);      // columns 4L + 0 of rows group…group+3
-        r[group + 1] = _mm512_unpackhi_epi64(t[group], t[group + 2]);  // 4L + 1
-        r[group + 2] = _mm512_unpacklo_epi64(t[group + 1], t[group + 3]);  // 4L + 2
-        r[group + 3] = _mm512_unpackhi_epi64(t[group + 1], t[group + 3]);  // 4L + 3
-    }
-    for (int j = 0; j < 4; j++) {
-        __m512i low01 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x44);     // lanes 0, 1 of rows 0–3 and 4–7
-        __m512i high01 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xEE);    // lanes 2, 3
-        __m512i low23 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x44);
-        __m512i high23 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xEE);
-        __m512i columns[4] = {
-            _mm512_shuffle_i32x4(low01, low23, 0x88), _mm512_shuffle_i32x4(low01, low23, 0xDD),
-            _mm512_shuffle_i32x4(high01, high23, 0x88), _mm512_shuffle_i32x4(high01, high23, 0xDD),
-        };
-        for (int lane = 0; lane < 4; lane++) {
-            long column = column0 + 4 * lane + j;
-            _mm256_storeu_si256((__m256i *)(destination + column * rows + row0), _mm512_cvtepi32_epi16(columns[lane]));
-        }
+    transpose16x16_epi32(r);
+    for (int column = 0; column < 16; column++) {
+        _mm256_storeu_si256((__m256i *)(destination + (column0 + column) * rows + row0), _mm512_cvtepi32_epi16(r[column]));
     }
 }
 #endif

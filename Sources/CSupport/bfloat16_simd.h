@@ -50,6 +50,35 @@ AVX512 static inline __m512 widen16(const uint16_t *source) {
 AVX512 static inline __m512 round_trip16(__m512 values) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(round16(values), 16));
 }
+
+// The 16 × 16 32-bit lanes of rows[0…15] transposed in place: afterwards rows[c] holds
+// lane c of every input row, in row order. Three rounds: pairs of rows interleaved by
+// 32 bits, then by 64 bits (each 128-bit lane then holds one column of four rows), then
+// 128-bit lanes gathered across the four groups of four rows. (bfloat16.c's transposing
+// rounding, and CProducts' small-product kernel packing its operands.)
+AVX512 static inline void transpose16x16_epi32(__m512i rows[16]) {
+    __m512i t[16], r[16];
+    for (int pair = 0; pair < 16; pair += 2) {
+        t[pair] = _mm512_unpacklo_epi32(rows[pair], rows[pair + 1]);
+        t[pair + 1] = _mm512_unpackhi_epi32(rows[pair], rows[pair + 1]);
+    }
+    for (int group = 0; group < 16; group += 4) {
+        r[group] = _mm512_unpacklo_epi64(t[group], t[group + 2]);          // columns 4L + 0 of rows group…group+3
+        r[group + 1] = _mm512_unpackhi_epi64(t[group], t[group + 2]);      // 4L + 1
+        r[group + 2] = _mm512_unpacklo_epi64(t[group + 1], t[group + 3]);  // 4L + 2
+        r[group + 3] = _mm512_unpackhi_epi64(t[group + 1], t[group + 3]);  // 4L + 3
+    }
+    for (int j = 0; j < 4; j++) {
+        __m512i low01 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x44);   // lanes 0, 1 of rows 0–3 and 4–7
+        __m512i high01 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xEE);  // lanes 2, 3
+        __m512i low23 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x44);
+        __m512i high23 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xEE);
+        rows[j] = _mm512_shuffle_i32x4(low01, low23, 0x88);        // column j
+        rows[4 + j] = _mm512_shuffle_i32x4(low01, low23, 0xDD);    // 4 + j
+        rows[8 + j] = _mm512_shuffle_i32x4(high01, high23, 0x88);  // 8 + j
+        rows[12 + j] = _mm512_shuffle_i32x4(high01, high23, 0xDD); // 12 + j
+    }
+}
 #endif
 
 // Each call of bfloat16.c and wire.c: the AVX-512 loop where the CPU has it (it returns

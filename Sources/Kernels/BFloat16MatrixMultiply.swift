@@ -180,8 +180,8 @@ private func threadBuffer(_ count: Int) -> UnsafeMutablePointer<UInt16> {
     return buffer
 }
 
-/// One bf16 product on the calling thread (a oneDNN call; OpenBLAS on the rounded operands
-/// for products of at most `MAE_BF16_SMALL_PRODUCT_LIMIT` multiply-adds, the same arithmetic
+/// One bf16 product on the calling thread (a oneDNN call; our own VDPBF16PS kernel for
+/// products of at most `MAE_BF16_SMALL_PRODUCT_LIMIT` multiply-adds, the same arithmetic
 /// without oneDNN's per-call set-up); a failure (no bf16 kernel for this CPU, memory)
 /// stops the program with oneDNN's message, since the options were checked up front
 /// (`Precision.unsupportedReason`).

@@ -84,7 +84,7 @@ struct BenchProductsCommand: Subcommand {
             let fp32 = rate(.fp32), bf16 = rate(.bf16)
             let oneDNNFP32 = threads == 1 ? format(rate(nil), 11) : "          -"
             let (cut, block) = bfloat16Blocks(m: m, n: n, k: k, accumulates: shape.transposeA)
-            let kernel = m * n * k <= Int(MAE_BF16_SMALL_PRODUCT_LIMIT) ? "OpenBLAS on bf16-rounded operands (small)"
+            let kernel = m * n * k <= Int(MAE_BF16_SMALL_PRODUCT_LIMIT) ? String(cString: mae_bf16_small_product_implementation())
                 : bfloat16ProductImplementation(m: cut == .rows ? block : m, n: cut == .columns ? block : n, k: k,
                                                 transposeA: shape.transposeA && cut != .columns, transposeB: shape.transposeB)
             let name = "\(m)×\(n)×\(k) " + (shape.transposeA ? "tn" : shape.transposeB ? "nt" : "nn")

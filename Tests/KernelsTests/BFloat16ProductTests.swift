@@ -57,15 +57,21 @@ import TestSupport
         }
     }
 
-    /// The forms the model uses (x Wᵀ, dy W, dyᵀ x and attention's), at sizes cut into
-    /// blocks and not, with padded leading dimensions, alpha and beta 0 or 1; b fp32 or
-    /// pre-rounded.
-    @Test(arguments: [(400, 96, 80), (37, 50, 24), (300, 260, 150)])
+    /// The forms the model uses (x Wᵀ, dy W, dyᵀ x and attention's) and tt, at sizes cut into
+    /// blocks and not, with padded leading dimensions, alpha 1 or not, beta 0 or 1; b fp32 or
+    /// pre-rounded. The shapes of at most `MAE_BF16_SMALL_PRODUCT_LIMIT` multiply-adds (all
+    /// but the first and last) run on the small-product kernel: odd and even k, k = 1,
+    /// rows and columns around its 12 × 32 tiles (attention's 17 and 65 tokens).
+    @Test(arguments: [(400, 96, 80), (37, 50, 24), (17, 17, 63), (65, 33, 31), (12, 32, 64), (25, 17, 1),
+                      (3, 70, 9), (300, 260, 150)])
     func productsMatchTheRoundedReference(m: Int, n: Int, k: Int) {
         let before = Parallel.threads
         defer { Parallel.setThreads(before) }
         for (transposeA, transposeB) in [(false, true), (false, false), (true, false), (true, true)] {
-            for (alpha, beta, preRounded) in [(Float(1), Float(0), false), (0.125, 1, true)] {
+            // alpha ≠ 1 with beta 0 (attention's q·kᵀ) on the small kernel's shapes only (the time
+            // of the double-precision reference).
+            let small = m * n * k <= 1 << 18
+            for (alpha, beta, preRounded) in [(Float(1), Float(0), false), (0.125, 1, true)] + (small ? [(0.3, 0, true)] : []) {
                 let (aRows, aColumns) = transposeA ? (k, m) : (m, k)
                 let (bRows, bColumns) = transposeB ? (n, k) : (k, n)
                 let lda = aColumns + 3, ldb = bColumns + 5, ldc = n + 2
@@ -89,8 +95,9 @@ import TestSupport
                 let label = "\(m)×\(n)×\(k) transposeA \(transposeA) transposeB \(transposeB) beta \(beta)"
                 let differing = zip(results[0], results[1]).filter { $0.bitPattern != $1.bitPattern }.count
                 #expect(differing == 0, "\(label): \(differing) elements differ between one and two threads")
-                // fp32 accumulation of k products: allow 4·10⁻⁶ of Σ|a·b| (k·2⁻²⁴ ≈ 10⁻⁵ at the worst
-                // ordering; an unrounded input would be off by ~2⁻⁹ per product).
+                // fp32 accumulation of k products: allow 4·10⁻⁶ of |alpha|·Σ|a·b| (k·2⁻²⁴ ≈ 10⁻⁵ at
+                // the worst ordering; an unrounded input would be off by ~2⁻⁹ per product), and
+                // 2⁻²³ of |beta·c| for the rounding of the sum with c (which dominates at k = 1).
                 var worst = 0.0
                 for i in 0..<m {
                     for j in 0..<n {
@@ -102,13 +109,53 @@ import TestSupport
                             magnitude += abs(product)
                         }
                         let expected = Double(alpha) * sum + Double(beta) * Double(c0[i * ldc + j])
-                        let excess = abs(Double(results[0][i * ldc + j]) - expected) / (4e-6 * magnitude + 1e-30)
+                        let allowance = 4e-6 * Double(abs(alpha)) * magnitude + 0x1p-23 * abs(Double(beta) * Double(c0[i * ldc + j]))
+                        let excess = abs(Double(results[0][i * ldc + j]) - expected) / (allowance + 1e-30)
                         worst = max(worst, excess)
                     }
                 }
-                #expect(worst <= 1, "\(label): error \(worst) × the allowance of 4·10⁻⁶ Σ|a·b|")
+                #expect(worst <= 1, "\(label): error \(worst) × the allowance of 4·10⁻⁶ |alpha| Σ|a·b| + 2⁻²³ |beta·c|")
                 // Padding columns of c are left alone.
                 #expect(results[0][n] == c0[n], "\(label): wrote past n")
+            }
+        }
+    }
+
+    /// A small product's bits depend on its shape alone: not on the leading dimensions, nor
+    /// on whether b came rounded (the kernel rounds as `roundToBFloat16` does), in each form.
+    @Test func smallProductsDependOnTheShapeAlone() {
+        let (m, n, k) = (17, 23, 45)
+        for (transposeA, transposeB) in [(false, true), (false, false), (true, false), (true, true)] {
+            var results: [[Float]] = []
+            for (padding, preRounded) in [(0, false), (7, false), (16, true)] {
+                let (aRows, aColumns) = transposeA ? (k, m) : (m, k)
+                let (bRows, bColumns) = transposeB ? (n, k) : (k, n)
+                let lda = aColumns + padding, ldb = bColumns + padding, ldc = n + padding
+                func padded(_ values: [Double], rows: Int, columns: Int, ld: Int) -> [Float] {
+                    var out = [Float](repeating: .nan, count: rows * ld)
+                    for row in 0..<rows {
+                        for column in 0..<columns { out[row * ld + column] = Float(values[row * columns + column]) }
+                    }
+                    return out
+                }
+                let a = FloatBuffer(padded(randomValues(aRows * aColumns, seed: 81), rows: aRows, columns: aColumns, ld: lda))
+                let b = FloatBuffer(padded(randomValues(bRows * bColumns, seed: 82), rows: bRows, columns: bColumns, ld: ldb))
+                let roundedB = UnsafeMutablePointer<UInt16>.allocate(capacity: b.count)
+                defer { roundedB.deallocate() }
+                roundToBFloat16(roundedB, b.pointer, count: b.count)
+                let c = FloatBuffer(count: m * ldc)
+                matrixMultiply(c.pointer, ldc: ldc, a.pointer, lda: lda, transposeA: transposeA,
+                               b.pointer, ldb: ldb, transposeB: transposeB,
+                               roundedB: preRounded ? UnsafePointer(roundedB) : nil,
+                               m: m, n: n, k: k, alpha: 0.7, precision: .bf16)
+                let values = c.toArray()
+                results.append((0..<m).flatMap { row in values[(row * ldc)..<(row * ldc + n)] })
+            }
+            let label = "transposeA \(transposeA) transposeB \(transposeB)"
+            #expect(results[0].allSatisfy { $0.isFinite }, "\(label): the padding (NaN) reached c")
+            for other in results.dropFirst() {
+                let differing = zip(results[0], other).filter { $0.bitPattern != $1.bitPattern }.count
+                #expect(differing == 0, "\(label): \(differing) elements differ with other leading dimensions")
             }
         }
     }

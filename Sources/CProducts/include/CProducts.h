@@ -7,9 +7,10 @@
 /// matmul primitive, which Swift can reach only through dozens of C structs, thread-local
 /// state and OpenMP's per-thread settings: kept in C, behind two calls.
 
-/// Products of at most this many multiply-adds (m·n·k) run on OpenBLAS's fp32 kernel from
-/// operands rounded to bf16 (exact products, fp32 sums: the same arithmetic), since oneDNN's
-/// set-up per call costs more than they take (products.c).
+/// Products of at most this many multiply-adds (m·n·k) skip oneDNN, whose set-up per call
+/// costs more than they take: they run on our own VDPBF16PS kernel (small_products.c; the
+/// same instruction as oneDNN's), or, on a CPU without AVX512_BF16, on OpenBLAS's fp32
+/// kernel from operands rounded to bf16 (exact products, fp32 sums) (products.c).
 #define MAE_BF16_SMALL_PRODUCT_LIMIT (1 << 18)
 
 /// c[m, n] = alpha · op(a)[m, k] · op(b)[k, n] + beta · c (row-major; beta 0 or 1), with
@@ -38,6 +39,10 @@ uint16_t *mae_bf16_thread_buffer(long count);
 
 /// The last error of this thread's `mae_bf16_matmul`.
 const char *mae_products_error(void);
+
+/// What runs the products of at most MAE_BF16_SMALL_PRODUCT_LIMIT multiply-adds on this
+/// CPU, in words. For benchmarks.
+const char *mae_bf16_small_product_implementation(void);
 
 /// The name of the oneDNN implementation chosen for a shape ("brg:avx512_core_bf16"),
 /// creating its primitive if needed; NULL when none. For benchmarks and tests.

@@ -1,0 +1,250 @@
+// The bf16 products too small for oneDNN (at most MAE_BF16_SMALL_PRODUCT_LIMIT multiply-
+// adds: attention's per-head products in the small models), on CPUs with AVX512_BF16.
+//
+// Each call packs both operands into per-thread buffers, rounding them to bf16 as it
+// goes (no separate rounding pass), in the layout VDPBF16PS reads, then sums tiles of c
+// in fp32 registers. The packed unit is a 32-bit word holding a pair of consecutive k
+// side by side (the "VNNI" layout), k padded with a zero when odd:
+//
+//   word(x, pair, index) = bf16 x[2·pair][index] (low half) | bf16 x[2·pair + 1][index] (high half)
+//
+// op(b)[k, n] is packed as b_packed[pair · stride + j], stride = n rounded up to 16 words
+// (one cache line; the padding is zero): from b stored with k down its rows (nn, tn), 16
+// columns at a time from two stored rows, interleaving their halves; from b stored with k
+// along its rows (nt, tt), 16 × 16 words at a time: 16 stored rows of 32 values rounded
+// into 16 pairs each, then transposed. op(a)[m, k] stored with k down its rows (tn, tt) is
+// packed the same way, a_packed[pair · stride + i]; stored with k along its rows (nn, nt)
+// it is packed row by row without a transpose, a_packed[i · stride + pair], stride = the
+// pairs rounded up to 16 words.
+//
+// A tile is up to 12 rows × 32 columns of c (24 accumulators of 16 floats): for each
+// pair, the two vectors of 16 columns of b's packed row and, for each row, a's word
+// broadcast, VDPBF16PS adding both products into the row's accumulators. Every element
+// of c is thus summed over k in one fixed order (pairs in order, from 0), whatever the
+// tiling, the leading dimensions and the thread count: its bits depend on its inputs
+// alone. Then c = alpha · sum (beta 0) or alpha · sum + c in one fused multiply-add
+// (beta 1), only the columns < n stored.
+//
+// VDPBF16PS is the instruction oneDNN's brgemm kernels (brg:avx512_core_bf16) use for
+// the larger bf16 products, with its rules: bf16 inputs that are subnormal count as 0,
+// subnormal results are flushed to 0, rounding is to nearest even whatever MXCSR says,
+// and it adds a pair's two products into the accumulator one after the other, each
+// addition rounded (the odd-k product first: measured on AMD Zen 4, as Intel's manual
+// describes it), so a product of bf16 values is exact and only the sums round, as in
+// OpenBLAS's fp32 sums of the same rounded values (in another order).
+#include "small_products.h"
+// The rounding shared with CSupport (same bits as mae_round_to_bf16): to nearest even on
+// the bit pattern, subnormals rounded, NaN kept.
+#include "../CSupport/bfloat16_simd.h"
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+
+#define BF16_KERNEL __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+int mae_bf16_small_kernel_available(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+}
+
+enum { tile_rows = 12 };  // with 2 vectors of columns: 24 accumulators and 2 of b of the 32 registers
+
+static __thread uint32_t *packed_a, *packed_b;
+static __thread size_t packed_a_capacity, packed_b_capacity;
+
+static uint32_t *reserve_packed(uint32_t **buffer, size_t *capacity, size_t count) {
+    if (count > *capacity) {
+        free(*buffer);
+        *buffer = aligned_alloc(64, (count * 4 + 63) / 64 * 64);
+        *capacity = *buffer ? count : 0;
+    }
+    return *buffer;
+}
+
+// The first `count` of 16 lanes (none when count ≤ 0).
+static inline __mmask16 lanes(long count) {
+    return count >= 16 ? (__mmask16)0xFFFF : count <= 0 ? 0 : (__mmask16)((1u << count) - 1);
+}
+
+// 16 values of a stored row from `column` (0 past `count` of them) as bf16, each in the
+// low half of a 32-bit lane.
+BF16_KERNEL static inline __m512i load16_rounded(const void *row, int is_bf16, long column, long count) {
+    if (is_bf16) return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes(count), (const uint16_t *)row + column));
+    return round16(_mm512_maskz_loadu_ps(lanes(count), (const float *)row + column));
+}
+
+// 32 values of a stored row from `first` (0 past `count` of them) as 16 pairs of bf16.
+BF16_KERNEL static inline __m512i load_pairs(const void *row, int is_bf16, long first, long count) {
+    if (is_bf16) {
+        __mmask32 mask = count >= 32 ? 0xFFFFFFFFu : (__mmask32)((1u << count) - 1);
+        return _mm512_maskz_loadu_epi16(mask, (const uint16_t *)row + first);
+    }
+    const float *values = (const float *)row + first;
+    __m256i low = _mm512_cvtepi32_epi16(round16(_mm512_maskz_loadu_ps(lanes(count), values)));
+    __m256i high = _mm512_cvtepi32_epi16(round16(_mm512_maskz_loadu_ps(lanes(count - 16), values + 16)));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+}
+
+// An operand stored [k][ld] (k down the rows; `width` indices along them), packed.
+BF16_KERNEL static void pack_down_rows(uint32_t *packed, long stride, const void *source, int is_bf16, long ld,
+                                       long k, long width) {
+    size_t row_bytes = (size_t)ld * (is_bf16 ? 2 : 4);
+    for (long pair = 0; pair < (k + 1) / 2; pair++) {
+        const char *even = (const char *)source + (size_t)(2 * pair) * row_bytes;
+        int has_odd = 2 * pair + 1 < k;
+        for (long index = 0; index < stride; index += 16) {
+            __m512i low = load16_rounded(even, is_bf16, index, width - index);
+            __m512i high = has_odd ? load16_rounded(even + row_bytes, is_bf16, index, width - index) : _mm512_setzero_si512();
+            _mm512_store_si512(packed + pair * stride + index, _mm512_or_si512(low, _mm512_slli_epi32(high, 16)));
+        }
+    }
+}
+
+// An operand stored [width][ld] (k along the rows), packed.
+BF16_KERNEL static void pack_along_rows(uint32_t *packed, long stride, const void *source, int is_bf16, long ld,
+                                        long k, long width) {
+    size_t row_bytes = (size_t)ld * (is_bf16 ? 2 : 4);
+    long pairs = (k + 1) / 2;
+    for (long index0 = 0; index0 < stride; index0 += 16) {
+        for (long pair0 = 0; pair0 < pairs; pair0 += 16) {
+            __m512i words[16];  // in registers: every loop over it unrolled
+#pragma GCC unroll 16
+            for (int row = 0; row < 16; row++) {
+                const char *stored = (const char *)source + (size_t)(index0 + row) * row_bytes;
+                words[row] = index0 + row < width ? load_pairs(stored, is_bf16, 2 * pair0, k - 2 * pair0)
+                                                  : _mm512_setzero_si512();
+            }
+            transpose16x16_epi32(words);  // words[q]: pair pair0 + q of the 16 indices
+            long count = pairs - pair0 < 16 ? pairs - pair0 : 16;
+#pragma GCC unroll 16
+            for (int q = 0; q < 16; q++) {
+                if (q < count) _mm512_store_si512(packed + (pair0 + q) * stride + index0, words[q]);
+            }
+        }
+    }
+}
+
+// An operand stored [rows][ld] (k along the rows), each row packed into its own pairs:
+// packed[row · stride + pair], stride a multiple of 16 words.
+BF16_KERNEL static void pack_rows(uint32_t *packed, long stride, const void *source, int is_bf16, long ld,
+                                  long k, long rows) {
+    size_t row_bytes = (size_t)ld * (is_bf16 ? 2 : 4);
+    for (long row = 0; row < rows; row++) {
+        const char *stored = (const char *)source + (size_t)row * row_bytes;
+        for (long pair0 = 0; pair0 < (k + 1) / 2; pair0 += 16) {
+            _mm512_store_si512(packed + row * stride + pair0, load_pairs(stored, is_bf16, 2 * pair0, k - 2 * pair0));
+        }
+    }
+}
+
+// One tile of `rows` rows × `vectors` vectors of 16 columns of c (the last one's columns
+// masked by `last`), from a's packed words (a pair's rows side by side, or each row's
+// pairs side by side when `a_by_rows`) and b's; `rows`, `vectors` and `a_by_rows` are
+// constants at every call (run_tile), so the accumulators stay in registers.
+BF16_KERNEL static inline __attribute__((always_inline))
+void tile(const int rows, const int vectors, const int a_by_rows, const uint32_t *a, long a_stride,
+          const uint32_t *b, long b_stride, long pairs, float *c, long ldc, __mmask16 last, float alpha,
+          int accumulate) {
+    __m512 sum[tile_rows][2];
+#pragma GCC unroll 12
+    for (int row = 0; row < rows; row++) {
+        for (int vector = 0; vector < vectors; vector++) sum[row][vector] = _mm512_setzero_ps();
+    }
+    for (long pair = 0; pair < pairs; pair++) {
+        const uint32_t *b_words = b + pair * b_stride;
+        __m512bh b0 = (__m512bh)_mm512_load_si512(b_words);
+        __m512bh b1 = vectors == 2 ? (__m512bh)_mm512_load_si512(b_words + 16) : b0;
+#pragma GCC unroll 12
+        for (int row = 0; row < rows; row++) {
+            uint32_t a_word = a_by_rows ? a[row * a_stride + pair] : a[pair * a_stride + row];
+            __m512bh a_pair = (__m512bh)_mm512_set1_epi32((int)a_word);
+            sum[row][0] = _mm512_dpbf16_ps(sum[row][0], b0, a_pair);
+            if (vectors == 2) sum[row][1] = _mm512_dpbf16_ps(sum[row][1], b1, a_pair);
+        }
+    }
+    __m512 scale = _mm512_set1_ps(alpha);
+#pragma GCC unroll 12
+    for (int row = 0; row < rows; row++) {
+#pragma GCC unroll 2
+        for (int vector = 0; vector < vectors; vector++) {
+            __mmask16 mask = vector == vectors - 1 ? last : (__mmask16)0xFFFF;
+            float *out = c + row * ldc + 16 * vector;
+            __m512 value = accumulate ? _mm512_fmadd_ps(sum[row][vector], scale, _mm512_maskz_loadu_ps(mask, out))
+                                      : _mm512_mul_ps(sum[row][vector], scale);
+            _mm512_mask_storeu_ps(out, mask, value);
+        }
+    }
+}
+
+BF16_KERNEL static void run_tile(long rows, int vectors, int a_by_rows, const uint32_t *a, long a_stride,
+                                 const uint32_t *b, long b_stride, long pairs, float *c, long ldc, __mmask16 last,
+                                 float alpha, int accumulate) {
+#define TILE_CASE(R) \
+    case R: \
+        if (a_by_rows && vectors == 2) tile(R, 2, 1, a, a_stride, b, b_stride, pairs, c, ldc, last, alpha, accumulate); \
+        else if (a_by_rows) tile(R, 1, 1, a, a_stride, b, b_stride, pairs, c, ldc, last, alpha, accumulate); \
+        else if (vectors == 2) tile(R, 2, 0, a, a_stride, b, b_stride, pairs, c, ldc, last, alpha, accumulate); \
+        else tile(R, 1, 0, a, a_stride, b, b_stride, pairs, c, ldc, last, alpha, accumulate); \
+        break;
+    switch (rows) {
+        TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6)
+        TILE_CASE(7) TILE_CASE(8) TILE_CASE(9) TILE_CASE(10) TILE_CASE(11) TILE_CASE(12)
+    }
+#undef TILE_CASE
+}
+
+BF16_KERNEL int mae_bf16_small_product_avx512(float *c, long ldc,
+                                              const void *a, int a_is_bf16, long lda, int transpose_a,
+                                              const void *b, int b_is_bf16, long ldb, int transpose_b,
+                                              long m, long n, long k, float alpha, float beta) {
+    if (m <= 0 || n <= 0) return 0;
+    if (k == 0) {  // the product of nothing is 0
+        if (beta == 0.0f) for (long row = 0; row < m; row++) memset(c + row * ldc, 0, (size_t)n * 4);
+        return 0;
+    }
+    long pairs = (k + 1) / 2;
+    // a stored [k][lda] when transposed: packed as op(a)ᵀ[k, m] (pairs of k, then rows);
+    // [m][lda] otherwise: each row's pairs in turn (no transpose), the tile reading a's
+    // words row by row.
+    int a_by_rows = !transpose_a;
+    long a_stride = a_by_rows ? (pairs + 15) / 16 * 16 : (m + 15) / 16 * 16, b_stride = (n + 15) / 16 * 16;
+    uint32_t *a_packed = reserve_packed(&packed_a, &packed_a_capacity, (size_t)((a_by_rows ? m : pairs) * a_stride));
+    uint32_t *b_packed = reserve_packed(&packed_b, &packed_b_capacity, (size_t)(pairs * b_stride));
+    if (!a_packed || !b_packed) return -1;
+    if (transpose_a) pack_down_rows(a_packed, a_stride, a, a_is_bf16, lda, k, m);
+    else pack_rows(a_packed, a_stride, a, a_is_bf16, lda, k, m);
+    // op(b)[k, n]: b stored [n][ldb] when transposed, [k][ldb] otherwise.
+    if (transpose_b) pack_along_rows(b_packed, b_stride, b, b_is_bf16, ldb, k, n);
+    else pack_down_rows(b_packed, b_stride, b, b_is_bf16, ldb, k, n);
+    // Row blocks of at most tile_rows, as even as they come (17 rows: 9 and 8).
+    long row_blocks = (m + tile_rows - 1) / tile_rows;
+    for (long column0 = 0; column0 < n; column0 += 32) {
+        long width = n - column0 < 32 ? n - column0 : 32;
+        int vectors = width > 16 ? 2 : 1;
+        __mmask16 last = lanes(width - 16 * (vectors - 1));
+        long row0 = 0;
+        for (long block = 0; block < row_blocks; block++) {
+            long rows = m / row_blocks + (block < m % row_blocks ? 1 : 0);
+            run_tile(rows, vectors, a_by_rows, a_packed + (a_by_rows ? row0 * a_stride : row0), a_stride,
+                     b_packed + column0, b_stride, pairs,
+                     c + row0 * ldc + column0, ldc, last, alpha, beta != 0.0f);
+            row0 += rows;
+        }
+    }
+    return 0;
+}
+
+#else
+
+int mae_bf16_small_kernel_available(void) { return 0; }
+
+int mae_bf16_small_product_avx512(float *c, long ldc, const void *a, int a_is_bf16, long lda, int transpose_a,
+                                  const void *b, int b_is_bf16, long ldb, int transpose_b,
+                                  long m, long n, long k, float alpha, float beta) {
+    return -1;
+}
+
+#endif

@@ -1,0 +1,19 @@
+// The bf16 small-product kernel of small_products.c, for products.c (not public API).
+#ifndef MAE_SMALL_PRODUCTS_H
+#define MAE_SMALL_PRODUCTS_H
+
+/// 1 when this CPU has AVX512_BF16 (with AVX512F/BW/VL), so that
+/// `mae_bf16_small_product_avx512` can run.
+int mae_bf16_small_kernel_available(void);
+
+/// c[m, n] = alpha · op(a)[m, k] · op(b)[k, n] + beta · c (row-major, beta 0 or 1), the
+/// operands rounded to bf16 (or already bf16) and their products summed in fp32 with
+/// VDPBF16PS, on the calling thread; arguments as `mae_bf16_matmul`. Only where
+/// `mae_bf16_small_kernel_available()`. Returns 0, or -1 when memory for its packed
+/// operands runs out.
+int mae_bf16_small_product_avx512(float *c, long ldc,
+                                  const void *a, int a_is_bf16, long lda, int transpose_a,
+                                  const void *b, int b_is_bf16, long ldb, int transpose_b,
+                                  long m, long n, long k, float alpha, float beta);
+
+#endif
