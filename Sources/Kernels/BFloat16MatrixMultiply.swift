@@ -99,23 +99,20 @@ public func bfloat16MatrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
                             m: m, n: n, k: k, alpha: alpha, beta: beta)
         }
     case .rows:
-        var bRounded = roundedB
-        var roundedLDB = ldb
-        if bRounded == nil {
-            // The stored b: [k, n], or [n, k] when transposed.
-            let rows = transposeB ? n : k, columns = transposeB ? k : n
+        // The stored b: [k, n], or [n, k] when transposed; rounded once for all blocks.
+        let rows = transposeB ? n : k, columns = transposeB ? k : n
+        let (bRounded, roundedLDB) = roundedB.map { ($0, ldb) } ?? {
             let buffer = threadBuffer(rows * columns)
             parallelFor(rows, minimumPerWorker: max(1, 65_536 / max(1, columns))) { range in
                 for row in range { mae_round_to_bf16(buffer + row * columns, b + row * ldb, columns) }
             }
-            bRounded = UnsafePointer(buffer)
-            roundedLDB = columns
-        }
+            return (UnsafePointer(buffer), columns)
+        }()
         parallelFor((m + block - 1) / block, minimumPerWorker: 1, rangesPerWorker: 4) { range in
             for index in range {
                 let first = index * block, count = min(m, first + block) - first
                 bfloat16Product(c + first * ldc, ldc: ldc, transposeA ? a + first : a + first * lda, isRounded: false,
-                                lda: lda, transposeA: transposeA, bRounded!, isRounded: true, ldb: roundedLDB,
+                                lda: lda, transposeA: transposeA, bRounded, isRounded: true, ldb: roundedLDB,
                                 transposeB: transposeB, m: count, n: n, k: k, alpha: alpha, beta: beta)
             }
         }
@@ -161,7 +158,7 @@ public enum BFloat16Cut: Sendable { case whole, rows, columns }
 /// columns pass c (m × n, fp32) through a buffer, and once more when they add to c
 /// (`accumulates`). Columns therefore when m < 2k, or m < 1.25k when adding: thresholds
 /// measured on ViT-B's products (`mae bench products`; docs/PERFORMANCE.md), where the
-/// encoder's (400 rows) gain 10–25 % from columns and the decoder's forward products
+/// encoder's (400 rows) gain 5–17 % from columns and the decoder's forward products
 /// (1,576 rows, k = 512) and the weight gradients of few rows (dyᵀ·x) keep rows.
 public func bfloat16Blocks(m: Int, n: Int, k: Int, accumulates: Bool = false) -> (cut: BFloat16Cut, size: Int) {
     guard m * n * k >= 1 << 21 else { return (.whole, 0) }
