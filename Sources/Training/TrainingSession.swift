@@ -244,7 +244,8 @@ final class TrainingSession {
                                                + "\(dataset.count) images; the state was edited or damaged: resume an older checkpoint")
             }
             shared = [1] + resumed.scalars + [Double(taskModel.optimizerStep), Double(config.batchShards ?? 1)]
-            log.info("resuming from \(found.path): step \(found.state.step), epoch \(found.state.epoch), "
+            // Epochs counted from 1, as the progress lines count them.
+            log.info("resuming from \(found.path): step \(found.state.step), epoch \(found.state.epoch + 1), "
                      + "batch \(found.state.nextBatchIndex) of \(found.state.schedule.iterationsPerEpoch)")
             if found.state.worldSize != worldSize { logResize(from: found.state, to: resumed) }
             let dropped = try log.dropLines(afterStep: found.state.step, fromEpoch: found.state.epoch)
