@@ -31,19 +31,22 @@ public func roundToBFloat16(_ destination: UnsafeMutablePointer<UInt16>, _ sourc
 /// c[m, n] = alpha · op(a)[m, k] · op(b)[k, n] + beta · c in `precision` (row-major;
 /// leading dimensions as `matrixMultiply`). In bf16, op(a) and op(b) are rounded to bf16
 /// and their products summed in fp32 (beta 0 or 1); `roundedB`, when given, is b already
-/// rounded (same layout and leading dimension), as the model keeps its weights.
+/// rounded (same layout and leading dimension), as the model keeps its weights, and
+/// `roundedA` likewise a (an activation its producer wrote rounded); the fp32 operand is
+/// then not read. In fp32 both must be nil.
 public func matrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
                            _ a: UnsafePointer<Float>, lda: Int, transposeA: Bool = false,
                            _ b: UnsafePointer<Float>, ldb: Int, transposeB: Bool = false,
-                           roundedB: UnsafePointer<UInt16>? = nil,
+                           roundedA: UnsafePointer<UInt16>? = nil, roundedB: UnsafePointer<UInt16>? = nil,
                            m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0, precision: Precision) {
     switch precision {
     case .fp32:
+        precondition(roundedA == nil && roundedB == nil, "an fp32 product takes its operands in fp32")
         matrixMultiply(c, ldc: ldc, a, lda: lda, transposeA: transposeA, b, ldb: ldb, transposeB: transposeB,
                        m: m, n: n, k: k, alpha: alpha, beta: beta)
     case .bf16:
         bfloat16MatrixMultiply(c, ldc: ldc, a, lda: lda, transposeA: transposeA, b, ldb: ldb, transposeB: transposeB,
-                               roundedB: roundedB, m: m, n: n, k: k, alpha: alpha, beta: beta)
+                               roundedA: roundedA, roundedB: roundedB, m: m, n: n, k: k, alpha: alpha, beta: beta)
     }
 }
 
@@ -84,20 +87,16 @@ public func singleThreadedMatrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: 
 public func bfloat16MatrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
                                    _ a: UnsafePointer<Float>, lda: Int, transposeA: Bool = false,
                                    _ b: UnsafePointer<Float>, ldb: Int, transposeB: Bool = false,
-                                   roundedB: UnsafePointer<UInt16>? = nil,
+                                   roundedA: UnsafePointer<UInt16>? = nil, roundedB: UnsafePointer<UInt16>? = nil,
                                    m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0) {
     let (cut, block) = bfloat16Blocks(m: m, n: n, k: k, accumulates: beta != 0)
     switch cut {
     case .whole:
-        if let roundedB {
-            bfloat16Product(c, ldc: ldc, a, isRounded: false, lda: lda, transposeA: transposeA,
-                            roundedB, isRounded: true, ldb: ldb, transposeB: transposeB,
-                            m: m, n: n, k: k, alpha: alpha, beta: beta)
-        } else {
-            bfloat16Product(c, ldc: ldc, a, isRounded: false, lda: lda, transposeA: transposeA,
-                            b, isRounded: false, ldb: ldb, transposeB: transposeB,
-                            m: m, n: n, k: k, alpha: alpha, beta: beta)
-        }
+        // Each operand as the C call takes it: bf16 when it came rounded, else fp32 to round.
+        bfloat16Product(c, ldc: ldc, roundedA.map(UnsafeRawPointer.init) ?? UnsafeRawPointer(a), isRounded: roundedA != nil,
+                        lda: lda, transposeA: transposeA,
+                        roundedB.map(UnsafeRawPointer.init) ?? UnsafeRawPointer(b), isRounded: roundedB != nil,
+                        ldb: ldb, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, beta: beta)
     case .rows:
         // The stored b: [k, n], or [n, k] when transposed; rounded once for all blocks.
         let rows = transposeB ? n : k, columns = transposeB ? k : n
@@ -111,41 +110,49 @@ public func bfloat16MatrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
         parallelFor((m + block - 1) / block, minimumPerWorker: 1, rangesPerWorker: 4) { range in
             for index in range {
                 let first = index * block, count = min(m, first + block) - first
-                bfloat16Product(c + first * ldc, ldc: ldc, transposeA ? a + first : a + first * lda, isRounded: false,
+                // The stored a: [m, k], or [k, m] when transposed; the block of op(a)'s rows.
+                let offset = transposeA ? first : first * lda
+                let aBlock = roundedA.map { UnsafeRawPointer($0 + offset) } ?? UnsafeRawPointer(a + offset)
+                bfloat16Product(c + first * ldc, ldc: ldc, aBlock, isRounded: roundedA != nil,
                                 lda: lda, transposeA: transposeA, bRounded, isRounded: true, ldb: roundedLDB,
                                 transposeB: transposeB, m: count, n: n, k: k, alpha: alpha, beta: beta)
             }
         }
     case .columns:
-        // op(a) rounded once into a compact row-major [m, k] matrix.
-        let roundedA = threadBuffer(m * k)
-        if transposeA {
-            // The stored a is [k, m]: its columns are the rows of op(a).
-            parallelFor(m, minimumPerWorker: max(16, 65_536 / max(1, k))) { range in
-                mae_round_to_bf16_transposed(roundedA + range.lowerBound * k, a + range.lowerBound, k, range.count, lda)
-            }
-        } else {
-            parallelFor(m, minimumPerWorker: max(1, 65_536 / max(1, k))) { range in
-                for row in range { mae_round_to_bf16(roundedA + row * k, a + row * lda, k) }
-            }
-        }
+        // op(a) rounded once into a compact row-major [m, k] matrix, unless it came rounded.
+        let (compactA, compactLDA, compactTranspose) = roundedA.map { ($0, lda, transposeA) }
+            ?? (UnsafePointer(roundCompact(a, lda: lda, transposeA: transposeA, m: m, k: k)), k, false)
         parallelFor((n + block - 1) / block, minimumPerWorker: 1, rangesPerWorker: 4) { range in
             for index in range {
                 let first = index * block, count = min(n, first + block) - first
                 // The stored b: [k, n], or [n, k] when transposed; the block of op(b)'s columns.
                 let offset = transposeB ? first * ldb : first
-                if let roundedB {
-                    bfloat16Product(c + first, ldc: ldc, roundedA, isRounded: true, lda: k, transposeA: false,
-                                    roundedB + offset, isRounded: true, ldb: ldb, transposeB: transposeB,
-                                    m: m, n: count, k: k, alpha: alpha, beta: beta)
-                } else {
-                    bfloat16Product(c + first, ldc: ldc, roundedA, isRounded: true, lda: k, transposeA: false,
-                                    b + offset, isRounded: false, ldb: ldb, transposeB: transposeB,
-                                    m: m, n: count, k: k, alpha: alpha, beta: beta)
-                }
+                let bBlock = roundedB.map { UnsafeRawPointer($0 + offset) } ?? UnsafeRawPointer(b + offset)
+                bfloat16Product(c + first, ldc: ldc, compactA, isRounded: true, lda: compactLDA,
+                                transposeA: compactTranspose, bBlock, isRounded: roundedB != nil, ldb: ldb,
+                                transposeB: transposeB, m: m, n: count, k: k, alpha: alpha, beta: beta)
             }
         }
     }
+}
+
+/// op(a)[m, k] rounded into the calling thread's buffer as a compact row-major matrix
+/// (transposed into rows when the product reads a transposed, as oneDNN's kernels run a
+/// row-major a fastest), split over our workers.
+private func roundCompact(_ a: UnsafePointer<Float>, lda: Int, transposeA: Bool, m: Int, k: Int)
+    -> UnsafeMutablePointer<UInt16> {
+    let roundedA = threadBuffer(m * k)
+    if transposeA {
+        // The stored a is [k, m]: its columns are the rows of op(a).
+        parallelFor(m, minimumPerWorker: max(16, 65_536 / max(1, k))) { range in
+            mae_round_to_bf16_transposed(roundedA + range.lowerBound * k, a + range.lowerBound, k, range.count, lda)
+        }
+    } else {
+        parallelFor(m, minimumPerWorker: max(1, 65_536 / max(1, k))) { range in
+            for row in range { mae_round_to_bf16(roundedA + row * k, a + row * lda, k) }
+        }
+    }
+    return roundedA
 }
 
 /// How `bfloat16MatrixMultiply` cuts a product.

@@ -1,3 +1,5 @@
+import CSupport
+
 /// The exact GELU, x · Φ(x) = 0.5 · x · (1 + erf(x / √2)) (PyTorch's default
 /// `nn.GELU()`, not the tanh approximation), with Φ the standard normal CDF
 /// (computed to about 2e-7, `normalCDFAndDensity`).
@@ -34,17 +36,23 @@ public func normalCDFAndDensity(_ x: Float) -> (cdf: Float, density: Float) {
 /// The MLP's bias and activation in one pass, after the fc1 product without bias:
 /// for x = preActivation[rows, width] + bias[width]:
 /// activated = GELU(x), and preActivation is overwritten with GELU'(x) for `geluBackward`.
+/// With `roundedActivated` GELU(x) goes there instead, rounded to bf16 row by row as it is
+/// produced (for the bf16 fc2 product; `activated` is then left alone).
 public func biasGELUForward(activated: UnsafeMutablePointer<Float>, preActivation: UnsafeMutablePointer<Float>,
-                            bias: UnsafePointer<Float>, rows: Int, width: Int) {
+                            bias: UnsafePointer<Float>, rows: Int, width: Int,
+                            roundedActivated: UnsafeMutablePointer<UInt16>? = nil) {
     parallelFor(rows, minimumPerWorker: max(1, 16_384 / max(width, 1))) { range in
-        for row in range {
-            let h = preActivation + row * width
-            let a = activated + row * width
-            for column in 0..<width {
-                let x = h[column] + bias[column]
-                let (cdf, density) = normalCDFAndDensity(x)
-                a[column] = x * cdf
-                h[column] = cdf + x * density
+        withRowBuffer(width: width, needed: roundedActivated != nil) { rowBuffer in
+            for row in range {
+                let h = preActivation + row * width
+                let a = rowBuffer ?? activated + row * width
+                for column in 0..<width {
+                    let x = h[column] + bias[column]
+                    let (cdf, density) = normalCDFAndDensity(x)
+                    a[column] = x * cdf
+                    h[column] = cdf + x * density
+                }
+                if let roundedActivated { mae_round_to_bf16(roundedActivated + row * width, a, width) }
             }
         }
     }

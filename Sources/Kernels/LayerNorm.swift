@@ -1,46 +1,54 @@
+import CSupport
+
 /// Layer normalisation over the last dimension, PyTorch's `nn.LayerNorm` (biased
 /// variance; MAE uses eps 1e-6 everywhere).
 
 /// output[rows, width] = (input − mean) · reciprocalStd · weight + bias, per row;
 /// saves mean[rows] and reciprocalStd[rows] = 1 / sqrt(var + epsilon) for the backward.
+/// With `roundedOutput` the output goes there instead, rounded to bf16 row by row as it is
+/// produced (for a bf16 product that reads it; `output` is then left alone).
 public func layerNormForward(output: UnsafeMutablePointer<Float>,
                              mean: UnsafeMutablePointer<Float>, reciprocalStd: UnsafeMutablePointer<Float>,
                              input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
-                             rows: Int, width: Int, epsilon: Float = 1e-6) {
+                             rows: Int, width: Int, epsilon: Float = 1e-6,
+                             roundedOutput: UnsafeMutablePointer<UInt16>? = nil) {
     parallelFor(rows, minimumPerWorker: max(1, 8_192 / max(width, 1))) { range in
-        for row in range {
-            let x = input + row * width
-            let y = output + row * width
-            // Two passes (mean, then squared deviations) keep the variance accurate
-            // for rows with a large mean.
-            var sum16 = SIMD16<Float>()
-            var column = 0
-            while column + 16 <= width { sum16 += load16(x + column); column += 16 }
-            var sum = sum16.sum()
-            while column < width { sum += x[column]; column += 1 }
-            let rowMean = sum / Float(width)
-            var squares16 = SIMD16<Float>()
-            column = 0
-            while column + 16 <= width {
-                let deviation = load16(x + column) - rowMean
-                squares16 += deviation * deviation
-                column += 16
+        withRowBuffer(width: width, needed: roundedOutput != nil) { rowBuffer in
+            for row in range {
+                let x = input + row * width
+                let y = rowBuffer ?? output + row * width
+                // Two passes (mean, then squared deviations) keep the variance accurate
+                // for rows with a large mean.
+                var sum16 = SIMD16<Float>()
+                var column = 0
+                while column + 16 <= width { sum16 += load16(x + column); column += 16 }
+                var sum = sum16.sum()
+                while column < width { sum += x[column]; column += 1 }
+                let rowMean = sum / Float(width)
+                var squares16 = SIMD16<Float>()
+                column = 0
+                while column + 16 <= width {
+                    let deviation = load16(x + column) - rowMean
+                    squares16 += deviation * deviation
+                    column += 16
+                }
+                var squares = squares16.sum()
+                while column < width { let deviation = x[column] - rowMean; squares += deviation * deviation; column += 1 }
+                let rowReciprocalStd = 1 / (squares / Float(width) + epsilon).squareRoot()
+                column = 0
+                while column + 16 <= width {
+                    let normalised = (load16(x + column) - rowMean) * rowReciprocalStd
+                    store16(normalised * load16(weight + column) + load16(bias + column), y + column)
+                    column += 16
+                }
+                while column < width {
+                    y[column] = (x[column] - rowMean) * rowReciprocalStd * weight[column] + bias[column]
+                    column += 1
+                }
+                mean[row] = rowMean
+                reciprocalStd[row] = rowReciprocalStd
+                if let roundedOutput { mae_round_to_bf16(roundedOutput + row * width, y, width) }
             }
-            var squares = squares16.sum()
-            while column < width { let deviation = x[column] - rowMean; squares += deviation * deviation; column += 1 }
-            let rowReciprocalStd = 1 / (squares / Float(width) + epsilon).squareRoot()
-            column = 0
-            while column + 16 <= width {
-                let normalised = (load16(x + column) - rowMean) * rowReciprocalStd
-                store16(normalised * load16(weight + column) + load16(bias + column), y + column)
-                column += 16
-            }
-            while column < width {
-                y[column] = (x[column] - rowMean) * rowReciprocalStd * weight[column] + bias[column]
-                column += 1
-            }
-            mean[row] = rowMean
-            reciprocalStd[row] = rowReciprocalStd
         }
     }
 }

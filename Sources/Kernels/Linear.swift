@@ -7,12 +7,14 @@
 /// first and the matrix product adds onto it (beta = 1): one pass instead of two.
 /// `residual` may be `output` itself, which adds the layer onto the stream in place.
 /// In bf16 the product's inputs are rounded to bf16 (`roundedWeight`, when given, is the
-/// weight already rounded) and the sums are fp32, as are the bias and residual.
+/// weight already rounded; `roundedInput`, when given, is the input as its producer rounded
+/// it, and `input` is then not read) and the sums are fp32, as are the bias and residual.
 public func linearForward(output: UnsafeMutablePointer<Float>, input: UnsafePointer<Float>,
                           weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
                           residual: UnsafePointer<Float>? = nil,
                           rows: Int, inFeatures: Int, outFeatures: Int,
-                          precision: Precision = .fp32, roundedWeight: UnsafePointer<UInt16>? = nil) {
+                          precision: Precision = .fp32, roundedWeight: UnsafePointer<UInt16>? = nil,
+                          roundedInput: UnsafePointer<UInt16>? = nil) {
     parallelFor(rows, minimumPerWorker: max(1, 16_384 / max(outFeatures, 1))) { range in
         for row in range {
             let destination = output + row * outFeatures
@@ -24,7 +26,7 @@ public func linearForward(output: UnsafeMutablePointer<Float>, input: UnsafePoin
         }
     }
     matrixMultiply(output, ldc: outFeatures, input, lda: inFeatures,
-                   weight, ldb: inFeatures, transposeB: true, roundedB: roundedWeight,
+                   weight, ldb: inFeatures, transposeB: true, roundedA: roundedInput, roundedB: roundedWeight,
                    m: rows, n: outFeatures, k: inFeatures, beta: 1, precision: precision)
 }
 
@@ -32,20 +34,23 @@ public func linearForward(output: UnsafeMutablePointer<Float>, input: UnsafePoin
 /// inputGradient[rows, inFeatures] = outputGradient[rows, outFeatures] · weight (assigned; skipped when nil),
 /// weightGradient[outFeatures, inFeatures] += outputGradientᵀ · input,
 /// biasGradient[outFeatures] += Σ_rows outputGradient.
-/// In bf16 both products take bf16-rounded inputs and sum in fp32 (the bias gradient stays fp32).
+/// In bf16 both products take bf16-rounded inputs and sum in fp32 (the bias gradient stays fp32);
+/// `roundedWeight` and `roundedInput` as in `linearForward`.
 public func linearBackward(inputGradient: UnsafeMutablePointer<Float>?,
                            weightGradient: UnsafeMutablePointer<Float>,
                            biasGradient: UnsafeMutablePointer<Float>,
                            outputGradient: UnsafePointer<Float>, input: UnsafePointer<Float>,
                            weight: UnsafePointer<Float>,
                            rows: Int, inFeatures: Int, outFeatures: Int,
-                           precision: Precision = .fp32, roundedWeight: UnsafePointer<UInt16>? = nil) {
+                           precision: Precision = .fp32, roundedWeight: UnsafePointer<UInt16>? = nil,
+                           roundedInput: UnsafePointer<UInt16>? = nil) {
     if let inputGradient {
         matrixMultiply(inputGradient, ldc: inFeatures, outputGradient, lda: outFeatures,
                        weight, ldb: inFeatures, roundedB: roundedWeight, m: rows, n: inFeatures, k: outFeatures,
                        precision: precision)
     }
     matrixMultiply(weightGradient, ldc: inFeatures, outputGradient, lda: outFeatures, transposeA: true,
-                   input, ldb: inFeatures, m: outFeatures, n: inFeatures, k: rows, beta: 1, precision: precision)
+                   input, ldb: inFeatures, roundedB: roundedInput, m: outFeatures, n: inFeatures, k: rows, beta: 1,
+                   precision: precision)
     addColumnSums(biasGradient, outputGradient, rows: rows, columns: outFeatures)
 }

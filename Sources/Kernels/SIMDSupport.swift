@@ -13,6 +13,14 @@ public func store16(_ value: SIMD16<Float>, _ pointer: UnsafeMutablePointer<Floa
     UnsafeMutableRawPointer(pointer).storeBytes(of: value, as: SIMD16<Float>.self)
 }
 
+/// Runs `body` with a scratch row of `width` floats on this thread's stack when `needed`
+/// (nil otherwise): for kernels that compute a row in fp32 and keep it only rounded to bf16.
+@inline(__always)
+func withRowBuffer<Result>(width: Int, needed: Bool, _ body: (UnsafeMutablePointer<Float>?) -> Result) -> Result {
+    guard needed else { return body(nil) }
+    return withUnsafeTemporaryAllocation(of: Float.self, capacity: width) { body($0.baseAddress!) }
+}
+
 /// e^x with a relative error of a few units in the last place (Cephes `expf`:
 /// x = n·ln2 + r with |r| ≤ ln2/2, a degree-6 polynomial for e^r, then 2^n built in
 /// the exponent bits). Inputs are clamped to [-87.3, 88], so tiny results stay normal

@@ -40,6 +40,16 @@ struct Products {
 
     /// Every product in fp32 (the fine-tuning classifier, which has no bf16 path yet).
     static let fp32 = Products(precision: .fp32, roundedParameters: nil)
+
+    /// In bf16, the inputs of the qkv, fc1 and fc2 products (`norm1`, `norm2`, `activated`) are
+    /// read by those products alone, in the forward and for the weight gradients, so their
+    /// producers (layer norm, GELU) write them rounded to bf16 as they go, into the first
+    /// half of their own memory: no rounding pass in either direction, and the same bits as
+    /// rounding the fp32 values. This is that memory viewed as bf16 values; nil in fp32,
+    /// where it holds fp32 values.
+    func roundedActivation(_ activation: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<UInt16>? {
+        precision == .bf16 ? UnsafeMutableRawPointer(activation).assumingMemoryBound(to: UInt16.self) : nil
+    }
 }
 
 /// The sizes a block runs at.
@@ -119,11 +129,14 @@ struct BlockScratch {
 /// scaled residual sum in place (the backward needs only the branch inputs).
 func blockForward(parameters p: UnsafePointer<Float>, products x: Products, offsets o: BlockOffsets,
                   activations a: BlockActivations, shape s: BlockShape, dropPath: BlockDropPath? = nil) {
+    let norm1 = x.roundedActivation(a.norm1), norm2 = x.roundedActivation(a.norm2)
+    let activated = x.roundedActivation(a.activated)
     layerNormForward(output: a.norm1, mean: a.mean1, reciprocalStd: a.reciprocalStd1, input: a.input,
-                     weight: p + o.norm1Weight, bias: p + o.norm1Bias, rows: s.rows, width: s.width)
+                     weight: p + o.norm1Weight, bias: p + o.norm1Bias, rows: s.rows, width: s.width,
+                     roundedOutput: norm1)
     linearForward(output: a.qkv, input: a.norm1, weight: p + o.qkvWeight, bias: p + o.qkvBias,
                   rows: s.rows, inFeatures: s.width, outFeatures: 3 * s.width,
-                  precision: x.precision, roundedWeight: x.weight(o.qkvWeight))
+                  precision: x.precision, roundedWeight: x.weight(o.qkvWeight), roundedInput: norm1)
     attentionForward(output: a.attention, probabilities: a.probabilities, qkv: a.qkv,
                      batch: s.batch, tokens: s.tokens, heads: s.heads, headDimension: s.headDimension,
                      precision: x.precision)
@@ -136,16 +149,17 @@ func blockForward(parameters p: UnsafePointer<Float>, products x: Products, offs
                          keep: dropPath.keep, shape: s)
     }
     layerNormForward(output: a.norm2, mean: a.mean2, reciprocalStd: a.reciprocalStd2, input: a.middle,
-                     weight: p + o.norm2Weight, bias: p + o.norm2Bias, rows: s.rows, width: s.width)
+                     weight: p + o.norm2Weight, bias: p + o.norm2Bias, rows: s.rows, width: s.width,
+                     roundedOutput: norm2)
     // fc1 without its bias; the bias joins GELU in one pass, which leaves GELU' in `hidden`.
     matrixMultiply(a.hidden, ldc: s.hidden, a.norm2, lda: s.width, p + o.fc1Weight, ldb: s.width,
-                   transposeB: true, roundedB: x.weight(o.fc1Weight), m: s.rows, n: s.hidden, k: s.width,
-                   precision: x.precision)
+                   transposeB: true, roundedA: norm2.map { UnsafePointer($0) }, roundedB: x.weight(o.fc1Weight),
+                   m: s.rows, n: s.hidden, k: s.width, precision: x.precision)
     biasGELUForward(activated: a.activated, preActivation: a.hidden, bias: p + o.fc1Bias,
-                    rows: s.rows, width: s.hidden)
+                    rows: s.rows, width: s.hidden, roundedActivated: activated)
     linearForward(output: a.output, input: a.activated, weight: p + o.fc2Weight, bias: p + o.fc2Bias,
                   residual: dropPath == nil ? a.middle : nil, rows: s.rows, inFeatures: s.hidden, outFeatures: s.width,
-                  precision: x.precision, roundedWeight: x.weight(o.fc2Weight))
+                  precision: x.precision, roundedWeight: x.weight(o.fc2Weight), roundedInput: activated)
     if let dropPath {
         addDroppedBranch(output: a.output, stream: a.middle, branch: a.output, masks: dropPath.mlp,
                          keep: dropPath.keep, shape: s)
@@ -167,12 +181,14 @@ func blockBackward(parameters p: UnsafePointer<Float>, products x: Products, gra
     linearBackward(inputGradient: d.hidden, weightGradient: g + o.fc2Weight, biasGradient: g + o.fc2Bias,
                    outputGradient: mlpGradient, input: a.activated, weight: p + o.fc2Weight,
                    rows: s.rows, inFeatures: s.hidden, outFeatures: s.width,
-                   precision: x.precision, roundedWeight: x.weight(o.fc2Weight))
+                   precision: x.precision, roundedWeight: x.weight(o.fc2Weight),
+                   roundedInput: x.roundedActivation(a.activated))
     geluBackward(inputGradient: d.hidden, outputGradient: d.hidden, derivative: a.hidden, count: s.rows * s.hidden)
     linearBackward(inputGradient: d.norm, weightGradient: g + o.fc1Weight, biasGradient: g + o.fc1Bias,
                    outputGradient: d.hidden, input: a.norm2, weight: p + o.fc1Weight,
                    rows: s.rows, inFeatures: s.width, outFeatures: s.hidden,
-                   precision: x.precision, roundedWeight: x.weight(o.fc1Weight))
+                   precision: x.precision, roundedWeight: x.weight(o.fc1Weight),
+                   roundedInput: x.roundedActivation(a.norm2))
     layerNormBackward(inputGradient: d.stream, weightGradient: g + o.norm2Weight, biasGradient: g + o.norm2Bias,
                       outputGradient: d.norm, input: a.middle, mean: a.mean2, reciprocalStd: a.reciprocalStd2,
                       weight: p + o.norm2Weight, residualGradient: d.stream, rows: s.rows, width: s.width)
@@ -194,7 +210,8 @@ func blockBackward(parameters p: UnsafePointer<Float>, products x: Products, gra
     linearBackward(inputGradient: d.norm, weightGradient: g + o.qkvWeight, biasGradient: g + o.qkvBias,
                    outputGradient: d.qkv, input: a.norm1, weight: p + o.qkvWeight,
                    rows: s.rows, inFeatures: s.width, outFeatures: 3 * s.width,
-                   precision: x.precision, roundedWeight: x.weight(o.qkvWeight))
+                   precision: x.precision, roundedWeight: x.weight(o.qkvWeight),
+                   roundedInput: x.roundedActivation(a.norm1))
     layerNormBackward(inputGradient: d.stream, weightGradient: g + o.norm1Weight, biasGradient: g + o.norm1Bias,
                       outputGradient: d.norm, input: a.input, mean: a.mean1, reciprocalStd: a.reciprocalStd1,
                       weight: p + o.norm1Weight, residualGradient: d.stream, rows: s.rows, width: s.width)

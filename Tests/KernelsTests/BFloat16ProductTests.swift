@@ -198,4 +198,60 @@ import TestSupport
         expectClose(bfloat16Output, output.toArray().map(Double.init), absolute: 2e-2, "bf16 vs fp32 attention")
         #expect(bfloat16Output != output.toArray(), "bf16 attention gave fp32's result to the bit")
     }
+
+    /// Layer norm and GELU that write their output rounded to bf16 give the bits of rounding
+    /// their fp32 output, and a linear layer that takes its input so rounded (forward and
+    /// both products of the backward) gives the bits it gives from the fp32 input, on shapes
+    /// cut into blocks of rows, of columns, and not cut.
+    @Test(arguments: [(37, 48, 24), (400, 64, 96), (64, 520, 96)])
+    func producersRoundAsTheProductsWould(rows: Int, width: Int, outFeatures: Int) {
+        let input = FloatBuffer(randomValues(rows * width, seed: rows, in: -3..<3).map(Float.init))
+        let gain = FloatBuffer(randomValues(width, seed: 2, in: 0.5..<1.5).map(Float.init))
+        let shift = FloatBuffer(randomValues(width, seed: 3).map(Float.init))
+        let (mean, reciprocalStd) = (FloatBuffer(count: rows), FloatBuffer(count: rows))
+        let normed = FloatBuffer(count: rows * width), normedRounded = FloatBuffer(count: rows * width)
+        layerNormForward(output: normed.pointer, mean: mean.pointer, reciprocalStd: reciprocalStd.pointer,
+                         input: input.pointer, weight: gain.pointer, bias: shift.pointer, rows: rows, width: width)
+        let rounded = UnsafeMutableRawPointer(normedRounded.pointer).assumingMemoryBound(to: UInt16.self)
+        layerNormForward(output: normedRounded.pointer, mean: mean.pointer, reciprocalStd: reciprocalStd.pointer,
+                         input: input.pointer, weight: gain.pointer, bias: shift.pointer, rows: rows, width: width,
+                         roundedOutput: rounded)
+        var expected = [UInt16](repeating: 0, count: rows * width)
+        mae_round_to_bf16(&expected, normed.pointer, rows * width)
+        #expect((0..<expected.count).allSatisfy { rounded[$0] == expected[$0] }, "layer norm's bf16 output")
+
+        let hidden = FloatBuffer(input.toArray()), hiddenForRounded = FloatBuffer(input.toArray())
+        let activated = FloatBuffer(count: rows * width), activatedRounded = FloatBuffer(count: rows * width)
+        let activatedBits = UnsafeMutableRawPointer(activatedRounded.pointer).assumingMemoryBound(to: UInt16.self)
+        biasGELUForward(activated: activated.pointer, preActivation: hidden.pointer, bias: shift.pointer,
+                        rows: rows, width: width)
+        biasGELUForward(activated: activatedRounded.pointer, preActivation: hiddenForRounded.pointer, bias: shift.pointer,
+                        rows: rows, width: width, roundedActivated: activatedBits)
+        mae_round_to_bf16(&expected, activated.pointer, rows * width)
+        #expect((0..<expected.count).allSatisfy { activatedBits[$0] == expected[$0] }, "GELU's bf16 output")
+        #expect(hidden.toArray().map(\.bitPattern) == hiddenForRounded.toArray().map(\.bitPattern), "GELU' either way")
+
+        let weight = FloatBuffer(randomValues(outFeatures * width, seed: 4).map(Float.init))
+        let bias = FloatBuffer(randomValues(outFeatures, seed: 5).map(Float.init))
+        let roundedWeight = UnsafeMutablePointer<UInt16>.allocate(capacity: weight.count)
+        defer { roundedWeight.deallocate() }
+        roundToBFloat16(roundedWeight, weight.pointer, count: weight.count)
+        let outputGradient = FloatBuffer(randomValues(rows * outFeatures, seed: 6).map(Float.init))
+        func layer(_ roundedInput: UnsafePointer<UInt16>?) -> [UInt32] {
+            let output = FloatBuffer(count: rows * outFeatures), inputGradient = FloatBuffer(count: rows * width)
+            let weightGradient = FloatBuffer(count: weight.count), biasGradient = FloatBuffer(count: outFeatures)
+            linearForward(output: output.pointer, input: normed.pointer, weight: weight.pointer, bias: bias.pointer,
+                          rows: rows, inFeatures: width, outFeatures: outFeatures, precision: .bf16,
+                          roundedWeight: roundedWeight, roundedInput: roundedInput)
+            linearBackward(inputGradient: inputGradient.pointer, weightGradient: weightGradient.pointer,
+                           biasGradient: biasGradient.pointer, outputGradient: outputGradient.pointer,
+                           input: normed.pointer, weight: weight.pointer, rows: rows, inFeatures: width,
+                           outFeatures: outFeatures, precision: .bf16, roundedWeight: roundedWeight,
+                           roundedInput: roundedInput)
+            return (output.toArray() + inputGradient.toArray() + weightGradient.toArray()).map(\.bitPattern)
+        }
+        let (fromRounded, fromFloats) = (layer(UnsafePointer(rounded)), layer(nil))
+        let differing = zip(fromRounded, fromFloats).filter { $0 != $1 }.count
+        #expect(differing == 0, "a linear layer from its rounded input: \(differing) of \(fromFloats.count) values differ")
+    }
 }
