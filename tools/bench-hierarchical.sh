@@ -29,23 +29,17 @@ fi
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(nproc) cores"
 
 suffix=$$
-machines=(maeHA$suffix maeHB$suffix)
-links=(hA$suffix hB$suffix)
-addresses=(10.232.0.1 10.232.0.2)
+source tools/two-machines.sh   # (the working directory is the repository root)
 logs=$(mktemp -d)
 pids=()
+machines=()
 cleanup() {
     for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-    for machine in "${machines[@]}"; do ip netns delete "$machine" 2>/dev/null || true; done
+    remove_two_machines
     rm -rf "$logs"
 }
 trap cleanup EXIT
-for machine in "${machines[@]}"; do ip netns add "$machine"; ip -n "$machine" link set lo up; done
-ip -n "${machines[0]}" link add "${links[0]}" type veth peer name "${links[1]}" netns "${machines[1]}"
-for side in 0 1; do
-    ip -n "${machines[$side]}" address add "${addresses[$side]}/24" dev "${links[$side]}"
-    ip -n "${machines[$side]}" link set "${links[$side]}" up
-done
+make_two_machines maeHA hA 10.232.0
 
 # One benchmark of 4 ranks; prints rank 0's last line (busbw_GBps=… algbw_GBps=… time_ms=…).
 run() {
@@ -68,14 +62,7 @@ run() {
 
 results=$logs/results
 for rate in unshaped $rates; do
-    for side in 0 1; do
-        ip netns exec "${machines[$side]}" tc qdisc del dev "${links[$side]}" root 2>/dev/null || true
-        if [ "$rate" != unshaped ]; then
-            # A token bucket at RATE each way; the burst holds 1 ms at 10 Gbit/s.
-            ip netns exec "${machines[$side]}" tc qdisc add dev "${links[$side]}" root tbf rate "$rate" \
-                burst 1250kb latency 100ms
-        fi
-    done
+    shape_link "$rate"
     for floats in $sizes; do
         for round in $(seq "$rounds"); do
             for transport in ring hierarchical; do

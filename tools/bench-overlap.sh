@@ -50,17 +50,10 @@ fi
 [ -n "${SKIP_NAMESPACES:-}" ] && exit 0
 [ "$(id -u)" = 0 ] || { echo "namespaces need root; skipped" >&2; exit 0; }
 suffix=$$
-machines=(maeA$suffix maeB$suffix)
-links=(vA$suffix vB$suffix)
-addresses=(10.231.0.1 10.231.0.2)
-cleanup() { for machine in "${machines[@]}"; do ip netns delete "$machine" 2>/dev/null || true; done; }
-trap cleanup EXIT
-for machine in "${machines[@]}"; do ip netns add "$machine"; ip -n "$machine" link set lo up; done
-ip -n "${machines[0]}" link add "${links[0]}" type veth peer name "${links[1]}" netns "${machines[1]}"
-for side in 0 1; do
-    ip -n "${machines[$side]}" address add "${addresses[$side]}/24" dev "${links[$side]}"
-    ip -n "${machines[$side]}" link set "${links[$side]}" up
-done
+source tools/two-machines.sh   # (the working directory is the repository root)
+machines=()
+trap remove_two_machines EXIT
+make_two_machines maeA vA 10.231.0
 
 # Ranks 0 and 1 on machine A, 2 and 3 on machine B: the ring crosses the link twice.
 run_two_machines() {
@@ -78,14 +71,7 @@ run_two_machines() {
 }
 
 for rate in unshaped $rates; do
-    for side in 0 1; do
-        ip netns exec "${machines[$side]}" tc qdisc del dev "${links[$side]}" root 2>/dev/null || true
-        if [ "$rate" != unshaped ]; then
-            # A token bucket at RATE each way; the burst holds 1 ms at 10 Gbit/s.
-            ip netns exec "${machines[$side]}" tc qdisc add dev "${links[$side]}" root tbf rate "$rate" \
-                burst 1250kb latency 100ms
-        fi
-    done
+    shape_link "$rate"
     for round in $(seq "$rounds"); do
         for transport in $transports; do
             for overlap in off on; do

@@ -59,7 +59,12 @@ public struct DistributedSampler: Sendable {
     /// Every rank's share of the epoch's positions from `start` on: ceil((count - start) / worldSize).
     public func samplesPerRank(from start: Int) -> Int {
         precondition(start >= 0 && start < datasetCount, "start \(start) is outside the epoch's 0..<\(datasetCount) positions")
-        return (datasetCount - start + worldSize - 1) / worldSize
+        return Self.samplesPerRank(datasetCount: datasetCount, worldSize: worldSize, from: start)
+    }
+
+    /// The same share for any split, without a sampler (a checkpoint's world size, say).
+    public static func samplesPerRank(datasetCount: Int, worldSize: Int, from start: Int) -> Int {
+        (datasetCount - start + worldSize - 1) / worldSize
     }
 
     /// This rank's dataset indices for `epoch`, in order: the positions start + rank,

@@ -1,3 +1,5 @@
+import Data
+
 /// How the current epoch's samples are split among the workers, and what follows from it
 /// for the steps, the data loader and the schedule.
 ///
@@ -28,7 +30,8 @@ struct EpochSplit: Equatable {
         self.start = start
         self.firstStep = firstStep
         self.startFraction = startFraction
-        batchesPerWorker = (datasetCount - start + worldSize - 1) / worldSize / batchSize
+        batchesPerWorker = DistributedSampler.samplesPerRank(datasetCount: datasetCount, worldSize: worldSize, from: start)
+            / batchSize
         samplesPerBatch = batchSize * worldSize
         self.accumulationSteps = accumulationSteps
     }

@@ -20,11 +20,7 @@ import Glibc
                      "--epochs", "4", "--warmup-epochs", "1", "--lr", "1e-3", "--seed", "5", "--threads", "1",
                      "--data-threads", "1", "--batch-shards", "1", "--print-every", "1", "--checkpoint-every", "2"]
         let total = 16
-        let straight = CoordinatedRun(root: temporary.path, name: "straight")
-        defer { straight.stopAll() }
-        try straight.startCoordinator(world: 2, workerFlags: flags)
-        try straight.startAgent(count: 2)
-        #expect(straight.coordinator?.exitStatus(within: 120) == 0, "\(straight.output)")
+        let straight = try CoordinatedRun.finished(root: temporary.path, name: "straight", world: 2, workerFlags: flags)
 
         let damaged = CoordinatedRun(root: temporary.path, name: "damaged")
         defer { damaged.stopAll() }

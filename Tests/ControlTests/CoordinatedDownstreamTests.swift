@@ -35,11 +35,8 @@ import Glibc
         let flags = model + ["--task", "finetune", "--finetune", temporary.path + "/pretrain", "--batch-size", "2",
                              "--epochs", "2", "--warmup-epochs", "1", "--checkpoint-every", "2", "--mixup", "0.8", "--cutmix", "1"]
 
-        let straight = CoordinatedRun(root: temporary.path, name: "straight")
-        defer { straight.stopAll() }
-        try straight.startCoordinator(world: 2, workerFlags: flags)
-        try straight.startAgent(count: 2)
-        #expect(straight.coordinator?.exitStatus(within: 180) == 0, "\(straight.output)")
+        let straight = try CoordinatedRun.finished(root: temporary.path, name: "straight", world: 2,
+                                                   workerFlags: flags, seconds: 180)
 
         let killed = CoordinatedRun(root: temporary.path, name: "killed")
         defer { killed.stopAll() }

@@ -61,6 +61,19 @@ final class CoordinatedRun {
         return agent
     }
 
+    /// A run started with one agent for all `world` ranks and waited for to its end (the
+    /// reference an interrupted run is compared with): its coordinator must exit 0 within
+    /// `seconds`; every process is stopped before it returns, its files stay.
+    static func finished(root: String, name: String, world: Int, workerFlags: [String], agentFlags: [String] = [],
+                         seconds: Double = 120, sourceLocation: SourceLocation = #_sourceLocation) throws -> CoordinatedRun {
+        let run = CoordinatedRun(root: root, name: name)
+        defer { run.stopAll() }
+        try run.startCoordinator(world: world, workerFlags: workerFlags)
+        try run.startAgent(count: world, extra: agentFlags)
+        #expect(run.coordinator?.exitStatus(within: seconds) == 0, "\(run.output)", sourceLocation: sourceLocation)
+        return run
+    }
+
     func state() throws -> RunState { try Coordinator.readState(statePath) }
 
     /// The state, or nil while the file is being replaced or absent.

@@ -58,11 +58,8 @@ import Glibc
     @Test func aWorkerKilledAtARandomStepIsRestartedAndTheRunEndsWithTheSameWeights() throws {
         defer { temporary.remove() }
         let epochs = 10, total = 40
-        let straight = CoordinatedRun(root: temporary.path, name: "straight")
-        defer { straight.stopAll() }
-        try straight.startCoordinator(world: 4, workerFlags: workerFlags(batch: 2, epochs: epochs))
-        try straight.startAgent(count: 4)
-        #expect(straight.coordinator?.exitStatus(within: 120) == 0, "\(straight.output)")
+        let straight = try CoordinatedRun.finished(root: temporary.path, name: "straight", world: 4,
+                                                   workerFlags: workerFlags(batch: 2, epochs: epochs))
 
         let killed = CoordinatedRun(root: temporary.path, name: "killed")
         defer { killed.stopAll() }
@@ -72,11 +69,8 @@ import Glibc
         _ = try signalWorker(killed, rank: killRank, atStep: killStep, SIGKILL)
         #expect(killed.coordinator?.exitStatus(within: 120) == 0, "\(killed.output)")
 
-        let single = CoordinatedRun(root: temporary.path, name: "single")
-        defer { single.stopAll() }
-        try single.startCoordinator(world: 1, workerFlags: workerFlags(batch: 8, epochs: epochs))
-        try single.startAgent(count: 1)
-        #expect(single.coordinator?.exitStatus(within: 120) == 0, "\(single.output)")
+        let single = try CoordinatedRun.finished(root: temporary.path, name: "single", world: 1,
+                                                 workerFlags: workerFlags(batch: 8, epochs: epochs))
 
         let report = try status(killed)
         #expect(report["restarts"] as? Int == 1, "rank \(killRank) killed at step \(killStep); \(report)")
@@ -138,11 +132,8 @@ import Glibc
         defer { temporary.remove() }
         // Long enough that the workers are still training when the coordinator is back (about 20 ms a step).
         let epochs = 100, total = 400
-        let straight = CoordinatedRun(root: temporary.path, name: "reference")
-        defer { straight.stopAll() }
-        try straight.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs))
-        try straight.startAgent(count: 2)
-        #expect(straight.coordinator?.exitStatus(within: 300) == 0, "\(straight.output)")
+        let straight = try CoordinatedRun.finished(root: temporary.path, name: "reference", world: 2,
+                                                   workerFlags: workerFlags(batch: 4, epochs: epochs), seconds: 300)
 
         let run = CoordinatedRun(root: temporary.path, name: "phoenix")
         defer { run.stopAll() }
@@ -191,11 +182,8 @@ import Glibc
     @Test func workersThatDoNotComeBackAreRestartedFromTheNewestCheckpoint() throws {
         defer { temporary.remove() }
         let epochs = 20, total = 80
-        let straight = CoordinatedRun(root: temporary.path, name: "reference")
-        defer { straight.stopAll() }
-        try straight.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs))
-        try straight.startAgent(count: 2)
-        #expect(straight.coordinator?.exitStatus(within: 120) == 0, "\(straight.output)")
+        let straight = try CoordinatedRun.finished(root: temporary.path, name: "reference", world: 2,
+                                                   workerFlags: workerFlags(batch: 4, epochs: epochs))
 
         let run = CoordinatedRun(root: temporary.path, name: "orphaned")
         defer { run.stopAll() }
@@ -267,11 +255,8 @@ import Glibc
     @Test func anAgentWithoutACoordinatorStopsItsWorkersAfterACheckpoint() throws {
         defer { temporary.remove() }
         let epochs = 100, total = 400
-        let straight = CoordinatedRun(root: temporary.path, name: "reference")
-        defer { straight.stopAll() }
-        try straight.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs))
-        try straight.startAgent(count: 2)
-        #expect(straight.coordinator?.exitStatus(within: 300) == 0, "\(straight.output)")
+        let straight = try CoordinatedRun.finished(root: temporary.path, name: "reference", world: 2,
+                                                   workerFlags: workerFlags(batch: 4, epochs: epochs), seconds: 300)
 
         let run = CoordinatedRun(root: temporary.path, name: "abandoned")
         defer { run.stopAll() }
@@ -306,17 +291,10 @@ import Glibc
     /// coordinator reports the workers' count of the run's steps.
     @Test func aRunOfTwoWorkersResumesWithThree() throws {
         defer { temporary.remove() }
-        let two = CoordinatedRun(root: temporary.path, name: "resized")
-        defer { two.stopAll() }
-        try two.startCoordinator(world: 2, workerFlags: workerFlags(batch: 2, epochs: 2, ["--max-steps", "3"]))
-        try two.startAgent(count: 2)
-        #expect(two.coordinator?.exitStatus(within: 60) == 0, "\(two.output)")
-
-        let three = CoordinatedRun(root: temporary.path, name: "resized")
-        defer { three.stopAll() }
-        try three.startCoordinator(world: 3, workerFlags: workerFlags(batch: 2, epochs: 2, ["--resume", "auto"]))
-        try three.startAgent(count: 3)
-        #expect(three.coordinator?.exitStatus(within: 60) == 0, "\(three.output)")
+        _ = try CoordinatedRun.finished(root: temporary.path, name: "resized", world: 2,
+                                        workerFlags: workerFlags(batch: 2, epochs: 2, ["--max-steps", "3"]), seconds: 60)
+        let three = try CoordinatedRun.finished(root: temporary.path, name: "resized", world: 3,
+                                                workerFlags: workerFlags(batch: 2, epochs: 2, ["--resume", "auto"]), seconds: 60)
         #expect(three.output.contains("resuming with 3 workers; the checkpoint was written by 2: the rest of epoch 1 "
                                       + "(20 of its 32 samples) is split among 3: 3 more step(s), then 5 per epoch"),
                 "\(three.output)")

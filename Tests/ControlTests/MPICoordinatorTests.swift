@@ -26,11 +26,8 @@ import Glibc
                      "--data-threads", "1", "--batch-shards", "1", "--print-every", "1", "--checkpoint-every", "2"]
         let agentFlags = ["--backend", "mpi", "--mpirun", Self.mpirun! + " --allow-run-as-root --oversubscribe --mca btl tcp,self"]
 
-        let straight = CoordinatedRun(root: temporary.path, name: "mpi-straight")
-        defer { straight.stopAll() }
-        try straight.startCoordinator(world: 2, workerFlags: flags)
-        try straight.startAgent(count: 2, extra: agentFlags)
-        #expect(straight.coordinator?.exitStatus(within: 120) == 0, "\(straight.output)")
+        let straight = try CoordinatedRun.finished(root: temporary.path, name: "mpi-straight", world: 2,
+                                                   workerFlags: flags, agentFlags: agentFlags)
 
         let killed = CoordinatedRun(root: temporary.path, name: "mpi-killed")
         defer { killed.stopAll() }
