@@ -11,24 +11,8 @@ import Testing
     func aRankThatStopsCallingMakesTheOthersTimeOut(senderThread: Bool, spins: Int?) throws {
         let timeout = 1.0
         let outcomes = try withRing(3, timeoutSeconds: timeout, senderThread: senderThread, lanes: 2,
-                                    spins: spins) { ring -> (Double, String, String) in
-            var values = [Float](repeating: 1, count: 100_000)
-            try values.withUnsafeMutableBufferPointer { try ring.allReduceSum($0.baseAddress!, count: 100_000) }
-            if ring.rank == 2 {
-                usleep(UInt32(timeout * 3 * 1e6))  // never makes the second call
-                return (0, "", "")
-            }
-            let start = monotonicSeconds()
-            var failure = "no error"
-            do {
-                try values.withUnsafeMutableBufferPointer { try ring.allReduceSum($0.baseAddress!, count: 100_000) }
-            } catch {
-                failure = "\(error)"
-            }
-            let elapsed = monotonicSeconds() - start
-            var later = "no error"
-            do { try ring.barrier() } catch { later = "\(error)" }
-            return (elapsed, failure, later)
+                                    spins: spins) { ring in
+            try stallLastRank(ring, timeout: timeout)
         }
         for rank in 0..<2 {
             let (elapsed, failure, later) = try outcomes[rank].get()

@@ -184,24 +184,8 @@ func naiveHierarchicalSum(_ inputs: [[Float]], machines: [[Int]], lanes: Int) ->
         let timeout = 1.0
         let hosts = machineHosts(machines: 2, perMachine: 2)
         let outcomes = try withSharedMemory(4, timeoutSeconds: timeout, transport: .hierarchical,
-                                            listenHosts: hosts) { collective -> (Double, String, String) in
-            var values = [Float](repeating: 1, count: 100_000)
-            try values.withUnsafeMutableBufferPointer { try collective.allReduceSum($0.baseAddress!, count: 100_000) }
-            if collective.rank == 3 {
-                usleep(UInt32(timeout * 3 * 1e6))
-                return (0, "", "")
-            }
-            let start = monotonicSeconds()
-            var failure = "no error"
-            do {
-                try values.withUnsafeMutableBufferPointer { try collective.allReduceSum($0.baseAddress!, count: 100_000) }
-            } catch {
-                failure = "\(error)"
-            }
-            let elapsed = monotonicSeconds() - start
-            var later = "no error"
-            do { try collective.barrier() } catch { later = "\(error)" }
-            return (elapsed, failure, later)
+                                            listenHosts: hosts) { collective in
+            try stallLastRank(collective, timeout: timeout)
         }
         for rank in 0..<3 {
             let (elapsed, failure, later) = try outcomes[rank].get()

@@ -118,24 +118,8 @@ func withSharedMemory<Value: Sendable>(_ world: Int, lanes: Int = 1, slotBytes: 
     /// every later call fails at once.
     @Test func aRankThatStopsCallingIsNamedWithinTheTimeout() throws {
         let timeout = 1.0
-        let outcomes = try withSharedMemory(3, timeoutSeconds: timeout) { collective -> (Double, String, String) in
-            var values = [Float](repeating: 1, count: 100_000)
-            try values.withUnsafeMutableBufferPointer { try collective.allReduceSum($0.baseAddress!, count: 100_000) }
-            if collective.rank == 2 {
-                usleep(UInt32(timeout * 3 * 1e6))
-                return (0, "", "")
-            }
-            let start = monotonicSeconds()
-            var failure = "no error"
-            do {
-                try values.withUnsafeMutableBufferPointer { try collective.allReduceSum($0.baseAddress!, count: 100_000) }
-            } catch {
-                failure = "\(error)"
-            }
-            let elapsed = monotonicSeconds() - start
-            var later = "no error"
-            do { try collective.barrier() } catch { later = "\(error)" }
-            return (elapsed, failure, later)
+        let outcomes = try withSharedMemory(3, timeoutSeconds: timeout) { collective in
+            try stallLastRank(collective, timeout: timeout)
         }
         for rank in 0..<2 {
             let (elapsed, failure, later) = try outcomes[rank].get()

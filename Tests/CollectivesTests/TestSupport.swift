@@ -184,3 +184,28 @@ func temporaryDirectory(_ label: String) throws -> String {
     try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     return path
 }
+
+/// What a rank sees when the last rank stops calling: every rank all-reduces
+/// once, then the last one sleeps for three timeouts while the others time a second
+/// all-reduce and then try a barrier. Returns (seconds until the second call failed, its
+/// error, the barrier's error), "no error" where a call returned; zeros and empty strings
+/// on the sleeping rank.
+func stallLastRank(_ collective: any Collective, timeout: Double) throws -> (Double, String, String) {
+    var values = [Float](repeating: 1, count: 100_000)
+    try values.withUnsafeMutableBufferPointer { try collective.allReduceSum($0.baseAddress!, count: 100_000) }
+    if collective.rank == collective.worldSize - 1 {
+        usleep(UInt32(timeout * 3 * 1e6))   // never makes the second call
+        return (0, "", "")
+    }
+    let start = monotonicSeconds()
+    var failure = "no error"
+    do {
+        try values.withUnsafeMutableBufferPointer { try collective.allReduceSum($0.baseAddress!, count: 100_000) }
+    } catch {
+        failure = "\(error)"
+    }
+    let elapsed = monotonicSeconds() - start
+    var later = "no error"
+    do { try collective.barrier() } catch { later = "\(error)" }
+    return (elapsed, failure, later)
+}
