@@ -17,6 +17,9 @@ typedef struct {
     int transpose_a, transpose_b, accumulate;
     int fp32_inputs;  // 1: oneDNN's fp32 matmul (measured against OpenBLAS), 0: bf16 inputs
     float alpha;
+    // 0: b as stored (strided by ldb). Otherwise b comes packed in the layout that oneDNN
+    // chose for the product's blocks of this many rows (mae_bf16_pack_b), ldb unused.
+    long packed_rows;
 } product_key;
 
 typedef struct {
@@ -26,6 +29,19 @@ typedef struct {
     size_t scratchpad_bytes;
     const char *implementation;
 } product_entry;
+
+// A reorder of a bf16 b from its stored layout (dense or strided by ldb) into the packed
+// layout of a block entry (`product_key.packed_rows`).
+typedef struct {
+    product_key block_key;
+    long ldb;
+    dnnl_primitive_t primitive;
+    dnnl_memory_desc_t from_md, to_md;
+    size_t scratchpad_bytes;
+} packing_entry;
+enum { packing_capacity = 512 };
+static packing_entry packings[packing_capacity];
+static int packing_count;
 
 // A model has a few dozen distinct products per batch shape (its linear layers, forward
 // and backward, and their column blocks; attention's are small enough for OpenBLAS); this is
@@ -44,6 +60,8 @@ static __thread float *a_floats, *b_floats, *c_floats;
 static __thread size_t a_float_capacity, b_float_capacity, c_float_capacity;
 static __thread void *scratchpad;
 static __thread size_t scratchpad_capacity;
+static __thread void *packed_buffer;
+static __thread size_t packed_capacity;
 
 const char *mae_products_error(void) { return error_message; }
 
@@ -165,6 +183,17 @@ static int initialise_engine(void) {
     return engine_status == dnnl_success ? 0 : fail("engine creation", engine_status);
 }
 
+static product_entry *find_or_create_entry(const product_key *key);
+
+// The key of the block whose primitive chose the packed layout of a packed key's b:
+// the same product with `packed_rows` rows (a transposed bf16 a is compacted to lda = m).
+static product_key block_key_of(const product_key *key) {
+    product_key block = *key;
+    block.m = key->packed_rows;
+    if (key->transpose_a) block.lda = key->packed_rows;
+    return block;
+}
+
 static product_entry *create_entry(const product_key *key) {
     product_entry entry = {.key = *key};
     dnnl_dims_t a_dims = {key->m, key->k}, b_dims = {key->k, key->n}, c_dims = {key->m, key->n};
@@ -175,11 +204,24 @@ static product_entry *create_entry(const product_key *key) {
     dnnl_status_t status;
     dnnl_data_type_t input_type = key->fp32_inputs ? dnnl_f32 : dnnl_bf16;
     if ((status = dnnl_memory_desc_init_by_strides(&entry.a_md, 2, a_dims, input_type, a_strides)) ||
-        (status = dnnl_memory_desc_init_by_strides(&entry.b_md, 2, b_dims, input_type, b_strides)) ||
         (status = dnnl_memory_desc_init_by_strides(&entry.c_md, 2, c_dims, dnnl_f32, c_strides))) {
         fail("memory descriptor", status);
         return NULL;
     }
+    if (!key->packed_rows) {
+        status = dnnl_memory_desc_init_by_strides(&entry.b_md, 2, b_dims, input_type, b_strides);
+    } else if (key->m == key->packed_rows) {
+        // oneDNN picks the layout for this block shape; the entry's b_md is that layout.
+        status = dnnl_memory_desc_init_by_tag(&entry.b_md, 2, b_dims, input_type, dnnl_format_tag_any);
+    } else {
+        // A last, shorter block takes b in the layout its full blocks chose.
+        product_key block_key = block_key_of(key);
+        product_entry *block = find_or_create_entry(&block_key);
+        if (!block) return NULL;
+        entry.b_md = block->b_md;
+        status = dnnl_success;
+    }
+    if (status) { fail("memory descriptor", status); return NULL; }
     dnnl_matmul_desc_t descriptor;
     if ((status = dnnl_matmul_desc_init(&descriptor, &entry.a_md, &entry.b_md, NULL, &entry.c_md))) {
         fail("matmul descriptor", status);
@@ -211,6 +253,17 @@ static product_entry *create_entry(const product_key *key) {
     const char *implementation = NULL;
     dnnl_primitive_desc_query(primitive_descriptor, dnnl_query_impl_info_str, 0, &implementation);
     entry.implementation = implementation ? strdup(implementation) : "unknown";
+    if (key->packed_rows) {
+        // Packed b only where the brgemm kernels run (they read it as packed, so no copy per call).
+        const dnnl_memory_desc_t *chosen = dnnl_primitive_desc_query_md(primitive_descriptor, dnnl_query_weights_md, 0);
+        if (strncmp(entry.implementation, "brg", 3) != 0 || !chosen ||
+            (key->m != key->packed_rows && !dnnl_memory_desc_equal(chosen, &entry.b_md))) {
+            dnnl_primitive_desc_destroy(primitive_descriptor);
+            snprintf(error_message, sizeof error_message, "oneDNN runs no brgemm kernel on a packed b for this shape");
+            return NULL;
+        }
+        entry.b_md = *chosen;
+    }
     status = dnnl_primitive_create(&entry.primitive, primitive_descriptor);
     dnnl_primitive_desc_destroy(primitive_descriptor);
     if (status) { fail("primitive creation", status); return NULL; }
@@ -219,14 +272,18 @@ static product_entry *create_entry(const product_key *key) {
     return &cache[cache_count++];
 }
 
+// With the cache mutex held.
+static product_entry *find_or_create_entry(const product_key *key) {
+    for (int index = 0; index < cache_count; index++) {
+        if (memcmp(&cache[index].key, key, sizeof *key) == 0) return &cache[index];
+    }
+    return create_entry(key);
+}
+
 static product_entry *entry_for(const product_key *key) {
     if (initialise_engine()) return NULL;
     pthread_mutex_lock(&cache_mutex);
-    product_entry *found = NULL;
-    for (int index = 0; index < cache_count && !found; index++) {
-        if (memcmp(&cache[index].key, key, sizeof *key) == 0) found = &cache[index];
-    }
-    if (!found) found = create_entry(key);
+    product_entry *found = find_or_create_entry(key);
     pthread_mutex_unlock(&cache_mutex);
     return found;
 }
@@ -293,6 +350,58 @@ static int execute(product_entry *entry, const void *a, const void *b, float *c,
     return status == dnnl_success ? 0 : -1;
 }
 
+// op(a) as oneDNN's brgemm kernels take it: bf16, dense; an fp32 operand rounded (a
+// transposed one into rows, which the kernels run markedly faster), a strided bf16 one
+// copied compact. Updates lda and transpose_a to the result's; NULL when memory runs out.
+static const uint16_t *ready_a(const void *a, int a_is_bf16, long *lda, int *transpose_a, long m, long k) {
+    // The stored array: a is [m, k] ([k, m] transposed).
+    long rows = *transpose_a ? k : m, columns = *transpose_a ? m : k;
+    const uint16_t *ready = a;
+    if (!a_is_bf16 && *transpose_a) {
+        ready = rounded_transpose(&a_buffer, &a_capacity, a, rows, columns, *lda);
+        *lda = k;
+        *transpose_a = 0;
+    } else if (!a_is_bf16) {
+        ready = rounded(&a_buffer, &a_capacity, a, rows, columns, *lda);
+        *lda = columns;
+    } else if (*lda != columns) {
+        ready = compact(&a_buffer, &a_capacity, ready, rows, columns, *lda);
+        *lda = columns;
+    }
+    return ready;
+}
+
+// Runs the product of the ready operands into c. oneDNN 2.6 runs its brgemm kernels on
+// dense operands only (leading dimension = row length); a strided one (a block of
+// columns, a head inside attention's rows) sends the product to its older gemm kernels,
+// which pack every operand and ran 10–15 % slower on ViT-B's products. So a strided c is
+// written compact and then copied, or added, into place: one fp32 add either way, as
+// oneDNN's sum post-op does. `packed_rows`: as in `product_key`.
+static int run_ready(float *c, long ldc, const uint16_t *a16, long lda, int transpose_a,
+                     const void *b16, long ldb, int transpose_b, long packed_rows,
+                     long m, long n, long k, float alpha, float beta) {
+    float *target = c;
+    if (ldc != n && !(target = reserve_floats(&c_floats, &c_float_capacity, (size_t)(m * n)))) {
+        return fail("buffer", dnnl_out_of_memory);
+    }
+    long target_ld = target == c ? ldc : n;
+    float target_beta = target == c ? beta : 0.0f;
+    product_key key = make_key(m, n, k, lda, transpose_a, ldb, transpose_b, target_ld, alpha, target_beta);
+    key.packed_rows = packed_rows;
+    product_entry *entry = entry_for(&key);
+    if (!entry) return -1;
+    if (execute(entry, a16, b16, target, m, n, k, target_ld, target_beta)) return -1;
+    if (target != c) {
+        for (long row = 0; row < m; row++) {
+            float *out = c + row * ldc;
+            const float *in = target + row * n;
+            if (beta == 0.0f) memcpy(out, in, (size_t)n * sizeof(float));
+            else for (long column = 0; column < n; column++) out[column] += in[column];
+        }
+    }
+    return 0;
+}
+
 int mae_bf16_matmul(float *c, long ldc,
                     const void *a, int a_is_bf16, long lda, int transpose_a,
                     const void *b, int b_is_bf16, long ldb, int transpose_b,
@@ -314,55 +423,133 @@ int mae_bf16_matmul(float *c, long ldc,
         return small_product(c, ldc, a, a_is_bf16, lda, transpose_a, b, b_is_bf16, ldb, transpose_b, m, n, k, alpha, beta);
     }
     use_one_openmp_thread();
-    // The stored arrays: a is [m, k] ([k, m] transposed), b is [k, n] ([n, k] transposed).
-    long a_rows = transpose_a ? k : m, a_columns = transpose_a ? m : k;
+    const uint16_t *a16 = ready_a(a, a_is_bf16, &lda, &transpose_a, m, k);
+    if (!a16) return fail("buffer", dnnl_out_of_memory);
+    // The stored b: [k, n], or [n, k] transposed; rounded, or copied compact (see run_ready).
     long b_rows = transpose_b ? n : k, b_columns = transpose_b ? k : n;
-    const uint16_t *a16 = a, *b16 = b;
-    if (!a_is_bf16 && transpose_a) {
-        if (!(a16 = rounded_transpose(&a_buffer, &a_capacity, a, a_rows, a_columns, lda))) return fail("buffer", dnnl_out_of_memory);
-        lda = k;
-        transpose_a = 0;
-    } else if (!a_is_bf16) {
-        if (!(a16 = rounded(&a_buffer, &a_capacity, a, a_rows, a_columns, lda))) return fail("buffer", dnnl_out_of_memory);
-        lda = a_columns;
-    }
+    const uint16_t *b16 = b;
     if (!b_is_bf16) {
         if (!(b16 = rounded(&b_buffer, &b_capacity, b, b_rows, b_columns, ldb))) return fail("buffer", dnnl_out_of_memory);
         ldb = b_columns;
-    }
-    // oneDNN 2.6 runs its brgemm kernels on dense operands only (leading dimension = row
-    // length); a strided one (a block of columns, a head inside attention's rows) sends
-    // the product to its older gemm kernels, which pack every operand and ran 10–15 %
-    // slower on ViT-B's products. So a strided bf16 operand is copied compact first, and
-    // a strided c is written compact and then copied, or added, into place: one fp32
-    // add either way, as oneDNN's sum post-op does.
-    if (a_is_bf16 && lda != a_columns) {
-        if (!(a16 = compact(&a_buffer, &a_capacity, a16, a_rows, a_columns, lda))) return fail("buffer", dnnl_out_of_memory);
-        lda = a_columns;
-    }
-    if (b_is_bf16 && ldb != b_columns) {
+    } else if (ldb != b_columns) {
         if (!(b16 = compact(&b_buffer, &b_capacity, b16, b_rows, b_columns, ldb))) return fail("buffer", dnnl_out_of_memory);
         ldb = b_columns;
     }
-    float *target = c;
-    if (ldc != n && !(target = reserve_floats(&c_floats, &c_float_capacity, (size_t)(m * n)))) {
-        return fail("buffer", dnnl_out_of_memory);
-    }
-    long target_ld = target == c ? ldc : n;
-    float target_beta = target == c ? beta : 0.0f;
-    product_key key = make_key(m, n, k, lda, transpose_a, ldb, transpose_b, target_ld, alpha, target_beta);
+    return run_ready(c, ldc, a16, lda, transpose_a, b16, ldb, transpose_b, 0, m, n, k, alpha, beta);
+}
+
+// The key of a product's full blocks as `run_ready` makes it after `ready_a`.
+static product_key row_block_key(const mae_bf16_row_blocks *blocks) {
+    int transpose_a = blocks->a_is_bf16 && blocks->transpose_a;  // an fp32 a is rounded into rows
+    long lda = transpose_a ? blocks->block_rows : blocks->k;
+    int dense_c = blocks->c_is_dense;
+    product_key key = make_key(blocks->block_rows, blocks->n, blocks->k, lda, transpose_a, 0, blocks->transpose_b,
+                               blocks->n, blocks->alpha, dense_c ? blocks->beta : 0.0f);
+    key.packed_rows = blocks->block_rows;
+    return key;
+}
+
+long mae_bf16_packed_b_bytes(const mae_bf16_row_blocks *blocks, long last_block_rows) {
+    if (blocks->n * blocks->k * blocks->block_rows <= small_product_limit) return -1;
+    product_key key = row_block_key(blocks);
     product_entry *entry = entry_for(&key);
     if (!entry) return -1;
-    if (execute(entry, a16, b16, target, m, n, k, target_ld, target_beta)) return -1;
-    if (target != c) {
-        for (long row = 0; row < m; row++) {
-            float *out = c + row * ldc;
-            const float *in = target + row * n;
-            if (beta == 0.0f) memcpy(out, in, (size_t)n * sizeof(float));
-            else for (long column = 0; column < n; column++) out[column] += in[column];
+    if (last_block_rows != blocks->block_rows) {
+        // The last block must take the same packed b (oneDNN may refuse it for another m).
+        product_key last = key;
+        last.m = last_block_rows;
+        if (last.transpose_a) last.lda = last_block_rows;
+        if (last_block_rows * blocks->n * blocks->k <= small_product_limit || !entry_for(&last)) return -1;
+    }
+    return (long)dnnl_memory_desc_get_size(&entry->b_md);
+}
+
+const void *mae_bf16_pack_b(const mae_bf16_row_blocks *blocks, const uint16_t *b, long ldb) {
+    use_one_openmp_thread();
+    product_key key = row_block_key(blocks);
+    product_entry *entry = entry_for(&key);
+    if (!entry) return NULL;
+    pthread_mutex_lock(&cache_mutex);
+    packing_entry *packing = NULL;
+    for (int index = 0; index < packing_count && !packing; index++) {
+        if (packings[index].ldb == ldb && memcmp(&packings[index].block_key, &key, sizeof key) == 0) {
+            packing = &packings[index];
         }
     }
-    return 0;
+    if (!packing && packing_count < packing_capacity) {
+        packing_entry made = {.block_key = key, .ldb = ldb, .to_md = entry->b_md};
+        dnnl_dims_t dims = {blocks->k, blocks->n};
+        dnnl_dims_t strides = {blocks->transpose_b ? 1 : ldb, blocks->transpose_b ? ldb : 1};
+        dnnl_primitive_attr_t attributes = NULL;
+        dnnl_primitive_desc_t descriptor = NULL;
+        dnnl_status_t status;
+        if (!(status = dnnl_memory_desc_init_by_strides(&made.from_md, 2, dims, dnnl_bf16, strides)) &&
+            !(status = dnnl_primitive_attr_create(&attributes)) &&
+            !(status = dnnl_primitive_attr_set_scratchpad_mode(attributes, dnnl_scratchpad_mode_user)) &&
+            !(status = dnnl_reorder_primitive_desc_create(&descriptor, &made.from_md, engine, &made.to_md, engine,
+                                                          attributes))) {
+            const dnnl_memory_desc_t *scratchpad_md = dnnl_primitive_desc_query_md(descriptor, dnnl_query_scratchpad_md, 0);
+            made.scratchpad_bytes = scratchpad_md ? dnnl_memory_desc_get_size(scratchpad_md) : 0;
+            status = dnnl_primitive_create(&made.primitive, descriptor);
+        }
+        if (descriptor) dnnl_primitive_desc_destroy(descriptor);
+        if (attributes) dnnl_primitive_attr_destroy(attributes);
+        if (status) fail("packing reorder", status);
+        else packing = &packings[packing_count++], *packing = made;
+    } else if (!packing) {
+        fail("packing cache (full)", dnnl_out_of_memory);
+    }
+    pthread_mutex_unlock(&cache_mutex);
+    if (!packing) return NULL;
+    size_t bytes = dnnl_memory_desc_get_size(&packing->to_md);
+    if (bytes > packed_capacity) {
+        free(packed_buffer);
+        packed_buffer = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        packed_capacity = packed_buffer ? bytes : 0;
+        if (!packed_buffer) { fail("packed buffer", dnnl_out_of_memory); return NULL; }
+    }
+    if (packing->scratchpad_bytes > scratchpad_capacity) {
+        free(scratchpad);
+        scratchpad = aligned_alloc(64, (packing->scratchpad_bytes + 63) / 64 * 64);
+        scratchpad_capacity = scratchpad ? packing->scratchpad_bytes : 0;
+        if (!scratchpad) { fail("scratchpad", dnnl_out_of_memory); return NULL; }
+    }
+    dnnl_status_t status;
+    if (!stream && (status = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags))) {
+        fail("stream", status);
+        return NULL;
+    }
+    dnnl_memory_t from = NULL, to = NULL, scratchpad_memory = NULL;
+    dnnl_memory_desc_t scratchpad_md;
+    dnnl_dims_t scratchpad_dims = {(long)packing->scratchpad_bytes};
+    dnnl_memory_desc_init_by_tag(&scratchpad_md, 1, scratchpad_dims, dnnl_u8, dnnl_a);
+    if ((status = dnnl_memory_create(&from, &packing->from_md, engine, (void *)b)) ||
+        (status = dnnl_memory_create(&to, &packing->to_md, engine, packed_buffer)) ||
+        (packing->scratchpad_bytes &&
+         (status = dnnl_memory_create(&scratchpad_memory, &scratchpad_md, engine, scratchpad)))) {
+        fail("memory", status);
+    } else {
+        dnnl_exec_arg_t arguments[3] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}, {DNNL_ARG_SCRATCHPAD, scratchpad_memory}};
+        if ((status = dnnl_primitive_execute(packing->primitive, stream, packing->scratchpad_bytes ? 3 : 2, arguments)) ||
+            (status = dnnl_stream_wait(stream))) {
+            fail("packing", status);
+        }
+    }
+    if (from) dnnl_memory_destroy(from);
+    if (to) dnnl_memory_destroy(to);
+    if (scratchpad_memory) dnnl_memory_destroy(scratchpad_memory);
+    return status == dnnl_success ? packed_buffer : NULL;
+}
+
+int mae_bf16_matmul_packed_b(const mae_bf16_row_blocks *blocks, float *c, long ldc, const void *a, long lda,
+                             const void *packed_b, long rows) {
+    if (rows == 0) return 0;
+    use_one_openmp_thread();
+    int transpose_a = blocks->transpose_a;
+    const uint16_t *a16 = ready_a(a, blocks->a_is_bf16, &lda, &transpose_a, rows, blocks->k);
+    if (!a16) return fail("buffer", dnnl_out_of_memory);
+    return run_ready(c, ldc, a16, lda, transpose_a, packed_b, 0, blocks->transpose_b, blocks->block_rows,
+                     rows, blocks->n, blocks->k, blocks->alpha, blocks->beta);
 }
 
 int mae_f32_matmul_onednn(float *c, long ldc, const float *a, long lda, int transpose_a,

@@ -77,19 +77,22 @@ public func singleThreadedMatrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: 
 /// oneDNN's kernels (brgemm) follow inside a call.
 ///
 /// oneDNN packs the b operand of every call into its own layout (pairs of k interleaved)
-/// before its kernel runs, so each block of rows packs the whole of b again (on ViT-B's
-/// step, 6 % of the time went to the repeated packing at 8 blocks). A block of columns
-/// packs only its own columns of b, but writes c through a buffer, since oneDNN's fast
-/// kernels take a dense c only (products.c). `bfloat16Blocks` weighs the two. In both, an
-/// fp32 operand that every block reads whole (b for rows, a for columns) is rounded once,
-/// into the caller's buffer (a transposed into rows, as oneDNN's kernels run a row-major
-/// a fastest).
+/// before its kernel runs, so blocks of rows would each pack the whole of b again (on
+/// ViT-B's step, 6 % of the time went to the repeated packing at 8 blocks). So b is
+/// packed once into that layout and the blocks of rows share it (`.packedRows`, where
+/// oneDNN takes it for every block). Where it does not, a block of columns packs only its
+/// own columns of b, but writes c through a buffer, since oneDNN's fast kernels take a
+/// dense c only (products.c), and `bfloat16Blocks` weighs the two. In all, an fp32 operand
+/// that every block reads whole (b for rows, a for columns) is rounded once, into the
+/// caller's buffer (a transposed into rows, as oneDNN's kernels run a row-major a fastest).
 public func bfloat16MatrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
                                    _ a: UnsafePointer<Float>, lda: Int, transposeA: Bool = false,
                                    _ b: UnsafePointer<Float>, ldb: Int, transposeB: Bool = false,
                                    roundedA: UnsafePointer<UInt16>? = nil, roundedB: UnsafePointer<UInt16>? = nil,
                                    m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0) {
-    let (cut, block) = bfloat16Blocks(m: m, n: n, k: k, accumulates: beta != 0)
+    let (cut, block) = bfloat16Blocks(m: m, n: n, k: k, accumulates: beta != 0, aIsRounded: roundedA != nil,
+                                      transposeA: transposeA, transposeB: transposeB, cIsDense: ldc == n,
+                                      alpha: alpha)
     switch cut {
     case .whole:
         // Each operand as the C call takes it: bf16 when it came rounded, else fp32 to round.
@@ -97,16 +100,32 @@ public func bfloat16MatrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
                         lda: lda, transposeA: transposeA,
                         roundedB.map(UnsafeRawPointer.init) ?? UnsafeRawPointer(b), isRounded: roundedB != nil,
                         ldb: ldb, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, beta: beta)
-    case .rows:
-        // The stored b: [k, n], or [n, k] when transposed; rounded once for all blocks.
-        let rows = transposeB ? n : k, columns = transposeB ? k : n
-        let (bRounded, roundedLDB) = roundedB.map { ($0, ldb) } ?? {
-            let buffer = threadBuffer(rows * columns)
-            parallelFor(rows, minimumPerWorker: max(1, 65_536 / max(1, columns))) { range in
-                for row in range { mae_round_to_bf16(buffer + row * columns, b + row * ldb, columns) }
+    case .packedRows:
+        var blocks = mae_bf16_row_blocks(block_rows: block, n: n, k: k, a_is_bf16: roundedA != nil ? 1 : 0,
+                                         transpose_a: transposeA ? 1 : 0, transpose_b: transposeB ? 1 : 0,
+                                         c_is_dense: ldc == n ? 1 : 0, alpha: alpha, beta: beta)
+        let (bRounded, roundedLDB) = roundedB.map { ($0, ldb) }
+            ?? roundStoredB(b, ldb: ldb, transposeB: transposeB, n: n, k: k)
+        guard let packed = mae_bf16_pack_b(&blocks, bRounded, roundedLDB) else {
+            preconditionFailure("packing b of a bf16 product \(m)×\(n)×\(k) failed: \(String(cString: mae_products_error()))")
+        }
+        parallelFor((m + block - 1) / block, minimumPerWorker: 1, rangesPerWorker: 4) { range in
+            for index in range {
+                let first = index * block, count = min(m, first + block) - first
+                // The stored a: [m, k], or [k, m] when transposed; the block of op(a)'s rows.
+                let offset = transposeA ? first : first * lda
+                let aBlock = roundedA.map { UnsafeRawPointer($0 + offset) } ?? UnsafeRawPointer(a + offset)
+                let status = withUnsafePointer(to: &blocks) {
+                    mae_bf16_matmul_packed_b($0, c + first * ldc, ldc, aBlock, lda, packed, count)
+                }
+                if status != 0 {
+                    preconditionFailure("bf16 matrix product \(m)×\(n)×\(k) failed: \(String(cString: mae_products_error()))")
+                }
             }
-            return (UnsafePointer(buffer), columns)
-        }()
+        }
+    case .rows:
+        let (bRounded, roundedLDB) = roundedB.map { ($0, ldb) }
+            ?? roundStoredB(b, ldb: ldb, transposeB: transposeB, n: n, k: k)
         parallelFor((m + block - 1) / block, minimumPerWorker: 1, rangesPerWorker: 4) { range in
             for index in range {
                 let first = index * block, count = min(m, first + block) - first
@@ -136,6 +155,18 @@ public func bfloat16MatrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
     }
 }
 
+/// The stored b ([k, n], or [n, k] when transposed) rounded once, for all blocks, into the
+/// calling thread's buffer (compact), split over our workers.
+private func roundStoredB(_ b: UnsafePointer<Float>, ldb: Int, transposeB: Bool, n: Int, k: Int)
+    -> (UnsafePointer<UInt16>, Int) {
+    let rows = transposeB ? n : k, columns = transposeB ? k : n
+    let buffer = threadBuffer(rows * columns)
+    parallelFor(rows, minimumPerWorker: max(1, 65_536 / max(1, columns))) { range in
+        for row in range { mae_round_to_bf16(buffer + row * columns, b + row * ldb, columns) }
+    }
+    return (UnsafePointer(buffer), columns)
+}
+
 /// op(a)[m, k] rounded into the calling thread's buffer as a compact row-major matrix
 /// (transposed into rows when the product reads a transposed, as oneDNN's kernels run a
 /// row-major a fastest), split over our workers.
@@ -156,20 +187,44 @@ private func roundCompact(_ a: UnsafePointer<Float>, lda: Int, transposeA: Bool,
 }
 
 /// How `bfloat16MatrixMultiply` cuts a product.
-public enum BFloat16Cut: Sendable { case whole, rows, columns }
+public enum BFloat16Cut: Sendable {
+    /// One oneDNN call.
+    case whole
+    /// Blocks of rows of c that share b, packed once into oneDNN's layout.
+    case packedRows
+    /// Blocks of rows of c, each call packing all of b (where oneDNN refuses a shared packed b).
+    case rows
+    /// Blocks of columns of c, each call packing its columns of b.
+    case columns
+}
 
 /// The cut of a product and the rows or columns of c per oneDNN call: a function of the
-/// shape alone (see `bfloat16MatrixMultiply`). Products under 2²¹ multiply-adds run whole;
-/// larger ones are cut into at most 8 blocks of a multiple of 16 rows or columns: enough
-/// parts for a few threads to share. Rows cost 7 extra packings of b (k × n each);
-/// columns pass c (m × n, fp32) through a buffer, and once more when they add to c
-/// (`accumulates`). Columns therefore when m < 2k, or m < 1.25k when adding: thresholds
-/// measured on ViT-B's products (`mae bench products`; docs/PERFORMANCE.md), where the
-/// encoder's (400 rows) gain 5–17 % from columns and the decoder's forward products
-/// (1,576 rows, k = 512) and the weight gradients of few rows (dyᵀ·x) keep rows.
-public func bfloat16Blocks(m: Int, n: Int, k: Int, accumulates: Bool = false) -> (cut: BFloat16Cut, size: Int) {
+/// shape and the CPU alone (see `bfloat16MatrixMultiply`). Products under 2²¹
+/// multiply-adds run whole; larger ones are cut into at most 8 blocks of a multiple of 16
+/// rows or columns: enough parts for a few threads to share.
+///
+/// Blocks of rows that share one packed b cost nothing over one call but the shorter
+/// kernels, so they come first wherever oneDNN takes the packed b for the last block too
+/// (the other arguments describe the call, as `mae_bf16_row_blocks`). Otherwise rows
+/// cost 7 extra packings of b (k × n each); columns pass c (m × n, fp32) through a buffer,
+/// and once more when they add to c (`accumulates`). Columns then when m < 2k, or
+/// m < 1.25k when adding: thresholds measured on ViT-B's products (`mae bench products`;
+/// docs/PERFORMANCE.md), where the encoder's (400 rows) gained 5–17 % from columns and
+/// the decoder's forward products (1,576 rows, k = 512) and the weight gradients of few
+/// rows (dyᵀ·x) kept rows.
+public func bfloat16Blocks(m: Int, n: Int, k: Int, accumulates: Bool = false, aIsRounded: Bool = false,
+                           transposeA: Bool = false, transposeB: Bool = false, cIsDense: Bool = true,
+                           alpha: Float = 1) -> (cut: BFloat16Cut, size: Int) {
     guard m * n * k >= 1 << 21 else { return (.whole, 0) }
     func block(_ length: Int) -> Int { max(16, ((length + 7) / 8 + 15) / 16 * 16) }
+    if m > 16 {
+        let size = block(m)
+        var blocks = mae_bf16_row_blocks(block_rows: size, n: n, k: k, a_is_bf16: aIsRounded ? 1 : 0,
+                                         transpose_a: transposeA ? 1 : 0, transpose_b: transposeB ? 1 : 0,
+                                         c_is_dense: cIsDense ? 1 : 0, alpha: alpha, beta: accumulates ? 1 : 0)
+        let last = m - (m - 1) / size * size
+        if mae_bf16_packed_b_bytes(&blocks, last) >= 0 { return (.packedRows, size) }
+    }
     let columns = accumulates ? 4 * m < 5 * k : m < 2 * k
     if columns, n > 16 { return (.columns, block(n)) }
     if m > 16 { return (.rows, block(m)) }

@@ -83,10 +83,13 @@ struct BenchProductsCommand: Subcommand {
             }
             let fp32 = rate(.fp32), bf16 = rate(.bf16)
             let oneDNNFP32 = threads == 1 ? format(rate(nil), 11) : "          -"
-            let (cut, block) = bfloat16Blocks(m: m, n: n, k: k, accumulates: shape.transposeA)
+            let (cut, block) = bfloat16Blocks(m: m, n: n, k: k, accumulates: shape.transposeA,
+                                              transposeA: shape.transposeA, transposeB: shape.transposeB)
+            let rowBlocks = cut == .rows || cut == .packedRows
             let kernel = m * n * k <= Int(MAE_BF16_SMALL_PRODUCT_LIMIT) ? String(cString: mae_bf16_small_product_implementation())
-                : bfloat16ProductImplementation(m: cut == .rows ? block : m, n: cut == .columns ? block : n, k: k,
+                : bfloat16ProductImplementation(m: rowBlocks ? block : m, n: cut == .columns ? block : n, k: k,
                                                 transposeA: shape.transposeA && cut != .columns, transposeB: shape.transposeB)
+                    + (cut == .packedRows ? ", b packed once" : "")
             let name = "\(m)×\(n)×\(k) " + (shape.transposeA ? "tn" : shape.transposeB ? "nt" : "nn")
             print(name.padding(toLength: 20, withPad: " ", startingAt: 0)
                   + "  " + format(fp32, 12) + "  " + format(bf16, 12) + "  " + format(bf16 / fp32, 9) + "  " + oneDNNFP32 + "  " + kernel)

@@ -166,6 +166,22 @@ import TestSupport
         #expect(name.contains("bf16"), "oneDNN chose \(name)")
     }
 
+    /// The linear layers' products of ViT-B and tiny, forward and backward, share one packed
+    /// b between their blocks of rows (no packing per block, no c buffer).
+    @Test func theModelsLargeProductsShareAPackedB() throws {
+        try #require(CPUInfo.supports("avx512bf16"), "this CPU has no AVX512_BF16")
+        // (rows, outFeatures, inFeatures): ViT-B's encoder qkv and fc2, decoder fc1; tiny's qkv.
+        for (rows, outFeatures, inFeatures) in [(400, 2304, 768), (400, 768, 3072), (1576, 2048, 512), (1088, 576, 192)] {
+            let forward = bfloat16Blocks(m: rows, n: outFeatures, k: inFeatures, accumulates: true, aIsRounded: true,
+                                         transposeB: true)
+            let inputGradient = bfloat16Blocks(m: rows, n: inFeatures, k: outFeatures)
+            let weightGradient = bfloat16Blocks(m: outFeatures, n: inFeatures, k: rows, accumulates: true, transposeA: true)
+            for (name, cut) in [("forward", forward), ("input gradient", inputGradient), ("weight gradient", weightGradient)] {
+                #expect(cut.cut == .packedRows, "\(rows)×\(outFeatures)×\(inFeatures) \(name): \(cut)")
+            }
+        }
+    }
+
     @Test func attentionInBFloat16IsTheSameOnTwoThreads() {
         let (batch, tokens, heads, headDimension) = (3, 20, 4, 8)
         let qkv = FloatBuffer(randomValues(batch * tokens * 3 * heads * headDimension, seed: 33).map(Float.init))

@@ -37,6 +37,38 @@ int mae_f32_matmul_onednn(float *c, long ldc, const float *a, long lda, int tran
 /// NULL when memory runs out.
 uint16_t *mae_bf16_thread_buffer(long count);
 
+/// A bf16 product cut into blocks of rows of c that share one packed b: oneDNN's kernels
+/// read b in a layout of their own (pairs of k interleaved, in blocks of columns), and a
+/// plain b is packed into it by every call, so each block would pack all of b again.
+/// Packed once (`mae_bf16_pack_b`), b serves every block (`mae_bf16_matmul_packed_b`).
+/// The layout is the one oneDNN chooses for the full blocks; the last, shorter block
+/// takes the same (`mae_bf16_packed_b_bytes` checks that oneDNN accepts it).
+typedef struct {
+    long block_rows, n, k;   // rows of the full blocks; op(b) is [k, n]
+    int a_is_bf16;           // the blocks' a: fp32 to round (0) or bf16 (1)
+    int transpose_a;         // a stored [k, m] (its block: columns of it)
+    int transpose_b;         // b stored [n, k]
+    int c_is_dense;          // ldc == n
+    float alpha, beta;       // beta 0 or 1
+} mae_bf16_row_blocks;
+
+/// The bytes of b packed for `blocks`, checking that blocks of `last_block_rows` rows take
+/// it too; -1 when they cannot share a packed b (then each block takes b as stored).
+long mae_bf16_packed_b_bytes(const mae_bf16_row_blocks *blocks, long last_block_rows);
+
+/// b (bf16; stored [k, n], or [n, k] when `blocks->transpose_b`, leading dimension ldb)
+/// packed for `blocks` into the calling thread's packing buffer, valid until this thread's
+/// next call here; other threads may read it meanwhile. NULL on failure (the message in
+/// `mae_products_error()`).
+const void *mae_bf16_pack_b(const mae_bf16_row_blocks *blocks, const uint16_t *b, long ldb);
+
+/// One block of `rows` rows (at most `blocks->block_rows`; the last block may be shorter):
+/// c[rows, n] = alpha · op(a)[rows, k] · b + beta · c, with b as `mae_bf16_pack_b` packed it
+/// and a as `mae_bf16_matmul` takes it (fp32 or bf16 by `blocks->a_is_bf16`; lda). Returns 0
+/// or -1 with a message.
+int mae_bf16_matmul_packed_b(const mae_bf16_row_blocks *blocks, float *c, long ldc, const void *a, long lda,
+                             const void *packed_b, long rows);
+
 /// The last error of this thread's `mae_bf16_matmul`.
 const char *mae_products_error(void);
 
