@@ -464,11 +464,52 @@ long mae_bf16_packed_b_bytes(const mae_bf16_row_blocks *blocks, long last_block_
     return (long)dnnl_memory_desc_get_size(&entry->b_md);
 }
 
-const void *mae_bf16_pack_b(const mae_bf16_row_blocks *blocks, const uint16_t *b, long ldb) {
-    use_one_openmp_thread();
+void *mae_bf16_packing_buffer(const mae_bf16_row_blocks *blocks) {
     product_key key = row_block_key(blocks);
     product_entry *entry = entry_for(&key);
     if (!entry) return NULL;
+    size_t bytes = dnnl_memory_desc_get_size(&entry->b_md);
+    if (bytes > packed_capacity) {
+        free(packed_buffer);
+        packed_buffer = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        packed_capacity = packed_buffer ? bytes : 0;
+        if (!packed_buffer) { fail("packed buffer", dnnl_out_of_memory); return NULL; }
+    }
+    return packed_buffer;
+}
+
+// Whether a packed b's layout is BA16a64b2a for op(b)[k, n], which our packer writes
+// (small_products.c): the one oneDNN's avx512_core_bf16 brgemm chooses on every shape
+// measured; another (AMX's, say) is packed by oneDNN's reorder instead.
+static int is_ba16a64b2a(const dnnl_memory_desc_t *md, long n, long k) {
+    const dnnl_blocking_desc_t *blocking = &md->format_desc.blocking;
+    long k_tiles = (k + 31) / 32;
+    return md->format_kind == dnnl_blocked && md->data_type == dnnl_bf16 && md->ndims == 2 &&
+           md->offset0 == 0 && md->padded_dims[0] == k_tiles * 32 && md->padded_dims[1] == (n + 63) / 64 * 64 &&
+           blocking->inner_nblks == 3 && blocking->inner_blks[0] == 16 && blocking->inner_idxs[0] == 0 &&
+           blocking->inner_blks[1] == 64 && blocking->inner_idxs[1] == 1 && blocking->inner_blks[2] == 2 &&
+           blocking->inner_idxs[2] == 0 && blocking->strides[0] == 2048 && blocking->strides[1] == k_tiles * 2048 &&
+           md->extra.flags == 0;
+}
+
+long mae_bf16_packing_column_blocks(const mae_bf16_row_blocks *blocks) {
+    product_key key = row_block_key(blocks);
+    product_entry *entry = entry_for(&key);
+    if (!entry || !mae_bf16_small_kernel_available() || !is_ba16a64b2a(&entry->b_md, blocks->n, blocks->k)) return 0;
+    return (blocks->n + 63) / 64;
+}
+
+void mae_bf16_pack_b_columns(const mae_bf16_row_blocks *blocks, void *packed, const void *b, int b_is_bf16, long ldb,
+                             long first_block, long block_count) {
+    mae_bf16_pack_ba16a64b2a(packed, b, b_is_bf16, ldb, blocks->transpose_b, blocks->n, blocks->k, first_block,
+                             block_count);
+}
+
+int mae_bf16_pack_b(const mae_bf16_row_blocks *blocks, void *packed, const uint16_t *b, long ldb) {
+    use_one_openmp_thread();
+    product_key key = row_block_key(blocks);
+    product_entry *entry = entry_for(&key);
+    if (!entry) return -1;
     pthread_mutex_lock(&cache_mutex);
     packing_entry *packing = NULL;
     for (int index = 0; index < packing_count && !packing; index++) {
@@ -500,31 +541,21 @@ const void *mae_bf16_pack_b(const mae_bf16_row_blocks *blocks, const uint16_t *b
         fail("packing cache (full)", dnnl_out_of_memory);
     }
     pthread_mutex_unlock(&cache_mutex);
-    if (!packing) return NULL;
-    size_t bytes = dnnl_memory_desc_get_size(&packing->to_md);
-    if (bytes > packed_capacity) {
-        free(packed_buffer);
-        packed_buffer = aligned_alloc(64, (bytes + 63) / 64 * 64);
-        packed_capacity = packed_buffer ? bytes : 0;
-        if (!packed_buffer) { fail("packed buffer", dnnl_out_of_memory); return NULL; }
-    }
+    if (!packing) return -1;
     if (packing->scratchpad_bytes > scratchpad_capacity) {
         free(scratchpad);
         scratchpad = aligned_alloc(64, (packing->scratchpad_bytes + 63) / 64 * 64);
         scratchpad_capacity = scratchpad ? packing->scratchpad_bytes : 0;
-        if (!scratchpad) { fail("scratchpad", dnnl_out_of_memory); return NULL; }
+        if (!scratchpad) return fail("scratchpad", dnnl_out_of_memory);
     }
     dnnl_status_t status;
-    if (!stream && (status = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags))) {
-        fail("stream", status);
-        return NULL;
-    }
+    if (!stream && (status = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags))) return fail("stream", status);
     dnnl_memory_t from = NULL, to = NULL, scratchpad_memory = NULL;
     dnnl_memory_desc_t scratchpad_md;
     dnnl_dims_t scratchpad_dims = {(long)packing->scratchpad_bytes};
     dnnl_memory_desc_init_by_tag(&scratchpad_md, 1, scratchpad_dims, dnnl_u8, dnnl_a);
     if ((status = dnnl_memory_create(&from, &packing->from_md, engine, (void *)b)) ||
-        (status = dnnl_memory_create(&to, &packing->to_md, engine, packed_buffer)) ||
+        (status = dnnl_memory_create(&to, &packing->to_md, engine, packed)) ||
         (packing->scratchpad_bytes &&
          (status = dnnl_memory_create(&scratchpad_memory, &scratchpad_md, engine, scratchpad)))) {
         fail("memory", status);
@@ -538,7 +569,7 @@ const void *mae_bf16_pack_b(const mae_bf16_row_blocks *blocks, const uint16_t *b
     if (from) dnnl_memory_destroy(from);
     if (to) dnnl_memory_destroy(to);
     if (scratchpad_memory) dnnl_memory_destroy(scratchpad_memory);
-    return status == dnnl_success ? packed_buffer : NULL;
+    return status == dnnl_success ? 0 : -1;
 }
 
 int mae_bf16_matmul_packed_b(const mae_bf16_row_blocks *blocks, float *c, long ldc, const void *a, long lda,

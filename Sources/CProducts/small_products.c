@@ -140,6 +140,32 @@ BF16_KERNEL static void pack_rows(uint32_t *packed, long stride, const void *sou
     }
 }
 
+// oneDNN's brgemm kernels read b in its layout BA16a64b2a: tiles of 32 k × 64 n, each the
+// packing above of its 16 pairs with a stride of 64 words (zero past k and n); the tiles
+// of one block of 64 columns follow each other down k, then the next block.
+BF16_KERNEL void mae_bf16_pack_ba16a64b2a(uint16_t *packed, const void *b, int b_is_bf16, long ldb, int transpose_b,
+                                          long n, long k, long first_block, long block_count) {
+    long k_tiles = (k + 31) / 32;
+    size_t element = b_is_bf16 ? 2 : 4;
+    for (long block = first_block; block < first_block + block_count; block++) {
+        long column0 = block * 64, width = n - column0 < 64 ? n - column0 : 64;
+        for (long tile = 0; tile < k_tiles; tile++) {
+            uint32_t *words = (uint32_t *)packed + (size_t)(block * k_tiles + tile) * 1024;
+            long k0 = tile * 32, depth = k - k0 < 32 ? k - k0 : 32;
+            // op(b)[k0…, column0…]: stored [n][ldb] when transposed (k along its rows), [k][ldb] otherwise.
+            if (transpose_b) {
+                pack_along_rows(words, 64, (const char *)b + ((size_t)column0 * ldb + k0) * element, b_is_bf16, ldb,
+                                depth, width);
+            } else {
+                pack_down_rows(words, 64, (const char *)b + ((size_t)k0 * ldb + column0) * element, b_is_bf16, ldb,
+                               depth, width);
+            }
+            long pairs = (depth + 1) / 2;
+            if (pairs < 16) memset(words + pairs * 64, 0, (size_t)(16 - pairs) * 64 * 4);
+        }
+    }
+}
+
 // One tile of `rows` rows × `vectors` vectors of 16 columns of c (the last one's columns
 // masked by `last`), from a's packed words (a pair's rows side by side, or each row's
 // pairs side by side when `a_by_rows`) and b's; `rows`, `vectors` and `a_by_rows` are
@@ -240,6 +266,9 @@ BF16_KERNEL int mae_bf16_small_product_avx512(float *c, long ldc,
 #else
 
 int mae_bf16_small_kernel_available(void) { return 0; }
+
+void mae_bf16_pack_ba16a64b2a(uint16_t *packed, const void *b, int b_is_bf16, long ldb, int transpose_b,
+                              long n, long k, long first_block, long block_count) {}
 
 int mae_bf16_small_product_avx512(float *c, long ldc, const void *a, int a_is_bf16, long lda, int transpose_a,
                                   const void *b, int b_is_bf16, long ldb, int transpose_b,

@@ -2,6 +2,8 @@
 #ifndef MAE_SMALL_PRODUCTS_H
 #define MAE_SMALL_PRODUCTS_H
 
+#include <stdint.h>
+
 /// 1 when this CPU has AVX512_BF16 (with AVX512F/BW/VL), so that
 /// `mae_bf16_small_product_avx512` can run.
 int mae_bf16_small_kernel_available(void);
@@ -15,5 +17,13 @@ int mae_bf16_small_product_avx512(float *c, long ldc,
                                   const void *a, int a_is_bf16, long lda, int transpose_a,
                                   const void *b, int b_is_bf16, long ldb, int transpose_b,
                                   long m, long n, long k, float alpha, float beta);
+
+/// op(b)[k, n] (stored [k][ldb], or [n][ldb] when `transpose_b`; fp32, rounded as it goes,
+/// or bf16) packed in oneDNN's layout BA16a64b2a (tiles of 32 k × 64 n, pairs of k
+/// interleaved; zero past k and n), its blocks of 64 columns first_block ..< first_block +
+/// block_count (so that threads can share the packing). Only where
+/// `mae_bf16_small_kernel_available()`.
+void mae_bf16_pack_ba16a64b2a(uint16_t *packed, const void *b, int b_is_bf16, long ldb, int transpose_b,
+                              long n, long k, long first_block, long block_count);
 
 #endif

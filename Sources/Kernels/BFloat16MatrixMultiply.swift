@@ -104,11 +104,24 @@ public func bfloat16MatrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
         var blocks = mae_bf16_row_blocks(block_rows: block, n: n, k: k, a_is_bf16: roundedA != nil ? 1 : 0,
                                          transpose_a: transposeA ? 1 : 0, transpose_b: transposeB ? 1 : 0,
                                          c_is_dense: ldc == n ? 1 : 0, alpha: alpha, beta: beta)
-        let (bRounded, roundedLDB) = roundedB.map { ($0, ldb) }
-            ?? roundStoredB(b, ldb: ldb, transposeB: transposeB, n: n, k: k)
-        guard let packed = mae_bf16_pack_b(&blocks, bRounded, roundedLDB) else {
-            preconditionFailure("packing b of a bf16 product \(m)×\(n)×\(k) failed: \(String(cString: mae_products_error()))")
+        guard let packed = mae_bf16_packing_buffer(&blocks) else {
+            preconditionFailure("out of memory for b of a bf16 product \(m)×\(n)×\(k), packed")
         }
+        let columnBlocks = mae_bf16_packing_column_blocks(&blocks)
+        if columnBlocks > 0 {
+            // Our packer, rounding an fp32 b as it goes, its blocks of columns shared out.
+            let stored = roundedB.map { UnsafeRawPointer($0) } ?? UnsafeRawPointer(b)
+            parallelFor(columnBlocks, minimumPerWorker: max(1, 131_072 / max(1, 64 * k))) { range in
+                mae_bf16_pack_b_columns(&blocks, packed, stored, roundedB != nil ? 1 : 0, ldb, range.lowerBound, range.count)
+            }
+        } else {
+            let (bRounded, roundedLDB) = roundedB.map { ($0, ldb) }
+                ?? roundStoredB(b, ldb: ldb, transposeB: transposeB, n: n, k: k)
+            if mae_bf16_pack_b(&blocks, packed, bRounded, roundedLDB) != 0 {
+                preconditionFailure("packing b of a bf16 product \(m)×\(n)×\(k) failed: \(String(cString: mae_products_error()))")
+            }
+        }
+        let sharedPacked = UnsafeRawPointer(packed)
         parallelFor((m + block - 1) / block, minimumPerWorker: 1, rangesPerWorker: 4) { range in
             for index in range {
                 let first = index * block, count = min(m, first + block) - first
@@ -116,7 +129,7 @@ public func bfloat16MatrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
                 let offset = transposeA ? first : first * lda
                 let aBlock = roundedA.map { UnsafeRawPointer($0 + offset) } ?? UnsafeRawPointer(a + offset)
                 let status = withUnsafePointer(to: &blocks) {
-                    mae_bf16_matmul_packed_b($0, c + first * ldc, ldc, aBlock, lda, packed, count)
+                    mae_bf16_matmul_packed_b($0, c + first * ldc, ldc, aBlock, lda, sharedPacked, count)
                 }
                 if status != 0 {
                     preconditionFailure("bf16 matrix product \(m)×\(n)×\(k) failed: \(String(cString: mae_products_error()))")

@@ -91,6 +91,26 @@ import TestSupport
         withExtendedLifetime((biasBuffer, hb)) {}
     }
 
+    /// The forward's AVX-512 body (CSupportGELU.h) gives the bits of the scalar code that
+    /// computes the row's tail, element for element: over the whole range, ±0, saturation,
+    /// and the clamps of the exponential.
+    @Test func geluForwardHasTheBitsOfTheScalarCode() {
+        let width = 16 * 40 + 7
+        var values = randomValues(width - 10, seed: 24, in: -9..<9).map(Float.init)
+        values += [0, -0, 1e-30, -1e-30, 40, -40, 200, -200, .greatestFiniteMagnitude, -.greatestFiniteMagnitude]
+        let h = FloatBuffer(values), zero = FloatBuffer(count: width), activated = FloatBuffer(count: width)
+        biasGELUForward(activated: activated.pointer, preActivation: h.pointer, bias: zero.pointer, rows: 1, width: width)
+        let derivative = h.toArray(), results = activated.toArray()
+        var differing = 0
+        for (index, x) in values.enumerated() {
+            let (cdf, density) = normalCDFAndDensity(x)
+            if results[index].bitPattern != (x * cdf).bitPattern || derivative[index].bitPattern != (cdf + x * density).bitPattern {
+                differing += 1
+            }
+        }
+        #expect(differing == 0, "\(differing) of \(width) GELU values differ from the scalar code's bits")
+    }
+
     @Test func fastExpAndTheNormalDistribution() {
         let x = (0..<4001).map { -20 + Double($0) * 0.01 }
         let exps = x.map { Double(fastExp(Float($0))) }

@@ -56,11 +56,25 @@ typedef struct {
 /// it too; -1 when they cannot share a packed b (then each block takes b as stored).
 long mae_bf16_packed_b_bytes(const mae_bf16_row_blocks *blocks, long last_block_rows);
 
-/// b (bf16; stored [k, n], or [n, k] when `blocks->transpose_b`, leading dimension ldb)
-/// packed for `blocks` into the calling thread's packing buffer, valid until this thread's
-/// next call here; other threads may read it meanwhile. NULL on failure (the message in
-/// `mae_products_error()`).
-const void *mae_bf16_pack_b(const mae_bf16_row_blocks *blocks, const uint16_t *b, long ldb);
+/// The calling thread's buffer for b packed for `blocks`, valid until this thread's next
+/// call here; other threads may read and fill it meanwhile. NULL when memory runs out.
+void *mae_bf16_packing_buffer(const mae_bf16_row_blocks *blocks);
+
+/// The blocks of 64 columns of op(b) that `mae_bf16_pack_b_columns` packs for `blocks`
+/// (threads may share them out), or 0 when oneDNN chose a layout our packer does not
+/// write: then `mae_bf16_pack_b` packs b.
+long mae_bf16_packing_column_blocks(const mae_bf16_row_blocks *blocks);
+
+/// b (stored [k, n], or [n, k] when `blocks->transpose_b`, leading dimension ldb; fp32,
+/// rounded to bf16 as it goes, or bf16) packed into `packed`: its column blocks
+/// first_block ..< first_block + block_count of 64 (`mae_bf16_packing_column_blocks`).
+void mae_bf16_pack_b_columns(const mae_bf16_row_blocks *blocks, void *packed, const void *b, int b_is_bf16, long ldb,
+                             long first_block, long block_count);
+
+/// b (bf16, as for `mae_bf16_pack_b_columns`) packed whole into `packed` by oneDNN's
+/// reorder, for any layout oneDNN chose. Returns 0, or -1 with a message in
+/// `mae_products_error()`.
+int mae_bf16_pack_b(const mae_bf16_row_blocks *blocks, void *packed, const uint16_t *b, long ldb);
 
 /// One block of `rows` rows (at most `blocks->block_rows`; the last block may be shorter):
 /// c[rows, n] = alpha · op(a)[rows, k] · b + beta · c, with b as `mae_bf16_pack_b` packed it

@@ -26,5 +26,7 @@ static inline void mae_cpu_relax(void) {
 
 // bf16 gradients on the wire (--gradient-wire bf16).
 #include "CSupportWire.h"
+// The GELU forward at 16 floats per instruction.
+#include "CSupportGELU.h"
 
 #endif
