@@ -492,10 +492,17 @@ static int is_ba16a64b2a(const dnnl_memory_desc_t *md, long n, long k) {
            md->extra.flags == 0;
 }
 
+static int own_packer_enabled = 1;
+
+void mae_bf16_use_own_packer(int enabled) { own_packer_enabled = enabled; }
+
 long mae_bf16_packing_column_blocks(const mae_bf16_row_blocks *blocks) {
     product_key key = row_block_key(blocks);
     product_entry *entry = entry_for(&key);
-    if (!entry || !mae_bf16_small_kernel_available() || !is_ba16a64b2a(&entry->b_md, blocks->n, blocks->k)) return 0;
+    if (!entry || !own_packer_enabled || !mae_bf16_small_kernel_available() ||
+        !is_ba16a64b2a(&entry->b_md, blocks->n, blocks->k)) {
+        return 0;
+    }
     return (blocks->n + 63) / 64;
 }
 

@@ -1,3 +1,4 @@
+import CProducts
 import CSupport
 import Kernels
 import Testing
@@ -63,8 +64,21 @@ import TestSupport
     /// but the first and last) run on the small-product kernel: odd and even k, k = 1,
     /// rows and columns around its 12 × 32 tiles (attention's 17 and 65 tokens).
     @Test(arguments: [(400, 96, 80), (37, 50, 24), (17, 17, 63), (65, 33, 31), (12, 32, 64), (25, 17, 1),
-                      (3, 70, 9), (300, 260, 150)])
+                      (3, 70, 9), (300, 260, 150), (256, 70, 151)])
     func productsMatchTheRoundedReference(m: Int, n: Int, k: Int) {
+        checkProductsAgainstTheRoundedReference(m: m, n: n, k: k)
+    }
+
+    /// The same through oneDNN's reorder, which packs b where oneDNN picks a layout our packer
+    /// does not write (AMX's, say): products cut into blocks of rows sharing a packed b.
+    @Test(arguments: [(300, 260, 150), (256, 70, 151)])
+    func productsMatchTheRoundedReferenceWithOneDNNsPacking(m: Int, n: Int, k: Int) {
+        mae_bf16_use_own_packer(0)
+        defer { mae_bf16_use_own_packer(1) }
+        checkProductsAgainstTheRoundedReference(m: m, n: n, k: k)
+    }
+
+    private func checkProductsAgainstTheRoundedReference(m: Int, n: Int, k: Int) {
         let before = Parallel.threads
         defer { Parallel.setThreads(before) }
         for (transposeA, transposeB) in [(false, true), (false, false), (true, false), (true, true)] {

@@ -65,6 +65,11 @@ void *mae_bf16_packing_buffer(const mae_bf16_row_blocks *blocks);
 /// write: then `mae_bf16_pack_b` packs b.
 long mae_bf16_packing_column_blocks(const mae_bf16_row_blocks *blocks);
 
+/// Whether `mae_bf16_packing_column_blocks` offers our packer (1, the default) or leaves
+/// every packing to oneDNN's reorder (0): for tests of the reorder's path, which this
+/// CPU would not take otherwise. Both write the same packed bytes, so no result changes.
+void mae_bf16_use_own_packer(int enabled);
+
 /// b (stored [k, n], or [n, k] when `blocks->transpose_b`, leading dimension ldb; fp32,
 /// rounded to bf16 as it goes, or bf16) packed into `packed`: its column blocks
 /// first_block ..< first_block + block_count of 64 (`mae_bf16_packing_column_blocks`).
