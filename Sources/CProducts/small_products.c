@@ -102,7 +102,7 @@ BF16_KERNEL static inline __m512i round32(__m512 low, __m512 high) {
 
 // 16 values of a stored row from `column` (0 past `count` of them), fp32.
 BF16_KERNEL static inline __m512 load16(const float *row, long column, long count) {
-    return _mm512_maskz_loadu_ps(lanes(count), row + column);
+    return count >= 16 ? _mm512_loadu_ps(row + column) : _mm512_maskz_loadu_ps(lanes(count), row + column);
 }
 
 // 16 values of a stored bf16 row from `column` (0 past `count` of them), each in the low
