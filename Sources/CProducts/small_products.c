@@ -23,7 +23,10 @@
 // of c is thus summed over k in one fixed order (pairs in order, from 0), whatever the
 // tiling, the leading dimensions and the thread count: its bits depend on its inputs
 // alone. Then c = alpha · sum (beta 0) or alpha · sum + c in one fused multiply-add
-// (beta 1), only the columns < n stored.
+// (beta 1), only the columns < n stored. The exception, chosen by the shape alone: one or
+// two last columns past a multiple of 16 with a packed by rows and b transposed (q·kᵀ of
+// 17 or 65 tokens) are dot products instead (`dot_tail`), each summed in 16 lanes over
+// the pairs and then across the lanes in a fixed order: other bits, as deterministic.
 //
 // VDPBF16PS is the instruction oneDNN's brgemm kernels (brg:avx512_core_bf16) use for
 // the larger bf16 products, with its rules: bf16 inputs that are subnormal count as 0,
@@ -33,6 +36,8 @@
 // describes it), so a product of bf16 values is exact and only the sums round, as in
 // OpenBLAS's fp32 sums of the same rounded values (in another order).
 #include "small_products.h"
+#include "CProducts.h"
+#include "CSupportBFloat16.h"
 // The rounding shared with CSupport (same bits as mae_round_to_bf16): to nearest even on
 // the bit pattern, subnormals rounded, NaN kept.
 #include "../CSupport/bfloat16_simd.h"
@@ -40,14 +45,26 @@
 #include <stdlib.h>
 #include <string.h>
 
+void mae_prefetch_rows(const void *base, long rows, long bytes, long stride, int for_writing) {
+    if (bytes <= 0) return;
+    for (long row = 0; row < rows; row++) {
+        uintptr_t first = (uintptr_t)base + (uintptr_t)(row * stride);
+        for (uintptr_t line = first & ~(uintptr_t)63; line < first + (uintptr_t)bytes; line += 64) {
+            if (for_writing) __builtin_prefetch((const void *)line, 1, 2);
+            else __builtin_prefetch((const void *)line, 0, 2);
+        }
+    }
+}
+
 #if defined(__x86_64__)
 
-#define BF16_KERNEL __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define BF16_KERNEL __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")))
 
 int mae_bf16_small_kernel_available(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bf16");
 }
 
 enum { tile_rows = 12 };  // with 2 vectors of columns: 24 accumulators and 2 of b of the 32 registers
@@ -69,36 +86,63 @@ static inline __mmask16 lanes(long count) {
     return count >= 16 ? (__mmask16)0xFFFF : count <= 0 ? 0 : (__mmask16)((1u << count) - 1);
 }
 
-// 16 values of a stored row from `column` (0 past `count` of them) as bf16, each in the
-// low half of a 32-bit lane.
-BF16_KERNEL static inline __m512i load16_rounded(const void *row, int is_bf16, long column, long count) {
-    if (is_bf16) return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes(count), (const uint16_t *)row + column));
-    return round16(_mm512_maskz_loadu_ps(lanes(count), (const float *)row + column));
+// 32 floats (`low`, then `high`) rounded to 32 bf16 as mae_round_to_bf16 rounds them.
+// VCVTNE2PS2BF16 rounds to nearest even and quiets a NaN as it does, in one instruction,
+// but flushes fp32 subnormals to 0 where mae_round_to_bf16 rounds them: to bf16
+// subnormals, which VDPBF16PS reads as 0 anyway, or, from just below 2⁻¹²⁶, up to 2⁻¹²⁶.
+// So a vector with a subnormal (rare) takes the bit-exact way: the packed words are
+// those of mae_round_to_bf16 whatever the values.
+BF16_KERNEL static inline __m512i round32(__m512 low, __m512 high) {
+    if (__builtin_expect(_kortestz_mask16_u8(_mm512_fpclass_ps_mask(low, 0x20), _mm512_fpclass_ps_mask(high, 0x20)), 1)) {
+        return (__m512i)_mm512_cvtne2ps_pbh(high, low);
+    }
+    __m256i low16 = _mm512_cvtepi32_epi16(round16(low)), high16 = _mm512_cvtepi32_epi16(round16(high));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(low16), high16, 1);
+}
+
+// 16 values of a stored row from `column` (0 past `count` of them), fp32.
+BF16_KERNEL static inline __m512 load16(const float *row, long column, long count) {
+    return count >= 16 ? _mm512_loadu_ps(row + column) : _mm512_maskz_loadu_ps(lanes(count), row + column);
+}
+
+// 16 values of a stored bf16 row from `column` (0 past `count` of them), each in the low
+// half of a 32-bit lane.
+BF16_KERNEL static inline __m512i load16_bf16(const uint16_t *row, long column, long count) {
+    return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes(count), row + column));
 }
 
 // 32 values of a stored row from `first` (0 past `count` of them) as 16 pairs of bf16.
 BF16_KERNEL static inline __m512i load_pairs(const void *row, int is_bf16, long first, long count) {
     if (is_bf16) {
-        __mmask32 mask = count >= 32 ? 0xFFFFFFFFu : (__mmask32)((1u << count) - 1);
+        __mmask32 mask = count >= 32 ? 0xFFFFFFFFu : count <= 0 ? 0 : (__mmask32)((1u << count) - 1);
         return _mm512_maskz_loadu_epi16(mask, (const uint16_t *)row + first);
     }
-    const float *values = (const float *)row + first;
-    __m256i low = _mm512_cvtepi32_epi16(round16(_mm512_maskz_loadu_ps(lanes(count), values)));
-    __m256i high = _mm512_cvtepi32_epi16(round16(_mm512_maskz_loadu_ps(lanes(count - 16), values + 16)));
-    return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+    return round32(load16(row, first, count), load16(row, first + 16, count - 16));
 }
 
 // An operand stored [k][ld] (k down the rows; `width` indices along them), packed.
 BF16_KERNEL static void pack_down_rows(uint32_t *packed, long stride, const void *source, int is_bf16, long ld,
                                        long k, long width) {
     size_t row_bytes = (size_t)ld * (is_bf16 ? 2 : 4);
+    // The 32 bf16 of an even row's 16 values and then its odd row's, interleaved into words.
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     for (long pair = 0; pair < (k + 1) / 2; pair++) {
         const char *even = (const char *)source + (size_t)(2 * pair) * row_bytes;
         int has_odd = 2 * pair + 1 < k;
         for (long index = 0; index < stride; index += 16) {
-            __m512i low = load16_rounded(even, is_bf16, index, width - index);
-            __m512i high = has_odd ? load16_rounded(even + row_bytes, is_bf16, index, width - index) : _mm512_setzero_si512();
-            _mm512_store_si512(packed + pair * stride + index, _mm512_or_si512(low, _mm512_slli_epi32(high, 16)));
+            __m512i words;
+            if (is_bf16) {
+                __m512i low = load16_bf16((const uint16_t *)even, index, width - index);
+                __m512i high = has_odd ? load16_bf16((const uint16_t *)(even + row_bytes), index, width - index)
+                                       : _mm512_setzero_si512();
+                words = _mm512_or_si512(low, _mm512_slli_epi32(high, 16));
+            } else {
+                __m512 low = load16((const float *)even, index, width - index);
+                __m512 high = has_odd ? load16((const float *)(even + row_bytes), index, width - index) : _mm512_setzero_ps();
+                words = _mm512_permutexvar_epi16(interleave, round32(low, high));
+            }
+            _mm512_store_si512(packed + pair * stride + index, words);
         }
     }
 }
@@ -169,11 +213,13 @@ BF16_KERNEL void mae_bf16_pack_ba16a64b2a(uint16_t *packed, const void *b, int b
 // One tile of `rows` rows × `vectors` vectors of 16 columns of c (the last one's columns
 // masked by `last`), from a's packed words (a pair's rows side by side, or each row's
 // pairs side by side when `a_by_rows`) and b's; `rows`, `vectors` and `a_by_rows` are
-// constants at every call (run_tile), so the accumulators stay in registers.
+// constants at every call (run_tile), so the accumulators stay in registers. With `c16`
+// (not accumulating), c is written there rounded to bf16 instead, as mae_round_to_bf16
+// rounds the fp32 value.
 BF16_KERNEL static inline __attribute__((always_inline))
 void tile(const int rows, const int vectors, const int a_by_rows, const uint32_t *a, long a_stride,
-          const uint32_t *b, long b_stride, long pairs, float *c, long ldc, __mmask16 last, float alpha,
-          int accumulate) {
+          const uint32_t *b, long b_stride, long pairs, float *c, uint16_t *c16, long ldc, __mmask16 last,
+          float alpha, int accumulate) {
     __m512 sum[tile_rows][2];
 #pragma GCC unroll 12
     for (int row = 0; row < rows; row++) {
@@ -197,6 +243,11 @@ void tile(const int rows, const int vectors, const int a_by_rows, const uint32_t
 #pragma GCC unroll 2
         for (int vector = 0; vector < vectors; vector++) {
             __mmask16 mask = vector == vectors - 1 ? last : (__mmask16)0xFFFF;
+            if (c16) {
+                __m512 value = _mm512_mul_ps(sum[row][vector], scale);
+                _mm256_mask_storeu_epi16(c16 + row * ldc + 16 * vector, mask, _mm512_cvtepi32_epi16(round16(value)));
+                continue;
+            }
             float *out = c + row * ldc + 16 * vector;
             __m512 value = accumulate ? _mm512_fmadd_ps(sum[row][vector], scale, _mm512_maskz_loadu_ps(mask, out))
                                       : _mm512_mul_ps(sum[row][vector], scale);
@@ -206,14 +257,14 @@ void tile(const int rows, const int vectors, const int a_by_rows, const uint32_t
 }
 
 BF16_KERNEL static void run_tile(long rows, int vectors, int a_by_rows, const uint32_t *a, long a_stride,
-                                 const uint32_t *b, long b_stride, long pairs, float *c, long ldc, __mmask16 last,
-                                 float alpha, int accumulate) {
+                                 const uint32_t *b, long b_stride, long pairs, float *c, uint16_t *c16, long ldc,
+                                 __mmask16 last, float alpha, int accumulate) {
 #define TILE_CASE(R) \
     case R: \
-        if (a_by_rows && vectors == 2) tile(R, 2, 1, a, a_stride, b, b_stride, pairs, c, ldc, last, alpha, accumulate); \
-        else if (a_by_rows) tile(R, 1, 1, a, a_stride, b, b_stride, pairs, c, ldc, last, alpha, accumulate); \
-        else if (vectors == 2) tile(R, 2, 0, a, a_stride, b, b_stride, pairs, c, ldc, last, alpha, accumulate); \
-        else tile(R, 1, 0, a, a_stride, b, b_stride, pairs, c, ldc, last, alpha, accumulate); \
+        if (a_by_rows && vectors == 2) tile(R, 2, 1, a, a_stride, b, b_stride, pairs, c, c16, ldc, last, alpha, accumulate); \
+        else if (a_by_rows) tile(R, 1, 1, a, a_stride, b, b_stride, pairs, c, c16, ldc, last, alpha, accumulate); \
+        else if (vectors == 2) tile(R, 2, 0, a, a_stride, b, b_stride, pairs, c, c16, ldc, last, alpha, accumulate); \
+        else tile(R, 1, 0, a, a_stride, b, b_stride, pairs, c, c16, ldc, last, alpha, accumulate); \
         break;
     switch (rows) {
         TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6)
@@ -222,13 +273,42 @@ BF16_KERNEL static void run_tile(long rows, int vectors, int a_by_rows, const ui
 #undef TILE_CASE
 }
 
-BF16_KERNEL int mae_bf16_small_product_avx512(float *c, long ldc,
-                                              const void *a, int a_is_bf16, long lda, int transpose_a,
-                                              const void *b, int b_is_bf16, long ldb, int transpose_b,
-                                              long m, long n, long k, float alpha, float beta) {
+// c[i][0] (i < rows) = alpha · Σ a row i · b (+ c when accumulating): each packed row of a
+// (its pairs side by side, `stride` words, zero past k) times b's pairs packed the same
+// way, VDPBF16PS over 16 pairs at a time, then the 16 lanes summed in a fixed order.
+BF16_KERNEL static void dot_tail(float *c, uint16_t *c16, long ldc, const uint32_t *a, long stride, const uint32_t *b,
+                                 long rows, float alpha, int accumulate) {
+    for (long row = 0; row < rows; row++) {
+        __m512 sum = _mm512_setzero_ps();
+        for (long word = 0; word < stride; word += 16) {
+            sum = _mm512_dpbf16_ps(sum, (__m512bh)_mm512_load_si512(b + word), (__m512bh)_mm512_load_si512(a + row * stride + word));
+        }
+        // Lanes summed in halves: 8 + 8, 4 + 4, 2 + 2, 1 + 1.
+        __m256 half8 = _mm256_add_ps(_mm512_castps512_ps256(sum), _mm512_extractf32x8_ps(sum, 1));
+        __m128 half4 = _mm_add_ps(_mm256_castps256_ps128(half8), _mm256_extractf128_ps(half8, 1));
+        __m128 half2 = _mm_add_ps(half4, _mm_movehl_ps(half4, half4));
+        __m128 total = _mm_add_ss(half2, _mm_movehdup_ps(half2));
+        __m128 scale = _mm_set_ss(alpha);
+        if (c16) {
+            c16[row * ldc] = round_one(_mm_cvtss_f32(_mm_mul_ss(total, scale)));
+            continue;
+        }
+        float *out = c + row * ldc;
+        _mm_store_ss(out, accumulate ? _mm_fmadd_ss(total, scale, _mm_load_ss(out)) : _mm_mul_ss(total, scale));
+    }
+}
+
+// The product into fp32 c, or (`c16` not NULL, beta 0) rounded to bf16 into c16.
+BF16_KERNEL static int small_product(float *c, uint16_t *c16, long ldc,
+                                     const void *a, int a_is_bf16, long lda, int transpose_a,
+                                     const void *b, int b_is_bf16, long ldb, int transpose_b,
+                                     long m, long n, long k, float alpha, float beta) {
     if (m <= 0 || n <= 0) return 0;
     if (k == 0) {  // the product of nothing is 0
-        if (beta == 0.0f) for (long row = 0; row < m; row++) memset(c + row * ldc, 0, (size_t)n * 4);
+        for (long row = 0; row < m && beta == 0.0f; row++) {
+            if (c16) memset(c16 + row * ldc, 0, (size_t)n * 2);
+            else memset(c + row * ldc, 0, (size_t)n * 4);
+        }
         return 0;
     }
     long pairs = (k + 1) / 2;
@@ -236,19 +316,23 @@ BF16_KERNEL int mae_bf16_small_product_avx512(float *c, long ldc,
     // [m][lda] otherwise: each row's pairs in turn (no transpose), the tile reading a's
     // words row by row.
     int a_by_rows = !transpose_a;
-    long a_stride = a_by_rows ? (pairs + 15) / 16 * 16 : (m + 15) / 16 * 16, b_stride = (n + 15) / 16 * 16;
+    // The last one or two columns past a multiple of 16 (attention's 17 and 65 tokens, in
+    // q·kᵀ and dOutput·vᵀ) would each take a vector of 16 columns through every pair: with
+    // a packed by rows and b stored [n][ldb], they are instead dot products (`dot_tail`).
+    long tail = a_by_rows && transpose_b && n > 16 && n % 16 <= 2 ? n % 16 : 0, tiled = n - tail;
+    long a_stride = a_by_rows ? (pairs + 15) / 16 * 16 : (m + 15) / 16 * 16, b_stride = (tiled + 15) / 16 * 16;
     uint32_t *a_packed = reserve_packed(&packed_a, &packed_a_capacity, (size_t)((a_by_rows ? m : pairs) * a_stride));
-    uint32_t *b_packed = reserve_packed(&packed_b, &packed_b_capacity, (size_t)(pairs * b_stride));
+    uint32_t *b_packed = reserve_packed(&packed_b, &packed_b_capacity, (size_t)(pairs * b_stride + a_stride));
     if (!a_packed || !b_packed) return -1;
     if (transpose_a) pack_down_rows(a_packed, a_stride, a, a_is_bf16, lda, k, m);
     else pack_rows(a_packed, a_stride, a, a_is_bf16, lda, k, m);
     // op(b)[k, n]: b stored [n][ldb] when transposed, [k][ldb] otherwise.
-    if (transpose_b) pack_along_rows(b_packed, b_stride, b, b_is_bf16, ldb, k, n);
-    else pack_down_rows(b_packed, b_stride, b, b_is_bf16, ldb, k, n);
+    if (transpose_b) pack_along_rows(b_packed, b_stride, b, b_is_bf16, ldb, k, tiled);
+    else pack_down_rows(b_packed, b_stride, b, b_is_bf16, ldb, k, tiled);
     // Row blocks of at most tile_rows, as even as they come (17 rows: 9 and 8).
     long row_blocks = (m + tile_rows - 1) / tile_rows;
-    for (long column0 = 0; column0 < n; column0 += 32) {
-        long width = n - column0 < 32 ? n - column0 : 32;
+    for (long column0 = 0; column0 < tiled; column0 += 32) {
+        long width = tiled - column0 < 32 ? tiled - column0 : 32;
         int vectors = width > 16 ? 2 : 1;
         __mmask16 last = lanes(width - 16 * (vectors - 1));
         long row0 = 0;
@@ -256,11 +340,24 @@ BF16_KERNEL int mae_bf16_small_product_avx512(float *c, long ldc,
             long rows = m / row_blocks + (block < m % row_blocks ? 1 : 0);
             run_tile(rows, vectors, a_by_rows, a_packed + (a_by_rows ? row0 * a_stride : row0), a_stride,
                      b_packed + column0, b_stride, pairs,
-                     c + row0 * ldc + column0, ldc, last, alpha, beta != 0.0f);
+                     c16 ? NULL : c + row0 * ldc + column0, c16 ? c16 + row0 * ldc + column0 : NULL, ldc, last, alpha,
+                     beta != 0.0f);
             row0 += rows;
         }
     }
+    for (long column = tiled; column < n; column++) {
+        uint32_t *b_row = b_packed + pairs * b_stride;
+        pack_rows(b_row, a_stride, (const char *)b + (size_t)column * (size_t)ldb * (b_is_bf16 ? 2 : 4), b_is_bf16, ldb, k, 1);
+        dot_tail(c16 ? NULL : c + column, c16 ? c16 + column : NULL, ldc, a_packed, a_stride, b_row, m, alpha,
+                 beta != 0.0f);
+    }
     return 0;
+}
+
+int mae_bf16_small_product_avx512(float *c, long ldc, const void *a, int a_is_bf16, long lda, int transpose_a,
+                                  const void *b, int b_is_bf16, long ldb, int transpose_b,
+                                  long m, long n, long k, float alpha, float beta) {
+    return small_product(c, NULL, ldc, a, a_is_bf16, lda, transpose_a, b, b_is_bf16, ldb, transpose_b, m, n, k, alpha, beta);
 }
 
 #else
@@ -277,3 +374,31 @@ int mae_bf16_small_product_avx512(float *c, long ldc, const void *a, int a_is_bf
 }
 
 #endif
+
+static __thread float *unrounded;
+static __thread size_t unrounded_capacity;
+
+int mae_bf16_matmul_rounded_output(uint16_t *c, long ldc, const void *a, int a_is_bf16, long lda, int transpose_a,
+                                   const void *b, int b_is_bf16, long ldb, int transpose_b,
+                                   long m, long n, long k, float alpha) {
+    if (m <= 0 || n <= 0) return 0;
+#if defined(__x86_64__)
+    // The shapes and CPUs on which mae_bf16_matmul runs the small kernel: its fp32 c rounded
+    // in the tiles' last step, the same bits.
+    if (m * n * k <= MAE_BF16_SMALL_PRODUCT_LIMIT && mae_bf16_small_kernel_available()) {
+        return small_product(NULL, c, ldc, a, a_is_bf16, lda, transpose_a, b, b_is_bf16, ldb, transpose_b,
+                             m, n, k, alpha, 0.0f) ? -2 : 0;
+    }
+#endif
+    if ((size_t)(m * n) > unrounded_capacity) {
+        free(unrounded);
+        unrounded = malloc((size_t)(m * n) * sizeof(float));
+        unrounded_capacity = unrounded ? (size_t)(m * n) : 0;
+        if (!unrounded) return -2;
+    }
+    if (mae_bf16_matmul(unrounded, n, a, a_is_bf16, lda, transpose_a, b, b_is_bf16, ldb, transpose_b, m, n, k, alpha, 0.0f)) {
+        return -1;
+    }
+    for (long row = 0; row < m; row++) mae_round_to_bf16(c + row * ldc, unrounded + row * n, n);
+    return 0;
+}

@@ -7,6 +7,8 @@
 /// independent and small, so they are spread over our workers, each running
 /// single-threaded OpenBLAS calls.
 
+import CProducts
+
 /// Runs `body` for every (sample, head) pair, spread over our workers; each
 /// product inside runs on its worker alone (OpenBLAS is single-threaded, see `Parallel`).
 /// When OpenBLAS threads its products itself, the pairs run one after another.
@@ -21,13 +23,34 @@ func forEachSampleAndHead(batch: Int, heads: Int, _ body: (_ sample: Int, _ head
     }
 }
 
+/// The pair after (sample, head) in `forEachSampleAndHead`'s order, if any: in bf16 its
+/// operands are prefetched while this pair's products run. They are rows of a few hundred
+/// bytes scattered through arrays far larger than the caches, written long before (the
+/// qkv product's output for the whole batch), which the CPU's own prefetchers hardly
+/// anticipate: without this, the bf16 kernel spent a third of its time waiting for them.
+@inline(__always)
+private func nextPair(after sample: Int, _ head: Int, batch: Int, heads: Int) -> (sample: Int, head: Int)? {
+    let next = sample * heads + head + 1
+    return next < batch * heads ? (next / heads, next % heads) : nil
+}
+
+/// Asks for `rows` rows of `count` floats, `stride` floats apart, to be brought into the cache.
+@inline(__always)
+private func prefetch(_ base: UnsafePointer<Float>, rows: Int, count: Int, stride: Int, forWriting: Bool = false) {
+    mae_prefetch_rows(base, rows, count * 4, stride * 4, forWriting ? 1 : 0)
+}
+
 /// output[batch, tokens, heads·headDimension] = softmax(q kᵀ · hd^-1/2) v per head;
 /// probabilities[batch, heads, tokens, tokens] are saved for the backward.
 /// qkv is [batch, tokens, 3 · heads · headDimension].
+/// In bf16, `roundedOutput`, when given, takes the output rounded to bf16 (the bits of
+/// rounding the fp32 output) in place of `output`, which is then not written: for the proj
+/// product, which alone reads it, forward and backward, and so rounds nothing.
 public func attentionForward(output: UnsafeMutablePointer<Float>, probabilities: UnsafeMutablePointer<Float>,
                              qkv: UnsafePointer<Float>,
                              batch: Int, tokens: Int, heads: Int, headDimension: Int,
-                             precision: Precision = .fp32) {
+                             precision: Precision = .fp32, roundedOutput: UnsafeMutablePointer<UInt16>? = nil) {
+    precondition(roundedOutput == nil || precision == .bf16, "only a bf16 attention writes its output rounded")
     let width = heads * headDimension
     let qkvWidth = 3 * width
     let scale = 1 / Float(headDimension).squareRoot()
@@ -36,14 +59,41 @@ public func attentionForward(output: UnsafeMutablePointer<Float>, probabilities:
         let k = q + width
         let v = q + 2 * width
         let p = probabilities + (sample * heads + head) * tokens * tokens
+        if precision == .bf16, let next = nextPair(after: sample, head, batch: batch, heads: heads) {
+            let nextQ = qkv + next.sample * tokens * qkvWidth + next.head * headDimension
+            for part in 0..<3 { prefetch(nextQ + part * width, rows: tokens, count: headDimension, stride: qkvWidth) }
+            if roundedOutput == nil {
+                prefetch(output + next.sample * tokens * width + next.head * headDimension,
+                         rows: tokens, count: headDimension, stride: width, forWriting: true)
+            }
+            prefetch(probabilities + (next.sample * heads + next.head) * tokens * tokens,
+                     rows: 1, count: tokens * tokens, stride: 0, forWriting: true)
+        }
         // p[tokens, tokens] = scale · q kᵀ
         singleThreadedMatrixMultiply(p, ldc: tokens, q, lda: qkvWidth, k, ldb: qkvWidth, transposeB: true,
                        m: tokens, n: tokens, k: headDimension, alpha: scale, precision: precision)
         for row in 0..<tokens { softmaxInPlace(p + row * tokens, count: tokens) }
         // output[tokens, hd] (inside the [tokens, width] rows) = p v
-        singleThreadedMatrixMultiply(output + sample * tokens * width + head * headDimension, ldc: width,
-                       p, lda: tokens, v, ldb: qkvWidth,
-                       m: tokens, n: headDimension, k: tokens, precision: precision)
+        let outputOffset = sample * tokens * width + head * headDimension
+        if let roundedOutput {
+            roundedOutputProduct(roundedOutput + outputOffset, ldc: width, p, lda: tokens, v, ldb: qkvWidth,
+                                 m: tokens, n: headDimension, k: tokens)
+        } else {
+            singleThreadedMatrixMultiply(output + outputOffset, ldc: width,
+                           p, lda: tokens, v, ldb: qkvWidth,
+                           m: tokens, n: headDimension, k: tokens, precision: precision)
+        }
+    }
+}
+
+/// c[m, n] = a[m, k] · b[k, n] (row-major) in bf16 on the calling thread, written rounded
+/// to bf16 (`mae_bf16_matmul_rounded_output`).
+private func roundedOutputProduct(_ c: UnsafeMutablePointer<UInt16>, ldc: Int, _ a: UnsafePointer<Float>, lda: Int,
+                                  _ b: UnsafePointer<Float>, ldb: Int, m: Int, n: Int, k: Int) {
+    let status = mae_bf16_matmul_rounded_output(c, ldc, a, 0, lda, 0, b, 0, ldb, 0, m, n, k, 1)
+    if status != 0 {
+        let reason = status == -2 ? "out of memory" : String(cString: mae_products_error())
+        preconditionFailure("bf16 matrix product \(m)×\(n)×\(k) failed: \(reason)")
     }
 }
 
@@ -68,6 +118,18 @@ public func attentionBackward(qkvGradient: UnsafeMutablePointer<Float>,
         let p = probabilities + (sample * heads + head) * tokens * tokens
         let dp = probabilityGradient + (sample * heads + head) * tokens * tokens
         let dOutput = outputGradient + sample * tokens * width + head * headDimension
+        if precision == .bf16, let next = nextPair(after: sample, head, batch: batch, heads: heads) {
+            let offset = next.sample * tokens * qkvWidth + next.head * headDimension
+            for part in 0..<3 {
+                prefetch(qkv + offset + part * width, rows: tokens, count: headDimension, stride: qkvWidth)
+                prefetch(qkvGradient + offset + part * width, rows: tokens, count: headDimension, stride: qkvWidth,
+                         forWriting: true)
+            }
+            prefetch(outputGradient + next.sample * tokens * width + next.head * headDimension,
+                     rows: tokens, count: headDimension, stride: width)
+            prefetch(probabilities + (next.sample * heads + next.head) * tokens * tokens,
+                     rows: 1, count: tokens * tokens, stride: 0)
+        }
         // dp = dOutput vᵀ; dv = pᵀ dOutput
         singleThreadedMatrixMultiply(dp, ldc: tokens, dOutput, lda: width, v, ldb: qkvWidth, transposeB: true,
                        m: tokens, n: tokens, k: headDimension, precision: precision)

@@ -41,11 +41,11 @@ struct Products {
     /// Every product in fp32 (the fine-tuning classifier, which has no bf16 path yet).
     static let fp32 = Products(precision: .fp32, roundedParameters: nil)
 
-    /// In bf16, the inputs of the qkv, fc1 and fc2 products (`norm1`, `norm2`, `activated`) are
-    /// read by those products alone, in the forward and for the weight gradients, so their
-    /// producers (layer norm, GELU) write them rounded to bf16 as they go, into the first
-    /// half of their own memory: no rounding pass in either direction, and the same bits as
-    /// rounding the fp32 values. This is that memory viewed as bf16 values; nil in fp32,
+    /// In bf16, the inputs of the qkv, proj, fc1 and fc2 products (`norm1`, `attention`, `norm2`,
+    /// `activated`) are read by those products alone, in the forward and for the weight
+    /// gradients, so their producers (layer norm, attention, GELU) write them rounded to bf16
+    /// as they go, into the first half of their own memory: no rounding pass in either
+    /// direction, and the same bits as rounding the fp32 values. This is that memory viewed as bf16 values; nil in fp32,
     /// where it holds fp32 values.
     func roundedActivation(_ activation: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<UInt16>? {
         precision == .bf16 ? UnsafeMutableRawPointer(activation).assumingMemoryBound(to: UInt16.self) : nil
@@ -130,7 +130,7 @@ struct BlockScratch {
 func blockForward(parameters p: UnsafePointer<Float>, products x: Products, offsets o: BlockOffsets,
                   activations a: BlockActivations, shape s: BlockShape, dropPath: BlockDropPath? = nil) {
     let norm1 = x.roundedActivation(a.norm1), norm2 = x.roundedActivation(a.norm2)
-    let activated = x.roundedActivation(a.activated)
+    let activated = x.roundedActivation(a.activated), attention = x.roundedActivation(a.attention)
     layerNormForward(output: a.norm1, mean: a.mean1, reciprocalStd: a.reciprocalStd1, input: a.input,
                      weight: p + o.norm1Weight, bias: p + o.norm1Bias, rows: s.rows, width: s.width,
                      roundedOutput: norm1)
@@ -139,11 +139,11 @@ func blockForward(parameters p: UnsafePointer<Float>, products x: Products, offs
                   precision: x.precision, roundedWeight: x.weight(o.qkvWeight), roundedInput: norm1)
     attentionForward(output: a.attention, probabilities: a.probabilities, qkv: a.qkv,
                      batch: s.batch, tokens: s.tokens, heads: s.heads, headDimension: s.headDimension,
-                     precision: x.precision)
+                     precision: x.precision, roundedOutput: attention)
     linearForward(output: a.middle, input: a.attention, weight: p + o.projectionWeight,
                   bias: p + o.projectionBias, residual: dropPath == nil ? a.input : nil,
                   rows: s.rows, inFeatures: s.width, outFeatures: s.width,
-                  precision: x.precision, roundedWeight: x.weight(o.projectionWeight))
+                  precision: x.precision, roundedWeight: x.weight(o.projectionWeight), roundedInput: attention)
     if let dropPath {
         addDroppedBranch(output: a.middle, stream: a.input, branch: a.middle, masks: dropPath.attention,
                          keep: dropPath.keep, shape: s)
@@ -202,7 +202,8 @@ func blockBackward(parameters p: UnsafePointer<Float>, products x: Products, gra
     linearBackward(inputGradient: d.attention, weightGradient: g + o.projectionWeight,
                    biasGradient: g + o.projectionBias, outputGradient: attentionGradient, input: a.attention,
                    weight: p + o.projectionWeight, rows: s.rows, inFeatures: s.width, outFeatures: s.width,
-                   precision: x.precision, roundedWeight: x.weight(o.projectionWeight))
+                   precision: x.precision, roundedWeight: x.weight(o.projectionWeight),
+                   roundedInput: x.roundedActivation(a.attention))
     attentionBackward(qkvGradient: d.qkv, probabilityGradient: d.probabilities, outputGradient: d.attention,
                       qkv: a.qkv, probabilities: a.probabilities,
                       batch: s.batch, tokens: s.tokens, heads: s.heads, headDimension: s.headDimension,

@@ -174,6 +174,108 @@ import TestSupport
         }
     }
 
+    /// The small kernel rounds its fp32 operands as `roundToBFloat16` does, also where a
+    /// quick conversion would not: fp32 subnormals, among them those just below 2⁻¹²⁶ that
+    /// round up to it, ties, NaN, infinities, the largest finite values. Each form's product
+    /// from fp32 operands has the bits of the product from the operands rounded first.
+    @Test func smallProductsRoundSpecialValuesAsTheRoundingDoes() {
+        let (m, n, k) = (17, 33, 40)
+        // Subnormals (to 2⁻¹²⁶, to ±0), -0, ties (to even below, above) at the scale of a's values;
+        // then the largest finite value (to infinity), infinity and a NaN.
+        let specials: [UInt32] = [0x007F_8000, 0x807F_FFFF, 0x007F_7FFF, 0x0000_0001, 0x8000_0000, 0x0380_8000,
+                                  0x8381_8000, 0x7F7F_FFFF, 0x7F80_0000, 0x7FC0_0001]
+        for (transposeA, transposeB) in [(false, true), (false, false), (true, false), (true, true)] {
+            let (aRows, aColumns) = transposeA ? (k, m) : (m, k)
+            let (bRows, bColumns) = transposeB ? (n, k) : (k, n)
+            // a's values near 2⁻¹²⁶ meet b's near 2¹⁰⁰, so that their products count in the sums.
+            var a = randomValues(aRows * aColumns, seed: 91).map { Float($0) * 0x1p-120 }
+            let b = FloatBuffer(randomValues(bRows * bColumns, seed: 92).map { Float($0) * 0x1p100 })
+            for index in stride(from: 0, to: a.count, by: 5) {
+                a[index] = Float(bitPattern: specials[(index / 5) % (specials.count - 3)])
+            }
+            // The last three (largest finite, infinity, NaN) in a single row of a, whose row of c
+            // they alone turn to infinities or NaNs.
+            for (offset, special) in specials.suffix(3).enumerated() {
+                let (row, column) = (m - 1, offset)  // op(a)[row, column]
+                a[transposeA ? column * aColumns + row : row * aColumns + column] = Float(bitPattern: special)
+            }
+            let aBuffer = FloatBuffer(a)
+            let roundedA = UnsafeMutablePointer<UInt16>.allocate(capacity: a.count)
+            let roundedB = UnsafeMutablePointer<UInt16>.allocate(capacity: b.count)
+            defer { roundedA.deallocate(); roundedB.deallocate() }
+            roundToBFloat16(roundedA, aBuffer.pointer, count: a.count)
+            roundToBFloat16(roundedB, b.pointer, count: b.count)
+            func product(rounded: Bool) -> [UInt32] {
+                let c = FloatBuffer(count: m * n)
+                matrixMultiply(c.pointer, ldc: n, aBuffer.pointer, lda: aColumns, transposeA: transposeA,
+                               b.pointer, ldb: bColumns, transposeB: transposeB,
+                               roundedA: rounded ? UnsafePointer(roundedA) : nil,
+                               roundedB: rounded ? UnsafePointer(roundedB) : nil,
+                               m: m, n: n, k: k, alpha: 0.5, precision: .bf16)
+                return c.toArray().map(\.bitPattern)
+            }
+            let (fromFloats, fromRounded) = (product(rounded: false), product(rounded: true))
+            let differing = zip(fromFloats, fromRounded).filter { $0 != $1 }.count
+            #expect(differing == 0, "transposeA \(transposeA) transposeB \(transposeB): \(differing) of \(m * n) differ")
+            #expect(fromFloats.contains { Float(bitPattern: $0) != 0 && abs(Float(bitPattern: $0)) < 1 },
+                    "the products of the values near 2⁻¹²⁶ vanished")
+        }
+    }
+
+    /// Attention that writes its output rounded to bf16 (for proj) gives the bits of rounding
+    /// the fp32 output it writes otherwise, and the same probabilities: on the small kernel
+    /// (17 and 65 tokens, as mae_vit_tiny_patch4's encoder and decoder) and on a shape past it
+    /// (oneDNN, then rounded).
+    @Test(arguments: [(3, 17, 3, 64), (2, 65, 2, 32), (2, 70, 2, 64)])
+    func attentionWritesItsOutputRoundedAsProjWouldRoundIt(batch: Int, tokens: Int, heads: Int, headDimension: Int) {
+        let width = heads * headDimension
+        let qkv = FloatBuffer(randomValues(batch * tokens * 3 * width, seed: tokens, in: -2..<2).map(Float.init))
+        let (output, probabilities) = (FloatBuffer(count: batch * tokens * width), FloatBuffer(count: batch * heads * tokens * tokens))
+        attentionForward(output: output.pointer, probabilities: probabilities.pointer, qkv: qkv.pointer,
+                         batch: batch, tokens: tokens, heads: heads, headDimension: headDimension, precision: .bf16)
+        let untouched = FloatBuffer([Float](repeating: 7, count: output.count))
+        let probabilitiesAgain = FloatBuffer(count: probabilities.count)
+        let rounded = UnsafeMutablePointer<UInt16>.allocate(capacity: output.count)
+        defer { rounded.deallocate() }
+        attentionForward(output: untouched.pointer, probabilities: probabilitiesAgain.pointer, qkv: qkv.pointer,
+                         batch: batch, tokens: tokens, heads: heads, headDimension: headDimension, precision: .bf16,
+                         roundedOutput: rounded)
+        var expected = [UInt16](repeating: 0, count: output.count)
+        mae_round_to_bf16(&expected, output.pointer, output.count)
+        let differing = (0..<expected.count).filter { rounded[$0] != expected[$0] }.count
+        #expect(differing == 0, "\(differing) of \(expected.count) rounded outputs differ from the fp32 output rounded")
+        #expect(probabilities.toArray().map(\.bitPattern) == probabilitiesAgain.toArray().map(\.bitPattern))
+        #expect(untouched.toArray().allSatisfy { $0 == 7 }, "the fp32 output was written")
+    }
+
+    /// Attention's backward in bf16 against finite differences of the double-precision
+    /// reference, within what bf16 inputs allow, on token counts that take the small kernel's
+    /// tiles and its last-column dot products (17, 33).
+    @Test(arguments: [(1, 17, 2, 8), (1, 33, 1, 8)])
+    func attentionBackwardInBFloat16MatchesFiniteDifferences(batch: Int, tokens: Int, heads: Int, headDimension: Int) {
+        let width = heads * headDimension
+        let qkv = randomValues(batch * tokens * 3 * width, seed: 41, in: -1.5..<1.5).map { Double(Float($0)) }
+        let r = randomValues(batch * tokens * width, seed: 42).map { Double(Float($0)) }
+        let (qkvBuffer, rBuffer) = (FloatBuffer(qkv.map(Float.init)), FloatBuffer(r.map(Float.init)))
+        let output = FloatBuffer(count: batch * tokens * width)
+        let probabilities = FloatBuffer(count: batch * heads * tokens * tokens)
+        attentionForward(output: output.pointer, probabilities: probabilities.pointer, qkv: qkvBuffer.pointer,
+                         batch: batch, tokens: tokens, heads: heads, headDimension: headDimension, precision: .bf16)
+        let reference = { (values: [Double]) in
+            Reference.attention(values, batch: batch, tokens: tokens, heads: heads, headDimension: headDimension)
+        }
+        // bf16 inputs: about 2⁻⁸ of each product's size (the worst seen: 3.3·10⁻³ forward,
+        // 2.1·10⁻³ backward, on values of about 0.5).
+        expectClose(output.toArray(), reference(qkv), absolute: 1e-2, relative: 1e-2, "bf16 attention forward")
+        let dqkv = FloatBuffer([Float](repeating: 99, count: qkv.count))
+        let scratch = FloatBuffer(count: probabilities.count)
+        attentionBackward(qkvGradient: dqkv.pointer, probabilityGradient: scratch.pointer, outputGradient: rBuffer.pointer,
+                          qkv: qkvBuffer.pointer, probabilities: probabilities.pointer,
+                          batch: batch, tokens: tokens, heads: heads, headDimension: headDimension, precision: .bf16)
+        expectClose(dqkv.toArray(), numericGradient(qkv) { dot(r, reference($0)) }, absolute: 1e-2, relative: 1e-2,
+                    "bf16 attention d qkv")
+    }
+
     @Test func theViTBaseProductsRunOnAnAVX512BF16Kernel() throws {
         try #require(CPUInfo.supports("avx512bf16"), "this CPU has no AVX512_BF16")
         let name = bfloat16ProductImplementation(m: 208, n: 3072, k: 768, transposeA: false, transposeB: true)

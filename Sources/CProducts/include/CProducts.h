@@ -99,4 +99,20 @@ const char *mae_bf16_small_product_implementation(void);
 /// creating its primitive if needed; NULL when none. For benchmarks and tests.
 const char *mae_bf16_matmul_implementation(long m, long n, long k, int transpose_a, int transpose_b);
 
+/// As `mae_bf16_matmul` with beta 0, c[m, n] written rounded to bf16 (as mae_round_to_bf16
+/// rounds the fp32 product that `mae_bf16_matmul` gives, the same bits): for a product
+/// whose output only bf16 products read (attention's output, proj's input). Returns 0,
+/// -1 with a message in `mae_products_error()` as `mae_bf16_matmul`, or -2 when memory
+/// for its buffers runs out.
+int mae_bf16_matmul_rounded_output(uint16_t *c, long ldc,
+                                   const void *a, int a_is_bf16, long lda, int transpose_a,
+                                   const void *b, int b_is_bf16, long ldb, int transpose_b,
+                                   long m, long n, long k, float alpha);
+
+/// Asks the CPU to bring `rows` rows of `bytes` bytes, `stride` bytes apart from `base`,
+/// into its caches (L2) ahead of use, for reading or (`for_writing` 1) for writing: for
+/// attention, whose per-head operands are scattered rows of arrays long since evicted.
+/// Only a hint: nothing is read, and no address needs to be valid.
+void mae_prefetch_rows(const void *base, long rows, long bytes, long stride, int for_writing);
+
 #endif
