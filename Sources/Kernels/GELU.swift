@@ -42,6 +42,10 @@ public func biasGELUForward(activated: UnsafeMutablePointer<Float>, preActivatio
                             bias: UnsafePointer<Float>, rows: Int, width: Int,
                             roundedActivated: UnsafeMutablePointer<UInt16>? = nil) {
     parallelFor(rows, minimumPerWorker: max(1, 16_384 / max(width, 1))) { range in
+        // Twice as wide where the CPU has AVX-512 (CSupportGELU.h; the same bits).
+        let first = range.lowerBound * width
+        if mae_bias_gelu_avx512(activated + first, roundedActivated.map { $0 + first }, preActivation + first, bias,
+                                range.count, width) != 0 { return }
         withRowBuffer(width: width, needed: roundedActivated != nil) { rowBuffer in
             for row in range {
                 let h = preActivation + row * width

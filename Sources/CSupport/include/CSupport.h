@@ -26,5 +26,7 @@ static inline void mae_cpu_relax(void) {
 
 // bf16 gradients on the wire (--gradient-wire bf16).
 #include "CSupportWire.h"
+// GELU with AVX-512.
+#include "CSupportGELU.h"
 
 #endif
