@@ -165,8 +165,7 @@ void mae_round_to_bf16_both(uint16_t *plain, long plain_ld, uint16_t *transposed
     long whole_rows = 0, whole_columns = 0;  // the part covered by whole 16 × 16 tiles
 #if defined(__x86_64__)
     if (mae_bf16_uses_avx512()) {
-        static int has_bf16 = -1;
-        if (has_bf16 < 0) has_bf16 = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vl");
+        int has_bf16 = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vl");
         whole_rows = rows / 16 * 16;
         whole_columns = columns / 16 * 16;
         for (long row0 = 0; row0 < whole_rows; row0 += 16) {

@@ -6,7 +6,6 @@
 #include "bfloat16_simd.h"
 
 #if defined(__x86_64__)
-#pragma clang fp contract(off)
 
 // AVX512VL for the masked 16-bit store of the bf16 output.
 #define AVX512_VL __attribute__((target("avx512f,avx512bw,avx512vl")))
@@ -74,9 +73,7 @@ AVX512_VL static void rows_avx512(float *activated, uint16_t *rounded_activated,
 int mae_bias_gelu_avx512(float *activated, uint16_t *rounded_activated, float *pre_activation, const float *bias,
                          long rows, long width) {
 #if defined(__x86_64__)
-    static int has_avx512vl = -1;
-    if (has_avx512vl < 0) has_avx512vl = __builtin_cpu_supports("avx512vl");
-    if (mae_bf16_uses_avx512() && has_avx512vl) {
+    if (mae_bf16_uses_avx512() && __builtin_cpu_supports("avx512vl")) {
         rows_avx512(activated, rounded_activated, pre_activation, bias, rows, width);
         return 1;
     }

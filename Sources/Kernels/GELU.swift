@@ -8,7 +8,8 @@ import CSupport
 /// GELU'(x) = Φ(x) + x · φ(x) in place of the pre-activation (which nothing else
 /// needs): the backward is then one multiplication, and the transcendental work
 /// happens once per element and step. The loops are plain scalar code that LLVM
-/// vectorises (see `fastExp`).
+/// vectorises (see `fastExp`); the forward runs in C with AVX-512 where the CPU has it
+/// (CSupportGELU.h, the same operations in the same order).
 
 /// 1 / sqrt(2π), for the normal density φ.
 private let inverseSquareRootTwoPi: Float = 0.398_942_280_401_432_7
