@@ -46,48 +46,15 @@ AVX512 static void round_transposed_tile(uint16_t *destination, const float *sou
     }
 }
 
-// As round_transposed_tile, also storing each rounded source row into `plain` before the
-// transpose: one read of the source for both. (round_both_tile_bf16 where it can.)
-AVX512 static void round_both_tile(uint16_t *plain, long plain_ld, uint16_t *transposed, long transposed_ld,
-                                   const float *source, long ld, long row0, long column0) {
-    __m512i r[16];
-    for (int row = 0; row < 16; row++) {
-        r[row] = round16(_mm512_loadu_ps(source + (row0 + row) * ld + column0));
-        _mm256_storeu_si256((__m256i *)(plain + (row0 + row) * plain_ld + column0), _mm512_cvtepi32_epi16(r[row]));
-    }
-    transpose16x16_epi32(r);
-    for (int column = 0; column < 16; column++) {
-        _mm256_storeu_si256((__m256i *)(transposed + (column0 + column) * transposed_ld + row0),
-                            _mm512_cvtepi32_epi16(r[column]));
-    }
-}
-
-// The same tile with VCVTNEPS2BF16 (AVX512_BF16) rounding each row and the transpose on
-// the 16-bit results: about half the instructions of round_both_tile. That instruction
-// rounds to nearest even as round16 does, and turns a NaN into the same quiet NaN, but
-// treats subnormal inputs as zero, so a tile holding one returns 0 for round_both_tile
-// to do instead.
-#define AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-AVX512_BF16 static int round_both_tile_bf16(uint16_t *plain, long plain_ld, uint16_t *transposed, long transposed_ld,
-                                            const float *source, long ld, long row0, long column0) {
+// The 16 × 16 bf16 values from row0, column0 of `plain` (leading dimension plain_ld),
+// transposed into `transposed` (leading dimension transposed_ld) from column0, row0: each
+// 128-bit lane on its own (columns 0–7 low, 8–15 high), pairs of rows interleaved by 16
+// bits, then by 32 (four rows per column), then 64 (eight), and last the lanes of rows
+// 0–7 and 8–15 joined.
+AVX512 static void transpose_tile_16bit(uint16_t *transposed, long transposed_ld, const uint16_t *plain, long plain_ld,
+                                        long row0, long column0) {
     __m256i r[16], a[16], b[16];
-    __mmask16 subnormal = 0;
-    for (int row = 0; row < 16; row++) {
-        __m512 values = _mm512_loadu_ps(source + (row0 + row) * ld + column0);
-        // Sixteen rows read side by side are more streams than the hardware prefetches well:
-        // the same rows four tiles on are asked for now (twice as fast on a cold source).
-        _mm_prefetch((const char *)(source + (row0 + row) * ld + column0 + 64), _MM_HINT_T0);
-        // |x| − 1 < 0x7FFFFF (unsigned): exactly the subnormals (zero wraps around).
-        __m512i magnitude = _mm512_and_si512(_mm512_castps_si512(values), _mm512_set1_epi32(0x7FFFFFFF));
-        subnormal |= _mm512_cmplt_epu32_mask(_mm512_sub_epi32(magnitude, _mm512_set1_epi32(1)),
-                                             _mm512_set1_epi32(0x7FFFFF));
-        r[row] = (__m256i)_mm512_cvtneps_pbh(values);
-    }
-    if (subnormal) return 0;
-    for (int row = 0; row < 16; row++) _mm256_storeu_si256((__m256i *)(plain + (row0 + row) * plain_ld + column0), r[row]);
-    // A 16 × 16 transpose of 16-bit values, each 128-bit lane on its own (columns 0–7 low,
-    // 8–15 high): pairs of rows interleaved by 16 bits, then by 32 (four rows per column),
-    // then 64 (eight), and last the lanes of rows 0–7 and 8–15 joined.
+    for (int row = 0; row < 16; row++) r[row] = _mm256_loadu_si256((const __m256i *)(plain + (row0 + row) * plain_ld + column0));
     for (int pair = 0; pair < 16; pair += 2) {
         a[pair] = _mm256_unpacklo_epi16(r[pair], r[pair + 1]);      // columns 0–3 of the lane
         a[pair + 1] = _mm256_unpackhi_epi16(r[pair], r[pair + 1]);  // columns 4–7
@@ -110,7 +77,6 @@ AVX512_BF16 static int round_both_tile_bf16(uint16_t *plain, long plain_ld, uint
         _mm256_storeu_si256((__m256i *)(transposed + (column0 + column) * transposed_ld + row0), low);
         _mm256_storeu_si256((__m256i *)(transposed + (column0 + 8 + column) * transposed_ld + row0), high);
     }
-    return 1;
 }
 #endif
 
@@ -162,33 +128,23 @@ void mae_round_to_bf16_transposed(uint16_t *destination, const float *source, lo
 
 void mae_round_to_bf16_both(uint16_t *plain, long plain_ld, uint16_t *transposed, long transposed_ld,
                             const float *source, long rows, long columns, long ld) {
-    long whole_rows = 0, whole_columns = 0;  // the part covered by whole 16 × 16 tiles
-#if defined(__x86_64__)
-    if (mae_bf16_uses_avx512()) {
-        int has_bf16 = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vl");
-        whole_rows = rows / 16 * 16;
-        whole_columns = columns / 16 * 16;
-        for (long row0 = 0; row0 < whole_rows; row0 += 16) {
-            for (long column0 = 0; column0 < whole_columns; column0 += 16) {
-                if (has_bf16 && round_both_tile_bf16(plain, plain_ld, transposed, transposed_ld, source, ld, row0, column0)) continue;
-                round_both_tile(plain, plain_ld, transposed, transposed_ld, source, ld, row0, column0);
-            }
-        }
-    }
-#endif
-    // The rest, as in mae_round_to_bf16_transposed.
+    // By strips of 16 rows: each row rounded as mae_round_to_bf16 rounds it, reading the
+    // source once and in order (the order the hardware prefetches best), then the strip's
+    // bf16 rows, still in cache, transposed: the same bits both ways by construction.
     for (long row0 = 0; row0 < rows; row0 += 16) {
         long row1 = row0 + 16 < rows ? row0 + 16 : rows;
-        long first_column = row1 <= whole_rows ? whole_columns : 0;
-        for (long column0 = first_column; column0 < columns; column0 += 16) {
-            long column1 = column0 + 16 < columns ? column0 + 16 : columns;
-            for (long row = row0; row < row1; row++) {
-                for (long column = column0; column < column1; column++) {
-                    uint16_t value = round_one(source[row * ld + column]);
-                    plain[row * plain_ld + column] = value;
-                    transposed[column * transposed_ld + row] = value;
-                }
+        for (long row = row0; row < row1; row++) mae_round_to_bf16(plain + row * plain_ld, source + row * ld, columns);
+        long whole_columns = 0;
+#if defined(__x86_64__)
+        if (row1 - row0 == 16 && mae_bf16_uses_avx512()) {
+            whole_columns = columns / 16 * 16;
+            for (long column0 = 0; column0 < whole_columns; column0 += 16) {
+                transpose_tile_16bit(transposed, transposed_ld, plain, plain_ld, row0, column0);
             }
+        }
+#endif
+        for (long column = whole_columns; column < columns; column++) {
+            for (long row = row0; row < row1; row++) transposed[column * transposed_ld + row] = plain[row * plain_ld + column];
         }
     }
 }

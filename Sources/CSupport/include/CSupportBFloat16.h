@@ -29,7 +29,7 @@ void mae_round_to_bf16_transposed(uint16_t *destination, const float *source, lo
 /// to bf16, for r < rows, c < columns: `mae_round_to_bf16` of each row and
 /// `mae_round_to_bf16_transposed` in one read of the source (a linear layer's output
 /// gradient, which its input-gradient product reads by rows and its weight-gradient
-/// product transposed), in the same 16 × 16 tiles.
+/// product transposed): strips of 16 rows rounded, then transposed as bf16 while in cache.
 void mae_round_to_bf16_both(uint16_t *plain, long plain_ld, uint16_t *transposed, long transposed_ld,
                             const float *source, long rows, long columns, long ld);
 
