@@ -2,6 +2,7 @@
 // then the same arithmetic element by element (bfloat16_simd.h).
 #include "CSupportBFloat16.h"
 #include "bfloat16_simd.h"
+#include <stdlib.h>
 
 int mae_bf16_uses_avx512(void) {
 #if defined(__x86_64__)
@@ -42,6 +43,39 @@ AVX512 static void round_transposed_tile(uint16_t *destination, const float *sou
     transpose16x16_epi32(r);
     for (int column = 0; column < 16; column++) {
         _mm256_storeu_si256((__m256i *)(destination + (column0 + column) * rows + row0), _mm512_cvtepi32_epi16(r[column]));
+    }
+}
+
+// The 16 × 16 bf16 values from row0, column0 of `plain` (leading dimension plain_ld),
+// transposed into `transposed` (leading dimension transposed_ld) from column0, row0: each
+// 128-bit lane on its own (columns 0–7 low, 8–15 high), pairs of rows interleaved by 16
+// bits, then by 32 (four rows per column), then 64 (eight), and last the lanes of rows
+// 0–7 and 8–15 joined.
+AVX512 static void transpose_tile_16bit(uint16_t *transposed, long transposed_ld, const uint16_t *plain, long plain_ld,
+                                        long row0, long column0) {
+    __m256i r[16], a[16], b[16];
+    for (int row = 0; row < 16; row++) r[row] = _mm256_loadu_si256((const __m256i *)(plain + (row0 + row) * plain_ld + column0));
+    for (int pair = 0; pair < 16; pair += 2) {
+        a[pair] = _mm256_unpacklo_epi16(r[pair], r[pair + 1]);      // columns 0–3 of the lane
+        a[pair + 1] = _mm256_unpackhi_epi16(r[pair], r[pair + 1]);  // columns 4–7
+    }
+    for (int group = 0; group < 16; group += 4) {
+        b[group] = _mm256_unpacklo_epi32(a[group], a[group + 2]);          // columns 0, 1 of rows group…group+3
+        b[group + 1] = _mm256_unpackhi_epi32(a[group], a[group + 2]);      // 2, 3
+        b[group + 2] = _mm256_unpacklo_epi32(a[group + 1], a[group + 3]);  // 4, 5
+        b[group + 3] = _mm256_unpackhi_epi32(a[group + 1], a[group + 3]);  // 6, 7
+    }
+    for (int q = 0; q < 4; q++) {
+        a[2 * q] = _mm256_unpacklo_epi64(b[q], b[4 + q]);           // column 2q of rows 0–7
+        a[2 * q + 1] = _mm256_unpackhi_epi64(b[q], b[4 + q]);       // 2q + 1
+        a[8 + 2 * q] = _mm256_unpacklo_epi64(b[8 + q], b[12 + q]);  // column 2q of rows 8–15
+        a[9 + 2 * q] = _mm256_unpackhi_epi64(b[8 + q], b[12 + q]);  // 2q + 1
+    }
+    for (int column = 0; column < 8; column++) {
+        __m256i low = _mm256_permute2x128_si256(a[column], a[8 + column], 0x20);   // column
+        __m256i high = _mm256_permute2x128_si256(a[column], a[8 + column], 0x31);  // 8 + column
+        _mm256_storeu_si256((__m256i *)(transposed + (column0 + column) * transposed_ld + row0), low);
+        _mm256_storeu_si256((__m256i *)(transposed + (column0 + 8 + column) * transposed_ld + row0), high);
     }
 }
 #endif
@@ -90,4 +124,39 @@ void mae_round_to_bf16_transposed(uint16_t *destination, const float *source, lo
             }
         }
     }
+}
+
+void mae_round_to_bf16_both(uint16_t *plain, long plain_ld, uint16_t *transposed, long transposed_ld,
+                            const float *source, long rows, long columns, long ld) {
+    // By strips of 16 rows: each row rounded as mae_round_to_bf16 rounds it, reading the
+    // source once and in order (the order the hardware prefetches best), then the strip's
+    // bf16 rows, still in cache, transposed: the same bits both ways by construction.
+    for (long row0 = 0; row0 < rows; row0 += 16) {
+        long row1 = row0 + 16 < rows ? row0 + 16 : rows;
+        for (long row = row0; row < row1; row++) mae_round_to_bf16(plain + row * plain_ld, source + row * ld, columns);
+        long whole_columns = 0;
+#if defined(__x86_64__)
+        if (row1 - row0 == 16 && mae_bf16_uses_avx512()) {
+            whole_columns = columns / 16 * 16;
+            for (long column0 = 0; column0 < whole_columns; column0 += 16) {
+                transpose_tile_16bit(transposed, transposed_ld, plain, plain_ld, row0, column0);
+            }
+        }
+#endif
+        for (long column = whole_columns; column < columns; column++) {
+            for (long row = row0; row < row1; row++) transposed[column * transposed_ld + row] = plain[row * plain_ld + column];
+        }
+    }
+}
+
+static __thread uint16_t *both_buffer;
+static __thread long both_capacity;
+
+uint16_t *mae_bf16_both_buffer(long count) {
+    if (count > both_capacity) {
+        free(both_buffer);
+        both_buffer = malloc((size_t)count * sizeof(uint16_t));
+        both_capacity = both_buffer ? count : 0;
+    }
+    return both_buffer;
 }

@@ -1,63 +1,82 @@
-// The exact GELU's forward (CSupportGELU.h): GELU.swift's `normalCDFAndDensity` and
-// SIMDSupport.swift's `fastExp`, operation for operation.
+// GELU with AVX-512 (CSupportGELU.h): Kernels/GELU.swift's `normalCDFAndDensity` and
+// SIMDSupport.swift's `fastExp`, operation for operation. No fused multiply-adds: Swift
+// rounds every product and sum on its own, and so must this.
+#pragma STDC FP_CONTRACT OFF
 #include "CSupportGELU.h"
 #include "bfloat16_simd.h"
 
-#pragma STDC FP_CONTRACT OFF
-
 #if defined(__x86_64__)
-AVX512 static inline __m512 add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
-AVX512 static inline __m512 multiply(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
-AVX512 static inline __m512 constant(float value) { return _mm512_set1_ps(value); }
 
-// fastExp: clamped to [-87.3, 88], n = round(x·log2 e) by the 1.5·2²³ shift, the Cephes
-// polynomial for e^r, 2^n from the shifted sum's bits.
-AVX512 static inline __m512 fast_exp(__m512 input) {
-    __m512 upper = _mm512_min_ps(input, constant(88.0f));
-    __m512 x = _mm512_max_ps(upper, constant(-87.3f));
-    __m512 shifted = add(multiply(x, constant(1.44269504f)), constant(12582912.0f));
-    __m512 n = _mm512_sub_ps(shifted, constant(12582912.0f));
-    __m512 r = _mm512_sub_ps(_mm512_sub_ps(x, multiply(n, constant(0.693359375f))), multiply(n, constant(-2.1219444e-4f)));
-    __m512 p = constant(1.98756915e-4f);
-    p = add(multiply(p, r), constant(1.39819995e-3f));
-    p = add(multiply(p, r), constant(8.3334519e-3f));
-    p = add(multiply(p, r), constant(4.16657959e-2f));
-    p = add(multiply(p, r), constant(1.66666655e-1f));
-    p = add(multiply(p, r), constant(5.00000012e-1f));
-    __m512 y = add(add(multiply(multiply(p, r), r), r), constant(1.0f));
+// AVX512VL for the masked 16-bit store of the bf16 output.
+#define AVX512_VL __attribute__((target("avx512f,avx512bw,avx512vl")))
+#define MUL _mm512_mul_ps
+#define ADD _mm512_add_ps
+#define SUB _mm512_sub_ps
+#define SET _mm512_set1_ps
+
+// fastExp: clamps (a < b ? a : b, as MINPS), x·log2(e) rounded by adding 1.5·2²³,
+// the Cephes polynomial, 2ⁿ built in the exponent bits.
+AVX512 static inline __m512 fast_exp16(__m512 input) {
+    __m512 x = _mm512_max_ps(_mm512_min_ps(input, SET(88.0f)), SET(-87.3f));
+    __m512 shifted = ADD(MUL(x, SET(1.44269504f)), SET(12582912.0f));
+    __m512 n = SUB(shifted, SET(12582912.0f));
+    __m512 r = SUB(SUB(x, MUL(n, SET(0.693359375f))), MUL(n, SET(-2.1219444e-4f)));
+    __m512 p = SET(1.98756915e-4f);
+    p = ADD(MUL(p, r), SET(1.39819995e-3f));
+    p = ADD(MUL(p, r), SET(8.3334519e-3f));
+    p = ADD(MUL(p, r), SET(4.16657959e-2f));
+    p = ADD(MUL(p, r), SET(1.66666655e-1f));
+    p = ADD(MUL(p, r), SET(5.00000012e-1f));
+    __m512 y = ADD(ADD(MUL(MUL(p, r), r), r), SET(1.0f));
     __m512i integer = _mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_set1_epi32(0x4B400000));
     __m512i power = _mm512_slli_epi32(_mm512_add_epi32(integer, _mm512_set1_epi32(127)), 23);
-    return multiply(y, _mm512_castsi512_ps(power));
+    return MUL(y, _mm512_castsi512_ps(power));
 }
 
-AVX512 static long gelu_forward_avx512(float *activated, float *pre_activation, const float *bias, long width) {
-    long index = 0;
-    for (; index + 16 <= width; index += 16) {
-        __m512 x = add(_mm512_loadu_ps(pre_activation + index), _mm512_loadu_ps(bias + index));
-        // Φ(x) and φ(x) from one exponential (Abramowitz & Stegun 26.2.17).
-        __m512 density = multiply(constant(0.3989422804014327f), fast_exp(multiply(multiply(constant(-0.5f), x), x)));
-        __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
-        __m512 magnitude = _mm512_mask_sub_ps(x, negative, _mm512_setzero_ps(), x);
-        __m512 t = _mm512_div_ps(constant(1.0f), add(constant(1.0f), multiply(constant(0.2316419f), magnitude)));
-        __m512 p = constant(1.330274429f);
-        p = add(multiply(p, t), constant(-1.821255978f));
-        p = add(multiply(p, t), constant(1.781477937f));
-        p = add(multiply(p, t), constant(-0.356563782f));
-        p = add(multiply(p, t), constant(0.319381530f));
-        __m512 tail = multiply(density, multiply(p, t));
-        __m512 cdf = _mm512_mask_mov_ps(_mm512_sub_ps(constant(1.0f), tail), negative, tail);
-        _mm512_storeu_ps(activated + index, multiply(x, cdf));
-        _mm512_storeu_ps(pre_activation + index, add(cdf, multiply(x, density)));
+// One vector of x: GELU(x) returned, GELU'(x) in *derivative.
+AVX512 static inline __m512 gelu16(__m512 x, __m512 *derivative) {
+    __m512 density = MUL(SET(0.3989422804014327f), fast_exp16(MUL(MUL(SET(-0.5f), x), x)));
+    __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+    __m512 magnitude = _mm512_mask_sub_ps(x, negative, _mm512_setzero_ps(), x);  // x < 0 ? -x : x
+    __m512 t = _mm512_div_ps(SET(1.0f), ADD(SET(1.0f), MUL(SET(0.2316419f), magnitude)));
+    __m512 p = SET(1.330274429f);
+    p = ADD(MUL(p, t), SET(-1.821255978f));
+    p = ADD(MUL(p, t), SET(1.781477937f));
+    p = ADD(MUL(p, t), SET(-0.356563782f));
+    p = ADD(MUL(p, t), SET(0.319381530f));
+    __m512 tail = MUL(density, MUL(p, t));
+    __m512 cdf = _mm512_mask_mov_ps(SUB(SET(1.0f), tail), negative, tail);
+    *derivative = ADD(cdf, MUL(x, density));
+    return MUL(x, cdf);
+}
+
+AVX512_VL static void rows_avx512(float *activated, uint16_t *rounded_activated, float *pre_activation,
+                               const float *bias, long rows, long width) {
+    for (long row = 0; row < rows; row++) {
+        float *h = pre_activation + row * width;
+        for (long column = 0; column < width; column += 16) {
+            __mmask16 lanes = width - column >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (width - column)) - 1);
+            __m512 x = ADD(_mm512_maskz_loadu_ps(lanes, h + column), _mm512_maskz_loadu_ps(lanes, bias + column));
+            __m512 derivative;
+            __m512 value = gelu16(x, &derivative);
+            _mm512_mask_storeu_ps(h + column, lanes, derivative);
+            if (rounded_activated) {
+                _mm256_mask_storeu_epi16(rounded_activated + row * width + column, lanes, _mm512_cvtepi32_epi16(round16(value)));
+            } else {
+                _mm512_mask_storeu_ps(activated + row * width + column, lanes, value);
+            }
+        }
     }
-    return index;
 }
 #endif
 
-long mae_gelu_forward_row(float *activated, float *pre_activation, const float *bias, long width) {
+int mae_bias_gelu_avx512(float *activated, uint16_t *rounded_activated, float *pre_activation, const float *bias,
+                         long rows, long width) {
 #if defined(__x86_64__)
-    static int available = -1;
-    if (available < 0) available = __builtin_cpu_supports("avx512f");
-    if (available) return gelu_forward_avx512(activated, pre_activation, bias, width);
+    if (mae_bf16_uses_avx512() && __builtin_cpu_supports("avx512vl")) {
+        rows_avx512(activated, rounded_activated, pre_activation, bias, rows, width);
+        return 1;
+    }
 #endif
     return 0;
 }

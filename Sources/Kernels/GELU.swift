@@ -8,8 +8,8 @@ import CSupport
 /// GELU'(x) = Φ(x) + x · φ(x) in place of the pre-activation (which nothing else
 /// needs): the backward is then one multiplication, and the transcendental work
 /// happens once per element and step. The loops are plain scalar code that LLVM
-/// vectorises (see `fastExp`); the forward runs in C at 16 floats per instruction where
-/// the CPU has AVX-512 (CSupportGELU.h), with the same operations in the same order.
+/// vectorises (see `fastExp`); the forward runs in C with AVX-512 where the CPU has it
+/// (CSupportGELU.h, the same operations in the same order).
 
 /// 1 / sqrt(2π), for the normal density φ.
 private let inverseSquareRootTwoPi: Float = 0.398_942_280_401_432_7
@@ -43,12 +43,15 @@ public func biasGELUForward(activated: UnsafeMutablePointer<Float>, preActivatio
                             bias: UnsafePointer<Float>, rows: Int, width: Int,
                             roundedActivated: UnsafeMutablePointer<UInt16>? = nil) {
     parallelFor(rows, minimumPerWorker: max(1, 16_384 / max(width, 1))) { range in
+        // Twice as wide where the CPU has AVX-512 (CSupportGELU.h; the same bits).
+        let first = range.lowerBound * width
+        if mae_bias_gelu_avx512(activated + first, roundedActivated.map { $0 + first }, preActivation + first, bias,
+                                range.count, width) != 0 { return }
         withRowBuffer(width: width, needed: roundedActivated != nil) { rowBuffer in
             for row in range {
                 let h = preActivation + row * width
                 let a = rowBuffer ?? activated + row * width
-                // AVX-512 where the CPU has it (the same operations, so the same bits), this loop for the rest.
-                for column in mae_gelu_forward_row(a, h, bias, width)..<width {
+                for column in 0..<width {
                     let x = h[column] + bias[column]
                     let (cdf, density) = normalCDFAndDensity(x)
                     a[column] = x * cdf

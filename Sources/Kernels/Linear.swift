@@ -1,3 +1,5 @@
+import CSupport
+
 /// A fully connected layer, PyTorch's `nn.Linear` (weight stored [out, in]).
 
 /// output[rows, outFeatures] = input[rows, inFeatures] · weight[outFeatures, inFeatures]ᵀ
@@ -44,6 +46,19 @@ public func linearBackward(inputGradient: UnsafeMutablePointer<Float>?,
                            rows: Int, inFeatures: Int, outFeatures: Int,
                            precision: Precision = .fp32, roundedWeight: UnsafePointer<UInt16>? = nil,
                            roundedInput: UnsafePointer<UInt16>? = nil) {
+    if precision == .bf16, let inputGradient {
+        // dy rounded once for both products: by rows for dy · W, and transposed into a
+        // compact [outFeatures, rows] matrix for dyᵀ · x (oneDNN runs a row-major a fastest).
+        let (plain, transposed) = roundedBothWays(outputGradient, rows: rows, columns: outFeatures)
+        matrixMultiply(inputGradient, ldc: inFeatures, outputGradient, lda: outFeatures,
+                       weight, ldb: inFeatures, roundedA: plain, roundedB: roundedWeight,
+                       m: rows, n: inFeatures, k: outFeatures, precision: .bf16)
+        matrixMultiply(weightGradient, ldc: inFeatures, outputGradient, lda: rows,
+                       input, ldb: inFeatures, roundedA: transposed, roundedB: roundedInput,
+                       m: outFeatures, n: inFeatures, k: rows, beta: 1, precision: .bf16)
+        addColumnSums(biasGradient, outputGradient, rows: rows, columns: outFeatures)
+        return
+    }
     if let inputGradient {
         matrixMultiply(inputGradient, ldc: inFeatures, outputGradient, lda: outFeatures,
                        weight, ldb: inFeatures, roundedB: roundedWeight, m: rows, n: inFeatures, k: outFeatures,
@@ -53,4 +68,21 @@ public func linearBackward(inputGradient: UnsafeMutablePointer<Float>?,
                    input, ldb: inFeatures, roundedB: roundedInput, m: outFeatures, n: inFeatures, k: rows, beta: 1,
                    precision: precision)
     addColumnSums(biasGradient, outputGradient, rows: rows, columns: outFeatures)
+}
+
+/// source[rows, columns] (leading dimension `columns`) rounded to bf16 twice over, in one
+/// read, into the calling thread's `mae_bf16_both_buffer`: compact as it is ([rows, columns])
+/// and transposed ([columns, rows]). Split over our workers by blocks of 16 rows.
+private func roundedBothWays(_ source: UnsafePointer<Float>, rows: Int, columns: Int)
+    -> (plain: UnsafePointer<UInt16>, transposed: UnsafePointer<UInt16>) {
+    guard let buffer = mae_bf16_both_buffer(2 * rows * columns) else {
+        preconditionFailure("out of memory for a bf16 output gradient of \(rows)×\(columns) values")
+    }
+    let plain = buffer, transposed = buffer + rows * columns
+    parallelFor((rows + 15) / 16, minimumPerWorker: max(1, 4_096 / max(1, columns))) { range in
+        let first = range.lowerBound * 16, end = min(rows, range.upperBound * 16)
+        mae_round_to_bf16_both(plain + first * columns, columns, transposed + first, rows,
+                               source + first * columns, end - first, columns, columns)
+    }
+    return (UnsafePointer(plain), UnsafePointer(transposed))
 }

@@ -40,11 +40,33 @@ public final class MAEModel {
     /// `parameters` rounded to bf16, same layout, allocated on the first bf16 call and
     /// rounded again only after `parametersDidChange()`: once per step, not per product.
     private var roundedParameters: UnsafeMutablePointer<UInt16>?
+    /// Whether `roundedParameters` holds the bits of `parameters` rounded now; false from
+    /// any write of `parameters` on, until a bf16 call rounds them (or an update that wrote
+    /// both says so, `roundedParametersWritten()`).
     private var roundedParametersAreCurrent = false
 
     /// Tells the model that `parameters` were written (an optimizer step, a load): the next
     /// bf16 call rounds them again. Every writer of `parameters` calls it.
     public func parametersDidChange() { roundedParametersAreCurrent = false }
+
+    /// For an update that writes every element of `parameters` and, as it goes, its bf16
+    /// rounding here (AdamW, `adamwUpdate(roundedParameters:)`): the model's bf16 copy, or
+    /// nil in fp32. From this call on the copy counts as stale, as after
+    /// `parametersDidChange()`, until the writer calls `roundedParametersWritten()`.
+    public func roundedParametersForUpdate() -> UnsafeMutablePointer<UInt16>? {
+        guard precision == .bf16 else { return nil }
+        roundedParametersAreCurrent = false
+        let rounded = roundedParameters ?? UnsafeMutablePointer<UInt16>.allocate(capacity: table.count)
+        roundedParameters = rounded
+        return rounded
+    }
+
+    /// Tells the model that an update wrote all of `parameters` and their bf16 rounding into
+    /// the copy from `roundedParametersForUpdate()`: the next bf16 call rounds nothing.
+    public func roundedParametersWritten() {
+        precondition(precision == .bf16 && roundedParameters != nil, "no bf16 copy was handed out for an update")
+        roundedParametersAreCurrent = true
+    }
 
     deinit { roundedParameters?.deallocate() }
 

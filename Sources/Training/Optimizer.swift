@@ -130,9 +130,30 @@ public final class AdamWOptimizer {
         return groups
     }
 
+    /// Whether this optimizer is unsharded and its groups cover the whole layout: every
+    /// update then writes every parameter (frozen ones too, with learning rate 0).
+    public var updatesWholeLayout: Bool {
+        !isSharded && groups.reduce(0) { $0 + $1.count } == shard.reduce(0) { $0 + $1.count }
+    }
+
+    /// One AdamW step of `model`'s parameters from its gradients, the model told of it. In
+    /// bf16, where this optimizer updates the whole layout, the step writes the model's bf16
+    /// copy of the parameters as it writes them, and the next step reads it without a
+    /// rounding pass; otherwise (fp32, or sharded, where the other ranks' ranges arrive by
+    /// all-gather afterwards and the caller tells the model again) the copy is marked stale.
+    public func update(model: MAEModel, learningRate: Float) {
+        let rounded = updatesWholeLayout ? model.roundedParametersForUpdate() : nil
+        update(parameters: model.parameters, gradients: model.gradients, learningRate: learningRate,
+               roundedParameters: rounded)
+        if rounded != nil { model.roundedParametersWritten() } else { model.parametersDidChange() }
+    }
+
     /// One AdamW step of every parameter (of the shard) with `learningRate` (times each
     /// group's scale, in double precision as PyTorch multiplies `lr · lr_scale` in Python).
-    public func update(parameters: FloatBuffer, gradients: FloatBuffer, learningRate: Float) {
+    /// `roundedParameters`, when given, receives each updated parameter rounded to bf16
+    /// (same layout; `adamwUpdate`).
+    public func update(parameters: FloatBuffer, gradients: FloatBuffer, learningRate: Float,
+                       roundedParameters: UnsafeMutablePointer<UInt16>? = nil) {
         precondition(parameters.count == gradients.count && shard.allSatisfy { $0.upperBound <= parameters.count },
                      "parameters, gradients and moments must share one layout")
         step += 1
@@ -144,7 +165,8 @@ public final class AdamWOptimizer {
                         learningRate: group.learningRateScale == 1
                             ? learningRate : Float(Double(learningRate) * group.learningRateScale),
                         beta1: beta1, beta2: beta2, epsilon: epsilon,
-                        weightDecay: group.weightDecay ?? (group.decays ? weightDecay : 0), step: step)
+                        weightDecay: group.weightDecay ?? (group.decays ? weightDecay : 0), step: step,
+                        roundedParameters: roundedParameters.map { $0 + group.offset })
         }
     }
 

@@ -131,11 +131,12 @@ final class PretrainingTaskModel: TaskModel {
     }
 
     func update(learningRate: Float) {
-        optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: learningRate)
+        optimizer.update(model: model, learningRate: learningRate)  // in bf16, with the rounded copy
     }
 
     func synchronise(_ collective: any Collective) throws {
-        if optimizer.isSharded { try collective.allGather(model.parameters.pointer, count: model.parameters.count) }
+        guard optimizer.isSharded else { return }
+        try collective.allGather(model.parameters.pointer, count: model.parameters.count)
         model.parametersDidChange()  // the bf16 copy is rounded again once, before the next step
     }
 

@@ -139,14 +139,14 @@ struct BenchStepCommand: Subcommand {
                                              backwardProgress: exchange.backwardProgress())
             exposedSeconds = try exchange.finish()
             let updateStart = DispatchTime.now().uptimeNanoseconds
-            optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: 1.5e-4)
+            optimizer.update(model: model, learningRate: 1.5e-4)
             adamWSeconds = Double(DispatchTime.now().uptimeNanoseconds - updateStart) / 1e9
             if sharded {
                 let gatherStart = DispatchTime.now().uptimeNanoseconds
                 try collective.allGather(model.parameters.pointer, count: model.parameters.count)
                 exposedSeconds += Double(DispatchTime.now().uptimeNanoseconds - gatherStart) / 1e9
+                model.parametersDidChange()
             }
-            model.parametersDidChange()
             return loss
         }
 

@@ -1,3 +1,4 @@
+import CSupport
 import Foundation
 import Kernels
 import Testing
@@ -91,24 +92,46 @@ import TestSupport
         withExtendedLifetime((biasBuffer, hb)) {}
     }
 
-    /// The forward's AVX-512 body (CSupportGELU.h) gives the bits of the scalar code that
-    /// computes the row's tail, element for element: over the whole range, ±0, saturation,
-    /// and the clamps of the exponential.
-    @Test func geluForwardHasTheBitsOfTheScalarCode() {
-        let width = 16 * 40 + 7
-        var values = randomValues(width - 10, seed: 24, in: -9..<9).map(Float.init)
-        values += [0, -0, 1e-30, -1e-30, 40, -40, 200, -200, .greatestFiniteMagnitude, -.greatestFiniteMagnitude]
-        let h = FloatBuffer(values), zero = FloatBuffer(count: width), activated = FloatBuffer(count: width)
-        biasGELUForward(activated: activated.pointer, preActivation: h.pointer, bias: zero.pointer, rows: 1, width: width)
-        let derivative = h.toArray(), results = activated.toArray()
-        var differing = 0
-        for (index, x) in values.enumerated() {
+    /// `biasGELUForward` (AVX-512 in C where the CPU has it) gives, element by element, the bits
+    /// of `normalCDFAndDensity` evaluated here one value at a time, with and without the bf16
+    /// output: widths with and without a tail, values over the whole range and at the edges of
+    /// `fastExp`'s clamps, zeros, infinities and subnormals (NaNs stay NaNs).
+    @Test(arguments: [(3, 37), (2, 16), (4, 5), (2, 768)])
+    func geluIsTheScalarFormulaToTheBit(rows: Int, width: Int) {
+        var values = randomValues(rows * width, seed: 24, in: -9..<9).map(Float.init)
+        let specials: [Float] = [0, -0, .infinity, -.infinity, .nan, 13.26, -13.2, 13.3, -13.3, 1e30, -1e30, 0x1p-140, -0x1p-140,
+                                 -5.5, 5.5, 1e-20]
+        for (index, special) in specials.enumerated() where index < values.count { values[(index * 37) % values.count] = special }
+        let bias = randomValues(width, seed: 25).map(Float.init)
+        let expectedActivated = (0..<values.count).map { index -> Float in
+            let x = values[index] + bias[index % width]
+            return x * normalCDFAndDensity(x).cdf
+        }
+        let expectedDerivative = (0..<values.count).map { index -> Float in
+            let x = values[index] + bias[index % width]
             let (cdf, density) = normalCDFAndDensity(x)
-            if results[index].bitPattern != (x * cdf).bitPattern || derivative[index].bitPattern != (cdf + x * density).bitPattern {
-                differing += 1
+            return cdf + x * density
+        }
+        func same(_ a: Float, _ b: Float) -> Bool { a.bitPattern == b.bitPattern || (a.isNaN && b.isNaN) }
+        for rounding in [false, true] {
+            let pre = FloatBuffer(values), biasBuffer = FloatBuffer(bias), activated = FloatBuffer(count: values.count)
+            let rounded = UnsafeMutablePointer<UInt16>.allocate(capacity: values.count)
+            defer { rounded.deallocate() }
+            biasGELUForward(activated: activated.pointer, preActivation: pre.pointer, bias: biasBuffer.pointer, rows: rows,
+                            width: width, roundedActivated: rounding ? rounded : nil)
+            let derivativeDiffer = (0..<values.count).filter { !same(pre[$0], expectedDerivative[$0]) }
+            #expect(derivativeDiffer.isEmpty, "GELU' differs at \(derivativeDiffer.prefix(5).map { (values[$0], pre[$0], expectedDerivative[$0]) })")
+            if rounding {
+                var expectedRounded = [UInt16](repeating: 0, count: values.count)
+                expectedActivated.withUnsafeBufferPointer { mae_round_to_bf16(&expectedRounded, $0.baseAddress!, values.count) }
+                let differ = (0..<values.count).filter { rounded[$0] != expectedRounded[$0] && !expectedActivated[$0].isNaN }
+                #expect(differ.isEmpty, "bf16 GELU differs at \(differ.prefix(5).map { values[$0] })")
+                #expect(activated.toArray().allSatisfy { $0 == 0 }, "wrote the fp32 output as well")
+            } else {
+                let differ = (0..<values.count).filter { !same(activated[$0], expectedActivated[$0]) }
+                #expect(differ.isEmpty, "GELU differs at \(differ.prefix(5).map { (values[$0], activated[$0], expectedActivated[$0]) })")
             }
         }
-        #expect(differing == 0, "\(differing) of \(width) GELU values differ from the scalar code's bits")
     }
 
     @Test func fastExpAndTheNormalDistribution() {

@@ -37,6 +37,54 @@ func tinyModelConfig() -> ModelConfig {
         }
     }
 
+    /// In bf16 the update writes the model's rounded copy of the parameters as it writes them
+    /// (`update(model:)`): three steps so give the losses and parameters, to the bit, of steps
+    /// whose copy a rounding pass of its own writes; a write of the parameters by anything
+    /// else afterwards (told with `parametersDidChange()`) has them rounded again. Sharded, the
+    /// optimizer writes only its ranges and leaves the copy to the pass.
+    @Test func bf16UpdateWritesTheRoundedParametersOfTheRoundingPass() throws {
+        try #require(Precision.bf16.unsupportedReason == nil, "this CPU has no AVX512_BF16")
+        let config = tinyModelConfig(), batch = 4
+        let images = FloatBuffer(randomValues(batch * 3 * config.imageSize * config.imageSize, seed: 61).map(Float.init))
+        let noise = FloatBuffer(randomValues(batch * config.patchCount, seed: 62).map(Float.init))
+        func run(fused: Bool) -> (losses: [Float], parameters: [Float]) {
+            let model = MAEModel(config: config, seed: 63)
+            model.precision = .bf16
+            let optimizer = AdamWOptimizer(table: model.table)
+            #expect(optimizer.updatesWholeLayout)
+            var losses: [Float] = []
+            for _ in 0..<3 {
+                model.gradients.zero()
+                losses.append(model.forwardBackward(images: images.pointer, noise: noise.pointer, batchSize: batch,
+                                                    maskRatio: 0.75, normPixLoss: true))
+                if fused {
+                    optimizer.update(model: model, learningRate: 1e-2)
+                } else {
+                    optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: 1e-2)
+                    model.parametersDidChange()
+                }
+            }
+            losses.append(model.forward(images: images.pointer, noise: noise.pointer, batchSize: batch, maskRatio: 0.75,
+                                        normPixLoss: true))
+            for index in 0..<model.table.count { model.parameters[index] *= 0.5 }
+            model.parametersDidChange()
+            losses.append(model.forward(images: images.pointer, noise: noise.pointer, batchSize: batch, maskRatio: 0.75,
+                                        normPixLoss: true))
+            return (losses, model.parameters.toArray())
+        }
+        let (fused, pass) = (run(fused: true), run(fused: false))
+        #expect(fused.losses.map(\.bitPattern) == pass.losses.map(\.bitPattern), "fused \(fused.losses), pass \(pass.losses)")
+        #expect(fused.losses[4] != fused.losses[3], "halving the parameters changed no loss")
+        let differing = zip(fused.parameters, pass.parameters).filter { $0.bitPattern != $1.bitPattern }.count
+        #expect(differing == 0, "\(differing) parameters differ")
+
+        let table = MAEModel(config: config, seed: 1).table
+        #expect(!AdamWOptimizer(table: table, shard: [0..<(table.count / 2)]).updatesWholeLayout)
+        #expect(!AdamWOptimizer(table: table, shard: [0..<table.count]).updatesWholeLayout)
+        let settings = table.tensors.map { _ in ParameterGroupSetting(learningRateScale: 0, weightDecay: 0) }
+        #expect(AdamWOptimizer(table: table, settings: settings).updatesWholeLayout)
+    }
+
     /// Two AdamW steps over a whole (tiny) model against PyTorch's formula evaluated in double precision.
     @Test func adamWStepsMatchTheFormula() throws {
         let model = MAEModel(config: tinyModelConfig(), seed: 2)

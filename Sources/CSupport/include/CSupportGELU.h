@@ -1,16 +1,16 @@
 #ifndef MAE_CSUPPORT_GELU_H
 #define MAE_CSUPPORT_GELU_H
 
-/// The exact GELU's forward (Sources/Kernels/GELU.swift) 16 elements per instruction where
-/// the CPU has AVX512F. In C because Swift cannot compile one function for AVX-512 and
-/// another for CPUs without it; LLVM vectorises the Swift loop at 256 bits, whose chain of
-/// dependent operations (an exponential, a division, two polynomials) leaves the core
-/// waiting: twice the elements per instruction halve that. Every operation is the Swift
-/// code's, in its order, each rounded (no fused multiply-add), so the bits are the same.
+#include <stdint.h>
 
-/// For x = pre_activation[i] + bias[i], i below the returned count (a multiple of 16; 0
-/// without AVX512F): activated[i] = x · Φ(x) and pre_activation[i] = Φ(x) + x · φ(x), as
-/// `biasGELUForward`; the caller computes the rest of the row.
-long mae_gelu_forward_row(float *activated, float *pre_activation, const float *bias, long width);
+/// The rows of Kernels' `biasGELUForward` 16 floats per instruction, where Swift's loop
+/// (vectorised by LLVM 8 wide for the Haswell baseline) cannot use AVX-512: the same
+/// operations in the same order, so the same bits. For r < rows, c < width, with
+/// x = pre_activation[r · width + c] + bias[c]: activated[r · width + c] = x · Φ(x), or,
+/// when `rounded_activated` is not NULL, that rounded to bf16 there instead (`activated`
+/// unread and unwritten); pre_activation[r · width + c] = Φ(x) + x · φ(x).
+/// Returns 1, or 0 without doing anything where the CPU lacks AVX512F/BW/VL.
+int mae_bias_gelu_avx512(float *activated, uint16_t *rounded_activated, float *pre_activation, const float *bias,
+                         long rows, long width);
 
 #endif
