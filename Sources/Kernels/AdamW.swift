@@ -23,20 +23,15 @@ public func adamwUpdate(parameters: UnsafeMutablePointer<Float>, gradients: Unsa
     let correction2Root = Float(correction2.squareRoot())
     let decay = 1 - learningRate * weightDecay
     let oneMinusBeta1 = 1 - beta1, oneMinusBeta2 = 1 - beta2
-    // The elements of `range`: vectors of 16 from its start, then one by one.
-    func update(_ range: Range<Int>) {
-        var index = range.lowerBound
-        while index + 16 <= range.upperBound {
-            let g = load16(gradients + index)
-            let p = load16(parameters + index) * decay
-            let m = beta1 * load16(firstMoment + index) + oneMinusBeta1 * g
-            let v = beta2 * load16(secondMoment + index) + oneMinusBeta2 * g * g
-            store16(m, firstMoment + index)
-            store16(v, secondMoment + index)
-            store16(p - stepSize * (m / (v.squareRoot() / correction2Root + epsilon)), parameters + index)
-            index += 16
-        }
-        while index < range.upperBound {
+    // The elements of `range`: 16 at a time in C where the CPU has AVX-512 (CSupportAdamW.h;
+    // the same operations, so the same bits), rounded to bf16 as they are written when asked;
+    // here the rest, one by one.
+    parallelFor(count, minimumPerWorker: 32_768) { range in
+        let first = range.lowerBound
+        let done = mae_adamw_update(parameters + first, gradients + first, firstMoment + first, secondMoment + first,
+                                    roundedParameters.map { $0 + first }, range.count, decay, beta1, oneMinusBeta1,
+                                    beta2, oneMinusBeta2, stepSize, correction2Root, epsilon)
+        for index in (first + done)..<range.upperBound {
             let g = gradients[index]
             let p = parameters[index] * decay
             let m = beta1 * firstMoment[index] + oneMinusBeta1 * g
@@ -44,17 +39,9 @@ public func adamwUpdate(parameters: UnsafeMutablePointer<Float>, gradients: Unsa
             firstMoment[index] = m
             secondMoment[index] = v
             parameters[index] = p - stepSize * (m / (v.squareRoot() / correction2Root + epsilon))
-            index += 1
         }
-    }
-    parallelFor(count, minimumPerWorker: 32_768) { range in
-        guard let roundedParameters else { return update(range) }
-        // Blocks of 4,096 (a multiple of 16: the vectors cover the elements they cover on the
-        // whole range, the same bits), each rounded right after its update, while in cache.
-        for start in stride(from: range.lowerBound, to: range.upperBound, by: 4_096) {
-            let block = start..<min(range.upperBound, start + 4_096)
-            update(block)
-            mae_round_to_bf16(roundedParameters + start, parameters + start, block.count)
+        if let roundedParameters, first + done < range.upperBound {
+            mae_round_to_bf16(roundedParameters + first + done, parameters + first + done, range.upperBound - first - done)
         }
     }
 }

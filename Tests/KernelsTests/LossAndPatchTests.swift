@@ -1,3 +1,4 @@
+import CSupport
 import Foundation
 import Kernels
 import Testing
@@ -112,6 +113,42 @@ import TestSupport
                     secondMoment: zeroV.pointer, count: 1, learningRate: 0.1, beta1: 0.9, beta2: 0.999,
                     epsilon: 1e-8, weightDecay: 0, step: 1)
         expectClose([Double(one[0])], [0.9], absolute: 1e-6, "first Adam step")
+    }
+
+    /// The AVX-512 body (CSupportAdamW.h) gives the bits of the scalar code that updates the
+    /// tail, element for element, over three steps, with and without the bf16 copy.
+    @Test func adamwVectorsHaveTheBitsOfTheScalarCode() {
+        let count = 16 * 9 + 7
+        let (learningRate, beta1, beta2, epsilon, weightDecay): (Float, Float, Float, Float, Float) = (3e-3, 0.9, 0.95, 1e-8, 0.05)
+        var p = randomValues(count, seed: 61).map(Float.init), m = [Float](repeating: 0, count: count)
+        var v = [Float](repeating: 0, count: count)
+        let parameters = FloatBuffer(p), first = FloatBuffer(count: count), second = FloatBuffer(count: count)
+        let rounded = UnsafeMutablePointer<UInt16>.allocate(capacity: count)
+        defer { rounded.deallocate() }
+        for step in 1...3 {
+            let g = randomValues(count, seed: 61 + step).map { Float($0) * (step == 2 ? 1e-4 : 1) }
+            let gradients = FloatBuffer(g)
+            adamwUpdate(parameters: parameters.pointer, gradients: gradients.pointer, firstMoment: first.pointer,
+                        secondMoment: second.pointer, count: count, learningRate: learningRate, beta1: beta1,
+                        beta2: beta2, epsilon: epsilon, weightDecay: weightDecay, step: step,
+                        roundedParameters: step == 3 ? rounded : nil)
+            let stepSize = Float(Double(learningRate) / (1 - pow(Double(beta1), Double(step))))
+            let root = Float((1 - pow(Double(beta2), Double(step))).squareRoot())
+            for i in 0..<count {
+                let decayed = p[i] * (1 - learningRate * weightDecay)
+                m[i] = beta1 * m[i] + (1 - beta1) * g[i]
+                v[i] = beta2 * v[i] + (1 - beta2) * g[i] * g[i]
+                p[i] = decayed - stepSize * (m[i] / (v[i].squareRoot() / root + epsilon))
+            }
+            let differing = (0..<count).filter {
+                parameters[$0].bitPattern != p[$0].bitPattern || first[$0].bitPattern != m[$0].bitPattern
+                    || second[$0].bitPattern != v[$0].bitPattern
+            }
+            #expect(differing.isEmpty, "step \(step): elements \(differing.prefix(8)) differ from the scalar code")
+        }
+        var expected = [UInt16](repeating: 0, count: count)
+        p.withUnsafeBufferPointer { mae_round_to_bf16(&expected, $0.baseAddress!, count) }
+        #expect((0..<count).allSatisfy { rounded[$0] == expected[$0] }, "the bf16 copy is not the rounding of the parameters")
     }
 
     @Test func addColumnSumsAddsEveryRow() {

@@ -28,5 +28,7 @@ static inline void mae_cpu_relax(void) {
 #include "CSupportWire.h"
 // The GELU forward at 16 floats per instruction.
 #include "CSupportGELU.h"
+// AdamW at 16 parameters per instruction.
+#include "CSupportAdamW.h"
 
 #endif
