@@ -308,6 +308,54 @@ const char *mae_bf16_matmul_implementation(long m, long n, long k, int transpose
     return entry ? entry->implementation : NULL;
 }
 
+// A primitive's argument: its kind (DNNL_ARG_…), layout and the caller's memory.
+typedef struct {
+    int kind;
+    const dnnl_memory_desc_t *md;
+    void *data;
+} operand;
+
+// Runs `primitive` on the calling thread's stream over the operands (memory objects made
+// around the callers' pointers for this call) and the thread's scratch memory of
+// `scratchpad_bytes`. Returns 0, or -1 with a message naming `what`.
+static int run_primitive(dnnl_primitive_t primitive, const operand *operands, int count, size_t scratchpad_bytes,
+                         const char *what) {
+    dnnl_status_t status;
+    if (!stream && (status = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags))) return fail("stream", status);
+    if (scratchpad_bytes > scratchpad_capacity) {
+        free(scratchpad);
+        scratchpad = aligned_alloc(64, (scratchpad_bytes + 63) / 64 * 64);
+        scratchpad_capacity = scratchpad ? scratchpad_bytes : 0;
+        if (!scratchpad) return fail("scratchpad", dnnl_out_of_memory);
+    }
+    dnnl_memory_t memories[4] = {NULL, NULL, NULL, NULL};
+    dnnl_exec_arg_t arguments[4];
+    int made = 0;
+    status = dnnl_success;
+    for (; made < count && status == dnnl_success; made++) {
+        status = dnnl_memory_create(&memories[made], operands[made].md, engine, operands[made].data);
+        arguments[made] = (dnnl_exec_arg_t){operands[made].kind, memories[made]};
+    }
+    if (status == dnnl_success && scratchpad_bytes) {
+        dnnl_memory_desc_t scratchpad_md;
+        dnnl_dims_t scratchpad_dims = {(long)scratchpad_bytes};
+        dnnl_memory_desc_init_by_tag(&scratchpad_md, 1, scratchpad_dims, dnnl_u8, dnnl_a);
+        status = dnnl_memory_create(&memories[made], &scratchpad_md, engine, scratchpad);
+        arguments[made] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, memories[made]};
+        made++;
+    }
+    if (status) {
+        fail("memory", status);
+    } else if ((status = dnnl_primitive_execute(primitive, stream, made, arguments)) ||
+               (status = dnnl_stream_wait(stream))) {
+        fail(what, status);
+    }
+    for (int index = 0; index < made; index++) {
+        if (memories[index]) dnnl_memory_destroy(memories[index]);
+    }
+    return status == dnnl_success ? 0 : -1;
+}
+
 // Runs the entry's primitive on the calling thread, with its scratch memory.
 static int execute(product_entry *entry, const void *a, const void *b, float *c,
                    long m, long n, long k, long ldc, float beta) {
@@ -315,39 +363,10 @@ static int execute(product_entry *entry, const void *a, const void *b, float *c,
         if (beta == 0.0f) for (long row = 0; row < m; row++) memset(c + row * ldc, 0, (size_t)n * 4);
         return 0;
     }
-    dnnl_status_t status;
-    if (!stream && (status = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags))) return fail("stream", status);
-    if (entry->scratchpad_bytes > scratchpad_capacity) {
-        free(scratchpad);
-        scratchpad = aligned_alloc(64, (entry->scratchpad_bytes + 63) / 64 * 64);
-        scratchpad_capacity = scratchpad ? entry->scratchpad_bytes : 0;
-        if (!scratchpad) return fail("scratchpad", dnnl_out_of_memory);
-    }
-    dnnl_memory_t a_memory = NULL, b_memory = NULL, c_memory = NULL, scratchpad_memory = NULL;
-    dnnl_memory_desc_t scratchpad_md;
-    dnnl_dims_t scratchpad_dims = {(long)entry->scratchpad_bytes};
-    dnnl_memory_desc_init_by_tag(&scratchpad_md, 1, scratchpad_dims, dnnl_u8, dnnl_a);
-    if ((status = dnnl_memory_create(&a_memory, &entry->a_md, engine, (void *)a)) ||
-        (status = dnnl_memory_create(&b_memory, &entry->b_md, engine, (void *)b)) ||
-        (status = dnnl_memory_create(&c_memory, &entry->c_md, engine, c)) ||
-        (entry->scratchpad_bytes &&
-         (status = dnnl_memory_create(&scratchpad_memory, &scratchpad_md, engine, scratchpad)))) {
-        fail("memory", status);
-    } else {
-        dnnl_exec_arg_t arguments[4] = {
-            {DNNL_ARG_SRC, a_memory}, {DNNL_ARG_WEIGHTS, b_memory}, {DNNL_ARG_DST, c_memory},
-            {DNNL_ARG_SCRATCHPAD, scratchpad_memory},
-        };
-        if ((status = dnnl_primitive_execute(entry->primitive, stream, entry->scratchpad_bytes ? 4 : 3, arguments)) ||
-            (status = dnnl_stream_wait(stream))) {
-            fail("matmul execution", status);
-        }
-    }
-    if (a_memory) dnnl_memory_destroy(a_memory);
-    if (b_memory) dnnl_memory_destroy(b_memory);
-    if (c_memory) dnnl_memory_destroy(c_memory);
-    if (scratchpad_memory) dnnl_memory_destroy(scratchpad_memory);
-    return status == dnnl_success ? 0 : -1;
+    operand operands[3] = {
+        {DNNL_ARG_SRC, &entry->a_md, (void *)a}, {DNNL_ARG_WEIGHTS, &entry->b_md, (void *)b}, {DNNL_ARG_DST, &entry->c_md, c},
+    };
+    return run_primitive(entry->primitive, operands, 3, entry->scratchpad_bytes, "matmul execution");
 }
 
 // op(a) as oneDNN's brgemm kernels take it: bf16, dense; an fp32 operand rounded (a
@@ -549,34 +568,8 @@ int mae_bf16_pack_b(const mae_bf16_row_blocks *blocks, void *packed, const uint1
     }
     pthread_mutex_unlock(&cache_mutex);
     if (!packing) return -1;
-    if (packing->scratchpad_bytes > scratchpad_capacity) {
-        free(scratchpad);
-        scratchpad = aligned_alloc(64, (packing->scratchpad_bytes + 63) / 64 * 64);
-        scratchpad_capacity = scratchpad ? packing->scratchpad_bytes : 0;
-        if (!scratchpad) return fail("scratchpad", dnnl_out_of_memory);
-    }
-    dnnl_status_t status;
-    if (!stream && (status = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags))) return fail("stream", status);
-    dnnl_memory_t from = NULL, to = NULL, scratchpad_memory = NULL;
-    dnnl_memory_desc_t scratchpad_md;
-    dnnl_dims_t scratchpad_dims = {(long)packing->scratchpad_bytes};
-    dnnl_memory_desc_init_by_tag(&scratchpad_md, 1, scratchpad_dims, dnnl_u8, dnnl_a);
-    if ((status = dnnl_memory_create(&from, &packing->from_md, engine, (void *)b)) ||
-        (status = dnnl_memory_create(&to, &packing->to_md, engine, packed)) ||
-        (packing->scratchpad_bytes &&
-         (status = dnnl_memory_create(&scratchpad_memory, &scratchpad_md, engine, scratchpad)))) {
-        fail("memory", status);
-    } else {
-        dnnl_exec_arg_t arguments[3] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}, {DNNL_ARG_SCRATCHPAD, scratchpad_memory}};
-        if ((status = dnnl_primitive_execute(packing->primitive, stream, packing->scratchpad_bytes ? 3 : 2, arguments)) ||
-            (status = dnnl_stream_wait(stream))) {
-            fail("packing", status);
-        }
-    }
-    if (from) dnnl_memory_destroy(from);
-    if (to) dnnl_memory_destroy(to);
-    if (scratchpad_memory) dnnl_memory_destroy(scratchpad_memory);
-    return status == dnnl_success ? 0 : -1;
+    operand operands[2] = {{DNNL_ARG_FROM, &packing->from_md, (void *)b}, {DNNL_ARG_TO, &packing->to_md, packed}};
+    return run_primitive(packing->primitive, operands, 2, packing->scratchpad_bytes, "packing");
 }
 
 int mae_bf16_matmul_packed_b(const mae_bf16_row_blocks *blocks, float *c, long ldc, const void *a, long lda,

@@ -181,7 +181,9 @@ import Glibc
     /// lost and the run ends with the uninterrupted run's weights.
     @Test func workersThatDoNotComeBackAreRestartedFromTheNewestCheckpoint() throws {
         defer { temporary.remove() }
-        let epochs = 20, total = 80
+        // Long enough that the workers, which train on while the coordinator is down, cannot
+        // finish before their agent is killed (80 steps did, on a fast moment).
+        let epochs = 100, total = 400
         let straight = try CoordinatedRun.finished(root: temporary.path, name: "reference", world: 2,
                                                    workerFlags: workerFlags(batch: 4, epochs: epochs))
 
@@ -198,6 +200,7 @@ import Glibc
         _ = run.agents[0].exitStatus(within: 10)
         let saved = try run.state()
         let savedCheckpoint = try #require(saved.lastCheckpoint)
+        try #require(savedCheckpoint.step < total, "the run ended before its processes were killed; nothing tested")
         // Workers whose agent went away exit.
         #expect(waitUntil(seconds: 15) { run.liveWorkers().isEmpty }, "workers outlived their agent")
         try run.startCoordinator(world: 2, workerFlags: workerFlags(batch: 4, epochs: epochs), serveFlags: ["--adopt-timeout", "2"])
@@ -214,7 +217,8 @@ import Glibc
             Int($0.prefix { $0 != ":" }.suffix(8))
         }.last ?? -1
         #expect(resumedStep >= savedCheckpoint.step, "resumed from step \(resumedStep), the coordinator had recorded \(savedCheckpoint.step)")
-        #expect(FileManager.default.fileExists(atPath: run.runDirectory + "/checkpoints/step-00000080/COMPLETE"), "\(run.output)")
+        #expect(FileManager.default.fileExists(atPath: run.runDirectory + "/checkpoints/step-\(String(format: "%08d", total))/COMPLETE"),
+                "\(run.output)")
         #expect(run.metrics().map(\.step) == Array(1...total), "\(run.metrics().map(\.step))")
         for file in ["model.safetensors", "optimizer.safetensors"] {
             #expect(try run.checkpointFile(step: total, file) == straight.checkpointFile(step: total, file), "\(file) differs")
