@@ -122,33 +122,21 @@ public func bfloat16MatrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
             }
         }
         let sharedPacked = UnsafeRawPointer(packed)
-        parallelFor((m + block - 1) / block, minimumPerWorker: 1, rangesPerWorker: 4) { range in
-            for index in range {
-                let first = index * block, count = min(m, first + block) - first
-                // The stored a: [m, k], or [k, m] when transposed; the block of op(a)'s rows.
-                let offset = transposeA ? first : first * lda
-                let aBlock = roundedA.map { UnsafeRawPointer($0 + offset) } ?? UnsafeRawPointer(a + offset)
-                let status = withUnsafePointer(to: &blocks) {
-                    mae_bf16_matmul_packed_b($0, c + first * ldc, ldc, aBlock, lda, sharedPacked, count)
-                }
-                if status != 0 {
-                    preconditionFailure("bf16 matrix product \(m)×\(n)×\(k) failed: \(String(cString: mae_products_error()))")
-                }
+        forEachRowBlock(m: m, block: block, a, lda: lda, transposeA: transposeA, roundedA: roundedA) { first, count, aBlock in
+            let status = withUnsafePointer(to: &blocks) {
+                mae_bf16_matmul_packed_b($0, c + first * ldc, ldc, aBlock, lda, sharedPacked, count)
+            }
+            if status != 0 {
+                preconditionFailure("bf16 matrix product \(m)×\(n)×\(k) failed: \(String(cString: mae_products_error()))")
             }
         }
     case .rows:
         let (bRounded, roundedLDB) = roundedB.map { ($0, ldb) }
             ?? roundStoredB(b, ldb: ldb, transposeB: transposeB, n: n, k: k)
-        parallelFor((m + block - 1) / block, minimumPerWorker: 1, rangesPerWorker: 4) { range in
-            for index in range {
-                let first = index * block, count = min(m, first + block) - first
-                // The stored a: [m, k], or [k, m] when transposed; the block of op(a)'s rows.
-                let offset = transposeA ? first : first * lda
-                let aBlock = roundedA.map { UnsafeRawPointer($0 + offset) } ?? UnsafeRawPointer(a + offset)
-                bfloat16Product(c + first * ldc, ldc: ldc, aBlock, isRounded: roundedA != nil,
-                                lda: lda, transposeA: transposeA, bRounded, isRounded: true, ldb: roundedLDB,
-                                transposeB: transposeB, m: count, n: n, k: k, alpha: alpha, beta: beta)
-            }
+        forEachRowBlock(m: m, block: block, a, lda: lda, transposeA: transposeA, roundedA: roundedA) { first, count, aBlock in
+            bfloat16Product(c + first * ldc, ldc: ldc, aBlock, isRounded: roundedA != nil,
+                            lda: lda, transposeA: transposeA, bRounded, isRounded: true, ldb: roundedLDB,
+                            transposeB: transposeB, m: count, n: n, k: k, alpha: alpha, beta: beta)
         }
     case .columns:
         // op(a) rounded once into a compact row-major [m, k] matrix, unless it came rounded.
@@ -164,6 +152,22 @@ public func bfloat16MatrixMultiply(_ c: UnsafeMutablePointer<Float>, ldc: Int,
                                 transposeA: compactTranspose, bBlock, isRounded: roundedB != nil, ldb: ldb,
                                 transposeB: transposeB, m: m, n: count, k: k, alpha: alpha, beta: beta)
             }
+        }
+    }
+}
+
+/// Runs `body` for each block of `block` rows of op(a) (the last one shorter), spread over
+/// our workers, with its first row, its row count and its a (fp32, or `roundedA` when
+/// given; stored [m, k], or [k, m] when transposed).
+@inline(__always)
+private func forEachRowBlock(m: Int, block: Int, _ a: UnsafePointer<Float>, lda: Int, transposeA: Bool,
+                             roundedA: UnsafePointer<UInt16>?,
+                             _ body: (_ first: Int, _ count: Int, _ aBlock: UnsafeRawPointer) -> Void) {
+    parallelFor((m + block - 1) / block, minimumPerWorker: 1, rangesPerWorker: 4) { range in
+        for index in range {
+            let first = index * block, count = min(m, first + block) - first
+            let offset = transposeA ? first : first * lda
+            body(first, count, roundedA.map { UnsafeRawPointer($0 + offset) } ?? UnsafeRawPointer(a + offset))
         }
     }
 }

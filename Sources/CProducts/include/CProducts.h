@@ -5,7 +5,7 @@
 
 /// Matrix products with bf16 inputs and fp32 accumulation and output through oneDNN's
 /// matmul primitive, which Swift can reach only through dozens of C structs, thread-local
-/// state and OpenMP's per-thread settings: kept in C, behind two calls.
+/// state and OpenMP's per-thread settings: kept in C, behind a few calls.
 
 /// Products of at most this many multiply-adds (m·n·k) skip oneDNN, whose set-up per call
 /// costs more than they take: they run on our own VDPBF16PS kernel (small_products.c; the
