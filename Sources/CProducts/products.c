@@ -44,8 +44,9 @@ static packing_entry packings[packing_capacity];
 static int packing_count;
 
 // A model has a few dozen distinct products per batch shape (its linear layers, forward
-// and backward, and their column blocks; attention's are small enough for OpenBLAS); this is
-// ample, and costs no memory until used.
+// and backward, each with the primitive of its full row blocks and of its last one; most of
+// attention's per-head products are small enough for our own kernel); this is ample, and
+// costs no memory until used.
 enum { cache_capacity = 2048 };
 static product_entry cache[cache_capacity];
 static int cache_count;

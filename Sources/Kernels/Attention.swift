@@ -4,8 +4,8 @@
 ///
 /// The per-head products address the heads inside the qkv rows through leading
 /// dimensions, so no head is ever copied out. The batch × heads products are
-/// independent and small, so they are spread over our workers, each running
-/// single-threaded OpenBLAS calls.
+/// independent and small, so they are spread over our workers, each running its
+/// products single-threaded (OpenBLAS in fp32; in bf16 our small kernel, or oneDNN).
 
 import CProducts
 

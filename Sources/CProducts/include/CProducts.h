@@ -40,7 +40,8 @@ uint16_t *mae_bf16_thread_buffer(long count);
 /// A bf16 product cut into blocks of rows of c that share one packed b: oneDNN's kernels
 /// read b in a layout of their own (pairs of k interleaved, in blocks of columns), and a
 /// plain b is packed into it by every call, so each block would pack all of b again.
-/// Packed once (`mae_bf16_pack_b`), b serves every block (`mae_bf16_matmul_packed_b`).
+/// Packed once (`mae_bf16_pack_b_columns`, or `mae_bf16_pack_b` for a layout our packer does
+/// not write), b serves every block (`mae_bf16_matmul_packed_b`).
 /// The layout is the one oneDNN chooses for the full blocks; the last, shorter block
 /// takes the same (`mae_bf16_packed_b_bytes` checks that oneDNN accepts it).
 typedef struct {
@@ -82,7 +83,7 @@ void mae_bf16_pack_b_columns(const mae_bf16_row_blocks *blocks, void *packed, co
 int mae_bf16_pack_b(const mae_bf16_row_blocks *blocks, void *packed, const uint16_t *b, long ldb);
 
 /// One block of `rows` rows (at most `blocks->block_rows`; the last block may be shorter):
-/// c[rows, n] = alpha · op(a)[rows, k] · b + beta · c, with b as `mae_bf16_pack_b` packed it
+/// c[rows, n] = alpha · op(a)[rows, k] · b + beta · c, with b packed for `blocks`
 /// and a as `mae_bf16_matmul` takes it (fp32 or bf16 by `blocks->a_is_bf16`; lda). Returns 0
 /// or -1 with a message.
 int mae_bf16_matmul_packed_b(const mae_bf16_row_blocks *blocks, float *c, long ldc, const void *a, long lda,
