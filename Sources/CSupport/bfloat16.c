@@ -1,5 +1,8 @@
 // fp32 ↔ bf16 (CSupportBFloat16.h): an AVX-512 loop per call where the CPU has AVX512F/BW,
 // then the same arithmetic element by element (bfloat16_simd.h).
+// No fused multiply-adds: the GELU backward's product and the column sums round each step
+// as Swift's element-wise loops do.
+#pragma STDC FP_CONTRACT OFF
 #include "CSupportBFloat16.h"
 #include "bfloat16_simd.h"
 #include <stdlib.h>
@@ -126,14 +129,42 @@ void mae_round_to_bf16_transposed(uint16_t *destination, const float *source, lo
     }
 }
 
+#if defined(__x86_64__)
+AVX512 static long round_row_avx512(uint16_t *plain, const float *source, const float *factor, float *sums, long count) {
+    long index = 0;
+    for (; index + 16 <= count; index += 16) {
+        __m512 value = _mm512_loadu_ps(source + index);
+        if (factor) value = _mm512_mul_ps(value, _mm512_loadu_ps(factor + index));
+        _mm256_storeu_si256((__m256i *)(plain + index), _mm512_cvtepi32_epi16(round16(value)));
+        if (sums) _mm512_storeu_ps(sums + index, _mm512_add_ps(_mm512_loadu_ps(sums + index), value));
+    }
+    return index;
+}
+#endif
+
+// plain[i] = (source[i] · factor[i], or source[i] when factor is NULL) rounded, and the
+// value added to sums[i] when sums is not NULL: one product and one addition an element,
+// as element-wise loops do them.
+static void round_row(uint16_t *plain, const float *source, const float *factor, float *sums, long count) {
+    for (long index = VECTOR_PART(round_row_avx512(plain, source, factor, sums, count)); index < count; index++) {
+        float value = factor ? source[index] * factor[index] : source[index];
+        plain[index] = round_one(value);
+        if (sums) sums[index] += value;
+    }
+}
+
 void mae_round_to_bf16_both(uint16_t *plain, long plain_ld, uint16_t *transposed, long transposed_ld,
-                            const float *source, long rows, long columns, long ld) {
-    // By strips of 16 rows: each row rounded as mae_round_to_bf16 rounds it, reading the
-    // source once and in order (the order the hardware prefetches best), then the strip's
-    // bf16 rows, still in cache, transposed: the same bits both ways by construction.
+                            const float *source, const float *factor, long rows, long columns, long ld,
+                            float *column_sums) {
+    // By strips of 16 rows: each row (times its factors) rounded as mae_round_to_bf16 rounds
+    // it and added to the column sums, reading the source once and in order (the order the
+    // hardware prefetches best), then the strip's bf16 rows, still in cache, transposed: the
+    // same bits both ways by construction.
     for (long row0 = 0; row0 < rows; row0 += 16) {
         long row1 = row0 + 16 < rows ? row0 + 16 : rows;
-        for (long row = row0; row < row1; row++) mae_round_to_bf16(plain + row * plain_ld, source + row * ld, columns);
+        for (long row = row0; row < row1; row++) {
+            round_row(plain + row * plain_ld, source + row * ld, factor ? factor + row * ld : NULL, column_sums, columns);
+        }
         long whole_columns = 0;
 #if defined(__x86_64__)
         if (row1 - row0 == 16 && mae_bf16_uses_avx512()) {

@@ -37,26 +37,31 @@ public func linearForward(output: UnsafeMutablePointer<Float>, input: UnsafePoin
 /// weightGradient[outFeatures, inFeatures] += outputGradientᵀ · input,
 /// biasGradient[outFeatures] += Σ_rows outputGradient.
 /// In bf16 both products take bf16-rounded inputs and sum in fp32 (the bias gradient stays fp32);
-/// `roundedWeight` and `roundedInput` as in `linearForward`.
+/// `roundedWeight` and `roundedInput` as in `linearForward`. With `outputGradientFactor`
+/// (bf16 with an input gradient only), the output gradient is outputGradient ∘ factor, formed
+/// as it is read: the GELU backward before a layer (`geluBackward`), without a pass of its own.
 public func linearBackward(inputGradient: UnsafeMutablePointer<Float>?,
                            weightGradient: UnsafeMutablePointer<Float>,
                            biasGradient: UnsafeMutablePointer<Float>,
-                           outputGradient: UnsafePointer<Float>, input: UnsafePointer<Float>,
-                           weight: UnsafePointer<Float>,
+                           outputGradient: UnsafePointer<Float>, outputGradientFactor: UnsafePointer<Float>? = nil,
+                           input: UnsafePointer<Float>, weight: UnsafePointer<Float>,
                            rows: Int, inFeatures: Int, outFeatures: Int,
                            precision: Precision = .fp32, roundedWeight: UnsafePointer<UInt16>? = nil,
                            roundedInput: UnsafePointer<UInt16>? = nil) {
+    precondition(outputGradientFactor == nil || (precision == .bf16 && inputGradient != nil),
+                 "only a bf16 backward with an input gradient forms its output gradient from a factor")
     if precision == .bf16, let inputGradient {
         // dy rounded once for both products: by rows for dy · W, and transposed into a
-        // compact [outFeatures, rows] matrix for dyᵀ · x (oneDNN runs a row-major a fastest).
-        let (plain, transposed) = roundedBothWays(outputGradient, rows: rows, columns: outFeatures)
+        // compact [outFeatures, rows] matrix for dyᵀ · x (oneDNN runs a row-major a fastest);
+        // the bias gradient summed in the same read.
+        let (plain, transposed) = roundedBothWays(outputGradient, times: outputGradientFactor, rows: rows,
+                                                  columns: outFeatures, addingColumnSumsTo: biasGradient)
         matrixMultiply(inputGradient, ldc: inFeatures, outputGradient, lda: outFeatures,
                        weight, ldb: inFeatures, roundedA: plain, roundedB: roundedWeight,
                        m: rows, n: inFeatures, k: outFeatures, precision: .bf16)
         matrixMultiply(weightGradient, ldc: inFeatures, outputGradient, lda: rows,
                        input, ldb: inFeatures, roundedA: transposed, roundedB: roundedInput,
                        m: outFeatures, n: inFeatures, k: rows, beta: 1, precision: .bf16)
-        addColumnSums(biasGradient, outputGradient, rows: rows, columns: outFeatures)
         return
     }
     if let inputGradient {
@@ -70,19 +75,23 @@ public func linearBackward(inputGradient: UnsafeMutablePointer<Float>?,
     addColumnSums(biasGradient, outputGradient, rows: rows, columns: outFeatures)
 }
 
-/// source[rows, columns] (leading dimension `columns`) rounded to bf16 twice over, in one
-/// read, into the calling thread's `mae_bf16_both_buffer`: compact as it is ([rows, columns])
-/// and transposed ([columns, rows]). Split over our workers by blocks of 16 rows.
-private func roundedBothWays(_ source: UnsafePointer<Float>, rows: Int, columns: Int)
+/// v = source[rows, columns] (leading dimension `columns`), times `factor` element by element
+/// when given, rounded to bf16 twice over, in one read, into the calling thread's
+/// `mae_bf16_both_buffer`: compact as it is ([rows, columns]) and transposed ([columns,
+/// rows]); sums[columns] += the sum of v's rows, each column added row after row as
+/// `addColumnSums` adds it. Split over our workers by blocks of 16 columns, so that each
+/// column's sum stays with one worker.
+private func roundedBothWays(_ source: UnsafePointer<Float>, times factor: UnsafePointer<Float>?, rows: Int,
+                             columns: Int, addingColumnSumsTo sums: UnsafeMutablePointer<Float>)
     -> (plain: UnsafePointer<UInt16>, transposed: UnsafePointer<UInt16>) {
     guard let buffer = mae_bf16_both_buffer(2 * rows * columns) else {
         preconditionFailure("out of memory for a bf16 output gradient of \(rows)×\(columns) values")
     }
     let plain = buffer, transposed = buffer + rows * columns
-    parallelFor((rows + 15) / 16, minimumPerWorker: max(1, 4_096 / max(1, columns))) { range in
-        let first = range.lowerBound * 16, end = min(rows, range.upperBound * 16)
-        mae_round_to_bf16_both(plain + first * columns, columns, transposed + first, rows,
-                               source + first * columns, end - first, columns, columns)
+    parallelFor((columns + 15) / 16, minimumPerWorker: max(1, 256 / max(1, rows))) { range in
+        let first = range.lowerBound * 16, end = min(columns, range.upperBound * 16)
+        mae_round_to_bf16_both(plain + first, columns, transposed + first * rows, rows,
+                               source + first, factor.map { $0 + first }, rows, end - first, columns, sums + first)
     }
     return (UnsafePointer(plain), UnsafePointer(transposed))
 }

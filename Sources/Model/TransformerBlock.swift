@@ -183,9 +183,15 @@ func blockBackward(parameters p: UnsafePointer<Float>, products x: Products, gra
                    rows: s.rows, inFeatures: s.hidden, outFeatures: s.width,
                    precision: x.precision, roundedWeight: x.weight(o.fc2Weight),
                    roundedInput: x.roundedActivation(a.activated))
-    geluBackward(inputGradient: d.hidden, outputGradient: d.hidden, derivative: a.hidden, count: s.rows * s.hidden)
+    // GELU's backward multiplies by its derivative; in bf16 the fc1 backward does it as it
+    // rounds its output gradient, saving a pass over the hidden activations.
+    let fusesGELU = x.precision == .bf16
+    if !fusesGELU {
+        geluBackward(inputGradient: d.hidden, outputGradient: d.hidden, derivative: a.hidden, count: s.rows * s.hidden)
+    }
     linearBackward(inputGradient: d.norm, weightGradient: g + o.fc1Weight, biasGradient: g + o.fc1Bias,
-                   outputGradient: d.hidden, input: a.norm2, weight: p + o.fc1Weight,
+                   outputGradient: d.hidden, outputGradientFactor: fusesGELU ? UnsafePointer(a.hidden) : nil,
+                   input: a.norm2, weight: p + o.fc1Weight,
                    rows: s.rows, inFeatures: s.width, outFeatures: s.hidden,
                    precision: x.precision, roundedWeight: x.weight(o.fc1Weight),
                    roundedInput: x.roundedActivation(a.norm2))

@@ -58,11 +58,14 @@ import TestSupport
         }
     }
 
-    /// The rounding both ways at once (a linear layer's output gradient) gives the bits of the
-    /// plain rounding of each row and of the transposing rounding: shapes with and without
-    /// whole 16 × 16 tiles, padded leading dimensions in and out, subnormals, NaNs and infinities.
-    @Test(arguments: [(16, 16), (48, 32), (37, 50), (5, 70), (200, 17), (64, 96)])
-    func roundingBothWaysIsThePlainAndTheTransposedRounding(rows: Int, columns: Int) {
+    /// The rounding both ways at once (a linear layer's output gradient, or that times GELU's
+    /// derivative) gives the bits of the plain rounding of each row and of the transposing
+    /// rounding of the values, and the column sums it adds those of a loop over the rows:
+    /// shapes with and without whole 16 × 16 tiles, padded leading dimensions in and out,
+    /// subnormals, NaNs and infinities.
+    @Test(arguments: [(16, 16), (48, 32), (37, 50), (5, 70), (200, 17), (64, 96)], [false, true])
+    func roundingBothWaysIsThePlainAndTheTransposedRounding(shape: (rows: Int, columns: Int), withFactor: Bool) {
+        let (rows, columns) = shape
         let ld = columns + 3, plainLD = columns + 5, transposedLD = rows + 2
         var random = CounterRandom(seed: 8, purpose: .test, epoch: rows, index: columns)
         var source = (0..<(rows * ld)).map { _ in Float(random.nextNormal()) * 100 }
@@ -72,14 +75,18 @@ import TestSupport
         for (index, subnormal) in [0x1p-140, -0x1p-130, Float(bitPattern: 0x007F_FFFF)].enumerated() {
             source[min(rows - 1, 3 + index) * ld + min(columns - 1, 2 + 5 * index)] = subnormal
         }
+        let factor = withFactor ? (0..<(rows * ld)).map { _ in random.nextFloat() * 1.5 } : nil
+        let values = factor.map { factor in zip(source, factor).map { $0 * $1 } } ?? source
         let sentinel: UInt16 = 0xDEAD
         var plain = [UInt16](repeating: sentinel, count: rows * plainLD)
         var transposed = [UInt16](repeating: sentinel, count: columns * transposedLD)
-        mae_round_to_bf16_both(&plain, plainLD, &transposed, transposedLD, source, rows, columns, ld)
+        let startSums = (0..<columns).map { _ in Float(random.nextNormal()) }
+        var sums = startSums
+        mae_round_to_bf16_both(&plain, plainLD, &transposed, transposedLD, source, factor, rows, columns, ld, &sums)
         var expectedRows = [UInt16](repeating: 0, count: rows * ld)
         var expectedTransposed = [UInt16](repeating: 0, count: rows * columns)
-        mae_round_to_bf16(&expectedRows, source, rows * ld)
-        mae_round_to_bf16_transposed(&expectedTransposed, source, rows, columns, ld)
+        mae_round_to_bf16(&expectedRows, values, rows * ld)
+        mae_round_to_bf16_transposed(&expectedTransposed, values, rows, columns, ld)
         var mismatches = 0
         for row in 0..<rows {
             for column in 0..<columns {
@@ -88,41 +95,73 @@ import TestSupport
             }
         }
         #expect(mismatches == 0, "\(mismatches) of \(2 * rows * columns) values differ from the single roundings")
+        var expectedSums = startSums
+        for row in 0..<rows {
+            for column in 0..<columns { expectedSums[column] += values[row * ld + column] }
+        }
+        let sumsDiffer = zip(sums, expectedSums).filter { $0.bitPattern != $1.bitPattern }.count
+        #expect(sumsDiffer == 0, "\(sumsDiffer) of \(columns) column sums differ from the sums row after row")
         let paddingWritten = (0..<rows).contains { row in plain[(row * plainLD + columns)..<((row + 1) * plainLD)].contains { $0 != sentinel } }
             || (0..<columns).contains { column in transposed[(column * transposedLD + rows)..<((column + 1) * transposedLD)].contains { $0 != sentinel } }
         #expect(!paddingWritten, "wrote past a row")
     }
 
     /// A linear layer's backward in bf16, which rounds the output gradient once for both of its
-    /// products, gives the bits of the two products rounding it each on its own, on shapes whose
-    /// products run whole, cut into rows and cut into columns.
-    @Test(arguments: [(37, 48, 24), (400, 64, 96), (64, 520, 96), (150, 40, 200)])
-    func linearBackwardRoundsTheOutputGradientOnceToTheSameBits(rows: Int, inFeatures: Int, outFeatures: Int) {
+    /// products and sums the bias gradient in the same read, gives the bits of the two products
+    /// rounding it each on its own and of `addColumnSums`, on shapes whose products run whole,
+    /// cut into rows and cut into columns, on one thread and two; with GELU's derivative as
+    /// the factor, the bits of `geluBackward` followed by the plain backward.
+    @Test(arguments: [(37, 48, 24), (400, 64, 96), (64, 520, 96), (150, 40, 200)], [false, true])
+    func linearBackwardRoundsTheOutputGradientOnceToTheSameBits(shape: (rows: Int, inFeatures: Int, outFeatures: Int),
+                                                                withFactor: Bool) {
+        let (rows, inFeatures, outFeatures) = shape
+        let before = Parallel.threads
+        defer { Parallel.setThreads(before) }
         let input = FloatBuffer(randomValues(rows * inFeatures, seed: 11).map(Float.init))
         let weight = FloatBuffer(randomValues(outFeatures * inFeatures, seed: 12).map(Float.init))
         let outputGradient = FloatBuffer(randomValues(rows * outFeatures, seed: 13).map(Float.init))
+        let derivative = withFactor ? FloatBuffer(randomValues(rows * outFeatures, seed: 16).map { Float($0) + 0.5 }) : nil
         let startGradient = randomValues(outFeatures * inFeatures, seed: 14).map(Float.init)
+        let startBias = randomValues(outFeatures, seed: 15).map(Float.init)
         let roundedWeight = UnsafeMutablePointer<UInt16>.allocate(capacity: weight.count)
         defer { roundedWeight.deallocate() }
         roundToBFloat16(roundedWeight, weight.pointer, count: weight.count)
-        let inputGradient = FloatBuffer(count: rows * inFeatures), weightGradient = FloatBuffer(startGradient)
-        let biasGradient = FloatBuffer(count: outFeatures)
-        linearBackward(inputGradient: inputGradient.pointer, weightGradient: weightGradient.pointer,
-                       biasGradient: biasGradient.pointer, outputGradient: outputGradient.pointer, input: input.pointer,
-                       weight: weight.pointer, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures,
-                       precision: .bf16, roundedWeight: roundedWeight)
+
+        // The reference: GELU's backward on its own, each product rounding dy itself, the column sums.
+        let effectiveGradient = FloatBuffer(count: rows * outFeatures)
+        if let derivative {
+            geluBackward(inputGradient: effectiveGradient.pointer, outputGradient: outputGradient.pointer,
+                         derivative: derivative.pointer, count: rows * outFeatures)
+        } else {
+            effectiveGradient.pointer.update(from: outputGradient.pointer, count: rows * outFeatures)
+        }
         let expectedInputGradient = FloatBuffer(count: rows * inFeatures), expectedWeightGradient = FloatBuffer(startGradient)
-        matrixMultiply(expectedInputGradient.pointer, ldc: inFeatures, outputGradient.pointer, lda: outFeatures,
+        matrixMultiply(expectedInputGradient.pointer, ldc: inFeatures, effectiveGradient.pointer, lda: outFeatures,
                        weight.pointer, ldb: inFeatures, roundedB: roundedWeight, m: rows, n: inFeatures, k: outFeatures,
                        precision: .bf16)
-        matrixMultiply(expectedWeightGradient.pointer, ldc: inFeatures, outputGradient.pointer, lda: outFeatures,
+        matrixMultiply(expectedWeightGradient.pointer, ldc: inFeatures, effectiveGradient.pointer, lda: outFeatures,
                        transposeA: true, input.pointer, ldb: inFeatures, m: outFeatures, n: inFeatures, k: rows, beta: 1,
                        precision: .bf16)
-        let label = "\(rows) rows, \(inFeatures) → \(outFeatures)"
-        let inputDiffer = zip(inputGradient.toArray(), expectedInputGradient.toArray()).filter { $0.bitPattern != $1.bitPattern }.count
-        let weightDiffer = zip(weightGradient.toArray(), expectedWeightGradient.toArray()).filter { $0.bitPattern != $1.bitPattern }.count
-        #expect(inputDiffer == 0, "\(label): \(inputDiffer) input-gradient values differ")
-        #expect(weightDiffer == 0, "\(label): \(weightDiffer) weight-gradient values differ")
+        let expectedBiasGradient = FloatBuffer(startBias)
+        addColumnSums(expectedBiasGradient.pointer, effectiveGradient.pointer, rows: rows, columns: outFeatures)
+
+        for threads in [1, 2] {
+            Parallel.setThreads(threads)
+            let inputGradient = FloatBuffer(count: rows * inFeatures), weightGradient = FloatBuffer(startGradient)
+            let biasGradient = FloatBuffer(startBias)
+            linearBackward(inputGradient: inputGradient.pointer, weightGradient: weightGradient.pointer,
+                           biasGradient: biasGradient.pointer, outputGradient: outputGradient.pointer,
+                           outputGradientFactor: derivative.map { UnsafePointer($0.pointer) }, input: input.pointer,
+                           weight: weight.pointer, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures,
+                           precision: .bf16, roundedWeight: roundedWeight)
+            let label = "\(rows) rows, \(inFeatures) → \(outFeatures), \(threads) threads\(withFactor ? ", GELU's factor" : "")"
+            for (name, values, expected) in [("input", inputGradient, expectedInputGradient),
+                                             ("weight", weightGradient, expectedWeightGradient),
+                                             ("bias", biasGradient, expectedBiasGradient)] {
+                let differ = zip(values.toArray(), expected.toArray()).filter { $0.bitPattern != $1.bitPattern }.count
+                #expect(differ == 0, "\(label): \(differ) \(name)-gradient values differ")
+            }
+        }
     }
 
     /// The forms the model uses (x Wᵀ, dy W, dyᵀ x and attention's) and tt, at sizes cut into

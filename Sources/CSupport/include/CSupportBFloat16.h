@@ -25,13 +25,18 @@ void mae_round_trip_bf16(float *destination, const float *source, long count);
 /// [columns, rows] one, in tiles of 16 × 16 so that reads and writes stay in few cache lines.
 void mae_round_to_bf16_transposed(uint16_t *destination, const float *source, long rows, long columns, long ld);
 
-/// plain[r · plain_ld + c] = transposed[c · transposed_ld + r] = source[r · ld + c] rounded
-/// to bf16, for r < rows, c < columns: `mae_round_to_bf16` of each row and
+/// plain[r · plain_ld + c] = transposed[c · transposed_ld + r] = v[r, c] rounded to bf16,
+/// for r < rows, c < columns, where v[r, c] = source[r · ld + c], times factor[r · ld + c]
+/// when `factor` is not NULL: `mae_round_to_bf16` of each row and
 /// `mae_round_to_bf16_transposed` in one read of the source (a linear layer's output
 /// gradient, which its input-gradient product reads by rows and its weight-gradient
-/// product transposed): strips of 16 rows rounded, then transposed as bf16 while in cache.
+/// product transposed; the factor is GELU's derivative, whose backward is that product):
+/// strips of 16 rows rounded, then transposed as bf16 while in cache. When `column_sums` is
+/// not NULL, column_sums[c] += v[r, c] for each row r in order (the bias gradient, in the
+/// additions a loop over the rows does).
 void mae_round_to_bf16_both(uint16_t *plain, long plain_ld, uint16_t *transposed, long transposed_ld,
-                            const float *source, long rows, long columns, long ld);
+                            const float *source, const float *factor, long rows, long columns, long ld,
+                            float *column_sums);
 
 /// A buffer of `count` bf16 values belonging to the calling thread, valid until its next
 /// call: for `mae_round_to_bf16_both`'s two outputs, apart from the buffers of CProducts
