@@ -1,5 +1,6 @@
 // The bf16 products too small for oneDNN (at most MAE_BF16_SMALL_PRODUCT_LIMIT multiply-
-// adds: attention's per-head products in the small models), on CPUs with AVX512_BF16.
+// adds: attention's per-head products and other products run in one call), on CPUs with
+// AVX512_BF16.
 //
 // Each call packs both operands into per-thread buffers, rounding them to bf16 as it
 // goes (no separate rounding pass), in the layout VDPBF16PS reads, then sums tiles of c

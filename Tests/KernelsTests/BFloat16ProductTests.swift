@@ -167,10 +167,11 @@ import TestSupport
     /// The forms the model uses (x Wᵀ, dy W, dyᵀ x and attention's) and tt, at sizes cut into
     /// blocks and not, with padded leading dimensions, alpha 1 or not, beta 0 or 1; b fp32 or
     /// pre-rounded. The shapes of at most `MAE_BF16_SMALL_PRODUCT_LIMIT` multiply-adds (all
-    /// but the first and last) run on the small-product kernel: odd and even k, k = 1,
-    /// rows and columns around its 12 × 32 tiles (attention's 17 and 65 tokens).
+    /// but the first and the last two) run on the small-product kernel: odd and even k, k = 1,
+    /// rows and columns around its 12 × 32 tiles (attention's 17 and 65 tokens), and ViT-B's
+    /// decoder heads (197 tokens of 32).
     @Test(arguments: [(400, 96, 80), (37, 50, 24), (17, 17, 63), (65, 33, 31), (12, 32, 64), (25, 17, 1),
-                      (3, 70, 9), (300, 260, 150), (256, 70, 151)])
+                      (3, 70, 9), (197, 197, 32), (197, 32, 197), (300, 260, 150), (256, 70, 151)])
     func productsMatchTheRoundedReference(m: Int, n: Int, k: Int) {
         checkProductsAgainstTheRoundedReference(m: m, n: n, k: k)
     }
@@ -190,7 +191,7 @@ import TestSupport
         for (transposeA, transposeB) in [(false, true), (false, false), (true, false), (true, true)] {
             // alpha ≠ 1 with beta 0 (attention's q·kᵀ) on the small kernel's shapes only (the time
             // of the double-precision reference).
-            let small = m * n * k <= 1 << 18
+            let small = m * n * k <= Int(MAE_BF16_SMALL_PRODUCT_LIMIT)
             for (alpha, beta, preRounded) in [(Float(1), Float(0), false), (0.125, 1, true)] + (small ? [(0.3, 0, true)] : []) {
                 let (aRows, aColumns) = transposeA ? (k, m) : (m, k)
                 let (bRows, bColumns) = transposeB ? (n, k) : (k, n)

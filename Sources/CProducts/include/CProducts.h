@@ -7,11 +7,13 @@
 /// matmul primitive, which Swift can reach only through dozens of C structs, thread-local
 /// state and OpenMP's per-thread settings: kept in C, behind a few calls.
 
-/// Products of at most this many multiply-adds (m·n·k) skip oneDNN, whose set-up per call
-/// costs more than they take: they run on our own VDPBF16PS kernel (small_products.c; the
-/// same instruction as oneDNN's), or, on a CPU without AVX512_BF16, on OpenBLAS's fp32
-/// kernel from operands rounded to bf16 (exact products, fp32 sums) (products.c).
-#define MAE_BF16_SMALL_PRODUCT_LIMIT (1 << 18)
+/// Products of at most this many multiply-adds (m·n·k) skip oneDNN: they run on our own
+/// VDPBF16PS kernel (small_products.c; the same instruction as oneDNN's), or, on a CPU
+/// without AVX512_BF16, on OpenBLAS's fp32 kernel from operands rounded to bf16 (exact
+/// products, fp32 sums) (products.c). The products the model runs in one call
+/// (`bfloat16Blocks`: under 2²¹ multiply-adds) are all this small; measured on Zen 4, our
+/// kernel ran them 0–47 % faster than oneDNN's (docs/PERFORMANCE.md).
+#define MAE_BF16_SMALL_PRODUCT_LIMIT (1 << 21)
 
 /// c[m, n] = alpha · op(a)[m, k] · op(b)[k, n] + beta · c (row-major; beta 0 or 1), with
 /// op(a) and op(b) rounded to bf16 (to nearest, ties to even) and products summed in fp32.
