@@ -148,12 +148,15 @@ BF16_KERNEL static void pack_down_rows(uint32_t *packed, long stride, const void
     }
 }
 
-// An operand stored [width][ld] (k along the rows), packed.
-BF16_KERNEL static void pack_along_rows(uint32_t *packed, long stride, const void *source, int is_bf16, long ld,
-                                        long k, long width) {
+// An operand stored [width][ld] (k along the rows), its first `indices` (a multiple of 16,
+// at most the stride) packed (0 past width). Inlined, so that `words` stays in registers
+// (a call of its own kept them in memory: half the speed).
+BF16_KERNEL static inline __attribute__((always_inline))
+void pack_along_rows(uint32_t *packed, long stride, long indices, const void *source, int is_bf16, long ld, long k,
+                     long width) {
     size_t row_bytes = (size_t)ld * (is_bf16 ? 2 : 4);
     long pairs = (k + 1) / 2;
-    for (long index0 = 0; index0 < stride; index0 += 16) {
+    for (long index0 = 0; index0 < indices; index0 += 16) {
         for (long pair0 = 0; pair0 < pairs; pair0 += 16) {
             __m512i words[16];  // in registers: every loop over it unrolled
 #pragma GCC unroll 16
@@ -187,27 +190,36 @@ BF16_KERNEL static void pack_rows(uint32_t *packed, long stride, const void *sou
 
 // oneDNN's brgemm kernels read b in its layout BA16a64b2a: tiles of 32 k × 64 n, each the
 // packing above of its 16 pairs with a stride of 64 words (zero past k and n); the tiles
-// of one block of 64 columns follow each other down k, then the next block.
+// of one block of 64 columns follow each other down k, then the next block. A transposed
+// b (k along its stored rows) is packed 16 stored rows at a time down all of k: a block's
+// 64 rows read side by side, tile by tile, are more streams than the hardware prefetcher
+// follows, and ran 1.8× slower from memory here (docs/PERFORMANCE.md).
 BF16_KERNEL void mae_bf16_pack_ba16a64b2a(uint16_t *packed, const void *b, int b_is_bf16, long ldb, int transpose_b,
                                           long n, long k, long first_block, long block_count) {
     long k_tiles = (k + 31) / 32;
-    size_t element = b_is_bf16 ? 2 : 4;
+    size_t element = b_is_bf16 ? 2 : 4, row_bytes = (size_t)ldb * element;
     for (long block = first_block; block < first_block + block_count; block++) {
         long column0 = block * 64, width = n - column0 < 64 ? n - column0 : 64;
-        for (long tile = 0; tile < k_tiles; tile++) {
-            uint32_t *words = (uint32_t *)packed + (size_t)(block * k_tiles + tile) * 1024;
-            long k0 = tile * 32, depth = k - k0 < 32 ? k - k0 : 32;
-            // op(b)[k0…, column0…]: stored [n][ldb] when transposed (k along its rows), [k][ldb] otherwise.
-            if (transpose_b) {
-                pack_along_rows(words, 64, (const char *)b + ((size_t)column0 * ldb + k0) * element, b_is_bf16, ldb,
-                                depth, width);
-            } else {
-                pack_down_rows(words, 64, (const char *)b + ((size_t)k0 * ldb + column0) * element, b_is_bf16, ldb,
-                               depth, width);
+        uint32_t *words = (uint32_t *)packed + (size_t)block * k_tiles * 1024;
+        if (transpose_b) {
+            for (long index0 = 0; index0 < 64; index0 += 16) {
+                const char *rows = (const char *)b + (size_t)(column0 + index0) * row_bytes;
+                for (long tile = 0; tile < k_tiles; tile++) {
+                    long k0 = tile * 32, depth = k - k0 < 32 ? k - k0 : 32;
+                    pack_along_rows(words + tile * 1024 + index0, 64, 16, rows + (size_t)k0 * element, b_is_bf16, ldb,
+                                    depth, width - index0);
+                }
             }
-            long pairs = (depth + 1) / 2;
-            if (pairs < 16) memset(words + pairs * 64, 0, (size_t)(16 - pairs) * 64 * 4);
+        } else {
+            for (long tile = 0; tile < k_tiles; tile++) {
+                long k0 = tile * 32, depth = k - k0 < 32 ? k - k0 : 32;
+                pack_down_rows(words + tile * 1024, 64, (const char *)b + (size_t)k0 * row_bytes + (size_t)column0 * element,
+                               b_is_bf16, ldb, depth, width);
+            }
         }
+        // Zero past k, in the last tile.
+        long last_pairs = (k - (k_tiles - 1) * 32 + 1) / 2;
+        if (last_pairs < 16) memset(words + (k_tiles - 1) * 1024 + last_pairs * 64, 0, (size_t)(16 - last_pairs) * 64 * 4);
     }
 }
 
@@ -328,7 +340,7 @@ BF16_KERNEL static int small_product(float *c, uint16_t *c16, long ldc,
     if (transpose_a) pack_down_rows(a_packed, a_stride, a, a_is_bf16, lda, k, m);
     else pack_rows(a_packed, a_stride, a, a_is_bf16, lda, k, m);
     // op(b)[k, n]: b stored [n][ldb] when transposed, [k][ldb] otherwise.
-    if (transpose_b) pack_along_rows(b_packed, b_stride, b, b_is_bf16, ldb, k, tiled);
+    if (transpose_b) pack_along_rows(b_packed, b_stride, b_stride, b, b_is_bf16, ldb, k, tiled);
     else pack_down_rows(b_packed, b_stride, b, b_is_bf16, ldb, k, tiled);
     // Row blocks of at most tile_rows, as even as they come (17 rows: 9 and 8).
     long row_blocks = (m + tile_rows - 1) / tile_rows;
