@@ -1,9 +1,10 @@
 // GELU with AVX-512 (CSupportGELU.h): Kernels/GELU.swift's `normalCDFAndDensity` and
-// SIMDSupport.swift's `fastExp`, operation for operation. No fused multiply-adds: Swift
-// rounds every product and sum on its own, and so must this.
+// SIMDSupport.swift's `fastExp` (fast_exp_simd.h), operation for operation. No fused
+// multiply-adds: Swift rounds every product and sum on its own, and so must this.
 #pragma STDC FP_CONTRACT OFF
 #include "CSupportGELU.h"
 #include "bfloat16_simd.h"
+#include "fast_exp_simd.h"
 
 #if defined(__x86_64__)
 
@@ -13,25 +14,6 @@
 #define ADD _mm512_add_ps
 #define SUB _mm512_sub_ps
 #define SET _mm512_set1_ps
-
-// fastExp: clamps (a < b ? a : b, as MINPS), x·log2(e) rounded by adding 1.5·2²³,
-// the Cephes polynomial, 2ⁿ built in the exponent bits.
-AVX512 static inline __m512 fast_exp16(__m512 input) {
-    __m512 x = _mm512_max_ps(_mm512_min_ps(input, SET(88.0f)), SET(-87.3f));
-    __m512 shifted = ADD(MUL(x, SET(1.44269504f)), SET(12582912.0f));
-    __m512 n = SUB(shifted, SET(12582912.0f));
-    __m512 r = SUB(SUB(x, MUL(n, SET(0.693359375f))), MUL(n, SET(-2.1219444e-4f)));
-    __m512 p = SET(1.98756915e-4f);
-    p = ADD(MUL(p, r), SET(1.39819995e-3f));
-    p = ADD(MUL(p, r), SET(8.3334519e-3f));
-    p = ADD(MUL(p, r), SET(4.16657959e-2f));
-    p = ADD(MUL(p, r), SET(1.66666655e-1f));
-    p = ADD(MUL(p, r), SET(5.00000012e-1f));
-    __m512 y = ADD(ADD(MUL(MUL(p, r), r), r), SET(1.0f));
-    __m512i integer = _mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_set1_epi32(0x4B400000));
-    __m512i power = _mm512_slli_epi32(_mm512_add_epi32(integer, _mm512_set1_epi32(127)), 23);
-    return MUL(y, _mm512_castsi512_ps(power));
-}
 
 // One vector of x: GELU(x) returned, GELU'(x) in *derivative.
 AVX512 static inline __m512 gelu16(__m512 x, __m512 *derivative) {

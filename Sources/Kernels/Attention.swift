@@ -8,6 +8,7 @@
 /// products single-threaded (OpenBLAS in fp32; in bf16 our small kernel, or oneDNN).
 
 import CProducts
+import CSupport
 
 /// Runs `body` for every (sample, head) pair, spread over our workers; each
 /// product inside runs on its worker alone (OpenBLAS is single-threaded, see `Parallel`).
@@ -72,25 +73,47 @@ public func attentionForward(output: UnsafeMutablePointer<Float>, probabilities:
         // p[tokens, tokens] = scale · q kᵀ
         singleThreadedMatrixMultiply(p, ldc: tokens, q, lda: qkvWidth, k, ldb: qkvWidth, transposeB: true,
                        m: tokens, n: tokens, k: headDimension, alpha: scale, precision: precision)
-        for row in 0..<tokens { softmaxInPlace(p + row * tokens, count: tokens) }
-        // output[tokens, hd] (inside the [tokens, width] rows) = p v
         let outputOffset = sample * tokens * width + head * headDimension
+        guard precision == .bf16 else {
+            softmaxRows(p, rows: tokens, count: tokens)
+            // output[tokens, hd] (inside the [tokens, width] rows) = p v
+            singleThreadedMatrixMultiply(output + outputOffset, ldc: width, p, lda: tokens, v, ldb: qkvWidth,
+                                         m: tokens, n: headDimension, k: tokens)
+            return
+        }
+        // In bf16 the softmax also writes p rounded, which the product p v reads as it is:
+        // the bits it would round p to itself, without a pass of its own.
+        guard let roundedP = mae_softmax_rounded_buffer(tokens * tokens) else {
+            preconditionFailure("out of memory for attention's \(tokens)×\(tokens) probabilities in bf16")
+        }
+        softmaxRows(p, rows: tokens, count: tokens, rounded: roundedP)
         if let roundedOutput {
-            roundedOutputProduct(roundedOutput + outputOffset, ldc: width, p, lda: tokens, v, ldb: qkvWidth,
+            roundedOutputProduct(roundedOutput + outputOffset, ldc: width, roundedP, lda: tokens, v, ldb: qkvWidth,
                                  m: tokens, n: headDimension, k: tokens)
         } else {
-            singleThreadedMatrixMultiply(output + outputOffset, ldc: width,
-                           p, lda: tokens, v, ldb: qkvWidth,
-                           m: tokens, n: headDimension, k: tokens, precision: precision)
+            bfloat16Product(output + outputOffset, ldc: width, roundedP, isRounded: true, lda: tokens, transposeA: false,
+                            v, isRounded: false, ldb: qkvWidth, transposeB: false,
+                            m: tokens, n: headDimension, k: tokens, alpha: 1, beta: 0)
         }
     }
 }
 
-/// c[m, n] = a[m, k] · b[k, n] (row-major) in bf16 on the calling thread, written rounded
-/// to bf16 (`mae_bf16_matmul_rounded_output`).
-private func roundedOutputProduct(_ c: UnsafeMutablePointer<UInt16>, ldc: Int, _ a: UnsafePointer<Float>, lda: Int,
+/// values[rows, count] = the softmax of each row (`softmaxInPlace`), and with `rounded` also
+/// rounded[rows, count] = those probabilities rounded to bf16: 16 floats per instruction in C
+/// where the CPU has AVX-512 (CSupportSoftmax.h, the same bits), in Swift otherwise.
+@inline(__always)
+func softmaxRows(_ values: UnsafeMutablePointer<Float>, rows: Int, count: Int,
+                 rounded: UnsafeMutablePointer<UInt16>? = nil) {
+    if mae_softmax_rows_avx512(values, rounded, rows, count) != 0 { return }
+    for row in 0..<rows { softmaxInPlace(values + row * count, count: count) }
+    if let rounded { mae_round_to_bf16(rounded, values, rows * count) }
+}
+
+/// c[m, n] = a[m, k] · b[k, n] (row-major, a already rounded to bf16) in bf16 on the calling
+/// thread, written rounded to bf16 (`mae_bf16_matmul_rounded_output`).
+private func roundedOutputProduct(_ c: UnsafeMutablePointer<UInt16>, ldc: Int, _ a: UnsafePointer<UInt16>, lda: Int,
                                   _ b: UnsafePointer<Float>, ldb: Int, m: Int, n: Int, k: Int) {
-    let status = mae_bf16_matmul_rounded_output(c, ldc, a, 0, lda, 0, b, 0, ldb, 0, m, n, k, 1)
+    let status = mae_bf16_matmul_rounded_output(c, ldc, a, 1, lda, 0, b, 0, ldb, 0, m, n, k, 1)
     if status != 0 {
         let reason = status == -2 ? "out of memory" : String(cString: mae_products_error())
         preconditionFailure("bf16 matrix product \(m)×\(n)×\(k) failed: \(reason)")

@@ -30,5 +30,7 @@ static inline void mae_cpu_relax(void) {
 #include "CSupportGELU.h"
 // AdamW at 16 parameters per instruction.
 #include "CSupportAdamW.h"
+// Attention's softmax at 16 floats per instruction.
+#include "CSupportSoftmax.h"
 
 #endif
