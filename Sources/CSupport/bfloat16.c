@@ -191,3 +191,15 @@ uint16_t *mae_bf16_both_buffer(long count) {
     }
     return both_buffer;
 }
+
+static __thread uint16_t *attention_buffer;
+static __thread long attention_capacity;
+
+uint16_t *mae_bf16_attention_buffer(long count) {
+    if (count > attention_capacity) {
+        free(attention_buffer);
+        attention_buffer = malloc((size_t)count * sizeof(uint16_t));
+        attention_capacity = attention_buffer ? count : 0;
+    }
+    return attention_buffer;
+}

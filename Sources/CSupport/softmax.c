@@ -5,7 +5,6 @@
 #include "bfloat16_simd.h"
 #include "fast_exp_simd.h"
 #include <math.h>
-#include <stdlib.h>
 
 #if defined(__x86_64__)
 
@@ -65,16 +64,4 @@ int mae_softmax_rows_avx512(float *values, uint16_t *rounded, long rows, long co
     }
 #endif
     return 0;
-}
-
-static __thread uint16_t *rounded_buffer;
-static __thread size_t rounded_capacity;
-
-uint16_t *mae_softmax_rounded_buffer(long count) {
-    if ((size_t)count > rounded_capacity) {
-        free(rounded_buffer);
-        rounded_buffer = malloc((size_t)count * sizeof(uint16_t));
-        rounded_capacity = rounded_buffer ? (size_t)count : 0;
-    }
-    return rounded_buffer;
 }

@@ -83,9 +83,7 @@ public func attentionForward(output: UnsafeMutablePointer<Float>, probabilities:
         }
         // In bf16 the softmax also writes p rounded, which the product p v reads as it is:
         // the bits it would round p to itself, without a pass of its own.
-        guard let roundedP = mae_softmax_rounded_buffer(tokens * tokens) else {
-            preconditionFailure("out of memory for attention's \(tokens)×\(tokens) probabilities in bf16")
-        }
+        let roundedP = attentionBuffer(tokens * tokens)
         softmaxRows(p, rows: tokens, count: tokens, rounded: roundedP)
         if let roundedOutput {
             roundedOutputProduct(roundedOutput + outputOffset, ldc: width, roundedP, lda: tokens, v, ldb: qkvWidth,
@@ -120,8 +118,28 @@ private func roundedOutputProduct(_ c: UnsafeMutablePointer<UInt16>, ldc: Int, _
     }
 }
 
+/// The calling thread's buffer of `count` bf16 values for one head's probabilities or their
+/// gradient (`mae_bf16_attention_buffer`).
+private func attentionBuffer(_ count: Int) -> UnsafeMutablePointer<UInt16> {
+    guard let buffer = mae_bf16_attention_buffer(count) else {
+        preconditionFailure("out of memory for \(count) of attention's values in bf16")
+    }
+    return buffer
+}
+
 /// Backward of `attentionForward`: qkvGradient[batch, tokens, 3·width] is assigned.
 /// probabilityGradient[batch, heads, tokens, tokens] is scratch.
+///
+/// dv = pᵀ dOutput and dk = dsᵀ q take the transpose of a tokens × tokens matrix as their a,
+/// which oneDNN's kernels run only rounded into rows (`mae_round_to_bf16_transposed`, 16 × 16
+/// tiles of shuffles). So in bf16, on shapes past the small kernel, they are computed
+/// transposed, dvᵀ = dOutputᵀ p and dkᵀ = qᵀ ds (`transposedProduct`): p and ds are read as
+/// they are stored, and the transposes are the small ones (headDimension × tokens). ds is
+/// rounded once for both of its products. ViT-B's decoder (197 tokens, headDimension 32):
+/// 21.3 → 18.5 ms per call, one thread (AMD EPYC Zen 4, `mae bench step`); the small kernel,
+/// which rounds its operands as it packs them, ran its 50 tokens slower so (1.8 → 2.3 ms).
+/// The same bits on this CPU (oneDNN sums every element of c over k in the same order
+/// either way; `SoftmaxTests` compares with the products as they were).
 public func attentionBackward(qkvGradient: UnsafeMutablePointer<Float>,
                               probabilityGradient: UnsafeMutablePointer<Float>,
                               outputGradient: UnsafePointer<Float>,
@@ -131,6 +149,7 @@ public func attentionBackward(qkvGradient: UnsafeMutablePointer<Float>,
     let width = heads * headDimension
     let qkvWidth = 3 * width
     let scale = 1 / Float(headDimension).squareRoot()
+    let transposesResults = precision == .bf16 && tokens * tokens * headDimension > Int(MAE_BF16_SMALL_PRODUCT_LIMIT)
     forEachSampleAndHead(batch: batch, heads: heads) { sample, head in
         let q = qkv + sample * tokens * qkvWidth + head * headDimension
         let k = q + width
@@ -156,17 +175,48 @@ public func attentionBackward(qkvGradient: UnsafeMutablePointer<Float>,
         // dp = dOutput vᵀ; dv = pᵀ dOutput
         singleThreadedMatrixMultiply(dp, ldc: tokens, dOutput, lda: width, v, ldb: qkvWidth, transposeB: true,
                        m: tokens, n: tokens, k: headDimension, precision: precision)
-        singleThreadedMatrixMultiply(dv, ldc: qkvWidth, p, lda: tokens, transposeA: true, dOutput, ldb: width,
-                       m: tokens, n: headDimension, k: tokens, precision: precision)
+        if transposesResults {
+            transposedProduct(dv, ldc: qkvWidth, x: p, isRounded: false, ldx: tokens, y: dOutput, ldy: width,
+                              m: tokens, n: headDimension, k: tokens)
+        } else {
+            singleThreadedMatrixMultiply(dv, ldc: qkvWidth, p, lda: tokens, transposeA: true, dOutput, ldb: width,
+                           m: tokens, n: headDimension, k: tokens, precision: precision)
+        }
         // Through the softmax and the scale: ds = scale · p ∘ (dp − Σ_keys dp ∘ p)
         for row in 0..<tokens {
             softmaxBackwardInPlace(dp + row * tokens, probabilities: p + row * tokens, count: tokens, scale: scale)
         }
         // dq = ds k; dk = dsᵀ q
-        singleThreadedMatrixMultiply(dq, ldc: qkvWidth, dp, lda: tokens, k, ldb: qkvWidth,
-                       m: tokens, n: headDimension, k: tokens, precision: precision)
-        singleThreadedMatrixMultiply(dk, ldc: qkvWidth, dp, lda: tokens, transposeA: true, q, ldb: qkvWidth,
-                       m: tokens, n: headDimension, k: tokens, precision: precision)
+        if transposesResults {
+            let roundedDs = attentionBuffer(tokens * tokens)
+            mae_round_to_bf16(roundedDs, dp, tokens * tokens)
+            bfloat16Product(dq, ldc: qkvWidth, roundedDs, isRounded: true, lda: tokens, transposeA: false,
+                            k, isRounded: false, ldb: qkvWidth, transposeB: false,
+                            m: tokens, n: headDimension, k: tokens, alpha: 1, beta: 0)
+            transposedProduct(dk, ldc: qkvWidth, x: roundedDs, isRounded: true, ldx: tokens, y: q, ldy: qkvWidth,
+                              m: tokens, n: headDimension, k: tokens)
+        } else {
+            singleThreadedMatrixMultiply(dq, ldc: qkvWidth, dp, lda: tokens, k, ldb: qkvWidth,
+                           m: tokens, n: headDimension, k: tokens, precision: precision)
+            singleThreadedMatrixMultiply(dk, ldc: qkvWidth, dp, lda: tokens, transposeA: true, q, ldb: qkvWidth,
+                           m: tokens, n: headDimension, k: tokens, precision: precision)
+        }
+    }
+}
+
+/// c[m, n] (leading dimension ldc) = xᵀ y in bf16 on the calling thread, for x[k, m] (ldx;
+/// fp32, or bf16 when `isRounded`) and y[k, n] (ldy; fp32): computed as its transpose
+/// cᵀ = yᵀ x [n, m] into a buffer, then stored transposed, so that x is the product's b,
+/// read as it is stored, and only y is transposed (see `attentionBackward`).
+private func transposedProduct(_ c: UnsafeMutablePointer<Float>, ldc: Int, x: UnsafeRawPointer, isRounded: Bool, ldx: Int,
+                               y: UnsafePointer<Float>, ldy: Int, m: Int, n: Int, k: Int) {
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: n * m) { buffer in
+        let transposed = buffer.baseAddress!
+        bfloat16Product(transposed, ldc: m, y, isRounded: false, lda: ldy, transposeA: true,
+                        x, isRounded: isRounded, ldb: ldx, transposeB: false, m: n, n: m, k: k, alpha: 1, beta: 0)
+        for row in 0..<m {
+            for column in 0..<n { c[row * ldc + column] = transposed[column * m + row] }
+        }
     }
 }
 

@@ -12,9 +12,4 @@
 /// Returns 1, or 0 without doing anything where the CPU lacks AVX512F/BW/VL.
 int mae_softmax_rows_avx512(float *values, uint16_t *rounded, long rows, long count);
 
-/// A buffer of `count` bf16 values belonging to the calling thread, valid until its next
-/// call: for attention's probabilities rounded to bf16, apart from the buffers of CProducts,
-/// which the product reading them uses meanwhile. NULL when memory runs out.
-uint16_t *mae_softmax_rounded_buffer(long count);
-
 #endif

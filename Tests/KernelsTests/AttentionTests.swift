@@ -6,8 +6,8 @@ import TestSupport
 
 /// Attention's softmax in C (CSupportSoftmax.h) against Swift's `softmaxInPlace`, bit for bit,
 /// and attention itself against the way it was computed before the C softmax rounded p for
-/// the bf16 product p·v.
-@Suite struct SoftmaxTests {
+/// the bf16 product p·v and before the backward computed dvᵀ and dkᵀ.
+@Suite struct AttentionTests {
     static let hasAVX512 = ["avx512f", "avx512bw", "avx512vl"].allSatisfy(CPUInfo.supports)
 
     /// Rows of logits of every kind the model can meet and some it should not: small and
@@ -126,5 +126,67 @@ import TestSupport
                 : (0..<output.count).filter { output[$0].bitPattern != expectedOutput[$0].bitPattern }.count
             #expect(outputsDiffer == 0, "\(label): \(outputsDiffer) of \(output.count) outputs differ")
         }
+    }
+
+    /// attentionBackward as it was computed before it took dvᵀ and dkᵀ in bf16: the public
+    /// products in their plain form, which round the transposed p and ds themselves.
+    static func referenceAttentionBackward(qkvGradient: UnsafeMutablePointer<Float>, probabilityGradient: UnsafeMutablePointer<Float>,
+                                           outputGradient: UnsafePointer<Float>, qkv: UnsafePointer<Float>,
+                                           probabilities: UnsafePointer<Float>,
+                                           batch: Int, tokens: Int, heads: Int, headDimension: Int) {
+        let width = heads * headDimension, qkvWidth = 3 * width
+        let scale = 1 / Float(headDimension).squareRoot()
+        for sample in 0..<batch {
+            for head in 0..<heads {
+                let q = qkv + sample * tokens * qkvWidth + head * headDimension
+                let (k, v) = (q + width, q + 2 * width)
+                let dq = qkvGradient + sample * tokens * qkvWidth + head * headDimension
+                let (dk, dv) = (dq + width, dq + 2 * width)
+                let p = probabilities + (sample * heads + head) * tokens * tokens
+                let dp = probabilityGradient + (sample * heads + head) * tokens * tokens
+                let dOutput = outputGradient + sample * tokens * width + head * headDimension
+                singleThreadedMatrixMultiply(dp, ldc: tokens, dOutput, lda: width, v, ldb: qkvWidth, transposeB: true,
+                                             m: tokens, n: tokens, k: headDimension, precision: .bf16)
+                singleThreadedMatrixMultiply(dv, ldc: qkvWidth, p, lda: tokens, transposeA: true, dOutput, ldb: width,
+                                             m: tokens, n: headDimension, k: tokens, precision: .bf16)
+                for row in 0..<tokens {
+                    softmaxBackwardInPlace(dp + row * tokens, probabilities: p + row * tokens, count: tokens, scale: scale)
+                }
+                singleThreadedMatrixMultiply(dq, ldc: qkvWidth, dp, lda: tokens, k, ldb: qkvWidth,
+                                             m: tokens, n: headDimension, k: tokens, precision: .bf16)
+                singleThreadedMatrixMultiply(dk, ldc: qkvWidth, dp, lda: tokens, transposeA: true, q, ldb: qkvWidth,
+                                             m: tokens, n: headDimension, k: tokens, precision: .bf16)
+            }
+        }
+    }
+
+    /// The bf16 backward against the reference, on the small kernel (50 tokens) and past it, where
+    /// dv and dk are computed transposed (70 tokens; ViT-B's decoder, 197 tokens, hd 32), on two
+    /// threads. The products sum the same values in each element of dv and dk, so the results
+    /// agree to the rounding of fp32 sums at worst (on AMD Zen 4's oneDNN kernel, to the bit).
+    @Test(arguments: [(2, 50, 2, 64), (1, 70, 2, 64), (1, 197, 3, 32)])
+    func attentionBackwardInBFloat16AgreesWithThePlainProducts(batch: Int, tokens: Int, heads: Int, headDimension: Int) {
+        let width = heads * headDimension
+        let qkv = FloatBuffer(randomValues(batch * tokens * 3 * width, seed: 5, in: -2..<2).map(Float.init))
+        let outputGradient = FloatBuffer(randomValues(batch * tokens * width, seed: 6).map(Float.init))
+        let output = FloatBuffer(count: batch * tokens * width)
+        let probabilities = FloatBuffer(count: batch * heads * tokens * tokens)
+        attentionForward(output: output.pointer, probabilities: probabilities.pointer, qkv: qkv.pointer,
+                         batch: batch, tokens: tokens, heads: heads, headDimension: headDimension, precision: .bf16)
+        let before = Parallel.threads
+        defer { Parallel.setThreads(before) }
+        Parallel.setThreads(2)
+        let qkvGradient = FloatBuffer(count: qkv.count), expected = FloatBuffer(count: qkv.count)
+        let scratch = FloatBuffer(count: probabilities.count), expectedScratch = FloatBuffer(count: probabilities.count)
+        attentionBackward(qkvGradient: qkvGradient.pointer, probabilityGradient: scratch.pointer,
+                          outputGradient: outputGradient.pointer, qkv: qkv.pointer, probabilities: probabilities.pointer,
+                          batch: batch, tokens: tokens, heads: heads, headDimension: headDimension, precision: .bf16)
+        Self.referenceAttentionBackward(qkvGradient: expected.pointer, probabilityGradient: expectedScratch.pointer,
+                                        outputGradient: outputGradient.pointer, qkv: qkv.pointer,
+                                        probabilities: probabilities.pointer,
+                                        batch: batch, tokens: tokens, heads: heads, headDimension: headDimension)
+        let differing = (0..<qkv.count).filter { qkvGradient[$0].bitPattern != expected[$0].bitPattern }.count
+        expectClose(qkvGradient.toArray(), expected.toArray().map(Double.init), absolute: 1e-6, relative: 1e-5,
+                    "bf16 attention backward, \(differing) of \(qkv.count) not to the bit")
     }
 }
