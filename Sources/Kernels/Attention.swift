@@ -214,9 +214,7 @@ private func transposedProduct(_ c: UnsafeMutablePointer<Float>, ldc: Int, x: Un
         let transposed = buffer.baseAddress!
         bfloat16Product(transposed, ldc: m, y, isRounded: false, lda: ldy, transposeA: true,
                         x, isRounded: isRounded, ldb: ldx, transposeB: false, m: n, n: m, k: k, alpha: 1, beta: 0)
-        for row in 0..<m {
-            for column in 0..<n { c[row * ldc + column] = transposed[column * m + row] }
-        }
+        mae_transpose_floats(c, ldc, transposed, m, n, m)
     }
 }
 

@@ -189,4 +189,20 @@ import TestSupport
         expectClose(qkvGradient.toArray(), expected.toArray().map(Double.init), absolute: 1e-6, relative: 1e-5,
                     "bf16 attention backward, \(differing) of \(qkv.count) not to the bit")
     }
+
+    /// The transpose that stores dvᵀ and dkᵀ, on shapes with and without whole tiles and edges,
+    /// with leading dimensions past the rows.
+    @Test(arguments: [(32, 197), (64, 50), (16, 16), (17, 33), (5, 3)])
+    func theTransposeOfFloatsIsTheTranspose(rows: Int, columns: Int) {
+        let (sourceLd, destinationLd) = (columns + 3, rows + 5)
+        let source = FloatBuffer(randomValues(rows * sourceLd, seed: rows + columns).map(Float.init))
+        let destination = FloatBuffer([Float](repeating: 7, count: columns * destinationLd))
+        mae_transpose_floats(destination.pointer, destinationLd, source.pointer, sourceLd, rows, columns)
+        let wrong = (0..<columns).flatMap { column in (0..<rows).map { (column, $0) } }.filter { column, row in
+            destination[column * destinationLd + row].bitPattern != source[row * sourceLd + column].bitPattern
+        }
+        #expect(wrong.isEmpty, "\(wrong.count) elements wrong, first (column, row) \(wrong.prefix(3))")
+        let padding = (0..<columns).flatMap { column in (rows..<destinationLd).map { destination[column * destinationLd + $0] } }
+        #expect(padding.allSatisfy { $0 == 7 }, "wrote past the rows")
+    }
 }
