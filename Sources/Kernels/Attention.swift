@@ -135,11 +135,11 @@ private func attentionBuffer(_ count: Int) -> UnsafeMutablePointer<UInt16> {
 /// tiles of shuffles). So in bf16, on shapes past the small kernel, they are computed
 /// transposed, dvᵀ = dOutputᵀ p and dkᵀ = qᵀ ds (`transposedProduct`): p and ds are read as
 /// they are stored, and the transposes are the small ones (headDimension × tokens). ds is
-/// rounded once for both of its products. ViT-B's decoder (197 tokens, headDimension 32):
-/// 21.3 → 18.5 ms per call, one thread (AMD EPYC Zen 4, `mae bench step`); the small kernel,
-/// which rounds its operands as it packs them, ran its 50 tokens slower so (1.8 → 2.3 ms).
-/// The same bits on this CPU (oneDNN sums every element of c over k in the same order
-/// either way; `SoftmaxTests` compares with the products as they were).
+/// rounded once for both of its products. ViT-B's decoder (197 tokens, headDimension 32, batch
+/// 8): about 20 % less CPU per call on AMD EPYC Zen 4 (docs/PERFORMANCE.md); the small kernel,
+/// which rounds its operands as it packs them, ran its 50 tokens 20 % slower so. The same bits
+/// on that CPU (its oneDNN kernel sums every element of c over k in the same order either way;
+/// `AttentionTests` compares with the products as they were).
 public func attentionBackward(qkvGradient: UnsafeMutablePointer<Float>,
                               probabilityGradient: UnsafeMutablePointer<Float>,
                               outputGradient: UnsafePointer<Float>,
@@ -219,6 +219,8 @@ private func transposedProduct(_ c: UnsafeMutablePointer<Float>, ldc: Int, x: Un
 }
 
 /// values[count] = softmax(values), numerically stable (the row maximum is subtracted).
+/// CSupport's softmax.c repeats it for AVX-512 operation for operation (`softmaxRows`): a
+/// change here needs the same change there (`theCSoftmaxHasTheBitsOfSoftmaxInPlace`).
 @inline(__always)
 public func softmaxInPlace(_ values: UnsafeMutablePointer<Float>, count: Int) {
     var maximum = -Float.infinity

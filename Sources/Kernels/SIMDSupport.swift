@@ -31,6 +31,8 @@ func withRowBuffer<Result>(width: Int, needed: Bool, _ body: (UnsafeMutablePoint
 /// standard library prevent (measured 10× slower). Callers should write to a buffer
 /// other than the one they read: for two pointer arguments that might overlap LLVM
 /// adds a run-time overlap check, and an in-place call then takes the scalar loop.
+/// CSupport's fast_exp_simd.h repeats it for AVX-512 (the C GELU and softmax): a change
+/// here needs the same change there.
 @inline(__always)
 public func fastExp(_ input: Float) -> Float {
     // Clamps in the (a < b ? a : b) form that maps onto the minps/maxps instructions.
