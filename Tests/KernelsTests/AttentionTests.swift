@@ -95,7 +95,7 @@ import TestSupport
     @Test(arguments: [(2, 17, 3, 64), (2, 50, 2, 64), (1, 70, 2, 64), (1, 197, 2, 32)])
     func attentionHasTheBitsOfTheSwiftSoftmaxAndTheProducts(batch: Int, tokens: Int, heads: Int, headDimension: Int) {
         let width = heads * headDimension
-        // Logits of a few units, as in training, and a sample of larger ones.
+        // qkv within ±1.5 in the first sample (logits of a few units, as in training), ±4 in the others.
         let qkv = FloatBuffer(randomValues(batch * tokens * 3 * width, seed: tokens, in: -1..<1).enumerated().map { index, x in
             Float(index < tokens * 3 * width ? 1.5 * x : 4 * x)
         })
