@@ -135,11 +135,13 @@ private func attentionBuffer(_ count: Int) -> UnsafeMutablePointer<UInt16> {
 /// tiles of shuffles). So in bf16, on shapes past the small kernel, they are computed
 /// transposed, dvᵀ = dOutputᵀ p and dkᵀ = qᵀ ds (`transposedProduct`): p and ds are read as
 /// they are stored, and the transposes are the small ones (headDimension × tokens). ds is
-/// rounded once for both of its products. ViT-B's decoder (197 tokens, headDimension 32, batch
-/// 8): about 20 % less CPU per call on AMD EPYC Zen 4 (docs/PERFORMANCE.md); the small kernel,
-/// which rounds its operands as it packs them, ran its 50 tokens 20 % slower so. The same bits
-/// on that CPU (its oneDNN kernel sums every element of c over k in the same order either way;
-/// `AttentionTests` compares with the products as they were).
+/// rounded once for both of its products. Measured on ViT-B's decoder heads (197 tokens,
+/// headDimension 32, batch 8) when they still ran on oneDNN: about 20 % less CPU per call on
+/// AMD EPYC Zen 4 (docs/PERFORMANCE.md); they now run on the small kernel, which rounds its
+/// operands as it packs them, transposed ones included, and which ran its 50 tokens 20 %
+/// slower in the transposed form. So this path serves heads past the small kernel (ViT-H's
+/// decoder: 257 tokens). The same bits on that CPU (its oneDNN kernel sums every element of c
+/// over k in the same order either way; `AttentionTests` compares with the products as they were).
 public func attentionBackward(qkvGradient: UnsafeMutablePointer<Float>,
                               probabilityGradient: UnsafeMutablePointer<Float>,
                               outputGradient: UnsafePointer<Float>,
