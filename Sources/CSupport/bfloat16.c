@@ -180,26 +180,19 @@ void mae_round_to_bf16_both(uint16_t *plain, long plain_ld, uint16_t *transposed
     }
 }
 
-static __thread uint16_t *both_buffer;
-static __thread long both_capacity;
-
-uint16_t *mae_bf16_both_buffer(long count) {
-    if (count > both_capacity) {
-        free(both_buffer);
-        both_buffer = malloc((size_t)count * sizeof(uint16_t));
-        both_capacity = both_buffer ? count : 0;
+// A thread's buffer grown to `count` values (its contents not kept); NULL when memory runs out.
+static uint16_t *reserve(uint16_t **buffer, long *capacity, long count) {
+    if (count > *capacity) {
+        free(*buffer);
+        *buffer = malloc((size_t)count * sizeof(uint16_t));
+        *capacity = *buffer ? count : 0;
     }
-    return both_buffer;
+    return *buffer;
 }
 
-static __thread uint16_t *attention_buffer;
-static __thread long attention_capacity;
+static __thread uint16_t *both_buffer, *attention_buffer;
+static __thread long both_capacity, attention_capacity;
 
-uint16_t *mae_bf16_attention_buffer(long count) {
-    if (count > attention_capacity) {
-        free(attention_buffer);
-        attention_buffer = malloc((size_t)count * sizeof(uint16_t));
-        attention_capacity = attention_buffer ? count : 0;
-    }
-    return attention_buffer;
-}
+uint16_t *mae_bf16_both_buffer(long count) { return reserve(&both_buffer, &both_capacity, count); }
+
+uint16_t *mae_bf16_attention_buffer(long count) { return reserve(&attention_buffer, &attention_capacity, count); }
