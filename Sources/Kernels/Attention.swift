@@ -118,8 +118,8 @@ private func roundedOutputProduct(_ c: UnsafeMutablePointer<UInt16>, ldc: Int, _
     }
 }
 
-/// The calling thread's buffer of `count` bf16 values for one head's probabilities or their
-/// gradient (`mae_bf16_attention_buffer`).
+/// The calling thread's buffer of `count` bf16 values for one head's probabilities
+/// (`mae_bf16_attention_buffer`).
 private func attentionBuffer(_ count: Int) -> UnsafeMutablePointer<UInt16> {
     guard let buffer = mae_bf16_attention_buffer(count) else {
         preconditionFailure("out of memory for \(count) of attention's values in bf16")
@@ -129,19 +129,6 @@ private func attentionBuffer(_ count: Int) -> UnsafeMutablePointer<UInt16> {
 
 /// Backward of `attentionForward`: qkvGradient[batch, tokens, 3·width] is assigned.
 /// probabilityGradient[batch, heads, tokens, tokens] is scratch.
-///
-/// dv = pᵀ dOutput and dk = dsᵀ q take the transpose of a tokens × tokens matrix as their a,
-/// which oneDNN's kernels run only rounded into rows (`mae_round_to_bf16_transposed`, 16 × 16
-/// tiles of shuffles). So in bf16, on shapes past the small kernel, they are computed
-/// transposed, dvᵀ = dOutputᵀ p and dkᵀ = qᵀ ds (`transposedProduct`): p and ds are read as
-/// they are stored, and the transposes are the small ones (headDimension × tokens). ds is
-/// rounded once for both of its products. Measured on ViT-B's decoder heads (197 tokens,
-/// headDimension 32, batch 8) when they still ran on oneDNN: about 20 % less CPU per call on
-/// AMD EPYC Zen 4 (docs/PERFORMANCE.md); they now run on the small kernel, which rounds its
-/// operands as it packs them, transposed ones included, and which ran its 50 tokens 20 %
-/// slower in the transposed form. So this path serves heads past the small kernel (ViT-H's
-/// decoder: 257 tokens). The same bits on that CPU (its oneDNN kernel sums every element of c
-/// over k in the same order either way; `AttentionTests` compares with the products as they were).
 public func attentionBackward(qkvGradient: UnsafeMutablePointer<Float>,
                               probabilityGradient: UnsafeMutablePointer<Float>,
                               outputGradient: UnsafePointer<Float>,
@@ -151,7 +138,6 @@ public func attentionBackward(qkvGradient: UnsafeMutablePointer<Float>,
     let width = heads * headDimension
     let qkvWidth = 3 * width
     let scale = 1 / Float(headDimension).squareRoot()
-    let transposesResults = precision == .bf16 && tokens * tokens * headDimension > Int(MAE_BF16_SMALL_PRODUCT_LIMIT)
     forEachSampleAndHead(batch: batch, heads: heads) { sample, head in
         let q = qkv + sample * tokens * qkvWidth + head * headDimension
         let k = q + width
@@ -177,46 +163,17 @@ public func attentionBackward(qkvGradient: UnsafeMutablePointer<Float>,
         // dp = dOutput vᵀ; dv = pᵀ dOutput
         singleThreadedMatrixMultiply(dp, ldc: tokens, dOutput, lda: width, v, ldb: qkvWidth, transposeB: true,
                        m: tokens, n: tokens, k: headDimension, precision: precision)
-        if transposesResults {
-            transposedProduct(dv, ldc: qkvWidth, x: p, isRounded: false, ldx: tokens, y: dOutput, ldy: width,
-                              m: tokens, n: headDimension, k: tokens)
-        } else {
-            singleThreadedMatrixMultiply(dv, ldc: qkvWidth, p, lda: tokens, transposeA: true, dOutput, ldb: width,
-                           m: tokens, n: headDimension, k: tokens, precision: precision)
-        }
+        singleThreadedMatrixMultiply(dv, ldc: qkvWidth, p, lda: tokens, transposeA: true, dOutput, ldb: width,
+                       m: tokens, n: headDimension, k: tokens, precision: precision)
         // Through the softmax and the scale: ds = scale · p ∘ (dp − Σ_keys dp ∘ p)
         for row in 0..<tokens {
             softmaxBackwardInPlace(dp + row * tokens, probabilities: p + row * tokens, count: tokens, scale: scale)
         }
         // dq = ds k; dk = dsᵀ q
-        if transposesResults {
-            let roundedDs = attentionBuffer(tokens * tokens)
-            mae_round_to_bf16(roundedDs, dp, tokens * tokens)
-            bfloat16Product(dq, ldc: qkvWidth, roundedDs, isRounded: true, lda: tokens, transposeA: false,
-                            k, isRounded: false, ldb: qkvWidth, transposeB: false,
-                            m: tokens, n: headDimension, k: tokens, alpha: 1, beta: 0)
-            transposedProduct(dk, ldc: qkvWidth, x: roundedDs, isRounded: true, ldx: tokens, y: q, ldy: qkvWidth,
-                              m: tokens, n: headDimension, k: tokens)
-        } else {
-            singleThreadedMatrixMultiply(dq, ldc: qkvWidth, dp, lda: tokens, k, ldb: qkvWidth,
-                           m: tokens, n: headDimension, k: tokens, precision: precision)
-            singleThreadedMatrixMultiply(dk, ldc: qkvWidth, dp, lda: tokens, transposeA: true, q, ldb: qkvWidth,
-                           m: tokens, n: headDimension, k: tokens, precision: precision)
-        }
-    }
-}
-
-/// c[m, n] (leading dimension ldc) = xᵀ y in bf16 on the calling thread, for x[k, m] (ldx;
-/// fp32, or bf16 when `isRounded`) and y[k, n] (ldy; fp32): computed as its transpose
-/// cᵀ = yᵀ x [n, m] into a buffer, then stored transposed, so that x is the product's b,
-/// read as it is stored, and only y is transposed (see `attentionBackward`).
-private func transposedProduct(_ c: UnsafeMutablePointer<Float>, ldc: Int, x: UnsafeRawPointer, isRounded: Bool, ldx: Int,
-                               y: UnsafePointer<Float>, ldy: Int, m: Int, n: Int, k: Int) {
-    withUnsafeTemporaryAllocation(of: Float.self, capacity: n * m) { buffer in
-        let transposed = buffer.baseAddress!
-        bfloat16Product(transposed, ldc: m, y, isRounded: false, lda: ldy, transposeA: true,
-                        x, isRounded: isRounded, ldb: ldx, transposeB: false, m: n, n: m, k: k, alpha: 1, beta: 0)
-        mae_transpose_floats(c, ldc, transposed, m, n, m)
+        singleThreadedMatrixMultiply(dq, ldc: qkvWidth, dp, lda: tokens, k, ldb: qkvWidth,
+                       m: tokens, n: headDimension, k: tokens, precision: precision)
+        singleThreadedMatrixMultiply(dk, ldc: qkvWidth, dp, lda: tokens, transposeA: true, q, ldb: qkvWidth,
+                       m: tokens, n: headDimension, k: tokens, precision: precision)
     }
 }
 

@@ -32,7 +32,5 @@ static inline void mae_cpu_relax(void) {
 #include "CSupportAdamW.h"
 // Attention's softmax at 16 floats per instruction.
 #include "CSupportSoftmax.h"
-// fp32 transposes in 16 × 16 tiles.
-#include "CSupportTranspose.h"
 
 #endif

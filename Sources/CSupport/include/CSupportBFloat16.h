@@ -45,9 +45,9 @@ void mae_round_to_bf16_both(uint16_t *plain, long plain_ld, uint16_t *transposed
 uint16_t *mae_bf16_both_buffer(long count);
 
 /// A buffer of `count` bf16 values belonging to the calling thread, valid until its next
-/// call: for attention's probabilities (forward) and their gradient (backward) of one head,
-/// rounded once for the products that read them, apart from the buffers of CProducts and
-/// `mae_bf16_both_buffer`. NULL when memory runs out.
+/// call: for the probabilities of one attention head, rounded by the softmax for the p·v
+/// product, apart from the buffers of CProducts and `mae_bf16_both_buffer`. NULL when memory
+/// runs out.
 uint16_t *mae_bf16_attention_buffer(long count);
 
 /// destination[i] = source[i] widened to fp32.
