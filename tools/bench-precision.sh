@@ -2,8 +2,9 @@
 # Side-by-side training-step benchmark of the two precisions: `mae bench step --precision fp32`
 # and `--precision bf16` against the official PyTorch model in fp32 and under
 # torch.autocast("cpu", dtype=torch.bfloat16) (tools/bench_pytorch_step.py), the four back to back
-# in each round so that they share the machine's minute. Prints one line per round and, per
-# configuration, the best of the rounds with the ratios the issue asks for.
+# in each round so that they share the machine's minute. Prints one line per round, with that
+# round's ours bf16 / PyTorch bf16, and, per configuration, the best of the rounds with the
+# ratios the issue asks for and the median of the rounds' bf16 ratios.
 #
 # usage: tools/bench-precision.sh [ROUNDS]
 # environment: TORCH_PYTHON (default /work/torchvenv/bin/python), CONFIGS (default
@@ -27,7 +28,8 @@ field() { grep -o "$1=[0-9.]*" | tail -1 | cut -d= -f2; }
 
 for config in $configs; do
     IFS=: read -r model batch threads steps <<<"$config"
-    declare -A best=() memory=()
+    declare -A best=() memory=() rate=()
+    round_ratios=()
     for round in $(seq "$rounds"); do
         line="$(date -u +%H:%M) $model batch $batch threads $threads round $round:"
         for run in ours-fp32 ours-bf16 torch-fp32 torch-bf16; do
@@ -40,17 +42,23 @@ for config in $configs; do
                 output=$("${clean[@]}" "$python" tools/bench_pytorch_step.py --model "$model" --batch "$batch" \
                          --threads "$threads" --steps "$steps" --precision "$precision" $extra)
             fi
-            rate=$(field img_per_s <<<"$output")
+            rate[$run]=$(field img_per_s <<<"$output")
             memory[$run]=$(field peak_rss_mb <<<"$output")
-            best[$run]=$(awk -v a="$rate" -v b="${best[$run]:-0}" 'BEGIN { print (a > b) ? a : b }')
-            line+=" $run $rate img/s (${memory[$run]} MB)"
+            best[$run]=$(awk -v a="${rate[$run]}" -v b="${best[$run]:-0}" 'BEGIN { print (a > b) ? a : b }')
+            line+=" $run ${rate[$run]} img/s (${memory[$run]} MB)"
         done
-        echo "$line, load $(cut -d' ' -f1 /proc/loadavg)"
+        # The round's own ratio: the four runs shared the machine's minute, so the ratio drifts
+        # less than the rates do from round to round.
+        round_ratios+=("$(awk -v a="${rate[ours-bf16]}" -v b="${rate[torch-bf16]}" 'BEGIN { printf "%.2f", a / b }')")
+        echo "$line, ours bf16 / PyTorch bf16 ${round_ratios[-1]}, load $(cut -d' ' -f1 /proc/loadavg)"
     done
+    median=$(printf '%s\n' "${round_ratios[@]}" | sort -n | awk '{ value[NR] = $1 } END {
+        printf "%.2f", NR % 2 ? value[(NR + 1) / 2] : (value[NR / 2] + value[NR / 2 + 1]) / 2 }')
     ratio() { awk -v a="${best[$1]}" -v b="${best[$2]}" 'BEGIN { printf "%.2f", a / b }'; }
     echo "== $model batch $batch threads $threads, best of $rounds: ours fp32 ${best[ours-fp32]}, ours bf16" \
          "${best[ours-bf16]}, PyTorch fp32 ${best[torch-fp32]}, PyTorch bf16 ${best[torch-bf16]} img/s;" \
          "ours bf16 / PyTorch bf16 $(ratio ours-bf16 torch-bf16), ours bf16 / ours fp32 $(ratio ours-bf16 ours-fp32)," \
-         "ours fp32 / PyTorch fp32 $(ratio ours-fp32 torch-fp32)"
-    unset best memory
+         "ours fp32 / PyTorch fp32 $(ratio ours-fp32 torch-fp32); median of the rounds' ours bf16 / PyTorch bf16" \
+         "$median (${round_ratios[*]})"
+    unset best memory rate
 done
