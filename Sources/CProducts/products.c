@@ -470,19 +470,18 @@ static product_key row_block_key(const mae_bf16_row_blocks *blocks) {
     return key;
 }
 
-long mae_bf16_packed_b_bytes(const mae_bf16_row_blocks *blocks, long last_block_rows) {
-    if (blocks->n * blocks->k * blocks->block_rows <= small_product_limit) return -1;
+int mae_bf16_blocks_share_packed_b(const mae_bf16_row_blocks *blocks, long last_block_rows) {
+    if (blocks->n * blocks->k * blocks->block_rows <= small_product_limit) return 0;
     product_key key = row_block_key(blocks);
-    product_entry *entry = entry_for(&key);
-    if (!entry) return -1;
+    if (!entry_for(&key)) return 0;
     if (last_block_rows != blocks->block_rows) {
         // The last block must take the same packed b (oneDNN may refuse it for another m).
         product_key last = key;
         last.m = last_block_rows;
         if (last.transpose_a) last.lda = last_block_rows;
-        if (last_block_rows * blocks->n * blocks->k <= small_product_limit || !entry_for(&last)) return -1;
+        if (last_block_rows * blocks->n * blocks->k <= small_product_limit || !entry_for(&last)) return 0;
     }
-    return (long)dnnl_memory_desc_get_size(&entry->b_md);
+    return 1;
 }
 
 void *mae_bf16_packing_buffer(const mae_bf16_row_blocks *blocks) {

@@ -240,7 +240,7 @@ public func bfloat16Blocks(m: Int, n: Int, k: Int, accumulates: Bool = false, aI
                                          transpose_a: transposeA ? 1 : 0, transpose_b: transposeB ? 1 : 0,
                                          c_is_dense: cIsDense ? 1 : 0, alpha: alpha, beta: accumulates ? 1 : 0)
         let last = m - (m - 1) / size * size
-        if mae_bf16_packed_b_bytes(&blocks, last) >= 0 { return (.packedRows, size) }
+        if mae_bf16_blocks_share_packed_b(&blocks, last) != 0 { return (.packedRows, size) }
     }
     let columns = accumulates ? 4 * m < 5 * k : m < 2 * k
     if columns, n > 16 { return (.columns, block(n)) }

@@ -45,7 +45,7 @@ uint16_t *mae_bf16_thread_buffer(long count);
 /// Packed once (`mae_bf16_pack_b_columns`, or `mae_bf16_pack_b` for a layout our packer does
 /// not write), b serves every block (`mae_bf16_matmul_packed_b`).
 /// The layout is the one oneDNN chooses for the full blocks; the last, shorter block
-/// takes the same (`mae_bf16_packed_b_bytes` checks that oneDNN accepts it).
+/// takes the same (`mae_bf16_blocks_share_packed_b` checks that oneDNN accepts it).
 typedef struct {
     long block_rows, n, k;   // rows of the full blocks; op(b) is [k, n]
     int a_is_bf16;           // the blocks' a: fp32 to round (0) or bf16 (1)
@@ -55,9 +55,9 @@ typedef struct {
     float alpha, beta;       // beta 0 or 1
 } mae_bf16_row_blocks;
 
-/// The bytes of b packed for `blocks`, checking that blocks of `last_block_rows` rows take
-/// it too; -1 when they cannot share a packed b (then each block takes b as stored).
-long mae_bf16_packed_b_bytes(const mae_bf16_row_blocks *blocks, long last_block_rows);
+/// 1 when the blocks can share one packed b, the last block of `last_block_rows` rows too;
+/// 0 when they cannot (then each block takes b as stored).
+int mae_bf16_blocks_share_packed_b(const mae_bf16_row_blocks *blocks, long last_block_rows);
 
 /// The calling thread's buffer for b packed for `blocks`, valid until this thread's next
 /// call here; other threads may read and fill it meanwhile. NULL when memory runs out.
