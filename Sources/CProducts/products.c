@@ -136,11 +136,11 @@ static const uint16_t *rounded_transpose(uint16_t **buffer, size_t *capacity, co
 // (mae_vit_tiny_patch4: 17×17×64, 65×65×32; ViT-B: 50×50×64, the decoder's 197×197×32) and
 // the whole products of `bfloat16Blocks` are this small. They run on our own VDPBF16PS
 // kernel (small_products.c), which rounds the operands while packing them, transposed ones
-// included, and ran ViT-B's decoder heads 9–47 % faster than oneDNN's brgemm on Zen 4. Where the CPU lacks AVX512_BF16 (bf16 training
-// refuses to start there; this path stays for completeness), their operands are rounded
-// to bf16 values held in fp32 and OpenBLAS's fp32 kernel sums them: the product of two
-// bf16 values is exact in fp32, so this is the same bf16-input, fp32-sum product, only
-// summed in another order. The choice depends on the shape and the CPU alone, so results
+// included, and ran ViT-B's decoder heads 9–47 % faster than oneDNN's brgemm on Zen 4.
+// Where the CPU lacks AVX512_BF16 (bf16 training refuses to start there; this path stays
+// for completeness), their operands are rounded to bf16 values held in fp32 and OpenBLAS's
+// fp32 kernel sums them: the product of two bf16 values is exact in fp32, so this is the
+// same bf16-input, fp32-sum product, only summed in another order. The choice depends on the shape and the CPU alone, so results
 // stay independent of the thread count.
 enum { small_product_limit = MAE_BF16_SMALL_PRODUCT_LIMIT };
 

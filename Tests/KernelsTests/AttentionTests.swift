@@ -61,6 +61,21 @@ import TestSupport
         #expect((0..<input.count).allSatisfy { plain[$0].bitPattern == actual[$0].bitPattern })
     }
 
+    /// The references' loop: every (sample, head) in order, on the calling thread, with the
+    /// offsets of the head's q in qkv [batch, tokens, 3·width] (k and v follow at width and
+    /// 2·width), of its probabilities in [batch, heads, tokens, tokens] and of its output in
+    /// [batch, tokens, width].
+    static func forEachHead(batch: Int, tokens: Int, heads: Int, headDimension: Int,
+                            _ body: (_ qkvOffset: Int, _ probabilityOffset: Int, _ outputOffset: Int) -> Void) {
+        let width = heads * headDimension
+        for sample in 0..<batch {
+            for head in 0..<heads {
+                body(sample * tokens * 3 * width + head * headDimension, (sample * heads + head) * tokens * tokens,
+                     sample * tokens * width + head * headDimension)
+            }
+        }
+    }
+
     /// attentionForward as it was computed before the C softmax: `softmaxInPlace` row by row,
     /// then the public products, which round an fp32 p to bf16 themselves.
     static func referenceAttention(output: UnsafeMutablePointer<Float>, probabilities: UnsafeMutablePointer<Float>,
@@ -68,23 +83,20 @@ import TestSupport
                                    batch: Int, tokens: Int, heads: Int, headDimension: Int, precision: Precision) {
         let width = heads * headDimension, qkvWidth = 3 * width
         let scale = 1 / Float(headDimension).squareRoot()
-        for sample in 0..<batch {
-            for head in 0..<heads {
-                let q = qkv + sample * tokens * qkvWidth + head * headDimension
-                let (k, v) = (q + width, q + 2 * width)
-                let p = probabilities + (sample * heads + head) * tokens * tokens
-                singleThreadedMatrixMultiply(p, ldc: tokens, q, lda: qkvWidth, k, ldb: qkvWidth, transposeB: true,
-                                             m: tokens, n: tokens, k: headDimension, alpha: scale, precision: precision)
-                for row in 0..<tokens { softmaxInPlace(p + row * tokens, count: tokens) }
-                let offset = sample * tokens * width + head * headDimension
-                if let roundedOutput {
-                    let status = mae_bf16_matmul_rounded_output(roundedOutput + offset, width, p, 0, tokens, 0,
-                                                                v, 0, qkvWidth, 0, tokens, headDimension, tokens, 1)
-                    #expect(status == 0)
-                } else {
-                    singleThreadedMatrixMultiply(output + offset, ldc: width, p, lda: tokens, v, ldb: qkvWidth,
-                                                 m: tokens, n: headDimension, k: tokens, precision: precision)
-                }
+        forEachHead(batch: batch, tokens: tokens, heads: heads, headDimension: headDimension) { qkvOffset, pOffset, offset in
+            let q = qkv + qkvOffset
+            let (k, v) = (q + width, q + 2 * width)
+            let p = probabilities + pOffset
+            singleThreadedMatrixMultiply(p, ldc: tokens, q, lda: qkvWidth, k, ldb: qkvWidth, transposeB: true,
+                                         m: tokens, n: tokens, k: headDimension, alpha: scale, precision: precision)
+            for row in 0..<tokens { softmaxInPlace(p + row * tokens, count: tokens) }
+            if let roundedOutput {
+                let status = mae_bf16_matmul_rounded_output(roundedOutput + offset, width, p, 0, tokens, 0,
+                                                            v, 0, qkvWidth, 0, tokens, headDimension, tokens, 1)
+                #expect(status == 0)
+            } else {
+                singleThreadedMatrixMultiply(output + offset, ldc: width, p, lda: tokens, v, ldb: qkvWidth,
+                                             m: tokens, n: headDimension, k: tokens, precision: precision)
             }
         }
     }
@@ -129,35 +141,31 @@ import TestSupport
         }
     }
 
-    /// attentionBackward as it was computed before it took dvᵀ and dkᵀ in bf16: the public
-    /// products in their plain form, which round the transposed p and ds themselves.
+    /// attentionBackward in bf16 from the public products alone, one (sample, head) after
+    /// another on the calling thread: no split over workers, no prefetching of the next pair.
     static func referenceAttentionBackward(qkvGradient: UnsafeMutablePointer<Float>, probabilityGradient: UnsafeMutablePointer<Float>,
                                            outputGradient: UnsafePointer<Float>, qkv: UnsafePointer<Float>,
                                            probabilities: UnsafePointer<Float>,
                                            batch: Int, tokens: Int, heads: Int, headDimension: Int) {
         let width = heads * headDimension, qkvWidth = 3 * width
         let scale = 1 / Float(headDimension).squareRoot()
-        for sample in 0..<batch {
-            for head in 0..<heads {
-                let q = qkv + sample * tokens * qkvWidth + head * headDimension
-                let (k, v) = (q + width, q + 2 * width)
-                let dq = qkvGradient + sample * tokens * qkvWidth + head * headDimension
-                let (dk, dv) = (dq + width, dq + 2 * width)
-                let p = probabilities + (sample * heads + head) * tokens * tokens
-                let dp = probabilityGradient + (sample * heads + head) * tokens * tokens
-                let dOutput = outputGradient + sample * tokens * width + head * headDimension
-                singleThreadedMatrixMultiply(dp, ldc: tokens, dOutput, lda: width, v, ldb: qkvWidth, transposeB: true,
-                                             m: tokens, n: tokens, k: headDimension, precision: .bf16)
-                singleThreadedMatrixMultiply(dv, ldc: qkvWidth, p, lda: tokens, transposeA: true, dOutput, ldb: width,
-                                             m: tokens, n: headDimension, k: tokens, precision: .bf16)
-                for row in 0..<tokens {
-                    softmaxBackwardInPlace(dp + row * tokens, probabilities: p + row * tokens, count: tokens, scale: scale)
-                }
-                singleThreadedMatrixMultiply(dq, ldc: qkvWidth, dp, lda: tokens, k, ldb: qkvWidth,
-                                             m: tokens, n: headDimension, k: tokens, precision: .bf16)
-                singleThreadedMatrixMultiply(dk, ldc: qkvWidth, dp, lda: tokens, transposeA: true, q, ldb: qkvWidth,
-                                             m: tokens, n: headDimension, k: tokens, precision: .bf16)
+        forEachHead(batch: batch, tokens: tokens, heads: heads, headDimension: headDimension) { qkvOffset, pOffset, offset in
+            let q = qkv + qkvOffset, dq = qkvGradient + qkvOffset
+            let (k, v) = (q + width, q + 2 * width)
+            let (dk, dv) = (dq + width, dq + 2 * width)
+            let p = probabilities + pOffset, dp = probabilityGradient + pOffset
+            let dOutput = outputGradient + offset
+            singleThreadedMatrixMultiply(dp, ldc: tokens, dOutput, lda: width, v, ldb: qkvWidth, transposeB: true,
+                                         m: tokens, n: tokens, k: headDimension, precision: .bf16)
+            singleThreadedMatrixMultiply(dv, ldc: qkvWidth, p, lda: tokens, transposeA: true, dOutput, ldb: width,
+                                         m: tokens, n: headDimension, k: tokens, precision: .bf16)
+            for row in 0..<tokens {
+                softmaxBackwardInPlace(dp + row * tokens, probabilities: p + row * tokens, count: tokens, scale: scale)
             }
+            singleThreadedMatrixMultiply(dq, ldc: qkvWidth, dp, lda: tokens, k, ldb: qkvWidth,
+                                         m: tokens, n: headDimension, k: tokens, precision: .bf16)
+            singleThreadedMatrixMultiply(dk, ldc: qkvWidth, dp, lda: tokens, transposeA: true, q, ldb: qkvWidth,
+                                         m: tokens, n: headDimension, k: tokens, precision: .bf16)
         }
     }
 
