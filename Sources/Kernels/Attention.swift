@@ -42,7 +42,9 @@ private func prefetch(_ base: UnsafePointer<Float>, rows: Int, count: Int, strid
 }
 
 /// output[batch, tokens, heads·headDimension] = softmax(q kᵀ · hd^-1/2) v per head;
-/// probabilities[batch, heads, tokens, tokens] are saved for the backward.
+/// probabilities[batch, heads, tokens, tokens] are saved for the backward. Each head's
+/// scores and softmax run in the thread's scratch (`attentionScratch`), from which the
+/// probabilities are streamed out: written once, without first reading their lines.
 /// qkv is [batch, tokens, 3 · heads · headDimension].
 /// In bf16, `roundedOutput`, when given, takes the output rounded to bf16 (the bits of
 /// rounding the fp32 output) in place of `output`, which is then not written: for the proj
@@ -59,7 +61,6 @@ public func attentionForward(output: UnsafeMutablePointer<Float>, probabilities:
         let q = qkv + sample * tokens * qkvWidth + head * headDimension
         let k = q + width
         let v = q + 2 * width
-        let p = probabilities + (sample * heads + head) * tokens * tokens
         if precision == .bf16, let next = nextPair(after: sample, head, batch: batch, heads: heads) {
             let nextQ = qkv + next.sample * tokens * qkvWidth + next.head * headDimension
             for part in 0..<3 { prefetch(nextQ + part * width, rows: tokens, count: headDimension, stride: qkvWidth) }
@@ -67,15 +68,16 @@ public func attentionForward(output: UnsafeMutablePointer<Float>, probabilities:
                 prefetch(output + next.sample * tokens * width + next.head * headDimension,
                          rows: tokens, count: headDimension, stride: width, forWriting: true)
             }
-            prefetch(probabilities + (next.sample * heads + next.head) * tokens * tokens,
-                     rows: 1, count: tokens * tokens, stride: 0, forWriting: true)
         }
-        // p[tokens, tokens] = scale · q kᵀ
+        // p[tokens, tokens] = softmax(scale · q kᵀ), in the scratch, then streamed out
+        let p = attentionScratch(tokens * tokens)
         singleThreadedMatrixMultiply(p, ldc: tokens, q, lda: qkvWidth, k, ldb: qkvWidth, transposeB: true,
                        m: tokens, n: tokens, k: headDimension, alpha: scale, precision: precision)
         let outputOffset = sample * tokens * width + head * headDimension
+        let savedP = probabilities + (sample * heads + head) * tokens * tokens
         guard precision == .bf16 else {
             softmaxRows(p, rows: tokens, count: tokens)
+            mae_stream_copy(savedP, p, tokens * tokens)
             // output[tokens, hd] (inside the [tokens, width] rows) = p v
             singleThreadedMatrixMultiply(output + outputOffset, ldc: width, p, lda: tokens, v, ldb: qkvWidth,
                                          m: tokens, n: headDimension, k: tokens)
@@ -85,6 +87,7 @@ public func attentionForward(output: UnsafeMutablePointer<Float>, probabilities:
         // the bits it would round p to itself, without a pass of its own.
         let roundedP = attentionBuffer(tokens * tokens)
         softmaxRows(p, rows: tokens, count: tokens, rounded: roundedP)
+        mae_stream_copy(savedP, p, tokens * tokens)
         if let roundedOutput {
             roundedOutputProduct(roundedOutput + outputOffset, ldc: width, roundedP, lda: tokens, v, ldb: qkvWidth,
                                  m: tokens, n: headDimension, k: tokens)
@@ -118,6 +121,15 @@ private func roundedOutputProduct(_ c: UnsafeMutablePointer<UInt16>, ldc: Int, _
     }
 }
 
+/// The calling thread's scratch of `count` floats for one head's [tokens, tokens] scores
+/// or their gradient (`mae_attention_scratch`).
+private func attentionScratch(_ count: Int) -> UnsafeMutablePointer<Float> {
+    guard let scratch = mae_attention_scratch(count) else {
+        preconditionFailure("out of memory for \(count) of attention's scores")
+    }
+    return scratch
+}
+
 /// The calling thread's buffer of `count` bf16 values for one head's probabilities
 /// (`mae_bf16_attention_buffer`).
 private func attentionBuffer(_ count: Int) -> UnsafeMutablePointer<UInt16> {
@@ -127,14 +139,13 @@ private func attentionBuffer(_ count: Int) -> UnsafeMutablePointer<UInt16> {
     return buffer
 }
 
-/// Backward of `attentionForward`: qkvGradient[batch, tokens, 3·width] is assigned.
-/// probabilityGradient[batch, heads, tokens, tokens] is scratch.
+/// Backward of `attentionForward`: qkvGradient[batch, tokens, 3·width] is assigned. Each
+/// head's probability gradient lives in the thread's scratch (`attentionScratch`).
 public func attentionBackward(qkvGradient: UnsafeMutablePointer<Float>,
-                              probabilityGradient: UnsafeMutablePointer<Float>,
                               outputGradient: UnsafePointer<Float>,
                               qkv: UnsafePointer<Float>, probabilities: UnsafePointer<Float>,
                               batch: Int, tokens: Int, heads: Int, headDimension: Int,
-                             precision: Precision = .fp32) {
+                              precision: Precision = .fp32) {
     let width = heads * headDimension
     let qkvWidth = 3 * width
     let scale = 1 / Float(headDimension).squareRoot()
@@ -146,7 +157,7 @@ public func attentionBackward(qkvGradient: UnsafeMutablePointer<Float>,
         let dk = dq + width
         let dv = dq + 2 * width
         let p = probabilities + (sample * heads + head) * tokens * tokens
-        let dp = probabilityGradient + (sample * heads + head) * tokens * tokens
+        let dp = attentionScratch(tokens * tokens)
         let dOutput = outputGradient + sample * tokens * width + head * headDimension
         if precision == .bf16, let next = nextPair(after: sample, head, batch: batch, heads: heads) {
             let offset = next.sample * tokens * qkvWidth + next.head * headDimension

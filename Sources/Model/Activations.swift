@@ -113,8 +113,6 @@ final class Activations {
                      fullPredictionGradient: UnsafeMutablePointer<Float>,
                      embeddedGradient: UnsafeMutablePointer<Float>)? = nil
         let streamPerSample = max(encoderTokens * width, decoderTokens * decoderWidth)
-        let probabilitiesPerSample = max(config.encoderHeads * encoderTokens * encoderTokens,
-                                         config.decoderHeads * decoderTokens * decoderTokens)
         var allocation = existing
         for pass in 0..<(existing == nil ? 2 : 1) {
             total = 0
@@ -136,8 +134,7 @@ final class Activations {
                 target: take(patchCount * patchDimension),
                 scratch: BlockScratch(stream: take(streamPerSample), norm: take(streamPerSample),
                                       qkv: take(3 * streamPerSample), attention: take(streamPerSample),
-                                      hidden: take(config.mlpRatio * streamPerSample),
-                                      probabilities: take(probabilitiesPerSample)),
+                                      hidden: take(config.mlpRatio * streamPerSample)),
                 predictionGradient: take(patchCount * patchDimension),
                 fullPredictionGradient: take(decoderTokens * patchDimension),
                 embeddedGradient: take(encoderTokens * decoderWidth))

@@ -61,8 +61,7 @@ final class ClassifierActivations {
                           take(config.encoderDepth * 2 * batch), take(batch * classes), take(batch * width),
                           take(batch * width)]
             let scratch = BlockScratch(stream: take(rows * width), norm: take(rows * width), qkv: take(rows * 3 * width),
-                                       attention: take(rows * width), hidden: take(rows * hidden),
-                                       probabilities: take(batch * heads * tokens * tokens))
+                                       attention: take(rows * width), hidden: take(rows * hidden))
             return (blocks, pieces, scratch)
         }
         _ = carve()

@@ -121,7 +121,6 @@ struct BlockScratch {
     var qkv: UnsafeMutablePointer<Float>            // [rows, 3·width]
     var attention: UnsafeMutablePointer<Float>      // [rows, width]
     var hidden: UnsafeMutablePointer<Float>         // [rows, hidden]
-    var probabilities: UnsafeMutablePointer<Float>  // [batch, heads, tokens, tokens]
 }
 
 /// One block's forward; `dropPath` nil is the plain block (pretraining, evaluation).
@@ -210,8 +209,7 @@ func blockBackward(parameters p: UnsafePointer<Float>, products x: Products, gra
                    weight: p + o.projectionWeight, rows: s.rows, inFeatures: s.width, outFeatures: s.width,
                    precision: x.precision, roundedWeight: x.weight(o.projectionWeight),
                    roundedInput: x.roundedActivation(a.attention))
-    attentionBackward(qkvGradient: d.qkv, probabilityGradient: d.probabilities, outputGradient: d.attention,
-                      qkv: a.qkv, probabilities: a.probabilities,
+    attentionBackward(qkvGradient: d.qkv, outputGradient: d.attention, qkv: a.qkv, probabilities: a.probabilities,
                       batch: s.batch, tokens: s.tokens, heads: s.heads, headDimension: s.headDimension,
                       precision: x.precision)
     linearBackward(inputGradient: d.norm, weightGradient: g + o.qkvWeight, biasGradient: g + o.qkvBias,

@@ -5,7 +5,7 @@ import Testing
 import TestSupport
 
 /// Attention's softmax in C (CSupportSoftmax.h) against Swift's `softmaxInPlace`, bit for bit,
-/// and attention itself against the way it was computed before the C softmax rounded p for
+/// the streaming copy of its probabilities, and attention itself against the way it was computed before the C softmax rounded p for
 /// the bf16 product p·v and before the backward computed dvᵀ and dkᵀ.
 @Suite struct AttentionTests {
     static let hasAVX512 = ["avx512f", "avx512bw", "avx512vl"].allSatisfy(CPUInfo.supports)
@@ -101,6 +101,25 @@ import TestSupport
         }
     }
 
+    /// The streaming copy of a head's probabilities (CSupportScratch.h): at every alignment of
+    /// the destination and for counts within a vector, around one and past several, each float
+    /// copied to the bit, and nothing written before or after.
+    @Test func theStreamingCopyCopiesEveryFloatAndNothingElse() {
+        let source = randomValues(100, seed: 8).map(Float.init)
+        let untouched: Float = -7
+        for offset in 0..<16 {
+            for count in [0, 1, 5, 15, 16, 17, 31, 33, 64, 100] {
+                let destination = FloatBuffer([Float](repeating: untouched, count: 16 + 100 + 16))
+                mae_stream_copy(destination.pointer + offset, source, count)
+                let wrong = (0..<destination.count).filter { index in
+                    let copied = index >= offset && index < offset + count
+                    return destination[index].bitPattern != (copied ? source[index - offset] : untouched).bitPattern
+                }
+                #expect(wrong.isEmpty, "offset \(offset), count \(count): floats \(wrong.prefix(4)) wrong")
+            }
+        }
+    }
+
     /// attentionForward gives the bits of the reference in fp32 and bf16, with the output in
     /// fp32 and rounded, on the small bf16 kernel (17 tokens; ViT-B's encoder: 50 tokens, hd 64;
     /// its decoder: 197 tokens, hd 32) and past it on oneDNN (ViT-H's decoder: 257 tokens, hd 32),
@@ -143,17 +162,18 @@ import TestSupport
 
     /// attentionBackward in bf16 from the public products alone, one (sample, head) after
     /// another on the calling thread: no split over workers, no prefetching of the next pair.
-    static func referenceAttentionBackward(qkvGradient: UnsafeMutablePointer<Float>, probabilityGradient: UnsafeMutablePointer<Float>,
-                                           outputGradient: UnsafePointer<Float>, qkv: UnsafePointer<Float>,
-                                           probabilities: UnsafePointer<Float>,
+    static func referenceAttentionBackward(qkvGradient: UnsafeMutablePointer<Float>, outputGradient: UnsafePointer<Float>,
+                                           qkv: UnsafePointer<Float>, probabilities: UnsafePointer<Float>,
                                            batch: Int, tokens: Int, heads: Int, headDimension: Int) {
         let width = heads * headDimension, qkvWidth = 3 * width
         let scale = 1 / Float(headDimension).squareRoot()
+        let probabilityGradient = FloatBuffer(count: tokens * tokens)
+        let dp = probabilityGradient.pointer
         forEachHead(batch: batch, tokens: tokens, heads: heads, headDimension: headDimension) { qkvOffset, pOffset, offset in
             let q = qkv + qkvOffset, dq = qkvGradient + qkvOffset
             let (k, v) = (q + width, q + 2 * width)
             let (dk, dv) = (dq + width, dq + 2 * width)
-            let p = probabilities + pOffset, dp = probabilityGradient + pOffset
+            let p = probabilities + pOffset
             let dOutput = outputGradient + offset
             singleThreadedMatrixMultiply(dp, ldc: tokens, dOutput, lda: width, v, ldb: qkvWidth, transposeB: true,
                                          m: tokens, n: tokens, k: headDimension, precision: .bf16)
@@ -185,13 +205,11 @@ import TestSupport
         defer { Parallel.setThreads(before) }
         Parallel.setThreads(2)
         let qkvGradient = FloatBuffer(count: qkv.count), expected = FloatBuffer(count: qkv.count)
-        let scratch = FloatBuffer(count: probabilities.count), expectedScratch = FloatBuffer(count: probabilities.count)
-        attentionBackward(qkvGradient: qkvGradient.pointer, probabilityGradient: scratch.pointer,
-                          outputGradient: outputGradient.pointer, qkv: qkv.pointer, probabilities: probabilities.pointer,
+        attentionBackward(qkvGradient: qkvGradient.pointer, outputGradient: outputGradient.pointer,
+                          qkv: qkv.pointer, probabilities: probabilities.pointer,
                           batch: batch, tokens: tokens, heads: heads, headDimension: headDimension, precision: .bf16)
-        Self.referenceAttentionBackward(qkvGradient: expected.pointer, probabilityGradient: expectedScratch.pointer,
-                                        outputGradient: outputGradient.pointer, qkv: qkv.pointer,
-                                        probabilities: probabilities.pointer,
+        Self.referenceAttentionBackward(qkvGradient: expected.pointer, outputGradient: outputGradient.pointer,
+                                        qkv: qkv.pointer, probabilities: probabilities.pointer,
                                         batch: batch, tokens: tokens, heads: heads, headDimension: headDimension)
         let differing = (0..<qkv.count).filter { qkvGradient[$0].bitPattern != expected[$0].bitPattern }.count
         expectClose(qkvGradient.toArray(), expected.toArray().map(Double.init), absolute: 1e-6, relative: 1e-5,

@@ -375,8 +375,7 @@ import TestSupport
         // 2.1·10⁻³ backward, on values of about 0.5).
         expectClose(output.toArray(), reference(qkv), absolute: 1e-2, relative: 1e-2, "bf16 attention forward")
         let dqkv = FloatBuffer([Float](repeating: 99, count: qkv.count))
-        let scratch = FloatBuffer(count: probabilities.count)
-        attentionBackward(qkvGradient: dqkv.pointer, probabilityGradient: scratch.pointer, outputGradient: rBuffer.pointer,
+        attentionBackward(qkvGradient: dqkv.pointer, outputGradient: rBuffer.pointer,
                           qkv: qkvBuffer.pointer, probabilities: probabilities.pointer,
                           batch: batch, tokens: tokens, heads: heads, headDimension: headDimension, precision: .bf16)
         expectClose(dqkv.toArray(), numericGradient(qkv) { dot(r, reference($0)) }, absolute: 1e-2, relative: 1e-2,
@@ -414,9 +413,8 @@ import TestSupport
             attentionForward(output: output.pointer, probabilities: probabilities.pointer, qkv: qkv.pointer,
                              batch: batch, tokens: tokens, heads: heads, headDimension: headDimension, precision: .bf16)
             let dqkv = FloatBuffer(count: qkv.count)
-            let dp = FloatBuffer(count: probabilities.count)
-            attentionBackward(qkvGradient: dqkv.pointer, probabilityGradient: dp.pointer,
-                              outputGradient: output.pointer, qkv: qkv.pointer, probabilities: probabilities.pointer,
+            attentionBackward(qkvGradient: dqkv.pointer, outputGradient: output.pointer,
+                              qkv: qkv.pointer, probabilities: probabilities.pointer,
                               batch: batch, tokens: tokens, heads: heads, headDimension: headDimension, precision: .bf16)
             return output.toArray() + dqkv.toArray()
         }

@@ -169,8 +169,8 @@ import TestSupport
         expectClose(rowSums, [Double](repeating: 1, count: rowSums.count), absolute: 1e-6, "softmax rows")
 
         let dqkv = FloatBuffer([Float](repeating: 99, count: qkv.count))  // assigned, not added
-        let scratch = FloatBuffer(count: probabilities.count), rb = buffer(r)
-        attentionBackward(qkvGradient: dqkv.pointer, probabilityGradient: scratch.pointer, outputGradient: rb.pointer,
+        let rb = buffer(r)
+        attentionBackward(qkvGradient: dqkv.pointer, outputGradient: rb.pointer,
                           qkv: qkvBuffer.pointer, probabilities: probabilities.pointer,
                           batch: batch, tokens: tokens, heads: heads, headDimension: headDimension)
         expectClose(dqkv.toArray(), numericGradient(qkv) { dot(r, reference($0)) }, absolute: 2e-5, relative: 1e-4,
@@ -223,8 +223,8 @@ import TestSupport
             attentionForward(output: output.pointer, probabilities: probabilities.pointer, qkv: qkv.pointer,
                              batch: batch, tokens: tokens, heads: heads, headDimension: headDimension)
             let dqkv = FloatBuffer(count: qkv.count)
-            attentionBackward(qkvGradient: dqkv.pointer, probabilityGradient: probabilities.pointer,
-                              outputGradient: output.pointer, qkv: qkv.pointer, probabilities: probabilities.pointer,
+            attentionBackward(qkvGradient: dqkv.pointer, outputGradient: output.pointer,
+                              qkv: qkv.pointer, probabilities: probabilities.pointer,
                               batch: batch, tokens: tokens, heads: heads, headDimension: headDimension)
             return output.toArray() + dqkv.toArray()  // qkv outlives the closure's uses
         }
