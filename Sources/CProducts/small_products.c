@@ -36,6 +36,9 @@
 // addition rounded (the odd-k product first: measured on AMD Zen 4, as Intel's manual
 // describes it), so a product of bf16 values is exact and only the sums round, as in
 // OpenBLAS's fp32 sums of the same rounded values (in another order).
+// No fused multiply-adds but the explicit ones: the softmax backward repeats Swift's
+// separately rounded products and sums.
+#pragma STDC FP_CONTRACT OFF
 #include "small_products.h"
 #include "CProducts.h"
 #include "CSupportBFloat16.h"
@@ -70,8 +73,8 @@ int mae_bf16_small_kernel_available(void) {
 
 enum { tile_rows = 12 };  // with 2 vectors of columns: 24 accumulators and 2 of b of the 32 registers
 
-static __thread uint32_t *packed_a, *packed_b;
-static __thread size_t packed_a_capacity, packed_b_capacity;
+static __thread uint32_t *packed_a, *packed_a2, *packed_b;
+static __thread size_t packed_a_capacity, packed_a2_capacity, packed_b_capacity;
 
 static uint32_t *reserve_packed(uint32_t **buffer, size_t *capacity, size_t count) {
     if (count > *capacity) {
@@ -311,6 +314,29 @@ BF16_KERNEL static void dot_tail(float *c, uint16_t *c16, long ldc, const uint32
     }
 }
 
+// c[m, n] (or c16) = alpha · the packed a times the packed b (+ c when accumulating), over
+// `pairs` pairs of k: tiles of up to tile_rows rows × 32 columns.
+BF16_KERNEL static void run_tiles(float *c, uint16_t *c16, long ldc, const uint32_t *a_packed, int a_by_rows,
+                                  long a_stride, const uint32_t *b_packed, long b_stride, long m, long n, long pairs,
+                                  float alpha, int accumulate) {
+    // Row blocks of at most tile_rows, as even as they come (17 rows: 9 and 8).
+    long row_blocks = (m + tile_rows - 1) / tile_rows;
+    for (long column0 = 0; column0 < n; column0 += 32) {
+        long width = n - column0 < 32 ? n - column0 : 32;
+        int vectors = width > 16 ? 2 : 1;
+        __mmask16 last = lanes(width - 16 * (vectors - 1));
+        long row0 = 0;
+        for (long block = 0; block < row_blocks; block++) {
+            long rows = m / row_blocks + (block < m % row_blocks ? 1 : 0);
+            run_tile(rows, vectors, a_by_rows, a_packed + (a_by_rows ? row0 * a_stride : row0), a_stride,
+                     b_packed + column0, b_stride, pairs,
+                     c16 ? NULL : c + row0 * ldc + column0, c16 ? c16 + row0 * ldc + column0 : NULL, ldc, last, alpha,
+                     accumulate);
+            row0 += rows;
+        }
+    }
+}
+
 // The product into fp32 c, or (`c16` not NULL, beta 0) rounded to bf16 into c16.
 BF16_KERNEL static int small_product(float *c, uint16_t *c16, long ldc,
                                      const void *a, int a_is_bf16, long lda, int transpose_a,
@@ -342,22 +368,7 @@ BF16_KERNEL static int small_product(float *c, uint16_t *c16, long ldc,
     // op(b)[k, n]: b stored [n][ldb] when transposed, [k][ldb] otherwise.
     if (transpose_b) pack_along_rows(b_packed, b_stride, b_stride, b, b_is_bf16, ldb, k, tiled);
     else pack_down_rows(b_packed, b_stride, b, b_is_bf16, ldb, k, tiled);
-    // Row blocks of at most tile_rows, as even as they come (17 rows: 9 and 8).
-    long row_blocks = (m + tile_rows - 1) / tile_rows;
-    for (long column0 = 0; column0 < tiled; column0 += 32) {
-        long width = tiled - column0 < 32 ? tiled - column0 : 32;
-        int vectors = width > 16 ? 2 : 1;
-        __mmask16 last = lanes(width - 16 * (vectors - 1));
-        long row0 = 0;
-        for (long block = 0; block < row_blocks; block++) {
-            long rows = m / row_blocks + (block < m % row_blocks ? 1 : 0);
-            run_tile(rows, vectors, a_by_rows, a_packed + (a_by_rows ? row0 * a_stride : row0), a_stride,
-                     b_packed + column0, b_stride, pairs,
-                     c16 ? NULL : c + row0 * ldc + column0, c16 ? c16 + row0 * ldc + column0 : NULL, ldc, last, alpha,
-                     beta != 0.0f);
-            row0 += rows;
-        }
-    }
+    run_tiles(c, c16, ldc, a_packed, a_by_rows, a_stride, b_packed, b_stride, m, tiled, pairs, alpha, beta != 0.0f);
     for (long column = tiled; column < n; column++) {
         uint32_t *b_row = b_packed + pairs * b_stride;
         pack_rows(b_row, a_stride, (const char *)b + (size_t)column * (size_t)ldb * (b_is_bf16 ? 2 : 4), b_is_bf16, ldb, k, 1);
@@ -373,7 +384,86 @@ int mae_bf16_small_product_avx512(float *c, long ldc, const void *a, int a_is_bf
     return small_product(c, NULL, ldc, a, a_is_bf16, lda, transpose_a, b, b_is_bf16, ldb, transpose_b, m, n, k, alpha, beta);
 }
 
+// Σ g[i] · p[i] as Kernels' softmaxBackwardInPlace sums it: the whole vectors of 16 lane by
+// lane (from +0), then the lanes in order (from −0, as Swift's SIMD sum()), then the rest
+// one by one, each product and sum rounded on its own.
+BF16_KERNEL static float softmax_backward_dot(const float *g, const float *p, long count) {
+    __m512 dot16 = _mm512_setzero_ps();
+    long index = 0;
+    for (; index + 16 <= count; index += 16) {
+        dot16 = _mm512_add_ps(dot16, _mm512_mul_ps(_mm512_loadu_ps(g + index), _mm512_loadu_ps(p + index)));
+    }
+    float lanes16[16];
+    _mm512_storeu_ps(lanes16, dot16);
+    float dot = -0.0f;
+    for (int lane = 0; lane < 16; lane++) dot += lanes16[lane];
+    for (; index < count; index++) dot += g[index] * p[index];
+    return dot;
+}
+
+// 16 values of ds = (scale · p) · (g − dot) from `column` of a row (0 past `count`).
+BF16_KERNEL static inline __m512 softmax_backward16(const float *g, const float *p, long column, long count,
+                                                    __m512 scale, __m512 dot) {
+    __mmask16 mask = lanes(count - column);
+    __m512 difference = _mm512_sub_ps(_mm512_maskz_loadu_ps(mask, g + column), dot);
+    return _mm512_maskz_mul_ps(mask, _mm512_mul_ps(scale, _mm512_maskz_loadu_ps(mask, p + column)), difference);
+}
+
+BF16_KERNEL static int ds_products(float *dq, float *dk, long ld, const float *q, const float *k, const float *dp,
+                                   const float *p, long tokens, long head_dimension, float scale) {
+    long pairs = (tokens + 1) / 2;
+    // ds packed as dq = ds·k reads it (each row's pairs, `by_rows_stride` words a row) and as
+    // dk = dsᵀ·q does (rows 2r and 2r + 1 interleaved, `down_stride` words a pair of rows).
+    long by_rows_stride = (pairs + 15) / 16 * 16, down_stride = (tokens + 15) / 16 * 16;
+    long b_stride = (head_dimension + 15) / 16 * 16;
+    uint32_t *by_rows = reserve_packed(&packed_a, &packed_a_capacity, (size_t)(tokens * by_rows_stride));
+    uint32_t *down = reserve_packed(&packed_a2, &packed_a2_capacity, (size_t)(pairs * down_stride));
+    uint32_t *b_packed = reserve_packed(&packed_b, &packed_b_capacity, (size_t)(pairs * b_stride));
+    if (!by_rows || !down || !b_packed) return -1;
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512 scale16 = _mm512_set1_ps(scale);
+    long columns = down_stride > 2 * by_rows_stride ? down_stride : 2 * by_rows_stride;
+    for (long pair = 0; pair < pairs; pair++) {
+        long even = 2 * pair;
+        int has_odd = even + 1 < tokens;
+        const float *g0 = dp + even * tokens, *p0 = p + even * tokens;
+        const float *g1 = g0 + tokens, *p1 = p0 + tokens;
+        __m512 dot0 = _mm512_set1_ps(softmax_backward_dot(g0, p0, tokens));
+        __m512 dot1 = has_odd ? _mm512_set1_ps(softmax_backward_dot(g1, p1, tokens)) : _mm512_setzero_ps();
+        uint16_t *row0 = (uint16_t *)(by_rows + even * by_rows_stride), *row1 = row0 + 2 * by_rows_stride;
+        for (long column = 0; column < columns; column += 16) {
+            __m512 ds0 = softmax_backward16(g0, p0, column, tokens, scale16, dot0);
+            __m512 ds1 = has_odd ? softmax_backward16(g1, p1, column, tokens, scale16, dot1) : _mm512_setzero_ps();
+            __m512i rounded = round32(ds0, ds1);  // ds0's 16 bf16, then ds1's
+            if (column < 2 * by_rows_stride) {
+                _mm256_storeu_si256((__m256i *)(row0 + column), _mm512_castsi512_si256(rounded));
+                if (has_odd) _mm256_storeu_si256((__m256i *)(row1 + column), _mm512_extracti64x4_epi64(rounded, 1));
+            }
+            if (column < down_stride) _mm512_store_si512(down + pair * down_stride + column, _mm512_permutexvar_epi16(interleave, rounded));
+        }
+    }
+    // dq[tokens, hd] = ds · k; dk[tokens, hd] = dsᵀ · q (k and q stored [tokens][ld]).
+    pack_down_rows(b_packed, b_stride, k, 0, ld, tokens, head_dimension);
+    run_tiles(dq, NULL, ld, by_rows, 1, by_rows_stride, b_packed, b_stride, tokens, head_dimension, pairs, 1.0f, 0);
+    pack_down_rows(b_packed, b_stride, q, 0, ld, tokens, head_dimension);
+    run_tiles(dk, NULL, ld, down, 0, down_stride, b_packed, b_stride, tokens, head_dimension, pairs, 1.0f, 0);
+    return 1;
+}
+
+int mae_bf16_attention_ds_products(float *dq, float *dk, long ld, const float *q, const float *k, const float *dp,
+                                   const float *p, long tokens, long head_dimension, float scale) {
+    if (tokens <= 0 || head_dimension <= 0) return 0;
+    if (tokens * tokens * head_dimension > MAE_BF16_SMALL_PRODUCT_LIMIT || !mae_bf16_small_kernel_available()) return 0;
+    return ds_products(dq, dk, ld, q, k, dp, p, tokens, head_dimension, scale);
+}
+
 #else
+
+int mae_bf16_attention_ds_products(float *dq, float *dk, long ld, const float *q, const float *k, const float *dp,
+                                   const float *p, long tokens, long head_dimension, float scale) {
+    return 0;
+}
 
 int mae_bf16_small_kernel_available(void) { return 0; }
 

@@ -176,11 +176,18 @@ public func attentionBackward(qkvGradient: UnsafeMutablePointer<Float>,
                        m: tokens, n: tokens, k: headDimension, precision: precision)
         singleThreadedMatrixMultiply(dv, ldc: qkvWidth, p, lda: tokens, transposeA: true, dOutput, ldb: width,
                        m: tokens, n: headDimension, k: tokens, precision: precision)
-        // Through the softmax and the scale: ds = scale · p ∘ (dp − Σ_keys dp ∘ p)
+        // Through the softmax and the scale: ds = scale · p ∘ (dp − Σ_keys dp ∘ p); then
+        // dq = ds k and dk = dsᵀ q. In bf16 on the small kernel one C pass writes ds rounded
+        // straight into the two layouts those products read, and runs them: the same bits
+        // without a pass over the fp32 ds for each product.
+        if precision == .bf16 {
+            let status = mae_bf16_attention_ds_products(dq, dk, qkvWidth, q, k, dp, p, tokens, headDimension, scale)
+            precondition(status >= 0, "out of memory for attention's ds in bf16 (\(tokens) tokens)")
+            if status == 1 { return }
+        }
         for row in 0..<tokens {
             softmaxBackwardInPlace(dp + row * tokens, probabilities: p + row * tokens, count: tokens, scale: scale)
         }
-        // dq = ds k; dk = dsᵀ q
         singleThreadedMatrixMultiply(dq, ldc: qkvWidth, dp, lda: tokens, k, ldb: qkvWidth,
                        m: tokens, n: headDimension, k: tokens, precision: precision)
         singleThreadedMatrixMultiply(dk, ldc: qkvWidth, dp, lda: tokens, transposeA: true, q, ldb: qkvWidth,
@@ -206,7 +213,9 @@ public func softmaxInPlace(_ values: UnsafeMutablePointer<Float>, count: Int) {
 }
 
 /// gradient[count] = scale · p ∘ (gradient − Σ gradient ∘ p): the softmax backward
-/// in place, from the gradient with respect to the probabilities p.
+/// in place, from the gradient with respect to the probabilities p. CProducts'
+/// `mae_bf16_attention_ds_products` repeats it operation for operation: a change here needs
+/// the same change there (`attentionBackwardInBFloat16AgreesWithThePlainProducts`).
 @inline(__always)
 public func softmaxBackwardInPlace(_ gradient: UnsafeMutablePointer<Float>, probabilities: UnsafePointer<Float>,
                                    count: Int, scale: Float) {

@@ -189,10 +189,13 @@ import TestSupport
         }
     }
 
-    /// The bf16 backward against the reference products, on the small kernel (50 and 197 tokens)
-    /// and past it on oneDNN (ViT-H's decoder, 257 tokens, hd 32; 200 tokens, hd 64), on two
-    /// threads: the results agree to the rounding of fp32 sums at worst (to the bit on AMD Zen 4).
-    @Test(arguments: [(2, 50, 2, 64), (1, 197, 3, 32), (1, 257, 2, 32), (1, 200, 2, 64)])
+    /// The bf16 backward against the reference products, on the small kernel (50 and 197 tokens;
+    /// 31 tokens with hd 24, a part of a vector) and past it on oneDNN (ViT-H's decoder, 257
+    /// tokens, hd 32; 200 tokens, hd 64), on two threads: the results agree to the rounding of
+    /// fp32 sums at worst (to the bit on AMD Zen 4), and to the bit where the small kernel runs
+    /// them, whose softmax backward writes ds packed for both products in C
+    /// (`mae_bf16_attention_ds_products`) where the reference runs Swift's and packs ds twice.
+    @Test(arguments: [(2, 50, 2, 64), (1, 197, 3, 32), (1, 31, 2, 24), (1, 257, 2, 32), (1, 200, 2, 64)])
     func attentionBackwardInBFloat16AgreesWithThePlainProducts(batch: Int, tokens: Int, heads: Int, headDimension: Int) {
         let width = heads * headDimension
         let qkv = FloatBuffer(randomValues(batch * tokens * 3 * width, seed: 5, in: -2..<2).map(Float.init))
@@ -214,5 +217,9 @@ import TestSupport
         let differing = (0..<qkv.count).filter { qkvGradient[$0].bitPattern != expected[$0].bitPattern }.count
         expectClose(qkvGradient.toArray(), expected.toArray().map(Double.init), absolute: 1e-6, relative: 1e-5,
                     "bf16 attention backward, \(differing) of \(qkv.count) not to the bit")
+        let smallKernel = String(cString: mae_bf16_small_product_implementation()).contains("vdpbf16ps")
+        if smallKernel && tokens * tokens * headDimension <= Int(MAE_BF16_SMALL_PRODUCT_LIMIT) {
+            #expect(differing == 0, "on the small kernel \(differing) of \(qkv.count) gradients differ from the reference's bits")
+        }
     }
 }
