@@ -73,8 +73,8 @@ int mae_bf16_small_kernel_available(void) {
 
 enum { tile_rows = 12 };  // with 2 vectors of columns: 24 accumulators and 2 of b of the 32 registers
 
-static __thread uint32_t *packed_a, *packed_a2, *packed_b;
-static __thread size_t packed_a_capacity, packed_a2_capacity, packed_b_capacity;
+static __thread uint32_t *packed_a, *packed_b, *packed_ds_down, *packed_p_down;
+static __thread size_t packed_a_capacity, packed_b_capacity, packed_ds_down_capacity, packed_p_down_capacity;
 
 static uint32_t *reserve_packed(uint32_t **buffer, size_t *capacity, size_t count) {
     if (count > *capacity) {
@@ -401,25 +401,26 @@ BF16_KERNEL static float softmax_backward_dot(const float *g, const float *p, lo
     return dot;
 }
 
-// 16 values of ds = (scale · p) · (g − dot) from `column` of a row (0 past `count`).
-BF16_KERNEL static inline __m512 softmax_backward16(const float *g, const float *p, long column, long count,
-                                                    __m512 scale, __m512 dot) {
-    __mmask16 mask = lanes(count - column);
-    __m512 difference = _mm512_sub_ps(_mm512_maskz_loadu_ps(mask, g + column), dot);
-    return _mm512_maskz_mul_ps(mask, _mm512_mul_ps(scale, _mm512_maskz_loadu_ps(mask, p + column)), difference);
-}
-
-BF16_KERNEL static int ds_products(float *dq, float *dk, long ld, const float *q, const float *k, const float *dp,
-                                   const float *p, long tokens, long head_dimension, float scale) {
+// One head's bf16 attention backward on the small kernel (mae_bf16_attention_head_backward).
+BF16_KERNEL static int head_backward(float *dq, float *dk, float *dv, long ld, const float *q, const float *k,
+                                     const float *v, const float *d_output, long ld_output, const float *p, float *dp,
+                                     long tokens, long head_dimension, float scale) {
+    // dp[tokens, tokens] = dOutput · vᵀ
+    if (small_product(dp, NULL, tokens, d_output, 0, ld_output, 0, v, 0, ld, 1, tokens, tokens, head_dimension, 1.0f,
+                      0.0f)) {
+        return -1;
+    }
     long pairs = (tokens + 1) / 2;
-    // ds packed as dq = ds·k reads it (each row's pairs, `by_rows_stride` words a row) and as
-    // dk = dsᵀ·q does (rows 2r and 2r + 1 interleaved, `down_stride` words a pair of rows).
+    // ds packed as dq = ds·k reads it (each row's pairs, `by_rows_stride` words a row), and ds
+    // and p as dk = dsᵀ·q and dv = pᵀ·dOutput read them (rows 2r and 2r + 1 interleaved,
+    // `down_stride` words a pair of rows): what small_product's packing would write.
     long by_rows_stride = (pairs + 15) / 16 * 16, down_stride = (tokens + 15) / 16 * 16;
     long b_stride = (head_dimension + 15) / 16 * 16;
-    uint32_t *by_rows = reserve_packed(&packed_a, &packed_a_capacity, (size_t)(tokens * by_rows_stride));
-    uint32_t *down = reserve_packed(&packed_a2, &packed_a2_capacity, (size_t)(pairs * down_stride));
+    uint32_t *ds_by_rows = reserve_packed(&packed_a, &packed_a_capacity, (size_t)(tokens * by_rows_stride));
+    uint32_t *ds_down = reserve_packed(&packed_ds_down, &packed_ds_down_capacity, (size_t)(pairs * down_stride));
+    uint32_t *p_down = reserve_packed(&packed_p_down, &packed_p_down_capacity, (size_t)(pairs * down_stride));
     uint32_t *b_packed = reserve_packed(&packed_b, &packed_b_capacity, (size_t)(pairs * b_stride));
-    if (!by_rows || !down || !b_packed) return -1;
+    if (!ds_by_rows || !ds_down || !p_down || !b_packed) return -1;
     const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
                                                 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     const __m512 scale16 = _mm512_set1_ps(scale);
@@ -429,39 +430,53 @@ BF16_KERNEL static int ds_products(float *dq, float *dk, long ld, const float *q
         int has_odd = even + 1 < tokens;
         const float *g0 = dp + even * tokens, *p0 = p + even * tokens;
         const float *g1 = g0 + tokens, *p1 = p0 + tokens;
+        // ds = (scale · p) · (dp − Σ_keys dp ∘ p), row by row as softmaxBackwardInPlace computes it.
         __m512 dot0 = _mm512_set1_ps(softmax_backward_dot(g0, p0, tokens));
         __m512 dot1 = has_odd ? _mm512_set1_ps(softmax_backward_dot(g1, p1, tokens)) : _mm512_setzero_ps();
-        uint16_t *row0 = (uint16_t *)(by_rows + even * by_rows_stride), *row1 = row0 + 2 * by_rows_stride;
+        uint16_t *row0 = (uint16_t *)(ds_by_rows + even * by_rows_stride), *row1 = row0 + 2 * by_rows_stride;
         for (long column = 0; column < columns; column += 16) {
-            __m512 ds0 = softmax_backward16(g0, p0, column, tokens, scale16, dot0);
-            __m512 ds1 = has_odd ? softmax_backward16(g1, p1, column, tokens, scale16, dot1) : _mm512_setzero_ps();
+            __mmask16 mask = lanes(tokens - column), odd_mask = has_odd ? mask : 0;  // 0 past the rows
+            __m512 probability0 = _mm512_maskz_loadu_ps(mask, p0 + column);
+            __m512 probability1 = _mm512_maskz_loadu_ps(odd_mask, p1 + column);
+            __m512 ds0 = _mm512_maskz_mul_ps(mask, _mm512_mul_ps(scale16, probability0),
+                                             _mm512_sub_ps(_mm512_maskz_loadu_ps(mask, g0 + column), dot0));
+            __m512 ds1 = _mm512_maskz_mul_ps(odd_mask, _mm512_mul_ps(scale16, probability1),
+                                             _mm512_sub_ps(_mm512_maskz_loadu_ps(odd_mask, g1 + column), dot1));
             __m512i rounded = round32(ds0, ds1);  // ds0's 16 bf16, then ds1's
             if (column < 2 * by_rows_stride) {
                 _mm256_storeu_si256((__m256i *)(row0 + column), _mm512_castsi512_si256(rounded));
                 if (has_odd) _mm256_storeu_si256((__m256i *)(row1 + column), _mm512_extracti64x4_epi64(rounded, 1));
             }
-            if (column < down_stride) _mm512_store_si512(down + pair * down_stride + column, _mm512_permutexvar_epi16(interleave, rounded));
+            if (column < down_stride) {
+                _mm512_store_si512(ds_down + pair * down_stride + column, _mm512_permutexvar_epi16(interleave, rounded));
+                _mm512_store_si512(p_down + pair * down_stride + column,
+                                   _mm512_permutexvar_epi16(interleave, round32(probability0, probability1)));
+            }
         }
     }
-    // dq[tokens, hd] = ds · k; dk[tokens, hd] = dsᵀ · q (k and q stored [tokens][ld]).
+    // dv = pᵀ · dOutput; dq = ds · k; dk = dsᵀ · q (b stored [tokens][ld], k down its rows).
+    pack_down_rows(b_packed, b_stride, d_output, 0, ld_output, tokens, head_dimension);
+    run_tiles(dv, NULL, ld, p_down, 0, down_stride, b_packed, b_stride, tokens, head_dimension, pairs, 1.0f, 0);
     pack_down_rows(b_packed, b_stride, k, 0, ld, tokens, head_dimension);
-    run_tiles(dq, NULL, ld, by_rows, 1, by_rows_stride, b_packed, b_stride, tokens, head_dimension, pairs, 1.0f, 0);
+    run_tiles(dq, NULL, ld, ds_by_rows, 1, by_rows_stride, b_packed, b_stride, tokens, head_dimension, pairs, 1.0f, 0);
     pack_down_rows(b_packed, b_stride, q, 0, ld, tokens, head_dimension);
-    run_tiles(dk, NULL, ld, down, 0, down_stride, b_packed, b_stride, tokens, head_dimension, pairs, 1.0f, 0);
+    run_tiles(dk, NULL, ld, ds_down, 0, down_stride, b_packed, b_stride, tokens, head_dimension, pairs, 1.0f, 0);
     return 1;
 }
 
-int mae_bf16_attention_ds_products(float *dq, float *dk, long ld, const float *q, const float *k, const float *dp,
-                                   const float *p, long tokens, long head_dimension, float scale) {
+int mae_bf16_attention_head_backward(float *dq, float *dk, float *dv, long ld, const float *q, const float *k,
+                                     const float *v, const float *d_output, long ld_output, const float *p, float *dp,
+                                     long tokens, long head_dimension, float scale) {
     if (tokens <= 0 || head_dimension <= 0) return 0;
     if (tokens * tokens * head_dimension > MAE_BF16_SMALL_PRODUCT_LIMIT || !mae_bf16_small_kernel_available()) return 0;
-    return ds_products(dq, dk, ld, q, k, dp, p, tokens, head_dimension, scale);
+    return head_backward(dq, dk, dv, ld, q, k, v, d_output, ld_output, p, dp, tokens, head_dimension, scale);
 }
 
 #else
 
-int mae_bf16_attention_ds_products(float *dq, float *dk, long ld, const float *q, const float *k, const float *dp,
-                                   const float *p, long tokens, long head_dimension, float scale) {
+int mae_bf16_attention_head_backward(float *dq, float *dk, float *dv, long ld, const float *q, const float *k,
+                                     const float *v, const float *d_output, long ld_output, const float *p, float *dp,
+                                     long tokens, long head_dimension, float scale) {
     return 0;
 }
 

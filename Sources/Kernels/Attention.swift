@@ -171,23 +171,26 @@ public func attentionBackward(qkvGradient: UnsafeMutablePointer<Float>,
             prefetch(probabilities + (next.sample * heads + next.head) * tokens * tokens,
                      rows: 1, count: tokens * tokens, stride: 0)
         }
+        // In bf16 on the small kernel, one C call runs the head (the same bits): its single
+        // pass over p writes ds rounded straight into the two layouts that dq = ds k and
+        // dk = dsᵀ q read, and p into the one dv = pᵀ dOutput reads, where the products below
+        // would each pack their [tokens, tokens] operand from fp32 themselves.
+        if precision == .bf16 {
+            let status = mae_bf16_attention_head_backward(dq, dk, dv, qkvWidth, q, k, v, dOutput, width, p, dp,
+                                                          tokens, headDimension, scale)
+            precondition(status >= 0, "out of memory for attention's backward in bf16 (\(tokens) tokens)")
+            if status == 1 { return }
+        }
         // dp = dOutput vᵀ; dv = pᵀ dOutput
         singleThreadedMatrixMultiply(dp, ldc: tokens, dOutput, lda: width, v, ldb: qkvWidth, transposeB: true,
                        m: tokens, n: tokens, k: headDimension, precision: precision)
         singleThreadedMatrixMultiply(dv, ldc: qkvWidth, p, lda: tokens, transposeA: true, dOutput, ldb: width,
                        m: tokens, n: headDimension, k: tokens, precision: precision)
-        // Through the softmax and the scale: ds = scale · p ∘ (dp − Σ_keys dp ∘ p); then
-        // dq = ds k and dk = dsᵀ q. In bf16 on the small kernel one C pass writes ds rounded
-        // straight into the two layouts those products read, and runs them: the same bits
-        // without a pass over the fp32 ds for each product.
-        if precision == .bf16 {
-            let status = mae_bf16_attention_ds_products(dq, dk, qkvWidth, q, k, dp, p, tokens, headDimension, scale)
-            precondition(status >= 0, "out of memory for attention's ds in bf16 (\(tokens) tokens)")
-            if status == 1 { return }
-        }
+        // Through the softmax and the scale: ds = scale · p ∘ (dp − Σ_keys dp ∘ p)
         for row in 0..<tokens {
             softmaxBackwardInPlace(dp + row * tokens, probabilities: p + row * tokens, count: tokens, scale: scale)
         }
+        // dq = ds k; dk = dsᵀ q
         singleThreadedMatrixMultiply(dq, ldc: qkvWidth, dp, lda: tokens, k, ldb: qkvWidth,
                        m: tokens, n: headDimension, k: tokens, precision: precision)
         singleThreadedMatrixMultiply(dk, ldc: qkvWidth, dp, lda: tokens, transposeA: true, q, ldb: qkvWidth,
@@ -214,7 +217,7 @@ public func softmaxInPlace(_ values: UnsafeMutablePointer<Float>, count: Int) {
 
 /// gradient[count] = scale · p ∘ (gradient − Σ gradient ∘ p): the softmax backward
 /// in place, from the gradient with respect to the probabilities p. CProducts'
-/// `mae_bf16_attention_ds_products` repeats it operation for operation: a change here needs
+/// `mae_bf16_attention_head_backward` repeats it operation for operation: a change here needs
 /// the same change there (`attentionBackwardInBFloat16AgreesWithThePlainProducts`).
 @inline(__always)
 public func softmaxBackwardInPlace(_ gradient: UnsafeMutablePointer<Float>, probabilities: UnsafePointer<Float>,

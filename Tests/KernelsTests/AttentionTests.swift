@@ -193,8 +193,9 @@ import TestSupport
     /// 31 tokens with hd 24, a part of a vector) and past it on oneDNN (ViT-H's decoder, 257
     /// tokens, hd 32; 200 tokens, hd 64), on two threads: the results agree to the rounding of
     /// fp32 sums at worst (to the bit on AMD Zen 4), and to the bit where the small kernel runs
-    /// them, whose softmax backward writes ds packed for both products in C
-    /// (`mae_bf16_attention_ds_products`) where the reference runs Swift's and packs ds twice.
+    /// them: there one C call runs each head (`mae_bf16_attention_head_backward`), its softmax
+    /// backward writing ds and p packed for the products, where the reference runs Swift's
+    /// softmax backward and the products pack their operands themselves.
     @Test(arguments: [(2, 50, 2, 64), (1, 197, 3, 32), (1, 31, 2, 24), (1, 257, 2, 32), (1, 200, 2, 64)])
     func attentionBackwardInBFloat16AgreesWithThePlainProducts(batch: Int, tokens: Int, heads: Int, headDimension: Int) {
         let width = heads * headDimension

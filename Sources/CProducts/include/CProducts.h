@@ -91,18 +91,22 @@ int mae_bf16_pack_b(const mae_bf16_row_blocks *blocks, void *packed, const uint1
 int mae_bf16_matmul_packed_b(const mae_bf16_row_blocks *blocks, float *c, long ldc, const void *a, long lda,
                              const void *packed_b, long rows);
 
-/// The bf16 attention backward's last step for one head, where the small kernel runs its
-/// products (tokens² · head_dimension ≤ MAE_BF16_SMALL_PRODUCT_LIMIT, on a CPU with
-/// AVX512_BF16): ds = scale · p ∘ (dp − Σ_keys dp ∘ p) for each row of p and dp
-/// ([tokens, tokens]; Kernels' softmaxBackwardInPlace, its operations in its order, so the
-/// same fp32 ds), rounded to bf16 straight into the two packed layouts that the products
-/// read, then dq = ds · k and dk = dsᵀ · q (assigned; q, k, dq and dk are [tokens,
-/// head_dimension] inside rows `ld` floats apart). The bits of the softmax backward in
-/// place followed by those two products through `mae_bf16_matmul`, without its two
-/// packings of the fp32 ds. dp is left as it was. Returns 1 when done, 0 when this
-/// shape or CPU is not for it (nothing written), -1 when memory runs out.
-int mae_bf16_attention_ds_products(float *dq, float *dk, long ld, const float *q, const float *k, const float *dp,
-                                   const float *p, long tokens, long head_dimension, float scale);
+/// One head's bf16 attention backward (Kernels' attentionBackward for one (sample, head)),
+/// where the small kernel runs its products (tokens² · head_dimension ≤
+/// MAE_BF16_SMALL_PRODUCT_LIMIT, on a CPU with AVX512_BF16): dp = dOutput · vᵀ into `dp`
+/// ([tokens, tokens] scratch, left holding dp); then, row by row, ds = scale · p ∘ (dp −
+/// Σ_keys dp ∘ p) (Kernels' softmaxBackwardInPlace, its operations in its order), rounded to
+/// bf16 straight into the two packed layouts that dq = ds · k and dk = dsᵀ · q read, and p
+/// rounded into the one that dv = pᵀ · dOutput reads, all in one pass over p; then those
+/// three products (assigned). q, k, v, dq, dk and dv are [tokens, head_dimension] inside
+/// rows `ld` floats apart, dOutput inside rows `ld_output` apart, p is [tokens, tokens].
+/// The bits of the softmax backward in place and the four products through
+/// `mae_bf16_matmul`, without their three packings of fp32 [tokens, tokens] operands.
+/// Returns 1 when done, 0 when this shape or CPU is not for it (nothing written), -1 when
+/// memory runs out.
+int mae_bf16_attention_head_backward(float *dq, float *dk, float *dv, long ld, const float *q, const float *k,
+                                     const float *v, const float *d_output, long ld_output, const float *p, float *dp,
+                                     long tokens, long head_dimension, float scale);
 
 /// The last error of this thread's `mae_bf16_matmul`.
 const char *mae_products_error(void);
