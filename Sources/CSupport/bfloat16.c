@@ -130,14 +130,9 @@ void mae_round_to_bf16_transposed(uint16_t *destination, const float *source, lo
 }
 
 #if defined(__x86_64__)
-AVX512 static long round_row_avx512(uint16_t *plain, const float *source, const float *factor, float *sums, long count,
-                                    long ahead) {
+AVX512 static long round_row_avx512(uint16_t *plain, const float *source, const float *factor, float *sums, long count) {
     long index = 0;
     for (; index + 16 <= count; index += 16) {
-        if (ahead) {
-            _mm_prefetch((const char *)(source + ahead + index), _MM_HINT_T0);
-            if (factor) _mm_prefetch((const char *)(factor + ahead + index), _MM_HINT_T0);
-        }
         __m512 value = _mm512_loadu_ps(source + index);
         if (factor) value = _mm512_mul_ps(value, _mm512_loadu_ps(factor + index));
         _mm256_storeu_si256((__m256i *)(plain + index), _mm512_cvtepi32_epi16(round16(value)));
@@ -149,11 +144,9 @@ AVX512 static long round_row_avx512(uint16_t *plain, const float *source, const 
 
 // plain[i] = (source[i] · factor[i], or source[i] when factor is NULL) rounded, and the
 // value added to sums[i] when sums is not NULL: one product and one addition an element,
-// as element-wise loops do them. With `ahead` not 0, the lines `ahead` floats on (the next
-// row's) are prefetched as it goes.
-static void round_row(uint16_t *plain, const float *source, const float *factor, float *sums, long count,
-                      long ahead) {
-    for (long index = VECTOR_PART(round_row_avx512(plain, source, factor, sums, count, ahead)); index < count; index++) {
+// as element-wise loops do them.
+static void round_row(uint16_t *plain, const float *source, const float *factor, float *sums, long count) {
+    for (long index = VECTOR_PART(round_row_avx512(plain, source, factor, sums, count)); index < count; index++) {
         float value = factor ? source[index] * factor[index] : source[index];
         plain[index] = round_one(value);
         if (sums) sums[index] += value;
@@ -166,15 +159,11 @@ void mae_round_to_bf16_both(uint16_t *plain, long plain_ld, uint16_t *transposed
     // By strips of 16 rows: each row (times its factors) rounded as mae_round_to_bf16 rounds
     // it and added to the column sums, reading the source once and in order (the order the
     // hardware prefetches best), then the strip's bf16 rows, still in cache, transposed: the
-    // same bits both ways by construction. When the columns are a thread's part of wider
-    // rows, each row's part is prefetched a row ahead: the hardware prefetcher follows such
-    // strided runs badly (at two threads on Zen 4 this pass took 2.5 times the CPU time of
-    // one thread's whole rows).
+    // same bits both ways by construction.
     for (long row0 = 0; row0 < rows; row0 += 16) {
         long row1 = row0 + 16 < rows ? row0 + 16 : rows;
         for (long row = row0; row < row1; row++) {
-            round_row(plain + row * plain_ld, source + row * ld, factor ? factor + row * ld : NULL, column_sums, columns,
-                      row + 1 < rows && columns < ld ? ld : 0);
+            round_row(plain + row * plain_ld, source + row * ld, factor ? factor + row * ld : NULL, column_sums, columns);
         }
         long whole_columns = 0;
 #if defined(__x86_64__)

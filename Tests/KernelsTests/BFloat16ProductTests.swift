@@ -108,7 +108,8 @@ import TestSupport
 
     /// A linear layer's backward in bf16, which rounds the output gradient once for both of its
     /// products and sums the bias gradient in the same read, gives the bits of the two products
-    /// rounding it each on its own and of `addColumnSums`, on shapes whose products run whole,
+    /// rounding it each on its own and of `addColumnSums` over each group of rows, the groups
+    /// then added in order, on shapes (one group and several) whose products run whole,
     /// cut into rows and cut into columns, on one thread and two; with GELU's derivative as
     /// the factor, the bits of `geluBackward` followed by the plain backward.
     @Test(arguments: [(37, 48, 24), (400, 64, 96), (64, 520, 96), (150, 40, 200)], [false, true])
@@ -142,8 +143,15 @@ import TestSupport
         matrixMultiply(expectedWeightGradient.pointer, ldc: inFeatures, effectiveGradient.pointer, lda: outFeatures,
                        transposeA: true, input.pointer, ldb: inFeatures, m: outFeatures, n: inFeatures, k: rows, beta: 1,
                        precision: .bf16)
+        // The bias gradient: each group of rows summed from zero as addColumnSums sums, then the
+        // groups' sums added in order.
         let expectedBiasGradient = FloatBuffer(startBias)
-        addColumnSums(expectedBiasGradient.pointer, effectiveGradient.pointer, rows: rows, columns: outFeatures)
+        for first in stride(from: 0, to: rows, by: bfloat16ColumnSumGroupRows) {
+            let partial = FloatBuffer(count: outFeatures)
+            addColumnSums(partial.pointer, effectiveGradient.pointer + first * outFeatures,
+                          rows: min(rows, first + bfloat16ColumnSumGroupRows) - first, columns: outFeatures)
+            addVectors(expectedBiasGradient.pointer, expectedBiasGradient.pointer, partial.pointer, count: outFeatures)
+        }
 
         for threads in [1, 2] {
             Parallel.setThreads(threads)
