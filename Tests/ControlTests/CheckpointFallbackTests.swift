@@ -24,7 +24,10 @@ import Glibc
 
         let damaged = CoordinatedRun(root: temporary.path, name: "damaged")
         defer { damaged.stopAll() }
-        try damaged.startCoordinator(world: 2, workerFlags: flags)
+        // Only the kill may end rank 0's generation: with the default 10 s of silence, a test
+        // slowed down by the rest of the suite could see the coordinator restart from the
+        // newest checkpoint, still intact, while rank 0 is stopped and before the damage.
+        try damaged.startCoordinator(world: 2, workerFlags: flags, serveFlags: ["--heartbeat-timeout", "300"])
         try damaged.startAgent(count: 2)
         guard waitUntil(seconds: 60, { damaged.loggedSteps() >= 7 }),
               let pid = damaged.currentState()?.ranks[0].pid, pid > 0 else {
