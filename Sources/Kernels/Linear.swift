@@ -86,8 +86,8 @@ public let bfloat16ColumnSumGroupRows = 64
 ///
 /// Split over our workers by groups of `bfloat16ColumnSumGroupRows` whole rows: each worker
 /// streams through memory in order, which the hardware prefetches best (strips of columns,
-/// which kept each column's sum with one worker, cost this pass 2.5 times its one-thread CPU
-/// time at two threads on ViT-B, and still 2.2 times with software prefetching). So each
+/// which kept each column's sum with one worker, cost this pass 2.6 times its one-thread CPU
+/// time at two threads on ViT-B even with software prefetching; whole rows, 1.0 times). So each
 /// group sums its rows into partial sums of its own (row after row, from zero), and the
 /// groups' partial sums are then added to `sums` in group order: an order fixed by the
 /// shape alone, so the bits do not depend on the thread count.
