@@ -140,8 +140,8 @@ static const uint16_t *rounded_transpose(uint16_t **buffer, size_t *capacity, co
 // Where the CPU lacks AVX512_BF16 (bf16 training refuses to start there; this path stays
 // for completeness), their operands are rounded to bf16 values held in fp32 and OpenBLAS's
 // fp32 kernel sums them: the product of two bf16 values is exact in fp32, so this is the
-// same bf16-input, fp32-sum product, only summed in another order. The choice depends on the shape and the CPU alone, so results
-// stay independent of the thread count.
+// same bf16-input, fp32-sum product, only summed in another order. The choice depends on
+// the shape and the CPU alone, so results stay independent of the thread count.
 enum { small_product_limit = MAE_BF16_SMALL_PRODUCT_LIMIT };
 
 static float *reserve_floats(float **buffer, size_t *capacity, size_t count) {

@@ -5,7 +5,6 @@
 #pragma STDC FP_CONTRACT OFF
 #include "CSupportBFloat16.h"
 #include "bfloat16_simd.h"
-#include <stdlib.h>
 
 int mae_bf16_uses_avx512(void) {
 #if defined(__x86_64__)
@@ -179,20 +178,3 @@ void mae_round_to_bf16_both(uint16_t *plain, long plain_ld, uint16_t *transposed
         }
     }
 }
-
-// A thread's buffer grown to `count` values (its contents not kept); NULL when memory runs out.
-static uint16_t *reserve(uint16_t **buffer, long *capacity, long count) {
-    if (count > *capacity) {
-        free(*buffer);
-        *buffer = malloc((size_t)count * sizeof(uint16_t));
-        *capacity = *buffer ? count : 0;
-    }
-    return *buffer;
-}
-
-static __thread uint16_t *both_buffer, *attention_buffer;
-static __thread long both_capacity, attention_capacity;
-
-uint16_t *mae_bf16_both_buffer(long count) { return reserve(&both_buffer, &both_capacity, count); }
-
-uint16_t *mae_bf16_attention_buffer(long count) { return reserve(&attention_buffer, &attention_capacity, count); }

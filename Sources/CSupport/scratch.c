@@ -1,4 +1,4 @@
-// Attention's per-head scratch (CSupportScratch.h).
+// Per-thread buffers (CSupportScratch.h, and CSupportBFloat16.h's) and the streaming copy.
 #include "CSupportScratch.h"
 #include "CSupportBFloat16.h"
 #include "bfloat16_simd.h"
@@ -6,16 +6,29 @@
 #include <stdlib.h>
 #include <string.h>
 
-static __thread float *scratch;
-static __thread long scratch_capacity;
-
-float *mae_attention_scratch(long count) {
-    if (count > scratch_capacity) {
-        free(scratch);
-        scratch = aligned_alloc(64, ((size_t)count * sizeof(float) + 63) / 64 * 64);
-        scratch_capacity = scratch ? count : 0;
+// A thread's buffer grown to at least `bytes` bytes, 64-byte aligned; its contents are not
+// kept when it grows. NULL when memory runs out.
+static void *reserve(void **buffer, size_t *capacity, size_t bytes) {
+    if (bytes > *capacity) {
+        free(*buffer);
+        *buffer = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        *capacity = *buffer ? bytes : 0;
     }
-    return scratch;
+    return *buffer;
+}
+
+// Each thread's buffers, one per use (their header says which may be in use together).
+static __thread void *attention_scratch, *partial_sums, *both_buffer, *attention_buffer;
+static __thread size_t attention_scratch_bytes, partial_sums_bytes, both_buffer_bytes, attention_buffer_bytes;
+
+float *mae_attention_scratch(long count) { return reserve(&attention_scratch, &attention_scratch_bytes, (size_t)count * 4); }
+
+float *mae_partial_sums_buffer(long count) { return reserve(&partial_sums, &partial_sums_bytes, (size_t)count * 4); }
+
+uint16_t *mae_bf16_both_buffer(long count) { return reserve(&both_buffer, &both_buffer_bytes, (size_t)count * 2); }
+
+uint16_t *mae_bf16_attention_buffer(long count) {
+    return reserve(&attention_buffer, &attention_buffer_bytes, (size_t)count * 2);
 }
 
 #if defined(__x86_64__)

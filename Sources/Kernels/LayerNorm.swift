@@ -66,18 +66,17 @@ public func layerNormBackward(inputGradient: UnsafeMutablePointer<Float>,
                               mean: UnsafePointer<Float>, reciprocalStd: UnsafePointer<Float>,
                               weight: UnsafePointer<Float>, residualGradient: UnsafePointer<Float>?,
                               rows: Int, width: Int) {
-    // Rows are split over the workers in groups of `groupRows`: each group sums its rows'
-    // parameter-gradient terms into partial sums of its own (row after row, from zero) in
-    // the same read of dy and x as the input gradient, and the groups' sums are then added in
-    // group order, an order fixed by the shape alone, so the bits do not depend on the thread
-    // count. (Workers that owned strips of columns and walked all the rows for the sums read
+    // Rows split over the workers by groups of `columnSumGroupRows`, each summing its rows'
+    // parameter-gradient terms in the same read of dy and x as their input gradients.
+    // (Workers that owned strips of columns and walked all the rows for the sums read
     // everything twice, in runs of a strip's width: 2.75 times the one-thread CPU time at two.)
-    let groupRows = 64, groups = (rows + groupRows - 1) / groupRows
-    let partialSums = FloatBuffer(count: 2 * groups * width)  // per group: the weight's, then the bias's
+    let groupRows = columnSumGroupRows, groups = (rows + groupRows - 1) / groupRows
+    let partialSums = partialSumsBuffer(2 * groups * width)  // per group: the weight's, then the bias's
     // Input gradient, row by row: dx = rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)), dx̂ = dy · weight.
     parallelFor(groups) { groupRange in
         for row in (groupRange.lowerBound * groupRows)..<min(rows, groupRange.upperBound * groupRows) {
-            let weightSum = partialSums.pointer + 2 * (row / groupRows) * width, biasSum = weightSum + width
+            let weightSum = partialSums + 2 * (row / groupRows) * width, biasSum = weightSum + width
+            if row % groupRows == 0 { weightSum.update(repeating: 0, count: 2 * width) }
             let x = input + row * width
             let dy = outputGradient + row * width
             let dx = inputGradient + row * width
@@ -121,13 +120,6 @@ public func layerNormBackward(inputGradient: UnsafeMutablePointer<Float>,
             }
         }
     }
-    parallelFor((width + 15) / 16, minimumPerWorker: max(1, 4_096 / max(1, groups))) { range in
-        let first = range.lowerBound * 16, count = min(width, range.upperBound * 16) - first
-        for group in 0..<groups {
-            let weightSum = partialSums.pointer + 2 * group * width, biasSum = weightSum + width
-            addVectors(weightGradient + first, weightGradient + first, weightSum + first, count: count)
-            addVectors(biasGradient + first, biasGradient + first, biasSum + first, count: count)
-        }
-    }
-    withExtendedLifetime(partialSums) {}
+    addPartialSums(weightGradient, partialSums, groups: groups, count: width, stride: 2 * width)
+    addPartialSums(biasGradient, partialSums + width, groups: groups, count: width, stride: 2 * width)
 }

@@ -37,7 +37,7 @@ public func linearForward(output: UnsafeMutablePointer<Float>, input: UnsafePoin
 /// weightGradient[outFeatures, inFeatures] += outputGradientᵀ · input,
 /// biasGradient[outFeatures] += Σ_rows outputGradient.
 /// In bf16 both products take bf16-rounded inputs and sum in fp32 (the bias gradient stays fp32,
-/// its rows summed by groups of `bfloat16ColumnSumGroupRows`);
+/// its rows summed by groups of `columnSumGroupRows`);
 /// `roundedWeight` and `roundedInput` as in `linearForward`. With `outputGradientFactor`
 /// (bf16 with an input gradient only), the output gradient is outputGradient ∘ factor, formed
 /// as it is read: the GELU backward before a layer (`geluBackward`), without a pass of its own.
@@ -76,31 +76,22 @@ public func linearBackward(inputGradient: UnsafeMutablePointer<Float>?,
     addColumnSums(biasGradient, outputGradient, rows: rows, columns: outFeatures)
 }
 
-/// Rows per group of the bias gradient's partial sums in the bf16 backward (`roundedBothWays`).
-public let bfloat16ColumnSumGroupRows = 64
-
 /// v = source[rows, columns] (leading dimension `columns`), times `factor` element by element
 /// when given, rounded to bf16 twice over, in one read, into the calling thread's
 /// `mae_bf16_both_buffer`: compact as it is ([rows, columns]) and transposed ([columns,
-/// rows]); and sums[columns] += the sum of v's rows.
-///
-/// Split over our workers by groups of `bfloat16ColumnSumGroupRows` whole rows: each worker
-/// streams through memory in order, which the hardware prefetches best (strips of columns,
-/// which kept each column's sum with one worker, cost this pass 2.6 times its one-thread CPU
-/// time at two threads on ViT-B even with software prefetching; whole rows, 1.0 times). So each
-/// group sums its rows into partial sums of its own (row after row, from zero), and the
-/// groups' partial sums are then added to `sums` in group order: an order fixed by the
-/// shape alone, so the bits do not depend on the thread count.
+/// rows]); and sums[columns] += the sum of v's rows, by groups of `columnSumGroupRows` rows
+/// split over our workers (strips of columns, which kept each column's sum with one worker,
+/// cost this pass 2.6 times its one-thread CPU time at two threads on ViT-B even with
+/// software prefetching; whole rows, 1.0 times).
 private func roundedBothWays(_ source: UnsafePointer<Float>, times factor: UnsafePointer<Float>?, rows: Int,
                              columns: Int, addingColumnSumsTo sums: UnsafeMutablePointer<Float>)
     -> (plain: UnsafePointer<UInt16>, transposed: UnsafePointer<UInt16>) {
-    let groupRows = bfloat16ColumnSumGroupRows, groups = (rows + groupRows - 1) / groupRows
-    // The two bf16 copies, then the groups' partial sums (fp32, two bf16 slots each).
-    guard let buffer = mae_bf16_both_buffer(2 * rows * columns + 2 * groups * columns) else {
+    guard let buffer = mae_bf16_both_buffer(2 * rows * columns) else {
         preconditionFailure("out of memory for a bf16 output gradient of \(rows)×\(columns) values")
     }
     let plain = buffer, transposed = buffer + rows * columns
-    let partialSums = UnsafeMutableRawPointer(buffer + 2 * rows * columns).assumingMemoryBound(to: Float.self)
+    let groupRows = columnSumGroupRows, groups = (rows + groupRows - 1) / groupRows
+    let partialSums = partialSumsBuffer(groups * columns)
     parallelFor(groups) { range in
         for group in range {
             let first = group * groupRows, count = min(rows, first + groupRows) - first
@@ -111,9 +102,6 @@ private func roundedBothWays(_ source: UnsafePointer<Float>, times factor: Unsaf
                                    columns, partial)
         }
     }
-    parallelFor((columns + 15) / 16, minimumPerWorker: max(1, 4_096 / max(1, groups))) { range in
-        let first = range.lowerBound * 16, count = min(columns, range.upperBound * 16) - first
-        for group in 0..<groups { addVectors(sums + first, sums + first, partialSums + group * columns + first, count: count) }
-    }
+    addPartialSums(sums, partialSums, groups: groups, count: columns, stride: columns)
     return (UnsafePointer(plain), UnsafePointer(transposed))
 }

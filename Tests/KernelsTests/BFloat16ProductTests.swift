@@ -146,10 +146,10 @@ import TestSupport
         // The bias gradient: each group of rows summed from zero as addColumnSums sums, then the
         // groups' sums added in order.
         let expectedBiasGradient = FloatBuffer(startBias)
-        for first in stride(from: 0, to: rows, by: bfloat16ColumnSumGroupRows) {
+        for first in stride(from: 0, to: rows, by: columnSumGroupRows) {
             let partial = FloatBuffer(count: outFeatures)
             addColumnSums(partial.pointer, effectiveGradient.pointer + first * outFeatures,
-                          rows: min(rows, first + bfloat16ColumnSumGroupRows) - first, columns: outFeatures)
+                          rows: min(rows, first + columnSumGroupRows) - first, columns: outFeatures)
             addVectors(expectedBiasGradient.pointer, expectedBiasGradient.pointer, partial.pointer, count: outFeatures)
         }
 

@@ -32,7 +32,7 @@ static inline void mae_cpu_relax(void) {
 #include "CSupportAdamW.h"
 // Attention's softmax at 16 floats per instruction.
 #include "CSupportSoftmax.h"
-// Attention's per-head scratch and the streaming copy of its probabilities.
+// Per-thread scratch (attention's heads, partial column sums) and the streaming copy.
 #include "CSupportScratch.h"
 
 #endif
