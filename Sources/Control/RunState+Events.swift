@@ -302,9 +302,14 @@ extension RunState {
                      + "resumes from \(resumePointDescription)")] + raiseGeneration(now: now)
     }
 
-    /// "the checkpoint of step 6", or "the start (no checkpoint yet)": where the next generation resumes.
+    /// Where the next generation resumes, as far as the coordinator can tell now: the newest
+    /// checkpoint that verifies, which `Coordinator.synchronizeNewestCheckpoint` finds on disk
+    /// when that generation starts. It may be newer than the last one reported (written before
+    /// rank 0 was stopped, its report lost) or older (damaged since), so this names the last
+    /// reported one as a hint rather than as the answer.
     var resumePointDescription: String {
-        lastCheckpoint.map { "the checkpoint of step \($0.step)" } ?? "the start (no checkpoint yet)"
+        "the newest checkpoint that verifies ("
+            + (lastCheckpoint.map { "the last reported is step \($0.step)" } ?? "none reported yet") + ")"
     }
 
     /// Ends the current generation: its workers are stopped (and refused from now on), and the

@@ -89,6 +89,11 @@ struct RunStateTests {
         let detected = state.handle(.tick, now: 13.1)
         #expect(state.failures.last?.what.contains("rank 2 on b (pid 102) sent no heartbeat for 10.1 s") == true)
         #expect(detected.contains(.stopWorkers(agent: 2, generation: 0)))
+        // No checkpoint was reported, but one may be on disk (written before the silence): the
+        // line promises the newest that verifies, which the coordinator looks for at the start.
+        #expect(detected.contains { if case .log(let line) = $0 {
+            line.hasSuffix("generation 1 resumes from the newest checkpoint that verifies (none reported yet)")
+        } else { false } }, "\(detected)")
         // The agents never confirm: the restart goes on after the grace period plus 10 s.
         #expect(state.handle(.tick, now: 20).isEmpty)
         for agent in [0, 2] { _ = state.handle(.agentHeartbeat(firstRank: agent), now: 28) }
@@ -224,7 +229,7 @@ struct RunStateTests {
         let fallback = resumed.handle(.tick, now: 130.1)
         #expect(fallback.contains { if case .log(let line) = $0 {
             line.contains("cannot adopt generation 0: ranks [1, 2, 3] did not reconnect within 30.0 s")
-                && line.contains("resumes from the checkpoint of step 6")
+                && line.contains("resumes from the newest checkpoint that verifies (the last reported is step 6)")
         } else { false } }, "\(fallback)")
         #expect(fallback.contains(.stopWorkers(agent: 0, generation: 0)) && fallback.contains(.dropOldWorkers))
         #expect(resumed.generation == 1 && resumed.restarts == 0 && resumed.failures.isEmpty && resumed.phase == .restarting)
