@@ -124,13 +124,18 @@ BF16_KERNEL static inline __m512i load_pairs(const void *row, int is_bf16, long 
     return round32(load16(row, first, count), load16(row, first + 16, count - 16));
 }
 
+// 32 bf16, an even row's 16 values and then its odd row's, interleaved into the 16 words
+// of their pairs (word j: the even row's value j low, the odd row's high).
+BF16_KERNEL static inline __m512i interleave_pairs(__m512i rows) {
+    const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                           23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    return _mm512_permutexvar_epi16(order, rows);
+}
+
 // An operand stored [k][ld] (k down the rows; `width` indices along them), packed.
 BF16_KERNEL static void pack_down_rows(uint32_t *packed, long stride, const void *source, int is_bf16, long ld,
                                        long k, long width) {
     size_t row_bytes = (size_t)ld * (is_bf16 ? 2 : 4);
-    // The 32 bf16 of an even row's 16 values and then its odd row's, interleaved into words.
-    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
-                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     for (long pair = 0; pair < (k + 1) / 2; pair++) {
         const char *even = (const char *)source + (size_t)(2 * pair) * row_bytes;
         int has_odd = 2 * pair + 1 < k;
@@ -144,7 +149,7 @@ BF16_KERNEL static void pack_down_rows(uint32_t *packed, long stride, const void
             } else {
                 __m512 low = load16((const float *)even, index, width - index);
                 __m512 high = has_odd ? load16((const float *)(even + row_bytes), index, width - index) : _mm512_setzero_ps();
-                words = _mm512_permutexvar_epi16(interleave, round32(low, high));
+                words = interleave_pairs(round32(low, high));
             }
             _mm512_store_si512(packed + pair * stride + index, words);
         }
@@ -421,8 +426,6 @@ BF16_KERNEL static int head_backward(float *dq, float *dk, float *dv, long ld, c
     uint32_t *p_down = reserve_packed(&packed_p_down, &packed_p_down_capacity, (size_t)(pairs * down_stride));
     uint32_t *b_packed = reserve_packed(&packed_b, &packed_b_capacity, (size_t)(pairs * b_stride));
     if (!ds_by_rows || !ds_down || !p_down || !b_packed) return -1;
-    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
-                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     const __m512 scale16 = _mm512_set1_ps(scale);
     long columns = down_stride > 2 * by_rows_stride ? down_stride : 2 * by_rows_stride;
     for (long pair = 0; pair < pairs; pair++) {
@@ -448,9 +451,9 @@ BF16_KERNEL static int head_backward(float *dq, float *dk, float *dv, long ld, c
                 if (has_odd) _mm256_storeu_si256((__m256i *)(row1 + column), _mm512_extracti64x4_epi64(rounded, 1));
             }
             if (column < down_stride) {
-                _mm512_store_si512(ds_down + pair * down_stride + column, _mm512_permutexvar_epi16(interleave, rounded));
+                _mm512_store_si512(ds_down + pair * down_stride + column, interleave_pairs(rounded));
                 _mm512_store_si512(p_down + pair * down_stride + column,
-                                   _mm512_permutexvar_epi16(interleave, round32(probability0, probability1)));
+                                   interleave_pairs(round32(probability0, probability1)));
             }
         }
     }
