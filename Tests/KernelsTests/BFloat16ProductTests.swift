@@ -112,7 +112,7 @@ import TestSupport
     /// then added in order, on shapes (one group and several) whose products run whole,
     /// cut into rows and cut into columns, on one thread and two; with GELU's derivative as
     /// the factor, the bits of `geluBackward` followed by the plain backward.
-    @Test(arguments: [(37, 48, 24), (400, 64, 96), (64, 520, 96), (150, 40, 200)], [false, true])
+    @Test(.needsBFloat16Products, arguments: [(37, 48, 24), (400, 64, 96), (64, 520, 96), (150, 40, 200)], [false, true])
     func linearBackwardRoundsTheOutputGradientOnceToTheSameBits(shape: (rows: Int, inFeatures: Int, outFeatures: Int),
                                                                 withFactor: Bool) {
         let (rows, inFeatures, outFeatures) = shape
@@ -178,7 +178,7 @@ import TestSupport
     /// but the first and the last two) run on the small-product kernel: odd and even k, k = 1,
     /// rows and columns around its 12 × 32 tiles (attention's 17 and 65 tokens), and ViT-B's
     /// decoder heads (197 tokens of 32).
-    @Test(arguments: [(400, 96, 80), (37, 50, 24), (17, 17, 63), (65, 33, 31), (12, 32, 64), (25, 17, 1),
+    @Test(.needsBFloat16Products, arguments: [(400, 96, 80), (37, 50, 24), (17, 17, 63), (65, 33, 31), (12, 32, 64), (25, 17, 1),
                       (3, 70, 9), (197, 197, 32), (197, 32, 197), (300, 260, 150), (256, 70, 151)])
     func productsMatchTheRoundedReference(m: Int, n: Int, k: Int) {
         checkProductsAgainstTheRoundedReference(m: m, n: n, k: k)
@@ -186,7 +186,7 @@ import TestSupport
 
     /// The same through oneDNN's reorder, which packs b where oneDNN picks a layout our packer
     /// does not write (AMX's, say): products cut into blocks of rows sharing a packed b.
-    @Test(arguments: [(300, 260, 150), (256, 70, 151)])
+    @Test(.needsBFloat16Products, arguments: [(300, 260, 150), (256, 70, 151)])
     func productsMatchTheRoundedReferenceWithOneDNNsPacking(m: Int, n: Int, k: Int) {
         mae_bf16_use_own_packer(0)
         defer { mae_bf16_use_own_packer(1) }
@@ -252,7 +252,7 @@ import TestSupport
 
     /// A small product's bits depend on its shape alone: not on the leading dimensions, nor
     /// on whether b came rounded (the kernel rounds as `roundToBFloat16` does), in each form.
-    @Test func smallProductsDependOnTheShapeAlone() {
+    @Test(.needsBFloat16Products) func smallProductsDependOnTheShapeAlone() {
         let (m, n, k) = (17, 23, 45)
         for (transposeA, transposeB) in [(false, true), (false, false), (true, false), (true, true)] {
             var results: [[Float]] = []
@@ -293,7 +293,7 @@ import TestSupport
     /// quick conversion would not: fp32 subnormals, among them those just below 2⁻¹²⁶ that
     /// round up to it, ties, NaN, infinities, the largest finite values. Each form's product
     /// from fp32 operands has the bits of the product from the operands rounded first.
-    @Test func smallProductsRoundSpecialValuesAsTheRoundingDoes() {
+    @Test(.needsBFloat16Products) func smallProductsRoundSpecialValuesAsTheRoundingDoes() {
         let (m, n, k) = (17, 33, 40)
         // Subnormals (to 2⁻¹²⁶, to ±0), -0, ties (to even below, above) at the scale of a's values;
         // then the largest finite value (to infinity), infinity and a NaN.
@@ -341,7 +341,7 @@ import TestSupport
     /// the fp32 output it writes otherwise, and the same probabilities: on the small kernel
     /// (17 and 65 tokens, as mae_vit_tiny_patch4's encoder and decoder) and on a shape past it
     /// (oneDNN, then rounded).
-    @Test(arguments: [(3, 17, 3, 64), (2, 65, 2, 32), (2, 70, 2, 64)])
+    @Test(.needsBFloat16Products, arguments: [(3, 17, 3, 64), (2, 65, 2, 32), (2, 70, 2, 64)])
     func attentionWritesItsOutputRoundedAsProjWouldRoundIt(batch: Int, tokens: Int, heads: Int, headDimension: Int) {
         let width = heads * headDimension
         let qkv = FloatBuffer(randomValues(batch * tokens * 3 * width, seed: tokens, in: -2..<2).map(Float.init))
@@ -366,7 +366,7 @@ import TestSupport
     /// Attention's backward in bf16 against finite differences of the double-precision
     /// reference, within what bf16 inputs allow, on token counts that take the small kernel's
     /// tiles and its last-column dot products (17, 33).
-    @Test(arguments: [(1, 17, 2, 8), (1, 33, 1, 8)])
+    @Test(.needsBFloat16Products, arguments: [(1, 17, 2, 8), (1, 33, 1, 8)])
     func attentionBackwardInBFloat16MatchesFiniteDifferences(batch: Int, tokens: Int, heads: Int, headDimension: Int) {
         let width = heads * headDimension
         let qkv = randomValues(batch * tokens * 3 * width, seed: 41, in: -1.5..<1.5).map { Double(Float($0)) }
@@ -390,16 +390,14 @@ import TestSupport
                     "bf16 attention d qkv")
     }
 
-    @Test func theViTBaseProductsRunOnAnAVX512BF16Kernel() throws {
-        try #require(CPUInfo.supports("avx512bf16"), "this CPU has no AVX512_BF16")
+    @Test(.needsBFloat16Products) func theViTBaseProductsRunOnAnAVX512BF16Kernel() {
         let name = bfloat16ProductImplementation(m: 208, n: 3072, k: 768, transposeA: false, transposeB: true)
         #expect(name.contains("bf16"), "oneDNN chose \(name)")
     }
 
     /// The linear layers' products of ViT-B and tiny, forward and backward, share one packed
     /// b between their blocks of rows (no packing per block, no c buffer).
-    @Test func theModelsLargeProductsShareAPackedB() throws {
-        try #require(CPUInfo.supports("avx512bf16"), "this CPU has no AVX512_BF16")
+    @Test(.needsBFloat16Products) func theModelsLargeProductsShareAPackedB() {
         // (rows, outFeatures, inFeatures): ViT-B's encoder qkv and fc2, decoder fc1; tiny's qkv.
         for (rows, outFeatures, inFeatures) in [(400, 2304, 768), (400, 768, 3072), (1576, 2048, 512), (1088, 576, 192)] {
             let forward = bfloat16Blocks(m: rows, n: outFeatures, k: inFeatures, accumulates: true, aIsRounded: true,
@@ -412,7 +410,7 @@ import TestSupport
         }
     }
 
-    @Test func attentionInBFloat16IsTheSameOnTwoThreads() {
+    @Test(.needsBFloat16Products) func attentionInBFloat16IsTheSameOnTwoThreads() {
         let (batch, tokens, heads, headDimension) = (3, 20, 4, 8)
         let qkv = FloatBuffer(randomValues(batch * tokens * 3 * heads * headDimension, seed: 33).map(Float.init))
         func run() -> [Float] {
@@ -448,7 +446,7 @@ import TestSupport
     /// their fp32 output, and a linear layer that takes its input so rounded (forward and
     /// both products of the backward) gives the bits it gives from the fp32 input, on shapes
     /// cut into blocks of rows, of columns, and not cut.
-    @Test(arguments: [(37, 48, 24), (400, 64, 96), (64, 520, 96)])
+    @Test(.needsBFloat16Products, arguments: [(37, 48, 24), (400, 64, 96), (64, 520, 96)])
     func producersRoundAsTheProductsWould(rows: Int, width: Int, outFeatures: Int) {
         let input = FloatBuffer(randomValues(rows * width, seed: rows, in: -3..<3).map(Float.init))
         let gain = FloatBuffer(randomValues(width, seed: 2, in: 0.5..<1.5).map(Float.init))

@@ -146,9 +146,8 @@ import TestSupport
 
     /// In bf16 too, the thread count changes no bit (the products' blocks depend on the
     /// shape alone), and the rounded weights follow `parametersDidChange()`.
-    @Test(arguments: [1, 3])
+    @Test(.needsBFloat16Products, arguments: [1, 3])
     func bf16StepIsIndependentOfTheThreadCount(batchShards: Int) throws {
-        try #require(Precision.bf16.unsupportedReason == nil, "this CPU has no AVX512_BF16")
         let config = try ModelConfig.named("mae_vit_tiny_patch4")
         let batch = 8
         let input = Self.inputs(config, batch: batch, seed: 41)

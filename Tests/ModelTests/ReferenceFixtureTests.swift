@@ -100,8 +100,7 @@ func expectMatchesReference(_ actual: UnsafeBufferPointer<Float>, _ expected: Sa
     /// bf16 products (`precision = .bf16`) against the float64 answer within PyTorch's own
     /// bf16 deviation, and against PyTorch's autocast result within twice that; and far
     /// from fp32's agreement (the products really ran in bf16).
-    @Test func bf16ForwardBackwardIsWithinPyTorchsOwnBF16Deviation() throws {
-        try #require(Precision.bf16.unsupportedReason == nil, "this CPU has no AVX512_BF16")
+    @Test(.needsBFloat16Products) func bf16ForwardBackwardIsWithinPyTorchsOwnBF16Deviation() throws {
         let config = try fixtureConfig()
         let model = MAEModel(config: config, seed: 0)
         try model.loadWeights(path: try fixturePath("micro_weights"))

@@ -42,8 +42,7 @@ func tinyModelConfig() -> ModelConfig {
     /// whose copy a rounding pass of its own writes; a write of the parameters by anything
     /// else afterwards (told with `parametersDidChange()`) has them rounded again. Sharded, the
     /// optimizer writes only its ranges and leaves the copy to the pass.
-    @Test func bf16UpdateWritesTheRoundedParametersOfTheRoundingPass() throws {
-        try #require(Precision.bf16.unsupportedReason == nil, "this CPU has no AVX512_BF16")
+    @Test(.needsBFloat16Products) func bf16UpdateWritesTheRoundedParametersOfTheRoundingPass() throws {
         let config = tinyModelConfig(), batch = 4
         let images = FloatBuffer(randomValues(batch * 3 * config.imageSize * config.imageSize, seed: 61).map(Float.init))
         let noise = FloatBuffer(randomValues(batch * config.patchCount, seed: 62).map(Float.init))

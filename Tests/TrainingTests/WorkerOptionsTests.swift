@@ -37,6 +37,24 @@ import Collectives
         #expect(try WorkerOptions.parse(bf16).0.gradientWireFormat == .bf16)
     }
 
+    /// `--precision bf16` is taken where the CPU has AVX512_BF16; elsewhere it stops with one
+    /// line that names the missing feature, this CPU and the way out.
+    @Test func precisionBF16NeedsAVX512BF16() throws {
+        let temporary = try TemporaryDirectory()
+        defer { temporary.remove() }
+        let arguments = ["--standalone", "--data", temporary.path, "--precision", "bf16"]
+        if cpuRunsBFloat16Products {
+            let options = try #require(try WorkerOptions.spec.parse(arguments))
+            #expect(try WorkerOptions.parse(options).0.productPrecision == .bf16)
+        } else {
+            let message = try #require(error(arguments), "bf16 accepted on a CPU without AVX512_BF16")
+            #expect(message.contains("needs a CPU with AVX512_BF16") && message.contains("use --precision fp32"), "\(message)")
+            #expect(!message.contains("\n"), "more than one line: \(message)")
+        }
+        #expect(error(["--standalone", "--data", temporary.path, "--precision", "fp16"])?
+            .contains("--precision expects fp32 or bf16, got 'fp16'") == true)
+    }
+
     /// main_finetune.py's and main_linprobe.py's defaults, each flag still overriding them.
     @Test func eachTaskHasTheOfficialScriptsDefaults() throws {
         let temporary = try TemporaryDirectory()

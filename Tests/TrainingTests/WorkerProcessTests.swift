@@ -327,8 +327,7 @@ extension WorkerProcessTests {
     /// In bf16 (on a CPU with AVX512_BF16), stopping and resuming is bitwise exact too: the
     /// rounded weights are made again from the checkpoint's fp32 weights; and an fp32 checkpoint
     /// resumes in bf16.
-    @Test func resumeInBF16IsBitwiseExact() throws {
-        try #require(Precision.bf16.unsupportedReason == nil, "this CPU has no AVX512_BF16")
+    @Test(.needsBFloat16Products) func resumeInBF16IsBitwiseExact() throws {
         defer { temporary.remove() }
         try run("bf16-straight", ["--precision", "bf16"])
         try run("bf16-stopped", ["--precision", "bf16", "--max-steps", "3"])
