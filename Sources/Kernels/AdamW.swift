@@ -23,9 +23,9 @@ public func adamwUpdate(parameters: UnsafeMutablePointer<Float>, gradients: Unsa
     let correction2Root = Float(correction2.squareRoot())
     let decay = 1 - learningRate * weightDecay
     let oneMinusBeta1 = 1 - beta1, oneMinusBeta2 = 1 - beta2
-    // The elements of `range`: 16 at a time in C where the CPU has AVX-512 (CSupportAdamW.h;
-    // the same operations, so the same bits), rounded to bf16 as they are written when asked;
-    // here the rest, one by one.
+    // The elements of `range`: 16 at a time in C where the CPU has AVX-512, 8 where it has
+    // AVX (CSupportAdamW.h; the same operations, so the same bits), rounded to bf16 as they
+    // are written when asked; here the rest, one by one.
     parallelFor(count, minimumPerWorker: 32_768) { range in
         let first = range.lowerBound
         let done = mae_adamw_update(parameters + first, gradients + first, firstMoment + first, secondMoment + first,

@@ -115,9 +115,13 @@ import TestSupport
         expectClose([Double(one[0])], [0.9], absolute: 1e-6, "first Adam step")
     }
 
-    /// The AVX-512 body (CSupportAdamW.h) gives the bits of the scalar code that updates the
-    /// tail, element for element, over three steps, with and without the bf16 copy.
-    @Test func adamwVectorsHaveTheBitsOfTheScalarCode() {
+    /// Each vector body (CSupportAdamW.h: AVX-512, AVX, where the CPU has it; 0 bits is the
+    /// Swift loop alone) gives the bits of the scalar code that updates the tail, element for
+    /// element, over three steps, with and without the bf16 copy.
+    @Test(.serialized, arguments: [512, 256, 0])
+    func adamwVectorsHaveTheBitsOfTheScalarCode(widestVectorBits: Int32) {
+        mae_adamw_limit_vector_bits(widestVectorBits)
+        defer { mae_adamw_limit_vector_bits(512) }
         let count = 16 * 9 + 7
         let (learningRate, beta1, beta2, epsilon, weightDecay): (Float, Float, Float, Float, Float) = (3e-3, 0.9, 0.95, 1e-8, 0.05)
         var p = randomValues(count, seed: 61).map(Float.init), m = [Float](repeating: 0, count: count)
@@ -144,7 +148,7 @@ import TestSupport
                 parameters[$0].bitPattern != p[$0].bitPattern || first[$0].bitPattern != m[$0].bitPattern
                     || second[$0].bitPattern != v[$0].bitPattern
             }
-            #expect(differing.isEmpty, "step \(step): elements \(differing.prefix(8)) differ from the scalar code")
+            #expect(differing.isEmpty, "\(widestVectorBits)-bit vectors, step \(step): elements \(differing.prefix(8)) differ from the scalar code")
         }
         var expected = [UInt16](repeating: 0, count: count)
         p.withUnsafeBufferPointer { mae_round_to_bf16(&expected, $0.baseAddress!, count) }
