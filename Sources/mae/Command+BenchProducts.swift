@@ -10,7 +10,8 @@ struct BenchProductsCommand: Subcommand {
     static let spec = CommandSpec(
         name: "mae bench products",
         summary: "Times matrix products in fp32 (OpenBLAS) and bf16 (oneDNN, bf16 inputs, fp32 sums), "
-            + "best of several runs per shape, and names oneDNN's kernel; on one thread also oneDNN's fp32 matmul. The default shapes are "
+            + "best of several runs per shape, and names oneDNN's kernel; on one thread also oneDNN's fp32 matmul "
+            + "(on a CPU without AVX512_BF16 the fp32 columns only). The default shapes are "
             + "mae_vit_base_patch16's at batch 8 (encoder 400 rows, decoder 1576) in forward (x·wᵀ), "
             + "input-gradient (dy·w) and weight-gradient (dyᵀ·x) form, and one attention head's.",
         options: [
@@ -41,9 +42,11 @@ struct BenchProductsCommand: Subcommand {
             }
             return (sizes[0], sizes[1], sizes[2], form == "tn", form == "nt")
         }
-        if let reason = Precision.bf16.unsupportedReason { throw OptionError("mae bench products: " + reason) }
         Parallel.setThreads(threads)
         print(BLASRuntime.banner + " per product, pool threads=\(threads) " + CPUInfo.summary)
+        // Without AVX512_BF16 the fp32 columns still say whether oneDNN's fp32 beats OpenBLAS here.
+        let runsBFloat16 = Precision.bf16.unsupportedReason == nil
+        if !runsBFloat16 { print("bf16 columns left out: this CPU (\(CPUInfo.modelName)) has no AVX512_BF16") }
         print("shape                 fp32 GFLOP/s  bf16 GFLOP/s  bf16/fp32  oneDNN fp32  oneDNN kernel (bf16)")
         for shape in shapes {
             let (m, n, k) = (shape.m, shape.n, shape.k)
@@ -81,8 +84,15 @@ struct BenchProductsCommand: Subcommand {
                 }
                 return 2 * Double(m * n * k) / best / 1e9
             }
-            let fp32 = rate(.fp32), bf16 = rate(.bf16)
+            let fp32 = rate(.fp32)
             let oneDNNFP32 = threads == 1 ? format(rate(nil), 11) : "          -"
+            let name = "\(m)×\(n)×\(k) " + (shape.transposeA ? "tn" : shape.transposeB ? "nt" : "nn")
+            guard runsBFloat16 else {
+                print(name.padding(toLength: 20, withPad: " ", startingAt: 0) + "  " + format(fp32, 12)
+                      + "             -          -  " + oneDNNFP32 + "  -")
+                continue
+            }
+            let bf16 = rate(.bf16)
             let (cut, block) = bfloat16Blocks(m: m, n: n, k: k, accumulates: shape.transposeA,
                                               transposeA: shape.transposeA, transposeB: shape.transposeB)
             let rowBlocks = cut == .rows || cut == .packedRows
@@ -90,7 +100,6 @@ struct BenchProductsCommand: Subcommand {
                 : bfloat16ProductImplementation(m: rowBlocks ? block : m, n: cut == .columns ? block : n, k: k,
                                                 transposeA: shape.transposeA && cut != .columns, transposeB: shape.transposeB)
                     + (cut == .packedRows ? ", b packed once" : "")
-            let name = "\(m)×\(n)×\(k) " + (shape.transposeA ? "tn" : shape.transposeB ? "nt" : "nn")
             print(name.padding(toLength: 20, withPad: " ", startingAt: 0)
                   + "  " + format(fp32, 12) + "  " + format(bf16, 12) + "  " + format(bf16 / fp32, 9) + "  " + oneDNNFP32 + "  " + kernel)
         }
