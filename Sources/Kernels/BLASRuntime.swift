@@ -29,8 +29,12 @@ public enum BLASRuntime {
         return String(cString: name)
     }
 
-    /// Kernel families in increasing strength; a core not listed counts as weakest.
-    static let strength = ["prescott", "core2", "nehalem", "sandybridge", "haswell", "zen",
+    /// Kernel families in increasing strength; a core not listed counts as weakest. Zen
+    /// ranks below Haswell: OpenBLAS 0.3.21's Zen core runs Haswell's sgemm kernel (the same
+    /// bits) but the generic beta pass, which zeroes c one float at a time before every
+    /// product with beta 0: 4.8 % of the tiny model's step on an AMD EPYC Zen 3 against 1.0 %
+    /// for Haswell's vectorised one (docs/PERFORMANCE.md). So AMD CPUs before Zen 4 run Haswell's.
+    static let strength = ["prescott", "core2", "nehalem", "sandybridge", "zen", "haswell",
                            "skylakex", "cooperlake", "sapphirerapids"]
 
     static func rank(_ core: String) -> Int { strength.firstIndex(of: core.lowercased()) ?? -1 }

@@ -43,15 +43,32 @@ import TestSupport
         #endif
     }
 
-    /// A preset core weaker than the CPU supports is kept and named in one banner line.
-    @Test(.enabled(if: ["SkylakeX", "Cooperlake"].contains(BLASRuntime.bestCoreForThisCPU ?? ""),
-                   "needs a CPU with AVX-512, whose kernels are stronger than Haswell's"))
+    /// A preset core weaker than the CPU supports is kept and named in one banner line:
+    /// Haswell on a CPU with AVX-512, Zen (whose beta pass is slower) on one with AVX2 only.
+    @Test(.enabled(if: BLASRuntime.bestCoreForThisCPU != nil, "needs a CPU with AVX2 and FMA"))
     func aWeakerPresetCoreIsKeptAndNamed() throws {
         let best = try #require(BLASRuntime.bestCoreForThisCPU)
-        let result = try Self.checkDeterminism(["--models", "none", "--threads", "1,2"], core: "Haswell", seconds: 120)
+        let preset = best == "Haswell" ? "Zen" : "Haswell"
+        let result = try Self.checkDeterminism(["--models", "none", "--threads", "1,2"], core: preset, seconds: 120)
         #expect(result.status == 0, "\(result.output)")
-        #expect(result.output.contains("core=Haswell "), "the preset core was not kept:\n\(result.output)")
-        #expect(result.output.contains("note: OPENBLAS_CORETYPE=Haswell is set; this CPU runs \(best) kernels"),
+        #expect(result.output.contains("core=\(preset) "), "the preset core was not kept:\n\(result.output)")
+        #expect(result.output.contains("note: OPENBLAS_CORETYPE=\(preset) is set; this CPU runs \(best) kernels"),
                 "\(result.output)")
+    }
+
+    /// Without a preset, the program runs the strongest core this CPU supports, re-executing
+    /// itself with OPENBLAS_CORETYPE set where OpenBLAS picked a weaker one (Prescott under
+    /// some hypervisors, Zen on AMD CPUs before Zen 4).
+    @Test(.enabled(if: BLASRuntime.bestCoreForThisCPU != nil, "needs a CPU with AVX2 and FMA"))
+    func theStrongestCoreRunsWithoutAPreset() throws {
+        let best = try #require(BLASRuntime.bestCoreForThisCPU)
+        let logs = try TemporaryDirectory("core-types")
+        defer { logs.remove() }
+        let child = try TestProcess(try TestProcess.product("mae"), ["check-determinism", "--models", "none", "--threads", "1,2"],
+                                    logDirectory: logs.path, name: "unset",
+                                    environment: ["OPENBLAS_CORETYPE": nil, "MAE_BLAS_REEXEC": nil])
+        defer { child.stop() }
+        #expect(child.exitStatus(within: 120) == 0, "\(child.output)")
+        #expect(child.output.contains("core=\(best) "), "\(child.output)")
     }
 }
