@@ -20,7 +20,6 @@ long mae_adamw_update(float *parameters, const float *gradients, float *first_mo
                       uint16_t *rounded_parameters, long count, float decay, float beta1, float one_minus_beta1,
                       float beta2, float one_minus_beta2, float step_size, float correction2_root, float epsilon);
 
-
 /// Lets mae_adamw_update use vectors of at most `bits` (512, 256, or 0 for none), for tests
 /// that check each path against the scalar code on a CPU that has them all.
 void mae_adamw_limit_vector_bits(int bits);
