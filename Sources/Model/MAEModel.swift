@@ -96,21 +96,33 @@ public final class MAEModel {
     }
     /// The shard count that `auto` settings choose: one shard per thread when the batch
     /// has at least one image per thread and the extra gradient buffers
-    /// ((threads − 1) × 4 bytes per parameter) take at most `maximumExtraGradientBytes`;
-    /// otherwise 1, every kernel split over the threads.
+    /// ((threads − 1) × 4 bytes per parameter) fit the budget; otherwise 1, every kernel
+    /// split over the threads. The budget is `maximumExtraGradientBytes`, or
+    /// `maximumExtraGradientBytesForRowCuts` for fp32 products on OpenBLAS cores whose
+    /// products are cut by rows only (`rowCutsOnly`: the Haswell family).
     ///
     /// Measured on two cores (docs/PERFORMANCE.md): shards pay where a step is many short
-    /// kernels, the small models (`mae_vit_tiny_patch4` 1.2–1.3× faster, `small` 1.13×);
-    /// ViT-B's long products already split well, and two shards were no faster there
-    /// (0.9–1.3× of one, within the machine's noise) for 447 MB more memory.
-    public static func automaticBatchShards(config: ModelConfig, batchSize: Int, threads: Int) -> Int {
+    /// kernels, the small models (`mae_vit_tiny_patch4` 1.2–1.3× faster, `small` 1.13×).
+    /// ViT-B's long products split well where they may be cut by columns: two shards were
+    /// no faster there (0.9–1.3× of one, within the machine's noise) for 447 MB more memory.
+    /// Cut by rows only, every thread packs the whole weight, and two shards ran ViT-B's fp32
+    /// step 1.02–1.22× faster (median 1.12, five rounds on an AMD EPYC Zen 3), with a peak of
+    /// 3,015 MB against PyTorch's 3,082–3,181.
+    public static func automaticBatchShards(config: ModelConfig, batchSize: Int, threads: Int,
+                                            precision: Precision = .fp32,
+                                            rowCutsOnly: Bool = !BLASRuntime.columnCutsKeepResults) -> Int {
         guard threads > 1, batchSize >= threads else { return 1 }
         let extraBytes = (threads - 1) * ParameterTable(config: config).count * 4
-        return extraBytes <= maximumExtraGradientBytes ? threads : 1
+        let budget = precision == .fp32 && rowCutsOnly ? maximumExtraGradientBytesForRowCuts : maximumExtraGradientBytes
+        return extraBytes <= budget ? threads : 1
     }
 
     /// The memory `automaticBatchShards` may spend on shard gradient buffers: 256 MiB.
     public static let maximumExtraGradientBytes = 256 << 20
+
+    /// The same where fp32 products are cut by rows only: 512 MiB, which takes ViT-B at two
+    /// threads (447 MB) and no larger model or thread count.
+    public static let maximumExtraGradientBytesForRowCuts = 512 << 20
 
     /// Gradient buffers of shards 1, 2, ... (shard 0 adds into `gradients`).
     private var shardGradients: [FloatBuffer] = []

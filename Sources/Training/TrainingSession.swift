@@ -166,7 +166,8 @@ final class TrainingSession {
         switch task {
         case .pretrain:
             self.config.batchShards = config.batchShards ?? MAEModel.automaticBatchShards(
-                config: config.model, batchSize: config.batchSize, threads: config.threads)
+                config: config.model, batchSize: config.batchSize, threads: config.threads,
+                precision: config.productPrecision)
             let pretraining = PretrainingTaskModel(
                 config: config, batchShards: self.config.batchShards ?? 1,
                 shardingOver: sharded ? collective : nil)

@@ -29,7 +29,8 @@ struct BenchStepCommand: Subcommand {
             OptionSpec("threads", value: "T", default: "1", help: "threads for matrix products and our kernels"),
             OptionSpec("batch-shards", value: "N", default: "auto",
                        help: "parts of the batch, each run whole by one thread (1: every kernel split over the "
-                           + "threads; auto: one per thread if the extra gradient buffers take at most 256 MiB)"),
+                           + "threads; auto: one per thread if the extra gradient buffers take at most 256 MiB, 512 MiB where fp32 "
+                           + "products are cut by rows only)"),
             OptionSpec("precision", value: "fp32|bf16", default: "fp32", help: Precision.optionHelp),
             OptionSpec("steps", value: "K", default: "5", help: "timed steps after the warm-up step"),
             OptionSpec("mask-ratio", value: "R", default: "0.75", help: "fraction of patches removed"),
@@ -60,13 +61,13 @@ struct BenchStepCommand: Subcommand {
                                            imageSize: try options.optionalInt("input-size", in: 1...4096))
         let batch = try options.int("batch", in: 1...65_536)
         let threads = try options.int("threads", in: 1...1024)
-        let batchShards = options.string("batch-shards") == "auto"
-            ? MAEModel.automaticBatchShards(config: config, batchSize: batch, threads: threads)
-            : try options.int("batch-shards", in: 1...65_536)
         let steps = try options.int("steps", in: 1...100_000)
         let precision = try WorkerOptions.parsePrecision(try options.required("precision")) {
             OptionError("mae bench step: " + $0)
         }
+        let batchShards = options.string("batch-shards") == "auto"
+            ? MAEModel.automaticBatchShards(config: config, batchSize: batch, threads: threads, precision: precision)
+            : try options.int("batch-shards", in: 1...65_536)
         let maskRatio = try options.double("mask-ratio", expectation: "a ratio in [0, 1)") {
             $0 >= 0 && $0 < 1 && config.keptCount(maskRatio: $0) >= 1
         }
