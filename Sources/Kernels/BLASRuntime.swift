@@ -68,6 +68,67 @@ public enum BLASRuntime {
     public static let columnCutsKeepResults: Bool =
         ["prescott", "nehalem", "sandybridge", "skylakex", "cooperlake"].contains(coreName.lowercased())
 
+    /// The columns of c that `matrixMultiply` may cut a product at are multiples of this
+    /// (nil: it cuts rows only). 48 where any multiple of 48 keeps every result
+    /// (`columnCutsKeepResults`). On the Haswell family, OpenBLAS 0.3.21's driver hands its
+    /// kernel c's columns in blocks of 320 (its sgemm "P"), the edge tiles that round
+    /// differently lie at the ends of each block, and blocks are cut from the first column
+    /// on: so a cut at a multiple of 320 that leaves at least 320 columns after it falls on
+    /// a block boundary of the whole product and moves no edge. Checked here once, on a
+    /// product whose blocks have edges (other OpenBLAS versions may block otherwise), and by
+    /// `mae check-determinism`; where the check fails, rows only.
+    public static let columnCutWidth: Int? = {
+        if columnCutsKeepResults { return matrixMultiplyBlock }
+        let core = coreName.lowercased()
+        guard core == "haswell" || core == "zen" else { return nil }
+        return columnCutsAt(haswellColumnBlock, keepResultsOf: (m: 12, n: 2 * haswellColumnBlock, k: 16))
+            ? haswellColumnBlock : nil
+    }()
+
+    /// Where columns are cut on the Haswell family (`columnCutWidth` 320): 12, the rows of c
+    /// its kernel takes at a time. OpenBLAS's driver computes a call's first block of columns
+    /// 12 rows of c at a time, then 4 at a time while more than 4 are left, and the other
+    /// blocks with all rows at once, which the kernel takes 12, then 8, 4, 2, 1 at a time:
+    /// 8 or more rows past the last multiple of 12 meet other tiles (4 + 4 against 8) in the
+    /// first block of a part than in the same columns of the whole product. So `ProductCut`
+    /// gives such rows a part of their own, with every column. Nil elsewhere.
+    public static var columnCutTailRowTile: Int? { columnCutWidth == haswellColumnBlock && !columnCutsKeepResults ? 12 : nil }
+
+    /// OpenBLAS 0.3.21's sgemm column block (its `SGEMM_DEFAULT_P`) on the Haswell and Zen cores.
+    static let haswellColumnBlock = 320
+
+    /// Whether c = a·bᵀ of `shape`, cut into columns [0, width) and [width, n), gives the same
+    /// bits as one call (single-threaded calls; operands from a fixed sequence in [-0.5, 0.5)).
+    static func columnCutsAt(_ width: Int, keepResultsOf shape: (m: Int, n: Int, k: Int)) -> Bool {
+        let (m, n, k) = shape
+        var state: UInt32 = 2_024
+        let a = (0..<(m * k)).map { _ in
+            state = state &* 1_664_525 &+ 1_013_904_223
+            return Float(state >> 8) / 16_777_216 - 0.5
+        }
+        let b = (0..<(k * n)).map { _ in
+            state = state &* 1_664_525 &+ 1_013_904_223
+            return Float(state >> 8) / 16_777_216 - 0.5
+        }
+        var whole = [Float](repeating: 0, count: m * n), parts = whole
+        a.withUnsafeBufferPointer { a in
+            b.withUnsafeBufferPointer { b in
+                let a = a.baseAddress!, b = b.baseAddress!
+                whole.withUnsafeMutableBufferPointer {
+                    singleThreadedMatrixMultiply($0.baseAddress!, ldc: n, a, lda: k, b, ldb: k, transposeB: true,
+                                                 m: m, n: n, k: k)
+                }
+                parts.withUnsafeMutableBufferPointer {
+                    singleThreadedMatrixMultiply($0.baseAddress!, ldc: n, a, lda: k, b, ldb: k, transposeB: true,
+                                                 m: m, n: width, k: k)
+                    singleThreadedMatrixMultiply($0.baseAddress! + width, ldc: n, a, lda: k, b + width * k, ldb: k,
+                                                 transposeB: true, m: m, n: n - width, k: k)
+                }
+            }
+        }
+        return zip(whole, parts).allSatisfy { $0.bitPattern == $1.bitPattern }
+    }
+
     /// Single-thread sgemm speed of each kernel family relative to Haswell's, measured on
     /// an AMD EPYC (docs/PERFORMANCE.md, "OpenBLAS core types"); the AVX-512 families are
     /// about twice Haswell's on CPUs with full-width AVX-512 units and level with it on

@@ -34,6 +34,10 @@ public enum Parallel {
     /// MAE_OPENBLAS_THREADING=1 selects the latter, for comparison.
     public static let splitsProducts: Bool = getenv("MAE_OPENBLAS_THREADING").map { String(cString: $0) != "1" } ?? true
 
+    /// Whether a `parallelFor` called now would run inline on its caller, the pool being
+    /// busy with a region (this caller's, as in a batch shard, or another thread's).
+    public static var runsInline: Bool { threadCount == 1 || WorkerPool.shared.isRunning }
+
     /// Sets the number of threads every kernel uses to `count` (at least 1): our
     /// pool's width, and OpenBLAS's (one thread per call when our pool splits the
     /// products, see `splitsProducts`).
@@ -108,6 +112,9 @@ final class WorkerPool: @unchecked Sendable {
         pthread_mutex_init(mutex, nil)
         pthread_cond_init(condition, nil)
     }
+
+    /// Whether a region is running: a `parallelFor` called now runs inline on its caller.
+    var isRunning: Bool { isBusy.load(ordering: .relaxed) }
 
     /// Runs `body` over `chunks` ranges of `0..<count` on `threads` workers, the
     /// caller included; returns false, having run nothing, when the pool is busy.

@@ -98,8 +98,9 @@ public final class MAEModel {
     /// has at least one image per thread and the extra gradient buffers
     /// ((threads − 1) × 4 bytes per parameter) fit the budget; otherwise 1, every kernel
     /// split over the threads. The budget is `maximumExtraGradientBytes`, or
-    /// `maximumExtraGradientBytesForRowCuts` for fp32 products on OpenBLAS cores whose
-    /// products are cut by rows only (`rowCutsOnly`: the Haswell family).
+    /// `maximumExtraGradientBytesForCoarseCuts` for fp32 products on OpenBLAS cores whose
+    /// products may be cut by columns only at OpenBLAS's own blocks of 320
+    /// (`coarseColumnCuts`: the Haswell family, `BLASRuntime.columnCutWidth`).
     ///
     /// Measured on two cores (docs/PERFORMANCE.md): shards pay where a step is many short
     /// kernels, the small models (`mae_vit_tiny_patch4` 1.2–1.3× faster, `small` 1.13×).
@@ -107,22 +108,23 @@ public final class MAEModel {
     /// no faster there (0.9–1.3× of one, within the machine's noise) for 447 MB more memory.
     /// Cut by rows only, every thread packs the whole weight, and two shards ran ViT-B's fp32
     /// step 1.02–1.22× faster (median 1.12, five rounds on an AMD EPYC Zen 3), with a peak of
-    /// 3,015 MB against PyTorch's 3,082–3,181.
+    /// 3,015 MB against PyTorch's 3,082–3,181; with columns cut at blocks of 320 as well, two
+    /// shards were still 0.98–1.15× of one (three rounds).
     public static func automaticBatchShards(config: ModelConfig, batchSize: Int, threads: Int,
                                             precision: Precision = .fp32,
-                                            rowCutsOnly: Bool = !BLASRuntime.columnCutsKeepResults) -> Int {
+                                            coarseColumnCuts: Bool = BLASRuntime.columnCutWidth != matrixMultiplyBlock) -> Int {
         guard threads > 1, batchSize >= threads else { return 1 }
         let extraBytes = (threads - 1) * ParameterTable(config: config).count * 4
-        let budget = precision == .fp32 && rowCutsOnly ? maximumExtraGradientBytesForRowCuts : maximumExtraGradientBytes
+        let budget = precision == .fp32 && coarseColumnCuts ? maximumExtraGradientBytesForCoarseCuts : maximumExtraGradientBytes
         return extraBytes <= budget ? threads : 1
     }
 
     /// The memory `automaticBatchShards` may spend on shard gradient buffers: 256 MiB.
     public static let maximumExtraGradientBytes = 256 << 20
 
-    /// The same where fp32 products are cut by rows only: 512 MiB, which takes ViT-B at two
+    /// The same where fp32 products are cut by columns only coarsely: 512 MiB, which takes ViT-B at two
     /// threads (447 MB) and no larger model or thread count.
-    public static let maximumExtraGradientBytesForRowCuts = 512 << 20
+    public static let maximumExtraGradientBytesForCoarseCuts = 512 << 20
 
     /// Gradient buffers of shards 1, 2, ... (shard 0 adds into `gradients`).
     private var shardGradients: [FloatBuffer] = []

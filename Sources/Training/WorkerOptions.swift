@@ -132,7 +132,7 @@ public enum WorkerOptions {
             OptionSpec("batch-shards", value: "N", default: "auto",
                        help: "parts of each batch, each run whole by one compute thread (1: every kernel split over the "
                            + "threads; auto: the checkpoint's on resume, else one per thread if the extra gradient buffers take at most 256 MiB, "
-                           + "512 MiB where fp32 products are cut by rows only)"),
+                           + "512 MiB where fp32 products are cut by columns only coarsely, on the Haswell family)"),
             OptionSpec("run-dir", value: "DIR", default: "runs/mae", help: "checkpoints, log.txt and metrics.jsonl go here"),
             OptionSpec("checkpoint-every", value: "N", default: "0", help: "also checkpoint every N optimizer steps (0: epoch ends only)"),
             OptionSpec("keep-checkpoints", value: "K", default: "3", help: "keep the newest K checkpoints"),

@@ -30,7 +30,7 @@ struct BenchStepCommand: Subcommand {
             OptionSpec("batch-shards", value: "N", default: "auto",
                        help: "parts of the batch, each run whole by one thread (1: every kernel split over the "
                            + "threads; auto: one per thread if the extra gradient buffers take at most 256 MiB, 512 MiB where fp32 "
-                           + "products are cut by rows only)"),
+                           + "products are cut by columns only coarsely, on the Haswell family)"),
             OptionSpec("precision", value: "fp32|bf16", default: "fp32", help: Precision.optionHelp),
             OptionSpec("steps", value: "K", default: "5", help: "timed steps after the warm-up step"),
             OptionSpec("mask-ratio", value: "R", default: "0.75", help: "fraction of patches removed"),

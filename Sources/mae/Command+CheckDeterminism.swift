@@ -34,11 +34,12 @@ struct CheckDeterminismCommand: Subcommand {
     /// at 8 images (rows 136 and 520) in forward (c = x·wᵀ), input gradient (c = dy·w) and
     /// weight gradient (c = dyᵀ·x) form, ViT-B's at 2 images (rows 100 and 394) with k cut
     /// short, and odd sizes that leave partial tiles everywhere and cut near the size below
-    /// which SkylakeX and Cooperlake switch kernels.
+    /// which SkylakeX and Cooperlake switch kernels; wide ones whose columns the Haswell family
+    /// may cut (with 8 rows past a multiple of 12: `BLASRuntime.columnCutTailRowTile`).
     static let productShapes: [(m: Int, n: Int, k: Int)] = [
         (136, 576, 192), (136, 192, 768), (520, 128, 512), (520, 2048, 128), (576, 192, 136), (768, 192, 136),
         (192, 768, 520), (2048, 512, 130), (100, 2304, 256), (394, 768, 256), (3072, 768, 64), (768, 768, 100),
-        (333, 777, 555), (1000, 97, 61), (97, 1000, 61),
+        (333, 777, 555), (1000, 97, 61), (97, 1000, 61), (104, 1280, 96), (800, 768, 128),
     ]
 
     static func run(_ options: ParsedOptions) throws {
@@ -58,6 +59,8 @@ struct CheckDeterminismCommand: Subcommand {
         Parallel.setThreads(threadCounts[0])  // also puts OpenBLAS on one thread, as the banner shows
         print(BLASRuntime.banner + " " + CPUInfo.summary)
         if let note = BLASRuntime.presetCoreNote { print("note: " + note) }
+        print("products are cut by rows at multiples of \(matrixMultiplyBlock)"
+              + (BLASRuntime.columnCutWidth.map { " and by columns at multiples of \($0)" } ?? " only"))
         var failures: [String] = []
         let productDifferences = compareProducts(threadCounts: threadCounts, precision: precision)
         print("\(precision.rawValue) matrix products: \(productShapes.count) shapes × 4 transposes × beta 0 and 1, threads "

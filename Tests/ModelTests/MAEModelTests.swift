@@ -222,13 +222,13 @@ import TestSupport
         #expect(MAEModel.automaticBatchShards(config: tiny, batchSize: 64, threads: 2) == 2)
         #expect(MAEModel.automaticBatchShards(config: tiny, batchSize: 64, threads: 8) == 8)
         #expect(MAEModel.automaticBatchShards(config: tiny, batchSize: 3, threads: 4) == 1)
-        #expect(MAEModel.automaticBatchShards(config: tiny, batchSize: 64, threads: 16, rowCutsOnly: false) == 1)
-        #expect(MAEModel.automaticBatchShards(config: tiny, batchSize: 64, threads: 16, rowCutsOnly: true) == 16)
+        #expect(MAEModel.automaticBatchShards(config: tiny, batchSize: 64, threads: 16, coarseColumnCuts: false) == 1)
+        #expect(MAEModel.automaticBatchShards(config: tiny, batchSize: 64, threads: 16, coarseColumnCuts: true) == 16)
         // ViT-B (111.7 M parameters, 447 MB a buffer): two shards only where fp32 products are
         // cut by rows alone, never three.
-        #expect(MAEModel.automaticBatchShards(config: base, batchSize: 8, threads: 2, rowCutsOnly: false) == 1)
-        #expect(MAEModel.automaticBatchShards(config: base, batchSize: 8, threads: 2, rowCutsOnly: true) == 2)
-        #expect(MAEModel.automaticBatchShards(config: base, batchSize: 8, threads: 2, precision: .bf16, rowCutsOnly: true) == 1)
-        #expect(MAEModel.automaticBatchShards(config: base, batchSize: 8, threads: 3, rowCutsOnly: true) == 1)
+        #expect(MAEModel.automaticBatchShards(config: base, batchSize: 8, threads: 2, coarseColumnCuts: false) == 1)
+        #expect(MAEModel.automaticBatchShards(config: base, batchSize: 8, threads: 2, coarseColumnCuts: true) == 2)
+        #expect(MAEModel.automaticBatchShards(config: base, batchSize: 8, threads: 2, precision: .bf16, coarseColumnCuts: true) == 1)
+        #expect(MAEModel.automaticBatchShards(config: base, batchSize: 8, threads: 3, coarseColumnCuts: true) == 1)
     }
 }
