@@ -92,7 +92,7 @@ public enum BLASRuntime {
     /// 8 or more rows past the last multiple of 12 meet other tiles (4 + 4 against 8) in the
     /// first block of a part than in the same columns of the whole product. So `ProductCut`
     /// gives such rows a part of their own, with every column. Nil elsewhere.
-    public static var columnCutTailRowTile: Int? { columnCutWidth == haswellColumnBlock && !columnCutsKeepResults ? 12 : nil }
+    public static var columnCutTailRowTile: Int? { columnCutWidth == haswellColumnBlock ? 12 : nil }
 
     /// OpenBLAS 0.3.21's sgemm column block (its `SGEMM_DEFAULT_P`) on the Haswell and Zen cores.
     static let haswellColumnBlock = 320

@@ -9,8 +9,8 @@ import CBLAS
 /// With several threads, a large product is cut into a grid of blocks of rows and columns
 /// of c (`ProductCut`), one or two per worker of our pool, each computed by a
 /// single-threaded OpenBLAS call: one pool for every kernel, so no OpenBLAS threads spin
-/// on the cores our element-wise kernels need. The grid is the one that packs the fewest
-/// operands again for its parts.
+/// on the cores our element-wise kernels need. Every part packs its share of the operands
+/// again, so the grid is chosen counting those copies as well as the balance of the parts.
 ///
 /// The cut never changes a bit of the result, whatever OpenBLAS core is loaded
 /// (docs/TRAINING.md, "Thread count and exactness"), because it respects three rules of

@@ -122,8 +122,8 @@ public final class MAEModel {
     /// The memory `automaticBatchShards` may spend on shard gradient buffers: 256 MiB.
     public static let maximumExtraGradientBytes = 256 << 20
 
-    /// The same where fp32 products are cut by columns only coarsely: 512 MiB, which takes ViT-B at two
-    /// threads (447 MB) and no larger model or thread count.
+    /// The same where fp32 products are cut by columns only coarsely: 512 MiB, which takes
+    /// ViT-B at two threads (447 MB) and no larger model or thread count.
     public static let maximumExtraGradientBytesForCoarseCuts = 512 << 20
 
     /// Gradient buffers of shards 1, 2, ... (shard 0 adds into `gradients`).

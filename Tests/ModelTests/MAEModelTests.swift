@@ -225,7 +225,7 @@ import TestSupport
         #expect(MAEModel.automaticBatchShards(config: tiny, batchSize: 64, threads: 16, coarseColumnCuts: false) == 1)
         #expect(MAEModel.automaticBatchShards(config: tiny, batchSize: 64, threads: 16, coarseColumnCuts: true) == 16)
         // ViT-B (111.7 M parameters, 447 MB a buffer): two shards only where fp32 products are
-        // cut by rows alone, never three.
+        // cut by columns only coarsely (the Haswell family), never three.
         #expect(MAEModel.automaticBatchShards(config: base, batchSize: 8, threads: 2, coarseColumnCuts: false) == 1)
         #expect(MAEModel.automaticBatchShards(config: base, batchSize: 8, threads: 2, coarseColumnCuts: true) == 2)
         #expect(MAEModel.automaticBatchShards(config: base, batchSize: 8, threads: 2, precision: .bf16, coarseColumnCuts: true) == 1)
