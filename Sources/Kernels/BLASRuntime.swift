@@ -102,14 +102,11 @@ public enum BLASRuntime {
     static func columnCutsAt(_ width: Int, keepResultsOf shape: (m: Int, n: Int, k: Int)) -> Bool {
         let (m, n, k) = shape
         var state: UInt32 = 2_024
-        let a = (0..<(m * k)).map { _ in
+        func next(_: Int) -> Float {
             state = state &* 1_664_525 &+ 1_013_904_223
             return Float(state >> 8) / 16_777_216 - 0.5
         }
-        let b = (0..<(k * n)).map { _ in
-            state = state &* 1_664_525 &+ 1_013_904_223
-            return Float(state >> 8) / 16_777_216 - 0.5
-        }
+        let a = (0..<(m * k)).map(next), b = (0..<(k * n)).map(next)
         var whole = [Float](repeating: 0, count: m * n), parts = whole
         a.withUnsafeBufferPointer { a in
             b.withUnsafeBufferPointer { b in
