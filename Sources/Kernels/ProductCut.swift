@@ -70,11 +70,11 @@ struct ProductCut: Equatable, Sendable {
             let unitsPerGroup = (2 * matrixMultiplyBlock + columnWidth - 1) / columnWidth
             maximumColumnGroups = max(1, n / columnWidth / unitsPerGroup)
         }
+        let rowsPastTheTile = tailRowTile.map { m % $0 } ?? 0
         var best = whole
         var bestTime = Int.max
         for columnGroups in 1...min(maximumColumnGroups, target) {
-            let remainder = tailRowTile.map { m % $0 } ?? 0
-            let tailRows = columnGroups > 1 && remainder >= 8 ? remainder : 0
+            let tailRows = columnGroups > 1 && rowsPastTheTile >= 8 ? rowsPastTheTile : 0
             let maximumRowGroups = max(1, (m - tailRows + matrixMultiplyBlock - 1) / matrixMultiplyBlock / 2)
             // The most row groups this many column groups allow; fewer where parts fall
             // below the small-matrix limit (a part's work shrinks as the groups grow).
