@@ -65,7 +65,7 @@ public enum BLASRuntime {
     /// an element depends on its distance from the ends of a call's columns; measured so
     /// for the others the tests check (`checkedCores`). Unknown cores are treated like
     /// Haswell: cutting rows alone is exact on all of them.
-    public static let columnCutsKeepResults: Bool =
+    static let columnCutsKeepResults: Bool =
         ["prescott", "nehalem", "sandybridge", "skylakex", "cooperlake"].contains(coreName.lowercased())
 
     /// The columns of c that `matrixMultiply` may cut a product at are multiples of this
@@ -92,7 +92,7 @@ public enum BLASRuntime {
     /// 8 or more rows past the last multiple of 12 meet other tiles (4 + 4 against 8) in the
     /// first block of a part than in the same columns of the whole product. So `ProductCut`
     /// gives such rows a part of their own, with every column. Nil elsewhere.
-    public static var columnCutTailRowTile: Int? { columnCutWidth == haswellColumnBlock ? 12 : nil }
+    static var columnCutTailRowTile: Int? { columnCutWidth == haswellColumnBlock ? 12 : nil }
 
     /// OpenBLAS 0.3.21's sgemm column block (its `SGEMM_DEFAULT_P`) on the Haswell and Zen cores.
     static let haswellColumnBlock = 320

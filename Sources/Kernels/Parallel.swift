@@ -36,7 +36,7 @@ public enum Parallel {
 
     /// Whether a `parallelFor` called now would run inline on its caller, the pool being
     /// busy with a region (this caller's, as in a batch shard, or another thread's).
-    public static var runsInline: Bool { threadCount == 1 || WorkerPool.shared.isRunning }
+    static var runsInline: Bool { threadCount == 1 || WorkerPool.shared.isRunning }
 
     /// Sets the number of threads every kernel uses to `count` (at least 1): our
     /// pool's width, and OpenBLAS's (one thread per call when our pool splits the
