@@ -301,6 +301,7 @@ static product_key make_key(long m, long n, long k, long lda, int transpose_a, l
 }
 
 const char *mae_bf16_small_product_implementation(void) {
+    if (mae_bf16_amx_available()) return "our AMX tile kernel (small)";
     return mae_bf16_small_kernel_available() ? "our vdpbf16ps kernel (small)" : "OpenBLAS on bf16-rounded operands (small)";
 }
 

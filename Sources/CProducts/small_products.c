@@ -73,8 +73,9 @@ int mae_bf16_small_kernel_available(void) {
 
 enum { tile_rows = 12 };  // with 2 vectors of columns: 24 accumulators and 2 of b of the 32 registers
 
-static __thread uint32_t *packed_a, *packed_b, *packed_ds_down, *packed_p_down;
-static __thread size_t packed_a_capacity, packed_b_capacity, packed_ds_down_capacity, packed_p_down_capacity;
+static __thread uint32_t *packed_a, *packed_b, *packed_ds_down, *packed_p_down, *packed_a_rows;
+static __thread size_t packed_a_capacity, packed_b_capacity, packed_ds_down_capacity, packed_p_down_capacity,
+    packed_a_rows_capacity;
 
 static uint32_t *reserve_packed(uint32_t **buffer, size_t *capacity, size_t count) {
     if (count > *capacity) {
@@ -319,11 +320,58 @@ BF16_KERNEL static void dot_tail(float *c, uint16_t *c16, long ldc, const uint32
     }
 }
 
+// a packed down (a_down[pair · down_stride + i], zero past m up to down_stride, at least m
+// rounded up to 16) packed again by rows, as the AMX tiles read a: by_rows[i · stride + pair]
+// for i < m rounded up to 16, stride the pairs rounded up to 16, zero past `pairs`; 16 × 16
+// words at a time.
+BF16_KERNEL static void repack_by_rows(uint32_t *by_rows, long stride, const uint32_t *down, long down_stride,
+                                       long m, long pairs) {
+    for (long i0 = 0; i0 < m; i0 += 16) {
+        for (long pair0 = 0; pair0 < stride; pair0 += 16) {
+            __m512i words[16];
+#pragma GCC unroll 16
+            for (int q = 0; q < 16; q++) {
+                words[q] = pair0 + q < pairs ? _mm512_load_si512(down + (pair0 + q) * down_stride + i0)
+                                             : _mm512_setzero_si512();
+            }
+            transpose16x16_epi32(words);  // words[r]: the pairs pair0… of row i0 + r
+#pragma GCC unroll 16
+            for (int r = 0; r < 16; r++) _mm512_store_si512(by_rows + (i0 + r) * stride + pair0, words[r]);
+        }
+    }
+}
+
+// The AMX tiles of mae_bf16_amx_tiles read whole tiles: 16 rows of a and 16 pairs of b at a
+// time. So b's packed pairs past `pairs` (up to a multiple of 16) are set to zero, whose
+// products add nothing, and a's packed rows past m likewise (their sums are not stored).
+// The buffers hold the rows up to those multiples (small_product, head_backward).
+static int run_amx_tiles(float *c, uint16_t *c16, long ldc, uint32_t *a_packed, int a_by_rows, long a_stride,
+                         uint32_t *b_packed, long b_stride, long m, long n, long pairs, float alpha, int accumulate) {
+    long pairs16 = (pairs + 15) / 16 * 16, m16 = (m + 15) / 16 * 16;
+    memset(b_packed + pairs * b_stride, 0, (size_t)((pairs16 - pairs) * b_stride) * 4);
+    if (a_by_rows) {
+        memset(a_packed + m * a_stride, 0, (size_t)((m16 - m) * a_stride) * 4);
+    } else {
+        uint32_t *by_rows = reserve_packed(&packed_a_rows, &packed_a_rows_capacity, (size_t)(m16 * pairs16));
+        if (!by_rows) return -1;
+        repack_by_rows(by_rows, pairs16, a_packed, a_stride, m, pairs);
+        a_packed = by_rows;
+        a_stride = pairs16;
+    }
+    mae_bf16_amx_tiles(c, c16, ldc, a_packed, a_stride, b_packed, b_stride, m, n, pairs, alpha, accumulate);
+    return 0;
+}
+
 // c[m, n] (or c16) = alpha · the packed a times the packed b (+ c when accumulating), over
-// `pairs` pairs of k: tiles of up to tile_rows rows × 32 columns.
-BF16_KERNEL static void run_tiles(float *c, uint16_t *c16, long ldc, const uint32_t *a_packed, int a_by_rows,
-                                  long a_stride, const uint32_t *b_packed, long b_stride, long m, long n, long pairs,
-                                  float alpha, int accumulate) {
+// `pairs` pairs of k: on AMX tiles where the CPU has them (run_amx_tiles), else tiles of
+// up to tile_rows rows × 32 columns. Returns 0, or -1 when memory runs out.
+BF16_KERNEL static int run_tiles(float *c, uint16_t *c16, long ldc, uint32_t *a_packed, int a_by_rows,
+                                 long a_stride, uint32_t *b_packed, long b_stride, long m, long n, long pairs,
+                                 float alpha, int accumulate) {
+    if (mae_bf16_amx_available()) {
+        return run_amx_tiles(c, c16, ldc, a_packed, a_by_rows, a_stride, b_packed, b_stride, m, n, pairs, alpha,
+                             accumulate);
+    }
     // Row blocks of at most tile_rows, as even as they come (17 rows: 9 and 8).
     long row_blocks = (m + tile_rows - 1) / tile_rows;
     for (long column0 = 0; column0 < n; column0 += 32) {
@@ -340,6 +388,7 @@ BF16_KERNEL static void run_tiles(float *c, uint16_t *c16, long ldc, const uint3
             row0 += rows;
         }
     }
+    return 0;
 }
 
 // The product into fp32 c, or (`c16` not NULL, beta 0) rounded to bf16 into c16.
@@ -363,17 +412,23 @@ BF16_KERNEL static int small_product(float *c, uint16_t *c16, long ldc,
     // The last one or two columns past a multiple of 16 (attention's 17 and 65 tokens, in
     // q·kᵀ and dOutput·vᵀ) would each take a vector of 16 columns through every pair: with
     // a packed by rows and b stored [n][ldb], they are instead dot products (`dot_tail`).
-    long tail = a_by_rows && transpose_b && n > 16 && n % 16 <= 2 ? n % 16 : 0, tiled = n - tail;
+    // Not on AMX, whose tiles of 16 columns take them at no cost worth a second path.
+    long tail = a_by_rows && transpose_b && n > 16 && n % 16 <= 2 && !mae_bf16_amx_available() ? n % 16 : 0;
+    long tiled = n - tail;
     long a_stride = a_by_rows ? (pairs + 15) / 16 * 16 : (m + 15) / 16 * 16, b_stride = (tiled + 15) / 16 * 16;
-    uint32_t *a_packed = reserve_packed(&packed_a, &packed_a_capacity, (size_t)((a_by_rows ? m : pairs) * a_stride));
-    uint32_t *b_packed = reserve_packed(&packed_b, &packed_b_capacity, (size_t)(pairs * b_stride + a_stride));
+    // Rows up to multiples of 16 for the AMX tiles (run_amx_tiles), and one for dot_tail's b.
+    long a_rows = a_by_rows ? (m + 15) / 16 * 16 : pairs, b_rows = (pairs + 15) / 16 * 16;
+    uint32_t *a_packed = reserve_packed(&packed_a, &packed_a_capacity, (size_t)(a_rows * a_stride));
+    uint32_t *b_packed = reserve_packed(&packed_b, &packed_b_capacity, (size_t)(b_rows * b_stride + a_stride));
     if (!a_packed || !b_packed) return -1;
     if (transpose_a) pack_down_rows(a_packed, a_stride, a, a_is_bf16, lda, k, m);
     else pack_rows(a_packed, a_stride, a, a_is_bf16, lda, k, m);
     // op(b)[k, n]: b stored [n][ldb] when transposed, [k][ldb] otherwise.
     if (transpose_b) pack_along_rows(b_packed, b_stride, b_stride, b, b_is_bf16, ldb, k, tiled);
     else pack_down_rows(b_packed, b_stride, b, b_is_bf16, ldb, k, tiled);
-    run_tiles(c, c16, ldc, a_packed, a_by_rows, a_stride, b_packed, b_stride, m, tiled, pairs, alpha, beta != 0.0f);
+    if (run_tiles(c, c16, ldc, a_packed, a_by_rows, a_stride, b_packed, b_stride, m, tiled, pairs, alpha, beta != 0.0f)) {
+        return -1;
+    }
     for (long column = tiled; column < n; column++) {
         uint32_t *b_row = b_packed + pairs * b_stride;
         pack_rows(b_row, a_stride, (const char *)b + (size_t)column * (size_t)ldb * (b_is_bf16 ? 2 : 4), b_is_bf16, ldb, k, 1);
@@ -421,10 +476,12 @@ BF16_KERNEL static int head_backward(float *dq, float *dk, float *dv, long ld, c
     // `down_stride` words a pair of rows): what small_product's packing would write.
     long by_rows_stride = (pairs + 15) / 16 * 16, down_stride = (tokens + 15) / 16 * 16;
     long b_stride = (head_dimension + 15) / 16 * 16;
-    uint32_t *ds_by_rows = reserve_packed(&packed_a, &packed_a_capacity, (size_t)(tokens * by_rows_stride));
+    // Rows up to multiples of 16 for the AMX tiles (run_amx_tiles).
+    long padded_tokens = down_stride, padded_pairs = (pairs + 15) / 16 * 16;
+    uint32_t *ds_by_rows = reserve_packed(&packed_a, &packed_a_capacity, (size_t)(padded_tokens * by_rows_stride));
     uint32_t *ds_down = reserve_packed(&packed_ds_down, &packed_ds_down_capacity, (size_t)(pairs * down_stride));
     uint32_t *p_down = reserve_packed(&packed_p_down, &packed_p_down_capacity, (size_t)(pairs * down_stride));
-    uint32_t *b_packed = reserve_packed(&packed_b, &packed_b_capacity, (size_t)(pairs * b_stride));
+    uint32_t *b_packed = reserve_packed(&packed_b, &packed_b_capacity, (size_t)(padded_pairs * b_stride));
     if (!ds_by_rows || !ds_down || !p_down || !b_packed) return -1;
     const __m512 scale16 = _mm512_set1_ps(scale);
     long columns = down_stride > 2 * by_rows_stride ? down_stride : 2 * by_rows_stride;
@@ -459,11 +516,17 @@ BF16_KERNEL static int head_backward(float *dq, float *dk, float *dv, long ld, c
     }
     // dv = pᵀ · dOutput; dq = ds · k; dk = dsᵀ · q (b stored [tokens][ld], k down its rows).
     pack_down_rows(b_packed, b_stride, d_output, 0, ld_output, tokens, head_dimension);
-    run_tiles(dv, NULL, ld, p_down, 0, down_stride, b_packed, b_stride, tokens, head_dimension, pairs, 1.0f, 0);
+    if (run_tiles(dv, NULL, ld, p_down, 0, down_stride, b_packed, b_stride, tokens, head_dimension, pairs, 1.0f, 0)) {
+        return -1;
+    }
     pack_down_rows(b_packed, b_stride, k, 0, ld, tokens, head_dimension);
-    run_tiles(dq, NULL, ld, ds_by_rows, 1, by_rows_stride, b_packed, b_stride, tokens, head_dimension, pairs, 1.0f, 0);
+    if (run_tiles(dq, NULL, ld, ds_by_rows, 1, by_rows_stride, b_packed, b_stride, tokens, head_dimension, pairs, 1.0f, 0)) {
+        return -1;
+    }
     pack_down_rows(b_packed, b_stride, q, 0, ld, tokens, head_dimension);
-    run_tiles(dk, NULL, ld, ds_down, 0, down_stride, b_packed, b_stride, tokens, head_dimension, pairs, 1.0f, 0);
+    if (run_tiles(dk, NULL, ld, ds_down, 0, down_stride, b_packed, b_stride, tokens, head_dimension, pairs, 1.0f, 0)) {
+        return -1;
+    }
     return 1;
 }
 

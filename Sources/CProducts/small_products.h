@@ -26,4 +26,14 @@ int mae_bf16_small_product_avx512(float *c, long ldc,
 void mae_bf16_pack_ba16a64b2a(uint16_t *packed, const void *b, int b_is_bf16, long ldb, int transpose_b,
                               long n, long k, long first_block, long block_count);
 
+/// c[m, n] (or, when `c16` is not NULL, c16 rounded to bf16) = alpha · a · b (+ c when
+/// `accumulate`) on AMX tiles, from a packed by rows (a_packed[i · a_stride + pair], rows
+/// up to m rounded up to 16, zero past `pairs` up to a_stride) and b packed by pairs
+/// (b_packed[pair · b_stride + j], pairs up to a multiple of 16, zero past them and past n
+/// up to b_stride, a multiple of 16): small_products_amx.c. Only where
+/// `mae_bf16_amx_available()`.
+void mae_bf16_amx_tiles(float *c, uint16_t *c16, long ldc, const uint32_t *a_packed, long a_stride,
+                        const uint32_t *b_packed, long b_stride, long m, long n, long pairs, float alpha,
+                        int accumulate);
+
 #endif

@@ -219,7 +219,7 @@ import TestSupport
         let differing = (0..<qkv.count).filter { qkvGradient[$0].bitPattern != expected[$0].bitPattern }.count
         expectClose(qkvGradient.toArray(), expected.toArray().map(Double.init), absolute: 1e-6, relative: 1e-5,
                     "bf16 attention backward, \(differing) of \(qkv.count) not to the bit")
-        let smallKernel = String(cString: mae_bf16_small_product_implementation()).contains("vdpbf16ps")
+        let smallKernel = String(cString: mae_bf16_small_product_implementation()).hasPrefix("our ")
         if smallKernel && tokens * tokens * headDimension <= Int(MAE_BF16_SMALL_PRODUCT_LIMIT) {
             #expect(differing == 0, "on the small kernel \(differing) of \(qkv.count) gradients differ from the reference's bits")
         }

@@ -193,6 +193,44 @@ import TestSupport
         checkProductsAgainstTheRoundedReference(m: m, n: n, k: k)
     }
 
+    /// Where the CPU has AMX, the small products above run on its tiles; the VDPBF16PS tiles,
+    /// which the other CPUs run, match the reference here too. (The switch is the calling
+    /// thread's, where these shapes run: in one call.)
+    @Test(.enabled(if: mae_bf16_amx_available() != 0, "this CPU has no AMX tiles: the tests above ran the VDPBF16PS tiles"),
+          arguments: [(37, 50, 24), (17, 17, 63), (65, 33, 31), (25, 17, 1), (197, 197, 32), (197, 32, 197)])
+    func smallProductsOnTheVDPBF16PSTilesMatchTheRoundedReferenceToo(m: Int, n: Int, k: Int) {
+        mae_bf16_use_amx(0)
+        defer { mae_bf16_use_amx(1) }
+        #expect(String(cString: mae_bf16_small_product_implementation()).contains("vdpbf16ps"))
+        checkProductsAgainstTheRoundedReference(m: m, n: n, k: k)
+    }
+
+    /// The small kernels pack their operands into buffers of the calling thread that earlier
+    /// products leave filled; the AMX tiles read 16 rows of a and 16 pairs of k of b at a time,
+    /// past the operands' own. A product of few rows and pairs right after one whose operands
+    /// were all NaN reads nothing of it: every element finite and as the reference has it.
+    @Test(.needsBFloat16Products) func smallProductsReadNothingLeftByEarlierProducts() {
+        let (m, n, k) = (5, 7, 3)
+        let a = randomValues(m * k, seed: 81).map(Float.init), b = randomValues(k * n, seed: 82).map(Float.init)
+        for (transposeA, transposeB) in [(false, true), (false, false), (true, false), (true, true)] {
+            let nan = FloatBuffer([Float](repeating: .nan, count: 64 * 64)), filled = FloatBuffer(count: 64 * 64)
+            singleThreadedMatrixMultiply(filled.pointer, ldc: 64, nan.pointer, lda: 64, transposeA: transposeA,
+                                         nan.pointer, ldb: 64, transposeB: transposeB, m: 64, n: 64, k: 64, precision: .bf16)
+            // a and b hold op(a)[m, k] and op(b)[k, n] element for element, stored as each form reads them.
+            let storedA = FloatBuffer((0..<(m * k)).map { transposeA ? a[($0 % m) * k + $0 / m] : a[$0] })
+            let storedB = FloatBuffer((0..<(k * n)).map { transposeB ? b[($0 % k) * n + $0 / k] : b[$0] })
+            let c = FloatBuffer(count: m * n)
+            singleThreadedMatrixMultiply(c.pointer, ldc: n, storedA.pointer, lda: transposeA ? m : k, transposeA: transposeA,
+                                         storedB.pointer, ldb: transposeB ? k : n, transposeB: transposeB,
+                                         m: m, n: n, k: k, precision: .bf16)
+            let expected = (0..<(m * n)).map { index in
+                (0..<k).reduce(0.0) { $0 + Self.bfloat16(a[(index / n) * k + $1]) * Self.bfloat16(b[$1 * n + index % n]) }
+            }
+            expectClose(c.toArray(), expected, absolute: 1e-6, relative: 1e-6,
+                        "transposeA \(transposeA) transposeB \(transposeB) after a product of NaNs")
+        }
+    }
+
     private func checkProductsAgainstTheRoundedReference(m: Int, n: Int, k: Int) {
         let before = Parallel.threads
         defer { Parallel.setThreads(before) }

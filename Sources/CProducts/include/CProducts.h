@@ -73,6 +73,19 @@ long mae_bf16_packing_column_blocks(const mae_bf16_row_blocks *blocks);
 /// CPU would not take otherwise. Both write the same packed bytes, so no result changes.
 void mae_bf16_use_own_packer(int enabled);
 
+/// 1 when the small products run on AMX tiles (small_products_amx.c): the CPU has AMX-BF16,
+/// Linux granted this process the tile state, and `mae_bf16_use_amx` has not turned them
+/// off on the calling thread. The choice depends on the CPU alone, as every other of these
+/// kernels' does.
+int mae_bf16_amx_available(void);
+
+/// Whether the small products that the calling thread runs may take AMX tiles (1, the
+/// default) or take the VDPBF16PS tiles (0): for tests of both on a CPU with AMX. The two
+/// sum in other orders, so results differ in their last bits; so the switch is the calling
+/// thread's alone (a test's products on one thread), never the process's, and only tests
+/// use it.
+void mae_bf16_use_amx(int enabled);
+
 /// b (stored [k, n], or [n, k] when `blocks->transpose_b`, leading dimension ldb; fp32,
 /// rounded to bf16 as it goes, or bf16) packed into `packed`: its column blocks
 /// first_block ..< first_block + block_count of 64 (`mae_bf16_packing_column_blocks`).
