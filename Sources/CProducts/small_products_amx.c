@@ -1,9 +1,9 @@
 // The small bf16 products' arithmetic on AMX tiles, on CPUs with AMX-BF16 (Intel Sapphire
 // Rapids and later): the same packed operands as the VDPBF16PS tiles of small_products.c,
 // summed by TDPBF16PS, which multiplies a 16 × 32 bf16 tile of a by a 32 × 16 one of b
-// into a 16 × 16 fp32 tile of c in one instruction. There, oneDNN's large products run on
-// AMX too, and VDPBF16PS ran attention's per-head products at a third to half of the rate
-// OpenBLAS's fp32 kernel reached on them (docs/PERFORMANCE.md).
+// into a 16 × 16 fp32 tile of c in one instruction. There oneDNN's large products run on
+// AMX at 1.6–4.4× OpenBLAS's fp32 rate, while VDPBF16PS ran attention's per-head products
+// at 0.5–1.1× it; the tiles run them about 3× faster (docs/PERFORMANCE.md).
 //
 // The packed layouts serve the tiles as they are: a row of an a tile is one row of a's
 // packed words (16 pairs of k, 64 bytes), a row of a b tile one pair of k of b's packed
