@@ -12,11 +12,14 @@
 // inputs alone (TDPBF16PS's rules on subnormals and rounding are VDPBF16PS's; the order of
 // additions inside an instruction is the hardware's, fixed).
 #pragma STDC FP_CONTRACT OFF
+#define _GNU_SOURCE  // strcasestr
 #include "small_products.h"
 #include "../CSupport/bfloat16_simd.h"
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -32,7 +35,19 @@ enum { arch_request_component_permission = 0x1023, tile_data_feature = 18 };
 static int amx_usable;
 static __thread int amx_turned_off;  // by mae_bf16_use_amx, on this thread
 
+// oneDNN's own limit on the instruction sets its kernels use (ONEDNN_MAX_CPU_ISA, or the
+// older name DNNL_MAX_CPU_ISA: SSE41 … AVX512_CORE_BF16, AVX512_CORE_AMX, ALL) set below
+// AMX keeps its kernels off the tiles; ours follow it, so that one variable turns AMX off
+// for every bf16 product (to compare with a CPU without AMX, say).
+static int instruction_set_limit_allows_amx(void) {
+    const char *limit = getenv("ONEDNN_MAX_CPU_ISA");
+    if (!limit || !*limit) limit = getenv("DNNL_MAX_CPU_ISA");
+    if (!limit || !*limit || strcasecmp(limit, "ALL") == 0 || strcasecmp(limit, "DEFAULT") == 0) return 1;
+    return strcasestr(limit, "AMX") != NULL;
+}
+
 static void probe_amx(void) {
+    if (!instruction_set_limit_allows_amx()) return;
     unsigned int eax, ebx, ecx, edx;
     if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return;
     int has_bf16 = (edx >> 22) & 1, has_tiles = (edx >> 24) & 1;

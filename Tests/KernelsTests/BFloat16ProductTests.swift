@@ -1,3 +1,4 @@
+import Foundation
 import CProducts
 import CSupport
 import Kernels
@@ -203,6 +204,31 @@ import TestSupport
         defer { mae_bf16_use_amx(1) }
         #expect(String(cString: mae_bf16_small_product_implementation()).contains("vdpbf16ps"))
         checkProductsAgainstTheRoundedReference(m: m, n: n, k: k)
+    }
+
+    /// oneDNN's limit on its instruction sets, `ONEDNN_MAX_CPU_ISA`, set below AMX keeps our
+    /// small products off the tiles as it keeps oneDNN's own kernels: one variable turns AMX
+    /// off for every bf16 product. Unset, both run on AMX.
+    @Test(.enabled(if: mae_bf16_amx_available() != 0, "this CPU has no AMX tiles"))
+    func oneDNNsInstructionSetLimitKeepsOurProductsOffAMXToo() throws {
+        let directory = NSTemporaryDirectory() + "mae-amx-limit-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let mae = try TestProcess.product("mae")
+        for limit in [nil, "AVX512_CORE_BF16"] as [String?] {
+            let child = try TestProcess(mae, ["bench", "products", "--shapes", "50x64x50:nn,400x768x768:nt", "--seconds", "0.01"],
+                                        logDirectory: directory, name: "limit-\(limit ?? "unset")",
+                                        environment: ["ONEDNN_MAX_CPU_ISA": limit, "DNNL_MAX_CPU_ISA": nil])
+            defer { child.stop() }
+            #expect(child.exitStatus(within: 120) == 0, "\(child.output)")
+            let output = child.output
+            if limit == nil {
+                #expect(output.contains("our AMX tile kernel") && output.contains("avx512_core_amx"), "\(output)")
+            } else {
+                #expect(output.contains("our vdpbf16ps kernel") && output.contains("brg:avx512_core_bf16"), "\(output)")
+                #expect(!output.contains("AMX") && !output.contains("amx"), "\(output)")
+            }
+        }
     }
 
     /// The small kernels pack their operands into buffers of the calling thread that earlier

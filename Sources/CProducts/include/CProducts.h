@@ -74,9 +74,9 @@ long mae_bf16_packing_column_blocks(const mae_bf16_row_blocks *blocks);
 void mae_bf16_use_own_packer(int enabled);
 
 /// 1 when the small products run on AMX tiles (small_products_amx.c): the CPU has AMX-BF16,
-/// Linux granted this process the tile state, and `mae_bf16_use_amx` has not turned them
-/// off on the calling thread. The choice depends on the CPU alone, as every other of these
-/// kernels' does.
+/// Linux granted this process the tile state, oneDNN's `ONEDNN_MAX_CPU_ISA` (if set) allows
+/// AMX, and `mae_bf16_use_amx` has not turned them off on the calling thread. The choice
+/// depends on the CPU (and that variable) alone, as every other of these kernels' does.
 int mae_bf16_amx_available(void);
 
 /// Whether the small products that the calling thread runs may take AMX tiles (1, the
