@@ -86,11 +86,6 @@ static uint32_t *reserve_packed(uint32_t **buffer, size_t *capacity, size_t coun
     return *buffer;
 }
 
-// The first `count` of 16 lanes (none when count ≤ 0).
-static inline __mmask16 lanes(long count) {
-    return count >= 16 ? (__mmask16)0xFFFF : count <= 0 ? 0 : (__mmask16)((1u << count) - 1);
-}
-
 // 32 floats (`low`, then `high`) rounded to 32 bf16 as mae_round_to_bf16 rounds them.
 // VCVTNE2PS2BF16 rounds to nearest even and quiets a NaN as it does, in one instruction,
 // but flushes fp32 subnormals to 0 where mae_round_to_bf16 rounds them: to bf16
@@ -265,15 +260,8 @@ void tile(const int rows, const int vectors, const int a_by_rows, const uint32_t
 #pragma GCC unroll 2
         for (int vector = 0; vector < vectors; vector++) {
             __mmask16 mask = vector == vectors - 1 ? last : (__mmask16)0xFFFF;
-            if (c16) {
-                __m512 value = _mm512_mul_ps(sum[row][vector], scale);
-                _mm256_mask_storeu_epi16(c16 + row * ldc + 16 * vector, mask, _mm512_cvtepi32_epi16(round16(value)));
-                continue;
-            }
-            float *out = c + row * ldc + 16 * vector;
-            __m512 value = accumulate ? _mm512_fmadd_ps(sum[row][vector], scale, _mm512_maskz_loadu_ps(mask, out))
-                                      : _mm512_mul_ps(sum[row][vector], scale);
-            _mm512_mask_storeu_ps(out, mask, value);
+            store_sums(c16 ? NULL : c + row * ldc + 16 * vector, c16 ? c16 + row * ldc + 16 * vector : NULL, mask,
+                       sum[row][vector], scale, accumulate);
         }
     }
 }

@@ -4,6 +4,29 @@
 
 #include <stdint.h>
 
+#if defined(__x86_64__)
+#include "../CSupport/bfloat16_simd.h"
+#include <immintrin.h>
+
+// The first `count` of 16 lanes (none when count ≤ 0).
+static inline __mmask16 lanes(long count) {
+    return count >= 16 ? (__mmask16)0xFFFF : count <= 0 ? 0 : (__mmask16)((1u << count) - 1);
+}
+
+// The last step of both kernels' tiles, for 16 sums of a row of c in the lanes of `mask`:
+// c = alpha · sum, or alpha · sum + c in one fused multiply-add when accumulating; or, with
+// `c16` (not accumulating), alpha · sum rounded to bf16 as mae_round_to_bf16 rounds it.
+__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline))
+static inline void store_sums(float *c, uint16_t *c16, __mmask16 mask, __m512 sum, __m512 scale, int accumulate) {
+    if (c16) {
+        _mm256_mask_storeu_epi16(c16, mask, _mm512_cvtepi32_epi16(round16(_mm512_mul_ps(sum, scale))));
+        return;
+    }
+    __m512 value = accumulate ? _mm512_fmadd_ps(sum, scale, _mm512_maskz_loadu_ps(mask, c)) : _mm512_mul_ps(sum, scale);
+    _mm512_mask_storeu_ps(c, mask, value);
+}
+#endif
+
 /// 1 when this CPU has AVX512_BF16 (with AVX512F/BW/VL), so that
 /// `mae_bf16_small_product_avx512` can run.
 int mae_bf16_small_kernel_available(void);

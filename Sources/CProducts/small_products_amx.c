@@ -14,7 +14,6 @@
 #pragma STDC FP_CONTRACT OFF
 #define _GNU_SOURCE  // strcasestr
 #include "small_products.h"
-#include "../CSupport/bfloat16_simd.h"
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -87,29 +86,15 @@ AMX_KERNEL static void configure_tiles(void) {
     _tile_loadconfig(&configuration);
 }
 
-// The first `count` of 16 lanes (none when count ≤ 0).
-static inline __mmask16 first_lanes(long count) {
-    return count >= 16 ? (__mmask16)0xFFFF : count <= 0 ? 0 : (__mmask16)((1u << count) - 1);
-}
-
-// c (or c16) [rows, columns] = alpha · sums (+ c when accumulating), sums [32][32] fp32:
-// the epilogue of small_products.c's tiles, the same operations.
+// c (or c16) [rows, columns] = alpha · sums (+ c when accumulating), sums [32][32] fp32: the
+// last step of small_products.c's tiles (store_sums).
 AMX_KERNEL static void store_block(float *c, uint16_t *c16, long ldc, const float *sums, long rows, long columns,
                                    float alpha, int accumulate) {
     __m512 scale = _mm512_set1_ps(alpha);
     for (long row = 0; row < rows; row++) {
         for (long column = 0; column < columns; column += 16) {
-            __mmask16 mask = first_lanes(columns - column);
-            __m512 sum = _mm512_load_ps(sums + row * 32 + column);
-            if (c16) {
-                __m512 value = _mm512_mul_ps(sum, scale);
-                _mm256_mask_storeu_epi16(c16 + row * ldc + column, mask, _mm512_cvtepi32_epi16(round16(value)));
-                continue;
-            }
-            float *out = c + row * ldc + column;
-            __m512 value = accumulate ? _mm512_fmadd_ps(sum, scale, _mm512_maskz_loadu_ps(mask, out))
-                                      : _mm512_mul_ps(sum, scale);
-            _mm512_mask_storeu_ps(out, mask, value);
+            store_sums(c16 ? NULL : c + row * ldc + column, c16 ? c16 + row * ldc + column : NULL,
+                       lanes(columns - column), _mm512_load_ps(sums + row * 32 + column), scale, accumulate);
         }
     }
 }
