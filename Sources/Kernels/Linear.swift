@@ -34,7 +34,9 @@ public func linearForward(output: UnsafeMutablePointer<Float>, input: UnsafePoin
 
 /// Backward of `linearForward`:
 /// inputGradient[rows, inFeatures] = outputGradient[rows, outFeatures] · weight (assigned; skipped when nil),
-/// weightGradient[outFeatures, inFeatures] += outputGradientᵀ · input,
+/// weightGradient[outFeatures, inFeatures] += outputGradientᵀ · input (assigned instead when
+/// `assignsWeightGradient`: the first backward of a step then neither zeroes the weight's
+/// gradient beforehand nor reads it back in the product; same values),
 /// biasGradient[outFeatures] += Σ_rows outputGradient.
 /// In bf16 both products take bf16-rounded inputs and sum in fp32 (the bias gradient stays fp32,
 /// its rows summed by groups of `columnSumGroupRows`);
@@ -48,7 +50,8 @@ public func linearBackward(inputGradient: UnsafeMutablePointer<Float>?,
                            input: UnsafePointer<Float>, weight: UnsafePointer<Float>,
                            rows: Int, inFeatures: Int, outFeatures: Int,
                            precision: Precision = .fp32, roundedWeight: UnsafePointer<UInt16>? = nil,
-                           roundedInput: UnsafePointer<UInt16>? = nil) {
+                           roundedInput: UnsafePointer<UInt16>? = nil, assignsWeightGradient: Bool = false) {
+    let weightBeta: Float = assignsWeightGradient ? 0 : 1
     precondition(outputGradientFactor == nil || (precision == .bf16 && inputGradient != nil),
                  "only a bf16 backward with an input gradient forms its output gradient from a factor")
     if precision == .bf16, let inputGradient {
@@ -62,7 +65,7 @@ public func linearBackward(inputGradient: UnsafeMutablePointer<Float>?,
                        m: rows, n: inFeatures, k: outFeatures, precision: .bf16)
         matrixMultiply(weightGradient, ldc: inFeatures, outputGradient, lda: rows,
                        input, ldb: inFeatures, roundedA: transposed, roundedB: roundedInput,
-                       m: outFeatures, n: inFeatures, k: rows, beta: 1, precision: .bf16)
+                       m: outFeatures, n: inFeatures, k: rows, beta: weightBeta, precision: .bf16)
         return
     }
     if let inputGradient {
@@ -71,7 +74,7 @@ public func linearBackward(inputGradient: UnsafeMutablePointer<Float>?,
                        precision: precision)
     }
     matrixMultiply(weightGradient, ldc: inFeatures, outputGradient, lda: outFeatures, transposeA: true,
-                   input, ldb: inFeatures, roundedB: roundedInput, m: outFeatures, n: inFeatures, k: rows, beta: 1,
+                   input, ldb: inFeatures, roundedB: roundedInput, m: outFeatures, n: inFeatures, k: rows, beta: weightBeta,
                    precision: precision)
     addColumnSums(biasGradient, outputGradient, rows: rows, columns: outFeatures)
 }

@@ -16,7 +16,7 @@ public final class MAEModel {
     public let table: ParameterTable
     /// table.count floats.
     public let parameters: FloatBuffer
-    /// Same layout as `parameters`; `forwardBackward` adds into it.
+    /// Same layout as `parameters`; `forwardBackward` adds into it, or writes over it.
     public let gradients: FloatBuffer
     /// Fixed sin-cos [(L + 1), D] ("pos_embed", officially [1, L + 1, D]); not trained.
     public let encoderPositionEmbedding: FloatBuffer
@@ -28,6 +28,9 @@ public final class MAEModel {
     let clsToken, patchEmbedWeight, patchEmbedBias, normWeight, normBias: Int
     let decoderEmbedWeight, decoderEmbedBias, maskToken, decoderNormWeight, decoderNormBias: Int
     let decoderPredictionWeight, decoderPredictionBias: Int
+    /// The gradient ranges that a backward overwriting the gradients zeroes first: every
+    /// tensor but the linear layers' weights, whose weight-gradient products assign them.
+    private let rangesZeroedBeforeOverwriting: [Range<Int>]
     private var activations: Activations?
     private let empty = FloatBuffer(count: 0)
 
@@ -157,6 +160,10 @@ public final class MAEModel {
         maskToken = offset("mask_token")
         decoderNormWeight = offset("decoder_norm.weight"); decoderNormBias = offset("decoder_norm.bias")
         decoderPredictionWeight = offset("decoder_pred.weight"); decoderPredictionBias = offset("decoder_pred.bias")
+        let assignedWeights = Set([patchEmbedWeight, decoderEmbedWeight, decoderPredictionWeight]
+                                  + (encoderOffsets + decoderOffsets).flatMap(\.linearWeights))
+        rangesZeroedBeforeOverwriting = table.tensors.filter { !assignedWeights.contains($0.offset) }
+            .map { $0.offset..<$0.offset + $0.count }
         initialiseParameters(parameters.pointer, table: table, seed: seed)
     }
 
@@ -167,7 +174,11 @@ public final class MAEModel {
     public var mask: UnsafePointer<Float> { UnsafePointer(activations?.mask ?? empty.pointer) }
 
     /// One forward and backward pass. Parameter gradients are ADDED into `gradients`,
-    /// scaled by `gradientScale` (callers zero them; accumulation passes 1/accumIter).
+    /// scaled by `gradientScale` (callers zero them; accumulation passes 1/accumIter), or,
+    /// with `overwritesGradients`, written over whatever `gradients` holds: the first
+    /// micro-batch of a step, which then needs no zeroing pass over the gradients, and whose
+    /// weight-gradient products write their results without reading the old ones back
+    /// (the same values; measured 2–4 % of a bf16 ViT-B step, docs/PERFORMANCE.md).
     /// Returns the loss (unscaled). Allocations happen only when the batch shape changes.
     /// - Parameters:
     ///   - images: [N, 3, S, S], already normalised.
@@ -179,17 +190,19 @@ public final class MAEModel {
     ///     once, with 0, after the shards' gradients are added.
     public func forwardBackward(images: UnsafePointer<Float>, noise: UnsafePointer<Float>, batchSize: Int,
                                 maskRatio: Double, normPixLoss: Bool, gradientScale: Float = 1,
+                                overwritesGradients: Bool = false,
                                 backwardProgress: ((Int) -> Void)? = nil) -> Float {
         let a = prepare(batchSize: batchSize, maskRatio: maskRatio)
         return runShards(a, images: images, noise: noise, normPixLoss: normPixLoss, gradientScale: gradientScale,
-                         progress: backwardProgress)
+                         overwritesGradients: overwritesGradients, progress: backwardProgress)
     }
 
     /// Forward only (evaluation); returns the loss. `prediction` and `mask` are updated.
     public func forward(images: UnsafePointer<Float>, noise: UnsafePointer<Float>, batchSize: Int,
                         maskRatio: Double, normPixLoss: Bool) -> Float {
         let a = prepare(batchSize: batchSize, maskRatio: maskRatio)
-        return runShards(a, images: images, noise: noise, normPixLoss: normPixLoss, gradientScale: nil, progress: nil)
+        return runShards(a, images: images, noise: noise, normPixLoss: normPixLoss, gradientScale: nil,
+                         overwritesGradients: false, progress: nil)
     }
 
     /// The encoder's representation of each image, as k-NN and linear probing read it:
@@ -244,14 +257,15 @@ public final class MAEModel {
     /// the batch, then adds the shards' gradients into `gradients` in shard order.
     /// Returns the loss over the whole batch.
     private func runShards(_ a: Activations, images: UnsafePointer<Float>, noise: UnsafePointer<Float>,
-                           normPixLoss: Bool, gradientScale: Float?, progress: ((Int) -> Void)?) -> Float {
+                           normPixLoss: Bool, gradientScale: Float?, overwritesGradients: Bool,
+                           progress: ((Int) -> Void)?) -> Float {
         let shardCount = min(batchShards, a.batch)
         let products = currentProducts()
         guard shardCount > 1 else {
             let loss = runForward(a, products: products, images: images, noise: noise, normPixLoss: normPixLoss)
             if let gradientScale {
                 runBackward(a, products: products, gradients: gradients.pointer, gradientScale: gradientScale,
-                            progress: progress)
+                            overwrites: overwritesGradients, progress: progress)
             }
             return loss
         }
@@ -278,10 +292,10 @@ public final class MAEModel {
                                                 noise: noise + first * self.config.patchCount, normPixLoss: normPixLoss)
                 guard let gradientScale else { continue }
                 let share = Float(Double(arena.batch) / Double(batch))
+                // The other shards' buffers hold the last step's gradients: written over.
                 let destination = shard == 0 ? self.gradients.pointer : buffers[shard - 1].pointer
-                if shard > 0 { destination.update(repeating: 0, count: self.table.count) }
                 self.runBackward(arena, products: products, gradients: destination, gradientScale: gradientScale * share,
-                                 progress: nil)
+                                 overwrites: shard > 0 || overwritesGradients, progress: nil)
             }
         }
         if gradientScale != nil {
@@ -433,10 +447,15 @@ public final class MAEModel {
 
     // MARK: - Backward
 
-    /// Adds the parameter gradients of the batch in `a`, times `gradientScale`, into `g`;
-    /// tells `progress` where the finished tail of the layout starts after each stage.
+    /// Adds the parameter gradients of the batch in `a`, times `gradientScale`, into `g` (or
+    /// writes them over `g`'s contents when `overwrites`); tells `progress` where the finished
+    /// tail of the layout starts after each stage.
     private func runBackward(_ a: Activations, products x: Products, gradients g: UnsafeMutablePointer<Float>,
-                             gradientScale: Float, progress: ((Int) -> Void)?) {
+                             gradientScale: Float, overwrites: Bool, progress: ((Int) -> Void)?) {
+        // Only the linear layers' weights are assigned; every other gradient adds up from 0.
+        if overwrites {
+            for range in rangesZeroedBeforeOverwriting { (g + range.lowerBound).update(repeating: 0, count: range.count) }
+        }
         let p = UnsafePointer(parameters.pointer)
         let batch = a.batch, kept = a.keptCount, patchCount = config.patchCount
         let width = config.encoderWidth, decoderWidth = config.decoderWidth
@@ -460,7 +479,8 @@ public final class MAEModel {
                        biasGradient: g + decoderPredictionBias, outputGradient: a.fullPredictionGradient,
                        input: a.decoderNormed, weight: p + decoderPredictionWeight,
                        rows: batch * decoderTokens, inFeatures: decoderWidth, outFeatures: patchDimension,
-                       precision: x.precision, roundedWeight: x.weight(decoderPredictionWeight))
+                       precision: x.precision, roundedWeight: x.weight(decoderPredictionWeight),
+                       assignsWeightGradient: overwrites)
         let decoderStream = a.decoderBlocks.first?.input ?? a.decoderNormed
         let decoderOutput = a.decoderBlocks.last?.output ?? decoderStream
         layerNormBackward(inputGradient: d.stream, weightGradient: g + decoderNormWeight,
@@ -471,7 +491,7 @@ public final class MAEModel {
         let decoder = decoderShape(a)
         for index in decoderOffsets.indices.reversed() {  // a reversed range allocates nothing
             blockBackward(parameters: p, products: x, gradients: g, offsets: decoderOffsets[index], activations: a.decoderBlocks[index],
-                          scratch: d, shape: decoder)
+                          scratch: d, shape: decoder, assignsWeightGradients: overwrites)
             progress?(decoderOffsets[index].norm1Weight)
         }
 
@@ -502,7 +522,8 @@ public final class MAEModel {
         linearBackward(inputGradient: d.norm, weightGradient: g + decoderEmbedWeight,
                        biasGradient: g + decoderEmbedBias, outputGradient: embeddedGradient, input: a.encoderNormed,
                        weight: p + decoderEmbedWeight, rows: batch * encoderTokens, inFeatures: width,
-                       outFeatures: decoderWidth, precision: x.precision, roundedWeight: x.weight(decoderEmbedWeight))
+                       outFeatures: decoderWidth, precision: x.precision, roundedWeight: x.weight(decoderEmbedWeight),
+                       assignsWeightGradient: overwrites)
         progress?(decoderEmbedWeight)
 
         // Encoder norm and blocks.
@@ -516,7 +537,7 @@ public final class MAEModel {
         let encoder = encoderShape(a)
         for index in encoderOffsets.indices.reversed() {
             blockBackward(parameters: p, products: x, gradients: g, offsets: encoderOffsets[index], activations: a.encoderBlocks[index],
-                          scratch: d, shape: encoder)
+                          scratch: d, shape: encoder, assignsWeightGradients: overwrites)
             progress?(encoderOffsets[index].norm1Weight)
         }
 
@@ -534,7 +555,8 @@ public final class MAEModel {
         linearBackward(inputGradient: nil, weightGradient: g + patchEmbedWeight, biasGradient: g + patchEmbedBias,
                        outputGradient: tokenGradient, input: a.patches, weight: p + patchEmbedWeight,
                        rows: batch * kept, inFeatures: patchDimension, outFeatures: width,
-                       precision: x.precision, roundedWeight: x.weight(patchEmbedWeight))
+                       precision: x.precision, roundedWeight: x.weight(patchEmbedWeight),
+                       assignsWeightGradient: overwrites)
         progress?(0)
     }
 }

@@ -12,6 +12,10 @@ struct BlockOffsets {
     let norm1Weight, norm1Bias, qkvWeight, qkvBias, projectionWeight, projectionBias: Int
     let norm2Weight, norm2Bias, fc1Weight, fc1Bias, fc2Weight, fc2Bias: Int
 
+    /// The four linear layers' weights (qkv, proj, fc1, fc2), whose gradients `blockBackward`
+    /// can assign rather than add.
+    var linearWeights: [Int] { [qkvWeight, projectionWeight, fc1Weight, fc2Weight] }
+
     init(table: ParameterTable, prefix: String) {
         func offset(_ suffix: String) -> Int {
             guard let tensor = table.tensor(named: prefix + suffix) else {
@@ -166,10 +170,13 @@ func blockForward(parameters p: UnsafePointer<Float>, products x: Products, offs
 }
 
 /// Backward of `blockForward`. On entry `scratch.stream` holds ∂loss/∂output; on
-/// exit it holds ∂loss/∂input. Parameter gradients are added into `g`.
+/// exit it holds ∂loss/∂input. Parameter gradients are added into `g`, but those of the four
+/// linear layers' weights (`BlockOffsets.linearWeights`) are assigned when
+/// `assignsWeightGradients` (see `linearBackward`).
 func blockBackward(parameters p: UnsafePointer<Float>, products x: Products, gradients g: UnsafeMutablePointer<Float>,
                    offsets o: BlockOffsets, activations a: BlockActivations,
-                   scratch d: BlockScratch, shape s: BlockShape, dropPath: BlockDropPath? = nil) {
+                   scratch d: BlockScratch, shape s: BlockShape, dropPath: BlockDropPath? = nil,
+                   assignsWeightGradients: Bool = false) {
     // MLP branch. The residual passes d output straight to d middle; with drop path the
     // branch sees it scaled per sample (in d.attention, free until the attention branch).
     var mlpGradient = UnsafePointer(d.stream)
@@ -181,7 +188,8 @@ func blockBackward(parameters p: UnsafePointer<Float>, products x: Products, gra
                    outputGradient: mlpGradient, input: a.activated, weight: p + o.fc2Weight,
                    rows: s.rows, inFeatures: s.hidden, outFeatures: s.width,
                    precision: x.precision, roundedWeight: x.weight(o.fc2Weight),
-                   roundedInput: x.roundedActivation(a.activated))
+                   roundedInput: x.roundedActivation(a.activated),
+                   assignsWeightGradient: assignsWeightGradients)
     // GELU's backward multiplies by its derivative; in bf16 the fc1 backward does it as it
     // rounds its output gradient, saving a pass over the hidden activations.
     let fusesGELU = x.precision == .bf16
@@ -193,7 +201,8 @@ func blockBackward(parameters p: UnsafePointer<Float>, products x: Products, gra
                    input: a.norm2, weight: p + o.fc1Weight,
                    rows: s.rows, inFeatures: s.width, outFeatures: s.hidden,
                    precision: x.precision, roundedWeight: x.weight(o.fc1Weight),
-                   roundedInput: x.roundedActivation(a.norm2))
+                   roundedInput: x.roundedActivation(a.norm2),
+                   assignsWeightGradient: assignsWeightGradients)
     layerNormBackward(inputGradient: d.stream, weightGradient: g + o.norm2Weight, biasGradient: g + o.norm2Bias,
                       outputGradient: d.norm, input: a.middle, mean: a.mean2, reciprocalStd: a.reciprocalStd2,
                       weight: p + o.norm2Weight, residualGradient: d.stream, rows: s.rows, width: s.width)
@@ -208,7 +217,8 @@ func blockBackward(parameters p: UnsafePointer<Float>, products x: Products, gra
                    biasGradient: g + o.projectionBias, outputGradient: attentionGradient, input: a.attention,
                    weight: p + o.projectionWeight, rows: s.rows, inFeatures: s.width, outFeatures: s.width,
                    precision: x.precision, roundedWeight: x.weight(o.projectionWeight),
-                   roundedInput: x.roundedActivation(a.attention))
+                   roundedInput: x.roundedActivation(a.attention),
+                   assignsWeightGradient: assignsWeightGradients)
     attentionBackward(qkvGradient: d.qkv, outputGradient: d.attention, qkv: a.qkv, probabilities: a.probabilities,
                       batch: s.batch, tokens: s.tokens, heads: s.heads, headDimension: s.headDimension,
                       precision: x.precision)
@@ -216,7 +226,8 @@ func blockBackward(parameters p: UnsafePointer<Float>, products x: Products, gra
                    outputGradient: d.qkv, input: a.norm1, weight: p + o.qkvWeight,
                    rows: s.rows, inFeatures: s.width, outFeatures: 3 * s.width,
                    precision: x.precision, roundedWeight: x.weight(o.qkvWeight),
-                   roundedInput: x.roundedActivation(a.norm1))
+                   roundedInput: x.roundedActivation(a.norm1),
+                   assignsWeightGradient: assignsWeightGradients)
     layerNormBackward(inputGradient: d.stream, weightGradient: g + o.norm1Weight, biasGradient: g + o.norm1Bias,
                       outputGradient: d.norm, input: a.input, mean: a.mean1, reciprocalStd: a.reciprocalStd1,
                       weight: p + o.norm1Weight, residualGradient: d.stream, rows: s.rows, width: s.width)

@@ -77,7 +77,9 @@ final class FineTuningTaskModel: ClassifierTaskModel {
         }
     }
 
-    func forwardBackward(batch: Batch, epoch: Int, gradientScale: Float, backwardProgress: ((Int) -> Void)?) -> Double {
+    func forwardBackward(batch: Batch, epoch: Int, gradientScale: Float, overwritesGradients: Bool,
+                         backwardProgress: ((Int) -> Void)?) -> Double {
+        if overwritesGradients { gradients.zero() }
         prepareTargets(batch, epoch: epoch)
         let key = DropPathKey(seed: seed, epoch: epoch, sampleIndices: batch.sampleIndices)
         return Double(classifier.forwardBackward(images: batch.images.pointer, targets: targets.pointer,

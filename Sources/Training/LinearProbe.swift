@@ -110,7 +110,9 @@ final class LinearProbeTaskModel: ClassifierTaskModel {
                       rows: count, inFeatures: width, outFeatures: classCount)
     }
 
-    func forwardBackward(batch: Batch, epoch: Int, gradientScale: Float, backwardProgress: ((Int) -> Void)?) -> Double {
+    func forwardBackward(batch: Batch, epoch: Int, gradientScale: Float, overwritesGradients: Bool,
+                         backwardProgress: ((Int) -> Void)?) -> Double {
+        if overwritesGradients { gradients.zero() }
         let count = batch.sampleIndices.count
         prepare(rows: count)
         computeFeatures(batch.images.pointer, batchSize: count)

@@ -19,10 +19,12 @@ protocol TaskModel: AnyObject {
     var optimizerStep: Int { get set }
     /// Trainable parameters (`n_parameters` of the official log.txt).
     var trainableParameterCount: Int { get }
-    /// Forward and backward of one micro-batch: gradients ADDED, scaled by `gradientScale`.
-    /// Returns the micro-batch's loss. A model that can tells `backwardProgress` where the
+    /// Forward and backward of one micro-batch: gradients ADDED, scaled by `gradientScale`,
+    /// or written over what `gradients` holds when `overwritesGradients` (a step's first
+    /// micro-batch: no zeroing beforehand). Returns the micro-batch's loss. A model that can tells `backwardProgress` where the
     /// finished tail of the gradient layout starts (see `reportsBackwardProgress`); others ignore it.
-    func forwardBackward(batch: Batch, epoch: Int, gradientScale: Float, backwardProgress: ((Int) -> Void)?) -> Double
+    func forwardBackward(batch: Batch, epoch: Int, gradientScale: Float, overwritesGradients: Bool,
+                         backwardProgress: ((Int) -> Void)?) -> Double
     /// The optimizer step with the averaged gradients.
     func update(learningRate: Float)
     /// What must agree over the workers after a step besides the parameters (the linear
@@ -116,7 +118,8 @@ final class PretrainingTaskModel: TaskModel {
                                loadWeights: model.loadWeights(path:))
     }
 
-    func forwardBackward(batch: Batch, epoch: Int, gradientScale: Float, backwardProgress: ((Int) -> Void)?) -> Double {
+    func forwardBackward(batch: Batch, epoch: Int, gradientScale: Float, overwritesGradients: Bool,
+                         backwardProgress: ((Int) -> Void)?) -> Double {
         let patchCount = config.model.patchCount
         let keptCount = config.model.keptCount(maskRatio: config.maskRatio)
         for (row, sampleIndex) in batch.sampleIndices.enumerated() {
@@ -127,7 +130,7 @@ final class PretrainingTaskModel: TaskModel {
         return Double(model.forwardBackward(images: batch.images.pointer, noise: noise.pointer,
                                             batchSize: batch.sampleIndices.count, maskRatio: config.maskRatio,
                                             normPixLoss: config.normPixLoss, gradientScale: gradientScale,
-                                            backwardProgress: backwardProgress))
+                                            overwritesGradients: overwritesGradients, backwardProgress: backwardProgress))
     }
 
     func update(learningRate: Float) {

@@ -480,7 +480,6 @@ final class TrainingSession {
         let split = epochSplit
         let fraction = split.fraction(samplesDone: split.samplesDone(beforeStep: position.stepInEpoch))
         let learningRate = schedule.learningRate(atFractionalEpoch: Double(position.epoch) + fraction)
-        taskModel.gradients.zero()
         var localLoss = 0.0
         var dataWait = 0.0
         for micro in 0..<config.accumulationSteps {
@@ -490,8 +489,10 @@ final class TrainingSession {
             dataWait += batch.dataWaitSeconds
             // Only the last micro-batch's backward finishes gradients, so only it overlaps.
             let isLast = micro == config.accumulationSteps - 1
+            // The first micro-batch writes the gradients over the last step's; the others add.
             let loss = taskModel.forwardBackward(batch: batch, epoch: position.epoch,
                                                  gradientScale: 1 / Float(config.accumulationSteps),
+                                                 overwritesGradients: micro == 0,
                                                  backwardProgress: isLast ? exchange.backwardProgress() : nil)
             localLoss += loss / Double(config.accumulationSteps)
         }

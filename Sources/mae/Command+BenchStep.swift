@@ -134,9 +134,8 @@ struct BenchStepCommand: Subcommand {
                                  gridSize: config.gridSize, keptCount: keptCount, seed: seed, epoch: number,
                                  sampleIndex: collective.rank * batch + sample)
             }
-            model.gradients.zero()
             let loss = model.forwardBackward(images: images.pointer, noise: noise.pointer, batchSize: batch,
-                                             maskRatio: maskRatio, normPixLoss: normPixLoss,
+                                             maskRatio: maskRatio, normPixLoss: normPixLoss, overwritesGradients: true,
                                              backwardProgress: exchange.backwardProgress())
             exposedSeconds = try exchange.finish()
             let updateStart = DispatchTime.now().uptimeNanoseconds

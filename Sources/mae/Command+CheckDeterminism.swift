@@ -164,9 +164,8 @@ struct CheckDeterminismCommand: Subcommand {
             fillMaskingNoise(noise.pointer + sample * config.patchCount, patchCount: config.patchCount,
                              seed: 41, epoch: 0, sampleIndex: sample)
         }
-        model.gradients.zero()
         let loss = model.forwardBackward(images: images.pointer, noise: noise.pointer, batchSize: batch,
-                                         maskRatio: 0.75, normPixLoss: true)
+                                         maskRatio: 0.75, normPixLoss: true, overwritesGradients: true)
         return (loss, model.gradients.toArray())
     }
 }

@@ -104,10 +104,11 @@ struct ReferenceStepCommand: Subcommand {
         }
         let imageBuffer = try images.floatBuffer(named: imagesTensor.name)
         let noiseBuffer = try noise.floatBuffer(named: noiseTensor.name)
-        model.gradients.zero()
+        // Gradients written over (as a training step's first micro-batch writes them).
         let start = DispatchTime.now().uptimeNanoseconds
         let loss = model.forwardBackward(images: imageBuffer.pointer, noise: noiseBuffer.pointer, batchSize: batch,
-                                         maskRatio: maskRatio, normPixLoss: options.flag("norm-pix-loss"))
+                                         maskRatio: maskRatio, normPixLoss: options.flag("norm-pix-loss"),
+                                         overwritesGradients: true)
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
 
         let patches = config.patchCount

@@ -178,6 +178,54 @@ import TestSupport
         #expect(run(threads: 1).0 != lossOne)
     }
 
+    /// A backward that writes over the gradients (a step's first micro-batch) gives every
+    /// gradient the value that zeroing them and adding gives, whatever they held before:
+    /// here NaN everywhere, so a tensor that is neither zeroed nor assigned shows. A second
+    /// micro-batch then adds as before. On two threads (products cut into parts), with one
+    /// batch shard and with two (the second shard's buffer is written over each time), in
+    /// fp32 and, where the CPU has the bf16 products, bf16.
+    @Test(arguments: [Precision.fp32, .bf16], [1, 2])
+    func overwritingTheGradientsMatchesZeroingThenAdding(precision: Precision, batchShards: Int) throws {
+        guard precision == .fp32 || cpuRunsBFloat16Products else { return }
+        let config = try ModelConfig.named("mae_vit_tiny_patch4")
+        let batch = 4
+        let first = Self.inputs(config, batch: batch, seed: 51), second = Self.inputs(config, batch: batch, seed: 52)
+        let model = MAEModel(config: config, seed: 53)
+        model.precision = precision
+        model.batchShards = batchShards
+        let before = Parallel.threads
+        Parallel.setThreads(2)
+        defer { Parallel.setThreads(before) }
+        func pass(_ input: Inputs, overwriting: Bool) -> Float {
+            model.forwardBackward(images: input.images.pointer, noise: input.noise.pointer, batchSize: batch,
+                                  maskRatio: 0.75, normPixLoss: true, gradientScale: 0.5, overwritesGradients: overwriting)
+        }
+        func differing(_ expected: [Float]) -> [String] {
+            let actual = model.gradients.toArray()
+            return model.table.tensors.compactMap { tensor in
+                let range = tensor.offset..<tensor.offset + tensor.count
+                let count = range.filter { actual[$0] != expected[$0] }.count  // -0 equals 0; NaN equals nothing
+                return count == 0 ? nil : "\(tensor.name): \(count) of \(tensor.count)"
+            }
+        }
+        model.gradients.zero()
+        let zeroedLoss = pass(first, overwriting: false)
+        let zeroedThenAdded = model.gradients.toArray()
+        _ = pass(second, overwriting: false)
+        let twoAdded = model.gradients.toArray()
+        #expect(zeroedThenAdded.contains { $0 != 0 })
+
+        for round in 0..<2 {  // the second round after real gradients, as in training
+            if round == 0 { model.gradients.pointer.update(repeating: .nan, count: model.gradients.count) }
+            #expect(pass(first, overwriting: true) == zeroedLoss)
+            let wrong = differing(zeroedThenAdded)
+            #expect(wrong.isEmpty, "overwritten gradients that differ (round \(round)): \(wrong.prefix(8))")
+            _ = pass(second, overwriting: false)
+            let wrongAfterAdding = differing(twoAdded)
+            #expect(wrongAfterAdding.isEmpty, "added gradients that differ (round \(round)): \(wrongAfterAdding.prefix(8))")
+        }
+    }
+
     /// Cutting the batch into shards (run whole by one worker each, gradients added in
     /// shard order) computes the same step as one shard, up to float rounding: the
     /// same mask, the same predictions, the loss and every gradient within a few ulps,
