@@ -21,8 +21,9 @@ protocol TaskModel: AnyObject {
     var trainableParameterCount: Int { get }
     /// Forward and backward of one micro-batch: gradients ADDED, scaled by `gradientScale`,
     /// or written over what `gradients` holds when `overwritesGradients` (a step's first
-    /// micro-batch: no zeroing beforehand). Returns the micro-batch's loss. A model that can tells `backwardProgress` where the
-    /// finished tail of the gradient layout starts (see `reportsBackwardProgress`); others ignore it.
+    /// micro-batch: no zeroing beforehand). Returns the micro-batch's loss. A model that can
+    /// tells `backwardProgress` where the finished tail of the gradient layout starts (see
+    /// `reportsBackwardProgress`); others ignore it.
     func forwardBackward(batch: Batch, epoch: Int, gradientScale: Float, overwritesGradients: Bool,
                          backwardProgress: ((Int) -> Void)?) -> Double
     /// The optimizer step with the averaged gradients.
